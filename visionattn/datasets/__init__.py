@@ -1,0 +1,1 @@
+"""Readers of the real on-disk dataset formats, and their transforms."""

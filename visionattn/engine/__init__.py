@@ -1,0 +1,1 @@
+"""mmengine glue: registries, task models, hooks."""

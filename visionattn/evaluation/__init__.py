@@ -1,0 +1,1 @@
+"""Metrics (mmengine BaseMetric subclasses)."""

@@ -1,0 +1,25 @@
+"""Optional dependencies: one place that imports them and says which extra to install."""
+import importlib
+
+# module name -> (extra that provides it, what it is for)
+_EXTRAS = {
+    "mmdet": ("det", "detection and segmentation with mmdet"),
+    "mmcv": ("det", "mmcv's compiled ops used by mmdet"),
+    "spconv": ("3d", "sparse voxel convolutions for LiDAR 3D detection"),
+    "cumm": ("3d", "spconv's runtime"),
+}
+
+
+def require_extra(module: str):
+    """Import and return ``module``, or raise an ImportError naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        top = module.split(".")[0]
+        extra, purpose = _EXTRAS.get(top, (None, None))
+        if extra is None:
+            raise
+        raise ImportError(
+            f"'{module}' is needed for {purpose} but could not be imported ({err}). "
+            f"Install the extra: pip install -e '.[{extra}]'  (or `make install`)."
+        ) from err

@@ -1,0 +1,7 @@
+"""All networks of the library. Importing this registers them (timm + visionattn registries)."""
+from .registry import NETWORKS, import_submodules, register_network
+
+for _pkg in ("backbones", "necks", "heads", "stereo", "detection3d", "restoration"):
+    import_submodules(f"{__name__}.{_pkg}")
+
+__all__ = ["NETWORKS", "register_network"]

@@ -1,0 +1,1 @@
+"""timm-registered image backbones: one module per family."""
