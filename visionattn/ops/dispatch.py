@@ -1,0 +1,54 @@
+"""Choosing an op's implementation.
+
+Every op takes ``impl`` in its own set of names (``"reference"`` always among them) or ``"auto"``.
+``"auto"`` takes, in order: the implementation forced by :func:`use_impl` when the op has it and
+it supports the inputs, else the first supported one of the op's preference order (fastest first).
+"""
+import contextlib
+import threading
+from typing import Dict, Iterator, Optional
+
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def use_impl(impl: Optional[str]) -> Iterator[None]:
+    """Make ``impl='auto'`` resolve to ``impl`` inside the block, wherever the op supports it.
+
+    Used by benchmarks and tests to run a whole model on e.g. the reference path:
+    ``with use_impl("reference"): model(x)``. ``None`` restores plain auto-selection.
+    """
+    previous = getattr(_state, "forced", None)
+    _state.forced = impl
+    try:
+        yield
+    finally:
+        _state.forced = previous
+
+
+def forced_impl() -> Optional[str]:
+    return getattr(_state, "forced", None)
+
+
+def pick(op: str, impl: str, supported: Dict[str, bool]) -> str:
+    """Resolve ``impl`` for ``op``.
+
+    Args:
+        op: the op's name, for error messages.
+        impl: the caller's choice, or ``"auto"``.
+        supported: every implementation of the op, fastest first, mapped to whether it can run
+            the current inputs (device, dtype, shapes); ``"reference"`` must be present.
+    """
+    if impl != "auto":
+        if impl not in supported:
+            raise ValueError(f"{op}: unknown impl {impl!r}; choose from {['auto', *supported]}")
+        if not supported[impl]:
+            raise ValueError(f"{op}: impl {impl!r} does not support these inputs (device/dtype/shape)")
+        return impl
+    forced = forced_impl()
+    if forced is not None and supported.get(forced):
+        return forced
+    for name, ok in supported.items():
+        if ok:
+            return name
+    raise RuntimeError(f"{op}: no implementation supports these inputs")
