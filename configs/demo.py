@@ -36,6 +36,6 @@ param_scheduler = [
 train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=100)
 val_cfg = dict()
 test_cfg = dict()
-default_hooks = dict(logger=dict(interval=20), checkpoint=dict(by_epoch=False, interval=100, max_keep_ckpts=1))
-custom_hooks = [dict(type="RandomStateHook"), dict(type="TrainingCurvesHook", interval=5)]
+default_hooks = dict(logger=dict(interval=20), checkpoint=dict(by_epoch=False, interval=100, max_keep_ckpts=1),
+                     training_curves=dict(interval=5))
 log_processor = dict(by_epoch=False)

@@ -21,7 +21,7 @@ def model_data_config(model_name: str) -> Dict:
     cfg = get_pretrained_cfg(model_name)
     if cfg is None:
         raise ValueError(f"{model_name!r} is not a registered timm model; see visionattn.list_models()")
-    return resolve_data_config(pretrained_cfg=cfg.to_dict(), use_test_size=True)
+    return resolve_data_config(pretrained_cfg=cfg.to_dict())
 
 
 @TRANSFORMS.register_module(name="ClassificationTransform")

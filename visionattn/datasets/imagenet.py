@@ -49,7 +49,9 @@ class ImageNetFolder(Dataset):
         ]
         if not self.samples:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {str(folder)!r}/<class>/")
-        self.transform = TRANSFORMS.build(transform) if isinstance(transform, dict) else transform
+        if isinstance(transform, dict):
+            transform = TRANSFORMS.build({"_scope_": "visionattn", **transform})
+        self.transform = transform
 
     @property
     def metainfo(self) -> Dict:

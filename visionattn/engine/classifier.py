@@ -35,11 +35,13 @@ class ImageClassifier(BaseModel):
 
     def __init__(self, network: str, num_classes: int, network_kwargs: Optional[Dict] = None,
                  pretrained: bool = False, checkpoint: Optional[str] = None, mixup: Optional[Dict] = None,
-                 label_smoothing: float = 0.0, data_preprocessor: Optional[Dict] = None, init_cfg=None):
+                 label_smoothing: float = 0.0, data_preprocessor: Optional[Dict] = None):
         from .. import create_model  # the factory imports every model family: not at module import
 
-        super().__init__(data_preprocessor=data_preprocessor or dict(type="ClassificationDataPreprocessor"),
-                         init_cfg=init_cfg)
+        preprocessor = data_preprocessor or dict(type="ClassificationDataPreprocessor")
+        if isinstance(preprocessor, dict):  # our registry, whatever scope is current
+            preprocessor = MODELS.build({"_scope_": "visionattn", **preprocessor})
+        super().__init__(data_preprocessor=preprocessor)
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
@@ -53,6 +55,11 @@ class ImageClassifier(BaseModel):
             self.criterion = LabelSmoothingCrossEntropy(label_smoothing)
         else:
             self.criterion = nn.CrossEntropyLoss()
+
+    def init_weights(self) -> None:
+        """Nothing to do: the network initialised itself, and loaded ``pretrained``/``checkpoint``
+        weights, in its constructor. (mmengine's default would call a timm network's own
+        ``init_weights`` again at the start of training and wipe loaded weights.)"""
 
     def forward(self, inputs: torch.Tensor, data_samples: Optional[Dict] = None,
                 mode: str = "tensor") -> Union[torch.Tensor, Dict, List[Dict]]:

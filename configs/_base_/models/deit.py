@@ -10,9 +10,5 @@ model = dict(
     label_smoothing=0.1,
     data_preprocessor=dict(type="ClassificationDataPreprocessor", random_erasing=dict(probability=0.25, mode="pixel")),
 )
-# Replaces the runtime's list, adding EMA (mmengine's EMAHook; validation uses the EMA weights).
-custom_hooks = [
-    dict(type="RandomStateHook"),
-    dict(type="TrainingCurvesHook"),
-    dict(type="EMAHook", momentum=4e-5, update_buffers=True, priority="ABOVE_NORMAL"),
-]
+# mmengine's EMAHook; validation and checkpoints' `state_dict` use the EMA weights.
+custom_hooks = [dict(type="EMAHook", momentum=4e-5, update_buffers=True, priority="ABOVE_NORMAL")]

@@ -7,10 +7,12 @@ default_hooks = dict(
     param_scheduler=dict(type="ParamSchedulerHook"),
     checkpoint=dict(type="CheckpointHook", interval=1, max_keep_ckpts=3),
     sampler_seed=dict(type="DistSamplerSeedHook"),
+    # --resume continues the exact random streams (see RandomStateHook's docstring)
+    random_state=dict(type="RandomStateHook"),
+    # <work_dir>/training_curves.png
+    training_curves=dict(type="TrainingCurvesHook"),
 )
-# RandomStateHook makes --resume continue the exact random streams (see its docstring);
-# TrainingCurvesHook draws <work_dir>/training_curves.png.
-custom_hooks = [dict(type="RandomStateHook"), dict(type="TrainingCurvesHook")]
+# `custom_hooks` is left to the recipes (e.g. EMA in _base_/models/deit.py).
 
 env_cfg = dict(
     cudnn_benchmark=False,

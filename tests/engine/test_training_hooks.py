@@ -1,0 +1,38 @@
+import random
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from visionattn.engine import RandomStateHook, TrainingCurvesHook
+
+
+def _draw():
+    return random.random(), float(np.random.rand()), float(torch.rand(()))
+
+
+def test_random_state_restored_only_on_resume():
+    hook, ckpt = RandomStateHook(), {}
+    hook.before_save_checkpoint(None, ckpt)
+    expected = _draw()
+    hook.after_load_checkpoint(SimpleNamespace(_resume=False), ckpt)  # load_from: no restore
+    assert _draw() != expected
+    hook.after_load_checkpoint(SimpleNamespace(_resume=True), ckpt)
+    assert _draw() == expected
+
+
+def test_training_curves_plot_and_checkpoint_round_trip(tmp_path):
+    hook = TrainingCurvesHook(interval=2)
+    runner = SimpleNamespace(work_dir=str(tmp_path), iter=0, max_iters=4, _resume=True)
+    for it in range(4):
+        runner.iter = it
+        hook.after_train_iter(runner, it, outputs=dict(loss=torch.tensor(float(it), requires_grad=True)))
+    assert hook.loss == [(2, 0.5), (4, 2.5)]  # means over each interval of 2 iterations
+    hook.after_val_epoch(runner, dict(**{"accuracy/top1": 50.0}))
+    png = tmp_path / "training_curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ckpt = {}
+    hook.before_save_checkpoint(runner, ckpt)
+    restored = TrainingCurvesHook()
+    restored.after_load_checkpoint(runner, ckpt)
+    assert restored.loss == hook.loss and restored.metrics == [(3, {"accuracy/top1": 50.0})]

@@ -1,0 +1,62 @@
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load_tool(name):
+    """tools/<name>.py as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"tools_{name}", REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def load_tool():
+    """``load_tool('train')`` -> the module tools/train.py."""
+    return _load_tool
+
+
+@pytest.fixture(scope="session")
+def tool_env():
+    """Environment for tool subprocesses: this checkout's visionattn first, one thread each."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+                OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
+@pytest.fixture
+def tiny_config(tmp_path, samples_root):
+    """Write a config inheriting configs/demo.py, shrunk to a 32 px test_resnet on the sample data."""
+
+    def write(extra: str = "", name: str = "tiny.py") -> Path:
+        path = tmp_path / name
+        path.write_text(
+            f"_base_ = [{str(REPO / 'configs' / 'demo.py')!r}]\n"
+            f"data_root = {str(samples_root / 'imagenet')!r}\n"
+            "model = dict(network='test_resnet')\n"
+            "train_dataloader = dict(batch_size=4, num_workers=1,\n"
+            "    dataset=dict(root=data_root, transform=dict(input_size=32)))\n"
+            "val_dataloader = dict(batch_size=40,\n"
+            "    dataset=dict(root=data_root, transform=dict(input_size=32)))\n"
+            "test_dataloader = val_dataloader\n"
+            "default_hooks = dict(logger=dict(interval=1))\n"
+            + extra)
+        return path
+
+    return write
+
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models train faster on one thread, and pytest-xdist runs tests side by side."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
