@@ -28,7 +28,9 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options,
                       resume=args.resume, amp=args.amp, launcher=args.launcher)
-    build_runner(cfg).train()
+    runner = build_runner(cfg)
+    runner.train()
+    return runner
 
 
 if __name__ == "__main__":
