@@ -135,9 +135,13 @@ def convert_checkpoint(checkpoint: Mapping, model: nn.Module, family: Optional[s
                        **kwargs) -> Dict[str, torch.Tensor]:
     """Return a state dict with ``model``'s keys from our format or the family's official one."""
     model_keys = model.state_dict().keys()
-    ours = _strip_prefix(extract_state_dict(checkpoint), model_keys) if not kwargs else None
-    if ours is not None:
-        return ours
+    if not kwargs:  # converter options (e.g. ema=True) mean the caller wants the official path
+        try:
+            ours = _strip_prefix(extract_state_dict(checkpoint), model_keys)
+        except RuntimeError:  # no plain tensor dict in a known container: official layouts differ
+            ours = None
+        if ours is not None:
+            return ours
     if family not in CONVERTERS:
         raise RuntimeError(
             f"checkpoint keys do not match the model and no converter is registered for family "
