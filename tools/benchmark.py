@@ -379,6 +379,9 @@ def main(argv=None) -> int:
         tag = "-".join(re.sub(r"\W", "_", t) for t in args.targets)[:80]
         path = Path(args.out) / f"{tag}_{args.device.replace(':', '')}_{args.dtype}_{args.mode}_{stamp}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
+        n = 1
+        while path.exists():  # two runs in one second keep both results
+            path, n = path.with_name(f"{path.stem.rsplit('~', 1)[0]}~{n}.json"), n + 1
         path.write_text(json.dumps(report, indent=1))
         print(f"saved {path}")
     return 1 if any("error" in r for r in report["results"]) else 0
