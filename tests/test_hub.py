@@ -275,3 +275,13 @@ def test_repository_manifests_parse():
     hub.reload_manifest()
     entries = hub.list_entries()
     assert len({e.name for e in entries}) == len(entries)
+
+
+def test_unverified_entry_with_a_junk_file_says_so(zoo):
+    e = hub.get_entry("tinyfam_b.dead")
+    e.cache_path.parent.mkdir(parents=True, exist_ok=True)
+    e.cache_path.write_text("<html>This link is no longer available</html>")
+    import timm
+
+    with pytest.raises(RuntimeError, match="no SHA-256, so this may be an error page.*delete"):
+        hub.load_pretrained(timm.create_model("resnet14t"), "tinyfam_b.dead")

@@ -452,4 +452,12 @@ def load_pretrained(model: nn.Module, name: Union[str, ZooEntry], progress: bool
     """Fetch (verified, cached) and strictly load the zoo weights ``name`` into ``model``."""
     entry = get_entry(name) if isinstance(name, str) else name
     path = fetch_entry(entry, progress=progress, offline=offline)
-    return load_checkpoint(model, path, family=entry.converter or entry.family, **entry.converter_kwargs)
+    try:
+        checkpoint = read_checkpoint(path)
+    except RuntimeError as err:
+        if entry.sha256 is not None:
+            raise
+        raise RuntimeError(f"{err}. Zoo entry {entry.name!r} has no SHA-256, so this may be an error page "
+                           f"served by a dead link: delete {str(path)!r} and put the real file there, or "
+                           f"pass checkpoint=PATH.") from err
+    return load_checkpoint(model, checkpoint, family=entry.converter or entry.family, **entry.converter_kwargs)
