@@ -5,20 +5,20 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _load_tool(name):
-    """tools/<name>.py as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"tools_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+TOOLS = REPO / "tools"
 
 
 @pytest.fixture(scope="session")
 def load_tool():
-    """``load_tool('train')`` -> the module tools/train.py."""
-    return _load_tool
+    """Import ``tools/<name>.py`` as a module (the CLIs are scripts, not a package)."""
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(f"tools_{name}", TOOLS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(scope="session")
@@ -50,8 +50,7 @@ def tiny_config(tmp_path, samples_root):
     return write
 
 
-
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def one_thread():
     """Tiny models train faster on one thread, and pytest-xdist runs tests side by side."""
     import torch
