@@ -81,14 +81,18 @@ def main(argv=None):
             raise ValueError(f"model {args.model!r} does not classify {size} px images; pick another with --model")
     else:
         name, kwargs = pick_model(num_classes, size)
-    options = {"model.network": name, "model.network_kwargs": kwargs}
+    root = str(REPO / base.data_root)  # the sample set of this checkout, wherever we run from
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"sample dataset {root!r} is missing: run `python tools/make_samples.py` first")
+    options = {"model.network": name, "model.network_kwargs": kwargs,
+               "train_dataloader.dataset.root": root, "val_dataloader.dataset.root": root}
     if args.iters:
         options.update({"train_cfg.max_iters": args.iters, "param_scheduler.1.T_max": args.iters - 30,
                         "param_scheduler.1.end": args.iters})
     cfg = load_config(str(CONFIG), work_dir=args.work_dir, cfg_options=options)
     runner = build_runner(cfg)
     n_params = sum(p.numel() for p in runner.model.parameters())
-    print(f"demo: training {name} ({n_params / 1e6:.2f}M parameters) on {cfg.data_root} at {size} px")
+    print(f"demo: training {name} ({n_params / 1e6:.2f}M parameters) on {root} at {size} px")
 
     before = runner.val()["accuracy/top1"]
     runner.train()
