@@ -1,4 +1,5 @@
 import hashlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,8 +40,8 @@ def test_dataset_reads_folders(samples_root):
     assert item["inputs"].dtype == torch.uint8 and item["inputs"].shape == (3, SIZE, SIZE)
     assert item["data_samples"]["label"] == len(CLASSES) - 1
     # the label is the sorted position of the image's class folder
-    path, label = ds.samples[13]
-    assert ds.classes[label] == path.parent.name
+    path, label = ds.paths[13], ds.labels[13]
+    assert ds.classes[label] == Path(path).parent.name
 
 
 def test_dataset_builds_transform_from_config(samples_root):

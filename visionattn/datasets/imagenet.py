@@ -4,7 +4,7 @@ The class index is the position of ``<class>`` in the sorted list of the split's
 (torchvision's ImageFolder convention, so 1000-class ImageNet maps ``n01440764`` to 0).
 """
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, Tuple, Union
 
 import numpy as np
 import torch
@@ -41,14 +41,16 @@ class ImageNetFolder(Dataset):
                 "datasets/imagenet/README.md), or point the config at it with "
                 "--cfg-options train_dataloader.dataset.root=PATH val_dataloader.dataset.root=PATH")
         self.classes: Tuple[str, ...] = tuple(sorted(d.name for d in folder.iterdir() if d.is_dir()))
-        self.samples: List[Tuple[Path, int]] = [
-            (path, label)
-            for label, name in enumerate(self.classes)
-            for path in sorted((folder / name).iterdir())
-            if path.suffix.lower() in IMAGE_SUFFIXES
-        ]
-        if not self.samples:
+        samples = [(str(path), label)
+                   for label, name in enumerate(self.classes)
+                   for path in sorted((folder / name).iterdir())
+                   if path.suffix.lower() in IMAGE_SUFFIXES]
+        if not samples:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {str(folder)!r}/<class>/")
+        # numpy arrays, not lists of Python objects: forked data workers then share the 1.3M
+        # ImageNet paths instead of copying them page by page as reference counts change
+        self.paths = np.array([p for p, _ in samples])  # (N,) str
+        self.labels = np.array([lbl for _, lbl in samples], dtype=np.int64)  # (N,)
         if isinstance(transform, dict):
             transform = TRANSFORMS.build({"_scope_": "visionattn", **transform})
         self.transform = transform
@@ -59,10 +61,10 @@ class ImageNetFolder(Dataset):
         return dict(classes=self.classes)
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.paths)
 
     def __getitem__(self, index: int) -> Dict:
-        path, label = self.samples[index]
+        path, label = self.paths[index], int(self.labels[index])
         with Image.open(path) as img:
             img = img.convert("RGB")
         if self.transform is not None:

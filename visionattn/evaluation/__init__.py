@@ -1,4 +1,7 @@
-"""Metrics (mmengine BaseMetric subclasses)."""
+"""Metrics (mmengine BaseMetric subclasses). Every module here is imported (registers itself)."""
+from ..models.registry import import_submodules
 from .accuracy import Accuracy
+
+import_submodules(__name__)
 
 __all__ = ["Accuracy"]
