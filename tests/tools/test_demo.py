@@ -8,11 +8,9 @@ def test_demo_picks_the_smallest_runnable_backbone(load_tool):
     assert sizes == sorted(sizes)
     name, kwargs = demo.pick_model(8, 64)
     assert demo.demo_kwargs(name, 8, 64) == kwargs
-    if sizes:  # the first (smallest) backbone that runs at 64 px
-        runnable = [n for _, n in sizes if demo.demo_kwargs(n, 8, 64) is not None]
-        assert name == (runnable[0] if runnable else demo.FALLBACK)
-    else:
-        assert name == demo.FALLBACK and timm.is_model(name)
+    # the first (smallest) backbone that runs at 64 px, else the timm fallback
+    expected = next((n for _, n in sizes if demo.demo_kwargs(n, 8, 64) is not None), demo.FALLBACK)
+    assert name == expected and timm.is_model(name)
 
 
 @pytest.mark.slow
