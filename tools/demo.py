@@ -9,16 +9,21 @@ checkpoint and the loss/accuracy plot are.
     python tools/demo.py [--model NAME] [--iters 300] [--work-dir work_dirs/demo]
 """
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-import timm
-import torch
+# OpenMP threads that spin while waiting make a busy small machine (the demo's target: 2 CPU
+# cores) several times slower; read by libgomp when torch loads, so set before importing it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import visionattn
-from visionattn.engine import TrainingCurvesHook, build_runner, load_config
-from visionattn.models.registry import NETWORKS
+import timm  # noqa: E402
+import torch  # noqa: E402
+
+import visionattn  # noqa: E402
+from visionattn.engine import TrainingCurvesHook, build_runner, load_config  # noqa: E402
+from visionattn.models.registry import NETWORKS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "demo.py"

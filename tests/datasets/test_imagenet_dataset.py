@@ -16,6 +16,7 @@ def _digest(folder):
 
 
 def test_sample_writer_layout_and_determinism(tmp_path):
+    (tmp_path / "a" / "imagenet" / "train" / "stale_class").mkdir(parents=True)  # from an older writer
     a = write_samples(tmp_path / "a", ["imagenet"])["imagenet"]
     b = write_samples(tmp_path / "b", ["imagenet"])["imagenet"]
     files = _digest(a)

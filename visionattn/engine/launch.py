@@ -49,7 +49,10 @@ def load_config(config: str, work_dir: Optional[str] = None, cfg_options: Option
     if launcher != "none" and not torch.cuda.is_available():
         cfg.env_cfg = dict(cfg.get("env_cfg", {}), dist_cfg=dict(backend="gloo"))
         # CPU modules take DDP's device_ids=None (mmengine passes [LOCAL_RANK] otherwise)
-        cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
+        wrapper = dict(type="MMDistributedDataParallel", broadcast_buffers=False,
+                       find_unused_parameters=cfg.get("find_unused_parameters", False))
+        wrapper.update(cfg.get("model_wrapper_cfg") or {})
+        cfg.model_wrapper_cfg = dict(wrapper, device_ids=None)
     return cfg
 
 

@@ -6,6 +6,7 @@ hundred iterations but cannot solve them from a single pixel. Deterministic: eve
 from its own seeded generator.
 """
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,7 @@ def write_imagenet_samples(root: Path) -> None:
     """Write ``root/{train,val}/<class>/<class>_<i>.JPEG`` (8 classes; 40 train and 10 val each)."""
     root = Path(root)
     for split_idx, (split, count) in enumerate(SPLITS.items()):
+        shutil.rmtree(root / split, ignore_errors=True)  # no stale classes from an older writer
         for cls_idx, (name, colour) in enumerate(CLASSES.items()):
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
