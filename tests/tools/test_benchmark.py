@@ -60,6 +60,8 @@ def test_train_mode_and_bad_target(load_tool, capsys, tmp_path):
     assert load_tool("benchmark").main(["not_a_model_or_op", "--out", str(tmp_path / "x")]) == 2
     assert "error: Unknown model 'not_a_model_or_op'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+    assert load_tool("benchmark").main(["test_vit", "--impl", "auto,warp_speed", "--out", ""]) == 2
+    assert "no op of visionattn has implementation(s) ['warp_speed']" in capsys.readouterr().err
 
 
 @pytest.fixture
