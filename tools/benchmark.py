@@ -196,11 +196,28 @@ def _share_weights(official_model, ours, name: str) -> bool:
         return False
 
 
+def known_impls() -> set:
+    """Every implementation name some op of the library has (what ``use_impl`` can force)."""
+    import pkgutil
+
+    import visionattn.ops
+
+    names = {"auto", "reference"}  # every op has a reference path
+    for info in pkgutil.iter_modules(visionattn.ops.__path__):
+        if info.name.startswith("_") or info.name == "dispatch":
+            continue
+        names.update(getattr(importlib.import_module(f"visionattn.ops.{info.name}"), "IMPLS", ()))
+    return names
+
+
 def model_cases(name: str, impls: List[str], official: Optional[Callable], args, device, dtype):
     """(impl, fn, batch) for a model: one model and one input batch shared by every implementation."""
     import visionattn
     from visionattn.ops.dispatch import use_impl
 
+    unknown = sorted(set(impls) - known_impls() - {"official"})
+    if unknown:
+        raise ValueError(f"no op of visionattn has implementation(s) {unknown}; choose from {sorted(known_impls())}")
     ours, inputs = _prepare(visionattn.create_model(name, **args.model_kwargs), name, args, device, dtype)
     cases = []
     for impl in impls:

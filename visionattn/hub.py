@@ -19,7 +19,7 @@ import urllib.request
 import uuid
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
@@ -461,3 +461,10 @@ def load_pretrained(model: nn.Module, name: Union[str, ZooEntry], progress: bool
                            f"served by a dead link: delete {str(path)!r} and put the real file there, or "
                            f"pass checkpoint=PATH.") from err
     return load_checkpoint(model, checkpoint, family=entry.converter or entry.family, **entry.converter_kwargs)
+
+
+def load(name: str, pretrained: bool = True, **kwargs) -> nn.Module:
+    """``create_model(name, pretrained=pretrained, **kwargs)``: the zoo's entry point for task networks."""
+    from .factory import create_model
+
+    return create_model(name, pretrained=pretrained, **kwargs)

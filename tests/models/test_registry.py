@@ -18,9 +18,10 @@ register. For each model:
 - backward in train mode: a finite gradient reaches every parameter.
 
 CPU budget (the whole file ≤ 4 min on one core with ~35 models, ViT-L among them). Small models
-(≤ ``BIG_PARAMS`` parameters) get every check on real tensors. Big models are built on the CPU
-once and run one real forward (finite outputs) and the export; the checks that would need a second
-build or a backward pass run on the 'meta' device instead (shapes, key sets and gradient flow
+(≤ ``BIG_PARAMS`` = 30M parameters) get every check on real tensors with their own init. Big
+models are built with their parameters drawn quickly (N(0, 0.02) matrices, their own init is only
+run on 'meta'), run one real forward (finite outputs) and the export; the checks that would need a
+second build or a backward pass run on the 'meta' device (shapes, key sets and gradient flow
 without arithmetic), relying on the family's small variants, which share the code, for the
 numerics:
 - round trip: a fresh model built on meta loads the state dict strictly (same keys and shapes);
@@ -35,12 +36,12 @@ A family that truly cannot pass a check declares it with a reason in
 ``tests/data/registry_exemptions/<family>.yaml`` as ``model_glob: {check: reason}``, where check is
 ``export``, ``features_only`` or ``backward`` (e.g. a parameter used only by a training loss).
 """
+import contextlib
 import fnmatch
 import math
 from pathlib import Path
 
 import pytest
-import timm
 import torch
 import yaml
 
@@ -48,7 +49,7 @@ import visionattn
 from visionattn.models.registry import NETWORKS
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-BIG_PARAMS = 50_000_000
+BIG_PARAMS = 30_000_000
 MODELS = visionattn.list_models()
 EXEMPTABLE = ("export", "features_only", "backward")
 
@@ -89,14 +90,56 @@ def test_param_count_table_names_exist():
     assert not stale, f"tests/data/param_counts lists unregistered models: {stale}"
 
 
-def build_meta(name: str, **kwargs) -> torch.nn.Module:
-    """The model with meta tensors: free to build (falls back to a CPU build for constructors that
-    need real values, e.g. ``torch.linspace(...).item()``)."""
+@contextlib.contextmanager
+def _params_on_meta():
+    """Build modules with their parameters on 'meta' (their init then costs nothing) while buffers and
+    other tensors, e.g. ``torch.linspace(...).tolist()`` for drop-path rates, stay real."""
+    register = torch.nn.Module.register_parameter
+
+    def on_meta(self, name, param):
+        register(self, name, param)
+        if param is not None and not param.is_meta:
+            self._parameters[name] = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    torch.nn.Module.register_parameter = on_meta
     try:
-        with torch.device("meta"):
-            return visionattn.create_model(name, **kwargs)
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register
+
+
+def build_meta(name: str, **kwargs) -> torch.nn.Module:
+    """The model with every parameter and buffer on 'meta': cheap to build, runs shapes only."""
+    try:
+        with _params_on_meta():
+            model = visionattn.create_model(name, **kwargs)
+    except Exception:  # a constructor that needs real parameter values
+        model = visionattn.create_model(name, **kwargs)
+    return model.to("meta")
+
+
+def build_cheap(name: str, **kwargs) -> torch.nn.Module:
+    """The model with real buffers and quickly drawn parameters instead of its own init (big models):
+    matrices N(0, 0.02), 1-D biases 0, other 1-D parameters (norm weights, scales) 1."""
+    try:
+        with _params_on_meta():
+            model = visionattn.create_model(name, **kwargs)
     except Exception:
-        return visionattn.create_model(name, **kwargs).to("meta")
+        return visionattn.create_model(name, **kwargs)
+    real = {}
+    for module in model.modules():
+        for key, p in list(module._parameters.items()):
+            if p is None or not p.is_meta:
+                continue
+            if id(p) not in real:  # tied parameters stay tied
+                t = torch.empty(p.shape, dtype=p.dtype)
+                if t.dim() >= 2:
+                    t.normal_(0, 0.02)
+                else:
+                    t.fill_(0.0 if key.endswith("bias") else 1.0)
+                real[id(p)] = torch.nn.Parameter(t, requires_grad=p.requires_grad)
+            module._parameters[key] = real[id(p)]
+    return model
 
 
 def count_params(name: str) -> int:
@@ -134,7 +177,7 @@ class Case:
         self.is_network = name in NETWORKS
         self.big = count_params(name) > BIG_PARAMS
         torch.manual_seed(0)
-        self.model = visionattn.create_model(name).eval()
+        self.model = (build_cheap(name) if self.big else visionattn.create_model(name)).eval()
         self.batch = 1 if (self.big or self.is_network) else 2
         torch.manual_seed(1)
         self.inputs = self._inputs()
@@ -186,6 +229,7 @@ def test_state_dict_round_trip(case):
     if case.big:
         fresh = build_meta(case.name)
         fresh.load_state_dict(state, strict=True, assign=True)  # same keys and shapes
+        assert all(not t.is_meta for t in fresh.state_dict().values())
         return
     torch.manual_seed(123)  # a different init, so equal outputs mean the weights really moved over
     fresh = visionattn.create_model(case.name).eval()

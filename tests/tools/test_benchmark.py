@@ -60,6 +60,8 @@ def test_train_mode_and_bad_target(load_tool, capsys, tmp_path):
     assert load_tool("benchmark").main(["not_a_model_or_op", "--out", str(tmp_path / "x")]) == 2
     assert "error: Unknown model 'not_a_model_or_op'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+    assert load_tool("benchmark").main(["test_vit", "--impl", "auto,warp_speed", "--out", ""]) == 2
+    assert "no op of visionattn has implementation(s) ['warp_speed']" in capsys.readouterr().err
 
 
 @pytest.fixture
@@ -106,3 +108,21 @@ def test_every_op_benchmarks_on_cpu(load_tool, capsys, tmp_path, op):
     rc, out, report = _run(load_tool, capsys, tmp_path, [op, "--impl", "reference", "--device", "cpu"])
     assert rc == 0, out
     assert report["results"][0]["latency_ms"] > 0
+
+
+@pytest.mark.cuda
+def test_cuda_records_gpu_and_peak_memory(load_tool, capsys, tmp_path):
+    rc, out, report = _run(load_tool, capsys, tmp_path, ["test_vit", "resnet10t", "--device", "cuda", "--batch", "4",
+                                                          "--dtype", "float16", "--mode", "train"])
+    assert rc == 0, out
+    assert report["machine"]["gpu"] == torch.cuda.get_device_name() and report["machine"]["cuda"]
+    for r in report["results"]:
+        assert r["peak_mem_mib"] > 0 and r["latency_ms"] > 0
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("op", _real_ops() or [pytest.param(None, marks=pytest.mark.skip(reason="no ops yet"))])
+def test_every_op_benchmarks_on_cuda(load_tool, capsys, tmp_path, op):
+    rc, out, report = _run(load_tool, capsys, tmp_path, [op, "--device", "cuda"])
+    assert rc == 0, out
+    assert all(r["peak_mem_mib"] is not None for r in report["results"])
