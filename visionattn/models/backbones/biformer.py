@@ -156,7 +156,7 @@ class BiFormer(nn.Module):
         self.stem = nn.Sequential(
             nn.Conv2d(in_chans, dims[0] // 2, 3, 2, 1), nn.BatchNorm2d(dims[0] // 2), nn.GELU(),
             nn.Conv2d(dims[0] // 2, dims[0], 3, 2, 1), nn.BatchNorm2d(dims[0]))
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         stages, self.feature_info = [], []
         for i, depth in enumerate(depths):
             dp, rates = rates[:depth], rates[depth:]
