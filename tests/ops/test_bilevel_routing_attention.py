@@ -130,18 +130,19 @@ def test_op_contract_and_auto_dispatch_on_cpu():
 
 # --- CUDA: the compiled FlexAttention kernel, forward and backward ---------------------------------
 
-CUDA_GRID = [
-    (2, 56, 56, 64, 2, 7, 1),    # BiFormer stage 1 at 224
-    (2, 14, 14, 256, 8, 7, 16),  # stage 3 at 224 (4-token regions)
-    (1, 64, 96, 64, 2, 16, 1),   # dense, padded non-square (n_win 16)
-    (1, 32, 48, 128, 4, 16, 4),
-    (3, 20, 28, 96, 3, 4, 5),    # odd heads, 35-token regions
+# (shape, dtype): every dtype on stage-like and dense-like shapes (one kernel compile per case).
+CUDA_CASES = [
+    ((2, 56, 56, 64, 2, 7, 1), torch.float32),     # BiFormer stage 1 at 224
+    ((2, 14, 14, 256, 8, 7, 16), torch.bfloat16),  # stage 3 at 224 (4-token regions)
+    ((1, 64, 96, 64, 2, 16, 1), torch.float16),    # dense, non-square (n_win 16)
+    ((1, 32, 48, 128, 4, 16, 4), torch.bfloat16),
+    ((3, 20, 28, 96, 3, 4, 5), torch.float32),     # odd heads, 35-token regions
+    ((1, 28, 28, 128, 4, 7, 4), torch.float16),    # stage 2 at 224, batch 1
 ]
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("shape", CUDA_GRID)
+@pytest.mark.parametrize("shape,dtype", CUDA_CASES)
 def test_flex_matches_reference_cuda_forward_backward(shape, dtype):
     b, h, w, c, heads, n_win, topk = shape
     q, k, v = (t.requires_grad_() for t in _inputs(b, h, w, c, seed=2, device="cuda", dtype=dtype))
@@ -151,10 +152,14 @@ def test_flex_matches_reference_cuda_forward_backward(shape, dtype):
     grad = torch.randn_like(out)
     g_ref = torch.autograd.grad(ref, (q, k, v), grad)
     g_out = torch.autograd.grad(out, (q, k, v), grad)
-    tol = dict(atol=2e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
-    torch.testing.assert_close(out, ref, **tol)
-    for a, r in zip(g_out, g_ref):
-        torch.testing.assert_close(a, r, **tol)
+    if dtype == torch.float32:
+        torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+        for a, r in zip(g_out, g_ref):
+            torch.testing.assert_close(a, r, atol=1e-4, rtol=1e-4)
+    else:  # half precision: both round differently (flex accumulates in fp32); compare relative error
+        for a, r in zip((out, *g_out), (ref, *g_ref)):
+            rel = (a.float() - r.float()).norm() / r.float().norm()
+            assert rel < 2e-2, rel
 
 
 @pytest.mark.cuda

@@ -23,7 +23,7 @@ channel width, not the head width). Region means include every token of the regi
 tokens too: the model pads its input before the projection, as the official dense backbone does).
 """
 import warnings
-from typing import Dict, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -153,6 +153,12 @@ def _flex_attention(*args, **kwargs):
     if not args[0].is_cuda:
         return flex_attention(*args, **kwargs)
     if _compiled_flex is None:
+        # One compiled kernel per stage shape/dtype/mode: a model has several, and hitting dynamo's
+        # default limit (8) would silently fall back to the dense eager path. Raise it.
+        import torch._dynamo.config as dynamo_config
+
+        name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+        setattr(dynamo_config, name, max(getattr(dynamo_config, name), 64))
         _compiled_flex = torch.compile(flex_attention, dynamic=False)
     return _compiled_flex(*args, **kwargs)
 
@@ -174,10 +180,6 @@ def _flex(q, k, v, n_win, num_heads, topk, scale):
     return from_regions(out, n_win, height, width)
 
 
-def _supported(q: torch.Tensor) -> Dict[str, bool]:
-    return {"flex": q.is_cuda, "reference": True}
-
-
 def bilevel_routing_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_win: int, num_heads: int,
                               topk: int, scale: float, impl: str = "auto") -> torch.Tensor:
     """Bi-level routing attention on NHWC maps.
@@ -195,8 +197,8 @@ def bilevel_routing_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         (B, H, W, Cv): per token, attention over the tokens of its region's ``topk`` routed regions.
     """
     topk = _check(q, k, v, n_win, num_heads, topk)
-    impl = pick("bilevel_routing_attention", impl, {"flex": True, "reference": True} if impl == "flex"
-                else _supported(q))
+    # Explicit impl="flex" also runs on CPU (FlexAttention's eager path; tests use it).
+    impl = pick("bilevel_routing_attention", impl, {"flex": q.is_cuda or impl == "flex", "reference": True})
     fn = _flex if impl == "flex" else _reference
     return fn(q, k, v, n_win, num_heads, topk, scale)
 
