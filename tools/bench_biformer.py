@@ -1,6 +1,6 @@
 """BiFormer benchmark in one process (to be folded into tools/benchmark.py once that lands on main).
 
-    python tools/bench_biformer.py [--official path.py] [--cases infer_bf16,infer_fp32,train,dense]
+    python tools/bench_biformer.py [--official path.py] [--cases infer_bf16,train,dense512:fast/official,...]
         [--budget SECONDS] [--out benchmarks/]
 
 Rows per case: ``fast`` (impl auto = FlexAttention on CUDA, eager model), ``fast+compile`` (same,
@@ -70,11 +70,11 @@ def build(kind, name, n_win, state):
     return model
 
 
-def run_case(case, official_mod, rows, record):
+def run_case(case, kinds, official_mod, rows, record):
     name, size, batch, dtype, mode, n_win = CASES[case]
     torch.manual_seed(0)
     batch, size = ARGS.batch or batch, ARGS.size or size
-    kinds = [k for k in ARGS.kinds.split(",") if official_mod or k != "official"]
+    kinds = [k for k in kinds if official_mod or k != "official"]
     x = torch.randn(batch, 3, size, size, device=DEVICE)
     ref_out = None
     src = official_mod.classifier(name) if official_mod else visionattn.create_model(name)
@@ -163,13 +163,15 @@ def main():
     def record():
         path.write_text(json.dumps(dict(machine=machine, rows=rows), indent=1))
 
-    for case in args.cases.split(","):
+    for spec in args.cases.split(","):
+        case, _, only = spec.partition(":")  # "case:kind1/kind2" limits the rows of one case
+        kinds = only.split("/") if only else args.kinds.split(",")
         if case not in CASES:
             raise ValueError(f"unknown case {case!r}; choose from {sorted(CASES)}")
         if time.time() - t0 > args.budget:
             print(f"budget spent, skipping {case}", flush=True)
             continue
-        run_case(case, official_mod, rows, record)
+        run_case(case, kinds, official_mod, rows, record)
     print("wrote", path)
 
 

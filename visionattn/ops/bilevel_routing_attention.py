@@ -22,6 +22,7 @@ same ``scale`` as the token attention, which the official model sets to ``C ** -
 channel width, not the head width). Region means include every token of the region (padding
 tokens too: the model pads its input before the projection, as the official dense backbone does).
 """
+import functools
 import warnings
 from typing import Tuple
 
@@ -31,6 +32,15 @@ import torch.nn.functional as F
 from .dispatch import pick
 
 IMPLS: Tuple[str, ...] = ("flex", "reference")
+
+try:  # torch >= 2.6: FlexAttention (CUDA kernels; CPU eager path)
+    import inspect
+
+    from torch.nn.attention.flex_attention import BlockMask as _BlockMask
+
+    _HAS_Q_BLOCKS_ARG = "compute_q_blocks" in inspect.signature(_BlockMask.from_kv_blocks).parameters
+except ImportError:  # pragma: no cover - older torch
+    _HAS_Q_BLOCKS_ARG = False
 
 # Tokens per FlexAttention block (query and key); regions are packed into blocks of this size.
 _FLEX_BLOCK = 128
@@ -109,7 +119,20 @@ def _reference(q, k, v, n_win, num_heads, topk, scale):
     return from_regions(out, n_win, height, width)
 
 
-def _block_mask(idx: torch.Tensor, regions: int, hw: int, device):
+@functools.lru_cache(maxsize=64)
+def _block_cover(regions: int, hw: int, device: torch.device):
+    """Tokens each FlexAttention block holds of each region, (nblk, R), and tokens per block (nblk,).
+
+    Depends on the shapes only, so it is cached (it would otherwise cost launches in every block)."""
+    n = regions * hw
+    nblk = (n + _FLEX_BLOCK - 1) // _FLEX_BLOCK
+    token = torch.arange(n, device=device)
+    cover = torch.zeros(nblk, regions, dtype=torch.float32, device=device)
+    cover.index_put_((token // _FLEX_BLOCK, token // hw), torch.ones(n, device=device), accumulate=True)
+    return cover, cover.sum(1)
+
+
+def _block_mask(idx: torch.Tensor, regions: int, hw: int, device, backward: bool = True):
     """FlexAttention BlockMask for tokens laid out region-major (region r = tokens [r*hw, (r+1)*hw))."""
     from torch.nn.attention.flex_attention import BlockMask
 
@@ -117,14 +140,9 @@ def _block_mask(idx: torch.Tensor, regions: int, hw: int, device):
     n = regions * hw
     routed = torch.zeros(b, regions, regions, dtype=torch.bool, device=device)
     routed.scatter_(2, idx, True)  # (B, R, R): query region -> key region allowed
-    # Tokens each block holds of each region: (nblk, R), blocks of _FLEX_BLOCK tokens.
-    nblk = (n + _FLEX_BLOCK - 1) // _FLEX_BLOCK
-    token = torch.arange(n, device=device)
-    cover = torch.zeros(nblk, regions, dtype=torch.float32, device=device)
-    cover.index_put_((token // _FLEX_BLOCK, token // hw), torch.ones(n, device=device), accumulate=True)
+    cover, size = _block_cover(regions, hw, torch.device(device))  # (nblk, R), (nblk,)
     # Allowed token pairs per (query block, key block); exact in fp32 (<= 128*128).
     pairs = cover @ routed.float() @ cover.t()  # (B, nblk, nblk)
-    size = cover.sum(1)  # (nblk,) tokens per block
     full = pairs == size[:, None] * size[None, :]
     partial = (pairs > 0) & ~full
 
@@ -138,8 +156,10 @@ def _block_mask(idx: torch.Tensor, regions: int, hw: int, device):
 
     num, ind = as_indices(partial)
     full_num, full_ind = as_indices(full)
+    # The query-side tables are only needed by the backward pass.
+    extra = {} if backward or not _HAS_Q_BLOCKS_ARG else dict(compute_q_blocks=False)
     return BlockMask.from_kv_blocks(num, ind, full_num, full_ind, BLOCK_SIZE=_FLEX_BLOCK, mask_mod=mask_mod,
-                                    seq_lengths=(n, n))
+                                    seq_lengths=(n, n), **extra)
 
 
 _compiled_flex = None
@@ -174,7 +194,8 @@ def _flex(q, k, v, n_win, num_heads, topk, scale):
         t = to_regions(t, n_win)
         return t.reshape(b, regions * hw, num_heads, t.shape[-1] // num_heads).transpose(1, 2)
 
-    mask = _block_mask(idx, regions, hw, q.device)
+    backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    mask = _block_mask(idx, regions, hw, q.device, backward)
     out = _flex_attention(heads(q), heads(k), heads(v), block_mask=mask, scale=scale)  # (B, M, N, d)
     out = out.transpose(1, 2).reshape(b, regions, hw, cv)
     return from_regions(out, n_win, height, width)
