@@ -98,6 +98,39 @@ def test_three_loading_paths_agree(official_file):
     assert torch.equal(ya, yb) and torch.equal(ya, yc)
 
 
+def test_convert_checkpoint_cli_detects_tiny_and_takes_ema(official_file, tmp_path):
+    import importlib.util
+
+    tool = Path(__file__).resolve().parents[3] / "tools" / "convert_checkpoint.py"
+    spec = importlib.util.spec_from_file_location("convert_checkpoint_cli", tool)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    official = torch.load(official_file)["model"]
+    assert cli.main(["biformer", str(official_file), str(tmp_path / "ours.pth")]) == 0
+    model = visionattn.create_model("biformer_tiny", checkpoint=str(tmp_path / "ours.pth"))
+    assert torch.equal(model.stages[2].blocks[7].mlp.fc2.weight, official["stages.2.7.mlp.3.weight"])
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in official.items()}
+    torch.save({"model": official, "model_ema": ema}, tmp_path / "trainer.pth")
+    assert cli.main(["biformer_tiny", str(tmp_path / "trainer.pth"), str(tmp_path / "ema.pth"), "--ema"]) == 0
+    model = visionattn.create_model("biformer_tiny", checkpoint=str(tmp_path / "ema.pth"))
+    assert torch.equal(model.head.weight, official["head.weight"] + 1)
+
+
+@pytest.mark.filterwarnings("ignore:zoo entry")
+def test_zoo_entry_takes_a_user_supplied_file(official_file, tmp_path, monkeypatch):
+    """The official links are dead: the zoo error says where to put the file, and a file put there loads."""
+    import shutil
+
+    monkeypatch.setenv("VISIONATTN_HOME", str(tmp_path))
+    monkeypatch.setenv("VISIONATTN_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="checkpoint=PATH"):
+        visionattn.create_model("biformer_tiny", pretrained=True)
+    (tmp_path / "checkpoints").mkdir(exist_ok=True)
+    shutil.copy(official_file, tmp_path / "checkpoints" / "biformer_tiny.in1k.pth")
+    model = visionattn.create_model("biformer_tiny", pretrained=True)
+    assert torch.equal(model.stem[3].weight, torch.load(official_file)["model"]["downsample_layers.0.3.weight"])
+
+
 def test_features_only_checkpoint_with_dense_norms(official_file):
     official = torch.load(official_file)["model"]
     model = visionattn.create_model("biformer_tiny", features_only=True, out_norm=True, n_win=4,
@@ -148,3 +181,21 @@ def test_bad_arguments_raise():
         _tiny(global_pool="max")
     with pytest.raises(RuntimeError, match="does not fit|missing"):
         load_checkpoint(_tiny(), {"model": {"stem.0.weight": torch.zeros(16, 3, 3, 3)}}, family="biformer")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["biformer_tiny", "biformer_small", "biformer_base"])
+def test_params_and_flops_match_the_paper(name):
+    """FLOPs as the paper counts them: one multiply-add = one FLOP, i.e. FlopCounterMode's total / 2.
+
+    torch's counter sees matmuls, convolutions and attention only; the official fvcore count
+    (2.228/4.487/9.795 G) also counts normalisations, so ours is ~0.8% lower."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from visionattn.models.backbones.biformer import PAPER_FLOPS, PAPER_PARAMS
+
+    model = timm.create_model(name).eval()
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(PAPER_PARAMS[name], rel=1e-3)
+    with torch.no_grad(), use_impl("reference"), FlopCounterMode(display=False) as counter:
+        model(torch.randn(1, 3, 224, 224))
+    assert counter.get_total_flops() / 2 == pytest.approx(PAPER_FLOPS[name], rel=0.015)

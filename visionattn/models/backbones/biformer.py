@@ -273,8 +273,15 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
 
 
 @register_converter("biformer")
-def convert_official(checkpoint, model: nn.Module, **kwargs) -> Dict[str, torch.Tensor]:
-    """Hub converter: official checkpoint -> state dict of ``model`` (a BiFormer or its features wrapper)."""
+def convert_official(checkpoint, model: nn.Module, ema: bool = False) -> Dict[str, torch.Tensor]:
+    """Hub converter: official checkpoint -> state dict of ``model`` (a BiFormer or its features wrapper).
+
+    ``ema=True`` takes the official trainer's ``model_ema`` weights instead of ``model`` (the
+    released numbers are those of ``model``)."""
+    if ema:
+        if not isinstance(checkpoint.get("model_ema"), dict):
+            raise RuntimeError(f"ema=True but the checkpoint has no 'model_ema' entry (keys: {sorted(checkpoint)[:10]})")
+        checkpoint = checkpoint["model_ema"]
     state_dict = extract_state_dict(checkpoint)
     inner = getattr(model, "model", None)
     if isinstance(inner, BiFormer):  # timm FeatureGetterNet(features_only=True): keys under "model."
