@@ -1,0 +1,171 @@
+"""Bi-level routing attention: reference vs an independent dense formula, flex path vs reference."""
+import pytest
+import torch
+
+from visionattn.ops import bilevel_routing_attention as bra_mod
+from visionattn.ops.bilevel_routing_attention import IMPLS, bilevel_routing_attention, example_inputs, route
+from visionattn.ops.dispatch import use_impl
+
+# (batch, H, W, C, heads, n_win, topk): square, non-square, batch 1, one region per side, 1-token regions.
+GRID = [
+    (2, 14, 14, 64, 2, 7, 4),
+    (1, 12, 20, 32, 1, 4, 3),
+    (2, 8, 12, 64, 4, 2, 2),
+    (1, 6, 9, 32, 2, 3, 9),
+    (1, 4, 4, 32, 1, 4, 5),
+    (1, 10, 10, 16, 2, 1, 1),
+]
+
+
+def _inputs(b, h, w, c, seed=0, dtype=torch.float32, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, h, w, c, generator=g).to(device, dtype) for _ in range(3)]
+
+
+def _dense_masked(q, k, v, n_win, heads, topk, scale):
+    """Independent formula: full attention over all tokens with a token mask from the routing."""
+    b, h, w, c = q.shape
+    rows = torch.arange(h).view(h, 1) // (h // n_win)
+    cols = torch.arange(w).view(1, w) // (w // n_win)
+    region = (rows * n_win + cols).reshape(-1)  # (H*W,) raster order -> region id
+    idx = route(q, k, n_win, topk, scale)  # (B, R, topk)
+    allowed = torch.zeros(b, n_win ** 2, n_win ** 2, dtype=torch.bool).scatter_(2, idx, True)
+    mask = allowed[:, region][:, :, region]  # (B, HW, HW)
+    qh, kh, vh = (t.reshape(b, h * w, heads, -1).transpose(1, 2) for t in (q, k, v))
+    logits = (qh * scale) @ kh.transpose(-2, -1)
+    logits = logits.masked_fill(~mask[:, None], float("-inf"))
+    return (logits.softmax(-1) @ vh).transpose(1, 2).reshape(b, h, w, -1)
+
+
+@pytest.mark.parametrize("shape", GRID)
+def test_reference_equals_dense_masked_attention(shape):
+    b, h, w, c, heads, n_win, topk = shape
+    q, k, v = _inputs(b, h, w, c)
+    out = bilevel_routing_attention(q, k, v, n_win, heads, topk, c ** -0.5, impl="reference")
+    assert out.shape == (b, h, w, c)
+    torch.testing.assert_close(out, _dense_masked(q, k, v, n_win, heads, topk, c ** -0.5), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("shape", GRID[:4])
+def test_flex_equals_reference_forward_cpu(shape):
+    """FlexAttention's eager path (CPU) with our block mask; the compiled kernel runs in the cuda tests."""
+    b, h, w, c, heads, n_win, topk = shape
+    q, k, v = _inputs(b, h, w, c, seed=1)
+    ref = bilevel_routing_attention(q, k, v, n_win, heads, topk, c ** -0.5, impl="reference")
+    out = bilevel_routing_attention(q, k, v, n_win, heads, topk, c ** -0.5, impl="flex")
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("regions,hw,topk", [(49, 4, 16), (16, 273, 1), (9, 64, 3), (4, 100, 2)])
+def test_block_mask_tables_match_token_mask(regions, hw, topk):
+    """The block tables (what the fused kernel visits) + mask_mod reproduce the routed token mask exactly:
+    no routed block is skipped, every 'full' block is fully allowed, nothing else is visited."""
+    g = torch.Generator().manual_seed(regions)
+    b = 2
+    idx = torch.stack([torch.stack([torch.randperm(regions, generator=g)[:topk] for _ in range(regions)])
+                       for _ in range(b)])  # (B, R, topk)
+    mask = bra_mod._block_mask(idx, regions, hw, "cpu")
+    n, blk = regions * hw, bra_mod._FLEX_BLOCK
+    allowed = torch.zeros(b, regions, regions, dtype=torch.bool).scatter_(2, idx, True)
+    token_region = torch.arange(n) // hw
+    expected = allowed[:, token_region][:, :, token_region]  # (B, N, N)
+    rebuilt = torch.zeros(b, n, n, dtype=torch.bool)
+    for bi in range(b):
+        for qb in range(mask.kv_num_blocks.shape[-1]):
+            qs = slice(qb * blk, min((qb + 1) * blk, n))
+            for kb in mask.full_kv_indices[bi, 0, qb, :mask.full_kv_num_blocks[bi, 0, qb]].tolist():
+                ks = slice(kb * blk, min((kb + 1) * blk, n))
+                assert expected[bi, qs, ks].all(), "a 'full' block holds masked pairs"
+                rebuilt[bi, qs, ks] = True
+            for kb in mask.kv_indices[bi, 0, qb, :mask.kv_num_blocks[bi, 0, qb]].tolist():
+                ks = slice(kb * blk, min((kb + 1) * blk, n))
+                assert expected[bi, qs, ks].any(), "a visited block holds no allowed pair"
+                rebuilt[bi, qs, ks] = expected[bi, qs, ks]
+    assert torch.equal(rebuilt, expected)
+
+
+def test_topk_above_regions_clamps_with_warning_to_global_attention():
+    q, k, v = _inputs(1, 6, 6, 32)
+    with pytest.warns(UserWarning, match="topk=20 exceeds the 9 regions"):
+        out = bilevel_routing_attention(q, k, v, 3, 2, 20, 0.2, impl="reference")
+    qh, kh, vh = (t.reshape(1, 36, 2, 16).transpose(1, 2) for t in (q, k, v))
+    full = (((qh * 0.2) @ kh.transpose(-2, -1)).softmax(-1) @ vh).transpose(1, 2).reshape(1, 6, 6, 32)
+    torch.testing.assert_close(out, full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(n_win=4), "not a multiple of n_win=4"),
+    (dict(topk=0), "topk must be >= 1"),
+    (dict(num_heads=3), "num_heads=3"),
+    (dict(impl="triton"), "unknown impl 'triton'"),
+])
+def test_bad_inputs_raise_clear_errors(bad, match):
+    q, k, v = _inputs(1, 6, 6, 32)
+    kwargs = dict(n_win=3, num_heads=2, topk=2, scale=0.2, impl="reference")
+    kwargs.update(bad)
+    with pytest.raises(ValueError, match=match):
+        bilevel_routing_attention(q, k, v, **kwargs)
+
+
+def test_routing_is_not_differentiated_but_attention_is():
+    q, k, v = (t.requires_grad_() for t in _inputs(1, 8, 8, 32))
+    out = bilevel_routing_attention(q, k, v, 2, 2, 2, 32 ** -0.5, impl="reference")
+    gq, gk, gv = torch.autograd.grad(out.square().sum(), (q, k, v))
+    # Gradients equal the dense masked formula with the routing held fixed (mask has no gradient).
+    q2, k2, v2 = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    dense = _dense_masked(q2, k2, v2, 2, 2, 2, 32 ** -0.5)
+    for a, b in zip((gq, gk, gv), torch.autograd.grad(dense.square().sum(), (q2, k2, v2))):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_op_contract_and_auto_dispatch_on_cpu():
+    assert IMPLS[-1] == "reference" and "flex" in IMPLS
+    kwargs = example_inputs(batch=1, size=14, channels=32, num_heads=1, n_win=7, topk=2)
+    ref = bilevel_routing_attention(**kwargs, impl="reference")
+    torch.testing.assert_close(bilevel_routing_attention(**kwargs), ref)  # auto -> reference on CPU
+    with use_impl("flex"):  # forcing an impl that cannot run on CPU falls back to the reference
+        torch.testing.assert_close(bilevel_routing_attention(**kwargs), ref)
+
+
+# --- CUDA: the compiled FlexAttention kernel, forward and backward ---------------------------------
+
+# (shape, dtype): every dtype on stage-like and dense-like shapes (one kernel compile per case).
+CUDA_CASES = [
+    ((2, 56, 56, 64, 2, 7, 1), torch.float32),     # BiFormer stage 1 at 224
+    ((2, 14, 14, 256, 8, 7, 16), torch.bfloat16),  # stage 3 at 224 (4-token regions)
+    ((1, 64, 96, 64, 2, 16, 1), torch.float16),    # dense, non-square (n_win 16)
+    ((1, 32, 48, 128, 4, 16, 4), torch.bfloat16),
+    ((3, 20, 28, 96, 3, 4, 5), torch.float32),     # odd heads, 35-token regions
+    ((1, 28, 28, 128, 4, 7, 4), torch.float16),    # stage 2 at 224, batch 1
+]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape,dtype", CUDA_CASES)
+def test_flex_matches_reference_cuda_forward_backward(shape, dtype):
+    b, h, w, c, heads, n_win, topk = shape
+    q, k, v = (t.requires_grad_() for t in _inputs(b, h, w, c, seed=2, device="cuda", dtype=dtype))
+    # Routing on the low-precision means is shared by both paths, so both attend to the same regions.
+    ref = bilevel_routing_attention(q, k, v, n_win, heads, topk, c ** -0.5, impl="reference")
+    out = bilevel_routing_attention(q, k, v, n_win, heads, topk, c ** -0.5, impl="flex")
+    grad = torch.randn_like(out)
+    g_ref = torch.autograd.grad(ref, (q, k, v), grad)
+    g_out = torch.autograd.grad(out, (q, k, v), grad)
+    if dtype == torch.float32:
+        torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+        for a, r in zip(g_out, g_ref):
+            torch.testing.assert_close(a, r, atol=1e-4, rtol=1e-4)
+    else:  # half precision: both round differently (flex accumulates in fp32); compare relative error
+        for a, r in zip((out, *g_out), (ref, *g_ref)):
+            rel = (a.float() - r.float()).norm() / r.float().norm()
+            assert rel < 2e-2, rel
+
+
+@pytest.mark.cuda
+def test_auto_picks_flex_on_cuda(monkeypatch):
+    calls = []
+    monkeypatch.setattr(bra_mod, "_flex", lambda *a: calls.append(1) or bra_mod._reference(*a))
+    kwargs = example_inputs(device="cuda", batch=1)
+    bilevel_routing_attention(**kwargs)
+    assert calls

@@ -1,0 +1,336 @@
+"""BiFormer: Vision Transformer with Bi-Level Routing Attention (Zhu et al., CVPR 2023).
+
+Faithful to the official models behind the released ImageNet weights (``rayleizhu/BiFormer``,
+legacy BRA): official checkpoints load strictly through :func:`checkpoint_filter_fn` and give the
+official logits. The routing + token attention math lives in
+:mod:`visionattn.ops.bilevel_routing_attention`; this file holds the parameterised layers.
+
+Layout: conv stem (stride 4) -> 4 stages (stride 4, 8, 16, 32); stages 2-4 start with a 3x3
+stride-2 conv + BN. Stages 1-3 use bi-level routing attention over ``n_win x n_win`` regions,
+stage 4 plain multi-head attention. Every block: 3x3 depthwise positional conv, then pre-norm
+attention and MLP residuals.
+
+Dense prediction: ``features_only=True`` returns the 4 stage maps (NCHW, any input size: maps
+are padded to a multiple of ``n_win`` inside the attention, as the official dense backbone does);
+``out_norm=True`` adds the official dense backbone's per-stage LayerNorm2d on those maps
+(``extra_norms`` in its checkpoints; newly initialised when loading ImageNet weights, as there).
+``n_win`` is a constructor argument (official: 7 for 224 classification, 16 detection, 8 segmentation).
+
+FLOPs quoted in :data:`PAPER_FLOPS` count one multiply-add as one FLOP (the paper's convention):
+``torch.utils.flop_counter.FlopCounterMode`` total at 224x224 divided by 2.
+"""
+import re
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, LayerNorm2d, Mlp, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+
+from ...hub import extract_state_dict, register_converter
+from ...ops.bilevel_routing_attention import bilevel_routing_attention
+
+__all__ = ["BiFormer", "BiLevelRoutingAttention", "checkpoint_filter_fn"]
+
+
+class BiLevelRoutingAttention(nn.Module):
+    """BRA layer (legacy official form). (B, H, W, C) -> (B, H, W, C), any H, W.
+
+    qkv projection -> routing + token attention (the op) -> + LePE (5x5 depthwise conv on V) -> proj.
+    Sizes that are not a multiple of ``n_win`` are zero-padded before the projection (padded
+    tokens get bias-only q/k/v and take part in the routing, like the official ``auto_pad``) and
+    the output is cropped.
+    """
+
+    def __init__(self, dim: int, num_heads: int, n_win: int = 7, topk: int = 4, lepe_kernel: int = 5,
+                 attn_impl: str = "auto"):
+        super().__init__()
+        self.num_heads, self.n_win, self.topk, self.attn_impl = num_heads, n_win, topk, attn_impl
+        self.scale = dim ** -0.5  # official: full qk width, not the head width
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.lepe = nn.Conv2d(dim, dim, lepe_kernel, padding=lepe_kernel // 2, groups=dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, height, width, _ = x.shape
+        pad_b, pad_r = -height % self.n_win, -width % self.n_win
+        if pad_b or pad_r:
+            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+        q, k, v = self.qkv(x).chunk(3, dim=-1)  # (B, H', W', C) each
+        out = bilevel_routing_attention(q, k, v, self.n_win, self.num_heads, self.topk, self.scale,
+                                        impl=self.attn_impl)
+        lepe = self.lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        out = self.proj(out + lepe)
+        if pad_b or pad_r:
+            out = out[:, :height, :width].contiguous()
+        return out
+
+
+class GlobalAttention(nn.Module):
+    """Stage-4 attention (official ``AttentionLePE``). (B, H, W, C) -> (B, H, W, C).
+
+    Plain multi-head attention over all tokens; official quirks kept for weight parity: 8 heads
+    whatever the width, qkv without bias, LePE (5x5 depthwise) on the block input, not on V.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, lepe_kernel: int = 5):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.lepe = nn.Conv2d(dim, dim, lepe_kernel, padding=lepe_kernel // 2, groups=dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, height, width, c = x.shape
+        qkv = self.qkv(x).reshape(b, height * width, 3, self.num_heads, c // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, M, N, d) each
+        out = F.scaled_dot_product_attention(q, k, v)  # scale d ** -0.5
+        out = out.transpose(1, 2).reshape(b, height, width, c)
+        lepe = self.lepe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.proj(out + lepe)
+
+
+class BiFormerBlock(nn.Module):
+    """(B, C, H, W) -> (B, C, H, W): x += DWConv3x3(x); x += Attn(LN(x)); x += MLP(LN(x))."""
+
+    def __init__(self, dim: int, num_heads: int, topk: int, n_win: int, mlp_ratio: float = 3.0,
+                 drop_path: float = 0.0, attn_impl: str = "auto"):
+        super().__init__()
+        self.cpe = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        if topk > 0:
+            self.attn = BiLevelRoutingAttention(dim, num_heads, n_win, topk, attn_impl=attn_impl)
+        else:
+            self.attn = GlobalAttention(dim)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(mlp_ratio * dim), act_layer=nn.GELU)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.cpe(x)
+        x = x.permute(0, 2, 3, 1)  # NHWC
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x.permute(0, 3, 1, 2)
+
+
+class BiFormerStage(nn.Module):
+    """Optional 3x3 stride-2 conv + BN downsample, then blocks. (B, C_in, H, W) -> (B, C, H/2, W/2)."""
+
+    def __init__(self, in_dim: int, dim: int, depth: int, num_heads: int, topk: int, n_win: int,
+                 mlp_ratio: float, drop_path: Sequence[float], downsample: bool, attn_impl: str):
+        super().__init__()
+        self.downsample = nn.Sequential(nn.Conv2d(in_dim, dim, 3, 2, 1), nn.BatchNorm2d(dim)) if downsample \
+            else nn.Identity()
+        self.blocks = nn.Sequential(*[
+            BiFormerBlock(dim, num_heads, topk, n_win, mlp_ratio, drop_path[j], attn_impl) for j in range(depth)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.downsample(x))
+
+
+class BiFormer(nn.Module):
+    """BiFormer classifier / backbone. Input (B, 3, H, W) -> logits (B, num_classes).
+
+    Args:
+        depths, dims: blocks and channels per stage.
+        topks: routed regions per stage; ``-1`` selects plain attention (stage 4 in every release).
+        head_dim: channels per head of the BRA stages (heads = dim // head_dim).
+        n_win: regions per side for BRA (7 for 224 classification, 16/8 in the official det/seg).
+        out_norm: add per-stage LayerNorm2d applied to the intermediate (dense) features.
+        attn_impl: BRA implementation (``'auto'``, ``'flex'``, ``'reference'``).
+    """
+
+    def __init__(self, depths=(4, 4, 18, 4), dims=(64, 128, 256, 512), topks=(1, 4, 16, -1), head_dim: int = 32,
+                 n_win: int = 7, mlp_ratio: float = 3.0, num_classes: int = 1000, in_chans: int = 3,
+                 global_pool: str = "avg", drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 out_norm: bool = False, attn_impl: str = "auto"):
+        super().__init__()
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"BiFormer: global_pool must be 'avg' or '' (none), got {global_pool!r}")
+        self.num_classes, self.global_pool, self.n_win = num_classes, global_pool, n_win
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_chans, dims[0] // 2, 3, 2, 1), nn.BatchNorm2d(dims[0] // 2), nn.GELU(),
+            nn.Conv2d(dims[0] // 2, dims[0], 3, 2, 1), nn.BatchNorm2d(dims[0]))
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        stages, self.feature_info = [], []
+        for i, depth in enumerate(depths):
+            dp, rates = rates[:depth], rates[depth:]
+            stages.append(BiFormerStage(dims[max(i - 1, 0)], dims[i], depth, dims[i] // head_dim, topks[i], n_win,
+                                        mlp_ratio, dp, i > 0, attn_impl))
+            self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+        self.out_norms = nn.ModuleList(LayerNorm2d(d) for d in dims) if out_norm else None
+        self.norm = nn.BatchNorm2d(dims[-1])
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = global_pool
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """Stage maps (B, C_i, H/4/2^i, W/4/2^i) for ``indices`` (all 4 when None), each through its
+        ``out_norms`` LayerNorm2d when the model has them; ``norm`` applies the final BN to stage 4."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"BiFormer.forward_intermediates: output_fmt must be 'NCHW', got {output_fmt!r}")
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        x = self.stem(x)
+        feats = []
+        stages = self.stages[:max_index + 1] if stop_early else self.stages
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take:
+                f = self.norm(x) if norm and i == len(self.stages) - 1 else x
+                feats.append(self.out_norms[i](f) if self.out_norms is not None else f)
+        if intermediates_only:
+            return feats
+        return self.norm(x), feats
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        if prune_norm or max_index < 3:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, C_4, H/32, W/32)."""
+        return self.norm(self.stages(self.stem(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "avg":
+            x = x.mean((2, 3))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# --- official checkpoints ----------------------------------------------------------------------
+
+# Official key -> ours (applied in order; official layout in shared/reference/keys/biformer_*.txt).
+_KEY_MAP = (
+    (r"^downsample_layers\.0\.", "stem."),
+    (r"^downsample_layers\.(\d)\.", r"stages.\1.downsample."),
+    (r"^stages\.(\d)\.(\d+)\.", r"stages.\1.blocks.\2."),
+    (r"\.pos_embed\.", ".cpe."),
+    (r"\.attn\.qkv\.qkv\.", ".attn.qkv."),
+    (r"\.attn\.wo\.", ".attn.proj."),
+    (r"\.mlp\.0\.", ".mlp.fc1."),
+    (r"\.mlp\.3\.", ".mlp.fc2."),
+    (r"^extra_norms\.", "out_norms."),
+)
+
+
+def _official_to_ours(key: str) -> str:
+    for pattern, repl in _KEY_MAP:
+        key = re.sub(pattern, repl, key)
+    return key
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Official BiFormer state dict (or a ``{"model": ...}`` checkpoint) -> ``model``'s keys.
+
+    Keys the model lacks (``head``/``norm`` of a pruned features model) are dropped; ``out_norms``
+    that the checkpoint lacks (ImageNet weights) keep the model's own initial values, like the
+    official dense backbone. Anything else missing or unexpected is left for the strict load to report.
+    """
+    state_dict = extract_state_dict(state_dict) if "model" in state_dict or "state_dict" in state_dict \
+        else state_dict
+    if not any(k.startswith("stem.") for k in state_dict):
+        state_dict = {_official_to_ours(k): v for k, v in state_dict.items()}
+    own = model.state_dict()
+    pruned = [p for p in ("head.", "norm.") if not any(k.startswith(p) for k in own)]
+    out = {k: v for k, v in state_dict.items() if not k.startswith(tuple(pruned))}
+    if not any(k.startswith("out_norms.") for k in out):
+        out.update({k: v for k, v in own.items() if k.startswith("out_norms.")})
+    return out
+
+
+@register_converter("biformer")
+def convert_official(checkpoint, model: nn.Module, ema: bool = False) -> Dict[str, torch.Tensor]:
+    """Hub converter: official checkpoint -> state dict of ``model`` (a BiFormer or its features wrapper).
+
+    ``ema=True`` takes the official trainer's ``model_ema`` weights instead of ``model`` (the
+    released numbers are those of ``model``)."""
+    if ema:
+        if not isinstance(checkpoint.get("model_ema"), dict):
+            raise RuntimeError(f"ema=True but the checkpoint has no 'model_ema' entry (keys: {sorted(checkpoint)[:10]})")
+        checkpoint = checkpoint["model_ema"]
+    state_dict = extract_state_dict(checkpoint)
+    inner = getattr(model, "model", None)
+    if isinstance(inner, BiFormer):  # timm FeatureGetterNet(features_only=True): keys under "model."
+        return {f"model.{k}": v for k, v in checkpoint_filter_fn(state_dict, inner).items()}
+    return checkpoint_filter_fn(state_dict, model)
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs) -> BiFormer:
+    return build_model_with_cfg(
+        BiFormer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)), **kwargs)
+
+
+def _cfg(url: str = "", **kwargs) -> dict:
+    return dict(url=url, num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.9,
+                interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+                first_conv="stem.0", classifier="head", license="mit",
+                paper_ids="arXiv:2303.08810", origin_url="https://github.com/rayleizhu/BiFormer", **kwargs)
+
+
+_ONEDRIVE = "https://api.onedrive.com/v1.0/shares/{}/root/content"
+default_cfgs = generate_default_cfgs({
+    # Official OneDrive links (rayleizhu/BiFormer models/biformer.py). Reported broken (upstream
+    # issue #53): pass the downloaded file with pretrained_cfg_overlay=dict(file=...).
+    "biformer_tiny.in1k": _cfg(_ONEDRIVE.format("s!AkBbczdRlZvChHEOoGkgwgQzEDlM")),
+    "biformer_small.in1k": _cfg(_ONEDRIVE.format("s!AkBbczdRlZvChHDyM-x9KWRBZ832")),
+    "biformer_base.in1k": _cfg(_ONEDRIVE.format("s!AkBbczdRlZvChHI_XPhoadjaNxtO")),
+})
+
+# Paper / official-code numbers (one multiply-add = one FLOP, 224x224).
+PAPER_PARAMS = {"biformer_tiny": 13.14e6, "biformer_small": 25.54e6, "biformer_base": 56.81e6}
+PAPER_FLOPS = {"biformer_tiny": 2.23e9, "biformer_small": 4.49e9, "biformer_base": 9.80e9}
+
+
+@register_model
+def biformer_tiny(pretrained: bool = False, **kwargs) -> BiFormer:
+    """BiFormer-T: 13.14M params, 2.23 GFLOPs (MACs) at 224, 81.4% IN-1k top-1."""
+    return _create("biformer_tiny", pretrained, **dict(dict(depths=(2, 2, 8, 2), dims=(64, 128, 256, 512)), **kwargs))
+
+
+@register_model
+def biformer_small(pretrained: bool = False, **kwargs) -> BiFormer:
+    """BiFormer-S: 25.54M params, 4.49 GFLOPs (MACs) at 224, 83.8% IN-1k top-1."""
+    return _create("biformer_small", pretrained, **dict(dict(depths=(4, 4, 18, 4), dims=(64, 128, 256, 512)),
+                                                        **kwargs))
+
+
+@register_model
+def biformer_base(pretrained: bool = False, **kwargs) -> BiFormer:
+    """BiFormer-B: 56.81M params, 9.80 GFLOPs (MACs) at 224, 84.3% IN-1k top-1."""
+    return _create("biformer_base", pretrained, **dict(dict(depths=(4, 4, 18, 4), dims=(96, 192, 384, 768)),
+                                                       **kwargs))
