@@ -21,7 +21,7 @@ model = dict(
         out_indices=(0, 1, 2, 3),
         pretrained=True,  # ImageNet weights from the model zoo; or checkpoint='path/to/ffnet_2.pth.tar'
         model_kwargs=dict(drop_path_rate=0.35),
-        out_norm='layernorm2d',
+        feature_kwargs=dict(stage_norm=True),  # per-stage LayerNorm2d on the outputs (dense-only layers)
         norm_eval=False),
     neck=dict(in_channels=dims),
     roi_head=dict(bbox_head=[

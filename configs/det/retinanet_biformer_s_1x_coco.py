@@ -18,7 +18,7 @@ model = dict(
         out_indices=(0, 1, 2, 3),
         pretrained=True,  # ImageNet weights from the model zoo; or checkpoint='path/to/biformer_small.pth'
         model_kwargs=dict(n_win=16, drop_path_rate=0.2),
-        out_norm='layernorm2d',
+        feature_kwargs=dict(out_norm=True),  # per-stage LayerNorm2d on the outputs (dense-only layers)
         norm_eval=True),
     neck=dict(in_channels=dims, start_level=1, add_extra_convs='on_input', num_outs=5))
 

@@ -20,7 +20,7 @@ model = dict(
         out_indices=(0, 1, 2, 3),
         pretrained=True,  # ImageNet weights from the model zoo; or checkpoint='path/to/biformer_small.pth'
         model_kwargs=dict(n_win=8, drop_path_rate=0.15),
-        out_norm='layernorm2d'),
+        feature_kwargs=dict(out_norm=True)),  # per-stage LayerNorm2d on the outputs (dense-only layers)
     neck=dict(in_channels=dims),
     decode_head=dict(num_classes=150))
 

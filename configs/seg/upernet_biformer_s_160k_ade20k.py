@@ -22,7 +22,7 @@ model = dict(
         out_indices=(0, 1, 2, 3),
         pretrained=True,  # ImageNet weights from the model zoo; or checkpoint='path/to/biformer_small.pth'
         model_kwargs=dict(n_win=8, drop_path_rate=0.3),
-        out_norm='layernorm2d'),
+        feature_kwargs=dict(out_norm=True)),  # per-stage LayerNorm2d on the outputs (dense-only layers)
     decode_head=dict(in_channels=dims, num_classes=150),
     auxiliary_head=dict(in_channels=dims[2], num_classes=150))
 

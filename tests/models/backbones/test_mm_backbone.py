@@ -89,3 +89,31 @@ def test_layer_ids_follow_stages_and_blocks():
     assert net.layer_id("body.stages.2.7.mlp.fc1.weight", 12) == 5
     assert net.layer_id("body.downsample_layers.2.0.weight", 12) == 3
     assert net.layer_id("body.patch_embed.0.c.weight", 12) == 0
+
+
+@pytest.mark.parametrize("name,model_kwargs,feature_kwargs", [
+    ("biformer_tiny", dict(n_win=8), dict(out_norm=True)),
+    ("ffnet_1", {}, dict(stage_norm=True)),
+])
+def test_imagenet_checkpoint_into_dense_backbone(tmp_path, name, model_kwargs, feature_kwargs):
+    """Classification weights (no per-stage norms) load strictly; only the dense-only norms keep their init."""
+    if not timm.is_model(name):
+        pytest.skip(f"backbone {name!r} is not registered in this checkout")
+    full = timm.create_model(name, **model_kwargs)
+    torch.save(full.state_dict(), tmp_path / "in1k.pth")
+    net = VisionAttnBackbone(name, checkpoint=str(tmp_path / "in1k.pth"), model_kwargs=model_kwargs,
+                             feature_kwargs=feature_kwargs)
+    net.init_weights()
+    source = full.state_dict()
+    loaded = kept = 0
+    for key, value in net.body.state_dict().items():
+        plain = key[len("model."):] if key.startswith("model.") else key
+        if plain in source:
+            torch.testing.assert_close(value, source[plain], rtol=0, atol=0)
+            loaded += 1
+        else:
+            assert "norm" in plain and (value == 0).all() or (value == 1).all(), key
+            kept += 1
+    assert loaded > 100 and kept == 8  # 4 stages x (weight, bias)
+    with pytest.raises(ValueError, match="both"):
+        VisionAttnBackbone(name, model_kwargs=dict(feature_kwargs), feature_kwargs=feature_kwargs)

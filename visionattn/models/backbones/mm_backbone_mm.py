@@ -8,7 +8,7 @@ registers :class:`VisionAttnBackbone` in mmdet's and mmseg's ``MODELS``::
                   checkpoint='biformer_small.pth', model_kwargs=dict(n_win=16, drop_path_rate=0.2))
 """
 import re
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -31,19 +31,22 @@ def _canonical(name: str) -> str:
     return name.replace("_", ".")
 
 
-def copy_matching_weights(features: nn.Module, full: nn.Module) -> None:
+def copy_matching_weights(features: nn.Module, full: nn.Module, new_layers: Iterable[str] = ()) -> List[str]:
     """Copy the weights of ``full`` (a whole network) into ``features`` (its features_only form).
 
-    Every tensor of ``features`` must find its counterpart with the same shape, or this raises:
-    a checkpoint that silently loads nothing is worse than an error.
+    Every tensor of ``features`` must find its counterpart with the same shape, except those whose
+    canonical name is in ``new_layers`` (layers only the dense form has, e.g. per-stage output
+    norms, which keep their initial values); anything else raises: a checkpoint that silently
+    loads nothing is worse than an error. Returns the names left at their initial values.
     """
     source = {_canonical(k): v for k, v in full.state_dict().items()}
+    new_layers = set(new_layers)
     target = features.state_dict()
-    missing, bad_shape = [], []
+    missing, bad_shape, kept = [], [], []
     for key, value in target.items():
         match = source.get(_canonical(key))
         if match is None:
-            missing.append(key)
+            (kept if _canonical(key) in new_layers else missing).append(key)
         elif match.shape != value.shape:
             bad_shape.append(f"{key}: {tuple(match.shape)} vs {tuple(value.shape)}")
         else:
@@ -54,6 +57,7 @@ def copy_matching_weights(features: nn.Module, full: nn.Module) -> None:
             f"counterpart {missing[:5]}, shape mismatches {bad_shape[:5]}. Are model_kwargs the ones "
             f"the checkpoint was trained with?")
     features.load_state_dict(target, strict=True)
+    return kept
 
 
 # Regexes on canonical parameter names (relative to the backbone) giving the stage and block of a
@@ -72,21 +76,27 @@ class VisionAttnBackbone(BaseModule):
         out_indices: which stages to return (timm ``features_only`` indices).
         pretrained: load the model-zoo/timm weights of ``model_name`` in :meth:`init_weights`.
         checkpoint: a path or URL of weights (ours or the family's official format, converted
-            strictly by the hub); loaded in :meth:`init_weights`.
-        model_kwargs: passed to the model constructor (``n_win``, ``drop_path_rate``...).
+            strictly by the hub); loaded in :meth:`init_weights`. Takes precedence over
+            ``pretrained``, so a config's ``pretrained=True`` needs no edit to use a local file.
+        model_kwargs: passed to the model constructor (``n_win``, ``drop_path_rate``...), also when
+            the checkpoint is loaded.
+        feature_kwargs: constructor arguments that add dense-only layers absent from ImageNet
+            checkpoints: the family's per-stage output norms (BiFormer ``out_norm=True``, FFNet
+            ``stage_norm=True``). The checkpoint is loaded strictly into the network built without
+            them; the layers they add keep their initialisation, as in the official dense backbones.
         out_norm: ``'layernorm2d'`` puts a channels-first LayerNorm (eps 1e-6) on every returned
-            map, as the official BiFormer/FFNet dense backbones do; ``None`` returns raw maps.
+            map, for backbones without a per-stage norm of their own; ``None`` returns the maps as is.
         norm_eval: keep the backbone's BatchNorm layers in eval mode while training (frozen
             statistics, the usual choice for small detection batches).
-        init_cfg: mmengine init config for the added norms (the backbone itself is loaded by
-            ``pretrained``/``checkpoint``).
+        init_cfg: mmengine's init config, not applied: weights come from ``pretrained``/``checkpoint``.
 
     Input (B, 3, H, W); output: tuple of (B, C_i, H / s_i, W / s_i) for each out index.
     """
 
     def __init__(self, model_name: str, out_indices: Sequence[int] = (0, 1, 2, 3), pretrained: bool = False,
                  checkpoint: Optional[str] = None, model_kwargs: Optional[Dict] = None,
-                 out_norm: Optional[str] = None, norm_eval: bool = False, init_cfg=None):
+                 feature_kwargs: Optional[Dict] = None, out_norm: Optional[str] = None, norm_eval: bool = False,
+                 init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         if out_norm not in (None, "layernorm2d"):
             raise ValueError(f"out_norm={out_norm!r} is not supported; use 'layernorm2d' or None")
@@ -95,9 +105,13 @@ class VisionAttnBackbone(BaseModule):
         self.pretrained = pretrained
         self.checkpoint = checkpoint
         self.model_kwargs = dict(model_kwargs or {})
+        self.feature_kwargs = dict(feature_kwargs or {})
+        both = set(self.model_kwargs) & set(self.feature_kwargs)
+        if both:
+            raise ValueError(f"{sorted(both)} given in both model_kwargs and feature_kwargs; keep each in one")
         self.norm_eval = norm_eval
         self.body = create_model(model_name, features_only=True, out_indices=self.out_indices,
-                                 **self.model_kwargs)
+                                 **self.model_kwargs, **self.feature_kwargs)
         self.out_channels = list(self.body.feature_info.channels())
         self.strides = list(self.body.feature_info.reduction())
         self.out_norms = (nn.ModuleList(LayerNorm2d(c, eps=1e-6) for c in self.out_channels)
@@ -112,10 +126,16 @@ class VisionAttnBackbone(BaseModule):
         if self._is_init:
             return
         if self.pretrained or self.checkpoint:
-            full = create_model(self.model_name, pretrained=self.pretrained, checkpoint=self.checkpoint,
-                                **self.model_kwargs)
-            copy_matching_weights(self.body, full)
-            print_log(f"{self.model_name}: loaded {self.checkpoint or 'pretrained weights'}", logger="current")
+            full = create_model(self.model_name, pretrained=self.pretrained and not self.checkpoint,
+                                checkpoint=self.checkpoint, **self.model_kwargs)
+            new_layers = set()
+            if self.feature_kwargs:  # the tensors feature_kwargs add to the whole network
+                dense = create_model(self.model_name, **self.model_kwargs, **self.feature_kwargs)
+                new_layers = {_canonical(k) for k in dense.state_dict()} - {_canonical(k) for k in full.state_dict()}
+                del dense
+            kept = copy_matching_weights(self.body, full, new_layers)
+            print_log(f"{self.model_name}: loaded {self.checkpoint or 'pretrained weights'}"
+                      f"{f'; {len(kept)} dense-only tensors keep their init' if kept else ''}", logger="current")
         self._is_init = True
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
