@@ -1,4 +1,5 @@
 """Metrics (mmengine BaseMetric subclasses)."""
 from .accuracy import Accuracy
+from .segmentation_iou import MeanIoU
 
-__all__ = ["Accuracy"]
+__all__ = ["Accuracy", "MeanIoU"]
