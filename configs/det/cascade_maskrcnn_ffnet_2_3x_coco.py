@@ -1,7 +1,7 @@
 # Cascade Mask R-CNN + FFNet-2, COCO 3x with multi-scale + crop training: the official FFNet detection setup
 # (README 51.8 box / 44.9 mask AP). Per-stage LayerNorm2d outputs, drop path 0.35, BatchNorms trained (SyncBN
 # when distributed); 4-conv 1-fc GIoU box heads with SyncBN; AdamW lr 1e-4 wd 0.05 with layer-wise lr decay
-# 0.8 over 12 layers (stem kept at the heads' lr, as the official constructor grouped it), 36 epochs, steps
+# 0.8 over 12 layers (grouped as the official FFNet constructor did: rule='ffnet'), 36 epochs, steps
 # at 27 and 33 with 500 linear warm-up iterations; 8 GPUs x 2 images. The official runs started from the
 # distilled (KD) ImageNet checkpoints: pass checkpoint='path/to/ffnet_2_distillation.pth.tar'.
 _base_ = [
@@ -69,5 +69,5 @@ optim_wrapper = dict(
     type='OptimWrapper',
     constructor='LayerDecayOptimWrapperConstructor',
     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(decay_rate=0.8, num_layers=12, stem_decayed=False))
+    paramwise_cfg=dict(decay_rate=0.8, num_layers=12, rule='ffnet'))
 default_hooks = dict(checkpoint=dict(interval=1, max_keep_ckpts=5, save_last=True, save_best='auto'))

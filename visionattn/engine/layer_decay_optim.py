@@ -24,17 +24,18 @@ from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module(force=True)
 class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """paramwise_cfg: ``decay_rate`` (float), ``num_layers`` (int, the id of the last stage),
-    ``stem_decayed`` (bool, default True; False reproduces the official FFNet grouping)."""
+    ``rule`` (``'convnext'``, default, or ``'ffnet'``: the official FFNet grouping; see
+    :meth:`VisionAttnBackbone.layer_id`)."""
 
     def add_params(self, params: List[dict], module: nn.Module, **kwargs) -> None:
         cfg = dict(self.paramwise_cfg)
-        unknown = set(cfg) - {"decay_rate", "num_layers", "stem_decayed"}
+        unknown = set(cfg) - {"decay_rate", "num_layers", "rule"}
         if unknown or "decay_rate" not in cfg or "num_layers" not in cfg:
             raise ValueError(
                 f"LayerDecayOptimWrapperConstructor takes paramwise_cfg=dict(decay_rate=..., num_layers=..., "
-                f"[stem_decayed=...]); got {sorted(self.paramwise_cfg)}")
+                f"[rule='convnext'|'ffnet']); got {sorted(self.paramwise_cfg)}")
         decay_rate, num_layers = float(cfg["decay_rate"]), int(cfg["num_layers"])
-        stem_decayed = bool(cfg.get("stem_decayed", True))
+        rule = cfg.get("rule", "convnext")
         backbone = getattr(module, "backbone", None)
         if backbone is None or not hasattr(backbone, "layer_id"):
             raise ValueError(
@@ -46,7 +47,7 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             if not param.requires_grad:
                 continue
             if name.startswith("backbone."):
-                layer = backbone.layer_id(name[len("backbone."):], num_layers, stem_decayed=stem_decayed)
+                layer = backbone.layer_id(name[len("backbone."):], num_layers, rule=rule)
             else:
                 layer = num_layers + 1
             no_decay = param.ndim == 1 or name.endswith(".bias")

@@ -80,7 +80,7 @@ def test_layer_ids_follow_stages_and_blocks():
     net = _tiny(out_norm="layernorm2d")
     ids = {n: net.layer_id(n, num_layers=12) for n, _ in net.named_parameters()}
     assert ids["body.stem_0.weight"] == 0
-    assert net.layer_id("body.stem_0.weight", 12, stem_decayed=False) == 13
+    assert net.layer_id("body.stem_0.weight", 12, rule="ffnet") == 13
     assert ids["body.stages_0.blocks.0.conv_dw.weight"] == 1
     assert ids["body.stages_1.blocks.0.conv_dw.weight"] == 2
     assert ids["body.stages_3.blocks.0.conv_dw.weight"] == 12
@@ -89,6 +89,13 @@ def test_layer_ids_follow_stages_and_blocks():
     assert net.layer_id("body.stages.2.7.mlp.fc1.weight", 12) == 5
     assert net.layer_id("body.downsample_layers.2.0.weight", 12) == 3
     assert net.layer_id("body.patch_embed.0.c.weight", 12) == 0
+    # FFNet's official grouping: patch merging is block 0 of its stage, so block j counts as j + 1.
+    assert net.layer_id("body.model.stages.2.downsample.proj.weight", 12, rule="ffnet") == 3
+    assert net.layer_id("body.model.stages.2.blocks.1.mlp.weight", 12, rule="ffnet") == 3
+    assert net.layer_id("body.model.stages.2.blocks.2.mlp.weight", 12, rule="ffnet") == 4
+    assert net.layer_id("body.model.stages.2.blocks.2.mlp.weight", 12) == 3
+    with pytest.raises(ValueError, match="rule"):
+        net.layer_id("body.stem_0.weight", 12, rule="swin")
 
 
 @pytest.mark.parametrize("name,model_kwargs,feature_kwargs", [

@@ -153,19 +153,23 @@ class VisionAttnBackbone(BaseModule):
                     m.eval()
         return self
 
-    def layer_id(self, name: str, num_layers: int, stem_decayed: bool = True) -> int:
+    def layer_id(self, name: str, num_layers: int, rule: str = "convnext") -> int:
         """Layer index of parameter ``name`` (relative to this module) for layer-wise lr decay.
 
-        The ConvNeXt rule the BiFormer/FFNet dense recipes use: stem 0, stage 0 -> 1, stage 1 -> 2,
-        stage 2 -> 3 + block // 3, stage 3 -> ``num_layers``; the added norms and anything not in
-        a stage -> ``num_layers + 1`` (the heads' lr). ``stem_decayed=False`` puts the stem there
-        too, as the official FFNet constructor did (it matched ConvNeXt's stem name only).
+        ``rule='convnext'`` (mmdet's ConvNeXt rule): stem 0, stage 0 -> 1, stage 1 -> 2,
+        stage 2 -> 3 + block // 3, stage 3 -> ``num_layers``; the added norms and anything outside
+        the stages -> ``num_layers + 1`` (the heads' lr). ``rule='ffnet'`` reproduces the official
+        FFNet constructor on FFNet's layout: its stem fell through to the heads' group (the
+        constructor matched ConvNeXt's stem name only) and a stage's patch merging is block 0, so
+        block j of a stage counts as j + 1.
         """
+        if rule not in ("convnext", "ffnet"):
+            raise ValueError(f"layer-decay rule must be 'convnext' or 'ffnet', got {rule!r}")
         if not name.startswith("body."):
             return num_layers + 1
         key = _canonical(name[len("body."):])
         if _STEM.match(key):
-            return 0 if stem_decayed else num_layers + 1
+            return 0 if rule == "convnext" else num_layers + 1
         m = _DOWNSAMPLE.match(key)
         if m:
             stage = int(m.group(1))
@@ -174,6 +178,8 @@ class VisionAttnBackbone(BaseModule):
         if m:
             stage = int(m.group(1))
             block = int(m.group(2)) if m.re is _STAGE_BLOCK else 0
+            if rule == "ffnet" and m.re is _STAGE_BLOCK and stage > 0:
+                block += 1
             if stage == 0:
                 return 1
             if stage == 1:
