@@ -5,6 +5,7 @@ import importlib
 _EXTRAS = {
     "mmdet": ("det", "detection and segmentation with mmdet"),
     "mmcv": ("det", "mmcv's compiled ops used by mmdet"),
+    "mmseg": ("det", "semantic segmentation with mmsegmentation"),
     "spconv": ("3d", "sparse voxel convolutions for LiDAR 3D detection"),
     "cumm": ("3d", "spconv's runtime"),
 }

@@ -1,7 +1,8 @@
 """Metrics (mmengine BaseMetric subclasses). Every module here is imported (registers itself)."""
 from ..models.registry import import_submodules
 from .accuracy import Accuracy
+from .segmentation_iou import MeanIoU
 
 import_submodules(__name__)
 
-__all__ = ["Accuracy"]
+__all__ = ["Accuracy", "MeanIoU"]

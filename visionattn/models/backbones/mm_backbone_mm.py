@@ -1,0 +1,207 @@
+"""Any visionattn/timm backbone as an OpenMMLab backbone (mmdet 3.x and mmsegmentation 1.x).
+
+Not imported by ``import visionattn`` (the ``_mm`` suffix); configs import it with
+``custom_imports = dict(imports=['visionattn.models.backbones.mm_backbone_mm'])``, which
+registers :class:`VisionAttnBackbone` in mmdet's and mmseg's ``MODELS``::
+
+    backbone=dict(type='VisionAttnBackbone', model_name='biformer_small', out_indices=(0, 1, 2, 3),
+                  checkpoint='biformer_small.pth', model_kwargs=dict(n_win=16, drop_path_rate=0.2))
+"""
+import re
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from timm.layers import LayerNorm2d
+
+from visionattn.extras import require_extra
+from visionattn.factory import create_model
+
+
+def _canonical(name: str) -> str:
+    """Parameter name with timm's feature-wrapper renames undone (``stages_0`` -> ``stages.0``).
+
+    timm's FeatureListNet joins nested Sequential names with ``_`` and FeatureGetterNet keeps the
+    model under ``model.``; normalising both sides lets weights move between the full network and
+    its feature-extractor form by name.
+    """
+    name = name[len("model."):] if name.startswith("model.") else name
+    return name.replace("_", ".")
+
+
+def copy_matching_weights(features: nn.Module, full: nn.Module, new_layers: Iterable[str] = ()) -> List[str]:
+    """Copy the weights of ``full`` (a whole network) into ``features`` (its features_only form).
+
+    Every tensor of ``features`` must find its counterpart with the same shape, except those whose
+    canonical name is in ``new_layers`` (layers only the dense form has, e.g. per-stage output
+    norms, which keep their initial values); anything else raises: a checkpoint that silently
+    loads nothing is worse than an error. Returns the names left at their initial values.
+    """
+    source = {_canonical(k): v for k, v in full.state_dict().items()}
+    new_layers = set(new_layers)
+    target = features.state_dict()
+    missing, bad_shape, kept = [], [], []
+    for key, value in target.items():
+        match = source.get(_canonical(key))
+        if match is None:
+            (kept if _canonical(key) in new_layers else missing).append(key)
+        elif match.shape != value.shape:
+            bad_shape.append(f"{key}: {tuple(match.shape)} vs {tuple(value.shape)}")
+        else:
+            target[key] = match
+    if missing or bad_shape:
+        raise RuntimeError(
+            f"pretrained weights do not fit the feature extractor: {len(missing)} tensors without a "
+            f"counterpart {missing[:5]}, shape mismatches {bad_shape[:5]}. Are model_kwargs the ones "
+            f"the checkpoint was trained with?")
+    features.load_state_dict(target, strict=True)
+    return kept
+
+
+# Regexes on canonical parameter names (relative to the backbone) giving the stage and block of a
+# parameter; they cover the layouts of visionattn's families and timm's stage-based models.
+_STEM = re.compile(r"^(stem|patch\.embed|downsample\.layers\.0)\b")
+_DOWNSAMPLE = re.compile(r"^downsample\.layers\.(\d+)\b")
+_STAGE_BLOCK = re.compile(r"^(?:stages|layers)\.(\d+)\.(?:blocks\.)?(\d+)\b")
+_STAGE = re.compile(r"^(?:stages|layers)\.(\d+)\b")
+
+
+class VisionAttnBackbone(BaseModule):
+    """A backbone from :func:`visionattn.create_model` returning its stage feature maps.
+
+    Args:
+        model_name: any name from ``visionattn.list_models()`` or timm (``'biformer_small'``).
+        out_indices: which stages to return (timm ``features_only`` indices).
+        pretrained: load the model-zoo/timm weights of ``model_name`` in :meth:`init_weights`.
+        checkpoint: a path or URL of weights (ours or the family's official format, converted
+            strictly by the hub); loaded in :meth:`init_weights`. Takes precedence over
+            ``pretrained``, so a config's ``pretrained=True`` needs no edit to use a local file.
+        model_kwargs: passed to the model constructor (``n_win``, ``drop_path_rate``...), also when
+            the checkpoint is loaded.
+        feature_kwargs: constructor arguments that add dense-only layers absent from ImageNet
+            checkpoints: the family's per-stage output norms (BiFormer ``out_norm=True``, FFNet
+            ``stage_norm=True``). The checkpoint is loaded strictly into the network built without
+            them; the layers they add keep their initialisation, as in the official dense backbones.
+        out_norm: ``'layernorm2d'`` puts a channels-first LayerNorm (eps 1e-6) on every returned
+            map, for backbones without a per-stage norm of their own; ``None`` returns the maps as is.
+        norm_eval: keep the backbone's BatchNorm layers in eval mode while training (frozen
+            statistics, the usual choice for small detection batches).
+        init_cfg: mmengine's init config, not applied: weights come from ``pretrained``/``checkpoint``.
+
+    Input (B, 3, H, W); output: tuple of (B, C_i, H / s_i, W / s_i) for each out index.
+    """
+
+    def __init__(self, model_name: str, out_indices: Sequence[int] = (0, 1, 2, 3), pretrained: bool = False,
+                 checkpoint: Optional[str] = None, model_kwargs: Optional[Dict] = None,
+                 feature_kwargs: Optional[Dict] = None, out_norm: Optional[str] = None, norm_eval: bool = False,
+                 init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        if out_norm not in (None, "layernorm2d"):
+            raise ValueError(f"out_norm={out_norm!r} is not supported; use 'layernorm2d' or None")
+        self.model_name = model_name
+        self.out_indices = tuple(out_indices)
+        self.pretrained = pretrained
+        self.checkpoint = checkpoint
+        self.model_kwargs = dict(model_kwargs or {})
+        self.feature_kwargs = dict(feature_kwargs or {})
+        both = set(self.model_kwargs) & set(self.feature_kwargs)
+        if both:
+            raise ValueError(f"{sorted(both)} given in both model_kwargs and feature_kwargs; keep each in one")
+        self.norm_eval = norm_eval
+        self.body = create_model(model_name, features_only=True, out_indices=self.out_indices,
+                                 **self.model_kwargs, **self.feature_kwargs)
+        self.out_channels = list(self.body.feature_info.channels())
+        self.strides = list(self.body.feature_info.reduction())
+        self.out_norms = (nn.ModuleList(LayerNorm2d(c, eps=1e-6) for c in self.out_channels)
+                          if out_norm else None)
+
+    def init_weights(self) -> None:
+        """Load ``pretrained``/``checkpoint`` weights (strict, through the hub's converters).
+
+        Not recursing into the timm model on purpose: some timm models define their own
+        ``init_weights`` that would re-initialise loaded weights.
+        """
+        if self._is_init:
+            return
+        if self.pretrained or self.checkpoint:
+            full = create_model(self.model_name, pretrained=self.pretrained and not self.checkpoint,
+                                checkpoint=self.checkpoint, **self.model_kwargs)
+            new_layers = set()
+            if self.feature_kwargs:  # the tensors feature_kwargs add to the whole network
+                dense = create_model(self.model_name, **self.model_kwargs, **self.feature_kwargs)
+                new_layers = {_canonical(k) for k in dense.state_dict()} - {_canonical(k) for k in full.state_dict()}
+                del dense
+            kept = copy_matching_weights(self.body, full, new_layers)
+            print_log(f"{self.model_name}: loaded {self.checkpoint or 'pretrained weights'}"
+                      f"{f'; {len(kept)} dense-only tensors keep their init' if kept else ''}", logger="current")
+        self._is_init = True
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """(B, 3, H, W) -> tuple of (B, C_i, H/s_i, W/s_i)."""
+        feats = self.body(x)
+        if self.out_norms is not None:
+            feats = [norm(f) for norm, f in zip(self.out_norms, feats)]
+        return tuple(feats)
+
+    def train(self, mode: bool = True) -> "VisionAttnBackbone":
+        super().train(mode)
+        if mode and self.norm_eval:
+            for m in self.body.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def layer_id(self, name: str, num_layers: int, rule: str = "convnext") -> int:
+        """Layer index of parameter ``name`` (relative to this module) for layer-wise lr decay.
+
+        ``rule='convnext'`` (mmdet's ConvNeXt rule): stem 0, stage 0 -> 1, stage 1 -> 2,
+        stage 2 -> 3 + block // 3, stage 3 -> ``num_layers``; the added norms and anything outside
+        the stages -> ``num_layers + 1`` (the heads' lr). ``rule='ffnet'`` reproduces the official
+        FFNet constructor on FFNet's layout: its stem fell through to the heads' group (the
+        constructor matched ConvNeXt's stem name only) and a stage's patch merging is block 0, so
+        block j of a stage counts as j + 1.
+        """
+        if rule not in ("convnext", "ffnet"):
+            raise ValueError(f"layer-decay rule must be 'convnext' or 'ffnet', got {rule!r}")
+        if not name.startswith("body."):
+            return num_layers + 1
+        key = _canonical(name[len("body."):])
+        if _STEM.match(key):
+            return 0 if rule == "convnext" else num_layers + 1
+        m = _DOWNSAMPLE.match(key)
+        if m:
+            stage = int(m.group(1))
+            return {1: 2, 2: 3}.get(stage, num_layers)
+        m = _STAGE_BLOCK.match(key) or _STAGE.match(key)
+        if m:
+            stage = int(m.group(1))
+            block = int(m.group(2)) if m.re is _STAGE_BLOCK else 0
+            if rule == "ffnet" and m.re is _STAGE_BLOCK and stage > 0:
+                block += 1
+            if stage == 0:
+                return 1
+            if stage == 1:
+                return 2
+            if stage == 2:
+                return min(3 + block // 3, num_layers)
+            return num_layers
+        return num_layers + 1
+
+
+def _register() -> None:
+    """Register in mmdet's and mmseg's MODELS (whichever is installed; at least one must be)."""
+    registered = []
+    for package in ("mmdet", "mmseg"):
+        try:
+            registry = require_extra(f"{package}.registry").MODELS
+        except ImportError:
+            continue
+        registry.register_module(module=VisionAttnBackbone, force=True)
+        registered.append(package)
+    if not registered:
+        require_extra("mmdet.registry")  # raises the ImportError naming the extra to install
+
+
+_register()
