@@ -416,6 +416,9 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Modul
         if key not in target:
             continue
         if value.shape != target[key].shape:
+            if value.numel() != target[key].numel():
+                raise RuntimeError(f"FFNet checkpoint tensor {key!r} has shape {tuple(value.shape)}, the model "
+                                   f"needs {tuple(target[key].shape)}: the checkpoint is of another variant")
             value = value.reshape(target[key].shape)  # layer scale (C, 1, 1) -> (C,)
         out[key] = value
     return out
