@@ -404,6 +404,8 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Modul
     (C, 1, 1) -> (C,), and drops what ``model`` does not have (the classifier of a features-only
     model, dense-only keys for a classifier).
     """
+    if not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        state_dict = extract_state_dict(state_dict)  # timm's pretrained loader hands over the container
     target = model.state_dict()
     prefix = "model." if any(k.startswith("model.") for k in target) else ""  # timm features wrapper
     out = {}
@@ -477,14 +479,20 @@ _ARCHS["ffnet_3_384"] = dict(_ARCHS["ffnet_3"], drop_path_rate=0.4)  # 384 fine-
 _ARCHS["ffnet_4_384"] = dict(_ARCHS["ffnet_4"], drop_path_rate=0.5)
 
 
-def _create_ffnet(variant: str, pretrained: bool = False, **kwargs) -> FFNet:
+def _create_ffnet(variant: str, pretrained: bool = False, fuse: bool = False, **kwargs) -> FFNet:
+    """``fuse=True`` returns the re-parameterised (deploy) model, after loading ``pretrained`` weights."""
     arch = dict(_ARCHS[variant])
     arch.update(kwargs)
     if arch.get("features_only"):
         arch.setdefault("stage_norm", True)  # the official dense backbones normalise every output
-    return build_model_with_cfg(
+    model = build_model_with_cfg(
         FFNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, pretrained_strict=False,
         feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"), **arch)
+    if fuse:
+        for m in list(model.modules()):
+            if isinstance(m, FFNet):  # also inside a features_only wrapper
+                m.fuse()
+    return model
 
 
 @register_model
