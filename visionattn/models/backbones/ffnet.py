@@ -363,8 +363,9 @@ class FFNet(nn.Module):
 
 # official key pattern -> ours (applied in order; block J of stage i>0 is official stages.i.(J+1))
 _RENAMES = (
-    (r"^patch_embed\.(\d)\.c\.", r"stem.\1.conv."),
-    (r"^patch_embed\.(\d)\.bn\.", r"stem.\1.bn."),
+    (r"^patch_embed\.", "stem."),
+    (r"\.proj\.0\.(weight|bias)$", r".conv.\1"),  # re-parameterised (deploy) patch merging
+    (r"\.proj\.1\.(weight|bias)$", r".proj.\1"),
     (r"\.proj\.0\.conv\.", ".conv.large."),
     (r"\.proj\.0\.conv1\.", ".conv.small."),
     (r"\.proj\.1\.conv\.c\.", ".proj.conv."),
@@ -398,7 +399,8 @@ def _rename(key: str) -> str:
 
 
 def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Official FFNet keys (classification or dense backbone) -> ours, shaped for ``model``.
+    """Official FFNet keys (classification or dense backbone; training or re-parameterised form)
+    -> ours, shaped for ``model`` (a fused ``model`` takes the official deploy state dict).
 
     Strips ``module.``/``encoder.``/``backbone.`` prefixes, renames, reshapes layer scales
     (C, 1, 1) -> (C,), and drops what ``model`` does not have (the classifier of a features-only
