@@ -1,0 +1,533 @@
+"""FFNet: MetaMixer-based convolutional networks (Yun, Lee, Ro, arXiv 2406.02021).
+
+The paper's MetaMixer view: a mixer is a query–key interaction, an activation and a
+coefficient–value interaction. Self-attention fills it with matmuls and softmax; an FFN with two
+projections and GELU (the weights act as keys and values). *FFNified attention* keeps the FFN's
+shape but mixes tokens with depthwise convolutions:
+
+    token mixer    Y = DW_k2( GELU( DW_k1( BN(Conv1x1(X)) ) ) )          (kernels = keys / values)
+    channel mixer  Y = Conv1x1_{3C->C}( GELU( Conv1x1_{C->3C}( DW_k(X) ) ) )
+
+Both are :class:`MetaMixer` instances. Where the math lives: the whole op is standard
+convolutions that cuDNN already runs well, so it has no kernel of its own and no
+``visionattn/ops`` file; it lives once, here. Its fast path is structural re-parameterisation:
+:meth:`FFNet.fuse` (also reached through timm's ``reparameterize_model``) folds every BatchNorm
+and the RepVGG 3x3 branches into single convolutions; the unfused training form is the reference.
+Run the fused model in ``channels_last`` (and ``torch.compile`` it) for speed.
+
+Official parity notes: a token-mixer depthwise conv is RepVGG-style (7x7 + 3x3, both with BN)
+only when its kernel is 7, otherwise a plain depthwise conv with bias and no BN; the channel
+mixer's depthwise conv is RepVGG-style for k=7, else conv+BN; the patch-merging projection is
+BN *then* 1x1 conv plus identity; the final norm is BatchNorm. Dense-prediction features get a
+channels-first LayerNorm per stage (``stage_norm=True``, default with ``features_only``).
+Squeeze-excite (``use_ses``) is off in every released model and is not implemented.
+"""
+import re
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, LayerNorm2d, LayerScale2d, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+
+from visionattn.hub import extract_state_dict, register_converter
+
+__all__ = ["FFNet", "MetaMixer", "ConvBN", "RepDWConv", "BNConvSkip", "PatchMerging", "FFNetBlock"]
+
+
+# --- re-parameterisable convolution units -------------------------------------------------------
+
+def _fold_bn(weight: torch.Tensor, bias: Optional[torch.Tensor], bn: nn.BatchNorm2d
+             ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of a conv followed by eval-mode ``bn``, as one conv."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C_out,)
+    bias = torch.zeros_like(bn.running_mean) if bias is None else bias
+    return weight * scale.view(-1, 1, 1, 1), bn.bias + (bias - bn.running_mean) * scale
+
+
+def _conv_like(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
+    """A biased conv with ``conv``'s geometry holding ``weight``/``bias``."""
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      conv.dilation, conv.groups, bias=True, device=weight.device, dtype=weight.dtype)
+    fused.weight.copy_(weight)
+    fused.bias.copy_(bias)
+    return fused
+
+
+class ConvBN(nn.Module):
+    """Conv2d (no bias) then BatchNorm2d; (B, C_in, H, W) -> (B, C_out, H/stride, W/stride)."""
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1, groups: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(out_chs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        return _conv_like(self.conv, *_fold_bn(self.conv.weight, None, self.bn))
+
+
+class RepDWConv(nn.Module):
+    """RepVGG-style depthwise conv: BN(DW_kxk(X)) + BN(DW_3x3(X)), fused into one k x k conv.
+
+    (B, C_in, H, W) -> (B, C_out, H/stride, W/stride); C_out a multiple of C_in (channel multiplier,
+    2 in patch merging).
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 7, stride: int = 1, small_kernel: int = 3):
+        super().__init__()
+        if kernel_size % 2 == 0 or small_kernel % 2 == 0 or small_kernel > kernel_size:
+            raise ValueError(f"RepDWConv needs odd kernels with small_kernel <= kernel_size, got "
+                             f"{kernel_size} and {small_kernel}")
+        self.large = ConvBN(in_chs, out_chs, kernel_size, stride, groups=in_chs)
+        self.small = ConvBN(in_chs, out_chs, small_kernel, stride, groups=in_chs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.large(x) + self.small(x)
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        large, small = self.large.fuse(), self.small.fuse()
+        pad = (large.kernel_size[0] - small.kernel_size[0]) // 2  # centre the small kernel
+        return _conv_like(large, large.weight + F.pad(small.weight, [pad] * 4), large.bias + small.bias)
+
+
+class BNConvSkip(nn.Module):
+    """X + Conv1x1(BN(X)) (BN *before* the conv, no conv bias); fused into one biased 1x1 conv.
+
+    (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(dim)
+        self.conv = nn.Conv2d(dim, dim, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(self.bn(x))
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        scale = self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps)  # (C,)
+        shift = self.bn.bias - self.bn.running_mean * scale
+        w = self.conv.weight  # (C, C, 1, 1)
+        eye = torch.eye(w.shape[0], device=w.device, dtype=w.dtype).view_as(w)
+        return _conv_like(self.conv, w * scale.view(1, -1, 1, 1) + eye, w.flatten(1) @ shift)
+
+
+def dw_conv(dim: int, kernel_size: int, with_bn: bool) -> nn.Module:
+    """The paper's depthwise conv: RepVGG-style at k=7; else conv+BN (``with_bn``) or biased conv."""
+    if kernel_size == 7:
+        return RepDWConv(dim, dim, kernel_size)
+    if with_bn:
+        return ConvBN(dim, dim, kernel_size, groups=dim)
+    return nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=True)
+
+
+# --- MetaMixer --------------------------------------------------------------------------------
+
+class MetaMixer(nn.Module):
+    """Generic mixer: Y = value( act( key( query(X) ) ) ) with pluggable sub-operations.
+
+    ``query`` maps the input to queries; ``key`` computes the query–key interaction; ``act``
+    turns it into coefficients (softmax for attention, GELU for FFNs); ``value`` aggregates values
+    with them. Sub-operations whose keys/values are *computed from the input* (self-attention)
+    set ``uses_input = True`` and are called as ``key(q, x)`` / ``value(a, x)``; those whose
+    keys/values are their own weights (FFN, FFNified attention) are called with one argument.
+    Shapes are whatever the sub-operations use (FFNet: (B, C, H, W) throughout).
+    """
+
+    def __init__(self, query: nn.Module, key: nn.Module, act: nn.Module, value: nn.Module):
+        super().__init__()
+        self.query, self.key, self.act, self.value = query, key, act, value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.query(x)
+        s = self.key(q, x) if getattr(self.key, "uses_input", False) else self.key(q)
+        a = self.act(s)
+        return self.value(a, x) if getattr(self.value, "uses_input", False) else self.value(a)
+
+
+def ffnified_attention(dim: int, k1: int, k2: int) -> MetaMixer:
+    """FFNified attention token mixer: DW_k2(GELU(DW_k1(BN(Conv1x1(X))))), (B, C, H, W) in and out."""
+    return MetaMixer(ConvBN(dim, dim, 1), dw_conv(dim, k1, with_bn=False), nn.GELU(),
+                     dw_conv(dim, k2, with_bn=False))
+
+
+def convnext_ffn(dim: int, kernel_size: int, mlp_ratio: float) -> MetaMixer:
+    """ConvNeXt-like channel mixer: Conv1x1(GELU(Conv1x1(DW_k(X)))), (B, C, H, W) in and out."""
+    hidden = int(dim * mlp_ratio)
+    return MetaMixer(dw_conv(dim, kernel_size, with_bn=True), nn.Conv2d(dim, hidden, 1), nn.GELU(),
+                     nn.Conv2d(hidden, dim, 1))
+
+
+# --- network ----------------------------------------------------------------------------------
+
+class FFNetBlock(nn.Module):
+    """X + DropPath(γ1·TokenMixer(X)), then + DropPath(γ2·ChannelMixer(·)); (B, C, H, W)."""
+
+    def __init__(self, dim: int, token_kernels: Tuple[int, int], ffn_kernel: int, mlp_ratio: float = 3.0,
+                 drop_path: float = 0.0, layer_scale_init_value: Optional[float] = None):
+        super().__init__()
+        self.token_mixer = ffnified_attention(dim, *token_kernels)
+        self.ls1 = LayerScale2d(dim, layer_scale_init_value) if layer_scale_init_value else nn.Identity()
+        self.channel_mixer = convnext_ffn(dim, ffn_kernel, mlp_ratio)
+        self.ls2 = LayerScale2d(dim, layer_scale_init_value) if layer_scale_init_value else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.ls1(self.token_mixer(x)))
+        return x + self.drop_path(self.ls2(self.channel_mixer(x)))
+
+
+class PatchMerging(nn.Module):
+    """Stride-2 RepVGG depthwise 7x7 (channel multiplier C_out/C_in) then X + Conv1x1(BN(X)).
+
+    (B, C_in, H, W) -> (B, C_out, H/2, W/2).
+    """
+
+    def __init__(self, in_chs: int, out_chs: int):
+        super().__init__()
+        if out_chs % in_chs:
+            raise ValueError(f"PatchMerging needs out_chs a multiple of in_chs, got {in_chs} -> {out_chs}")
+        self.conv = RepDWConv(in_chs, out_chs, 7, stride=2)
+        self.proj = BNConvSkip(out_chs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.conv(x))
+
+
+class FFNetStage(nn.Module):
+    """Optional patch merging, then ``depth`` FFNet blocks."""
+
+    def __init__(self, in_chs: int, out_chs: int, depth: int, downsample: bool, drop_path: Sequence[float],
+                 **block_kwargs):
+        super().__init__()
+        self.downsample = PatchMerging(in_chs, out_chs) if downsample else nn.Identity()
+        self.blocks = nn.Sequential(*[FFNetBlock(out_chs, drop_path=dp, **block_kwargs) for dp in drop_path])
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            from timm.models._manipulate import checkpoint_seq
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+class FFNet(nn.Module):
+    """FFNet classifier / backbone. Input (B, 3, H, W); features at strides 4, 8, 16, 32.
+
+    Args:
+        depths, dims: blocks and channels per stage.
+        ffn_kernels: channel-mixer depthwise kernel per stage.
+        token_kernels1, token_kernels2: token-mixer depthwise kernels (query–key, value) per stage.
+        mlp_ratio: channel-mixer expansion.
+        layer_scale_init_value: layer-scale init (``None``: no layer scale).
+        stage_norm: add a channels-first LayerNorm (eps 1e-6) per stage output, as the official dense
+            backbones do; applied by :meth:`forward_intermediates`.
+    """
+
+    def __init__(self, depths: Sequence[int] = (2, 2, 8, 2), dims: Sequence[int] = (80, 160, 320, 640),
+                 ffn_kernels: Sequence[int] = (3, 3, 3, 3), token_kernels1: Sequence[int] = (3, 3, 7, 7),
+                 token_kernels2: Sequence[int] = (3, 3, 7, 7), mlp_ratio: float = 3.0, stem_chs: int = 64,
+                 layer_scale_init_value: Optional[float] = None, in_chans: int = 3, num_classes: int = 1000,
+                 global_pool: str = "avg", drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 stage_norm: bool = False):
+        super().__init__()
+        if not len(depths) == len(dims) == len(ffn_kernels) == len(token_kernels1) == len(token_kernels2):
+            raise ValueError("FFNet: depths, dims, ffn_kernels, token_kernels1/2 need one entry per stage")
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.grad_checkpointing = False
+
+        self.stem = nn.Sequential(ConvBN(in_chans, stem_chs, 3, 2), nn.GELU(), ConvBN(stem_chs, dims[0], 3, 2))
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))
+        self.stages = nn.Sequential()
+        self.feature_info = []
+        for i, depth in enumerate(depths):
+            self.stages.append(FFNetStage(
+                dims[max(i - 1, 0)], dims[i], depth, downsample=i > 0, drop_path=dpr[i].tolist(),
+                token_kernels=(token_kernels1[i], token_kernels2[i]), ffn_kernel=ffn_kernels[i],
+                mlp_ratio=mlp_ratio, layer_scale_init_value=layer_scale_init_value))
+            self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"stages.{i}"))
+        self.stage_norms = nn.ModuleList([LayerNorm2d(d, eps=1e-6) for d in dims]) if stage_norm else None
+        self.norm = nn.BatchNorm2d(dims[-1])
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    # -- re-parameterisation
+    @torch.no_grad()
+    def fuse(self) -> "FFNet":
+        """Fold BatchNorms and RepVGG branches into single convs, in place (eval-mode numerics).
+
+        Returns ``self`` so timm's ``reparameterize_model`` (which replaces each child having
+        ``fuse`` by its result) works on models that wrap an FFNet too.
+        """
+        def _fuse(module: nn.Module) -> None:
+            for name, child in module.named_children():
+                if isinstance(child, (ConvBN, RepDWConv, BNConvSkip)):
+                    setattr(module, name, child.fuse())
+                else:
+                    _fuse(child)
+
+        _fuse(self)
+        return self
+
+    reparameterize = fuse
+
+    # -- timm interface
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict:
+        return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else [
+            (r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+            (r"^norm", (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for s in self.stages:
+            s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, reset_other: bool = False):
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"FFNet: global_pool {global_pool!r} is not supported; use 'avg' or ''")
+            self.global_pool = global_pool
+        if reset_other:
+            self.norm = nn.Identity()
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """Stage outputs (B, C_i, H/2^(i+2), W/2^(i+2)), each through its stage LayerNorm if built with one."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"FFNet: output_fmt {output_fmt!r} is not supported; use 'NCHW'")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        intermediates = []
+        x = self.stem(x)
+        stages = self.stages[:max_index + 1] if stop_early else self.stages
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                intermediates.append(self.stage_norms[i](x) if self.stage_norms is not None else x)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        if self.stage_norms is not None:
+            self.stage_norms = self.stage_norms[:max_index + 1]
+        if prune_head:
+            self.reset_classifier(0, "", reset_other=True)
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, C_3, H/32, W/32) after the final BatchNorm."""
+        return self.norm(self.stages(self.stem(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "avg":
+            x = x.mean((2, 3))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> logits (B, num_classes)."""
+        return self.forward_head(self.forward_features(x))
+
+
+# --- official checkpoints ---------------------------------------------------------------------
+
+# official key pattern -> ours (applied in order; block J of stage i>0 is official stages.i.(J+1))
+_RENAMES = (
+    (r"^patch_embed\.", "stem."),
+    (r"\.proj\.0\.(weight|bias)$", r".conv.\1"),  # re-parameterised (deploy) patch merging
+    (r"\.proj\.1\.(weight|bias)$", r".proj.\1"),
+    (r"\.proj\.0\.conv\.", ".conv.large."),
+    (r"\.proj\.0\.conv1\.", ".conv.small."),
+    (r"\.proj\.1\.conv\.c\.", ".proj.conv."),
+    (r"\.proj\.1\.conv\.bn\.", ".proj.bn."),
+    (r"\.token_mixer\.0\.main\.fc\.", ".token_mixer.query."),
+    (r"\.token_mixer\.0\.main\.conv1\.", ".token_mixer.key."),
+    (r"\.token_mixer\.0\.main\.conv2\.", ".token_mixer.value."),
+    (r"\.token_mixer\.0\.layer_scale$", ".ls1.gamma"),
+    (r"\.channel_mixer\.main\.conv\.", ".channel_mixer.query."),
+    (r"\.channel_mixer\.main\.fc1\.", ".channel_mixer.key."),
+    (r"\.channel_mixer\.main\.fc2\.", ".channel_mixer.value."),
+    (r"\.channel_mixer\.layer_scale$", ".ls2.gamma"),
+    (r"\.conv1\.(c|bn)\.", r".small.\1."),  # RepVGGDW 3x3 branch inside the mixers
+    (r"\.conv\.(c|bn)\.", r".large.\1."),  # RepVGGDW 7x7 branch inside the mixers
+    (r"\.c\.weight$", ".conv.weight"),
+    (r"^norm(\d)\.", r"stage_norms.\1."),
+)
+
+
+def _rename(key: str) -> str:
+    m = re.match(r"^stages\.(\d+)\.(\d+)\.(.*)$", key)
+    if m:
+        stage, idx, rest = int(m.group(1)), int(m.group(2)), m.group(3)
+        if stage > 0 and idx == 0:
+            key = f"stages.{stage}.downsample.{rest}"
+        else:
+            key = f"stages.{stage}.blocks.{idx - (stage > 0)}.{rest}"
+    for pattern, repl in _RENAMES:
+        key = re.sub(pattern, repl, key)
+    return key
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Official FFNet keys (classification or dense backbone; training or re-parameterised form)
+    -> ours, shaped for ``model`` (a fused ``model`` takes the official deploy state dict).
+
+    Strips ``module.``/``encoder.``/``backbone.`` prefixes, renames, reshapes layer scales
+    (C, 1, 1) -> (C,), and drops what ``model`` does not have (the classifier of a features-only
+    model, dense-only keys for a classifier).
+    """
+    if not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        state_dict = extract_state_dict(state_dict)  # timm's pretrained loader hands over the container
+    target = model.state_dict()
+    prefix = "model." if any(k.startswith("model.") for k in target) else ""  # timm features wrapper
+    out = {}
+    for key, value in state_dict.items():
+        for p in ("module.", "encoder.", "backbone."):
+            key = key[len(p):] if key.startswith(p) else key
+        if not key.startswith(("patch_embed.", "stages.", "norm", "head.")):
+            continue  # e.g. neck/head of a detector checkpoint
+        key = prefix + _rename(key)
+        if key not in target:
+            continue
+        if value.shape != target[key].shape:
+            if value.numel() != target[key].numel():
+                raise RuntimeError(f"FFNet checkpoint tensor {key!r} has shape {tuple(value.shape)}, the model "
+                                   f"needs {tuple(target[key].shape)}: the checkpoint is of another variant")
+            value = value.reshape(target[key].shape)  # layer scale (C, 1, 1) -> (C,)
+        out[key] = value
+    return out
+
+
+@register_converter("ffnet")
+def convert_ffnet(checkpoint: Mapping, model: nn.Module, ema: bool = False) -> Dict[str, torch.Tensor]:
+    """Official ``.pth.tar`` (``state_dict`` and ``state_dict_ema``) or raw dict -> our keys.
+
+    ``ema=True`` takes ``state_dict_ema`` (the EMA 0.9995 weights the trainer also evaluates).
+    """
+    if ema:
+        if "state_dict_ema" not in checkpoint:
+            raise RuntimeError("convert_ffnet(ema=True): the checkpoint has no 'state_dict_ema' "
+                               f"(top-level keys: {sorted(checkpoint)[:10]}); pass ema=False")
+        state_dict = dict(checkpoint["state_dict_ema"])
+    else:
+        state_dict = extract_state_dict(checkpoint)
+    return checkpoint_filter_fn(state_dict, model)
+
+
+# --- registration -------------------------------------------------------------------------------
+
+_RELEASE = "https://github.com/ysj9909/FFNet/releases/download/v1.0/"
+
+
+def _cfg(file: str = "", **kwargs) -> Dict:
+    return {"url": _RELEASE + file if file else "", "num_classes": 1000, "input_size": (3, 256, 256),
+            "pool_size": (8, 8), "crop_pct": 0.9, "interpolation": "bicubic", "crop_mode": "center",
+            "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "first_conv": "stem.0.conv",
+            "classifier": "head", "license": "apache-2.0", "paper_ids": "arXiv:2406.02021", **kwargs}
+
+
+default_cfgs = generate_default_cfgs({
+    "ffnet_1.in1k": _cfg("ffnet_1.pth.tar"),
+    "ffnet_1.in1k_dist": _cfg("ffnet_1_distillation.pth.tar"),
+    "ffnet_2.in1k": _cfg("ffnet_2.pth.tar"),
+    "ffnet_2.in1k_dist": _cfg("ffnet_2_distillation.pth.tar"),
+    "ffnet_3.in1k": _cfg("ffnet_3.pth.tar", crop_pct=0.95),
+    "ffnet_3.in1k_dist": _cfg("ffnet_3_distillation.pth.tar", crop_pct=0.95),
+    "ffnet_3_384.in1k": _cfg("ffnet_3_384.pth.tar", input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
+    "ffnet_4.untrained": _cfg(crop_pct=0.95),
+    "ffnet_4_384.in1k": _cfg("ffnet_4_384.pth.tar", input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
+})
+
+# depths, dims, ffn_kernels, layer scale, default drop path (official model functions)
+_ARCHS = {
+    "ffnet_1": dict(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640), ffn_kernels=(3, 3, 3, 3), drop_path_rate=0.1),
+    "ffnet_2": dict(depths=(3, 3, 15, 3), dims=(88, 176, 352, 704), ffn_kernels=(7, 7, 7, 7), drop_path_rate=0.15),
+    "ffnet_3": dict(depths=(4, 4, 22, 5), dims=(96, 192, 384, 768), ffn_kernels=(7, 7, 7, 7),
+                    layer_scale_init_value=1e-6, drop_path_rate=0.35),
+    "ffnet_4": dict(depths=(4, 4, 27, 3), dims=(128, 256, 512, 1024), ffn_kernels=(7, 7, 7, 7),
+                    layer_scale_init_value=1e-6, drop_path_rate=0.4),
+}
+_ARCHS["ffnet_3_384"] = dict(_ARCHS["ffnet_3"], drop_path_rate=0.4)  # 384 fine-tune recipe
+_ARCHS["ffnet_4_384"] = dict(_ARCHS["ffnet_4"], drop_path_rate=0.5)
+
+
+def _create_ffnet(variant: str, pretrained: bool = False, fuse: bool = False, **kwargs) -> FFNet:
+    """``fuse=True`` returns the re-parameterised (deploy) model, after loading ``pretrained`` weights."""
+    arch = dict(_ARCHS[variant])
+    arch.update(kwargs)
+    if arch.get("features_only"):
+        arch.setdefault("stage_norm", True)  # the official dense backbones normalise every output
+    model = build_model_with_cfg(
+        FFNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, pretrained_strict=False,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"), **arch)
+    if fuse:
+        for m in list(model.modules()):
+            if isinstance(m, FFNet):  # also inside a features_only wrapper
+                m.fuse()
+    return model
+
+
+@register_model
+def ffnet_1(pretrained: bool = False, **kwargs) -> FFNet:
+    """FFNet-1: 13.78M params (13.66M fused), 2.98 GMACs at 256."""
+    return _create_ffnet("ffnet_1", pretrained, **kwargs)
+
+
+@register_model
+def ffnet_2(pretrained: bool = False, **kwargs) -> FFNet:
+    """FFNet-2: 27.21M params (26.91M fused), 6.00 GMACs at 256."""
+    return _create_ffnet("ffnet_2", pretrained, **kwargs)
+
+
+@register_model
+def ffnet_3(pretrained: bool = False, **kwargs) -> FFNet:
+    """FFNet-3: 48.82M params (48.33M fused), 10.15 GMACs at 256."""
+    return _create_ffnet("ffnet_3", pretrained, **kwargs)
+
+
+@register_model
+def ffnet_4(pretrained: bool = False, **kwargs) -> FFNet:
+    """FFNet-4 (released only at 384; the 256 config is the pre-fine-tune architecture)."""
+    return _create_ffnet("ffnet_4", pretrained, **kwargs)
+
+
+@register_model
+def ffnet_3_384(pretrained: bool = False, **kwargs) -> FFNet:
+    """FFNet-3 fine-tuned at 384: 22.83 GMACs."""
+    return _create_ffnet("ffnet_3_384", pretrained, **kwargs)
+
+
+@register_model
+def ffnet_4_384(pretrained: bool = False, **kwargs) -> FFNet:
+    """FFNet-4 fine-tuned at 384: 79.87M params (79.20M fused), 43.12 GMACs."""
+    return _create_ffnet("ffnet_4_384", pretrained, **kwargs)
