@@ -89,3 +89,20 @@ def test_bad_inputs():
         grouped_query_attention(q, k, k, [2, 2])
     with pytest.raises(ValueError, match="does not support"):
         grouped_query_attention(q, k, k, [2, 1, 1], impl="sdpa_gqa")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_fast_paths_match_reference(dtype):
+    inputs = example_inputs(device="cuda", dtype=dtype, batch=3)
+    ref = grouped_query_attention(**{**inputs, "q": inputs["q"].float(), "k": inputs["k"].float(),
+                                     "v": inputs["v"].float()}, impl="reference")
+    tol = 2e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(grouped_query_attention(**inputs, impl="sdpa_index").float(), ref, atol=tol, rtol=tol)
+    per_sample = torch.stack([inputs["group_sizes"], inputs["group_sizes"].flip(0), inputs["group_sizes"]])
+    torch.testing.assert_close(grouped_query_attention(**{**inputs, "group_sizes": per_sample}, impl="sdpa_index"),
+                               grouped_query_attention(**{**inputs, "group_sizes": per_sample}, impl="reference"),
+                               atol=tol, rtol=tol)
+    uni = example_inputs(device="cuda", dtype=dtype, uniform=True)
+    torch.testing.assert_close(grouped_query_attention(**uni, impl="sdpa_gqa"),
+                               grouped_query_attention(**uni, impl="sdpa_index"), atol=tol, rtol=tol)
