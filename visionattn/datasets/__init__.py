@@ -1,5 +1,9 @@
 """Readers of the real on-disk dataset formats, and their transforms."""
 from .classification_transforms import classification_transform, model_data_config
+from .cifar import CIFAR10, CIFAR100
+from .food101 import Food101
 from .imagenet import ImageNetFolder
+from .tiny_imagenet import TinyImageNet
+from .uptraining_transform import uptraining_transform
 
-__all__ = ["ImageNetFolder", "classification_transform", "model_data_config"]
+__all__ = ["ImageNetFolder", "CIFAR10", "CIFAR100", "Food101", "TinyImageNet", "uptraining_transform", "classification_transform", "model_data_config"]
