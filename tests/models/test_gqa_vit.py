@@ -146,6 +146,18 @@ def test_dgqa_window_and_eval_determinism():
     assert torch.isfinite(faithful(x)).all()
 
 
+def test_dgqa_eval_folds_allocation_into_weights_exactly():
+    from visionattn.ops.grouped_query_attention import grouped_query_attention
+
+    layer = DynamicGQA(24, num_heads=6, num_kv_heads=3).eval()
+    layer.group_sizes_now.copy_(torch.tensor([0, 2, 4]))  # an empty group too
+    x = torch.randn(2, 5, 24)
+    q, k, v = layer.split_heads(x)
+    expected = grouped_query_attention(q, k, v, layer.group_sizes_now, impl="reference")
+    expected = layer.proj(expected.transpose(1, 2).reshape(2, 5, 24))
+    torch.testing.assert_close(layer(x), expected, atol=1e-6, rtol=1e-6)
+
+
 def test_dgqa_faithful_training_uses_module_counter():
     layer = DynamicGQA(24, num_heads=6, num_kv_heads=3, window=2, faithful=True).train()
     layer(torch.randn(2, 5, 24))  # the official code needs a global set_training_step here

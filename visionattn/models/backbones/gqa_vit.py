@@ -30,12 +30,13 @@ from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block, VisionTransformer
 from timm.models.vision_transformer import checkpoint_filter_fn as timm_checkpoint_filter_fn
 
 from ...hub import extract_state_dict, register_converter
-from ...ops.grouped_query_attention import grouped_query_attention
+from ...ops.grouped_query_attention import grouped_query_attention, kv_head_index
 
 __all__ = ["GroupedQueryAttention", "KeyDrivenGQA", "DynamicGQA", "PerturbedGQA", "allocate_queries",
            "key_head_norms", "checkpoint_filter_fn", "ATTENTIONS"]
@@ -169,12 +170,17 @@ class GroupedQueryAttention(nn.Module):
         """Hook on the per-head outputs (B, H, N, d)."""
         return out
 
+    def project(self, x: torch.Tensor):
+        """x (B, N, C) -> q (B, H, N, d), k and v (B, G, N, d), group sizes (see :meth:`group_sizes`)."""
+        q, k, v = self.split_heads(x)
+        return q, k, v, self.group_sizes(k)
+
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False) -> torch.Tensor:
         if attn_mask is not None or is_causal:
             raise ValueError(f"{type(self).__name__} does not support attention masks")
         B, N, C = x.shape
-        q, k, v = self.split_heads(x)
-        out = grouped_query_attention(q, k, v, self.group_sizes(k), impl=self.attn_impl,
+        q, k, v, sizes = self.project(x)
+        out = grouped_query_attention(q, k, v, sizes, impl=self.attn_impl,
                                       dropout_p=self.attn_drop if self.training else 0.0)
         out = self.perturb(out)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
@@ -255,6 +261,28 @@ class DynamicGQA(GroupedQueryAttention):
         self.group_sizes_now.copy_(torch.where(due, sizes, self.group_sizes_now))
         new_stat = weights if self.dgqa_mode == "ema" else norms
         self.key_norm_stat.copy_(torch.where(due, new_stat, self.key_norm_stat))
+
+    def project(self, x: torch.Tensor):
+        """Eval (fixed allocation): K/V per query head straight from the projection.
+
+        The K/V weight rows of each query head's KV head are gathered, so one MHA-sized linear
+        layer gives K/V already expanded to H heads (exactly the same numbers as expanding the
+        activations, without an index op on them) and attention runs as plain MHA.
+        """
+        if self.training or self.faithful:
+            return super().project(x)
+        B, N, _ = x.shape
+        H, G, d = self.num_heads, self.num_kv_heads, self.head_dim
+        head_of = kv_head_index(self.group_sizes_now, H)  # (H,) KV head of each query head
+        rows = (head_of[:, None] * d + torch.arange(d, device=x.device)).flatten()  # (H * d,)
+        w_q, w_k, w_v = self.qkv.weight.split([H * d, G * d, G * d])
+        weight = torch.cat([w_q, w_k[rows], w_v[rows]])  # (3 * H * d, C)
+        bias = None
+        if self.qkv.bias is not None:
+            b_q, b_k, b_v = self.qkv.bias.split([H * d, G * d, G * d])
+            bias = torch.cat([b_q, b_k[rows], b_v[rows]])
+        q, k, v = F.linear(x, weight, bias).view(B, N, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, v, None
 
     def group_sizes(self, k: torch.Tensor) -> torch.Tensor:
         if self.training or self.faithful:
