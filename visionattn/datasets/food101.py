@@ -1,0 +1,43 @@
+"""Food-101 in its release layout: ``food-101/images/<class>/<id>.jpg`` and ``food-101/meta/``
+(``classes.txt``: one class per line, the label order; ``train.txt`` / ``test.txt``: ``<class>/<id>``
+per line, without extension)."""
+from pathlib import Path
+from typing import Callable, Dict, Union
+
+from PIL import Image
+
+from ..engine.registry import DATASETS
+from .labelled_images import LabelledImages, check_split
+
+
+@DATASETS.register_module()
+class Food101(LabelledImages):
+    """Food-101 (75,750 train / 25,250 test images, 101 classes). ``root``: ``food-101`` or its parent."""
+
+    def __init__(self, root: Union[str, Path], split: str = "train", transform: Union[Callable, Dict, None] = None):
+        super().__init__(transform)
+        check_split(split, ("train", "test"), "Food101")
+        root = Path(root)
+        self.root = root if (root / "meta").is_dir() else root / "food-101"
+        meta = self.root / "meta"
+        for name in ("classes.txt", f"{split}.txt"):
+            if not (meta / name).is_file():
+                raise FileNotFoundError(f"Food101: {str(meta / name)!r} does not exist; extract food-101.tar.gz "
+                                        f"so that {str(root)!r} holds food-101/images and food-101/meta")
+        self.classes = tuple(line.strip() for line in (meta / "classes.txt").read_text().splitlines() if line.strip())
+        index = {c: i for i, c in enumerate(self.classes)}
+        self.samples = []
+        for line in (meta / f"{split}.txt").read_text().splitlines():
+            if line.strip():
+                cls = line.strip().split("/")[0]
+                if cls not in index:
+                    raise RuntimeError(f"Food101: {split}.txt names class {cls!r} missing from classes.txt")
+                self.samples.append((self.root / "images" / f"{line.strip()}.jpg", index[cls]))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int):
+        path, label = self.samples[index]
+        with Image.open(path) as img:
+            return img.convert("RGB"), label

@@ -1,0 +1,444 @@
+"""ViTs with grouped-query attention variants: GQA, KDGQA, DGQA, PGQA (and MHA as the control).
+
+Khan et al., *Beyond Uniform Query Distribution: Key-Driven Grouped Query Attention*,
+arXiv 2408.08454. The network is timm's ``VisionTransformer`` (same module names), only the
+attention differs:
+
+- ``gqa``: H query heads in G uniform groups, each sharing one key/value head.
+- ``kdgqa``: the number of query heads per KV head follows the (min-max normalised) Frobenius
+  norms of the key heads, recomputed every forward.
+- ``dgqa``: the allocation follows a running statistic of the key-head norms over training
+  (``ema`` or ``diff`` mode), re-allocated every ``window`` training steps.
+- ``pgqa``: uniform GQA whose per-head outputs get a noise matrix with the same row mean/std
+  subtracted (training only, unless ``faithful``).
+
+The attention projection is one fused ``qkv`` Linear of ``(H + 2G) * head_dim`` rows
+(queries, then G keys, then G values); with G = H it is exactly timm's ``Attention``, so timm
+ViT checkpoints load as they are into the ``_mha`` models and through
+:func:`visionattn.models.convert_mha_to_gqa` (mean-pooled K/V) into the others.
+
+Fixes of the official code (``faithful=True`` restores its behaviour where it differs):
+allocations never give a KV head zero queries (``min_queries_per_kv``, default 1); tied norms
+or G = 1 give uniform groups instead of NaN and a hang; KDGQA allocates per image, so an
+image's output does not depend on the rest of the batch; DGQA's statistic, allocation and step
+counter are buffers (saved in ``state_dict``) and eval uses the stored allocation without
+changing state; PGQA adds noise only while training. The fixed path has no host sync and no
+data-dependent shapes (one SDPA call per layer).
+"""
+from functools import partial
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.vision_transformer import Block, VisionTransformer
+from timm.models.vision_transformer import checkpoint_filter_fn as timm_checkpoint_filter_fn
+
+from ...hub import extract_state_dict, register_converter
+from ...ops.grouped_query_attention import grouped_query_attention, kv_head_index
+
+__all__ = ["GroupedQueryAttention", "KeyDrivenGQA", "DynamicGQA", "PerturbedGQA", "allocate_queries",
+           "key_head_norms", "checkpoint_filter_fn", "ATTENTIONS"]
+
+
+# --- query allocation -------------------------------------------------------------------------
+
+def key_head_norms(k: torch.Tensor) -> torch.Tensor:
+    """Frobenius norm of each key head. k: (B, G, N, d) -> (B, G) float32."""
+    return torch.linalg.vector_norm(k.detach(), dim=(2, 3), dtype=torch.float32)
+
+
+def allocate_queries(scores: torch.Tensor, num_heads: int, min_queries: int = 1) -> torch.Tensor:
+    """Split ``num_heads`` query heads over G KV heads in proportion to ``scores`` (largest remainder).
+
+    Every KV head first gets ``min_queries``; the other heads are shared in proportion to the
+    scores, the leftover ones going to the largest fractional parts (lower index first on ties).
+    Scores that sum to zero or are not finite give the most uniform split. Tensor ops only.
+
+    Args:
+        scores: (..., G) non-negative weights.
+    Returns:
+        long (..., G), each row summing to ``num_heads``.
+    """
+    G = scores.shape[-1]
+    if min_queries * G > num_heads:
+        raise ValueError(f"min_queries={min_queries} per KV head needs {min_queries * G} query heads; "
+                         f"only {num_heads} exist (lower min_queries or use fewer KV heads)")
+    free = num_heads - min_queries * G
+    scores = scores.detach().float()
+    total = scores.sum(-1, keepdim=True)
+    valid = torch.isfinite(total) & (total > 0)
+    share = torch.where(valid, scores / torch.where(valid, total, torch.ones_like(total)),
+                        torch.full_like(scores, 1.0 / G))
+    quota = share * free
+    base = quota.floor()
+    leftover = free - base.sum(-1, keepdim=True)
+    order = torch.argsort(quota - base, dim=-1, descending=True, stable=True)
+    rank = torch.argsort(order, dim=-1)  # position of each KV head in that order
+    return (base + (rank < leftover).float()).long() + min_queries
+
+
+def min_max_normalise(norms: torch.Tensor) -> torch.Tensor:
+    """(..., G) -> (..., G) in [0, 1]; all ones where the norms are tied (incl. G = 1)."""
+    low, high = norms.amin(-1, keepdim=True), norms.amax(-1, keepdim=True)
+    spread = high - low
+    tied = spread <= 0
+    return torch.where(tied, torch.ones_like(norms), (norms - low) / torch.where(tied, torch.ones_like(spread), spread))
+
+
+def _uniform_sizes(num_heads: int, num_kv_heads: int) -> torch.Tensor:
+    sizes = torch.full((num_kv_heads,), num_heads // num_kv_heads, dtype=torch.long)
+    sizes[: num_heads % num_kv_heads] += 1
+    return sizes
+
+
+def _official_kdgqa_sizes(norms: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """The official KDGQA allocation (may give zero queries); tied norms -> uniform instead of a hang.
+
+    norms: (G,) key norms summed over the batch.
+    """
+    if norms.amax() == norms.amin():
+        return _uniform_sizes(num_heads, norms.numel()).to(norms.device)
+    w = (norms - norms.amin()) / (norms.amax() - norms.amin())
+    sizes = (w / w.sum() * num_heads).round().long()
+    while sizes.sum() > num_heads:
+        sizes[sizes.argmax()] -= 1
+    while sizes.sum() < num_heads:
+        sizes[sizes.argmin()] += 1
+    return sizes
+
+
+def _official_dgqa_sizes(weights: torch.Tensor, num_heads: int, fallback: torch.Tensor) -> torch.Tensor:
+    """The official DGQA allocation: round, then fix the sum at random KV heads (torch RNG)."""
+    total = weights.sum()
+    if not torch.isfinite(total) or total <= 0:
+        return fallback.clone()
+    sizes = (weights / total * num_heads).round().long()
+    while sizes.sum() > num_heads:
+        i = int(torch.randint(0, sizes.numel(), (1,)))
+        if sizes[i] > 0:
+            sizes[i] -= 1
+    while sizes.sum() < num_heads:
+        sizes[int(torch.randint(0, sizes.numel(), (1,)))] += 1
+    return sizes
+
+
+# --- attention layers ---------------------------------------------------------------------------
+
+class GroupedQueryAttention(nn.Module):
+    """Uniform GQA (MHA when ``num_kv_heads == num_heads``), timm ``Attention`` layout.
+
+    Input/output (B, N, C). ``qkv``: C -> (H + 2G) * d, rows = [queries, G keys, G values].
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, num_kv_heads: Optional[int] = None, qkv_bias: bool = True,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, attn_impl: str = "auto", faithful: bool = False):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if not 1 <= num_kv_heads <= num_heads:
+            raise ValueError(f"num_kv_heads must be in [1, num_heads={num_heads}], got {num_kv_heads}")
+        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
+        self.head_dim = dim // num_heads
+        self.attn_impl, self.faithful = attn_impl, faithful
+        self.attn_drop = attn_drop
+        self.qkv = nn.Linear(dim, (num_heads + 2 * num_kv_heads) * self.head_dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self._check_static_groups()
+
+    def _check_static_groups(self) -> None:
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"{type(self).__name__}: {self.num_heads} heads cannot form {self.num_kv_heads} "
+                             f"equal groups; pick num_kv_heads dividing num_heads")
+
+    def split_heads(self, x: torch.Tensor):
+        """x: (B, N, C) -> q (B, H, N, d), k and v (B, G, N, d)."""
+        B, N, _ = x.shape
+        H, G, d = self.num_heads, self.num_kv_heads, self.head_dim
+        q, k, v = self.qkv(x).split([H * d, G * d, G * d], dim=-1)
+        return (q.view(B, N, H, d).transpose(1, 2), k.view(B, N, G, d).transpose(1, 2),
+                v.view(B, N, G, d).transpose(1, 2))
+
+    def group_sizes(self, k: torch.Tensor) -> Optional[torch.Tensor]:
+        """Query heads per KV head for keys k (B, G, N, d): None (uniform), (G,) or (B, G)."""
+        return None
+
+    def perturb(self, out: torch.Tensor) -> torch.Tensor:
+        """Hook on the per-head outputs (B, H, N, d)."""
+        return out
+
+    def project(self, x: torch.Tensor):
+        """x (B, N, C) -> q (B, H, N, d), k and v (B, G, N, d), group sizes (see :meth:`group_sizes`)."""
+        q, k, v = self.split_heads(x)
+        return q, k, v, self.group_sizes(k)
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False) -> torch.Tensor:
+        if attn_mask is not None or is_causal:
+            raise ValueError(f"{type(self).__name__} does not support attention masks")
+        B, N, C = x.shape
+        q, k, v, sizes = self.project(x)
+        out = grouped_query_attention(q, k, v, sizes, impl=self.attn_impl,
+                                      dropout_p=self.attn_drop if self.training else 0.0)
+        out = self.perturb(out)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, faithful={self.faithful}"
+
+
+class KeyDrivenGQA(GroupedQueryAttention):
+    """KDGQA: query heads per KV head from the min-max normalised key-head norms of this forward.
+
+    Fixed (default): per image ((B, G) sizes), at least ``min_queries_per_kv`` each.
+    ``faithful=True``: norms summed over the batch, the official rounding (zero queries possible).
+    """
+
+    def __init__(self, *args, min_queries_per_kv: int = 1, **kwargs):
+        self.min_queries_per_kv = min_queries_per_kv
+        super().__init__(*args, **kwargs)
+
+    def _check_static_groups(self) -> None:
+        allocate_queries(torch.ones(self.num_kv_heads), self.num_heads, self.min_queries_per_kv)
+
+    def group_sizes(self, k: torch.Tensor) -> torch.Tensor:
+        norms = key_head_norms(k)  # (B, G)
+        if self.faithful:
+            return _official_kdgqa_sizes(norms.sum(0), self.num_heads)
+        return allocate_queries(min_max_normalise(norms), self.num_heads, self.min_queries_per_kv)
+
+
+class DynamicGQA(GroupedQueryAttention):
+    """DGQA: allocation from a running statistic of the key-head norms, updated every ``window`` steps.
+
+    Buffers (in ``state_dict``): ``key_norm_stat`` (G,) the statistic, ``group_sizes_now`` (G,)
+    the current allocation, ``num_steps`` () training forwards seen. Every ``window``-th
+    training forward (starting with the first), with m the batch-mean key-head norms:
+    ``ema``: a = beta m + (1 - beta) stat, stat <- a;  ``diff``: a = |stat - m|, stat <- m;
+    the allocation becomes proportional to a. Eval uses the stored allocation and changes nothing.
+    ``faithful=True``: official behaviour (norms summed over the batch, stat <- (stat + m) / window,
+    random fix-up of the rounding, eval re-allocating from each batch and storing its norms).
+    """
+
+    def __init__(self, *args, dgqa_mode: str = "ema", window: int = 300, beta: float = 0.9,
+                 min_queries_per_kv: int = 1, **kwargs):
+        if dgqa_mode not in ("ema", "diff"):
+            raise ValueError(f"dgqa_mode must be 'ema' or 'diff', got {dgqa_mode!r}")
+        if window < 1:
+            raise ValueError(f"window must be >= 1 training steps, got {window}")
+        self.dgqa_mode, self.window, self.beta, self.min_queries_per_kv = dgqa_mode, window, beta, min_queries_per_kv
+        super().__init__(*args, **kwargs)
+        G = self.num_kv_heads
+        self.register_buffer("key_norm_stat", torch.zeros(G))
+        self.register_buffer("group_sizes_now", _uniform_sizes(self.num_heads, G))
+        self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
+
+    def _check_static_groups(self) -> None:
+        allocate_queries(torch.ones(self.num_kv_heads), self.num_heads, self.min_queries_per_kv)
+
+    def _weights(self, norms: torch.Tensor) -> torch.Tensor:
+        if self.dgqa_mode == "ema":
+            return self.beta * norms + (1.0 - self.beta) * self.key_norm_stat
+        return (self.key_norm_stat - norms).abs()
+
+    @torch.no_grad()
+    def _update(self, k: torch.Tensor) -> None:
+        norms = key_head_norms(k)  # (B, G)
+        if self.faithful:
+            norms = norms.sum(0)
+            if self.training and int(self.num_steps) % self.window:
+                return
+            sizes = _official_dgqa_sizes(self._weights(norms), self.num_heads, self.group_sizes_now)
+            self.group_sizes_now.copy_(sizes)
+            self.key_norm_stat.copy_((self.key_norm_stat + norms) / self.window if self.training else norms)
+            return
+        norms = norms.mean(0)
+        weights = self._weights(norms)
+        due = self.num_steps % self.window == 0  # tensor: no host sync
+        sizes = allocate_queries(weights, self.num_heads, self.min_queries_per_kv)
+        self.group_sizes_now.copy_(torch.where(due, sizes, self.group_sizes_now))
+        new_stat = weights if self.dgqa_mode == "ema" else norms
+        self.key_norm_stat.copy_(torch.where(due, new_stat, self.key_norm_stat))
+
+    def project(self, x: torch.Tensor):
+        """Eval (fixed allocation): K/V per query head straight from the projection.
+
+        The K/V weight rows of each query head's KV head are gathered, so one MHA-sized linear
+        layer gives K/V already expanded to H heads (exactly the same numbers as expanding the
+        activations, without an index op on them) and attention runs as plain MHA.
+        """
+        if self.training or self.faithful:
+            return super().project(x)
+        B, N, _ = x.shape
+        H, G, d = self.num_heads, self.num_kv_heads, self.head_dim
+        head_of = kv_head_index(self.group_sizes_now, H)  # (H,) KV head of each query head
+        rows = (head_of[:, None] * d + torch.arange(d, device=x.device)).flatten()  # (H * d,)
+        w_q, w_k, w_v = self.qkv.weight.split([H * d, G * d, G * d])
+        weight = torch.cat([w_q, w_k[rows], w_v[rows]])  # (3 * H * d, C)
+        bias = None
+        if self.qkv.bias is not None:
+            b_q, b_k, b_v = self.qkv.bias.split([H * d, G * d, G * d])
+            bias = torch.cat([b_q, b_k[rows], b_v[rows]])
+        q, k, v = F.linear(x, weight, bias).view(B, N, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, v, None
+
+    def group_sizes(self, k: torch.Tensor) -> torch.Tensor:
+        if self.training or self.faithful:
+            self._update(k)
+        if self.training:
+            self.num_steps += 1
+        return self.group_sizes_now.clone()
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, dgqa_mode={self.dgqa_mode!r}, window={self.window}"
+
+
+class PerturbedGQA(GroupedQueryAttention):
+    """PGQA: uniform GQA; from each head's output (flattened to a row of N * d values) a noise row
+    with the same mean and std is subtracted. The noise is uniform(0, 1) per group (n_g, N * d),
+    shared over the batch, with entry [i, i] zeroed, standardised per row. Training only unless
+    ``faithful`` (the official code also perturbs in eval).
+    """
+
+    def perturb(self, out: torch.Tensor) -> torch.Tensor:
+        if not (self.training or self.faithful):
+            return out
+        B, H, N, d = out.shape
+        n = H // self.num_kv_heads
+        rows = out.reshape(B, H, N * d)
+        noise = torch.cat([torch.rand(n, N * d, device=out.device) for _ in range(self.num_kv_heads)])  # (H, N*d)
+        local = torch.arange(H, device=out.device) % n  # index of each head inside its group
+        noise[torch.arange(H, device=out.device), local] = 0
+        noise = (noise - noise.mean(-1, keepdim=True)) / noise.std(-1, keepdim=True).clamp_min(1e-12)
+        noise = noise.to(out.dtype) * rows.std(-1, keepdim=True) + rows.mean(-1, keepdim=True)  # (B, H, N*d)
+        return (rows - noise).view(B, H, N, d)
+
+
+ATTENTIONS = {"mha": GroupedQueryAttention, "gqa": GroupedQueryAttention, "kdgqa": KeyDrivenGQA,
+              "dgqa": DynamicGQA, "pgqa": PerturbedGQA}
+
+
+class GroupedQueryBlock(Block):
+    """timm's pre-norm ``Block`` with one of :data:`ATTENTIONS` as ``attn``."""
+
+    def __init__(self, dim: int, num_heads: int, *, attn_cls=GroupedQueryAttention, attn_kwargs: Dict = None,
+                 qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0, **kwargs):
+        super().__init__(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop, **kwargs)
+        self.attn = attn_cls(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop,
+                             **(attn_kwargs or {}))
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+def _attn_layers(model: nn.Module):
+    return [m for m in model.modules() if isinstance(m, GroupedQueryAttention)]
+
+
+def _fill_state_buffers(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Add DGQA buffers the source lacks, from the model's fresh state (uniform groups, step 0)."""
+    for name, buf in model.state_dict().items():
+        if name.endswith(("attn.key_norm_stat", "attn.group_sizes_now", "attn.num_steps")) and name not in state_dict:
+            state_dict[name] = buf.clone()
+    return state_dict
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: VisionTransformer) -> Dict[str, torch.Tensor]:
+    """timm ViT (MHA, fused qkv) weights -> this model: K/V mean-pooled to the model's KV heads."""
+    from ..mha_to_gqa import convert_mha_to_gqa
+
+    state_dict = timm_checkpoint_filter_fn(state_dict, model)
+    attn = _attn_layers(model)
+    if attn and attn[0].num_kv_heads != attn[0].num_heads and any(k.endswith("attn.qkv.weight") for k in state_dict):
+        qkv = next(v for k, v in state_dict.items() if k.endswith("attn.qkv.weight"))
+        if qkv.shape[0] == 3 * qkv.shape[1]:  # still MHA
+            state_dict = convert_mha_to_gqa(state_dict, attn[0].num_kv_heads, num_heads=attn[0].num_heads)
+    return _fill_state_buffers(dict(state_dict), model)
+
+
+@register_converter("gqa_vit")
+def convert_official(checkpoint, model: nn.Module, **kwargs) -> Dict[str, torch.Tensor]:
+    """Official key-driven-gqa checkpoints (separate q/k/v Linears, DGQA ``attn.cache``), or timm MHA
+    ViT weights, to this model's keys."""
+    state_dict = extract_state_dict(checkpoint)
+    if not any(k.endswith("attn.q.weight") for k in state_dict):
+        return checkpoint_filter_fn(state_dict, model)
+    out = {}
+    for key, value in state_dict.items():
+        prefix, _, leaf = key.rpartition(".attn.")
+        if not prefix:
+            out[key] = value
+        elif leaf in ("q.weight", "q.bias"):
+            kind = leaf.split(".")[1]
+            out[f"{prefix}.attn.qkv.{kind}"] = torch.cat(
+                [value, state_dict[f"{prefix}.attn.k.{kind}"], state_dict[f"{prefix}.attn.v.{kind}"]])
+        elif leaf == "cache":
+            out[f"{prefix}.attn.key_norm_stat"] = value.float()
+        elif leaf.startswith(("k.", "v.")):
+            continue
+        else:
+            out[key] = value
+    return _fill_state_buffers(out, model)
+
+
+# --- models ------------------------------------------------------------------------------------
+
+_ATTN_KWARGS = ("num_kv_heads", "attn_impl", "faithful", "min_queries_per_kv", "dgqa_mode", "window", "beta")
+
+# timm's up-training sources (as the official code: `timm.create_model('vit_*_patch16_224', pretrained=True)`)
+_SOURCES = {"small": "augreg_in21k_ft_in1k", "base": "augreg2_in21k_ft_in1k", "large": "augreg_in21k_ft_in1k"}
+_ARCH = {"small": dict(embed_dim=384, depth=12, num_heads=6), "base": dict(embed_dim=768, depth=12, num_heads=12),
+         "large": dict(embed_dim=1024, depth=24, num_heads=16)}
+# KV heads: ViT-S 3 and ViT-L 4 (official factory defaults), ViT-B 6 (the README's example run).
+_DEFAULT_KV_HEADS = {"small": 3, "base": 6, "large": 4}
+
+
+def _cfg(size: str, **kwargs):
+    return {
+        "hf_hub_id": f"timm/vit_{size}_patch16_224.{_SOURCES[size]}",
+        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None, "crop_pct": 0.9,
+        "interpolation": "bicubic", "fixed_input_size": True, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
+        "first_conv": "patch_embed.proj", "classifier": "head", "license": "apache-2.0", **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    f"vit_{size}_patch16_224_{attn}.{_SOURCES[size]}": _cfg(size)
+    for size in _ARCH for attn in ATTENTIONS
+})
+
+
+def _create(size: str, attn: str, pretrained: bool = False, **kwargs) -> VisionTransformer:
+    attn_kwargs = {k: kwargs.pop(k) for k in _ATTN_KWARGS if k in kwargs}
+    heads = kwargs.get("num_heads", _ARCH[size]["num_heads"])
+    if attn == "mha":
+        if attn_kwargs.setdefault("num_kv_heads", heads) != heads:
+            raise ValueError(f"the MHA control has num_kv_heads = num_heads = {heads}; use the _gqa model for fewer")
+    else:
+        attn_kwargs.setdefault("num_kv_heads", _DEFAULT_KV_HEADS[size])
+    out_indices = kwargs.pop("out_indices", 3)
+    block_fn = partial(GroupedQueryBlock, attn_cls=ATTENTIONS[attn], attn_kwargs=attn_kwargs)
+    return build_model_with_cfg(
+        VisionTransformer, f"vit_{size}_patch16_224_{attn}", pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+        **{"patch_size": 16, "img_size": 224, **_ARCH[size], **kwargs, "block_fn": block_fn},
+    )
+
+
+def _register(size: str, attn: str) -> None:
+    def entry(pretrained: bool = False, **kwargs) -> VisionTransformer:
+        return _create(size, attn, pretrained, **kwargs)
+
+    entry.__name__ = f"vit_{size}_patch16_224_{attn}"
+    entry.__qualname__ = entry.__name__
+    kv_heads = _ARCH[size]["num_heads"] if attn == "mha" else _DEFAULT_KV_HEADS[size]
+    entry.__doc__ = f"ViT-{size[0].upper()}/16 at 224 with {attn.upper()} attention (num_kv_heads default {kv_heads})."
+    entry.__module__ = __name__
+    globals()[entry.__name__] = register_model(entry)
+
+
+for _size in _ARCH:
+    for _attn in ATTENTIONS:
+        _register(_size, _attn)

@@ -1,0 +1,165 @@
+"""Grouped-query attention: H query heads share G <= H key/value heads.
+
+Query heads are assigned to KV heads in contiguous blocks in head order, given by a vector of
+group sizes ``(n_1, ..., n_G)`` with ``sum(n) = H`` (uniform sizes ``H / G`` = plain GQA, ``G = H``
+= multi-head attention). Sizes may differ per sample (shape ``(B, G)``), which is what a
+key-norm driven allocation computed per image needs, and a KV head may get zero query heads.
+
+Implementations (fastest first):
+- ``sdpa_gqa``: uniform groups only; one ``F.scaled_dot_product_attention(..., enable_gqa=True)``.
+- ``sdpa_index``: any group sizes; the KV head each query head reads is computed with tensor
+  ops (no host sync, no data-dependent shapes), K/V are expanded to H heads by index and one
+  SDPA call runs all heads. Mathematically equal to the per-group loop.
+- ``reference``: the readable per-group loop (explicit softmax), ground truth for tests.
+"""
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+from .dispatch import pick
+
+IMPLS = ("sdpa_gqa", "sdpa_index", "reference")
+
+GroupSizes = Optional[Union[torch.Tensor, Sequence[int]]]
+
+
+def kv_head_index(group_sizes: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """For each query head, the KV head it reads.
+
+    Args:
+        group_sizes: integer tensor (G,) or (B, G), each row summing to ``num_heads``.
+    Returns:
+        long tensor (H,) or (B, H): query head h reads KV head ``idx[..., h]``.
+    """
+    bounds = group_sizes.cumsum(-1).contiguous()  # (..., G) end (exclusive) of each group
+    heads = torch.arange(num_heads, device=group_sizes.device, dtype=bounds.dtype)
+    heads = heads.expand(*bounds.shape[:-1], num_heads).contiguous()  # (..., H)
+    # head h belongs to the first group whose end is > h (empty groups are skipped by right=True)
+    return torch.searchsorted(bounds, heads, right=True)
+
+
+def _as_sizes(group_sizes: GroupSizes, device: torch.device) -> Optional[torch.Tensor]:
+    if group_sizes is None or isinstance(group_sizes, torch.Tensor):
+        return group_sizes
+    return torch.as_tensor(list(group_sizes), dtype=torch.long, device=device)
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_sizes: Optional[torch.Tensor]) -> None:
+    if q.dim() != 4 or k.dim() != 4 or k.shape != v.shape:
+        raise ValueError(f"grouped_query_attention: expected q (B, H, N, d) and k, v (B, G, M, d) of equal "
+                         f"shape; got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    B, H, _, d = q.shape
+    G = k.shape[1]
+    if k.shape[0] != B or k.shape[-1] != d or G > H:
+        raise ValueError(f"grouped_query_attention: k/v {tuple(k.shape)} do not fit q {tuple(q.shape)} "
+                         f"(need the same batch and head dim, and G <= H)")
+    if group_sizes is None:
+        if H % G:
+            raise ValueError(f"grouped_query_attention: {H} query heads cannot be split uniformly over "
+                             f"{G} KV heads; pass group_sizes")
+        return
+    if group_sizes.shape[-1] != G or group_sizes.dim() not in (1, 2) or (
+            group_sizes.dim() == 2 and group_sizes.shape[0] != B):
+        raise ValueError(f"grouped_query_attention: group_sizes must have shape ({G},) or ({B}, {G}); "
+                         f"got {tuple(group_sizes.shape)}")
+
+
+def _check_sums(group_sizes: torch.Tensor, num_heads: int) -> None:
+    """Value check of the sizes (a host sync: done for user-given lists and in the reference only)."""
+    if (group_sizes < 0).any() or (group_sizes.sum(-1) != num_heads).any():
+        raise ValueError(f"grouped_query_attention: group_sizes {group_sizes.tolist()} must be "
+                         f">= 0 and sum to the {num_heads} query heads")
+
+
+def _reference(q, k, v, group_sizes, scale, dropout_p):
+    """Per-group loop. q: (B, H, N, d); k, v: (B, G, M, d); group_sizes (G,) or (B, G) or None."""
+    B, H, N, d = q.shape
+    G = k.shape[1]
+    scale = d ** -0.5 if scale is None else scale
+    if group_sizes is None:
+        group_sizes = torch.full((G,), H // G, dtype=torch.long)
+    _check_sums(group_sizes, H)
+    if group_sizes.dim() == 1:
+        group_sizes = group_sizes.expand(B, G)
+    out = torch.empty_like(q)
+    for b in range(B):
+        start = 0
+        for g, n in enumerate(group_sizes[b].tolist()):
+            q_g = q[b, start:start + n] * scale  # (n, N, d): the n query heads sharing KV head g
+            attn = (q_g @ k[b, g].transpose(-2, -1)).softmax(dim=-1)  # (n, N, M)
+            attn = F.dropout(attn, dropout_p)
+            out[b, start:start + n] = attn @ v[b, g]  # (n, N, d)
+            start += n
+    return out
+
+
+def _sdpa_gqa(q, k, v, scale, dropout_p):
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale,
+                                          enable_gqa=k.shape[1] != q.shape[1])
+
+
+def _sdpa_index(q, k, v, group_sizes, scale, dropout_p):
+    B, H, N, d = q.shape
+    G = k.shape[1]
+    if group_sizes is None:
+        idx = torch.arange(H, device=q.device) // (H // G)
+    else:
+        idx = kv_head_index(group_sizes.to(q.device), H)
+    if idx.dim() == 1:  # same assignment for every sample
+        k, v = k.index_select(1, idx), v.index_select(1, idx)  # (B, H, M, d)
+    else:  # per-sample assignment (B, H)
+        gather_idx = idx[:, :, None, None].expand(B, H, k.shape[2], d)
+        k, v = k.gather(1, gather_idx), v.gather(1, gather_idx)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+
+
+def grouped_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_sizes: GroupSizes = None,
+                            *, scale: Optional[float] = None, dropout_p: float = 0.0,
+                            impl: str = "auto") -> torch.Tensor:
+    """Attention of H query heads over G shared key/value heads.
+
+    Args:
+        q: (B, H, N, d) queries.
+        k, v: (B, G, M, d) keys and values.
+        group_sizes: None for uniform groups of ``H // G`` heads, or integers (G,) or (B, G):
+            query heads ``[n_1 + ... + n_{g-1}, n_1 + ... + n_g)`` read KV head g. Each row sums to H.
+        scale: softmax scale, ``d ** -0.5`` when None.
+        dropout_p: attention dropout (pass 0 in eval).
+        impl: ``"auto"`` or one of :data:`IMPLS`.
+    Returns:
+        (B, H, N, d) attention outputs, heads in query order.
+    """
+    given_list = group_sizes is not None and not isinstance(group_sizes, torch.Tensor)
+    group_sizes = _as_sizes(group_sizes, q.device)
+    _check(q, k, v, group_sizes)
+    if given_list:
+        _check_sums(group_sizes, q.shape[1])
+    impl = pick("grouped_query_attention", impl, {
+        "sdpa_gqa": group_sizes is None,
+        "sdpa_index": True,
+        "reference": True,
+    })
+    if impl == "sdpa_gqa":
+        return _sdpa_gqa(q, k, v, scale, dropout_p)
+    if impl == "sdpa_index":
+        return _sdpa_index(q, k, v, group_sizes, scale, dropout_p)
+    return _reference(q, k, v, group_sizes, scale, dropout_p)
+
+
+def example_inputs(device="cpu", dtype=torch.float32, batch: int = 2, heads: int = 12, kv_heads: int = 6,
+                   tokens: int = 197, head_dim: int = 64, uniform: bool = False) -> dict:
+    """Typical call: ViT-B/16 at 224 (197 tokens, 12 query heads, 6 KV heads), uneven groups."""
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(batch, heads, tokens, head_dim, generator=gen).to(device, dtype)
+    k = torch.randn(batch, kv_heads, tokens, head_dim, generator=gen).to(device, dtype)
+    v = torch.randn(batch, kv_heads, tokens, head_dim, generator=gen).to(device, dtype)
+    sizes = None
+    if not uniform:  # one KV head takes the rest, another takes one fewer than uniform
+        sizes = torch.full((kv_heads,), heads // kv_heads, dtype=torch.long)
+        sizes[-1] += heads - int(sizes.sum())
+        if kv_heads > 1 and sizes[0] > 1:
+            sizes[0] -= 1
+            sizes[1] += 1
+        sizes = sizes.to(device)
+    return dict(q=q, k=k, v=v, group_sizes=sizes)
