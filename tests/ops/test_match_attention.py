@@ -169,3 +169,14 @@ def test_triton_cuda_compiles():
     out, attn = f(**kwargs)
     ref, ref_attn = ma.match_attention(**kwargs, impl="reference")
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_low_precision_centres_stay_inside_the_map():
+    """bf16 rounds 309.999 to 310: the window must still fit (centres are used in float32)."""
+    H, W, r = 4, 312, 1
+    q, k, v, _ = _inputs(1, H, W, 1, 4, dtype=torch.bfloat16)
+    c = torch.full((1, H * W, 1, 2), 400.0, dtype=torch.bfloat16)
+    out, attn = ma.match_attention(q, k, v, c, (H, W), r, return_attn=True, impl="reference")
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    # all the weight sits on the last three columns of the map (centre x = W - 2 - 1e-3)
+    assert attn.float().view(-1, 4, 4)[:, :, 0].abs().max() < 0.02

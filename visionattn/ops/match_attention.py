@@ -80,17 +80,18 @@ def _reference(q, k, v, centers, size, radius, scale):
     flat = pos[..., 1] * W + pos[..., 0]  # (B, N, h, M)
     M = flat.shape[-1]
 
-    # Gather keys/values per head: (B, N, h, M, d).
-    head = torch.arange(h, device=q.device).view(1, 1, h, 1).expand(B, N, h, M)
-    batch = torch.arange(B, device=q.device).view(B, 1, 1, 1).expand(B, N, h, M)
-    k_win = kh[batch, flat, head]
-    v_win = vh[batch, flat, head]
+    # Gather keys/values per head: row (b, token, head) of the (B*N*h, d) view -> (B, N, h, M, d).
+    head = torch.arange(h, device=q.device).view(1, 1, h, 1)
+    batch = torch.arange(B, device=q.device).view(B, 1, 1, 1)
+    rows = (batch * N + flat) * h + head  # (B, N, h, M)
+    k_win = kh.reshape(B * N * h, d)[rows]
+    v_win = vh.reshape(B * N * h, d)[rows]
 
     logits = -(qh.unsqueeze(3) - k_win).abs().sum(-1) * scale  # (B, N, h, M)
 
     # BilinearSoftmax: softmax inside each sub-window, blended by the bilinear weights.
     masks = subwindow_masks(radius, q.device)  # (4, M)
-    weights = bilinear_weights(centers)  # (B, N, h, 4)
+    weights = bilinear_weights(centers).to(q.dtype)  # (B, N, h, 4), from float32 centres
     attn = logits.new_zeros(logits.shape)
     for t in range(4):
         sub = logits.masked_fill(~masks[t], float("-inf")).softmax(-1)  # zeros outside sub-window t
@@ -129,7 +130,7 @@ def match_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, centers: 
     Args:
         q, k, v: ``(B, N, C)`` with ``N = H*W`` tokens (row-major) and ``C = heads * d``.
         centers: ``(B, N, heads, 2)`` sampling centres (x, y) in pixels of the key map; clamped
-            here so the ``(2r+2)^2`` window stays inside.
+            here so the ``(2r+2)^2`` window stays inside, and used in float32 (at least) whatever their dtype.
         size: ``(H, W)`` of the key map.
         radius: window radius ``r`` (``M = (2r+2)^2`` keys per query and head).
         scale: logit scale, default ``d**-0.5``.
@@ -146,15 +147,17 @@ def match_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, centers: 
     h = centers.shape[2]
     if scale is None:
         scale = (q.shape[2] // h) ** -0.5
-    centers = clamp_centers(centers, size, radius)
+    # Centres stay float32 whatever the model dtype: in fp16/bf16 a position like 309.999 rounds
+    # up to 310 (bf16 steps are 2 px at 300), which would move the window off the map.
+    centers = clamp_centers(centers.to(torch.promote_types(centers.dtype, torch.float32)), size, radius)
     supported = {"triton": _triton_supports(q, k, v, centers), "reference": True}
     chosen = pick("match_attention", impl, supported)
     if chosen == "triton":
         out, attn = torch.ops.visionattn.match_attention_triton(
-            q.contiguous(), k.contiguous(), v.contiguous(), centers.to(torch.float32).contiguous(),
+            q.contiguous(), k.contiguous(), v.contiguous(), centers.float().contiguous(),
             size[0], size[1], radius, float(scale))
     else:
-        out, attn = _reference(q, k, v, centers.to(q.dtype), size, radius, scale)
+        out, attn = _reference(q, k, v, centers, size, radius, scale)
     return (out, attn) if return_attn else out
 
 
