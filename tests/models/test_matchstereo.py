@@ -1,0 +1,157 @@
+"""MatchStereo / MatchFlow: layout, official checkpoint conversion, forward contract."""
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import visionattn
+from visionattn.hub import load_checkpoint
+from visionattn.models.stereo import matchstereo as ms
+
+KEYS = Path("/work/shared/reference/keys")
+COUNTS = yaml.safe_load((Path(__file__).parents[1] / "data/param_counts/matchstereo.yaml").read_text())
+
+
+def _official_listing(variant):
+    """(key, shape) of the official state dict, from the reference listing or, where that is not
+    available, from tests/data (the same listing checked in)."""
+    path = KEYS / f"matchstereo_{variant}.txt"
+    if not path.is_file():
+        path = Path(__file__).parents[1] / "data" / "matchstereo_keys" / f"matchstereo_{variant}.txt"
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        key, shape = line.split("\t")
+        rows.append((key, tuple(int(s) for s in re.findall(r"\d+", shape))))
+    return rows
+
+
+def _small_model(task="stereo", **kw):
+    """A narrow 4-level model with one layer per level: same code paths, fast on CPU."""
+    return ms.MatchStereo((8, 16, 16, 24), task=task, depths=(1, 1, 1, 1), num_layers=(1, 1, 1, 1),
+                          num_heads=(2, 2, 2, 2), **kw)
+
+
+@pytest.mark.parametrize("name", sorted(COUNTS))
+def test_param_counts_ours_and_official(name):
+    with torch.device("meta"):  # shapes only: building base for real takes long on a busy CPU
+        model = visionattn.create_model(name)
+    variant = name.split("_")[1]
+    assert sum(p.numel() for p in model.parameters()) == COUNTS[name]
+    assert ms.official_param_count(model) == ms.OFFICIAL_PARAM_COUNTS[variant]
+    listing = _official_listing(variant)
+    assert sum(torch.Size(s).numel() for _, s in listing) == ms.OFFICIAL_PARAM_COUNTS[variant]
+
+
+@pytest.mark.parametrize("variant", ["small", "base"])
+def test_official_layout_converts_strictly(variant):
+    with torch.device("meta"):
+        model = visionattn.create_model(f"matchstereo_{variant}")
+    official = {k: torch.empty(s, device="meta") for k, s in _official_listing(variant)}
+    converted = ms.convert_official({"model": official}, model)
+    ours = model.state_dict()
+    assert set(converted) == set(ours)
+    assert all(converted[k].shape == ours[k].shape for k in ours)
+    assert len(official) - len(converted) == 2 + 2 * 8  # head weight/bias + res_scale1/2 of 8 blocks
+
+
+def test_official_checkpoint_loads_strictly():
+    model = visionattn.create_model("matchstereo_tiny")
+    g = torch.Generator().manual_seed(0)
+    official = {k: torch.randn(s, generator=g) for k, s in _official_listing("tiny")}
+    load_checkpoint(model, {"model": official}, family="matchstereo")
+    ours = model.state_dict()
+    dropped = {k for k in official if k not in ours}
+    assert all(k.startswith("encoder.head.") or ".res_scale" in k for k in dropped) and dropped
+    for key, value in ours.items():
+        assert torch.equal(value, official[key]), key
+
+
+def test_converter_rejects_mismatches():
+    with torch.device("meta"):
+        model = visionattn.create_model("matchstereo_tiny")
+    official = {k: torch.empty(s, device="meta") for k, s in _official_listing("tiny")}
+    extra = dict(official, **{"decoder.unknown.weight": torch.empty(1, device="meta")})
+    with pytest.raises(RuntimeError, match="unexpected"):
+        ms.convert_official({"model": extra}, model)
+    missing = {k: v for k, v in official.items() if not k.startswith("init_correlation_volume.q")}
+    with pytest.raises(RuntimeError, match="missing"):
+        ms.convert_official({"model": missing}, model)
+    small = {k: torch.empty(s, device="meta") for k, s in _official_listing("small")}
+    with pytest.raises(RuntimeError, match="shapes|variant"):
+        ms.convert_official({"model": small}, model)
+
+
+def test_forward_outputs_and_padding():
+    torch.manual_seed(0)
+    model = _small_model().eval()
+    left = torch.rand(2, 3, 70, 100) * 255
+    right = left.roll(-3, dims=-1)
+    out = model(left, right)
+    assert out["disparity"].shape == (2, 1, 70, 100) and out["disparity_right"].shape == (2, 1, 70, 100)
+    assert (out["disparity"] >= 0).all()
+    assert out["field"].shape == (4, 2, 70, 100)
+    assert out["consistency"].shape == (2, 1, 70, 100) and out["consistency"].dtype == torch.bool
+    assert out["padding"] == (192 - 70, 192 - 100)
+    assert out["field_up"].shape == (4, 192, 192, 2)
+    assert out["init_field"].shape == (4, 6, 6, 2) and out["init_cost_volume"].shape == (4, 6, 6, 6)
+    assert len(out["fields"]) == 3 + 2 * 4
+    # stereo fields are horizontal: the vertical channel is zero everywhere
+    assert all(f[..., 1].abs().max() == 0 for f in out["fields"]) and out["field"][:, 1].abs().max() == 0
+    # the crop is the bottom-left of the padded field (padding goes top and right)
+    torch.testing.assert_close(out["field"], out["field_up"][:, 192 - 70:, :100].permute(0, 3, 1, 2))
+    torch.testing.assert_close(model.predict_disparity(left, right), out["disparity"])
+    # uint8 input gives the same result as float input
+    u8 = (left[:1] * 0 + 128).to(torch.uint8)
+    torch.testing.assert_close(model(u8, u8)["field"], model(u8.float(), u8.float())["field"])
+
+
+def test_initial_disparity_finds_a_global_shift():
+    """The 1/32 global correlation is exact for a feature map shifted by whole columns."""
+    corr = ms.GlobalCorrelation(16)
+    with torch.no_grad():
+        corr.q.weight.copy_(torch.eye(16) * 8)
+        corr.k.weight.copy_(torch.eye(16) * 8)
+    feats = torch.randn(1, 6, 12, 16)
+    right = feats.roll(-3, dims=2)  # right[x] = left[x + 3]: disparity 3 for the left view
+    field, cv = corr(torch.cat((feats, right), 0), stereo=True)
+    assert cv.shape == (2, 12, 6, 12)
+    torch.testing.assert_close(field[0, :, 3:9, 0], torch.full((6, 6), -3.0), atol=0.05, rtol=0)
+
+
+def test_flow_model_and_training_gradients():
+    torch.manual_seed(0)
+    model = _small_model(task="flow").train()
+    a = torch.rand(1, 3, 192, 192) * 255
+    out = model(a, a.roll(2, dims=-1))
+    assert out["flow"].shape == (1, 2, 192, 192) and "disparity" not in out
+    loss = out["field_up"].abs().mean() + sum(f.abs().mean() for f in out["fields"]) + out["init_field"].abs().mean()
+    loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    # the initial field comes out of an argmax + window expectation, so q/k get gradients only
+    # through the probabilities; everything else must receive gradients
+    assert not [n for n in no_grad if not n.startswith("init_correlation_volume")], no_grad
+    with pytest.raises(RuntimeError, match="flow"):
+        model.predict_disparity(a, a)
+
+
+def test_bad_inputs_raise():
+    model = _small_model().eval()
+    img = torch.rand(1, 3, 64, 64) * 255
+    with pytest.raises(ValueError, match="0, 255"):
+        model(img / 255 - 0.5, img)
+    with pytest.raises(ValueError, match="RGB"):
+        model(img[:, :2], img[:, :2])
+    with pytest.raises(ValueError, match="differ"):
+        model(img, img[..., :32])
+
+
+def test_registered_for_create_model():
+    for name in ("matchstereo_tiny", "matchstereo_small", "matchstereo_base", "matchflow_base"):
+        assert name in visionattn.list_models("match*")
+        assert visionattn.models.registry.NETWORKS[name].family == "matchstereo"
+    left, right = visionattn.models.registry.NETWORKS["matchstereo_tiny"].example_inputs(1)
+    assert left.shape == right.shape and left.shape[-2] >= 192

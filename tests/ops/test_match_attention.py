@@ -1,0 +1,182 @@
+"""MatchAttention op: reference vs a per-query loop, gradients, and the Triton path vs the reference."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from visionattn.ops import match_attention as ma
+from visionattn.ops.dispatch import use_impl
+
+
+def _inputs(B, H, W, h, d, dtype=torch.float32, device="cpu", seed=0, spread=3.0):
+    g = torch.Generator().manual_seed(seed)
+    N = H * W
+    q, k, v = (torch.randn(B, N, h * d, generator=g).to(device, dtype) for _ in range(3))
+    # centres spread past the borders so clamping is exercised on every side
+    c = torch.rand(B, N, h, 2, generator=g) * torch.tensor([W + 2 * spread, H + 2 * spread]) - spread
+    return q, k, v, c.to(device)
+
+
+def _loop_reference(q, k, v, c, H, W, r):
+    """Literal per-query / per-head / per-sub-window formula from the paper."""
+    B, N, C = q.shape
+    h = c.shape[2]
+    d = C // h
+    out = torch.zeros(B, N, C, dtype=torch.float64)
+    for b in range(B):
+        for i in range(N):
+            for hh in range(h):
+                x = min(max(c[b, i, hh, 0].item(), r), W - 1 - r - 1e-3)
+                y = min(max(c[b, i, hh, 1].item(), r), H - 1 - r - 1e-3)
+                mx, my = int(x // 1), int(y // 1)
+                fx, fy = x - mx, y - my
+                sl = slice(hh * d, (hh + 1) * d)
+                qi = q[b, i, sl].double()
+                acc = torch.zeros(d, dtype=torch.float64)
+                for (ox, oy), w in zip(((0, 0), (1, 0), (0, 1), (1, 1)),
+                                       ((1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy)):
+                    js = [(my + oy + dy) * W + (mx + ox + dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
+                    logit = torch.stack([-(qi - k[b, j, sl].double()).abs().sum() * d ** -0.5 for j in js])
+                    alpha = logit.softmax(0)
+                    acc += w * sum(a * v[b, j, sl].double() for a, j in zip(alpha, js))
+                out[b, i, sl] = acc
+    return out
+
+
+@pytest.mark.parametrize("radius", [1, 2])
+def test_reference_matches_per_query_formula(radius):
+    H, W = 7, 8
+    q, k, v, c = _inputs(1, H, W, 2, 3)
+    out, attn = ma.match_attention(q, k, v, c, (H, W), radius, return_attn=True, impl="reference")
+    expected = _loop_reference(q, k, v, c, H, W, radius)
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
+    assert attn.shape == (1, H * W, 2, (2 * radius + 2) ** 2)
+    torch.testing.assert_close(attn.sum(-1), torch.ones(1, H * W, 2))
+
+
+def test_integer_centre_is_plain_window_softmax():
+    H, W, r = 6, 6, 1
+    q, k, v, _ = _inputs(1, H, W, 1, 4)
+    c = torch.tensor([2.0, 3.0]).view(1, 1, 1, 2).expand(1, H * W, 1, 2)
+    _, attn = ma.match_attention(q, k, v, c, (H, W), r, return_attn=True, impl="reference")
+    # all mass in the top-left 3x3 of the 4x4 window
+    grid = attn[0, 0, 0].view(4, 4)
+    assert grid[3].abs().max() == 0 and grid[:, 3].abs().max() == 0
+
+
+def test_gradcheck_float64():
+    H, W, r = 4, 5, 1
+    q, k, v, c = _inputs(1, H, W, 2, 2, dtype=torch.float64, spread=0.0)
+    # keep centres off the clamp bounds and off integers, where the op has kinks
+    c = (1.1 + 0.8 * c.double() / 5).requires_grad_()
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+
+    def f(q, k, v, c):
+        return ma.match_attention(q, k, v, c, (H, W), r, return_attn=True, impl="reference")
+
+    assert torch.autograd.gradcheck(f, (q, k, v, c), atol=1e-6, fast_mode=True)
+
+
+def test_centre_gradient_is_nonzero_and_clamped():
+    H, W, r = 6, 6, 1
+    q, k, v, _ = _inputs(1, H, W, 1, 4)
+    c = torch.tensor([[2.3, 2.6], [100.0, -50.0]]).view(1, 1, 2, 2).expand(1, H * W, 2, 2).contiguous()
+    q2 = torch.cat([q, q], -1)
+    c.requires_grad_()
+    out = ma.match_attention(q2, torch.cat([k, k], -1), torch.cat([v, v], -1), c, (H, W), r, impl="reference")
+    (g,) = torch.autograd.grad(out.square().sum(), c)
+    assert g[0, :, 0].abs().sum() > 0  # inside: gradient through the bilinear weights
+    assert g[0, :, 1].abs().sum() == 0  # clamped on both axes: no gradient
+
+
+def test_bad_inputs_raise():
+    q, k, v, c = _inputs(1, 3, 3, 1, 4)
+    with pytest.raises(ValueError, match="smaller than"):
+        ma.match_attention(q, k, v, c, (3, 3), 1)
+    with pytest.raises(ValueError, match="size"):
+        ma.match_attention(q, k, v, c, (2, 5), 0)
+    with pytest.raises(ValueError, match="unknown impl"):
+        ma.match_attention(q, k, v, c, (3, 3), 0, impl="cuda")
+
+
+def test_example_inputs_contract():
+    kwargs = ma.example_inputs(height=8, width=10, head_dim=4)
+    out, attn = ma.match_attention(**kwargs, impl="reference")
+    assert out.shape == kwargs["q"].shape and "reference" in ma.IMPLS and ma.IMPLS[0] == "triton"
+    with use_impl("reference"):
+        assert torch.equal(ma.match_attention(**kwargs)[0], out)
+
+
+# (B, H, W, heads, head_dim, radius): radii 1-3, head dims not powers of two, maps barely larger
+# than the window so most centres sit at the borders.
+GRID = [(2, 6, 7, 2, 4, 1), (1, 8, 9, 2, 5, 2), (1, 9, 10, 1, 8, 3), (1, 4, 12, 4, 2, 1)]
+
+
+def _compare(impl_device, dtype, case, atol):
+    B, H, W, h, d, r = case
+    q, k, v, c = _inputs(B, H, W, h, d, dtype=dtype, device=impl_device, seed=sum(case))
+    leaves = [t.detach().requires_grad_() for t in (q, k, v, c)]
+    results = {}
+    for impl in ("reference", "triton"):
+        ins = [t.float().detach().requires_grad_() for t in leaves] if impl == "reference" else \
+            [t.detach().requires_grad_() for t in leaves]
+        out, attn = ma.match_attention(*ins, (H, W), r, return_attn=True, impl=impl)
+        g = torch.Generator().manual_seed(1)
+        go = torch.randn(out.shape, generator=g).to(out.device, out.dtype)
+        ga = torch.randn(attn.shape, generator=g).to(out.device, out.dtype)
+        grads = torch.autograd.grad((out * go).float().sum() + (attn * ga).float().sum(), ins)
+        results[impl] = [out, attn, *grads]
+    names = ["out", "attn", "dq", "dk", "dv", "dcenter"]
+    errs = {}
+    for name, ref, tri in zip(names, results["reference"], results["triton"]):
+        err = (ref.float() - tri.float()).abs().max().item()
+        errs[name] = err
+        scale = max(1.0, ref.float().abs().max().item())
+        assert err <= atol * scale, f"{name}: max error {err} (scale {scale}) for {case} {dtype}"
+    return errs
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="run by test_triton_interpreter")
+@pytest.mark.parametrize("case", GRID)
+def test_triton_interpreter_grid(case):
+    """The Triton kernels on CPU through the interpreter (forward and backward)."""
+    _compare("cpu", torch.float32, case, atol=1e-5)
+
+
+@pytest.mark.skipif(not ma.triton_available(), reason="triton not installed")
+def test_triton_interpreter():
+    # Triton reads TRITON_INTERPRET when the kernels are defined, hence a fresh interpreter.
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
+                           "-k", "test_triton_interpreter_grid"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-4), (torch.float16, 2e-2), (torch.bfloat16, 6e-2)])
+@pytest.mark.parametrize("case", GRID)
+def test_triton_cuda_matches_reference(case, dtype, atol):
+    _compare("cuda", dtype, case, atol)
+
+
+@pytest.mark.cuda
+def test_triton_cuda_compiles():
+    kwargs = ma.example_inputs(device="cuda", height=16, width=20)
+    f = torch.compile(lambda **kw: ma.match_attention(**kw, impl="triton"), fullgraph=True)
+    out, attn = f(**kwargs)
+    ref, ref_attn = ma.match_attention(**kwargs, impl="reference")
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_low_precision_centres_stay_inside_the_map():
+    """bf16 rounds 309.999 to 310: the window must still fit (centres are used in float32)."""
+    H, W, r = 4, 312, 1
+    q, k, v, _ = _inputs(1, H, W, 1, 4, dtype=torch.bfloat16)
+    c = torch.full((1, H * W, 1, 2), 400.0, dtype=torch.bfloat16)
+    out, attn = ma.match_attention(q, k, v, c, (H, W), r, return_attn=True, impl="reference")
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    # all the weight sits on the last three columns of the map (centre x = W - 2 - 1e-3)
+    assert attn.float().view(-1, 4, 4)[:, :, 0].abs().max() < 0.02

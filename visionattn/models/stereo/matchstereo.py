@@ -1,0 +1,592 @@
+"""MatchStereo / MatchFlow: stereo and optical flow by MatchAttention over relative positions.
+
+Paper: *MatchAttention: Matching the Relative Positions for High-Resolution Cross-View Matching*,
+Yan et al., arXiv 2510.14260. Official code (GPL-3.0, inference only): TingmanYan/MatchAttention.
+This is an independent implementation; module names follow the official state-dict layout so
+its checkpoints load strictly after dropping the dead ``encoder.head`` / ``res_scale`` entries.
+
+Pipeline (both views stacked on the batch axis, ``2B``; feature maps channels-last):
+ConvFormer encoder (1/4..1/32) -> global row correlation at 1/32 gives the initial disparity
+(or all-pairs correlation: flow) -> at 1/32, 1/16, 1/8, 1/4: ``MatchAttentionLayer`` stacks that
+refine the field (disparity as a 2-vector flow) and per-head self offsets through residual
+channels -> convex upsampling x2 between levels and x4 at the end.
+"""
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp, trunc_normal_
+
+from ...hub import register_converter
+from ...ops.match_attention import match_attention
+from ..registry import register_network
+
+MIN_SIZE = 192  # the 1/32 map must hold the 6x6 window of radius 2
+PAD_MULTIPLE = 32
+
+
+def _linspace(end: float, n: int) -> List[float]:
+    """Stochastic-depth rates 0..end (plain Python: works under a meta-device context)."""
+    return [end * i / max(n - 1, 1) for i in range(n)]
+
+
+def _layer_norm(dim: int, eps: float) -> nn.LayerNorm:
+    return nn.LayerNorm(dim, eps=eps, bias=False)
+
+
+def pixel_grid(H: int, W: int, ref: torch.Tensor) -> torch.Tensor:
+    """``(H, W, 2)`` pixel coordinates (x, y) in ``ref``'s dtype and device."""
+    ys, xs = torch.meshgrid(torch.arange(H, device=ref.device, dtype=ref.dtype),
+                            torch.arange(W, device=ref.device, dtype=ref.dtype), indexing="ij")
+    return torch.stack((xs, ys), dim=-1)
+
+
+def swap_views(x: torch.Tensor) -> torch.Tensor:
+    """``[ref; tgt]`` stacked on the batch axis -> ``[tgt; ref]``."""
+    a, b = x.chunk(2, dim=0)
+    return torch.cat((b, a), dim=0)
+
+
+def warp_by_field(src: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
+    """Sample ``src`` (B, C, H, W) at ``pixel + field`` (B, H, W, 2); bilinear, zeros outside."""
+    B, _, H, W = src.shape
+    pos = field + pixel_grid(H, W, field)
+    norm = torch.stack((2 * pos[..., 0] / (W - 1) - 1, 2 * pos[..., 1] / (H - 1) - 1), dim=-1)
+    return F.grid_sample(src, norm, mode="bilinear", align_corners=True)
+
+
+def consistency_mask(field: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Forward-backward check on a stacked field (2B, H, W, 2) -> (2B, H, W, 1) float {0, 1}.
+
+    A pixel is consistent when its field plus the other view's field at the matched position
+    is below ``threshold`` in L1 (the two directions have opposite signs).
+    """
+    other = warp_by_field(swap_views(field).permute(0, 3, 1, 2), field).permute(0, 2, 3, 1)
+    return ((field + other).abs().sum(-1, keepdim=True) < threshold).to(field.dtype)
+
+
+def convex_upsample(field: torch.Tensor, mask: torch.Tensor, factor: int) -> torch.Tensor:
+    """RAFT-style convex upsampling of (B, h, w, D) displacements with logits (B, 9*f*f, h, w).
+
+    Each fine pixel is a softmax-weighted mix of the 3x3 coarse neighbours (scaled by ``f``).
+    Returns (B, f*h, f*w, D).
+    """
+    B, h, w, D = field.shape
+    weights = mask.view(B, 1, 9, factor, factor, h, w).softmax(dim=2)
+    neighbours = F.unfold(field.permute(0, 3, 1, 2) * factor, 3, padding=1).view(B, D, 9, 1, 1, h, w)
+    up = (weights * neighbours).sum(dim=2)  # (B, D, f, f, h, w)
+    return up.permute(0, 4, 2, 5, 3, 1).reshape(B, factor * h, factor * w, D)
+
+
+# --- encoder: ConvFormer (MetaFormer with separable-conv token mixer) ---------------------------
+
+class SepConv(nn.Module):
+    """Inverted separable conv token mixer on (B, H, W, C): Linear -> GELU -> DW3x3 -> Linear."""
+
+    def __init__(self, dim: int, expansion: int = 2):
+        super().__init__()
+        hidden = dim * expansion
+        self.pwconv1 = nn.Linear(dim, hidden, bias=False)
+        self.act = nn.GELU()
+        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False)
+        self.pwconv2 = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.pwconv1(x))
+        x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.pwconv2(x)
+
+
+class ConvFormerBlock(nn.Module):
+    def __init__(self, dim: int, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = _layer_norm(dim, 1e-6)
+        self.token_mixer = SepConv(dim)
+        self.norm2 = _layer_norm(dim, 1e-6)
+        self.mlp = Mlp(dim, 2 * dim, bias=False)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.token_mixer(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class Downsample(nn.Module):
+    """LayerNorm then strided 3x3 conv, on (B, H, W, C)."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.pre_norm = _layer_norm(in_dim, 1e-6)
+        self.conv = nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.pre_norm(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class ConvFormerEncoder(nn.Module):
+    """Images (B, 3, H, W) -> features (B, H/s, W/s, C_s) at s = 4, 8, 16, 32."""
+
+    def __init__(self, dims: Sequence[int], depths: Sequence[int] = (2, 2, 6, 2), drop_path_rate: float = 0.0):
+        super().__init__()
+        self.dims = tuple(dims)
+        stem = nn.Sequential(
+            nn.Conv2d(3, dims[0] // 2, 3, stride=2, padding=1), nn.InstanceNorm2d(dims[0] // 2), nn.GELU(),
+            nn.Conv2d(dims[0] // 2, dims[0], 3, stride=2, padding=1), nn.InstanceNorm2d(dims[0]), nn.GELU())
+        self.downsample_layers = nn.ModuleList([stem] + [Downsample(dims[i - 1], dims[i]) for i in range(1, 4)])
+        rates = _linspace(drop_path_rate, sum(depths))
+        self.stages = nn.ModuleList()
+        for i, depth in enumerate(depths):
+            start = sum(depths[:i])
+            self.stages.append(nn.ModuleList([ConvFormerBlock(dims[i], rates[start + j]) for j in range(depth)]))
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        feats = []
+        for i, (down, stage) in enumerate(zip(self.downsample_layers, self.stages)):
+            x = down(x)
+            if i == 0:
+                x = x.permute(0, 2, 3, 1)
+            for block in stage:
+                x = block(x)
+            feats.append(x)
+        return feats
+
+
+# --- initial matching at 1/32 ----------------------------------------------------------------
+
+def _local_expectation(prob: torch.Tensor, blurred: torch.Tensor, positions: torch.Tensor,
+                       k: int = 5) -> torch.Tensor:
+    """Expectation of ``positions`` over a k-window around the argmax of ``blurred``.
+
+    prob, blurred: (..., D) probabilities; positions: (D, P) coordinates of the D candidates.
+    Candidates with probability below 1/D are dropped before renormalising. Returns (..., P).
+    """
+    D = prob.shape[-1]
+    r = k // 2
+    centre = blurred.argmax(dim=-1, keepdim=True).clamp(r, D - 1 - r)  # (..., 1)
+    idx = centre + torch.arange(-r, r + 1, device=prob.device)  # (..., k)
+    p = prob.gather(-1, idx)
+    p = torch.where(p < 1.0 / D, torch.zeros_like(p), p)
+    p = p / p.sum(-1, keepdim=True).clamp(min=torch.finfo(p.dtype).tiny)
+    return (p.unsqueeze(-1) * positions[idx]).sum(-2)
+
+
+class GlobalCorrelation(nn.Module):
+    """Initial field at 1/32 from a softmax over all candidates, refined by a local expectation.
+
+    Stereo: correlation along rows; candidate ``d`` of a left pixel ``x`` is right pixel ``x-d``
+    (of a right pixel: left pixel ``x+d``); candidates outside the image get logit 0 and, after
+    the softmax over ``d``, the probability of the first column where ``d`` is visible. Flow:
+    all-pairs correlation, the argmax taken after a 5x5 mean filter over the (HW, HW) matrix
+    (the official model's choice, kept for weight compatibility).
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = _layer_norm(dim, 1e-5)
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.k = nn.Linear(dim, dim, bias=False)
+        self.scale = dim ** -0.5
+
+    def forward(self, x: torch.Tensor, stereo: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+        """x (2B, h, w, C) -> field (2B, h, w, 2), cost volume ((2B, w, h, w) stereo or (2B, h, w, hw) flow)."""
+        x = self.norm(x)
+        ref, tgt = x.chunk(2, dim=0)
+        ref, tgt = self.q(ref), self.k(tgt)
+        B, H, W, C = ref.shape
+        if stereo:
+            return self._stereo(ref, tgt)
+        return self._flow(ref, tgt)
+
+    def _stereo(self, ref, tgt):
+        B, H, W, C = ref.shape
+        corr = ref @ tgt.transpose(-2, -1) * self.scale  # (B, H, W_left, W_right)
+        x = torch.arange(W, device=ref.device).view(W, 1)
+        d = torch.arange(W, device=ref.device).view(1, W)
+        left_idx, right_idx = x - d, x + d  # (W, D) partner column of candidate d
+        # left view: volume[b, d, h, x] = corr[b, h, x, x-d]; right view: corr[b, h, x+d, x]
+        left = corr.gather(3, left_idx.clamp(min=0).expand(B, H, W, W))
+        right = corr.transpose(2, 3).gather(3, right_idx.clamp(max=W - 1).expand(B, H, W, W))
+        left = torch.where(left_idx >= 0, left, torch.zeros_like(left))
+        right = torch.where(right_idx <= W - 1, right, torch.zeros_like(right))
+        prob = torch.cat((left, right), 0).softmax(dim=-1)  # (2B, H, W, D)
+        # out-of-view candidates copy the probability of the first column where they are visible
+        fill_left = torch.maximum(x, d).expand(W, W)  # column used for (x, d)
+        fill_right = torch.minimum(x, W - 1 - d).expand(W, W)
+        prob = torch.cat((self._take_column(prob[:B], fill_left), self._take_column(prob[B:], fill_right)), 0)
+        blurred = F.avg_pool1d(prob.reshape(-1, 1, W), 5, stride=1, padding=2).view(prob.shape)
+        disp = _local_expectation(prob, blurred, torch.arange(W, device=ref.device, dtype=prob.dtype).view(W, 1))
+        sign = torch.ones(2 * B, 1, 1, 1, device=ref.device, dtype=prob.dtype)
+        sign[:B] = -1  # left view moves left
+        field = torch.cat((disp * sign, torch.zeros_like(disp)), dim=-1)
+        return field, prob.permute(0, 3, 1, 2)
+
+    @staticmethod
+    def _take_column(prob: torch.Tensor, column: torch.Tensor) -> torch.Tensor:
+        """prob (B, H, W, D); out[b, h, x, d] = prob[b, h, column[x, d], d]."""
+        B, H, W, D = prob.shape
+        flat = prob.transpose(2, 3)  # (B, H, D, W)
+        return flat.gather(3, column.t().expand(B, H, D, W)).transpose(2, 3)
+
+    def _flow(self, ref, tgt):
+        B, H, W, C = ref.shape
+        corr = ref.reshape(B, H * W, C) @ tgt.reshape(B, H * W, C).transpose(1, 2) * self.scale
+        prob = torch.cat((corr, corr.transpose(1, 2)), 0).softmax(dim=-1)  # (2B, HW, HW)
+        blurred = F.avg_pool2d(prob, 5, stride=1, padding=2)
+        grid = pixel_grid(H, W, prob).view(H * W, 2)
+        D = H * W
+        r = 2
+        top = blurred.argmax(-1, keepdim=True)
+        cy = (top // W).clamp(r, H - 1 - r)
+        cx = (top % W).clamp(r, W - 1 - r)
+        off = torch.arange(-r, r + 1, device=ref.device)
+        idx = ((cy.unsqueeze(-1) + off.view(5, 1)) * W + cx.unsqueeze(-1) + off).flatten(-2)  # (2B, HW, 25)
+        p = prob.gather(-1, idx)
+        p = torch.where(p < 1.0 / D, torch.zeros_like(p), p)
+        p = p / p.sum(-1, keepdim=True).clamp(min=torch.finfo(p.dtype).tiny)
+        match = (p.unsqueeze(-1) * grid[idx]).sum(-2)  # (2B, HW, 2)
+        field = (match - grid).view(2 * B, H, W, 2)
+        return field, prob.view(2 * B, H, W, D)
+
+
+# --- decoder ---------------------------------------------------------------------------------
+
+class MatchAttention(nn.Module):
+    """Self or cross MatchAttention on (2B, H, W, dim) tokens.
+
+    Self: keys from the same view, centres ``pixel + per-head offset``, the consistency mask as an
+    extra input channel. Cross: queries from each view, keys/values from the other, centres
+    ``pixel + field``; output gated by SiLU(g(x)) and concatenated with the attention weights
+    before the projection (so the projection sees the matching distribution).
+    """
+
+    def __init__(self, dim: int, out_dim: int, radius: int, num_heads: int, head_dim: int, cross: bool,
+                 attn_impl: str = "auto"):
+        super().__init__()
+        self.radius, self.num_heads, self.cross, self.attn_impl = radius, num_heads, cross, attn_impl
+        inner = num_heads * head_dim
+        window = (2 * radius + 2) ** 2
+        self.q = nn.Linear(dim, inner, bias=False)
+        self.k = nn.Linear(dim, inner, bias=False)
+        self.v = nn.Linear(dim, inner, bias=False)
+        if cross:
+            self.g = nn.Sequential(nn.Linear(dim, inner, bias=False), nn.SiLU())
+            self.proj = nn.Linear(inner + num_heads * window, out_dim, bias=False)
+        else:
+            self.proj = nn.Linear(inner, out_dim, bias=False)
+
+    def forward(self, x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+        """x (2B, H, W, dim), centers (2B, H*W, heads, 2) -> (2B, H, W, out_dim)."""
+        B, H, W, _ = x.shape
+        x = x.reshape(B, H * W, -1)
+        src = swap_views(x) if self.cross else x
+        q, k, v = self.q(x), self.k(src), self.v(src)
+        if self.cross:
+            out, attn = match_attention(q, k, v, centers, (H, W), self.radius, return_attn=True, impl=self.attn_impl)
+            out = torch.cat((self.g(x) * out, attn.reshape(B, H * W, -1)), dim=-1)
+        else:
+            out = match_attention(q, k, v, centers, (H, W), self.radius, impl=self.attn_impl)
+        return self.proj(out).view(B, H, W, -1)
+
+
+class ConvGLU(nn.Module):
+    """Convolutional GLU on (B, H, W, C): fc1 -> (DW3x3 -> GELU) * gate -> fc2."""
+
+    def __init__(self, dim: int, ratio: int = 2):
+        super().__init__()
+        hidden = dim * ratio
+        self.fc1 = nn.Linear(dim, 2 * hidden)
+        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, gate = self.fc1(x).chunk(2, dim=-1)
+        x = self.act(self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)) * gate
+        return self.fc2(x)
+
+
+class MatchAttentionLayer(nn.Module):
+    """Self-MatchAttention, cross-MatchAttention and ConvGLU, each pre-norm residual.
+
+    The field (2 channels, scaled by a learnt ``field_scale``) and the per-head self offsets (2h)
+    ride along as extra channels of the residual stream, so each attention refines them.
+    """
+
+    def __init__(self, dim: int, radius: int, num_heads: int, head_dim: int, drop_path: float = 0.0,
+                 consistency_threshold: float = 2.0, attn_impl: str = "auto"):
+        super().__init__()
+        self.num_heads = num_heads
+        self.consistency_threshold = consistency_threshold
+        self_dim = dim + 2 + 2 * num_heads
+        self.match_attention_self = MatchAttention(self_dim + 1, self_dim, radius, num_heads, head_dim, False, attn_impl)
+        self.norm0 = _layer_norm(self_dim, 1e-5)
+        self.match_attention_cross = MatchAttention(dim + 2, dim + 2, radius, num_heads, head_dim, True, attn_impl)
+        self.norm1 = _layer_norm(dim + 2, 1e-5)
+        self.mlp = ConvGLU(dim)
+        self.norm2 = _layer_norm(dim, 1e-5)
+        self.field_scale = nn.Parameter(torch.full((1, 1, 1, 2), 0.1))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def _read_field(self, x: torch.Tensor, stereo: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Zero the vertical field channel for stereo; return (x, field)."""
+        if stereo:
+            x = torch.cat((x[..., :-1], torch.zeros_like(x[..., -1:])), dim=-1)
+        return x, x[..., -2:] / self.field_scale.to(x.dtype)
+
+    def forward(self, x, self_rpos, field, stereo: bool = True):
+        """x (2B, H, W, C), self_rpos (2B, H, W, 2h), field (2B, H, W, 2).
+
+        Returns x, self_rpos, field and {'self': field after self-attn, 'cross': after cross-attn}.
+        """
+        B, H, W, C = x.shape
+        h = self.num_heads
+        noc = consistency_mask(field.detach(), self.consistency_threshold)
+        grid = pixel_grid(H, W, field)
+        x = torch.cat((x, field * self.field_scale.to(field.dtype), self_rpos), dim=-1)
+        centers = (self_rpos.view(B, H, W, h, 2) + grid.unsqueeze(2)).view(B, H * W, h, 2)
+        x = x + self.drop_path(self.match_attention_self(torch.cat((self.norm0(x), noc), -1), centers))
+        self_rpos = x[..., -2 * h:]
+        x, field = self._read_field(x[..., :-2 * h], stereo)
+        out = {"self": field}
+        centers = (field + grid).view(B, H * W, 1, 2).expand(B, H * W, h, 2)
+        x = x + self.drop_path(self.match_attention_cross(self.norm1(x), centers))
+        x, field = self._read_field(x, stereo)
+        out["cross"] = field
+        x = x[..., :-2]
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x, self_rpos, field, out
+
+
+class MatchAttentionBlock(nn.Module):
+    def __init__(self, dim, radius, num_layers, num_heads, head_dim, drop_paths, attn_impl="auto"):
+        super().__init__()
+        self.num_heads = num_heads
+        self.layers = nn.ModuleList([
+            MatchAttentionLayer(dim, radius, num_heads, head_dim, drop_paths[i], attn_impl=attn_impl)
+            for i in range(num_layers)])
+
+    def forward(self, x, self_rpos, field, stereo=True):
+        """self_rpos (2B, H, W, 2) is shared by the heads on entry and averaged over them on exit."""
+        B, H, W, _ = x.shape
+        self_rpos = self_rpos.repeat(1, 1, 1, self.num_heads)
+        fields = []
+        for layer in self.layers:
+            x, self_rpos, field, out = layer(x, self_rpos, field, stereo)
+            fields.append(out)
+        return x, self_rpos.view(B, H, W, self.num_heads, 2).mean(-2), field, fields
+
+
+class UpConv(nn.Module):
+    """Transposed conv x2 of the coarse map, concatenated after the skip feature, 1x1 + ReLU + 3x3."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_dim, out_dim, 2, stride=2)
+        self.conv = nn.Sequential(nn.Conv2d(2 * out_dim, out_dim, 1), nn.ReLU(inplace=True),
+                                  nn.Conv2d(out_dim, out_dim, 3, padding=1))
+
+    def forward(self, coarse: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """coarse (B, h, w, Cin), skip (B, 2h, 2w, Cout) -> (B, 2h, 2w, Cout)."""
+        up = self.up(coarse.permute(0, 3, 1, 2))
+        x = self.conv(torch.cat((skip.permute(0, 3, 1, 2), up), 1))
+        return x.permute(0, 2, 3, 1)
+
+
+def _mask_head(dim: int, hidden: int, factor: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(dim, hidden, 3, padding=1), nn.ReLU(inplace=True),
+                         nn.Conv2d(hidden, 9 * factor * factor, 1))
+
+
+class MatchStereo(nn.Module):
+    """MatchStereo (``task='stereo'``) / MatchFlow (``task='flow'``).
+
+    Call ``model(left, right)`` with images (B, 3, H, W), RGB, values in [0, 255] (uint8 or
+    float). Any H, W: inputs are replicate-padded at the top and right to a multiple of 32 and
+    at least 192x192 (the official padder's layout), outputs are cropped back.
+
+    Returns a dict:
+        ``disparity`` (B, 1, H, W) left-view disparity >= 0 (stereo) or ``flow`` (B, 2, H, W);
+        ``disparity_right`` / ``flow_backward``: the same for the second view;
+        ``field`` (2B, 2, H, W): full-resolution field of both views (left half first);
+        ``consistency`` (B, 1, H, W) bool: left-right (forward-backward) check passed, i.e.
+        not occluded (threshold ``consistency_threshold`` px);
+        training intermediates at the padded size (channels-last): ``init_field``
+        (2B, H/32, W/32, 2), ``init_cost_volume``, ``fields`` (list of (2B, h, w, 2): every
+        layer's self and cross field and each upsampled field, coarse to fine), ``field_up``
+        (2B, Hp, Wp, 2), ``self_rpos`` (2B, Hp/4, Wp/4, 2); ``padding`` (top, right).
+    """
+
+    def __init__(self, dims: Sequence[int], task: str = "stereo", depths: Sequence[int] = (2, 2, 6, 2),
+                 num_layers: Sequence[int] = (8, 8, 8, 2), radii: Sequence[int] = (2, 2, 1, 1),
+                 num_heads: Sequence[int] = (4, 4, 4, 4), drop_path_rate: float = 0.0,
+                 consistency_threshold: float = 8.0, attn_impl: str = "auto"):
+        super().__init__()
+        if task not in ("stereo", "flow"):
+            raise ValueError(f"task must be 'stereo' or 'flow', got {task!r}")
+        self.task = task
+        self.consistency_threshold = consistency_threshold
+        self.encoder = ConvFormerEncoder(dims, depths)
+        chans = list(dims)[::-1]  # 1/32 .. 1/4
+        self.up_decoders = nn.ModuleList([nn.Identity()] + [UpConv(chans[i - 1], chans[i]) for i in range(1, 4)])
+        self.up_masks = nn.ModuleList([nn.Identity()] + [_mask_head(chans[i - 1], chans[i - 1], 2) for i in range(1, 4)]
+                                      + [_mask_head(chans[-1], 2 * chans[-1], 4)])
+        rates = _linspace(drop_path_rate, sum(num_layers))
+        self.match_attentions = nn.ModuleList([
+            MatchAttentionBlock(chans[i], radii[i], num_layers[i], num_heads[i], chans[i] // num_heads[i],
+                                rates[sum(num_layers[:i]):sum(num_layers[:i + 1])], attn_impl)
+            for i in range(4)])
+        self.init_correlation_volume = GlobalCorrelation(chans[0])
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    # -- input handling --
+    def _prepare(self, left: torch.Tensor, right: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        for name, img in (("left", left), ("right", right)):
+            if img.dim() != 4 or img.shape[1] != 3:
+                raise ValueError(f"{name} image must be (B, 3, H, W) RGB, got shape {tuple(img.shape)}")
+        if left.shape != right.shape:
+            raise ValueError(f"left {tuple(left.shape)} and right {tuple(right.shape)} images differ in shape")
+        dtype = self.encoder.downsample_layers[0][0].weight.dtype
+        x = torch.cat((left, right), 0).to(dtype)
+        if not torch.compiler.is_compiling():
+            lo, hi = x.aminmax()
+            if lo < 0 or hi > 255:
+                raise ValueError(f"images must hold values in [0, 255] (got [{lo.item():.3g}, {hi.item():.3g}]); "
+                                 "pass uint8-range RGB, e.g. img_float_0_1 * 255")
+        H, W = x.shape[-2:]
+        pad_h = max(-H % PAD_MULTIPLE, MIN_SIZE - H)
+        pad_w = max(-W % PAD_MULTIPLE, MIN_SIZE - W)
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, pad_h, 0), mode="replicate")
+        return 2 * (x / 255.0) - 1, (pad_h, pad_w)
+
+    def forward(self, left: torch.Tensor, right: torch.Tensor,
+                init_field: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        stereo = self.task == "stereo"
+        H, W = left.shape[-2:]
+        x, (pad_h, pad_w) = self._prepare(left, right)
+        feats = self.encoder(x)[::-1]  # 1/32 .. 1/4, channels-last
+        fields = []
+        init_cv = None
+        for i in range(4):
+            if i == 0:
+                if init_field is None:
+                    init_field, init_cv = self.init_correlation_volume(feats[0], stereo)
+                field = init_field
+                self_rpos = torch.zeros_like(field)
+            else:
+                mask = self.up_masks[i](feats[i - 1].permute(0, 3, 1, 2))
+                feats[i] = self.up_decoders[i](feats[i - 1], feats[i])
+                self_rpos = convex_upsample(self_rpos, mask, 2)
+                field = convex_upsample(field, mask, 2)
+                fields.append(field)
+            feats[i], self_rpos, field, layer_fields = self.match_attentions[i](feats[i], self_rpos, field, stereo)
+            for f in layer_fields:
+                fields.extend((f["self"], f["cross"]))
+        field_up = convex_upsample(field, self.up_masks[4](feats[3].permute(0, 3, 1, 2)), 4)
+
+        full = field_up[:, pad_h:pad_h + H, :W].permute(0, 3, 1, 2)  # (2B, 2, H, W)
+        consistent = consistency_mask(full.permute(0, 2, 3, 1).float(), self.consistency_threshold)
+        B = left.shape[0]
+        out = {
+            "field": full,
+            "consistency": consistent[:B].permute(0, 3, 1, 2) > 0,
+            "init_field": init_field, "init_cost_volume": init_cv, "fields": fields,
+            "field_up": field_up, "self_rpos": self_rpos, "padding": (pad_h, pad_w),
+        }
+        if stereo:
+            out["disparity"] = (-full[:B, :1]).clamp(min=0)
+            out["disparity_right"] = full[B:, :1].clamp(min=0)
+        else:
+            out["flow"], out["flow_backward"] = full[:B], full[B:]
+        return out
+
+    @torch.no_grad()
+    def predict_disparity(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """Left-view disparity (B, 1, H, W) in pixels for RGB images (B, 3, H, W) in [0, 255]."""
+        if self.task != "stereo":
+            raise RuntimeError("predict_disparity needs a stereo model; this one estimates flow (use predict_flow)")
+        return self(left, right)["disparity"]
+
+    @torch.no_grad()
+    def predict_flow(self, image1: torch.Tensor, image2: torch.Tensor) -> torch.Tensor:
+        """Forward flow (B, 2, H, W) in pixels for RGB images (B, 3, H, W) in [0, 255]."""
+        return self(image1, image2)["field"][: image1.shape[0]]
+
+
+# --- variants, registration, official checkpoints --------------------------------------------
+
+VARIANT_DIMS = {"tiny": (32, 64, 128, 160), "small": (64, 128, 160, 320), "base": (128, 256, 320, 512)}
+# Parameter counts of the official modules, which also hold an unused 1000-class encoder head and
+# unused res_scale vectors; see ``official_param_count``.
+OFFICIAL_PARAM_COUNTS = {"tiny": 8_784_528, "small": 25_231_248, "base": 75_448_400}
+
+
+def official_param_count(model: MatchStereo) -> int:
+    """Our parameter count plus the official dead parameters (encoder.head, res_scale1/2 of stages 2-3)."""
+    dims, depths = model.encoder.dims, [len(s) for s in model.encoder.stages]
+    dead = dims[3] * 1000 + 1000 + 2 * (depths[2] * dims[2] + depths[3] * dims[3])
+    return sum(p.numel() for p in model.parameters()) + dead
+
+
+def _example_inputs(batch_size: int = 1):
+    g = torch.Generator().manual_seed(0)
+    left = torch.rand(batch_size, 3, 192, 224, generator=g) * 255
+    right = torch.roll(left, shifts=-4, dims=-1)
+    return left, right
+
+
+def _register(name: str, variant: str, task: str, checkpoint: str):
+    @register_network(name, family="matchstereo", task=task, example_inputs=_example_inputs,
+                      paper="arXiv 2510.14260", official_params=OFFICIAL_PARAM_COUNTS[variant],
+                      official_checkpoint=checkpoint)
+    def build(**kwargs) -> MatchStereo:
+        return MatchStereo(VARIANT_DIMS[variant], task=task, **kwargs)
+
+    build.__name__ = name
+    build.__doc__ = f"{name}: MatchStereo-{variant[0].upper()} layout, task {task!r} (official {checkpoint})."
+    return build
+
+
+matchstereo_tiny = _register("matchstereo_tiny", "tiny", "stereo", "matchstereo_tiny_fsd.pth")
+matchstereo_small = _register("matchstereo_small", "small", "stereo", "matchstereo_small_fsd.pth")
+matchstereo_base = _register("matchstereo_base", "base", "stereo", "matchstereo_base_fsd.pth")
+matchflow_base = _register("matchflow_base", "base", "flow", "matchflow_base_sintel.pth")
+
+
+def _is_dead_official_key(key: str) -> bool:
+    parts = key.split(".")
+    return key.startswith("encoder.head.") or (
+        key.startswith("encoder.stages.") and len(parts) == 6 and parts[4] in ("res_scale1", "res_scale2")
+        and parts[5] == "scale")
+
+
+@register_converter("matchstereo")
+def convert_official(checkpoint, model: nn.Module, **_) -> Dict[str, torch.Tensor]:
+    """Official ``{'model': state_dict}`` -> our state dict, strictly.
+
+    Drops only the parameters the official forward never uses (``encoder.head.*`` and
+    ``encoder.stages.*.*.res_scale{1,2}.scale``); every other key must exist in our model with
+    the same shape, and every key of ours must be present.
+    """
+    from ...hub import extract_state_dict
+
+    official = extract_state_dict(checkpoint)
+    ours = model.state_dict()
+    kept = {k: v for k, v in official.items() if not _is_dead_official_key(k)}
+    unexpected = sorted(set(kept) - set(ours))
+    missing = sorted(set(ours) - set(kept))
+    if unexpected or missing:
+        raise RuntimeError(f"official MatchStereo checkpoint does not fit {type(model).__name__}: "
+                           f"unexpected {unexpected[:6]}, missing {missing[:6]} (wrong variant?)")
+    wrong = [(k, tuple(v.shape), tuple(ours[k].shape)) for k, v in kept.items() if v.shape != ours[k].shape]
+    if wrong:
+        raise RuntimeError(f"official MatchStereo checkpoint has other shapes (wrong variant?): {wrong[:4]}")
+    return kept
