@@ -16,9 +16,9 @@ def root(samples_root):
 
 
 def test_readers(root, tmp_path):
-    vol, affine, _ = mio.read_nifti(root / "restore_rwkv/MRI/test/HQ/IXI100.nii")
+    vol, affine, _ = mio.read_nifti(root / "restore_rwkv/MRI/test/HQ/MRI100.nii")
     assert vol.shape == (32, 32, 2) and affine.shape == (4, 4)
-    assert len(mio.nifti_slices(root / "restore_rwkv/MRI/test/HQ/IXI100.nii", axis=0)) == 32
+    assert len(mio.nifti_slices(root / "restore_rwkv/MRI/test/HQ/MRI100.nii", axis=0)) == 32
     ct = mio.read_dicom_series(root / "aapm/L000/full_1mm")
     assert ct.shape == (2, 32, 32) and ct.min() >= -1024 and ct.min() < -900  # HU after rescale
     assert mio.read_slice(root / "png/HQ/slice_000.png").max() > 1000  # 16-bit kept
@@ -93,7 +93,7 @@ def test_dataset_layouts(root):
     assert len(ds) == 2 and item["inputs"].shape == (1, 16, 16) and item["data_samples"]["gt"].shape == (1, 16, 16)
     assert 0 <= item["inputs"].min() and item["inputs"].max() <= 1
     test = PairedSliceDataset(root / "restore_rwkv", layout="restore_rwkv", split="test", modalities=["MRI"])
-    assert len(test) == 2 and test[1]["data_samples"]["name"] == "IXI100_0001"
+    assert len(test) == 2 and test[1]["data_samples"]["name"] == "MRI100_0001"
     ct = PairedSliceDataset(root / "aapm/L000", lq_dir="quarter_1mm", hq_dir="full_1mm", modality="CT")
     assert len(ct) == 2 and not torch.equal(ct[0]["inputs"], ct[0]["data_samples"]["gt"])
     png = PairedSliceDataset(root / "png", lq_dir="LQ", hq_dir="HQ", modality=(0, 65535))

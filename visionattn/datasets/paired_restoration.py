@@ -9,7 +9,8 @@ One dataset class, three ways to get pairs:
 
 Items: ``dict(inputs=(C, H, W) float32 LQ in [0, 1], data_samples=dict(gt=(C, H, W), modality,
 name, window))`` after clipping to the modality's training window (config, see ``intensity.py``),
-with an optional random ``crop`` (same place in LQ and HQ).
+with an optional random ``crop`` (same place in LQ and HQ). ``max_items`` caps the pairs (per
+modality with the official layout).
 """
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -59,9 +60,12 @@ class PairedSliceDataset(Dataset):
         if layout == "restore_rwkv":
             for mod in modalities:
                 lq_folder = root / mod / split / "LQ"
+                start = len(self.items)
                 for lq_path in _entries(lq_folder):
                     hq_path = lq_folder.parent / "HQ" / lq_path.name
                     self._add_pairs(lq_path, hq_path, mod, axis)
+                if max_items is not None:  # per modality, as the official validation (32 each)
+                    del self.items[start + max_items:]
         elif layout is not None:
             raise ValueError(f"unknown layout {layout!r}; use 'restore_rwkv' or lq_dir/hq_dir")
         else:
@@ -76,7 +80,7 @@ class PairedSliceDataset(Dataset):
                     lq_path = root / lq_dir
                 self._add_pairs(lq_path, hq_path, modality, axis)
         if max_items is not None:
-            self.items = self.items[:max_items]
+            self.items = self.items[:max_items] if layout is None else self.items
         if not self.items:
             raise FileNotFoundError(f"no image pairs found under {str(root)!r} (layout={layout}, lq_dir={lq_dir}, "
                                     f"hq_dir={hq_dir})")

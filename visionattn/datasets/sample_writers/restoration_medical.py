@@ -1,7 +1,8 @@
 """Tiny medical restoration samples in the real formats (``datasets/samples/restoration_medical``):
 
-- ``restore_rwkv/MRI/train/{LQ,HQ}/*.bin`` (pickled 2-D float arrays, the official training format)
-  and ``restore_rwkv/MRI/test/{LQ,HQ}/*.nii`` (NIfTI volumes); LQ = k-space truncation x4.
+- ``restore_rwkv/{MRI,CT,PET}/train/{LQ,HQ}/*.bin`` (pickled 2-D float arrays, the official training
+  format) and ``.../{validation,test}/{LQ,HQ}/*.nii`` (NIfTI volumes); LQ by k-space truncation x4,
+  low-dose CT noise, PET count subsampling (DRF 12).
 - ``aapm/L000/{full_1mm,quarter_1mm}/*.IMA``: a DICOM CT pair (int16 + RescaleIntercept -1024).
 - ``png/{LQ,HQ}/*.png``: 16-bit PNG slice pairs.
 """
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..degradations import KSpaceTruncation, LowDoseCTNoise
+from ..degradations import KSpaceTruncation, LowDoseCTNoise, PETCountSubsampling
 from ..medical_io import write_nifti
 from . import register_sample_writer
 
@@ -53,19 +54,25 @@ def _write_dicom(path: Path, hu: np.ndarray, z: float, uid_suffix: int) -> None:
 def write(root: Path) -> None:
     rng = np.random.default_rng(0)
     size = 32
-    mri = [phantom(size, rng) * 3000 for _ in range(3)]
-    sr = KSpaceTruncation(4)
-    for split, n in (("train", 2), ("test", 1)):
-        for q in ("LQ", "HQ"):
-            (root / "restore_rwkv" / "MRI" / split / q).mkdir(parents=True, exist_ok=True)
-    for i in range(2):
-        for q, img in (("HQ", mri[i]), ("LQ", sr(mri[i]))):
-            with open(root / "restore_rwkv" / "MRI" / "train" / q / f"IXI{i:03d}_050.bin", "wb") as f:
-                pickle.dump(img.astype(np.float32), f)
-    vol = np.stack([mri[2], mri[0]], axis=-1)
-    write_nifti(root / "restore_rwkv" / "MRI" / "test" / "HQ" / "IXI100.nii", vol)
-    write_nifti(root / "restore_rwkv" / "MRI" / "test" / "LQ" / "IXI100.nii",
-                np.stack([sr(vol[..., z]) for z in range(vol.shape[-1])], axis=-1))
+    # the official tree for the three modalities: train .bin slices, validation/test .nii volumes
+    makers = dict(MRI=(lambda im: im * 3000, KSpaceTruncation(4)),
+                  CT=(lambda im: im * 1200 - 1000, LowDoseCTNoise(0.25)),
+                  PET=(lambda im: im * 8, PETCountSubsampling(12)))
+    for mod, (to_units, degrade) in makers.items():
+        for split, n in (("train", 2), ("validation", 1), ("test", 1)):
+            for q in ("LQ", "HQ"):
+                (root / "restore_rwkv" / mod / split / q).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                if split == "train":
+                    hq = to_units(phantom(size, rng))
+                    for q, img in (("HQ", hq), ("LQ", degrade(hq, rng))):
+                        with open(root / "restore_rwkv" / mod / split / q / f"{mod}{i:03d}_050.bin", "wb") as f:
+                            pickle.dump(img.astype(np.float32), f)
+                else:
+                    vol = np.stack([to_units(phantom(size, rng)) for _ in range(2)], axis=-1)
+                    lq = np.stack([degrade(vol[..., z], rng) for z in range(vol.shape[-1])], axis=-1)
+                    write_nifti(root / "restore_rwkv" / mod / split / "HQ" / f"{mod}100.nii", vol)
+                    write_nifti(root / "restore_rwkv" / mod / split / "LQ" / f"{mod}100.nii", lq)
     # AAPM-style DICOM pair: HU image, quarter dose = full + noise
     noise = LowDoseCTNoise(0.25)
     for z in range(2):
