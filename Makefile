@@ -19,8 +19,8 @@ $(STAMP): setup.cfg constraints.txt Makefile tools/build_mmcv_wheel.sh
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q 'setuptools<81' wheel ninja
 	$(PIP) install -q -c constraints.txt torch torchvision
-	@ls $(addsuffix /mmcv-2.1.0-*.whl,$(WHEEL_DIRS)) >/dev/null 2>&1 || \
-		PIP="$(PIP)" bash tools/build_mmcv_wheel.sh .wheels
+	@if [ -z "$(wildcard $(addsuffix /mmcv-2.1.0-*.whl,$(WHEEL_DIRS)))" ]; then \
+		PIP="$(PIP)" bash tools/build_mmcv_wheel.sh .wheels; fi
 	$(PIP) install -q -c constraints.txt $(FIND_LINKS) -e '.[dev,det,3d]'
 	# mmengine pulls opencv-python, albumentations the headless build: the last one installed owns cv2.
 	$(PIP) install -q -c constraints.txt --force-reinstall --no-deps opencv-python-headless

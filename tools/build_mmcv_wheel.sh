@@ -8,10 +8,12 @@ pip=${PIP:-python -m pip}
 mkdir -p "$out"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-$pip download -q --no-deps --no-binary :all: -d "$work" mmcv==2.1.0
+$pip install -q 'setuptools<81' ninja
+# mmcv's setup.py imports pkg_resources, so even reading its metadata needs setuptools<81 in place.
+$pip download -q --no-deps --no-binary :all: --no-build-isolation -d "$work" mmcv==2.1.0
 tar -xzf "$work"/mmcv-2.1.0.tar.gz -C "$work"
 sed -i 's/-std=c++14/-std=c++20/g; s/-std=c++17/-std=c++20/g' "$work"/mmcv-2.1.0/setup.py
-$pip install -q 'setuptools<81' ninja
+grep -q 'c++20' "$work"/mmcv-2.1.0/setup.py || { echo "could not patch mmcv's setup.py for C++20" >&2; exit 1; }
 echo "building mmcv 2.1.0 with CPU ops (this takes a while; set VISIONATTN_WHEELS to a folder holding the wheel to skip it)"
 MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS=${MAX_JOBS:-2} CFLAGS=-g0 \
   $pip wheel -q --no-deps --no-build-isolation -w "$out" "$work"/mmcv-2.1.0

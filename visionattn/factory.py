@@ -42,28 +42,67 @@ def _unknown(name: str) -> ValueError:
     return ValueError(f"Unknown model {name!r}.{hint} `visionattn.list_models()` lists every model.")
 
 
+# kwargs that turn a timm model into a feature extractor whose state dict is a subset of the full one
+_FEATURE_KWARGS = ("features_only", "out_indices", "feature_cls", "output_stride", "feature_cfg")
+
+
 def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] = None, **kwargs) -> nn.Module:
     """Build the network ``name``.
 
     Args:
-        name: a name from :func:`list_models` (or any timm model name).
+        name: a name from :func:`list_models`, a model-zoo entry name (``tools/zoo.py list``), or
+            any timm model name.
         pretrained: load the model-zoo weights of ``name`` (downloaded once, SHA-256 checked, cached).
+            For timm models the zoo has no entry for, timm's own pretrained weights.
         checkpoint: a local path or http(s) URL of weights, in visionattn's format or in the
-            family's official release format (detected and converted).
+            family's official release format (detected and converted). Loaded strictly.
         **kwargs: passed to the model's constructor (``num_classes``, ``features_only``...).
     """
-    if name in NETWORKS:
-        model = NETWORKS[name].builder(**kwargs)
-        if pretrained:
-            hub.load_pretrained(model, name)
-    elif timm.is_model(name):
-        if pretrained and hub.has_entry(name):
-            model = timm.create_model(name, pretrained=False, **kwargs)
-            hub.load_pretrained(model, name)
-        else:
-            model = timm.create_model(name, pretrained=pretrained, **kwargs)
-    else:
+    if pretrained and checkpoint is not None:
+        raise ValueError("pass either pretrained=True or checkpoint=..., not both")
+    entry = None
+    if pretrained and hub.has_entry(name):
+        entry = hub.get_entry(name)
+        kwargs = {**entry.kwargs, **kwargs}
+        name = entry.model
+    elif name not in NETWORKS and not timm.is_model(name):
         raise _unknown(name)
-    if checkpoint is not None:
-        hub.load_checkpoint(model, checkpoint, family=model_family(name))
-    return model
+    source = entry if entry is not None else checkpoint
+    if name in NETWORKS:
+        if pretrained and entry is None:
+            raise ValueError(f"the model zoo has no weights for {name!r} (`python tools/zoo.py list`); "
+                             f"pass checkpoint=PATH_OR_URL to load your own")
+        model = NETWORKS[name].builder(**kwargs)
+        if source is not None:
+            _load(model, source, model_family(name))
+        return model
+    if source is None:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    full_kwargs = {k: v for k, v in kwargs.items() if k not in _FEATURE_KWARGS}
+    model = timm.create_model(name, pretrained=False, **full_kwargs)
+    _load(model, source, model_family(name))
+    if len(full_kwargs) == len(kwargs):
+        return model
+    # features_only: the weights were checked against the full model, then copied into the extractor
+    features = timm.create_model(name, pretrained=False, **kwargs)
+    _copy_into_features(model, features)
+    return features
+
+
+def _load(model: nn.Module, source, family: str) -> None:
+    if isinstance(source, hub.ZooEntry):
+        hub.load_pretrained(model, source)
+    else:
+        hub.load_checkpoint(model, source, family=family)
+
+
+def _copy_into_features(model: nn.Module, features: nn.Module) -> None:
+    """Copy ``model``'s weights into its timm feature-extractor version (same keys, maybe under ``model.``)."""
+    full = model.state_dict()
+    target = {}
+    for key in features.state_dict():
+        src = key if key in full else key.split(".", 1)[-1] if key.startswith("model.") else None
+        if src not in full:
+            raise RuntimeError(f"feature extractor key {key!r} has no counterpart in the full model")
+        target[key] = full[src]
+    features.load_state_dict(target, strict=True)

@@ -1,1 +1,13 @@
-"""mmengine glue: registries, task models, hooks."""
+"""mmengine glue: registries, task models, hooks, the runner set-up of tools/."""
+from .classifier import ImageClassifier
+from .data_preprocessor import ClassificationDataPreprocessor
+from .hooks import RandomStateHook, TrainingCurvesHook
+from .launch import build_runner, load_config
+from .registry import DATASETS, HOOKS, METRICS, MODELS, TRANSFORMS
+from .safe_globals import allow_mmengine_checkpoints
+
+allow_mmengine_checkpoints()
+
+__all__ = ["ImageClassifier", "ClassificationDataPreprocessor", "RandomStateHook", "TrainingCurvesHook",
+           "build_runner", "load_config", "allow_mmengine_checkpoints",
+           "DATASETS", "HOOKS", "METRICS", "MODELS", "TRANSFORMS"]

@@ -1,1 +1,4 @@
 """Metrics (mmengine BaseMetric subclasses)."""
+from .accuracy import Accuracy
+
+__all__ = ["Accuracy"]

@@ -1,0 +1,108 @@
+"""tools/benchmark.py on CPU: tables and JSON for models and ops (timings are never asserted)."""
+import json
+import pkgutil
+
+import pytest
+import torch
+
+import visionattn.ops
+
+TOY_OP = '''
+import torch
+from visionattn.ops.dispatch import pick
+
+IMPLS = ("fused", "reference")
+
+
+def toy_softmax_op(x, impl="auto"):
+    """x: (B, N) -> softmax over N."""
+    impl = pick("toy_softmax_op", impl, {"fused": True, "reference": True})
+    if impl == "fused":
+        return torch.softmax(x, -1)
+    e = (x - x.max(-1, keepdim=True).values).exp()
+    return e / e.sum(-1, keepdim=True)
+
+
+def example_inputs(device="cpu", dtype=torch.float32, b=2, n=16):
+    return {"x": torch.randn(b, n, device=device, dtype=dtype)}
+'''
+
+
+def _run(load_tool, capsys, tmp_path, argv):
+    rc = load_tool("benchmark").main([*argv, "--warmup", "1", "--iters", "2", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    files = sorted(tmp_path.glob("*.json"))
+    return rc, out, json.loads(files[-1].read_text()) if files else None
+
+
+def test_models_in_one_run(load_tool, capsys, tmp_path):
+    rc, out, report = _run(load_tool, capsys, tmp_path, ["test_vit", "resnet10t", "--batch", "2", "--shape",
+                                                          "h=32", "w=32", "--impl", "auto,reference"])
+    assert rc == 0, out
+    assert report["machine"]["torch"] == torch.__version__ and report["machine"]["cpu"]
+    assert report["machine"]["device"] == "cpu" and "date" in report["machine"]
+    rows = report["results"]
+    assert [(r["target"], r["impl"]) for r in rows] == [
+        ("test_vit", "auto"), ("test_vit", "reference"), ("resnet10t", "auto"), ("resnet10t", "reference")]
+    for r in rows:
+        assert r["kind"] == "model" and r["batch"] == 2 and r["latency_ms"] > 0
+        assert r["throughput"] == pytest.approx(2e3 / r["latency_ms"]) and r["throughput_unit"] == "img/s"
+        assert r["peak_mem_mib"] is None  # only measured on CUDA
+    assert rows[0]["speedup"] == 1.0
+    assert rows[1]["max_abs_diff"] == 0.0  # same weights and input: without ops the impls agree
+    assert "test_vit" in out and "speed-up" in out and "img/s" in out
+
+
+def test_train_mode_and_bad_target(load_tool, capsys, tmp_path):
+    rc, out, report = _run(load_tool, capsys, tmp_path, ["test_vit", "--batch", "1", "--mode", "train",
+                                                          "--shape", "h=32", "w=32"])
+    assert rc == 0 and report["settings"]["mode"] == "train" and report["results"][0]["latency_ms"] > 0
+    assert load_tool("benchmark").main(["not_a_model_or_op", "--out", str(tmp_path / "x")]) == 2
+    assert "error: Unknown model 'not_a_model_or_op'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.fixture
+def toy_op(tmp_path, monkeypatch):
+    """An op module following the contract, visible as visionattn.ops.toy_softmax_op for this test."""
+    d = tmp_path / "ops"
+    d.mkdir()
+    (d / "toy_softmax_op.py").write_text(TOY_OP)
+    monkeypatch.setattr(visionattn.ops, "__path__", [*visionattn.ops.__path__, str(d)])
+    yield "toy_softmax_op"
+    import sys
+
+    sys.modules.pop("visionattn.ops.toy_softmax_op", None)
+
+
+def test_op_with_official(load_tool, capsys, tmp_path, toy_op):
+    official = tmp_path / "official_softmax.py"
+    official.write_text("import torch\n\ndef softmax(x):\n    return torch.nn.functional.softmax(x, dim=-1)\n")
+    out_dir = tmp_path / "res"
+    rc, out, report = _run(load_tool, capsys, out_dir, [toy_op, "--shape", "b=3", "n=8",
+                                                         "--official", f"{official}:softmax", "--mode", "train"])
+    assert rc == 0, out
+    rows = report["results"]
+    assert [r["impl"] for r in rows] == ["fused", "reference", "official"]
+    assert all(r["kind"] == "op" and r["throughput_unit"] == "calls/s" for r in rows)
+    assert report["settings"]["shape"] == {"b": 3, "n": 8}
+    rc, out, report = _run(load_tool, capsys, tmp_path / "res2", [toy_op, "--impl", "reference,fused"])
+    assert [r["impl"] for r in report["results"]] == ["reference", "fused"]
+    assert report["results"][1]["max_abs_diff"] < 1e-6
+
+
+def _real_ops():
+    return [m.name for m in pkgutil.iter_modules(visionattn.ops.__path__)
+            if m.name not in ("dispatch",) and not m.name.startswith("_")]
+
+
+@pytest.mark.parametrize("op", _real_ops() or [pytest.param(None, marks=pytest.mark.skip(reason="no ops yet"))])
+def test_every_op_benchmarks_on_cpu(load_tool, capsys, tmp_path, op):
+    """Every op of the library follows the op-module contract and runs its CPU implementations."""
+    import importlib
+
+    module = importlib.import_module(f"visionattn.ops.{op}")
+    assert "reference" in module.IMPLS
+    rc, out, report = _run(load_tool, capsys, tmp_path, [op, "--impl", "reference", "--device", "cpu"])
+    assert rc == 0, out
+    assert report["results"][0]["latency_ms"] > 0

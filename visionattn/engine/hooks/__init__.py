@@ -1,0 +1,5 @@
+"""mmengine hooks of visionattn (mmengine's own, e.g. EMAHook, are used directly)."""
+from .random_state import RandomStateHook
+from .training_curves import TrainingCurvesHook
+
+__all__ = ["RandomStateHook", "TrainingCurvesHook"]

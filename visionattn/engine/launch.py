@@ -1,0 +1,70 @@
+"""From command-line options to a ready mmengine Runner; shared by tools/train.py, test.py, demo.py.
+
+Task-agnostic: every task (classification, stereo, restoration...) goes through the same
+config handling; the config's ``model`` decides what is trained.
+"""
+import os
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+from mmengine.config import Config
+from mmengine.runner import Runner
+
+from .safe_globals import allow_mmengine_checkpoints
+
+LAUNCHERS = ("none", "pytorch", "slurm", "mpi")
+
+
+def load_config(config: str, work_dir: Optional[str] = None, cfg_options: Optional[Dict] = None,
+                resume: Optional[str] = None, amp: bool = False, launcher: str = "none") -> Config:
+    """Read ``config`` and apply the CLI options.
+
+    Args:
+        work_dir: where logs/checkpoints go; default ``work_dirs/<config name>``.
+        cfg_options: ``{'dotted.key': value}`` overrides (mmengine ``--cfg-options``).
+        resume: ``'auto'`` resumes from the latest checkpoint of ``work_dir``; a path resumes from it.
+        amp: mixed precision through mmengine's ``AmpOptimWrapper`` (needs CUDA).
+        launcher: ``'none'`` or the distributed launcher (``'pytorch'`` for torchrun). Without
+            CUDA, distributed runs use the gloo backend with CPU DDP.
+    """
+    path = Path(config)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {config!r} not found; configs live in configs/ (e.g. configs/demo.py)")
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"launcher must be one of {LAUNCHERS}, got {launcher!r}")
+    cfg = Config.fromfile(str(path))
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    cfg.launcher = launcher
+    cfg.work_dir = work_dir or cfg.get("work_dir") or str(Path("work_dirs") / path.stem)
+    if resume:
+        cfg.resume = True
+        cfg.load_from = None if resume == "auto" else resume
+    if amp:
+        if not torch.cuda.is_available():
+            raise RuntimeError("--amp needs a CUDA GPU (mmengine's AmpOptimWrapper); run without --amp on CPU")
+        cfg.optim_wrapper.type = "AmpOptimWrapper"
+        cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
+    if launcher != "none" and not torch.cuda.is_available():
+        cfg.env_cfg = dict(cfg.get("env_cfg", {}), dist_cfg=dict(backend="gloo"))
+        # CPU modules take DDP's device_ids=None (mmengine passes [LOCAL_RANK] otherwise)
+        cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
+    return cfg
+
+
+def build_runner(cfg: Config) -> Runner:
+    """The mmengine Runner of ``cfg``, with visionattn's modules registered."""
+    from .. import datasets, evaluation  # noqa: F401  (register datasets, transforms, metrics)
+
+    allow_mmengine_checkpoints()
+    if cfg.get("launcher", "none") != "none" and not torch.cuda.is_available():
+        # mmengine's init_dist calls torch.cuda.set_device; start the CPU process group ourselves
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            if "RANK" not in os.environ:
+                raise RuntimeError(f"--launcher {cfg.launcher} expects to be started by torchrun "
+                                   "(RANK/WORLD_SIZE unset); use --launcher none for one process")
+            dist.init_process_group(backend="gloo")
+    return Runner.from_cfg(cfg)
