@@ -1,0 +1,142 @@
+"""Restore-RWKV: Omni-Shift re-parameterisation, any-size/tiled inference, official-checkpoint conversion."""
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import visionattn
+from visionattn.hub import load_checkpoint
+from visionattn.models.restoration.restore_rwkv import OmniShift, RestoreRWKV, tiled_forward
+
+KEYS = Path("/work/shared/reference/keys/restore_rwkv.txt")
+TINY = dict(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1)
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    return RestoreRWKV(**{**TINY, **kw})
+
+
+def test_omni_shift_reparam_equals_branches_and_is_never_stale():
+    torch.manual_seed(0)
+    m = OmniShift(6).double()
+    x = torch.randn(2, 6, 9, 7, dtype=torch.float64)
+    train_out = m.train()(x)
+    m.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), train_out)
+        # new weights through load_state_dict: the cached fused kernel must not be reused
+        other = OmniShift(6).double()
+        m.load_state_dict(other.state_dict())
+        torch.testing.assert_close(m(x), other.train()(x))
+        # in-place edit (optimiser step) also invalidates it
+        m.alpha.add_(1.0)
+        expected = m.alpha[0] * x + m.alpha[1] * m.conv1x1(x) + m.alpha[2] * m.conv3x3(x) + m.alpha[3] * m.conv5x5(x)
+        torch.testing.assert_close(m(x), expected)
+    # eval with autograd on: gradients reach the branch weights
+    m(x).sum().backward()
+    assert m.conv3x3.weight.grad is not None and m.alpha.grad.abs().sum() > 0
+    assert "conv5x5_reparam.weight" not in m.state_dict()
+
+
+def test_state_dict_with_or_without_fused_weight_loads():
+    m = OmniShift(4)
+    sd = m.state_dict()
+    m.load_state_dict(sd)  # ours: no derived weight
+    m.load_state_dict({**sd, "conv5x5_reparam.weight": torch.randn(4, 1, 5, 5)})  # official: ignored
+
+
+@pytest.mark.parametrize("hw", [(16, 16), (13, 21), (5, 3)])
+def test_any_size_and_channels(hw):
+    m = tiny().eval()
+    x = torch.rand(2, 1, *hw)
+    with torch.no_grad():
+        assert m(x).shape == x.shape
+    rgb = tiny(in_chans=3, out_chans=3).eval()
+    with torch.no_grad():
+        assert rgb(torch.rand(1, 3, *hw)).shape == (1, 3, *hw)
+
+
+def test_padding_crops_back_and_keeps_multiple_of_8_unchanged():
+    m = tiny().eval()
+    x = torch.rand(1, 1, 24, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), m.forward_features(x))
+
+
+def test_bad_input_raises():
+    with pytest.raises(ValueError, match="expects"):
+        tiny()(torch.rand(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="multiple of 8"):
+        tiny(tile=30)
+
+
+def test_tiled_blending_is_seamless_and_bounded():
+    x = torch.rand(1, 2, 70, 45)
+    seen = []
+
+    def fn(crop):
+        seen.append(crop.shape[-2:])
+        return crop * 3.0  # a pixel-wise op: a seamless blend reproduces it exactly
+
+    out = tiled_forward(fn, x, 2, tile=24, overlap=8)
+    torch.testing.assert_close(out, x * 3.0)
+    assert all(h <= 24 and w <= 24 for h, w in seen) and len(seen) > 4
+
+
+def test_tiled_model_close_to_whole_image():
+    m = tiny().eval()
+    x = torch.rand(1, 1, 40, 40)
+    with torch.no_grad():
+        whole = m(x)
+        m.tile, m.tile_overlap = 32, 16
+        tiled = m(x)
+    assert tiled.shape == whole.shape and torch.isfinite(tiled).all()
+    assert (tiled - whole).abs().mean() < 0.5 * whole.abs().mean()
+
+
+def test_train_step_gradients_flow():
+    m = tiny().train()
+    x = torch.rand(2, 1, 16, 16)
+    loss = (m(x) - x).abs().mean()
+    loss.backward()
+    assert all(p.grad is not None for p in m.parameters())
+
+
+def official_state_dict(july_2024=False):
+    """Random tensors with the official names/shapes from the key listing (July-2024: + att.dwconv)."""
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+    for line in KEYS.read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name, shape = line.split("\t")
+        sd[name] = torch.randn(*eval(shape), generator=g)
+        if july_2024 and name.endswith("att.spatial_decay"):
+            c = sd[name].shape[1]
+            sd[name.replace("spatial_decay", "dwconv.weight")] = torch.randn(c, 1, 3, 3, generator=g)
+    return sd
+
+
+@pytest.mark.skipif(not KEYS.exists(), reason="needs the key listing")
+@pytest.mark.parametrize("july_2024", [False, True])
+def test_converter_official_layouts(july_2024):
+    official = official_state_dict(july_2024)
+    assert len(official) == 1114 + (44 if july_2024 else 0)
+    model = visionattn.create_model("restore_rwkv")
+    load_checkpoint(model, official, family="restore_rwkv")
+    ours = model.state_dict()
+    dropped = [k for k in official if k not in ours]
+    assert all(re.search(r"(conv5x5_reparam|att\.dwconv)\.weight$", k) for k in dropped)
+    for key, value in ours.items():
+        assert torch.equal(value, official[key]), key
+
+
+def test_converter_via_file(tmp_path):
+    m = tiny()
+    sd = {k: torch.randn_like(v) for k, v in m.state_dict().items()}
+    sd["encoder_level1.0.att.omni_shift.conv5x5_reparam.weight"] = torch.randn(8, 1, 5, 5)
+    torch.save(sd, tmp_path / "Generator_best.pth")
+    load_checkpoint(m, tmp_path / "Generator_best.pth", family="restore_rwkv")
+    assert torch.equal(m.patch_embed.weight, sd["patch_embed.weight"])

@@ -1,0 +1,326 @@
+"""Restore-RWKV (Yang et al., arXiv 2407.11087 / IEEE JBHI 2026): RWKV blocks with Re-WKV and
+Omni-Shift in a Restormer-style 4-level U-Net, for medical image restoration.
+
+Module and parameter names follow the official code so its state dicts map one to one (the
+converter only drops derived or unused tensors). Images are (B, in_chans, H, W); any H, W works
+(reflect-padded to a multiple of 8, cropped back); ``tile``/``tile_overlap`` switch eval-mode
+inference to overlapping tiles blended with linear ramps, so memory stays bounded on large slices.
+"""
+from typing import Dict, Mapping, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ...hub import extract_state_dict, register_converter
+from ...ops.wkv import re_wkv
+from ..registry import register_network
+
+
+class OmniShift(nn.Module):
+    """Depth-wise token shift: a0*x + a1*DW1x1(x) + a2*DW3x3(x) + a3*DW5x5(x) on (B, C, H, W).
+
+    In eval mode the four branches are re-parameterised into one DW5x5 kernel. The fused kernel is
+    derived data: it is never saved, it is recomputed whenever a parameter changed (tracked by the
+    parameters' version counters, so ``load_state_dict``, optimiser steps and ``.to()`` all
+    invalidate it), and with autograd enabled it is rebuilt differentiably on every call.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv1x1 = nn.Conv2d(dim, dim, 1, groups=dim, bias=False)
+        self.conv3x3 = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False)
+        self.conv5x5 = nn.Conv2d(dim, dim, 5, padding=2, groups=dim, bias=False)
+        self.alpha = nn.Parameter(torch.randn(4))
+        self._fused: Optional[torch.Tensor] = None
+        self._fused_key: Optional[Tuple] = None
+
+    def fused_weight(self) -> torch.Tensor:
+        """The equivalent DW5x5 kernel, (C, 1, 5, 5)."""
+        a = self.alpha
+        identity = F.pad(torch.ones_like(self.conv1x1.weight), (2, 2, 2, 2))
+        return (a[0] * identity + a[1] * F.pad(self.conv1x1.weight, (2, 2, 2, 2))
+                + a[2] * F.pad(self.conv3x3.weight, (1, 1, 1, 1)) + a[3] * self.conv5x5.weight)
+
+    def _cached_fused_weight(self) -> torch.Tensor:
+        params = (self.alpha, self.conv1x1.weight, self.conv3x3.weight, self.conv5x5.weight)
+        key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
+        if self._fused is None or key != self._fused_key:
+            with torch.no_grad():
+                self._fused = self.fused_weight()
+            self._fused_key = key
+        return self._fused
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            a = self.alpha
+            return a[0] * x + a[1] * self.conv1x1(x) + a[2] * self.conv3x3(x) + a[3] * self.conv5x5(x)
+        weight = self.fused_weight() if torch.is_grad_enabled() else self._cached_fused_weight()
+        return F.conv2d(x, weight, padding=2, groups=x.shape[1])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # official state dicts carry the derived fused kernel; it is recomputed, never loaded
+        state_dict.pop(prefix + "conv5x5_reparam.weight", None)
+        self._fused = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class SpatialMix(nn.Module):
+    """Re-WKV token mixing on (B, T, C): y = W_o(sigmoid(W_r xs) * ReWKV(W_k xs, W_v xs)), xs = OmniShift(x)."""
+
+    def __init__(self, dim: int, recurrence: int = 2, wkv_impl: str = "auto"):
+        super().__init__()
+        self.wkv_impl = wkv_impl
+        self.omni_shift = OmniShift(dim)
+        self.key = nn.Linear(dim, dim, bias=False)
+        self.value = nn.Linear(dim, dim, bias=False)
+        self.receptance = nn.Linear(dim, dim, bias=False)
+        self.output = nn.Linear(dim, dim, bias=False)
+        self.spatial_decay = nn.Parameter(torch.randn(recurrence, dim))
+        self.spatial_first = nn.Parameter(torch.randn(recurrence, dim))
+
+    def forward(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+        xs = _shift_tokens(self.omni_shift, x, hw)
+        k, v, r = self.key(xs), self.value(xs), torch.sigmoid(self.receptance(xs))
+        v = re_wkv(k, v, self.spatial_decay, self.spatial_first, hw, impl=self.wkv_impl)
+        return self.output(r * v)
+
+
+class ChannelMix(nn.Module):
+    """Channel mixing on (B, T, C): y = sigmoid(W_r xs) * W_v(relu(W_k xs)^2), xs = OmniShift(x)."""
+
+    def __init__(self, dim: int, hidden_rate: int = 4):
+        super().__init__()
+        hidden = int(hidden_rate * dim)
+        self.omni_shift = OmniShift(dim)
+        self.key = nn.Linear(dim, hidden, bias=False)
+        self.receptance = nn.Linear(dim, dim, bias=False)
+        self.value = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+        xs = _shift_tokens(self.omni_shift, x, hw)
+        return torch.sigmoid(self.receptance(xs)) * self.value(torch.relu(self.key(xs)).square())
+
+
+def _shift_tokens(shift: OmniShift, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+    B, T, C = x.shape
+    img = x.transpose(1, 2).reshape(B, C, *hw)
+    return shift(img).flatten(2).transpose(1, 2)
+
+
+class Block(nn.Module):
+    """RWKV block on (B, C, H, W): x += g1 * SpatialMix(LN(x)); x += g2 * ChannelMix(LN(x))."""
+
+    def __init__(self, dim: int, hidden_rate: int = 4, recurrence: int = 2, wkv_impl: str = "auto"):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(dim)
+        self.ln2 = nn.LayerNorm(dim)
+        self.att = SpatialMix(dim, recurrence, wkv_impl)
+        self.ffn = ChannelMix(dim, hidden_rate)
+        self.gamma1 = nn.Parameter(torch.ones(dim))
+        self.gamma2 = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        t = x.flatten(2).transpose(1, 2)  # (B, T, C)
+        t = t + self.gamma1 * self.att(self.ln1(t), (H, W))
+        t = t + self.gamma2 * self.ffn(self.ln2(t), (H, W))
+        return t.transpose(1, 2).reshape(B, C, H, W)
+
+
+class Downsample(nn.Module):
+    """(B, C, H, W) -> (B, 2C, H/2, W/2): Conv3x3 to C/2 then PixelUnshuffle(2)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(dim, dim // 2, 3, padding=1, bias=False), nn.PixelUnshuffle(2))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class Upsample(nn.Module):
+    """(B, C, H, W) -> (B, C/2, 2H, 2W): Conv3x3 to 2C then PixelShuffle(2)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(dim, dim * 2, 3, padding=1, bias=False), nn.PixelShuffle(2))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class RestoreRWKV(nn.Module):
+    """Restore-RWKV U-Net: (B, in_chans, H, W) -> (B, out_chans, H, W).
+
+    Args:
+        in_chans, out_chans: image channels (1 for the medical tasks; 3 for RGB). The global
+            residual (output + input) is used when they are equal, as in the official model.
+        dim: channels of level 1 (levels use dim, 2dim, 4dim, 8dim; decoder level 1 uses 2dim).
+        num_blocks: blocks of encoder levels 1-3 and the latent level (decoders mirror 1-3).
+        num_refinement_blocks: blocks after decoder level 1.
+        recurrence: Re-WKV recurrences M (alternating H and V scans).
+        wkv_impl: Bi-WKV implementation ("auto", "triton", "reference").
+        tile, tile_overlap: eval-mode inference on tile x tile crops overlapping by tile_overlap
+            pixels, blended with linear ramps (None: whole image at once).
+    """
+
+    def __init__(self, in_chans: int = 1, out_chans: int = 1, dim: int = 48,
+                 num_blocks: Sequence[int] = (4, 6, 6, 8), num_refinement_blocks: int = 4,
+                 recurrence: int = 2, hidden_rate: int = 4, wkv_impl: str = "auto",
+                 tile: Optional[int] = None, tile_overlap: int = 32):
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"dim must be even (downsampling halves it before PixelUnshuffle); got {dim}")
+        if tile is not None and (tile % 8 or tile <= tile_overlap):
+            raise ValueError(f"tile must be a multiple of 8 larger than tile_overlap; got tile={tile}, "
+                             f"tile_overlap={tile_overlap}")
+        self.in_chans, self.out_chans = in_chans, out_chans
+        self.tile, self.tile_overlap = tile, tile_overlap
+
+        def stage(n, c):
+            return nn.Sequential(*[Block(c, hidden_rate, recurrence, wkv_impl) for _ in range(n)])
+
+        self.patch_embed = nn.Conv2d(in_chans, dim, 3, padding=1, bias=True)
+        self.encoder_level1 = stage(num_blocks[0], dim)
+        self.down1_2 = Downsample(dim)
+        self.encoder_level2 = stage(num_blocks[1], dim * 2)
+        self.down2_3 = Downsample(dim * 2)
+        self.encoder_level3 = stage(num_blocks[2], dim * 4)
+        self.down3_4 = Downsample(dim * 4)
+        self.latent = stage(num_blocks[3], dim * 8)
+        self.up4_3 = Upsample(dim * 8)
+        self.reduce_chan_level3 = nn.Conv2d(dim * 8, dim * 4, 1, bias=True)
+        self.decoder_level3 = stage(num_blocks[2], dim * 4)
+        self.up3_2 = Upsample(dim * 4)
+        self.reduce_chan_level2 = nn.Conv2d(dim * 4, dim * 2, 1, bias=True)
+        self.decoder_level2 = stage(num_blocks[1], dim * 2)
+        self.up2_1 = Upsample(dim * 2)
+        self.decoder_level1 = stage(num_blocks[0], dim * 2)
+        self.refinement = stage(num_refinement_blocks, dim * 2)
+        self.output = nn.Conv2d(dim * 2, out_chans, 3, padding=1, bias=True)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The U-Net on (B, in_chans, H, W) with H, W multiples of 8 -> (B, out_chans, H, W)."""
+        e1 = self.encoder_level1(self.patch_embed(x))
+        e2 = self.encoder_level2(self.down1_2(e1))
+        e3 = self.encoder_level3(self.down2_3(e2))
+        d = self.latent(self.down3_4(e3))
+        d = self.decoder_level3(self.reduce_chan_level3(torch.cat([self.up4_3(d), e3], 1)))
+        d = self.decoder_level2(self.reduce_chan_level2(torch.cat([self.up3_2(d), e2], 1)))
+        d = self.decoder_level1(torch.cat([self.up2_1(d), e1], 1))
+        out = self.output(self.refinement(d))
+        return out + x if self.in_chans == self.out_chans else out
+
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        """Any H, W: reflect-pad to a multiple of 8 (replicate when too small to reflect), crop back."""
+        H, W = x.shape[-2:]
+        ph, pw = -H % 8, -W % 8
+        if ph or pw:
+            mode = "reflect" if ph < H and pw < W else "replicate"
+            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        return self.forward_features(x)[..., :H, :W]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"RestoreRWKV expects (B, {self.in_chans}, H, W) images; got {tuple(x.shape)}")
+        if self.tile is not None and not self.training and max(x.shape[-2:]) > self.tile:
+            return tiled_forward(self.forward_padded, x, self.out_chans, self.tile, self.tile_overlap)
+        return self.forward_padded(x)
+
+
+def _ramp(n: int, overlap: int, first: bool, last: bool, like: torch.Tensor) -> torch.Tensor:
+    """1-D blending weight of a tile of length n: rises over ``overlap`` pixels on inner edges."""
+    w = torch.ones(n, dtype=like.dtype, device=like.device)
+    if overlap > 0:
+        ramp = (torch.arange(overlap, dtype=like.dtype, device=like.device) + 0.5) / overlap
+        if not first:
+            w[:overlap] = torch.minimum(w[:overlap], ramp)
+        if not last:
+            w[n - overlap:] = torch.minimum(w[n - overlap:], ramp.flip(0))
+    return w
+
+
+def _starts(size: int, tile: int, stride: int):
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile, stride))
+    return starts + [size - tile]
+
+
+def tiled_forward(fn, x: torch.Tensor, out_chans: int, tile: int, overlap: int) -> torch.Tensor:
+    """Run ``fn`` on overlapping tile x tile crops of (B, C, H, W) and blend them seamlessly.
+
+    Overlaps are cross-faded with linear ramps (weights sum to one everywhere), so memory is that
+    of one tile whatever the image size.
+    """
+    B, _, H, W = x.shape
+    out = x.new_zeros(B, out_chans, H, W)
+    norm = x.new_zeros(1, 1, H, W)
+    stride = tile - overlap
+    ys, xs = _starts(H, tile, stride), _starts(W, tile, stride)
+    for y0 in ys:
+        for x0 in xs:
+            crop = x[..., y0:y0 + tile, x0:x0 + tile]
+            h, w = crop.shape[-2:]
+            # actual overlap with the neighbour can exceed `overlap` for the last tile: ramp over it
+            oy = min(overlap, h) if len(ys) > 1 else 0
+            ox = min(overlap, w) if len(xs) > 1 else 0
+            wy = _ramp(h, oy, y0 == ys[0], y0 == ys[-1], x)
+            wx = _ramp(w, ox, x0 == xs[0], x0 == xs[-1], x)
+            weight = wy[:, None] * wx[None, :]
+            out[..., y0:y0 + h, x0:x0 + w] += fn(crop) * weight
+            norm[..., y0:y0 + h, x0:x0 + w] += weight
+    return out / norm
+
+
+# --------------------------------------------------------------------------------------------
+# Variants
+# --------------------------------------------------------------------------------------------
+
+def _example_inputs(batch_size: int = 1):
+    return (torch.randn(batch_size, 1, 64, 64),)
+
+
+# Light variant: the paper reports 1.16M parameters but publishes no configuration. Ours (not the
+# authors') keeps the 4-level layout and M = 2 at dim 16 with one block per level in the two upper
+# levels, two in the lower ones and one refinement block: 1,170,169 parameters, 1,156,961 when
+# counted as the authors do (5x5 Omni-Shift branch only) = 1.16M.
+LIGHT_CONFIG = dict(dim=16, num_blocks=(1, 1, 2, 2), num_refinement_blocks=1)
+
+
+@register_network("restore_rwkv", family="restore_rwkv", task="restoration", example_inputs=_example_inputs,
+                  paper_params="27.9140M (v1 paper, thop, 5x5 branch only)")
+def restore_rwkv(**kwargs) -> RestoreRWKV:
+    """Restore-RWKV: dim 48, blocks [4, 6, 6, 8], 4 refinement blocks."""
+    return RestoreRWKV(**{**dict(dim=48, num_blocks=(4, 6, 6, 8), num_refinement_blocks=4), **kwargs})
+
+
+@register_network("restore_rwkv_light", family="restore_rwkv", task="restoration", example_inputs=_example_inputs,
+                  paper_params="1.16M (JBHI); configuration is ours")
+def restore_rwkv_light(**kwargs) -> RestoreRWKV:
+    """Restore-RWKV-Light (our configuration, see LIGHT_CONFIG)."""
+    return RestoreRWKV(**{**LIGHT_CONFIG, **kwargs})
+
+
+# --------------------------------------------------------------------------------------------
+# Official checkpoints
+# --------------------------------------------------------------------------------------------
+
+@register_converter("restore_rwkv")
+def convert_official(checkpoint: Mapping, model: nn.Module, **kwargs) -> Dict[str, torch.Tensor]:
+    """Official ``Restore_RWKV`` state dict (``Generator_*.pth``; HEAD or July-2024 layout) -> ours.
+
+    Dropped: ``*.conv5x5_reparam.weight`` (derived from the branches, recomputed by OmniShift) and
+    the July-2024 ``att.dwconv.weight`` (constructed but never used in that version's forward).
+    """
+    sd = extract_state_dict(checkpoint)
+    out = {}
+    for key, value in sd.items():
+        if key.endswith(".conv5x5_reparam.weight") or key.endswith(".att.dwconv.weight"):
+            continue
+        if ".key_norm." in key:
+            raise RuntimeError(f"checkpoint was trained with key_norm=True ({key}); Restore-RWKV's "
+                               f"published configuration has no key_norm and this port does not support it")
+        out[key] = value
+    return out
