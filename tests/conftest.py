@@ -27,3 +27,14 @@ def samples_root() -> Path:
     if missing:
         write_samples(SAMPLES, missing)
     return SAMPLES
+
+
+@pytest.fixture(autouse=True)
+def _isolated_mm_default_scope():
+    """mmengine's default scope is process-global and the newest Runner's wins: without this, a test
+    that built an mmseg/mmdet Runner decides which registry the next test's lookups go to."""
+    from mmengine.registry import DefaultScope
+
+    saved = DefaultScope._instance_dict.copy()  # what overwrite_default_scope restores too
+    yield
+    DefaultScope._instance_dict = saved
