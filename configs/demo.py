@@ -16,6 +16,7 @@ model = dict(
 train_dataloader = dict(
     batch_size=16,
     num_workers=1,
+    sampler=dict(_delete_=True, type="DefaultSampler", shuffle=True),  # one process: no repeated augmentation
     dataset=dict(root=data_root,
                  transform=dict(input_size=input_size, scale=(0.35, 1.0), auto_augment=None, color_jitter=0.0)),
 )

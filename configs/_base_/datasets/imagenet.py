@@ -9,7 +9,8 @@ train_dataloader = dict(
     num_workers=8,
     persistent_workers=False,  # workers re-seeded per epoch: exact --resume
     drop_last=True,  # mixup pairs each image with another: even batches
-    sampler=dict(type="DefaultSampler", shuffle=True),
+    # DeiT's repeated augmentation (3 differently augmented copies per image, on different GPUs)
+    sampler=dict(type="RepeatAugSampler", num_repeats=3),
     collate_fn=dict(type="default_collate"),
     dataset=dict(
         type="ImageNetFolder",
