@@ -136,7 +136,7 @@ def op_cases(name: str, module, impls: List[str], official: Optional[Callable], 
         call = (lambda **kw: official(**kw)) if impl == "official" else (lambda impl=impl, **kw: op(**kw, impl=impl))
         if args.compile:
             call = torch.compile(call)
-        cases.append((impl, _step(call, inputs, args.mode), 1))
+        cases.append((impl, _step(call, inputs, args.mode), None))
     return cases
 
 
@@ -292,10 +292,13 @@ def run(args) -> Dict[str, Any]:
                 first = next(iter(_tensors(out)), None)
                 row.update(measure(fn, device, args.warmup, args.iters))
                 unit = "img/s" if kind == "model" else "calls/s"
-                row["throughput"] = (batch if kind == "model" else 1) * 1e3 / row["latency_ms"]
+                row["throughput"] = (batch or 1) * 1e3 / row["latency_ms"]
                 row["throughput_unit"] = unit
             except Exception as err:  # one failing impl must not hide the others' numbers
-                row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                msg = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                # impls taken by default from IMPLS may not run here (e.g. a CUDA kernel on CPU)
+                unsupported = isinstance(err, ValueError) and "does not support these inputs" in str(err)
+                row["skipped" if unsupported and not args.impl else "error"] = msg
                 first = None
             row["_out"] = first.detach().float() if first is not None else None
             rows.append(row)
@@ -330,10 +333,11 @@ def table(report: Dict[str, Any]) -> str:
     head = ("target", "impl", "batch", "latency ms", "throughput", "peak MiB", "speed-up", "max|diff|")
     lines = []
     for r in report["results"]:
-        if "error" in r:
-            lines.append((r["target"], r["impl"], str(r["batch"]), "error: " + r["error"], "", "", "", ""))
+        if "error" in r or "skipped" in r:
+            note = f"error: {r['error']}" if "error" in r else "skipped: does not support these inputs"
+            lines.append((r["target"], r["impl"], str(r["batch"] or "–"), note[:70], "", "", "", ""))
             continue
-        lines.append((r["target"], r["impl"], str(r["batch"]), f"{r['latency_ms']:.3f}",
+        lines.append((r["target"], r["impl"], str(r["batch"] or "–"), f"{r['latency_ms']:.3f}",
                       f"{r['throughput']:.1f} {r['throughput_unit']}",
                       "–" if r["peak_mem_mib"] is None else f"{r['peak_mem_mib']:.1f}",
                       f"{r['speedup']:.2f}x", f"{r['max_abs_diff']:.2e}" if "max_abs_diff" in r else "–"))

@@ -11,13 +11,13 @@ TOY_OP = '''
 import torch
 from visionattn.ops.dispatch import pick
 
-IMPLS = ("fused", "reference")
+IMPLS = ("cuda_only", "fused", "reference")
 
 
 def toy_softmax_op(x, impl="auto"):
     """x: (B, N) -> softmax over N."""
-    impl = pick("toy_softmax_op", impl, {"fused": True, "reference": True})
-    if impl == "fused":
+    impl = pick("toy_softmax_op", impl, {"cuda_only": x.is_cuda, "fused": True, "reference": True})
+    if impl in ("fused", "cuda_only"):
         return torch.softmax(x, -1)
     e = (x - x.max(-1, keepdim=True).values).exp()
     return e / e.sum(-1, keepdim=True)
@@ -85,12 +85,16 @@ def test_op_with_official(load_tool, capsys, tmp_path, toy_op):
                                                          "--official", f"{official}:softmax", "--mode", "train"])
     assert rc == 0, out
     rows = report["results"]
-    assert [r["impl"] for r in rows] == ["fused", "reference", "official"]
-    assert all(r["kind"] == "op" and r["throughput_unit"] == "calls/s" for r in rows)
+    assert [r["impl"] for r in rows] == ["cuda_only", "fused", "reference", "official"]
+    assert "does not support these inputs" in rows[0]["skipped"]  # default impls: skipped, not failed
+    assert all(r["kind"] == "op" and r["throughput_unit"] == "calls/s" and r["batch"] is None for r in rows[1:])
+    assert rows[1]["speedup"] == 1.0 and "skipped" in out
     assert report["settings"]["shape"] == {"b": 3, "n": 8}
     rc, out, report = _run(load_tool, capsys, tmp_path / "res2", [toy_op, "--impl", "reference,fused"])
     assert [r["impl"] for r in report["results"]] == ["reference", "fused"]
     assert report["results"][1]["max_abs_diff"] < 1e-6
+    rc, out, report = _run(load_tool, capsys, tmp_path / "res3", [toy_op, "--impl", "cuda_only,fused"])
+    assert rc == 1 and "error: ValueError" in out and report["results"][0]["error"]
 
 
 def _real_ops():
