@@ -51,3 +51,36 @@ def test_bad_paramwise_cfg_and_model():
         _build(dict(num_layers=12))
     with pytest.raises(ValueError, match="layer_id"):
         _build(dict(decay_rate=0.9, num_layers=12), model=nn.Sequential(nn.Linear(2, 2)))
+
+
+def _official_ffnet_layer_id(name: str, num_layers: int) -> int:
+    """The official FFNet constructor's grouping, on official parameter names (``backbone.stages.S.B...``,
+    patch merging at B = 0 of stages 1-3; anything not under ``backbone.stages`` gets the heads' id)."""
+    parts = name.split(".")
+    if name.startswith("backbone.stages."):
+        stage, block = int(parts[2]), int(parts[3])
+        return {0: 1, 1: 2, 2: 3 + block // 3}.get(stage, num_layers)
+    return num_layers + 1
+
+
+def test_ffnet_rule_matches_the_official_grouping():
+    import re
+
+    import timm
+
+    if not timm.is_model("ffnet_2"):
+        pytest.skip("backbone 'ffnet_2' is not registered in this checkout")
+    net = VisionAttnBackbone("ffnet_2", feature_kwargs=dict(stage_norm=True))
+    checked = 0
+    for name, _ in net.named_parameters():
+        key = name[len("body.model."):] if name.startswith("body.model.") else name
+        m = re.match(r"stages\.(\d+)\.(downsample|blocks\.(\d+))", key)
+        if m:  # our layout -> the official one
+            stage = int(m.group(1))
+            block = 0 if m.group(2) == "downsample" else int(m.group(3)) + (stage > 0)
+            official = f"backbone.stages.{stage}.{block}.w"
+        else:
+            official = f"backbone.{key}"
+        assert net.layer_id(name, 12, rule="ffnet") == _official_ffnet_layer_id(official, 12), name
+        checked += 1
+    assert checked > 500
