@@ -261,3 +261,9 @@ def test_dense_official_backbone_keys_load_into_features_model():
     model = timm.create_model("ffnet_1", features_only=True)
     load_checkpoint(model, {"state_dict": official}, family="ffnet")  # strict
     assert torch.equal(model.model.stage_norms[2].bias, official["backbone.norm2.bias"])
+
+
+def test_create_model_fuse_kwarg_gives_the_deploy_model():
+    model = timm.create_model("ffnet_1", fuse=True)
+    assert _params(model) == 13_660_152
+    assert [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)] == ["norm"]
