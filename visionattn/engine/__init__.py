@@ -5,9 +5,10 @@ from .hooks import RandomStateHook, TrainingCurvesHook
 from .launch import build_runner, load_config
 from .registry import DATASETS, HOOKS, METRICS, MODELS, TRANSFORMS
 from .safe_globals import allow_mmengine_checkpoints
+from .stereo_matcher import StereoMatcher
 
 allow_mmengine_checkpoints()
 
-__all__ = ["ImageClassifier", "ClassificationDataPreprocessor", "RandomStateHook", "TrainingCurvesHook",
+__all__ = ["ImageClassifier", "StereoMatcher", "ClassificationDataPreprocessor", "RandomStateHook", "TrainingCurvesHook",
            "build_runner", "load_config", "allow_mmengine_checkpoints",
            "DATASETS", "HOOKS", "METRICS", "MODELS", "TRANSFORMS"]
