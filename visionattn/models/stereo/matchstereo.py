@@ -536,9 +536,10 @@ def official_param_count(model: MatchStereo) -> int:
     return sum(p.numel() for p in model.parameters()) + dead
 
 
-def _example_inputs(batch_size: int = 1):
+def _example_inputs(batch_size: int = 1, h: int = 192, w: int = 224):
+    """A (left, right) pair in [0, 255]; the right view is the left shifted by 4 px."""
     g = torch.Generator().manual_seed(0)
-    left = torch.rand(batch_size, 3, 192, 224, generator=g) * 255
+    left = torch.rand(batch_size, 3, int(h), int(w), generator=g) * 255
     right = torch.roll(left, shifts=-4, dims=-1)
     return left, right
 
