@@ -69,3 +69,18 @@ def test_augment_keeps_geometry(samples_root):
     err = (left[:, ys[keep], xs[keep]] - right[:, ys[keep], xr[keep]]).abs().mean()
     rand = (left[:, ys[keep], xs[keep]] - right[:, ys[keep], xs[keep]]).abs().mean()
     assert err < 0.5 * rand
+
+
+def test_submission_layouts(tmp_path):
+    from visionattn.datasets.stereo import write_submission
+
+    d = np.random.rand(4, 5).astype(np.float32)
+    p = write_submission(tmp_path, "middlebury", "Australia", d, 0.25)
+    assert p == tmp_path / "MiddEval3_results/testF/Australia/disp0MatchStereo.pfm"
+    assert (p.parent / "timeMatchStereo.txt").read_text() == "0.250000"
+    np.testing.assert_array_equal(read_pfm(p), d)
+    p = write_submission(tmp_path, "eth3d", "lakeside_1l", d, 0.5)
+    assert p == tmp_path / "low_res_two_view/lakeside_1l.pfm"
+    assert (tmp_path / "low_res_two_view/lakeside_1l.txt").read_text() == "runtime 0.500000"
+    with pytest.raises(ValueError, match="middlebury"):
+        write_submission(tmp_path, "kitti", "x", d, 0.1)

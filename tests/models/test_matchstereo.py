@@ -10,16 +10,12 @@ import visionattn
 from visionattn.hub import load_checkpoint
 from visionattn.models.stereo import matchstereo as ms
 
-KEYS = Path("/work/shared/reference/keys")
 COUNTS = yaml.safe_load((Path(__file__).parents[1] / "data/param_counts/matchstereo.yaml").read_text())
 
 
 def _official_listing(variant):
-    """(key, shape) of the official state dict, from the reference listing or, where that is not
-    available, from tests/data (the same listing checked in)."""
-    path = KEYS / f"matchstereo_{variant}.txt"
-    if not path.is_file():
-        path = Path(__file__).parents[1] / "data" / "matchstereo_keys" / f"matchstereo_{variant}.txt"
+    """(key, shape) of the official state dict (listing of the reference commit, in tests/data)."""
+    path = Path(__file__).parents[1] / "data" / "matchstereo_keys" / f"matchstereo_{variant}.txt"
     rows = []
     for line in path.read_text().splitlines():
         if line.startswith("#") or not line.strip():

@@ -260,3 +260,30 @@ class MiddleburyDataset(StereoDataset):
         if p["noc"].is_file():
             out["valid_noc"] = valid & (np.array(Image.open(p["noc"])) == 255)
         return out
+
+
+# --- benchmark submission layouts ------------------------------------------------------------
+
+def write_submission(root: Union[str, Path], benchmark: str, scene: str, disp: np.ndarray, seconds: float,
+                     split: str = "testF", method: str = "MatchStereo") -> Path:
+    """Write one scene's disparity (H, W) px in a benchmark's upload layout; returns the PFM path.
+
+    * ``middlebury``: ``<root>/MiddEval3_results/<split>/<scene>/disp0<method>.pfm`` + ``time<method>.txt``
+      (seconds); the folder is zipped and uploaded as is.
+    * ``eth3d``: ``<root>/low_res_two_view/<scene>.pfm`` + ``<scene>.txt`` holding ``runtime <seconds>``.
+    """
+    root = Path(root)
+    if benchmark == "middlebury":
+        folder = root / "MiddEval3_results" / split / scene
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"disp0{method}.pfm"
+        (folder / f"time{method}.txt").write_text(f"{seconds:.6f}")
+    elif benchmark == "eth3d":
+        folder = root / "low_res_two_view"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{scene}.pfm"
+        (folder / f"{scene}.txt").write_text(f"runtime {seconds:.6f}")
+    else:
+        raise ValueError(f"benchmark must be 'middlebury' or 'eth3d', got {benchmark!r}")
+    write_pfm(path, disp)
+    return path

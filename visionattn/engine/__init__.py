@@ -10,10 +10,11 @@ from .hooks import RandomStateHook, TrainingCurvesHook
 from .launch import build_runner, load_config
 from .registry import DATASETS, HOOKS, METRICS, MODELS, TRANSFORMS
 from .safe_globals import allow_mmengine_checkpoints
+from .stereo_matcher import StereoMatcher
 
 allow_mmengine_checkpoints()
 import_submodules(__name__)
 
-__all__ = ["ImageClassifier", "ClassificationDataPreprocessor", "RandomStateHook", "TrainingCurvesHook",
+__all__ = ["ImageClassifier", "StereoMatcher", "ClassificationDataPreprocessor", "RandomStateHook", "TrainingCurvesHook",
            "build_runner", "load_config", "allow_mmengine_checkpoints",
            "DATASETS", "HOOKS", "METRICS", "MODELS", "TRANSFORMS"]

@@ -23,8 +23,8 @@ component is ``-d^L`` for the left half and ``+d^R`` for the right half.
    ``L_occ = mean_{p in N} | dhat^L(p) - dhat^R(p - dhat^L(p)) |``  (full resolution),
 
    where ``N`` are the valid left pixels that the ground truth marks visible in the right view. A
-   left pixel ``x`` is occluded when a pixel to its right lands at or left of its match:
-   ``min_{x' > x} (x' - d^L(x')) <= x - d^L(x) - tau`` (``tau = 0.5`` px), computed with a reverse
+   left pixel ``x`` is occluded when a pixel to its right lands on (within ``tau = 0.5`` px) or
+   left of its match: ``min_{x' > x} (x' - d^L(x')) < x - d^L(x) + tau``, computed with a reverse
    cumulative minimum along each row. Occluded pixels are only supervised by ``L_seq``.
 
 Total: ``w_seq L_seq + w_cv L_cv + w_occ L_occ`` (weights configurable, default 1, 0.1, 0.2).
@@ -54,7 +54,7 @@ def occlusion_from_disparity(disp: torch.Tensor, valid: torch.Tensor, tau: float
     # min over x' > x: reverse cumulative min, shifted by one column
     rev_min = target.flip(-1).cummin(-1).values.flip(-1)
     right_min = torch.cat((rev_min[..., 1:], torch.full_like(rev_min[..., :1], float("inf"))), -1)
-    return valid & (right_min <= target - tau)
+    return valid & (right_min < target + tau)
 
 
 def _sample_right(right: torch.Tensor, disp_left: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,8 @@
 from ..models.registry import import_submodules
 from .accuracy import Accuracy
 from .segmentation_iou import MeanIoU
+from .stereo_metrics import StereoMetric, disparity_errors
 
 import_submodules(__name__)
 
-__all__ = ["Accuracy", "MeanIoU"]
+__all__ = ["Accuracy", "MeanIoU", "StereoMetric", "disparity_errors"]

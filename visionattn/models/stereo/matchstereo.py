@@ -26,6 +26,12 @@ MIN_SIZE = 192  # the 1/32 map must hold the 6x6 window of radius 2
 PAD_MULTIPLE = 32
 
 
+def _tracing() -> bool:
+    """Under torch.compile / torch.export: skip data-dependent input checks."""
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+    return torch.compiler.is_compiling() or exporting()
+
+
 def _linspace(end: float, n: int) -> List[float]:
     """Stochastic-depth rates 0..end (plain Python: works under a meta-device context)."""
     return [end * i / max(n - 1, 1) for i in range(n)]
@@ -455,7 +461,7 @@ class MatchStereo(nn.Module):
             raise ValueError(f"left {tuple(left.shape)} and right {tuple(right.shape)} images differ in shape")
         dtype = self.encoder.downsample_layers[0][0].weight.dtype
         x = torch.cat((left, right), 0).to(dtype)
-        if not torch.compiler.is_compiling() and x.device.type != "meta":  # meta tensors hold no values
+        if x.device.type != "meta" and not _tracing():
             lo, hi = x.aminmax()
             if lo < 0 or hi > 255:
                 raise ValueError(f"images must hold values in [0, 255] (got [{lo.item():.3g}, {hi.item():.3g}]); "
@@ -536,9 +542,10 @@ def official_param_count(model: MatchStereo) -> int:
     return sum(p.numel() for p in model.parameters()) + dead
 
 
-def _example_inputs(batch_size: int = 1):
+def _example_inputs(batch_size: int = 1, h: int = 192, w: int = 224):
+    """A (left, right) pair in [0, 255]; the right view is the left shifted by 4 px."""
     g = torch.Generator().manual_seed(0)
-    left = torch.rand(batch_size, 3, 192, 224, generator=g) * 255
+    left = torch.rand(batch_size, 3, int(h), int(w), generator=g) * 255
     right = torch.roll(left, shifts=-4, dims=-1)
     return left, right
 
