@@ -13,26 +13,20 @@ PARAMS = [pytest.param(c, id=c.stem, marks=() if "all_in_one" in c.stem else pyt
 
 @pytest.mark.parametrize("config", PARAMS)
 def test_two_iterations(config, samples_root, tmp_path):
-    from mmengine.config import Config
-    from mmengine.runner import Runner
+    """Through the generic tools/train.py path (load_config + build_runner) with CLI-style overrides."""
+    from visionattn.engine import build_runner, load_config
 
-    cfg = Config.fromfile(str(config))
     root = str(samples_root / "restoration_medical" / "restore_rwkv")
-    cfg.work_dir = str(tmp_path)
-    cfg.model.network.update(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1)
+    options = {"model.network.dim": 8, "model.network.num_blocks": (1, 1, 1, 1),
+               "model.network.num_refinement_blocks": 1, "train_dataloader.batch_size": 2,
+               "train_dataloader.dataset.crop": 16, "train_cfg.max_iters": 2, "train_cfg.val_interval": 2,
+               "param_scheduler.T_max": 2, "default_hooks.checkpoint.interval": 2, "default_hooks.logger.interval": 1}
     for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
-        cfg[loader].update(num_workers=0, persistent_workers=False)
-        cfg[loader].dataset.root = root
-    cfg.train_dataloader.batch_size = 2
-    cfg.train_dataloader.dataset.crop = 16
-    cfg.train_cfg.update(max_iters=2, val_interval=2)
-    cfg.param_scheduler.T_max = 2
-    cfg.default_hooks.checkpoint.interval = 2
-    cfg.default_hooks.logger.interval = 1
-    runner = Runner.from_cfg(cfg)
+        options.update({f"{loader}.num_workers": 0, f"{loader}.persistent_workers": False, f"{loader}.dataset.root": root})
+    cfg = load_config(str(config), work_dir=str(tmp_path), cfg_options=options)
+    runner = build_runner(cfg)
     runner.train()
-    best = list(tmp_path.glob("best_psnr_*.pth"))
-    assert best, "best-PSNR checkpoint was not saved"
+    assert list(tmp_path.glob("best_psnr_*.pth")), "best-PSNR checkpoint was not saved"
     assert runner.message_hub.get_scalar("train/loss").current() > 0
     # the evaluator reported the medical-protocol metrics for every configured modality
     metrics = runner.val_loop.run()

@@ -97,8 +97,11 @@ def test_op_contract():
 
 
 def _triton_quick_check():
-    """One multi-chunk case, float64, forward and backward (the default CPU test's share)."""
+    """One case over 3 parallel segments of one 8-token chunk, float64, forward and backward
+    (the default CPU test's share), and the single-segment path's forward."""
     w, u, k, v = make(19, 3, B=1, sign=-1.0, decay_scale=4.0)
+    torch.testing.assert_close(wkv.bi_wkv(w, u, k, v, impl="triton"), oracle(w, u, k, v), rtol=1e-9, atol=1e-9)
+    wkv._FORCE_SEG_LEN = 8
     args = [x.clone().requires_grad_() for x in (w, u, k, v)]
     y = wkv.bi_wkv(*args, impl="triton")
     torch.testing.assert_close(y, oracle(w, u, k, v), rtol=1e-9, atol=1e-9)
@@ -111,8 +114,11 @@ def _triton_quick_check():
 def _triton_checks(device):
     """Triton kernel vs oracle (values) and vs the reference (gradients).
 
-    On CPU it runs under the interpreter with 8-token chunks, so T > 8 crosses chunk carries.
+    On CPU it runs under the interpreter with 8-token chunks, so T > 8 crosses chunk carries;
+    16-token segments (2 chunks each) run in parallel and exchange carries.
     """
+    if device == "cpu":
+        wkv._FORCE_SEG_LEN = 16
     cases = [(1, 3, 1.0), (19, 5, -1.0), (33, 3, 1.0)] if device == "cpu" else \
         [(1, 3, 1.0), (16, 5, 1.0), (33, 20, -1.0), (300, 17, 1.0), (1000, 3, -1.0)]
     for T, C, sign in cases:

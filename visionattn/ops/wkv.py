@@ -95,17 +95,23 @@ if triton is not None:
 
     @triton.jit
     def _causal_scan_kernel(x_ptr, v1_ptr, v2_ptr, w_ptr, o1_ptr, o2_ptr, od1_ptr, od2_ptr, rho_ptr,
-                            T, C,
+                            state_ptr, T, C, SEG_LEN, NSEG,
                             REVERSE: tl.constexpr, V2_ONES: tl.constexpr, DIST: tl.constexpr,
+                            SUMMARY: tl.constexpr, HAS_CARRY: tl.constexpr,
                             BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
         """For s in {v1, v2}: S_t = sum_{i<t} e^{-(t-1-i) w + x_i} s_i = o_t * e^{rho_t} (in scan order),
         and with DIST also sum_{i<t} (t-1-i) e^{...} s_i = od_t * e^{rho_t}.
 
-        One program per (batch, channel block) walks the sequence in chunks of BLOCK_T. A chunk
-        loads the sources shifted by one (i = t - 1), so an inclusive log-sum-exp scan over the
-        chunk gives the exclusive sums; the carry is the result at the chunk's last position.
+        One program per (batch, channel block, segment of SEG_LEN tokens) walks its segment in
+        chunks of BLOCK_T. A chunk loads the sources shifted by one (i = t - 1), so an inclusive
+        log-sum-exp scan over the chunk gives the exclusive sums; the carry is the result at the
+        chunk's last position. Segments run in parallel: a SUMMARY pass (zero carry) stores each
+        segment's final state in ``state_ptr`` (5, B, NSEG, C) = (p, s1, s2, sd1, sd2); after
+        :func:`_segment_carry_kernel` turned those into incoming carries, the HAS_CARRY pass starts
+        every segment from its carry and stores the outputs.
         """
         b = tl.program_id(0)
+        g = tl.program_id(2)
         cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
         cmask = cs < C
         w = tl.load(w_ptr + cs, mask=cmask, other=0.0)
@@ -114,12 +120,23 @@ if triton is not None:
         j = tl.arange(0, BLOCK_T)
         jf = j.to(dt)
         # carry: sums for position t0 - 1 of the current chunk, log-scale p
-        p = tl.full([BLOCK_C], _NEG_TL, dt)
-        s1 = tl.zeros([BLOCK_C], dt)
-        s2 = tl.zeros([BLOCK_C], dt)
-        sd1 = tl.zeros([BLOCK_C], dt)
-        sd2 = tl.zeros([BLOCK_C], dt)
-        for t0 in range(0, T, BLOCK_T):
+        plane = NSEG * C * tl.num_programs(0)  # one (B, NSEG, C) plane of state_ptr
+        soff_state = (b.to(tl.int64) * NSEG + g) * C + cs
+        if HAS_CARRY:
+            p = tl.load(state_ptr + soff_state, mask=cmask, other=_NEG_TL).to(dt)
+            s1 = tl.load(state_ptr + plane + soff_state, mask=cmask, other=0.0).to(dt)
+            s2 = tl.load(state_ptr + 2 * plane + soff_state, mask=cmask, other=0.0).to(dt)
+            sd1 = tl.load(state_ptr + 3 * plane + soff_state, mask=cmask, other=0.0).to(dt)
+            sd2 = tl.load(state_ptr + 4 * plane + soff_state, mask=cmask, other=0.0).to(dt)
+        else:
+            p = tl.full([BLOCK_C], _NEG_TL, dt)
+            s1 = tl.zeros([BLOCK_C], dt)
+            s2 = tl.zeros([BLOCK_C], dt)
+            sd1 = tl.zeros([BLOCK_C], dt)
+            sd2 = tl.zeros([BLOCK_C], dt)
+        seg_start = g * SEG_LEN
+        seg_end = tl.minimum(seg_start + SEG_LEN, T)
+        for t0 in range(seg_start, seg_end, BLOCK_T):
             tt = t0 + j
             src = tt - 1
             if REVERSE:
@@ -129,7 +146,7 @@ if triton is not None:
                 rows_out = tt
                 rows_src = src
             smask = ((src >= 0) & (src < T))[:, None] & cmask[None, :]
-            omask = (tt < T)[:, None] & cmask[None, :]
+            omask = (tt < seg_end)[:, None] & cmask[None, :]
             soff = base + rows_src.to(tl.int64)[:, None] * C + cs[None, :]
             x = tl.load(x_ptr + soff, mask=smask, other=_NEG_TL).to(dt)
             z = x + (jf - 1.0)[:, None] * w[None, :]
@@ -153,21 +170,73 @@ if triton is not None:
             o1 = a * el + s1[None, :] * ec
             o2 = bb * el + s2[None, :] * ec
             ooff = base + rows_out.to(tl.int64)[:, None] * C + cs[None, :]
-            tl.store(o1_ptr + ooff, o1, mask=omask)
-            tl.store(o2_ptr + ooff, o2, mask=omask)
-            tl.store(rho_ptr + ooff, rho, mask=omask)
+            if not SUMMARY:
+                tl.store(o1_ptr + ooff, o1, mask=omask)
+                tl.store(o2_ptr + ooff, o2, mask=omask)
+                tl.store(rho_ptr + ooff, rho, mask=omask)
             last = (j == BLOCK_T - 1)[:, None]
             if DIST:
                 tau = jf[:, None]
                 od1 = (tau * a - c) * el + (sd1[None, :] + (tau + 1.0) * s1[None, :]) * ec
                 od2 = (tau * bb - d) * el + (sd2[None, :] + (tau + 1.0) * s2[None, :]) * ec
-                tl.store(od1_ptr + ooff, od1, mask=omask)
-                tl.store(od2_ptr + ooff, od2, mask=omask)
+                if not SUMMARY:
+                    tl.store(od1_ptr + ooff, od1, mask=omask)
+                    tl.store(od2_ptr + ooff, od2, mask=omask)
                 sd1 = tl.sum(tl.where(last, od1, 0.0), axis=0)
                 sd2 = tl.sum(tl.where(last, od2, 0.0), axis=0)
             s1 = tl.sum(tl.where(last, o1, 0.0), axis=0)
             s2 = tl.sum(tl.where(last, o2, 0.0), axis=0)
             p = tl.sum(tl.where(last, rho, 0.0), axis=0)
+        if SUMMARY:  # state at the segment's last position (full chunks: SEG_LEN is a multiple of BLOCK_T)
+            tl.store(state_ptr + soff_state, p, mask=cmask)
+            tl.store(state_ptr + plane + soff_state, s1, mask=cmask)
+            tl.store(state_ptr + 2 * plane + soff_state, s2, mask=cmask)
+            tl.store(state_ptr + 3 * plane + soff_state, sd1, mask=cmask)
+            tl.store(state_ptr + 4 * plane + soff_state, sd2, mask=cmask)
+
+    @triton.jit
+    def _segment_carry_kernel(state_ptr, w_ptr, C, SEG_LEN, NSEG, BLOCK_C: tl.constexpr):
+        """In place over (5, B, NSEG, C): segment summaries -> incoming carries.
+
+        carry_0 = 0; carry_{g+1} = summary_g + e^{-SEG_LEN w} carry_g (each at the last position of
+        segment g); the distance-weighted sums also gain SEG_LEN * carry_g.
+        """
+        b = tl.program_id(0)
+        cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = cs < C
+        w = tl.load(w_ptr + cs, mask=cmask, other=0.0)
+        dt = w.dtype
+        seg = SEG_LEN * 1.0
+        plane = NSEG * C * tl.num_programs(0)
+        p = tl.full([BLOCK_C], _NEG_TL, dt)
+        s1 = tl.zeros([BLOCK_C], dt)
+        s2 = tl.zeros([BLOCK_C], dt)
+        sd1 = tl.zeros([BLOCK_C], dt)
+        sd2 = tl.zeros([BLOCK_C], dt)
+        for g in range(0, NSEG):
+            off = (b.to(tl.int64) * NSEG + g) * C + cs
+            lp = tl.load(state_ptr + off, mask=cmask, other=_NEG_TL).to(dt)
+            l1 = tl.load(state_ptr + plane + off, mask=cmask, other=0.0).to(dt)
+            l2 = tl.load(state_ptr + 2 * plane + off, mask=cmask, other=0.0).to(dt)
+            ld1 = tl.load(state_ptr + 3 * plane + off, mask=cmask, other=0.0).to(dt)
+            ld2 = tl.load(state_ptr + 4 * plane + off, mask=cmask, other=0.0).to(dt)
+            tl.store(state_ptr + off, p, mask=cmask)
+            tl.store(state_ptr + plane + off, s1, mask=cmask)
+            tl.store(state_ptr + 2 * plane + off, s2, mask=cmask)
+            tl.store(state_ptr + 3 * plane + off, sd1, mask=cmask)
+            tl.store(state_ptr + 4 * plane + off, sd2, mask=cmask)
+            dp = p - seg * w
+            np_ = tl.maximum(lp, dp)
+            el = tl.exp(lp - np_)
+            ed = tl.exp(dp - np_)
+            sd1 = ld1 * el + (sd1 + seg * s1) * ed
+            sd2 = ld2 * el + (sd2 + seg * s2) * ed
+            s1 = l1 * el + s1 * ed
+            s2 = l2 * el + s2 * ed
+            p = np_
+
+
+_FORCE_SEG_LEN = None  # tests set it to exercise segment carries on tiny sequences
 
 
 def _scan(x, v1, v2, w, reverse: bool, dist: bool):
@@ -177,10 +246,23 @@ def _scan(x, v1, v2, w, reverse: bool, dist: bool):
     od1, od2 = (torch.empty_like(x), torch.empty_like(x)) if dist else (o1, o2)
     block_c = 16 if C <= 64 else 32
     block_t = (64 if dist else 128) if x.is_cuda else 8  # tiny chunks on the CPU interpreter: carries get tested
-    grid = (B, triton.cdiv(C, block_c))
-    _causal_scan_kernel[grid](x, v1, x if v2 is None else v2, w, o1, o2, od1, od2, rho, T, C,
-                              REVERSE=reverse, V2_ONES=v2 is None, DIST=dist,
-                              BLOCK_T=block_t, BLOCK_C=block_c)
+    n_cb = triton.cdiv(C, block_c)
+    # split T into segments so that enough programs run in parallel (each walks its segment)
+    if _FORCE_SEG_LEN is not None:
+        seg_len = _FORCE_SEG_LEN
+    else:
+        nseg = max(1, min(triton.cdiv(1024, B * n_cb), T // (4 * block_t)))
+        seg_len = triton.cdiv(triton.cdiv(T, nseg), block_t) * block_t
+    nseg = triton.cdiv(T, seg_len)
+    v2_arg = x if v2 is None else v2
+    flags = dict(REVERSE=reverse, V2_ONES=v2 is None, DIST=dist, BLOCK_T=block_t, BLOCK_C=block_c)
+    state = x.new_empty(5, B, nseg, C) if nseg > 1 else x.new_empty(1)
+    if nseg > 1:
+        _causal_scan_kernel[(B, n_cb, nseg)](x, v1, v2_arg, w, o1, o2, od1, od2, rho, state, T, C, seg_len, nseg,
+                                             SUMMARY=True, HAS_CARRY=False, **flags)
+        _segment_carry_kernel[(B, n_cb)](state, w, C, seg_len, nseg, BLOCK_C=block_c)
+    _causal_scan_kernel[(B, n_cb, nseg)](x, v1, v2_arg, w, o1, o2, od1, od2, rho, state, T, C, seg_len, nseg,
+                                         SUMMARY=False, HAS_CARRY=nseg > 1, **flags)
     return (o1, o2, rho, od1, od2) if dist else (o1, o2, rho)
 
 

@@ -44,7 +44,12 @@ class OmniShift(nn.Module):
 
     def _cached_fused_weight(self) -> torch.Tensor:
         params = (self.alpha, self.conv1x1.weight, self.conv3x3.weight, self.conv5x5.weight)
-        key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
+        if torch.compiler.is_compiling() or any(p.device.type == "meta" for p in params):
+            return self.fused_weight()  # traced/fake tensors: no storage to key a cache on
+        try:
+            key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
+        except RuntimeError:  # tensor subclasses without storage (e.g. fake tensors in torch.export)
+            return self.fused_weight()
         if self._fused is None or key != self._fused_key:
             with torch.no_grad():
                 self._fused = self.fused_weight()
