@@ -157,7 +157,8 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"biformer_{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}.json"
     rows = []
-    machine = dict(gpu=torch.cuda.get_device_name() if DEVICE == "cuda" else platform.processor(), torch=torch.__version__, python=platform.python_version(),
+    machine = dict(gpu=torch.cuda.get_device_name() if DEVICE == "cuda" else platform.processor(),
+                   torch=torch.__version__, python=platform.python_version(),
                    cuda=torch.version.cuda)
 
     def record():

@@ -27,7 +27,6 @@ import warnings
 from typing import Tuple
 
 import torch
-import torch.nn.functional as F
 
 from .dispatch import pick
 

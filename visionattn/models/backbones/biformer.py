@@ -20,7 +20,7 @@ FLOPs quoted in :data:`PAPER_FLOPS` count one multiply-add as one FLOP (the pape
 ``torch.utils.flop_counter.FlopCounterMode`` total at 224x224 divided by 2.
 """
 import re
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -280,7 +280,8 @@ def convert_official(checkpoint, model: nn.Module, ema: bool = False) -> Dict[st
     released numbers are those of ``model``)."""
     if ema:
         if not isinstance(checkpoint.get("model_ema"), dict):
-            raise RuntimeError(f"ema=True but the checkpoint has no 'model_ema' entry (keys: {sorted(checkpoint)[:10]})")
+            raise RuntimeError(f"ema=True but the checkpoint has no 'model_ema' entry "
+                               f"(keys: {sorted(checkpoint)[:10]}); drop ema to load 'model'")
         checkpoint = checkpoint["model_ema"]
     state_dict = extract_state_dict(checkpoint)
     inner = getattr(model, "model", None)
