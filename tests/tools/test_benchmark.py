@@ -129,4 +129,5 @@ def test_cuda_records_gpu_and_peak_memory(load_tool, capsys, tmp_path):
 def test_every_op_benchmarks_on_cuda(load_tool, capsys, tmp_path, op):
     rc, out, report = _run(load_tool, capsys, tmp_path, [op, "--device", "cuda"])
     assert rc == 0, out
-    assert all(r["peak_mem_mib"] is not None for r in report["results"])
+    ran = [r for r in report["results"] if "skipped" not in r]  # e.g. sdpa_gqa needs uniform groups
+    assert ran and all("error" not in r and r["peak_mem_mib"] is not None for r in ran), out

@@ -283,8 +283,8 @@ def tiled_forward(fn, x: torch.Tensor, out_chans: int, tile: int, overlap: int) 
 # Variants
 # --------------------------------------------------------------------------------------------
 
-def _example_inputs(batch_size: int = 1):
-    return (torch.randn(batch_size, 1, 64, 64),)
+def _example_inputs(batch_size: int = 1, h: int = 64, w: int = 64):
+    return (torch.randn(batch_size, 1, h, w),)
 
 
 # Light variant: the paper reports 1.16M parameters but publishes no configuration. Ours (not the
