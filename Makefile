@@ -17,14 +17,14 @@ install: $(STAMP)
 
 $(STAMP): setup.cfg constraints.txt Makefile tools/build_mmcv_wheel.sh
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q 'setuptools<81' wheel ninja
+	$(PIP) install -q -c constraints.txt setuptools wheel ninja
 	$(PIP) install -q -c constraints.txt torch torchvision
 	@if [ -z "$(wildcard $(addsuffix /mmcv-2.1.0-*.whl,$(WHEEL_DIRS)))" ]; then \
 		PIP="$(PIP)" bash tools/build_mmcv_wheel.sh .wheels; fi
 	$(PIP) install -q -c constraints.txt $(FIND_LINKS) -e '.[dev,det,3d]'
 	# mmengine pulls opencv-python, albumentations the headless build: the last one installed owns cv2.
 	$(PIP) install -q -c constraints.txt --force-reinstall --no-deps opencv-python-headless
-	$(BIN)/python -c "import cv2, torch, timm, mmengine, mmdet, visionattn; print('visionattn', visionattn.__version__, 'torch', torch.__version__)"
+	$(BIN)/python -W ignore -c "import pkg_resources, cv2, torch, timm, mmengine, mmdet, mmseg, visionattn; print('visionattn', visionattn.__version__, 'torch', torch.__version__)"
 	@touch $(STAMP)
 
 samples: $(STAMP)
