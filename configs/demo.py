@@ -1,4 +1,4 @@
-# `make demo`: a small classifier trained for 300 iterations on the 8-class ImageNet-format
+# `make demo`: a small classifier trained for 200 iterations on the 8-class ImageNet-format
 # sample set (datasets/samples/imagenet, written by tools/make_samples.py) on CPU.
 # tools/demo.py sets model.network to the smallest registered visionattn backbone.
 _base_ = ["_base_/datasets/imagenet.py", "_base_/runtime/default.py"]
@@ -27,14 +27,14 @@ val_dataloader = dict(
 )
 test_dataloader = val_dataloader
 
-max_iters = 300
+max_iters = 200
 optim_wrapper = dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=2e-3, weight_decay=0.05),
                      clip_grad=dict(max_norm=5.0))
 param_scheduler = [
     dict(type="LinearLR", start_factor=0.01, by_epoch=False, begin=0, end=30),
     dict(type="CosineAnnealingLR", T_max=max_iters - 30, eta_min=1e-5, by_epoch=False, begin=30, end=max_iters),
 ]
-train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=100)
+train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=50)
 val_cfg = dict()
 test_cfg = dict()
 default_hooks = dict(logger=dict(interval=20), checkpoint=dict(by_epoch=False, interval=100, max_keep_ckpts=1),

@@ -6,7 +6,7 @@ trains it for a few hundred iterations on datasets/samples/imagenet with configs
 the same Runner as tools/train.py, and prints the accuracy before/after and where the
 checkpoint and the loss/accuracy plot are.
 
-    python tools/demo.py [--model NAME] [--iters 300] [--work-dir work_dirs/demo]
+    python tools/demo.py [--model NAME] [--iters 200] [--work-dir work_dirs/demo]
 """
 import argparse
 import os
