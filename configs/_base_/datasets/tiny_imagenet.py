@@ -1,27 +1,8 @@
-# TinyImageNet in its release layout (datasets/tiny_imagenet/tiny-imagenet-200, see datasets/README.md), with the
-# key-driven GQA paper's up-training transforms: train RandAugment -> resize 224 x 224; eval
-# resize 224 x 224 (normalisation mean = std = 0.5 in the model's data preprocessor). Batch 32.
+# TinyImageNet in its release layout (datasets/tiny_imagenet/tiny-imagenet-200, see datasets/README.md),
+# read through the shared up-training pipeline (uptraining.py).
+_base_ = ["uptraining.py"]
 data_root = "datasets/tiny_imagenet"
-input_size = 224
 
-train_dataloader = dict(
-    batch_size=32,
-    num_workers=2,
-    persistent_workers=False,
-    sampler=dict(type="DefaultSampler", shuffle=True),
-    collate_fn=dict(type="default_collate"),
-    dataset=dict(type="TinyImageNet", root=data_root, split="train",
-                 transform=dict(type="UptrainingTransform", train=True, input_size=input_size)),
-)
-val_dataloader = dict(
-    batch_size=32,
-    num_workers=2,
-    persistent_workers=False,
-    sampler=dict(type="DefaultSampler", shuffle=False),
-    collate_fn=dict(type="default_collate"),
-    dataset=dict(type="TinyImageNet", root=data_root, split="val",
-                 transform=dict(type="UptrainingTransform", train=False, input_size=input_size)),
-)
+train_dataloader = dict(dataset=dict(type="TinyImageNet", root=data_root))
+val_dataloader = dict(dataset=dict(type="TinyImageNet", root=data_root, split="val"))
 test_dataloader = val_dataloader
-val_evaluator = dict(type="Accuracy", topk=(1, 5))
-test_evaluator = val_evaluator
