@@ -2,7 +2,7 @@
 
     python tools/benchmark.py MODEL_OR_OP [MODEL_OR_OP ...] [--impl a,b,...] [--official path.py:fn]
         [--batch 8] [--dtype float32|float16|bfloat16] [--device cpu|cuda] [--shape k=v ...]
-        [--mode infer|train] [--channels-last] [--compile] [--warmup 10] [--iters 50] [--out DIR]
+        [--mode infer|train] [--channels-last] [--compile | --cuda-graph] [--warmup 10] [--iters 50] [--out DIR]
 
 - A target is an op when ``visionattn/ops/<name>.py`` exists (op-module contract: the function
   ``<name>(..., impl=)``, ``IMPLS``, ``example_inputs(device, dtype, **sizes)``); ``--shape`` sizes go
@@ -13,6 +13,9 @@
   model ``fn(**model_kwargs) -> nn.Module``. Official code is never part of the repository.
 - The first row is the baseline: ``speed-up`` = baseline latency / latency, ``max|diff|`` = largest
   absolute difference of the first output tensor from the baseline's (infer mode).
+- ``--cuda-graph`` (models, infer, CUDA): the forward is captured once as a CUDA graph
+  (``visionattn.cuda_graph.CUDAGraphRunner``) and replayed. ``first_call_s`` in the JSON is the
+  wall time of the first call (compile or capture included).
 - Latency is the median over ``--iters`` timed calls after ``--warmup`` calls; CUDA is timed with
   events and synchronised; peak memory is ``torch.cuda.max_memory_allocated`` (CUDA only).
 - Results are printed as a table and saved as JSON under ``benchmarks/`` with the machine described.
@@ -229,6 +232,14 @@ def model_cases(name: str, impls: List[str], official: Optional[Callable], args,
                       file=sys.stderr)
         forward = torch.compile(model) if args.compile else model
         forced = None if impl in ("auto", "official") else impl
+        if args.cuda_graph:
+            from visionattn.cuda_graph import CUDAGraphRunner
+
+            def graphed(*xs, model=model, forced=forced):
+                with use_impl(forced):
+                    return model(*xs)
+            # outputs are the graph's own buffers (no copies timed); each impl gets its own graph
+            forward = CUDAGraphRunner(graphed, clone_outputs=False, max_graphs=1)
 
         def call(forward=forward, forced=forced, model=model):
             with use_impl(forced):
@@ -288,7 +299,10 @@ def run(args) -> Dict[str, Any]:
         for impl, fn, batch in cases:
             row = {"target": target, "kind": kind, "impl": impl, "batch": batch}
             try:
+                t0 = time.perf_counter()
                 out = fn()
+                _sync(device)
+                row["first_call_s"] = time.perf_counter() - t0  # includes compile / graph capture
                 first = next(iter(_tensors(out)), None)
                 row.update(measure(fn, device, args.warmup, args.iters))
                 unit = "img/s" if kind == "model" else "calls/s"
@@ -325,7 +339,7 @@ def _compare(rows: List[Dict[str, Any]]) -> None:
 
 def _settings(args) -> Dict[str, Any]:
     keys = ("targets", "impl", "official", "batch", "dtype", "device", "shape", "mode", "channels_last",
-            "compile", "warmup", "iters", "model_kwargs")
+            "compile", "cuda_graph", "warmup", "iters", "model_kwargs")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -346,7 +360,8 @@ def table(report: Dict[str, Any]) -> str:
     m = report["machine"]
     s = report["settings"]
     title = (f"{m['gpu'] or m['cpu']} | torch {m['torch']} | {s['device']} {s['dtype']} {s['mode']}"
-             f"{' channels_last' if s['channels_last'] else ''}{' compiled' if s['compile'] else ''}")
+             f"{' channels_last' if s['channels_last'] else ''}{' compiled' if s['compile'] else ''}"
+             f"{' cuda-graph' if s.get('cuda_graph') else ''}")
     return "\n".join([title, fmt(head), fmt(tuple("-" * w for w in widths)), *map(fmt, lines)])
 
 
@@ -377,6 +392,8 @@ def parse_args(argv=None):
     p.add_argument("--mode", choices=("infer", "train"), default="infer")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="models in infer mode on CUDA: replay the forward from a captured CUDA graph")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--out", default="benchmarks", help="folder for the JSON result ('' to skip saving)")
@@ -384,6 +401,8 @@ def parse_args(argv=None):
     args.shape, args.model_kwargs = _kv(args.shape), _kv(args.model_kwargs)
     if args.warmup < 0 or args.iters < 1:
         p.error("--warmup must be >= 0 and --iters >= 1")
+    if args.cuda_graph and (args.compile or args.mode != "infer"):
+        p.error("--cuda-graph is for eager models in --mode infer (not with --compile or --mode train)")
     return args
 
 

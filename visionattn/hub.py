@@ -124,7 +124,7 @@ def _strip_prefix(state_dict: Dict[str, torch.Tensor], model_keys) -> Optional[D
     """Our own checkpoints, possibly saved from a task wrapper (``backbone.``/``net.``/``module.``)."""
     if set(state_dict) == set(model_keys):
         return state_dict
-    for prefix in ("module.", "backbone.", "net.", "model.", "ema.", "module.backbone.", "module.net."):
+    for prefix in ("module.", "backbone.", "net.", "network.", "model.", "ema.", "module.backbone.", "module.net."):
         stripped = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
         if stripped and set(stripped) == set(model_keys):
             return stripped

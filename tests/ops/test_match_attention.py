@@ -112,23 +112,39 @@ def test_example_inputs_contract():
 # (B, H, W, heads, head_dim, radius): radii 1-3, head dims not powers of two, maps barely larger
 # than the window so most centres sit at the borders.
 GRID = [(2, 6, 7, 2, 4, 1), (1, 8, 9, 2, 5, 2), (1, 9, 10, 1, 8, 3), (1, 4, 12, 4, 2, 1)]
+FUSED_GRID = [(2, 6, 7, 2, 4, 1), (4, 7, 8, 2, 3, 2)]
 
 
-def _compare(impl_device, dtype, case, atol):
+def _compare(impl_device, dtype, case, atol, fused=False):
+    """Triton vs reference: outputs and the gradients of q, k, v and the centres.
+
+    ``fused``: q/k/v are column slices of one (B, N, 3C) projection, the centres are shared by
+    the heads (a stride-0 expand) and keys/values come from the other half of the batch
+    (``kv_batch_shift = B // 2``), as in the model's cross attention.
+    """
     B, H, W, h, d, r = case
     q, k, v, c = _inputs(B, H, W, h, d, dtype=dtype, device=impl_device, seed=sum(case))
-    leaves = [t.detach().requires_grad_() for t in (q, k, v, c)]
+    shift = 0
+    if fused:
+        qkv = torch.cat((q, k, v), -1)
+        c = c[:, :, :1]
+        shift = B // 2
+    leaves = [t.detach().requires_grad_() for t in ((qkv, c) if fused else (q, k, v, c))]
     results = {}
     for impl in ("reference", "triton"):
         ins = [t.float().detach().requires_grad_() for t in leaves] if impl == "reference" else \
             [t.detach().requires_grad_() for t in leaves]
-        out, attn = ma.match_attention(*ins, (H, W), r, return_attn=True, impl=impl)
+        if fused:
+            args = (*ins[0].split(h * d, -1), ins[1].expand(B, H * W, h, 2))
+        else:
+            args = ins
+        out, attn = ma.match_attention(*args, (H, W), r, return_attn=True, impl=impl, kv_batch_shift=shift)
         g = torch.Generator().manual_seed(1)
         go = torch.randn(out.shape, generator=g).to(out.device, out.dtype)
         ga = torch.randn(attn.shape, generator=g).to(out.device, out.dtype)
         grads = torch.autograd.grad((out * go).float().sum() + (attn * ga).float().sum(), ins)
         results[impl] = [out, attn, *grads]
-    names = ["out", "attn", "dq", "dk", "dv", "dcenter"]
+    names = ["out", "attn", "dqkv", "dcenter"] if fused else ["out", "attn", "dq", "dk", "dv", "dcenter"]
     errs = {}
     for name, ref, tri in zip(names, results["reference"], results["triton"]):
         err = (ref.float() - tri.float()).abs().max().item()
@@ -145,12 +161,18 @@ def test_triton_interpreter_grid(case):
     _compare("cpu", torch.float32, case, atol=1e-5)
 
 
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="run by test_triton_interpreter")
+@pytest.mark.parametrize("case", FUSED_GRID)
+def test_triton_interpreter_fused_layout(case):
+    _compare("cpu", torch.float32, case, atol=1e-5, fused=True)
+
+
 @pytest.mark.skipif(not ma.triton_available(), reason="triton not installed")
 def test_triton_interpreter():
     # Triton reads TRITON_INTERPRET when the kernels are defined, hence a fresh interpreter.
     env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
-                           "-k", "test_triton_interpreter_grid"], env=env, capture_output=True, text=True,
+                           "-k", "test_triton_interpreter_grid or test_triton_interpreter_fused_layout"], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0 and "passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -160,6 +182,13 @@ def test_triton_interpreter():
 @pytest.mark.parametrize("case", GRID)
 def test_triton_cuda_matches_reference(case, dtype, atol):
     _compare("cuda", dtype, case, atol)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-4), (torch.bfloat16, 6e-2)])
+@pytest.mark.parametrize("case", FUSED_GRID)
+def test_triton_cuda_fused_layout(case, dtype, atol):
+    _compare("cuda", dtype, case, atol, fused=True)
 
 
 @pytest.mark.cuda

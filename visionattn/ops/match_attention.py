@@ -123,7 +123,7 @@ def _check(q, k, v, centers, size, radius):
 
 def match_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, centers: torch.Tensor,
                     size: Sequence[int], radius: int, scale: Optional[float] = None,
-                    return_attn: bool = False, impl: str = "auto"
+                    return_attn: bool = False, impl: str = "auto", kv_batch_shift: int = 0
                     ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """MatchAttention with BilinearSoftmax.
 
@@ -136,6 +136,9 @@ def match_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, centers: 
         scale: logit scale, default ``d**-0.5``.
         return_attn: also return the effective attention ``(B, N, heads, M)``.
         impl: ``"auto"``, ``"triton"`` or ``"reference"``.
+        kv_batch_shift: queries of batch ``b`` attend to the keys/values of batch
+            ``(b + kv_batch_shift) % B``; with two views stacked on the batch axis, ``B // 2`` is
+            cross-view attention without swapping k/v in memory.
 
     Returns:
         ``(B, N, C)`` output, and the attention weights when ``return_attn``. Gradients reach
@@ -144,20 +147,23 @@ def match_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, centers: 
     size = (int(size[0]), int(size[1]))
     radius = int(radius)
     _check(q, k, v, centers, size, radius)
+    B, _, C = q.shape
+    kv_batch_shift = int(kv_batch_shift) % B
     h = centers.shape[2]
     if scale is None:
-        scale = (q.shape[2] // h) ** -0.5
+        scale = (C // h) ** -0.5
     # Centres stay float32 whatever the model dtype: in fp16/bf16 a position like 309.999 rounds
     # up to 310 (bf16 steps are 2 px at 300), which would move the window off the map.
-    centers = clamp_centers(centers.to(torch.promote_types(centers.dtype, torch.float32)), size, radius)
+    centers = centers.to(torch.promote_types(centers.dtype, torch.float32))
     supported = {"triton": _triton_supports(q, k, v, centers), "reference": True}
     chosen = pick("match_attention", impl, supported)
-    if chosen == "triton":
+    if chosen == "triton":  # clamps the centres itself; q/k/v/centres may be strided views
         out, attn = torch.ops.visionattn.match_attention_triton(
-            q.contiguous(), k.contiguous(), v.contiguous(), centers.float().contiguous(),
-            size[0], size[1], radius, float(scale))
+            q, k, v, centers.float(), size[0], size[1], radius, float(scale), kv_batch_shift)
     else:
-        out, attn = _reference(q, k, v, centers, size, radius, scale)
+        if kv_batch_shift:
+            k, v = k.roll(-kv_batch_shift, 0), v.roll(-kv_batch_shift, 0)
+        out, attn = _reference(q, k, v, clamp_centers(centers, size, radius), size, radius, scale)
     return (out, attn) if return_attn else out
 
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 
 from ...hub import register_converter
+from ...ops.layer_norm import layer_norm
 from ...ops.match_attention import match_attention
 from ..registry import register_network
 
@@ -26,10 +27,11 @@ MIN_SIZE = 192  # the 1/32 map must hold the 6x6 window of radius 2
 PAD_MULTIPLE = 32
 
 
-def _tracing() -> bool:
-    """Under torch.compile / torch.export: skip data-dependent input checks."""
+def _tracing(x: torch.Tensor) -> bool:
+    """Under torch.compile / torch.export / CUDA-graph capture: skip data-dependent input checks."""
     exporting = getattr(torch.compiler, "is_exporting", lambda: False)
-    return torch.compiler.is_compiling() or exporting()
+    capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
+    return torch.compiler.is_compiling() or exporting() or capturing
 
 
 def _linspace(end: float, n: int) -> List[float]:
@@ -37,14 +39,34 @@ def _linspace(end: float, n: int) -> List[float]:
     return [end * i / max(n - 1, 1) for i in range(n)]
 
 
-def _layer_norm(dim: int, eps: float) -> nn.LayerNorm:
-    return nn.LayerNorm(dim, eps=eps, bias=False)
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` without bias over the last axis, through ``visionattn.ops.layer_norm``
+    (one-pass Triton kernel for the odd widths C+2+2h / C+2 and strided channel slices)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__(dim, eps=eps, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return layer_norm(x, self.weight, None, self.eps)
+
+
+def _layer_norm(dim: int, eps: float) -> LayerNorm:
+    return LayerNorm(dim, eps)
+
+
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32, or float64 if it is (positions need more mantissa than fp16/bf16 hold)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def pixel_grid(H: int, W: int, ref: torch.Tensor) -> torch.Tensor:
-    """``(H, W, 2)`` pixel coordinates (x, y) in ``ref``'s dtype and device."""
-    ys, xs = torch.meshgrid(torch.arange(H, device=ref.device, dtype=ref.dtype),
-                            torch.arange(W, device=ref.device, dtype=ref.dtype), indexing="ij")
+    """``(H, W, 2)`` pixel coordinates (x, y), float32 (at least) on ``ref``'s device.
+
+    Never half precision: bf16 holds integers exactly only up to 256, fp16 up to 2048.
+    """
+    dtype = torch.promote_types(ref.dtype, torch.float32)
+    ys, xs = torch.meshgrid(torch.arange(H, device=ref.device, dtype=dtype),
+                            torch.arange(W, device=ref.device, dtype=dtype), indexing="ij")
     return torch.stack((xs, ys), dim=-1)
 
 
@@ -54,22 +76,28 @@ def swap_views(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((b, a), dim=0)
 
 
-def warp_by_field(src: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
-    """Sample ``src`` (B, C, H, W) at ``pixel + field`` (B, H, W, 2); bilinear, zeros outside."""
+def warp_by_field(src: torch.Tensor, field: torch.Tensor, grid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Sample ``src`` (B, C, H, W) at ``pixel + field`` (B, H, W, 2); bilinear, zeros outside.
+
+    ``grid``: ``pixel_grid(H, W)`` when the caller has it already (saves kernels in a loop).
+    """
     B, _, H, W = src.shape
-    pos = field + pixel_grid(H, W, field)
-    norm = torch.stack((2 * pos[..., 0] / (W - 1) - 1, 2 * pos[..., 1] / (H - 1) - 1), dim=-1)
-    return F.grid_sample(src, norm, mode="bilinear", align_corners=True)
+    grid = pixel_grid(H, W, field) if grid is None else grid
+    # align_corners=True: normalised = 2 * pos / (size - 1) - 1 (this rounding order: a pixel at the
+    # consistency threshold must flip the same way as in the official model); grid[-1, -1] = (W-1, H-1)
+    norm = 2 * (field + grid) / grid[-1, -1].clamp(min=1) - 1
+    return F.grid_sample(src, norm.to(src.dtype), mode="bilinear", align_corners=True)
 
 
-def consistency_mask(field: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Forward-backward check on a stacked field (2B, H, W, 2) -> (2B, H, W, 1) float {0, 1}.
+def consistency_mask(field: torch.Tensor, threshold: float, grid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Forward-backward check on a stacked field (2B, H, W, 2) -> (2B, H, W, 1) {0, 1} (float32 or float64).
 
     A pixel is consistent when its field plus the other view's field at the matched position
-    is below ``threshold`` in L1 (the two directions have opposite signs).
+    is below ``threshold`` in L1 (the two directions have opposite signs). Computed in float32.
     """
-    other = warp_by_field(swap_views(field).permute(0, 3, 1, 2), field).permute(0, 2, 3, 1)
-    return ((field + other).abs().sum(-1, keepdim=True) < threshold).to(field.dtype)
+    field = at_least_float32(field)
+    other = warp_by_field(swap_views(field).permute(0, 3, 1, 2), field, grid).permute(0, 2, 3, 1)
+    return (torch.linalg.vector_norm(field + other, ord=1, dim=-1, keepdim=True) < threshold).to(field.dtype)
 
 
 def convex_upsample(field: torch.Tensor, mask: torch.Tensor, factor: int) -> torch.Tensor:
@@ -251,7 +279,7 @@ class GlobalCorrelation(nn.Module):
         p = torch.where(p < 1.0 / D, torch.zeros_like(p), p)
         p = p / p.sum(-1, keepdim=True).clamp(min=torch.finfo(p.dtype).tiny)
         match = (p.unsqueeze(-1) * grid[idx]).sum(-2)  # (2B, HW, 2)
-        field = (match - grid).view(2 * B, H, W, 2)
+        field = (match - grid).view(2 * B, H, W, 2).to(prob.dtype)
         return field, prob.view(2 * B, H, W, D)
 
 
@@ -285,10 +313,16 @@ class MatchAttention(nn.Module):
         """x (2B, H, W, dim), centers (2B, H*W, heads, 2) -> (2B, H, W, out_dim)."""
         B, H, W, _ = x.shape
         x = x.reshape(B, H * W, -1)
-        src = swap_views(x) if self.cross else x
-        q, k, v = self.q(x), self.k(src), self.v(src)
+        # one GEMM for q, k, v: the op reads them as column slices; cross
+        # attention takes k/v of the other view through kv_batch_shift instead of a swapped copy
+        # (k(swap(x)) == swap(k(x)): the projections act per token).
+        qkv = F.linear(x, torch.cat((self.q.weight, self.k.weight, self.v.weight)))
+        q, k, v = qkv.split(self.q.out_features, dim=-1)
+        del qkv
         if self.cross:
-            out, attn = match_attention(q, k, v, centers, (H, W), self.radius, return_attn=True, impl=self.attn_impl)
+            out, attn = match_attention(q, k, v, centers, (H, W), self.radius, return_attn=True,
+                                        impl=self.attn_impl, kv_batch_shift=B // 2)
+            del q, k, v  # (without autograd) the fused projection is freed before the gate exists
             out = torch.cat((self.g(x) * out, attn.reshape(B, H * W, -1)), dim=-1)
         else:
             out = match_attention(q, k, v, centers, (H, W), self.radius, impl=self.attn_impl)
@@ -307,9 +341,15 @@ class ConvGLU(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, gate = self.fc1(x).chunk(2, dim=-1)
-        x = self.act(self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)) * gate
-        return self.fc2(x)
+        # fc1's two halves as two GEMMs: the conv branch is consumed before the gate exists,
+        # so at most two hidden-size tensors are alive (peak memory at high resolution).
+        hidden = self.dwconv.in_channels
+        w, b = self.fc1.weight, self.fc1.bias
+        y = self.dwconv(F.linear(x, w[:hidden], b[:hidden]).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        y = self.act(y)
+        gate = F.linear(x, w[hidden:], b[hidden:])
+        # without autograd, multiply in place: one hidden-size tensor less at the peak
+        return self.fc2(gate.mul_(y) if not torch.is_grad_enabled() else y * gate)
 
 
 class MatchAttentionLayer(nn.Module):
@@ -334,30 +374,32 @@ class MatchAttentionLayer(nn.Module):
         self.field_scale = nn.Parameter(torch.full((1, 1, 1, 2), 0.1))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def _read_field(self, x: torch.Tensor, stereo: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Zero the vertical field channel for stereo; return (x, field)."""
+    def _read_field(self, x: torch.Tensor, stereo: bool) -> torch.Tensor:
+        """Zero the vertical field channel (the last one of ``x``, in place) for stereo; return the field."""
         if stereo:
-            x = torch.cat((x[..., :-1], torch.zeros_like(x[..., -1:])), dim=-1)
-        return x, x[..., -2:] / self.field_scale.to(x.dtype)
+            x[..., -1] = 0
+        return x[..., -2:] / self.field_scale.to(x.dtype)
 
-    def forward(self, x, self_rpos, field, stereo: bool = True):
-        """x (2B, H, W, C), self_rpos (2B, H, W, 2h), field (2B, H, W, 2).
+    def forward(self, x, self_rpos, field, stereo: bool = True, grid: Optional[torch.Tensor] = None):
+        """x (2B, H, W, C), self_rpos (2B, H, W, 2h), field (2B, H, W, 2); ``grid``: ``pixel_grid(H, W)``.
 
         Returns x, self_rpos, field and {'self': field after self-attn, 'cross': after cross-attn}.
         """
         B, H, W, C = x.shape
         h = self.num_heads
-        noc = consistency_mask(field.detach(), self.consistency_threshold)
-        grid = pixel_grid(H, W, field)
+        grid = pixel_grid(H, W, field) if grid is None else grid
+        noc = consistency_mask(field.detach(), self.consistency_threshold, grid).to(x.dtype)
         x = torch.cat((x, field * self.field_scale.to(field.dtype), self_rpos), dim=-1)
-        centers = (self_rpos.view(B, H, W, h, 2) + grid.unsqueeze(2)).view(B, H * W, h, 2)
+        # centres in float32 whatever the model dtype (positions need more than 8 mantissa bits)
+        centers = (at_least_float32(self_rpos.view(B, H, W, h, 2)) + grid.unsqueeze(2)).view(B, H * W, h, 2)
         x = x + self.drop_path(self.match_attention_self(torch.cat((self.norm0(x), noc), -1), centers))
-        self_rpos = x[..., -2 * h:]
-        x, field = self._read_field(x[..., :-2 * h], stereo)
+        self_rpos = x[..., -2 * h:].contiguous()  # small copy; the wide tensor is freed after this layer
+        x = x[..., :-2 * h]
+        field = self._read_field(x, stereo)
         out = {"self": field}
-        centers = (field + grid).view(B, H * W, 1, 2).expand(B, H * W, h, 2)
+        centers = (at_least_float32(field) + grid).view(B, H * W, 1, 2).expand(B, H * W, h, 2)
         x = x + self.drop_path(self.match_attention_cross(self.norm1(x), centers))
-        x, field = self._read_field(x, stereo)
+        field = self._read_field(x, stereo)
         out["cross"] = field
         x = x[..., :-2]
         x = x + self.drop_path(self.mlp(self.norm2(x)))
@@ -376,9 +418,10 @@ class MatchAttentionBlock(nn.Module):
         """self_rpos (2B, H, W, 2) is shared by the heads on entry and averaged over them on exit."""
         B, H, W, _ = x.shape
         self_rpos = self_rpos.repeat(1, 1, 1, self.num_heads)
+        grid = pixel_grid(H, W, field)  # once per level
         fields = []
         for layer in self.layers:
-            x, self_rpos, field, out = layer(x, self_rpos, field, stereo)
+            x, self_rpos, field, out = layer(x, self_rpos, field, stereo, grid)
             fields.append(out)
         return x, self_rpos.view(B, H, W, self.num_heads, 2).mean(-2), field, fields
 
@@ -453,6 +496,13 @@ class MatchStereo(nn.Module):
                 nn.init.zeros_(m.bias)
 
     # -- input handling --
+    @staticmethod
+    def _check_range(x: torch.Tensor) -> None:
+        lo, hi = x.aminmax()  # one host sync: skipped under compile / CUDA-graph capture
+        if lo < 0 or hi > 255:
+            raise ValueError(f"images must hold values in [0, 255] (got [{lo.item():.3g}, {hi.item():.3g}]); "
+                             "pass uint8-range RGB, e.g. img_float_0_1 * 255")
+
     def _prepare(self, left: torch.Tensor, right: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         for name, img in (("left", left), ("right", right)):
             if img.dim() != 4 or img.shape[1] != 3:
@@ -461,11 +511,8 @@ class MatchStereo(nn.Module):
             raise ValueError(f"left {tuple(left.shape)} and right {tuple(right.shape)} images differ in shape")
         dtype = self.encoder.downsample_layers[0][0].weight.dtype
         x = torch.cat((left, right), 0).to(dtype)
-        if x.device.type != "meta" and not _tracing():
-            lo, hi = x.aminmax()
-            if lo < 0 or hi > 255:
-                raise ValueError(f"images must hold values in [0, 255] (got [{lo.item():.3g}, {hi.item():.3g}]); "
-                                 "pass uint8-range RGB, e.g. img_float_0_1 * 255")
+        if x.device.type != "meta" and not _tracing(x):
+            self._check_range(x)
         H, W = x.shape[-2:]
         pad_h = max(-H % PAD_MULTIPLE, MIN_SIZE - H)
         pad_w = max(-W % PAD_MULTIPLE, MIN_SIZE - W)
@@ -515,16 +562,44 @@ class MatchStereo(nn.Module):
         return out
 
     @torch.no_grad()
-    def predict_disparity(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-        """Left-view disparity (B, 1, H, W) in pixels for RGB images (B, 3, H, W) in [0, 255]."""
+    def predict_disparity(self, left: torch.Tensor, right: torch.Tensor, cuda_graph: bool = False) -> torch.Tensor:
+        """Left-view disparity (B, 1, H, W) in pixels for RGB images (B, 3, H, W) in [0, 255].
+
+        ``cuda_graph=True`` (CUDA inputs): the forward is captured as a CUDA graph on the first
+        call for each input shape/dtype and replayed afterwards, which removes the kernel-launch
+        overhead that dominates at KITTI size (see ``visionattn.cuda_graph``).
+        """
         if self.task != "stereo":
             raise RuntimeError("predict_disparity needs a stereo model; this one estimates flow (use predict_flow)")
+        if cuda_graph:
+            return self._graphed("disparity", left, right)
         return self(left, right)["disparity"]
 
     @torch.no_grad()
-    def predict_flow(self, image1: torch.Tensor, image2: torch.Tensor) -> torch.Tensor:
-        """Forward flow (B, 2, H, W) in pixels for RGB images (B, 3, H, W) in [0, 255]."""
+    def predict_flow(self, image1: torch.Tensor, image2: torch.Tensor, cuda_graph: bool = False) -> torch.Tensor:
+        """Forward flow (B, 2, H, W) in pixels for RGB images (B, 3, H, W) in [0, 255]; ``cuda_graph`` as in
+        ``predict_disparity``."""
+        if cuda_graph:
+            return self._graphed("flow", image1, image2)
         return self(image1, image2)["field"][: image1.shape[0]]
+
+    def _graphed(self, output: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        from ...cuda_graph import CUDAGraphRunner
+
+        if not (a.is_cuda and b.is_cuda):
+            raise ValueError(f"cuda_graph=True needs CUDA images, got {a.device} / {b.device}; "
+                             "move the model and images to a GPU or pass cuda_graph=False")
+        runners = self.__dict__.setdefault("_graph_runners", {})
+        if output not in runners:
+            def key():  # re-capture after .to() / train(): the graph holds the weights' addresses
+                weight = self.encoder.downsample_layers[0][0].weight
+                return self.training, weight.data_ptr(), weight.dtype
+            select = (lambda out: out["disparity"]) if output == "disparity" else \
+                (lambda out: out["field"][: out["field"].shape[0] // 2])
+            runners[output] = CUDAGraphRunner(lambda x, y: select(self(x, y)), key=key)
+        self._check_range(a)
+        self._check_range(b)
+        return runners[output](a, b)
 
 
 # --- variants, registration, official checkpoints --------------------------------------------
