@@ -197,6 +197,6 @@ def test_cuda_half_precision_follows_float32(dtype):
         out = model.to(dtype)(left, right)
     assert out["field_up"].dtype == dtype and torch.isfinite(out["field_up"].float()).all()
     assert out["init_field"].dtype == dtype
-    assert (out["init_field"].float() - ref).abs().median() < 0.25
+    assert (out["init_field"].float() - ref).abs().median() < 1.0
     graphed = model.predict_disparity(left, right, cuda_graph=True)
     torch.testing.assert_close(graphed, out["disparity"])
