@@ -84,3 +84,17 @@ def test_submission_layouts(tmp_path):
     assert (tmp_path / "low_res_two_view/lakeside_1l.txt").read_text() == "runtime 0.500000"
     with pytest.raises(ValueError, match="middlebury"):
         write_submission(tmp_path, "kitti", "x", d, 0.1)
+
+
+def test_synthetic_sceneflow_set_is_consistent(tmp_path):
+    """The procedural training set: SceneFlow layout, and left(x) = right(x - d(x)) where visible."""
+    from visionattn.datasets.sample_writers.stereo import _scene, write_sceneflow_synthetic
+
+    write_sceneflow_synthetic(tmp_path, scenes=3, size=(96, 160), boxes=3, first=9)
+    ds = SceneFlowDataset(tmp_path, subsets=("FlyingThings3D",))
+    assert len(ds) == 3 and ds[0]["inputs"].shape == (2, 3, 96, 160)
+    left, right, disp, disp_right, noc = _scene(5, 96, 160, boxes=4, slant=True)
+    assert disp.max() > 14 and disp.std() > 1 and 0.7 < noc.mean() < 1  # boxes in front of a tilted plane
+    ys, xs = np.nonzero(noc & (np.abs(disp - np.round(disp)) < 0.02))  # integer disparity: exact lookup
+    err = np.abs(left[ys, xs].astype(int) - right[ys, xs - np.round(disp[ys, xs]).astype(int)].astype(int))
+    assert len(ys) > 50 and err.mean() < 2, (len(ys), err.mean())
