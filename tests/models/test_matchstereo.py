@@ -200,3 +200,15 @@ def test_cuda_half_precision_follows_float32(dtype):
     assert (out["init_field"].float() - ref).abs().median() < 1.0
     graphed = model.predict_disparity(left, right, cuda_graph=True)
     torch.testing.assert_close(graphed, out["disparity"])
+
+
+def test_training_checkpoint_loads_into_the_network():
+    """tools/train.py checkpoints hold the StereoMatcher's 'network.'-prefixed state dict."""
+    trained, fresh = _small_model(), _small_model()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(1.0)
+    ckpt = {"meta": {}, "state_dict": {f"network.{k}": v for k, v in trained.state_dict().items()}}
+    load_checkpoint(fresh, ckpt, family="matchstereo")
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, trained.state_dict()[k]), k
