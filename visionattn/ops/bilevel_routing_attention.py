@@ -11,6 +11,11 @@ block (qkv projection, padding of sizes that are not a multiple of ``n_win``, th
 
 Implementations (``impl=``):
 
+- ``"triton"``: Triton kernels indexed by the routing table (forward and backward, fp32/fp16/bf16,
+  :mod:`._bilevel_routing_attention_triton`): each program gathers its routed key tokens with
+  per-row pointers straight from the NHWC maps (strided views of the fused qkv projection are
+  read in place), online softmax; the backward walks an inverted routing table for dk/dv (no
+  atomics). CUDA (on CPU only under ``TRITON_INTERPRET=1``, for the tests).
 - ``"flex"``: FlexAttention (compiled) with a block-sparse mask built from the routing indices.
   Tokens are laid out region by region, so each query block only visits the key blocks of the
   regions it routed to; the ``topk``-fold gathered K/V copy of the official code is never built.
@@ -28,9 +33,10 @@ from typing import Tuple
 
 import torch
 
+from ._bilevel_routing_attention_triton import supported as triton_supported
 from .dispatch import pick
 
-IMPLS: Tuple[str, ...] = ("flex", "reference")
+IMPLS: Tuple[str, ...] = ("triton", "flex", "reference")
 
 try:  # torch >= 2.6: FlexAttention (CUDA kernels; CPU eager path)
     import inspect
@@ -93,8 +99,11 @@ def route(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int, scale: float)
     q, k: (B, H, W, C). Means are taken per region on detached tensors (hard, non-differentiable
     routing, as in every released model).
     """
-    q_mean = to_regions(q, n_win).mean(2)  # (B, R, C)
-    k_mean = to_regions(k, n_win).mean(2)  # (B, R, C)
+    b, height, width, c = q.shape
+    h, w = height // n_win, width // n_win
+    # Reduce over (h, w) of a (B, S, h, S, w, C) view: no region-major copy of q and k.
+    q_mean = q.reshape(b, n_win, h, n_win, w, c).mean((2, 4)).reshape(b, n_win * n_win, c)  # (B, R, C)
+    k_mean = k.reshape(b, n_win, h, n_win, w, c).mean((2, 4)).reshape(b, n_win * n_win, c)  # (B, R, C)
     logits = (q_mean * scale) @ k_mean.transpose(-2, -1)  # (B, R, R)
     return torch.topk(logits, k=topk, dim=-1).indices  # (B, R, topk)
 
@@ -200,6 +209,12 @@ def _flex(q, k, v, n_win, num_heads, topk, scale):
     return from_regions(out, n_win, height, width)
 
 
+def _triton(q, k, v, n_win, num_heads, topk, scale):
+    idx = route(q, k, n_win, topk, scale).to(torch.int32)  # (B, R, topk)
+    out, _ = torch.ops.visionattn.bilevel_routing_attention_triton(q, k, v, idx, n_win, num_heads, scale)
+    return out
+
+
 def bilevel_routing_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_win: int, num_heads: int,
                               topk: int, scale: float, impl: str = "auto") -> torch.Tensor:
     """Bi-level routing attention on NHWC maps.
@@ -211,15 +226,16 @@ def bilevel_routing_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         num_heads: heads, contiguous channel blocks of C/num_heads (and Cv/num_heads).
         topk: key regions per query region; values above ``n_win**2`` are clamped with a warning.
         scale: softmax temperature for the routing and token logits (official: ``C ** -0.5``).
-        impl: ``"auto"`` (flex on CUDA, reference elsewhere), ``"flex"`` or ``"reference"``.
+        impl: ``"auto"`` (triton on CUDA, reference elsewhere), ``"triton"``, ``"flex"`` or ``"reference"``.
 
     Returns:
         (B, H, W, Cv): per token, attention over the tokens of its region's ``topk`` routed regions.
     """
     topk = _check(q, k, v, n_win, num_heads, topk)
     # Explicit impl="flex" also runs on CPU (FlexAttention's eager path; tests use it).
-    impl = pick("bilevel_routing_attention", impl, {"flex": q.is_cuda or impl == "flex", "reference": True})
-    fn = _flex if impl == "flex" else _reference
+    impl = pick("bilevel_routing_attention", impl, {"triton": triton_supported(q, k, v),
+                                                    "flex": q.is_cuda or impl == "flex", "reference": True})
+    fn = {"triton": _triton, "flex": _flex, "reference": _reference}[impl]
     return fn(q, k, v, n_win, num_heads, topk, scale)
 
 

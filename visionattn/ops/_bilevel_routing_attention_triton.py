@@ -1,0 +1,323 @@
+"""Triton kernels of bi-level routing attention (forward and backward), as ``torch.ops.visionattn``.
+
+The kernels read the routing table ``idx`` (B, R, topk) directly: a program owns ``BLOCK_M``
+query tokens of one query region for one (batch, head) and walks the ``topk * hw`` tokens of its
+routed key regions in tiles of ``BLOCK_N``, computing each key's (y, x) map position from
+``idx`` (per-row pointers) — the ``topk``-fold gathered K/V copy of the official code is never
+built. q, k, v are read in place from their NHWC maps (any strides with a unit channel stride, so
+the three chunks of the fused qkv projection need no copy) and the output is written NHWC.
+
+Forward: online softmax (exp2 domain); saves the per-token log-sum-exp ``lse`` (B, H, W, heads).
+Backward (no atomics, deterministic):
+
+* ``dq`` kernel: per query tile, the forward's walk again; ``p = exp2(s - lse)``,
+  ``ds = p * (dO v^T - delta)`` with ``delta = rowsum(dO * O)``, ``dq = scale * ds k``;
+* ``dk``/``dv`` kernel: per key tile of one key region, the inverted routing table (which query
+  regions routed to it, built with a sort) gives the query tokens to walk;
+  ``dv = p^T dO``, ``dk = scale * ds^T q``.
+
+fp32 inputs use IEEE fp32 dots unless ``torch.backends.cuda.matmul.allow_tf32`` is set; fp16/bf16
+dots accumulate in fp32.
+"""
+from typing import Tuple
+
+import torch
+
+from ._match_attention_triton import interpreting, triton
+
+LOG2E = 1.4426950408889634
+
+if triton is not None:
+    import triton.language as tl
+
+    @triton.jit
+    def _token_offsets(bb, region, tok, n_win, h, w, s_b, s_h, s_w):
+        """Element offsets of token ``tok`` (raster order inside the region) of ``region`` in a
+        (B, H, W, ...) map with strides s_b, s_h, s_w."""
+        y = (region // n_win) * h + tok // w
+        x = (region % n_win) * w + tok % w
+        return bb * s_b + y.to(tl.int64) * s_h + x.to(tl.int64) * s_w
+
+    @triton.jit
+    def _bra_fwd_kernel(Q, K, V, O, LSE, IDX,
+                        sq_b, sq_h, sq_w, sk_b, sk_h, sk_w, sv_b, sv_h, sv_w, so_b, so_h, so_w,
+                        sl_b, sl_h, sl_w,
+                        n_win, h, w, topk, heads, qk_scale,
+                        D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+        hw = h * w
+        chunks = tl.cdiv(hw, BLOCK_M)
+        region = tl.program_id(0) // chunks
+        bb = (tl.program_id(1) // heads).to(tl.int64)
+        head = tl.program_id(1) % heads
+        R = n_win * n_win
+
+        tq = (tl.program_id(0) % chunks) * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = tq < hw
+        offs_d = tl.arange(0, BLOCK_D)
+        offs_dv = tl.arange(0, BLOCK_DV)
+        q_ptr = Q + _token_offsets(bb, region, tq, n_win, h, w, sq_b, sq_h, sq_w)
+        q = tl.load(q_ptr[:, None] + head * D + offs_d[None, :], mask=row_ok[:, None] & (offs_d[None, :] < D),
+                    other=0.0)  # (BLOCK_M, BLOCK_D)
+
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+        n_keys = topk * hw
+        idx_row = IDX + (bb * R + region) * topk
+        for start in range(0, n_keys, BLOCK_N):
+            tk = start + tl.arange(0, BLOCK_N)
+            col_ok = tk < n_keys
+            key_region = tl.load(idx_row + tk // hw, mask=col_ok, other=0)
+            k_ptr = K + _token_offsets(bb, key_region, tk % hw, n_win, h, w, sk_b, sk_h, sk_w)
+            k = tl.load(k_ptr[None, :] + head * D + offs_d[:, None], mask=col_ok[None, :] & (offs_d[:, None] < D),
+                        other=0.0)  # (BLOCK_D, BLOCK_N)
+            s = tl.dot(q, k, input_precision=PRECISION) * qk_scale  # log2 domain
+            s = tl.where(col_ok[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            v_ptr = V + _token_offsets(bb, key_region, tk % hw, n_win, h, w, sv_b, sv_h, sv_w)
+            v = tl.load(v_ptr[:, None] + head * DV + offs_dv[None, :],
+                        mask=col_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)  # (BLOCK_N, BLOCK_DV)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            m_i = m_new
+
+        acc = acc / l_i[:, None]
+        o_ptr = O + _token_offsets(bb, region, tq, n_win, h, w, so_b, so_h, so_w)
+        tl.store(o_ptr[:, None] + head * DV + offs_dv[None, :], acc.to(O.dtype.element_ty),
+                 mask=row_ok[:, None] & (offs_dv[None, :] < DV))
+        lse_ptr = LSE + _token_offsets(bb, region, tq, n_win, h, w, sl_b, sl_h, sl_w)
+        tl.store(lse_ptr + head, m_i + tl.log2(l_i), mask=row_ok)
+
+    @triton.jit
+    def _bra_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, IDX,
+                           sq_b, sq_h, sq_w, sk_b, sk_h, sk_w, sv_b, sv_h, sv_w, sd_b, sd_h, sd_w,
+                           sl_b, sl_h, sl_w, sg_b, sg_h, sg_w,
+                           n_win, h, w, topk, heads, qk_scale, scale,
+                           D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+        """dq of one query tile (DQ contiguous like q, strides sg_*)."""
+        hw = h * w
+        chunks = tl.cdiv(hw, BLOCK_M)
+        region = tl.program_id(0) // chunks
+        bb = (tl.program_id(1) // heads).to(tl.int64)
+        head = tl.program_id(1) % heads
+        R = n_win * n_win
+
+        tq = (tl.program_id(0) % chunks) * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = tq < hw
+        offs_d = tl.arange(0, BLOCK_D)
+        offs_dv = tl.arange(0, BLOCK_DV)
+        q_ptr = Q + _token_offsets(bb, region, tq, n_win, h, w, sq_b, sq_h, sq_w)
+        q = tl.load(q_ptr[:, None] + head * D + offs_d[None, :], mask=row_ok[:, None] & (offs_d[None, :] < D),
+                    other=0.0)
+        do_ptr = DO + _token_offsets(bb, region, tq, n_win, h, w, sd_b, sd_h, sd_w)
+        do = tl.load(do_ptr[:, None] + head * DV + offs_dv[None, :],
+                     mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+        l_off = _token_offsets(bb, region, tq, n_win, h, w, sl_b, sl_h, sl_w) + head
+        lse = tl.load(LSE + l_off, mask=row_ok, other=0.0)
+        delta = tl.load(DELTA + l_off, mask=row_ok, other=0.0)
+
+        dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        n_keys = topk * hw
+        idx_row = IDX + (bb * R + region) * topk
+        for start in range(0, n_keys, BLOCK_N):
+            tk = start + tl.arange(0, BLOCK_N)
+            col_ok = tk < n_keys
+            key_region = tl.load(idx_row + tk // hw, mask=col_ok, other=0)
+            k_ptr = K + _token_offsets(bb, key_region, tk % hw, n_win, h, w, sk_b, sk_h, sk_w)
+            k = tl.load(k_ptr[:, None] + head * D + offs_d[None, :], mask=col_ok[:, None] & (offs_d[None, :] < D),
+                        other=0.0)  # (BLOCK_N, BLOCK_D)
+            v_ptr = V + _token_offsets(bb, key_region, tk % hw, n_win, h, w, sv_b, sv_h, sv_w)
+            vt = tl.load(v_ptr[None, :] + head * DV + offs_dv[:, None],
+                         mask=col_ok[None, :] & (offs_dv[:, None] < DV), other=0.0)  # (BLOCK_DV, BLOCK_N)
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+            p = tl.where(col_ok[None, :], tl.exp2(s - lse[:, None]), 0.0)
+            dp = tl.dot(do, vt, input_precision=PRECISION)
+            ds = p * (dp - delta[:, None])
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+
+        dq_ptr = DQ + _token_offsets(bb, region, tq, n_win, h, w, sg_b, sg_h, sg_w)
+        tl.store(dq_ptr[:, None] + head * D + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
+                 mask=row_ok[:, None] & (offs_d[None, :] < D))
+
+    @triton.jit
+    def _bra_bwd_dkdv_kernel(Q, K, V, DO, DK, DV_, LSE, DELTA, INV, COUNT,
+                             sq_b, sq_h, sq_w, sk_b, sk_h, sk_w, sv_b, sv_h, sv_w, sd_b, sd_h, sd_w,
+                             sl_b, sl_h, sl_w, sg_b, sg_h, sg_w,
+                             n_win, h, w, heads, qk_scale, scale,
+                             D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+        """dk, dv of one key tile of one key region, walking the query regions that routed to it."""
+        hw = h * w
+        chunks = tl.cdiv(hw, BLOCK_N)
+        region = tl.program_id(0) // chunks
+        bb = (tl.program_id(1) // heads).to(tl.int64)
+        head = tl.program_id(1) % heads
+        R = n_win * n_win
+
+        tk = (tl.program_id(0) % chunks) * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = tk < hw
+        offs_d = tl.arange(0, BLOCK_D)
+        offs_dv = tl.arange(0, BLOCK_DV)
+        k_ptr = K + _token_offsets(bb, region, tk, n_win, h, w, sk_b, sk_h, sk_w)
+        kt = tl.load(k_ptr[None, :] + head * D + offs_d[:, None], mask=col_ok[None, :] & (offs_d[:, None] < D),
+                     other=0.0)  # (BLOCK_D, BLOCK_N)
+        v_ptr = V + _token_offsets(bb, region, tk, n_win, h, w, sv_b, sv_h, sv_w)
+        vt = tl.load(v_ptr[None, :] + head * DV + offs_dv[:, None], mask=col_ok[None, :] & (offs_dv[:, None] < DV),
+                     other=0.0)  # (BLOCK_DV, BLOCK_N)
+
+        dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+        inv_row = INV + (bb * R + region) * R
+        n_queries = tl.load(COUNT + bb * R + region) * hw
+        for start in range(0, n_queries, BLOCK_M):
+            tq = start + tl.arange(0, BLOCK_M)
+            row_ok = tq < n_queries
+            query_region = tl.load(inv_row + tq // hw, mask=row_ok, other=0)
+            q_ptr = Q + _token_offsets(bb, query_region, tq % hw, n_win, h, w, sq_b, sq_h, sq_w)
+            q = tl.load(q_ptr[:, None] + head * D + offs_d[None, :], mask=row_ok[:, None] & (offs_d[None, :] < D),
+                        other=0.0)  # (BLOCK_M, BLOCK_D)
+            do_ptr = DO + _token_offsets(bb, query_region, tq % hw, n_win, h, w, sd_b, sd_h, sd_w)
+            do = tl.load(do_ptr[:, None] + head * DV + offs_dv[None, :],
+                         mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)  # (BLOCK_M, BLOCK_DV)
+            l_off = _token_offsets(bb, query_region, tq % hw, n_win, h, w, sl_b, sl_h, sl_w) + head
+            lse = tl.load(LSE + l_off, mask=row_ok, other=float("inf"))  # inf: padded rows get p = 0
+            delta = tl.load(DELTA + l_off, mask=row_ok, other=0.0)
+            s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
+            p = tl.exp2(s - lse[:, None])
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
+            dp = tl.dot(do, vt, input_precision=PRECISION)
+            ds = p * (dp - delta[:, None])
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
+
+        # DK is contiguous like q (strides sg_*), DV_ like the contiguous grad_out (strides sd_*).
+        dk_ptr = DK + _token_offsets(bb, region, tk, n_win, h, w, sg_b, sg_h, sg_w)
+        tl.store(dk_ptr[:, None] + head * D + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty),
+                 mask=col_ok[:, None] & (offs_d[None, :] < D))
+        dv_ptr = DV_ + _token_offsets(bb, region, tk, n_win, h, w, sd_b, sd_h, sd_w)
+        tl.store(dv_ptr[:, None] + head * DV + offs_dv[None, :], dv.to(DV_.dtype.element_ty),
+                 mask=col_ok[:, None] & (offs_dv[None, :] < DV))
+
+
+def _unit_channel_stride(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _config(hw: int, dtype: torch.dtype) -> dict:
+    """Tile sizes: query/key tiles cover a region (or a few, on the key side), at least 16 for tl.dot."""
+    block = min(64, max(16, triton.next_power_of_2(hw)))
+    # fp32 follows torch's matmul setting (IEEE by default); the flag is ignored for fp16/bf16.
+    precision = "ieee" if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32 else "tf32"
+    return dict(BLOCK_M=block, BLOCK_N=64, PRECISION=precision)
+
+
+def _dims(q, v, heads):
+    d, dv = q.shape[-1] // heads, v.shape[-1] // heads
+    return dict(D=d, DV=dv, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_DV=max(16, triton.next_power_of_2(dv)))
+
+
+def _forward(q, k, v, idx, n_win: int, heads: int, scale: float):
+    q, k, v = (_unit_channel_stride(t) for t in (q, k, v))
+    b, height, width, _ = q.shape
+    h, w = height // n_win, width // n_win
+    out = torch.empty(b, height, width, v.shape[-1], device=q.device, dtype=v.dtype)
+    lse = torch.empty(b, height, width, heads, device=q.device, dtype=torch.float32)
+    cfg = _config(h * w, q.dtype)
+    grid = (n_win * n_win * triton.cdiv(h * w, cfg["BLOCK_M"]), b * heads)
+    _bra_fwd_kernel[grid](q, k, v, out, lse, idx,
+                          *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *lse.stride()[:3],
+                          n_win, h, w, idx.shape[-1], heads, scale * LOG2E, **_dims(q, v, heads), **cfg)
+    return out, lse
+
+
+def _inverted_routing(idx: torch.Tensor, regions: int):
+    """idx (B, R, topk) -> for each key region, the query regions routed to it: (B, R, R) first
+    ``count`` entries valid, and count (B, R), both int32."""
+    b = idx.shape[0]
+    routed = torch.zeros(b, regions, regions, dtype=torch.int8, device=idx.device)
+    routed.scatter_(2, idx.long(), 1)  # [b, query region, key region]
+    by_key = routed.transpose(1, 2)  # [b, key region, query region]
+    count = by_key.sum(-1, dtype=torch.int32)
+    order = torch.argsort(by_key, dim=-1, descending=True, stable=True).to(torch.int32)
+    return order.contiguous(), count.contiguous()
+
+
+def _backward(q, k, v, idx, out, lse, grad_out, n_win: int, heads: int, scale: float):
+    q, k, v = (_unit_channel_stride(t) for t in (q, k, v))
+    grad_out = grad_out.contiguous()
+    b, height, width, c = q.shape
+    cv = v.shape[-1]
+    h, w = height // n_win, width // n_win
+    # delta = rowsum(dO * O) per token and head: (B, H, W, heads) fp32, same layout as lse.
+    delta = (grad_out.float() * out.float()).view(b, height, width, heads, cv // heads).sum(-1).contiguous()
+    dq = torch.empty(b, height, width, c, device=q.device, dtype=q.dtype)
+    dk = torch.empty_like(dq)
+    dv = torch.empty(b, height, width, cv, device=q.device, dtype=v.dtype)
+    cfg = _config(h * w, q.dtype)
+    dims = _dims(q, v, heads)
+    regions = n_win * n_win
+    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *grad_out.stride()[:3], *lse.stride()[:3],
+               *dq.stride()[:3])
+    grid = (regions * triton.cdiv(h * w, cfg["BLOCK_M"]), b * heads)
+    _bra_bwd_dq_kernel[grid](q, k, v, grad_out, dq, lse, delta, idx, *strides,
+                             n_win, h, w, idx.shape[-1], heads, scale * LOG2E, scale, **dims, **cfg)
+    inv, count = _inverted_routing(idx, regions)
+    cfg_kv = dict(cfg, BLOCK_M=64, BLOCK_N=cfg["BLOCK_M"])  # key tile = a region (chunk), query tiles of 64
+    grid = (regions * triton.cdiv(h * w, cfg_kv["BLOCK_N"]), b * heads)
+    _bra_bwd_dkdv_kernel[grid](q, k, v, grad_out, dk, dv, lse, delta, inv, count, *strides,
+                               n_win, h, w, heads, scale * LOG2E, scale, **dims, **cfg_kv)
+    return dq, dk, dv
+
+
+if triton is not None:
+
+    @torch.library.custom_op("visionattn::bilevel_routing_attention_triton", mutates_args=())
+    def bilevel_routing_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor,
+                                         n_win: int, num_heads: int, scale: float
+                                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """q, k (B, H, W, C), v (B, H, W, Cv) with unit channel stride; idx (B, R, topk) int32 routing.
+        Returns out (B, H, W, Cv) contiguous in v's dtype and lse (B, H, W, num_heads) fp32 (log2 domain)."""
+        return _forward(q, k, v, idx, n_win, num_heads, scale)
+
+    @bilevel_routing_attention_triton.register_fake
+    def _(q, k, v, idx, n_win, num_heads, scale):
+        b, height, width, _ = q.shape
+        return (v.new_empty(b, height, width, v.shape[-1]),
+                q.new_empty(b, height, width, num_heads, dtype=torch.float32))
+
+    @torch.library.custom_op("visionattn::bilevel_routing_attention_triton_backward", mutates_args=())
+    def bilevel_routing_attention_triton_backward(
+            q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, out: torch.Tensor,
+            lse: torch.Tensor, grad_out: torch.Tensor, n_win: int, num_heads: int, scale: float
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _backward(q, k, v, idx, out, lse, grad_out, n_win, num_heads, scale)
+
+    @bilevel_routing_attention_triton_backward.register_fake
+    def _(q, k, v, idx, out, lse, grad_out, n_win, num_heads, scale):
+        return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape))
+
+    def _setup_context(ctx, inputs, output):
+        q, k, v, idx, n_win, num_heads, scale = inputs
+        out, lse = output
+        ctx.save_for_backward(q, k, v, idx, out, lse)
+        ctx.args = (n_win, num_heads, scale)
+
+    def _autograd_backward(ctx, grad_out, grad_lse):
+        q, k, v, idx, out, lse = ctx.saved_tensors
+        if grad_out is None:
+            grad_out = torch.zeros_like(out)
+        dq, dk, dv = torch.ops.visionattn.bilevel_routing_attention_triton_backward(
+            q, k, v, idx, out, lse, grad_out, *ctx.args)
+        return dq, dk, dv, None, None, None, None
+
+    bilevel_routing_attention_triton.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether the Triton path can run these inputs (CUDA, or the CPU interpreter for tests)."""
+    on_device = q.is_cuda or (interpreting() and q.device.type == "cpu")
+    return (triton is not None and on_device and q.dtype in (torch.float32, torch.float16, torch.bfloat16)
+            and k.dtype == q.dtype and v.dtype == q.dtype)
