@@ -1,4 +1,4 @@
-"""Bi-level routing attention: reference vs an independent dense formula, triton and flex paths vs reference."""
+"""Bi-level routing attention: reference vs an independent dense formula, triton path vs reference."""
 import os
 import subprocess
 import sys
@@ -51,17 +51,6 @@ def test_reference_equals_dense_masked_attention(shape):
     torch.testing.assert_close(out, _dense_masked(q, k, v, n_win, heads, topk, c ** -0.5), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
-@pytest.mark.parametrize("shape", GRID[:4])
-def test_flex_equals_reference_forward_cpu(shape):
-    """FlexAttention's eager path (CPU) with our block mask; the compiled kernel runs in the cuda tests."""
-    b, h, w, c, heads, n_win, topk = shape
-    q, k, v = _inputs(b, h, w, c, seed=1)
-    ref = bilevel_routing_attention(q, k, v, n_win, heads, topk, c ** -0.5, impl="reference")
-    out = bilevel_routing_attention(q, k, v, n_win, heads, topk, c ** -0.5, impl="flex")
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-
-
 def _triton_vs_reference(shape, dtype=torch.float32, device="cpu", seed=3):
     """Forward + backward of the triton path on strided q/k/v views of one fused (B, H, W, 3C)
     projection (how the model calls it) against the reference; returns (out, ref, grads, ref grads)."""
@@ -106,34 +95,6 @@ def test_triton_interpreter():
     assert proc.returncode == 0 and "8 passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
-@pytest.mark.parametrize("regions,hw,topk", [(49, 4, 16), (16, 273, 1), (9, 64, 3), (4, 100, 2)])
-def test_block_mask_tables_match_token_mask(regions, hw, topk):
-    """The block tables (what the fused kernel visits) + mask_mod reproduce the routed token mask exactly:
-    no routed block is skipped, every 'full' block is fully allowed, nothing else is visited."""
-    g = torch.Generator().manual_seed(regions)
-    b = 2
-    idx = torch.stack([torch.stack([torch.randperm(regions, generator=g)[:topk] for _ in range(regions)])
-                       for _ in range(b)])  # (B, R, topk)
-    mask = bra_mod._block_mask(idx, regions, hw, "cpu")
-    n, blk = regions * hw, bra_mod._FLEX_BLOCK
-    allowed = torch.zeros(b, regions, regions, dtype=torch.bool).scatter_(2, idx, True)
-    token_region = torch.arange(n) // hw
-    expected = allowed[:, token_region][:, :, token_region]  # (B, N, N)
-    rebuilt = torch.zeros(b, n, n, dtype=torch.bool)
-    for bi in range(b):
-        for qb in range(mask.kv_num_blocks.shape[-1]):
-            qs = slice(qb * blk, min((qb + 1) * blk, n))
-            for kb in mask.full_kv_indices[bi, 0, qb, :mask.full_kv_num_blocks[bi, 0, qb]].tolist():
-                ks = slice(kb * blk, min((kb + 1) * blk, n))
-                assert expected[bi, qs, ks].all(), "a 'full' block holds masked pairs"
-                rebuilt[bi, qs, ks] = True
-            for kb in mask.kv_indices[bi, 0, qb, :mask.kv_num_blocks[bi, 0, qb]].tolist():
-                ks = slice(kb * blk, min((kb + 1) * blk, n))
-                assert expected[bi, qs, ks].any(), "a visited block holds no allowed pair"
-                rebuilt[bi, qs, ks] = expected[bi, qs, ks]
-    assert torch.equal(rebuilt, expected)
-
-
 def test_topk_above_regions_clamps_with_warning_to_global_attention():
     q, k, v = _inputs(1, 6, 6, 32)
     with pytest.warns(UserWarning, match="topk=20 exceeds the 9 regions"):
@@ -170,22 +131,21 @@ def test_routing_is_not_differentiated_but_attention_is():
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="the interpreter runs triton on CPU")
 def test_op_contract_and_auto_dispatch_on_cpu(monkeypatch):
-    assert IMPLS == ("triton", "flex", "reference")
+    assert IMPLS == ("triton", "reference")
     kwargs = example_inputs(batch=1, size=14, channels=32, num_heads=1, n_win=7, topk=2)
     ref = bilevel_routing_attention(**kwargs, impl="reference")
     calls = []
     monkeypatch.setattr(bra_mod, "_reference", lambda *a: calls.append(1) or ref)
     assert bilevel_routing_attention(**kwargs) is ref and calls  # auto -> reference on CPU
-    for forced in ("flex", "triton"):  # forcing an impl that cannot run on CPU falls back to the reference
-        with use_impl(forced):
-            assert bilevel_routing_attention(**kwargs) is ref
+    with use_impl("triton"):  # forcing an impl that cannot run on CPU falls back to the reference
+        assert bilevel_routing_attention(**kwargs) is ref
     with pytest.raises(ValueError, match="does not support"):
         bilevel_routing_attention(**kwargs, impl="triton")
 
 
-# --- CUDA: the Triton kernels and the compiled FlexAttention kernel, forward and backward -------------
+# --- CUDA: the Triton kernels, forward and backward --------------------------------------------------
 
-# (shape, dtype): every dtype on stage-like and dense-like shapes (one kernel compile per case).
+# (shape, dtype): every dtype on stage-like and dense-like shapes.
 CUDA_CASES = [
     ((2, 56, 56, 64, 2, 7, 1), torch.float32),     # BiFormer stage 1 at 224
     ((2, 14, 14, 256, 8, 7, 16), torch.bfloat16),  # stage 3 at 224 (4-token regions)
@@ -224,27 +184,6 @@ def test_triton_under_torch_compile_cuda():
     eager = torch.autograd.grad(f(qkv), qkv)[0]
     compiled = torch.autograd.grad(torch.compile(f, fullgraph=True)(qkv), qkv)[0]
     torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("shape,dtype", CUDA_CASES)
-def test_flex_matches_reference_cuda_forward_backward(shape, dtype):
-    b, h, w, c, heads, n_win, topk = shape
-    q, k, v = (t.requires_grad_() for t in _inputs(b, h, w, c, seed=2, device="cuda", dtype=dtype))
-    # Routing on the low-precision means is shared by both paths, so both attend to the same regions.
-    ref = bilevel_routing_attention(q, k, v, n_win, heads, topk, c ** -0.5, impl="reference")
-    out = bilevel_routing_attention(q, k, v, n_win, heads, topk, c ** -0.5, impl="flex")
-    grad = torch.randn_like(out)
-    g_ref = torch.autograd.grad(ref, (q, k, v), grad)
-    g_out = torch.autograd.grad(out, (q, k, v), grad)
-    if dtype == torch.float32:
-        torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
-        for a, r in zip(g_out, g_ref):
-            torch.testing.assert_close(a, r, atol=1e-4, rtol=1e-4)
-    else:  # half precision: both round differently (flex accumulates in fp32); compare relative error
-        for a, r in zip((out, *g_out), (ref, *g_ref)):
-            rel = (a.float() - r.float()).norm() / r.float().norm()
-            assert rel < 2e-2, rel
 
 
 @pytest.mark.cuda

@@ -92,13 +92,14 @@ if triton is not None:
         tl.store(lse_ptr + head, m_i + tl.log2(l_i), mask=row_ok)
 
     @triton.jit
-    def _bra_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, IDX,
+    def _bra_bwd_dq_kernel(Q, K, V, O, DO, DQ, LSE, DELTA, IDX,
                            sq_b, sq_h, sq_w, sk_b, sk_h, sk_w, sv_b, sv_h, sv_w, sd_b, sd_h, sd_w,
                            sl_b, sl_h, sl_w, sg_b, sg_h, sg_w,
                            n_win, h, w, topk, heads, qk_scale, scale,
                            D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
-        """dq of one query tile (DQ contiguous like q, strides sg_*)."""
+        """dq of one query tile, and delta = rowsum(dO * O) (stored like lse) for the dk/dv kernel.
+        O and DO are contiguous (strides sd_*); DQ is contiguous like q (strides sg_*)."""
         hw = h * w
         chunks = tl.cdiv(hw, BLOCK_M)
         region = tl.program_id(0) // chunks
@@ -113,12 +114,14 @@ if triton is not None:
         q_ptr = Q + _token_offsets(bb, region, tq, n_win, h, w, sq_b, sq_h, sq_w)
         q = tl.load(q_ptr[:, None] + head * D + offs_d[None, :], mask=row_ok[:, None] & (offs_d[None, :] < D),
                     other=0.0)
-        do_ptr = DO + _token_offsets(bb, region, tq, n_win, h, w, sd_b, sd_h, sd_w)
-        do = tl.load(do_ptr[:, None] + head * DV + offs_dv[None, :],
-                     mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+        do_off = _token_offsets(bb, region, tq, n_win, h, w, sd_b, sd_h, sd_w)[:, None] + head * DV + offs_dv[None, :]
+        do_mask = row_ok[:, None] & (offs_dv[None, :] < DV)
+        do = tl.load(DO + do_off, mask=do_mask, other=0.0)
+        o = tl.load(O + do_off, mask=do_mask, other=0.0)
         l_off = _token_offsets(bb, region, tq, n_win, h, w, sl_b, sl_h, sl_w) + head
         lse = tl.load(LSE + l_off, mask=row_ok, other=0.0)
-        delta = tl.load(DELTA + l_off, mask=row_ok, other=0.0)
+        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+        tl.store(DELTA + l_off, delta, mask=row_ok)
 
         dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         n_keys = topk * hw
@@ -202,6 +205,25 @@ if triton is not None:
                  mask=col_ok[:, None] & (offs_dv[None, :] < DV))
 
 
+if triton is not None:
+
+    @triton.jit
+    def _bra_invert_kernel(IDX, INV, COUNT, regions, topk, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+        """For key region ``program_id(0)`` of batch ``program_id(1)``: the query regions whose routing
+        row (IDX, (B, R, topk)) holds it, in increasing order, into INV (B, R, R); their number into COUNT."""
+        key_region = tl.program_id(0)
+        bb = tl.program_id(1).to(tl.int64)
+        rows = tl.arange(0, BLOCK_R)
+        cols = tl.arange(0, BLOCK_K)
+        table = tl.load(IDX + (bb * regions + rows[:, None]) * topk + cols[None, :],
+                        mask=(rows[:, None] < regions) & (cols[None, :] < topk), other=-1)
+        hit = tl.max((table == key_region).to(tl.int32), 1)  # (BLOCK_R,) query region routed here
+        slot = tl.cumsum(hit, 0) - hit
+        row_base = (bb * regions + key_region) * regions
+        tl.store(INV + row_base + slot, rows, mask=hit > 0)
+        tl.store(COUNT + bb * regions + key_region, tl.sum(hit, 0))
+
+
 def _unit_channel_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
@@ -234,25 +256,23 @@ def _forward(q, k, v, idx, n_win: int, heads: int, scale: float):
 
 
 def _inverted_routing(idx: torch.Tensor, regions: int):
-    """idx (B, R, topk) -> for each key region, the query regions routed to it: (B, R, R) first
-    ``count`` entries valid, and count (B, R), both int32."""
-    b = idx.shape[0]
-    routed = torch.zeros(b, regions, regions, dtype=torch.int8, device=idx.device)
-    routed.scatter_(2, idx.long(), 1)  # [b, query region, key region]
-    by_key = routed.transpose(1, 2)  # [b, key region, query region]
-    count = by_key.sum(-1, dtype=torch.int32)
-    order = torch.argsort(by_key, dim=-1, descending=True, stable=True).to(torch.int32)
-    return order.contiguous(), count.contiguous()
+    """idx (B, R, topk) -> for each key region, the query regions routed to it: inv (B, R, R) with
+    the first ``count`` entries valid, and count (B, R), both int32."""
+    b, _, topk = idx.shape
+    inv = torch.empty(b, regions, regions, device=idx.device, dtype=torch.int32)
+    count = torch.empty(b, regions, device=idx.device, dtype=torch.int32)
+    _bra_invert_kernel[(regions, b)](idx, inv, count, regions, topk, BLOCK_R=triton.next_power_of_2(regions),
+                                     BLOCK_K=triton.next_power_of_2(topk))
+    return inv, count
 
 
 def _backward(q, k, v, idx, out, lse, grad_out, n_win: int, heads: int, scale: float):
     q, k, v = (_unit_channel_stride(t) for t in (q, k, v))
-    grad_out = grad_out.contiguous()
+    grad_out, out = grad_out.contiguous(), out.contiguous()
     b, height, width, c = q.shape
     cv = v.shape[-1]
     h, w = height // n_win, width // n_win
-    # delta = rowsum(dO * O) per token and head: (B, H, W, heads) fp32, same layout as lse.
-    delta = (grad_out.float() * out.float()).view(b, height, width, heads, cv // heads).sum(-1).contiguous()
+    delta = torch.empty_like(lse)  # rowsum(dO * O) per token and head, written by the dq kernel
     dq = torch.empty(b, height, width, c, device=q.device, dtype=q.dtype)
     dk = torch.empty_like(dq)
     dv = torch.empty(b, height, width, cv, device=q.device, dtype=v.dtype)
@@ -262,7 +282,7 @@ def _backward(q, k, v, idx, out, lse, grad_out, n_win: int, heads: int, scale: f
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *grad_out.stride()[:3], *lse.stride()[:3],
                *dq.stride()[:3])
     grid = (regions * triton.cdiv(h * w, cfg["BLOCK_M"]), b * heads)
-    _bra_bwd_dq_kernel[grid](q, k, v, grad_out, dq, lse, delta, idx, *strides,
+    _bra_bwd_dq_kernel[grid](q, k, v, out, grad_out, dq, lse, delta, idx, *strides,
                              n_win, h, w, idx.shape[-1], heads, scale * LOG2E, scale, **dims, **cfg)
     inv, count = _inverted_routing(idx, regions)
     cfg_kv = dict(cfg, BLOCK_M=64, BLOCK_N=cfg["BLOCK_M"])  # key tile = a region (chunk), query tiles of 64
@@ -278,7 +298,7 @@ if triton is not None:
     def bilevel_routing_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor,
                                          n_win: int, num_heads: int, scale: float
                                          ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """q, k (B, H, W, C), v (B, H, W, Cv) with unit channel stride; idx (B, R, topk) int32 routing.
+        """q, k (B, H, W, C), v (B, H, W, Cv) with unit channel stride; idx (B, R, topk) routing (contiguous).
         Returns out (B, H, W, Cv) contiguous in v's dtype and lse (B, H, W, num_heads) fp32 (log2 domain)."""
         return _forward(q, k, v, idx, n_win, num_heads, scale)
 
