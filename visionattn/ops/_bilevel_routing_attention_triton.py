@@ -39,6 +39,20 @@ if triton is not None:
         return bb * s_b + y.to(tl.int64) * s_h + x.to(tl.int64) * s_w
 
     @triton.jit
+    def _tile_tokens(pid, hw, R, BLOCK: tl.constexpr):
+        """The BLOCK rows of program ``pid``: regions larger than BLOCK are split into chunks, smaller
+        ones packed ``BLOCK // hw`` to a program. Returns (first region, regions in the tile, row's slot
+        (region - first), row's token inside its region, row valid)."""
+        per = tl.maximum(BLOCK // hw, 1)
+        chunks = tl.cdiv(hw, BLOCK)
+        first = (pid // chunks) * per
+        r = tl.arange(0, BLOCK)
+        slot = r // hw
+        tok = (pid % chunks) * BLOCK + r % hw
+        n_slots = tl.minimum(per, R - first)
+        return first, n_slots, slot, tok, (slot < n_slots) & (tok < hw)
+
+    @triton.jit
     def _bra_fwd_kernel(Q, K, V, O, LSE, IDX,
                         sq_b, sq_h, sq_w, sk_b, sk_h, sk_w, sv_b, sv_h, sv_w, so_b, so_h, so_w,
                         sl_b, sl_h, sl_w,
@@ -46,50 +60,48 @@ if triton is not None:
                         D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
         hw = h * w
-        chunks = tl.cdiv(hw, BLOCK_M)
-        region = tl.program_id(0) // chunks
+        R = n_win * n_win
         bb = (tl.program_id(1) // heads).to(tl.int64)
         head = tl.program_id(1) % heads
-        R = n_win * n_win
-
-        tq = (tl.program_id(0) % chunks) * BLOCK_M + tl.arange(0, BLOCK_M)
-        row_ok = tq < hw
+        first, n_slots, slot, tq, row_ok = _tile_tokens(tl.program_id(0), hw, R, BLOCK_M)
+        region = first + slot
         offs_d = tl.arange(0, BLOCK_D)
         offs_dv = tl.arange(0, BLOCK_DV)
-        q_ptr = Q + _token_offsets(bb, region, tq, n_win, h, w, sq_b, sq_h, sq_w)
-        q = tl.load(q_ptr[:, None] + head * D + offs_d[None, :], mask=row_ok[:, None] & (offs_d[None, :] < D),
-                    other=0.0)  # (BLOCK_M, BLOCK_D)
+        q = tl.load(Q + _token_offsets(bb, region, tq, n_win, h, w, sq_b, sq_h, sq_w)[:, None] + head * D
+                    + offs_d[None, :], mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
 
-        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        # Finite start: rows of other slots see only -inf logits in a tile and must stay at p = 0.
+        m_i = tl.full([BLOCK_M], -1e30, tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
         n_keys = topk * hw
-        idx_row = IDX + (bb * R + region) * topk
-        for start in range(0, n_keys, BLOCK_N):
-            tk = start + tl.arange(0, BLOCK_N)
-            col_ok = tk < n_keys
-            key_region = tl.load(idx_row + tk // hw, mask=col_ok, other=0)
-            k_ptr = K + _token_offsets(bb, key_region, tk % hw, n_win, h, w, sk_b, sk_h, sk_w)
-            k = tl.load(k_ptr[None, :] + head * D + offs_d[:, None], mask=col_ok[None, :] & (offs_d[:, None] < D),
-                        other=0.0)  # (BLOCK_D, BLOCK_N)
-            s = tl.dot(q, k, input_precision=PRECISION) * qk_scale  # log2 domain
-            s = tl.where(col_ok[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            v_ptr = V + _token_offsets(bb, key_region, tk % hw, n_win, h, w, sv_b, sv_h, sv_w)
-            v = tl.load(v_ptr[:, None] + head * DV + offs_dv[None, :],
-                        mask=col_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)  # (BLOCK_N, BLOCK_DV)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-            m_i = m_new
+        for j in range(0, n_slots):  # each query region of the tile, with its own routed keys
+            idx_row = IDX + (bb * R + first + j) * topk
+            for start in range(0, n_keys, BLOCK_N):
+                tk = start + tl.arange(0, BLOCK_N)
+                col_ok = tk < n_keys
+                key_region = tl.load(idx_row + tk // hw, mask=col_ok, other=0)
+                k = tl.load(K + _token_offsets(bb, key_region, tk % hw, n_win, h, w, sk_b, sk_h, sk_w)[None, :]
+                            + head * D + offs_d[:, None], mask=col_ok[None, :] & (offs_d[:, None] < D),
+                            other=0.0)  # (BLOCK_D, BLOCK_N)
+                v = tl.load(V + _token_offsets(bb, key_region, tk % hw, n_win, h, w, sv_b, sv_h, sv_w)[:, None]
+                            + head * DV + offs_dv[None, :], mask=col_ok[:, None] & (offs_dv[None, :] < DV),
+                            other=0.0)  # (BLOCK_N, BLOCK_DV)
+                s = tl.dot(q, k, input_precision=PRECISION) * qk_scale  # log2 domain
+                s = tl.where(col_ok[None, :] & (slot[:, None] == j), s, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                alpha = tl.exp2(m_i - m_new)
+                p = tl.exp2(s - m_new[:, None])
+                l_i = l_i * alpha + tl.sum(p, 1)
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+                m_i = m_new
 
         acc = acc / l_i[:, None]
-        o_ptr = O + _token_offsets(bb, region, tq, n_win, h, w, so_b, so_h, so_w)
-        tl.store(o_ptr[:, None] + head * DV + offs_dv[None, :], acc.to(O.dtype.element_ty),
+        o_off = _token_offsets(bb, region, tq, n_win, h, w, so_b, so_h, so_w)
+        tl.store(O + o_off[:, None] + head * DV + offs_dv[None, :], acc.to(O.dtype.element_ty),
                  mask=row_ok[:, None] & (offs_dv[None, :] < DV))
-        lse_ptr = LSE + _token_offsets(bb, region, tq, n_win, h, w, sl_b, sl_h, sl_w)
-        tl.store(lse_ptr + head, m_i + tl.log2(l_i), mask=row_ok)
+        tl.store(LSE + _token_offsets(bb, region, tq, n_win, h, w, sl_b, sl_h, sl_w) + head,
+                 m_i + tl.log2(l_i), mask=row_ok)
 
     @triton.jit
     def _bra_bwd_dq_kernel(Q, K, V, O, DO, DQ, LSE, DELTA, IDX,
@@ -101,19 +113,15 @@ if triton is not None:
         """dq of one query tile, and delta = rowsum(dO * O) (stored like lse) for the dk/dv kernel.
         O and DO are contiguous (strides sd_*); DQ is contiguous like q (strides sg_*)."""
         hw = h * w
-        chunks = tl.cdiv(hw, BLOCK_M)
-        region = tl.program_id(0) // chunks
+        R = n_win * n_win
         bb = (tl.program_id(1) // heads).to(tl.int64)
         head = tl.program_id(1) % heads
-        R = n_win * n_win
-
-        tq = (tl.program_id(0) % chunks) * BLOCK_M + tl.arange(0, BLOCK_M)
-        row_ok = tq < hw
+        first, n_slots, slot, tq, row_ok = _tile_tokens(tl.program_id(0), hw, R, BLOCK_M)
+        region = first + slot
         offs_d = tl.arange(0, BLOCK_D)
         offs_dv = tl.arange(0, BLOCK_DV)
-        q_ptr = Q + _token_offsets(bb, region, tq, n_win, h, w, sq_b, sq_h, sq_w)
-        q = tl.load(q_ptr[:, None] + head * D + offs_d[None, :], mask=row_ok[:, None] & (offs_d[None, :] < D),
-                    other=0.0)
+        q = tl.load(Q + _token_offsets(bb, region, tq, n_win, h, w, sq_b, sq_h, sq_w)[:, None] + head * D
+                    + offs_d[None, :], mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
         do_off = _token_offsets(bb, region, tq, n_win, h, w, sd_b, sd_h, sd_w)[:, None] + head * DV + offs_dv[None, :]
         do_mask = row_ok[:, None] & (offs_dv[None, :] < DV)
         do = tl.load(DO + do_off, mask=do_mask, other=0.0)
@@ -125,25 +133,26 @@ if triton is not None:
 
         dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         n_keys = topk * hw
-        idx_row = IDX + (bb * R + region) * topk
-        for start in range(0, n_keys, BLOCK_N):
-            tk = start + tl.arange(0, BLOCK_N)
-            col_ok = tk < n_keys
-            key_region = tl.load(idx_row + tk // hw, mask=col_ok, other=0)
-            k_ptr = K + _token_offsets(bb, key_region, tk % hw, n_win, h, w, sk_b, sk_h, sk_w)
-            k = tl.load(k_ptr[:, None] + head * D + offs_d[None, :], mask=col_ok[:, None] & (offs_d[None, :] < D),
-                        other=0.0)  # (BLOCK_N, BLOCK_D)
-            v_ptr = V + _token_offsets(bb, key_region, tk % hw, n_win, h, w, sv_b, sv_h, sv_w)
-            vt = tl.load(v_ptr[None, :] + head * DV + offs_dv[:, None],
-                         mask=col_ok[None, :] & (offs_dv[:, None] < DV), other=0.0)  # (BLOCK_DV, BLOCK_N)
-            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-            p = tl.where(col_ok[None, :], tl.exp2(s - lse[:, None]), 0.0)
-            dp = tl.dot(do, vt, input_precision=PRECISION)
-            ds = p * (dp - delta[:, None])
-            dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+        for j in range(0, n_slots):
+            idx_row = IDX + (bb * R + first + j) * topk
+            for start in range(0, n_keys, BLOCK_N):
+                tk = start + tl.arange(0, BLOCK_N)
+                col_ok = tk < n_keys
+                key_region = tl.load(idx_row + tk // hw, mask=col_ok, other=0)
+                k = tl.load(K + _token_offsets(bb, key_region, tk % hw, n_win, h, w, sk_b, sk_h, sk_w)[:, None]
+                            + head * D + offs_d[None, :], mask=col_ok[:, None] & (offs_d[None, :] < D),
+                            other=0.0)  # (BLOCK_N, BLOCK_D)
+                vt = tl.load(V + _token_offsets(bb, key_region, tk % hw, n_win, h, w, sv_b, sv_h, sv_w)[None, :]
+                             + head * DV + offs_dv[:, None], mask=col_ok[None, :] & (offs_dv[:, None] < DV),
+                             other=0.0)  # (BLOCK_DV, BLOCK_N)
+                s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+                p = tl.where(col_ok[None, :] & (slot[:, None] == j), tl.exp2(s - lse[:, None]), 0.0)
+                dp = tl.dot(do, vt, input_precision=PRECISION)
+                ds = p * (dp - delta[:, None])
+                dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
 
-        dq_ptr = DQ + _token_offsets(bb, region, tq, n_win, h, w, sg_b, sg_h, sg_w)
-        tl.store(dq_ptr[:, None] + head * D + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
+        dq_off = _token_offsets(bb, region, tq, n_win, h, w, sg_b, sg_h, sg_w)
+        tl.store(DQ + dq_off[:, None] + head * D + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
                  mask=row_ok[:, None] & (offs_d[None, :] < D))
 
     @triton.jit
@@ -153,59 +162,53 @@ if triton is not None:
                              n_win, h, w, heads, qk_scale, scale,
                              D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
-        """dk, dv of one key tile of one key region, walking the query regions that routed to it."""
+        """dk, dv of one key tile (BLOCK_N tokens of one or more key regions), walking for each key region
+        the query regions that routed to it (INV, COUNT)."""
         hw = h * w
-        chunks = tl.cdiv(hw, BLOCK_N)
-        region = tl.program_id(0) // chunks
+        R = n_win * n_win
         bb = (tl.program_id(1) // heads).to(tl.int64)
         head = tl.program_id(1) % heads
-        R = n_win * n_win
-
-        tk = (tl.program_id(0) % chunks) * BLOCK_N + tl.arange(0, BLOCK_N)
-        col_ok = tk < hw
+        first, n_slots, slot, tk, col_ok = _tile_tokens(tl.program_id(0), hw, R, BLOCK_N)
+        region = first + slot
         offs_d = tl.arange(0, BLOCK_D)
         offs_dv = tl.arange(0, BLOCK_DV)
-        k_ptr = K + _token_offsets(bb, region, tk, n_win, h, w, sk_b, sk_h, sk_w)
-        kt = tl.load(k_ptr[None, :] + head * D + offs_d[:, None], mask=col_ok[None, :] & (offs_d[:, None] < D),
-                     other=0.0)  # (BLOCK_D, BLOCK_N)
-        v_ptr = V + _token_offsets(bb, region, tk, n_win, h, w, sv_b, sv_h, sv_w)
-        vt = tl.load(v_ptr[None, :] + head * DV + offs_dv[:, None], mask=col_ok[None, :] & (offs_dv[:, None] < DV),
-                     other=0.0)  # (BLOCK_DV, BLOCK_N)
+        kt = tl.load(K + _token_offsets(bb, region, tk, n_win, h, w, sk_b, sk_h, sk_w)[None, :] + head * D
+                     + offs_d[:, None], mask=col_ok[None, :] & (offs_d[:, None] < D), other=0.0)  # (BLOCK_D, BLOCK_N)
+        vt = tl.load(V + _token_offsets(bb, region, tk, n_win, h, w, sv_b, sv_h, sv_w)[None, :] + head * DV
+                     + offs_dv[:, None], mask=col_ok[None, :] & (offs_dv[:, None] < DV), other=0.0)
 
         dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
         dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
-        inv_row = INV + (bb * R + region) * R
-        n_queries = tl.load(COUNT + bb * R + region) * hw
-        for start in range(0, n_queries, BLOCK_M):
-            tq = start + tl.arange(0, BLOCK_M)
-            row_ok = tq < n_queries
-            query_region = tl.load(inv_row + tq // hw, mask=row_ok, other=0)
-            q_ptr = Q + _token_offsets(bb, query_region, tq % hw, n_win, h, w, sq_b, sq_h, sq_w)
-            q = tl.load(q_ptr[:, None] + head * D + offs_d[None, :], mask=row_ok[:, None] & (offs_d[None, :] < D),
-                        other=0.0)  # (BLOCK_M, BLOCK_D)
-            do_ptr = DO + _token_offsets(bb, query_region, tq % hw, n_win, h, w, sd_b, sd_h, sd_w)
-            do = tl.load(do_ptr[:, None] + head * DV + offs_dv[None, :],
-                         mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)  # (BLOCK_M, BLOCK_DV)
-            l_off = _token_offsets(bb, query_region, tq % hw, n_win, h, w, sl_b, sl_h, sl_w) + head
-            lse = tl.load(LSE + l_off, mask=row_ok, other=float("inf"))  # inf: padded rows get p = 0
-            delta = tl.load(DELTA + l_off, mask=row_ok, other=0.0)
-            s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
-            p = tl.exp2(s - lse[:, None])
-            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
-            dp = tl.dot(do, vt, input_precision=PRECISION)
-            ds = p * (dp - delta[:, None])
-            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
+        for j in range(0, n_slots):  # each key region of the tile, with the queries routed to it
+            inv_row = INV + (bb * R + first + j) * R
+            n_queries = tl.load(COUNT + bb * R + first + j) * hw
+            for start in range(0, n_queries, BLOCK_M):
+                tq = start + tl.arange(0, BLOCK_M)
+                row_ok = tq < n_queries
+                query_region = tl.load(inv_row + tq // hw, mask=row_ok, other=0)
+                q = tl.load(Q + _token_offsets(bb, query_region, tq % hw, n_win, h, w, sq_b, sq_h, sq_w)[:, None]
+                            + head * D + offs_d[None, :], mask=row_ok[:, None] & (offs_d[None, :] < D),
+                            other=0.0)  # (BLOCK_M, BLOCK_D)
+                do = tl.load(DO + _token_offsets(bb, query_region, tq % hw, n_win, h, w, sd_b, sd_h, sd_w)[:, None]
+                             + head * DV + offs_dv[None, :], mask=row_ok[:, None] & (offs_dv[None, :] < DV),
+                             other=0.0)  # (BLOCK_M, BLOCK_DV)
+                l_off = _token_offsets(bb, query_region, tq % hw, n_win, h, w, sl_b, sl_h, sl_w) + head
+                lse = tl.load(LSE + l_off, mask=row_ok, other=float("inf"))  # inf: padded rows get p = 0
+                delta = tl.load(DELTA + l_off, mask=row_ok, other=0.0)
+                s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
+                p = tl.where(slot[None, :] == j, tl.exp2(s - lse[:, None]), 0.0)
+                dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
+                dp = tl.dot(do, vt, input_precision=PRECISION)
+                ds = p * (dp - delta[:, None])
+                dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
 
         # DK is contiguous like q (strides sg_*), DV_ like the contiguous grad_out (strides sd_*).
-        dk_ptr = DK + _token_offsets(bb, region, tk, n_win, h, w, sg_b, sg_h, sg_w)
-        tl.store(dk_ptr[:, None] + head * D + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty),
+        dk_off = _token_offsets(bb, region, tk, n_win, h, w, sg_b, sg_h, sg_w)
+        tl.store(DK + dk_off[:, None] + head * D + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty),
                  mask=col_ok[:, None] & (offs_d[None, :] < D))
-        dv_ptr = DV_ + _token_offsets(bb, region, tk, n_win, h, w, sd_b, sd_h, sd_w)
-        tl.store(dv_ptr[:, None] + head * DV + offs_dv[None, :], dv.to(DV_.dtype.element_ty),
+        dv_off = _token_offsets(bb, region, tk, n_win, h, w, sd_b, sd_h, sd_w)
+        tl.store(DV_ + dv_off[:, None] + head * DV + offs_dv[None, :], dv.to(DV_.dtype.element_ty),
                  mask=col_ok[:, None] & (offs_dv[None, :] < DV))
-
-
-if triton is not None:
 
     @triton.jit
     def _bra_invert_kernel(IDX, INV, COUNT, regions, topk, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -223,22 +226,44 @@ if triton is not None:
         tl.store(INV + row_base + slot, rows, mask=hit > 0)
         tl.store(COUNT + bb * regions + key_region, tl.sum(hit, 0))
 
+    def _configs(pairs):
+        """Tile configs the autotuner tries per (region size, topk, head dim, dtype); one under the
+        CPU interpreter (tests)."""
+        if interpreting():
+            return [triton.Config(dict(BLOCK_M=16, BLOCK_N=64))]
+        return [triton.Config(dict(BLOCK_M=m, BLOCK_N=n), num_warps=nw, num_stages=ns) for m, n, nw, ns in pairs]
+
+    # Forward / dq: BLOCK_M query rows (one region chunk, or several small regions), BLOCK_N key tiles.
+    _Q_TILES = _configs([(16, 64, 2, 2), (16, 64, 4, 2), (32, 64, 4, 2), (64, 64, 4, 2), (64, 64, 4, 3),
+                         (64, 32, 4, 2)])
+    # dk/dv: BLOCK_N key rows (one region chunk or several), BLOCK_M query tiles.
+    _KV_TILES = _configs([(64, 16, 2, 2), (64, 16, 4, 2), (64, 32, 4, 2), (64, 64, 4, 2), (32, 64, 4, 2),
+                          (64, 64, 4, 3)])
+    _KEY = ["n_win", "h", "w", "D", "DV", "PRECISION"]
+    _bra_fwd_kernel = triton.autotune(_Q_TILES, key=_KEY + ["topk"])(_bra_fwd_kernel)
+    _bra_bwd_dq_kernel = triton.autotune(_Q_TILES, key=_KEY + ["topk"])(_bra_bwd_dq_kernel)
+    _bra_bwd_dkdv_kernel = triton.autotune(_KV_TILES, key=_KEY)(_bra_bwd_dkdv_kernel)
+
 
 def _unit_channel_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _config(hw: int, dtype: torch.dtype) -> dict:
-    """Tile sizes: query/key tiles cover a region (or a few, on the key side), at least 16 for tl.dot."""
-    block = min(64, max(16, triton.next_power_of_2(hw)))
-    # fp32 follows torch's matmul setting (IEEE by default); the flag is ignored for fp16/bf16.
-    precision = "ieee" if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32 else "tf32"
-    return dict(BLOCK_M=block, BLOCK_N=64, PRECISION=precision)
-
-
 def _dims(q, v, heads):
+    """Head widths and their padded tiles, and the dot precision: fp32 follows torch's matmul setting
+    (IEEE by default), the flag is ignored for fp16/bf16."""
     d, dv = q.shape[-1] // heads, v.shape[-1] // heads
-    return dict(D=d, DV=dv, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_DV=max(16, triton.next_power_of_2(dv)))
+    precision = "ieee" if q.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32 else "tf32"
+    return dict(D=d, DV=dv, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_DV=max(16, triton.next_power_of_2(dv)),
+                PRECISION=precision)
+
+
+def _grid(regions: int, hw: int, batch_heads: int, block: str):
+    """Programs: tiles of ``meta[block]`` tokens, several small regions to a tile (see _tile_tokens)."""
+    def grid(meta):
+        per = max(meta[block] // hw, 1)
+        return triton.cdiv(regions, per) * triton.cdiv(hw, meta[block]), batch_heads
+    return grid
 
 
 def _forward(q, k, v, idx, n_win: int, heads: int, scale: float):
@@ -247,11 +272,10 @@ def _forward(q, k, v, idx, n_win: int, heads: int, scale: float):
     h, w = height // n_win, width // n_win
     out = torch.empty(b, height, width, v.shape[-1], device=q.device, dtype=v.dtype)
     lse = torch.empty(b, height, width, heads, device=q.device, dtype=torch.float32)
-    cfg = _config(h * w, q.dtype)
-    grid = (n_win * n_win * triton.cdiv(h * w, cfg["BLOCK_M"]), b * heads)
-    _bra_fwd_kernel[grid](q, k, v, out, lse, idx,
-                          *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *lse.stride()[:3],
-                          n_win, h, w, idx.shape[-1], heads, scale * LOG2E, **_dims(q, v, heads), **cfg)
+    _bra_fwd_kernel[_grid(n_win * n_win, h * w, b * heads, "BLOCK_M")](
+        q, k, v, out, lse, idx,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *lse.stride()[:3],
+        n_win, h, w, idx.shape[-1], heads, scale * LOG2E, **_dims(q, v, heads))
     return out, lse
 
 
@@ -276,19 +300,17 @@ def _backward(q, k, v, idx, out, lse, grad_out, n_win: int, heads: int, scale: f
     dq = torch.empty(b, height, width, c, device=q.device, dtype=q.dtype)
     dk = torch.empty_like(dq)
     dv = torch.empty(b, height, width, cv, device=q.device, dtype=v.dtype)
-    cfg = _config(h * w, q.dtype)
     dims = _dims(q, v, heads)
     regions = n_win * n_win
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *grad_out.stride()[:3], *lse.stride()[:3],
                *dq.stride()[:3])
-    grid = (regions * triton.cdiv(h * w, cfg["BLOCK_M"]), b * heads)
-    _bra_bwd_dq_kernel[grid](q, k, v, out, grad_out, dq, lse, delta, idx, *strides,
-                             n_win, h, w, idx.shape[-1], heads, scale * LOG2E, scale, **dims, **cfg)
+    _bra_bwd_dq_kernel[_grid(regions, h * w, b * heads, "BLOCK_M")](
+        q, k, v, out, grad_out, dq, lse, delta, idx, *strides,
+        n_win, h, w, idx.shape[-1], heads, scale * LOG2E, scale, **dims)
     inv, count = _inverted_routing(idx, regions)
-    cfg_kv = dict(cfg, BLOCK_M=64, BLOCK_N=cfg["BLOCK_M"])  # key tile = a region (chunk), query tiles of 64
-    grid = (regions * triton.cdiv(h * w, cfg_kv["BLOCK_N"]), b * heads)
-    _bra_bwd_dkdv_kernel[grid](q, k, v, grad_out, dk, dv, lse, delta, inv, count, *strides,
-                               n_win, h, w, heads, scale * LOG2E, scale, **dims, **cfg_kv)
+    _bra_bwd_dkdv_kernel[_grid(regions, h * w, b * heads, "BLOCK_N")](
+        q, k, v, grad_out, dk, dv, lse, delta, inv, count, *strides,
+        n_win, h, w, heads, scale * LOG2E, scale, **dims)
     return dq, dk, dv
 
 
