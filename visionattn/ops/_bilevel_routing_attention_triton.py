@@ -96,6 +96,7 @@ if triton is not None:
                 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
                 m_i = m_new
 
+        l_i = tl.where(row_ok, l_i, 1.0)  # padding rows of a tile saw no key
         acc = acc / l_i[:, None]
         o_off = _token_offsets(bb, region, tq, n_win, h, w, so_b, so_h, so_w)
         tl.store(O + o_off[:, None] + head * DV + offs_dv[None, :], acc.to(O.dtype.element_ty),

@@ -164,13 +164,13 @@ def test_out_indices_and_auto_equals_reference_on_cpu():
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_triton_model_matches_reference_model_cuda(dtype):
+def test_triton_model_matches_reference_model_cuda():
     """The whole model (channels_last trunk, strided qkv views into the kernel, padded dense sizes),
-    forward and parameter gradients, triton vs reference."""
+    forward and parameter gradients, triton vs reference. fp32: in half precision the two paths' rounding
+    can flip near-tied routing choices in later stages (the op tests cover fp16/bf16 with shared routing)."""
     torch.manual_seed(0)
-    model = _tiny(n_win=4).cuda().to(dtype)
-    x = torch.randn(2, 3, 100, 136, device="cuda", dtype=dtype)  # stage maps not multiples of n_win: padded
+    model = _tiny(n_win=4).cuda().eval()  # eval: BN on running stats (batch stats would flatten the logits)
+    x = torch.randn(2, 3, 100, 136, device="cuda")  # stage maps not multiples of n_win: padded
     outs, grads = [], []
     for impl in ("triton", "reference"):
         model.zero_grad()
@@ -179,9 +179,8 @@ def test_triton_model_matches_reference_model_cuda(dtype):
         out.float().square().mean().backward()
         outs.append(out.float())
         grads.append(torch.cat([p.grad.float().flatten() for p in model.parameters()]))
-    tol = 1e-4 if dtype == torch.float32 else 3e-2
-    assert (outs[0] - outs[1]).norm() / outs[1].norm() < tol
-    assert (grads[0] - grads[1]).norm() / grads[1].norm() < tol * 10
+    assert (outs[0] - outs[1]).norm() / outs[1].norm() < 1e-4
+    assert (grads[0] - grads[1]).norm() / grads[1].norm() < 1e-3
 
 
 def test_train_step_runs_and_routing_gets_no_gradient():

@@ -141,7 +141,7 @@ class BiFormer(nn.Module):
         head_dim: channels per head of the BRA stages (heads = dim // head_dim).
         n_win: regions per side for BRA (7 for 224 classification, 16/8 in the official det/seg).
         out_norm: add per-stage LayerNorm2d applied to the intermediate (dense) features.
-        attn_impl: BRA implementation (``'auto'``, ``'flex'``, ``'reference'``).
+        attn_impl: BRA implementation (``'auto'``, ``'triton'``, ``'reference'``).
     """
 
     def __init__(self, depths=(4, 4, 18, 4), dims=(64, 128, 256, 512), topks=(1, 4, 16, -1), head_dim: int = 32,
