@@ -201,6 +201,12 @@ models:
     source: official
     notes: the authors' Google Drive link is gone
     metrics: {{published: {{top1: 72.0}}}}
+  - name: tinyfam_c.unhashed
+    architecture: resnet14t
+    url: {url3}
+    sha256: null
+    source: official
+    metrics: {{published: null}}
 """
 
 
@@ -213,7 +219,8 @@ def zoo(tmp_path, monkeypatch, server):
     net = timm.create_model("resnet10t", num_classes=10)
     sha2 = _serve("/z/ours.pth", {"state_dict": net.state_dict()})
     d.joinpath("tinyfam.yaml").write_text(MANIFEST.format(
-        url=_url(server, "/z/off.pth"), sha="a" * 64, url2=_url(server, "/z/ours.pth"), sha2=sha2))
+        url=_url(server, "/z/off.pth"), sha="a" * 64, url2=_url(server, "/z/ours.pth"), sha2=sha2,
+        url3=_url(server, "/z/unhashed.pth")))
     monkeypatch.setenv("VISIONATTN_ZOO_DIR", str(d))
     hub.reload_manifest()
     yield d, net
@@ -221,7 +228,8 @@ def zoo(tmp_path, monkeypatch, server):
 
 
 def test_manifest_lookup(zoo):
-    assert [e.name for e in hub.list_entries()] == ["tinyfam_a.official", "tinyfam_a.ours", "tinyfam_b.dead"]
+    assert [e.name for e in hub.list_entries()] == ["tinyfam_a.official", "tinyfam_a.ours", "tinyfam_b.dead",
+                                                    "tinyfam_c.unhashed"]
     e = hub.get_entry("tinyfam_a.official")
     assert (e.family, e.model, e.converter, e.converter_kwargs, e.published) == (
         "tinyfam", "resnet10t", "tinyfam", {"ema": True}, {"top1": 70.1})
@@ -253,6 +261,22 @@ def test_dead_link_entry_accepts_a_user_supplied_file(zoo):
     e.cache_path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), e.cache_path)
     loaded = hub.load_pretrained(timm.create_model("resnet14t"), "tinyfam_b.dead")
+    assert torch.equal(loaded.fc.weight, net.fc.weight)
+
+
+def test_unhashed_entry_is_never_downloaded_but_a_user_supplied_file_loads(zoo, server):
+    import timm
+
+    net = timm.create_model("resnet14t")
+    _serve("/z/unhashed.pth", net.state_dict())  # the link works, but nothing vouches for the file
+    e = hub.get_entry("tinyfam_c.unhashed")
+    hits = len(server.hits)
+    with pytest.raises(RuntimeError, match="no SHA-256.*does not download.*put it at .*tinyfam_c.unhashed.pth"):
+        hub.load_pretrained(timm.create_model("resnet14t"), e)
+    assert len(server.hits) == hits and not e.cache_path.exists()
+    e.cache_path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), e.cache_path)  # the user's own copy
+    loaded = hub.load_pretrained(timm.create_model("resnet14t"), e)
     assert torch.equal(loaded.fc.weight, net.fc.weight)
 
 

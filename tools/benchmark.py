@@ -3,6 +3,7 @@
     python tools/benchmark.py MODEL_OR_OP [MODEL_OR_OP ...] [--impl a,b,...] [--official path.py:fn]
         [--batch 8] [--dtype float32|float16|bfloat16] [--device cpu|cuda] [--shape k=v ...]
         [--mode infer|train] [--channels-last] [--compile] [--warmup 10] [--iters 50] [--out DIR]
+        [--model-kwargs k=v ...] [--checkpoint PATH]
 
 - A target is an op when ``visionattn/ops/<name>.py`` exists (op-module contract: the function
   ``<name>(..., impl=)``, ``IMPLS``, ``example_inputs(device, dtype, **sizes)``); ``--shape`` sizes go
@@ -10,7 +11,10 @@
   its default input size (``--shape h=.. w=..`` overrides) under ``ops.dispatch.use_impl(impl)``.
 - ``--impl``/``--compare``: implementations to compare (ops: default all of ``IMPLS``; models:
   ``auto``). ``--official path.py:fn`` adds an ``official`` row: for an op ``fn(**inputs)``, for a
-  model ``fn(**model_kwargs) -> nn.Module``. Official code is never part of the repository.
+  model ``fn(**model_kwargs) -> nn.Module``, given our model's weights through the family converter
+  so outputs compare; with ``--checkpoint`` (weights for our model, e.g. a trained state such as
+  DGQA's group allocation) the official callable loads its own and nothing is shared. Official
+  code is never part of the repository.
 - The first row is the baseline: ``speed-up`` = baseline latency / latency, ``max|diff|`` = largest
   absolute difference of the first output tensor from the baseline's (infer mode).
 - Latency is the median over ``--iters`` timed calls after ``--warmup`` calls; CUDA is timed with
@@ -218,13 +222,14 @@ def model_cases(name: str, impls: List[str], official: Optional[Callable], args,
     unknown = sorted(set(impls) - known_impls() - {"official"})
     if unknown:
         raise ValueError(f"no op of visionattn has implementation(s) {unknown}; choose from {sorted(known_impls())}")
-    ours, inputs = _prepare(visionattn.create_model(name, **args.model_kwargs), name, args, device, dtype)
+    ours = visionattn.create_model(name, checkpoint=args.checkpoint, **args.model_kwargs)
+    ours, inputs = _prepare(ours, name, args, device, dtype)
     cases = []
     for impl in impls:
         model = ours
         if impl == "official":
             model, _ = _prepare(official(**args.model_kwargs), name, args, device, dtype)
-            if not _share_weights(model, ours, name):
+            if args.checkpoint is None and not _share_weights(model, ours, name):
                 print(f"note: could not load the official {name} weights into ours; outputs are not compared",
                       file=sys.stderr)
         forward = torch.compile(model) if args.compile else model
@@ -325,7 +330,7 @@ def _compare(rows: List[Dict[str, Any]]) -> None:
 
 def _settings(args) -> Dict[str, Any]:
     keys = ("targets", "impl", "official", "batch", "dtype", "device", "shape", "mode", "channels_last",
-            "compile", "warmup", "iters", "model_kwargs")
+            "compile", "warmup", "iters", "model_kwargs", "checkpoint")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -374,6 +379,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--shape", nargs="*", default=[], metavar="K=V", help="op sizes / model h=, w=")
     p.add_argument("--model-kwargs", nargs="*", default=[], metavar="K=V", help="create_model kwargs")
+    p.add_argument("--checkpoint", help="weights for our model(s): create_model(name, checkpoint=...)")
     p.add_argument("--mode", choices=("infer", "train"), default="infer")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true")

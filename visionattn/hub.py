@@ -425,8 +425,9 @@ def has_entry(name: str) -> bool:
 def fetch_entry(entry: Union[str, ZooEntry], progress: bool = True, offline: Optional[bool] = None) -> Path:
     """Local path of the entry's verified file: from the cache, downloaded, or user-supplied.
 
-    Entries with ``sha256: null`` (dead official link or unknown hash) accept a file the user put
-    at ``entry.cache_path``; the error says where.
+    Entries with ``sha256: null`` (dead official link, or a hash nobody could compute) are never
+    downloaded, since the download could not be verified; they accept a file the user put at
+    ``entry.cache_path`` (or ``checkpoint=PATH``), and the error says where.
     """
     entry = get_entry(entry) if isinstance(entry, str) else entry
     supply = (f"If you have the file (see notes: {entry.notes or 'none'}), put it at "
@@ -437,14 +438,13 @@ def fetch_entry(entry: Union[str, ZooEntry], progress: bool = True, offline: Opt
                 return entry.cache_path
             raise RuntimeError(f"{entry.cache_path} does not match the SHA-256 of zoo entry {entry.name!r}")
         raise RuntimeError(f"zoo entry {entry.name!r} has no download link (the official one is dead). {supply}")
-    if entry.sha256 is None and not entry.cache_path.is_file():
-        warnings.warn(f"zoo entry {entry.name!r} has no SHA-256: the download cannot be verified")
-    try:
-        return download(entry.url, entry.sha256, progress, filename=entry.filename, offline=offline)
-    except RuntimeError as err:
-        if entry.sha256 is None:
-            raise RuntimeError(f"{err} {supply}") from err
-        raise
+    if entry.sha256 is None:
+        if entry.cache_path.is_file():
+            return entry.cache_path  # user-supplied: visionattn never downloads an unhashed entry
+        raise RuntimeError(f"zoo entry {entry.name!r} has no SHA-256 in the manifest, so visionattn does not "
+                           f"download it: the file could not be verified. Download {entry.url} yourself, check "
+                           f"it, and put it at {str(entry.cache_path)!r} or pass checkpoint=PATH to create_model.")
+    return download(entry.url, entry.sha256, progress, filename=entry.filename, offline=offline)
 
 
 def load_pretrained(model: nn.Module, name: Union[str, ZooEntry], progress: bool = True,

@@ -97,6 +97,26 @@ def test_op_with_official(load_tool, capsys, tmp_path, toy_op):
     assert rc == 1 and "error: ValueError" in out and report["results"][0]["error"]
 
 
+def test_model_with_official_and_checkpoint(load_tool, capsys, tmp_path):
+    import timm
+
+    torch.save(timm.create_model("resnet10t", num_classes=4).state_dict(), tmp_path / "w.pth")
+    official = tmp_path / "official_resnet.py"
+    official.write_text("import timm, torch\n\ndef resnet10t(**kw):\n    m = timm.create_model('resnet10t', **kw)\n"
+                        f"    m.load_state_dict(torch.load({str(tmp_path / 'w.pth')!r}))\n    return m\n")
+    argv = ["resnet10t", "--batch", "1", "--shape", "h=32", "w=32", "--model-kwargs", "num_classes=4",
+            "--official", f"{official}:resnet10t"]
+    rc, out, report = _run(load_tool, capsys, tmp_path / "a", [*argv, "--checkpoint", str(tmp_path / "w.pth")])
+    assert rc == 0, out
+    assert [r["impl"] for r in report["results"]] == ["auto", "official"]
+    assert report["results"][1]["max_abs_diff"] == 0.0  # ours loaded the checkpoint the official model loads
+    assert report["settings"]["checkpoint"] == str(tmp_path / "w.pth")
+    rc, out, report = _run(load_tool, capsys, tmp_path / "b", argv)  # without it: official weights are shared
+    assert rc == 0 and report["results"][1]["max_abs_diff"] == 0.0
+    torch.save({"fc.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    assert load_tool("benchmark").main([*argv, "--checkpoint", str(tmp_path / "bad.pth"), "--out", ""]) == 2
+
+
 def _real_ops():
     return [m.name for m in pkgutil.iter_modules(visionattn.ops.__path__)
             if m.name not in ("dispatch",) and not m.name.startswith("_")]

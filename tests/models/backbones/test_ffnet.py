@@ -267,3 +267,36 @@ def test_create_model_fuse_kwarg_gives_the_deploy_model():
     model = timm.create_model("ffnet_1", fuse=True)
     assert _params(model) == 13_660_152
     assert [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)] == ["norm"]
+
+
+def test_builds_on_the_meta_device():
+    """Parameter counting without allocation (tools/demo.py sizes every backbone this way)."""
+    with torch.device("meta"):
+        model = timm.create_model("ffnet_1")
+    assert model.head.weight.is_meta and _params(model) == 13_775_656  # the unfused count (param_counts/ffnet.yaml)
+
+
+def test_create_model_checkpoint_into_features_only_keeps_dense_norms_at_init(tmp_path):
+    """An ImageNet checkpoint (no per-stage norms) loads strictly into the dense backbone form."""
+    full = _randomize(FFNet(**TINY))
+    torch.save({"state_dict": full.state_dict()}, tmp_path / "in1k.pth")
+    feats = visionattn.create_model("ffnet_1", checkpoint=str(tmp_path / "in1k.pth"), features_only=True,
+                                    **{k: v for k, v in TINY.items() if k != "num_classes"}, num_classes=10)
+    source = full.state_dict()
+    for key, value in feats.state_dict().items():
+        plain = key[len("model."):]
+        if plain.startswith("stage_norms."):
+            assert (value == (1 if plain.endswith("weight") else 0)).all(), key  # LayerNorm init
+        else:
+            assert torch.equal(value, source[plain]), key
+
+
+def test_copy_into_features_refuses_a_missing_tensor_of_an_existing_module():
+    from visionattn.factory import copy_into_features
+
+    full = FFNet(**TINY)
+    feats = timm.create_model("ffnet_1", features_only=True, **{k: v for k, v in TINY.items() if k != "num_classes"})
+    del full.stages[0].blocks[0].token_mixer.key.bias
+    full.stages[0].blocks[0].token_mixer.key.bias = None
+    with pytest.raises(RuntimeError, match="1 tensors without a counterpart.*token_mixer.key.bias"):
+        copy_into_features(feats, full)

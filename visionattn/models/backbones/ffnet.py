@@ -248,7 +248,7 @@ class FFNet(nn.Module):
         self.grad_checkpointing = False
 
         self.stem = nn.Sequential(ConvBN(in_chans, stem_chs, 3, 2), nn.GELU(), ConvBN(stem_chs, dims[0], 3, 2))
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").split(list(depths))  # plain floats, also on meta
         self.stages = nn.Sequential()
         self.feature_info = []
         for i, depth in enumerate(depths):

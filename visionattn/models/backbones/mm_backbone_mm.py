@@ -8,7 +8,7 @@ registers :class:`VisionAttnBackbone` in mmdet's and mmseg's ``MODELS``::
                   checkpoint='biformer_small.pth', model_kwargs=dict(n_win=16, drop_path_rate=0.2))
 """
 import re
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -17,47 +17,7 @@ from mmengine.model import BaseModule
 from timm.layers import LayerNorm2d
 
 from visionattn.extras import require_extra
-from visionattn.factory import create_model
-
-
-def _canonical(name: str) -> str:
-    """Parameter name with timm's feature-wrapper renames undone (``stages_0`` -> ``stages.0``).
-
-    timm's FeatureListNet joins nested Sequential names with ``_`` and FeatureGetterNet keeps the
-    model under ``model.``; normalising both sides lets weights move between the full network and
-    its feature-extractor form by name.
-    """
-    name = name[len("model."):] if name.startswith("model.") else name
-    return name.replace("_", ".")
-
-
-def copy_matching_weights(features: nn.Module, full: nn.Module, new_layers: Iterable[str] = ()) -> List[str]:
-    """Copy the weights of ``full`` (a whole network) into ``features`` (its features_only form).
-
-    Every tensor of ``features`` must find its counterpart with the same shape, except those whose
-    canonical name is in ``new_layers`` (layers only the dense form has, e.g. per-stage output
-    norms, which keep their initial values); anything else raises: a checkpoint that silently
-    loads nothing is worse than an error. Returns the names left at their initial values.
-    """
-    source = {_canonical(k): v for k, v in full.state_dict().items()}
-    new_layers = set(new_layers)
-    target = features.state_dict()
-    missing, bad_shape, kept = [], [], []
-    for key, value in target.items():
-        match = source.get(_canonical(key))
-        if match is None:
-            (kept if _canonical(key) in new_layers else missing).append(key)
-        elif match.shape != value.shape:
-            bad_shape.append(f"{key}: {tuple(match.shape)} vs {tuple(value.shape)}")
-        else:
-            target[key] = match
-    if missing or bad_shape:
-        raise RuntimeError(
-            f"pretrained weights do not fit the feature extractor: {len(missing)} tensors without a "
-            f"counterpart {missing[:5]}, shape mismatches {bad_shape[:5]}. Are model_kwargs the ones "
-            f"the checkpoint was trained with?")
-    features.load_state_dict(target, strict=True)
-    return kept
+from visionattn.factory import canonical_name, copy_into_features, create_model
 
 
 # Regexes on canonical parameter names (relative to the backbone) giving the stage and block of a
@@ -128,12 +88,7 @@ class VisionAttnBackbone(BaseModule):
         if self.pretrained or self.checkpoint:
             full = create_model(self.model_name, pretrained=self.pretrained and not self.checkpoint,
                                 checkpoint=self.checkpoint, **self.model_kwargs)
-            new_layers = set()
-            if self.feature_kwargs:  # the tensors feature_kwargs add to the whole network
-                dense = create_model(self.model_name, **self.model_kwargs, **self.feature_kwargs)
-                new_layers = {_canonical(k) for k in dense.state_dict()} - {_canonical(k) for k in full.state_dict()}
-                del dense
-            kept = copy_matching_weights(self.body, full, new_layers)
+            kept = copy_into_features(self.body, full)  # dense-only layers keep their init
             print_log(f"{self.model_name}: loaded {self.checkpoint or 'pretrained weights'}"
                       f"{f'; {len(kept)} dense-only tensors keep their init' if kept else ''}", logger="current")
         self._is_init = True
@@ -167,7 +122,7 @@ class VisionAttnBackbone(BaseModule):
             raise ValueError(f"layer-decay rule must be 'convnext' or 'ffnet', got {rule!r}")
         if not name.startswith("body."):
             return num_layers + 1
-        key = _canonical(name[len("body."):])
+        key = canonical_name(name[len("body."):])
         if _STEM.match(key):
             return 0 if rule == "convnext" else num_layers + 1
         m = _DOWNSAMPLE.match(key)
