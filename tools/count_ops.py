@@ -3,7 +3,7 @@
     python tools/count_ops.py MODEL [--model-kwargs k=v ...] [--shape h=256 w=256] [--batch 1]
         [--channels-last] [--dtype float32|bfloat16]
 
-Prints the top-level aten ops (those not called from inside another aten op) per name, and an
+Prints the top-level aten and visionattn ops (those not called from inside another op) per name, and an
 estimate of the full passes over activations a CUDA eager forward makes:
 
 - every top-level op with an input of 3 or more dims (a feature map) that is not a view, i.e.
@@ -13,7 +13,7 @@ estimate of the full passes over activations a CUDA eager forward makes:
   (``addmm``/``linear``) adds its bias in the cuBLAS epilogue and counts once.
 
 Ops on weights only (e.g. a bias folded at call time, ``addmv`` on a (C_out, C_in) matrix) are
-counted as ops but not as activation passes. This is a proxy: it does not time anything.
+counted as ops and kernels but not as activation passes. This is a proxy: it does not time anything.
 """
 import argparse
 import ast
@@ -29,24 +29,27 @@ VIEWS = {"aten::permute", "aten::view", "aten::reshape", "aten::flatten", "aten:
          "aten::select", "aten::detach", "aten::alias", "aten::_unsafe_view", "aten::contiguous",
          "aten::empty", "aten::empty_like", "aten::lift_fresh", "aten::_reshape_alias", "aten::dropout"}
 CONVS = {"aten::conv2d", "aten::convolution"}
+OPS = ("aten::", "visionattn::")  # visionattn's custom ops (e.g. channel_bias_act) count like aten ops
 
 
 def count_ops(model: torch.nn.Module, x: torch.Tensor) -> Dict:
-    """{'ops': Counter of top-level aten op names, 'passes': int, 'biased_convs': int} for ``model(x)``."""
+    """Counts for ``model(x)``: 'ops' (Counter of top-level op names), 'biased_convs', 'passes' (over
+    activations, CUDA estimate) and 'kernels' (non-view ops + one bias kernel per biased conv)."""
     with torch.no_grad():
         model(x)  # warm up lazy init
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             model(x)
-    ops, passes, biased = collections.Counter(), 0, 0
+    ops, passes, biased, kernels = collections.Counter(), 0, 0, 0
     for ev in prof.events():
-        if not ev.name.startswith("aten::"):
+        if not ev.name.startswith(OPS):
             continue
         parent = ev.cpu_parent
-        while parent is not None and not parent.name.startswith("aten::"):
+        while parent is not None and not parent.name.startswith(OPS):
             parent = parent.cpu_parent
         if parent is not None:
-            continue  # called from inside another aten op
+            continue  # called from inside another op
         ops[ev.name] += 1
+        kernels += ev.name not in VIEWS
         shapes: List = ev.input_shapes or []
         if ev.name in VIEWS or not any(isinstance(s, list) and len(s) >= 3 for s in shapes):
             continue
@@ -54,7 +57,7 @@ def count_ops(model: torch.nn.Module, x: torch.Tensor) -> Dict:
         if ev.name in CONVS and len(shapes) > 2 and shapes[2]:  # (input, weight, bias, ...)
             biased += 1
             passes += 1
-    return {"ops": ops, "passes": passes, "biased_convs": biased}
+    return {"ops": ops, "passes": passes, "biased_convs": biased, "kernels": kernels + biased}
 
 
 def main(argv=None) -> int:
@@ -80,8 +83,9 @@ def main(argv=None) -> int:
     res = count_ops(model, x)
     for name, n in sorted(res["ops"].items(), key=lambda kv: (-kv[1], kv[0])):
         print(f"{n:6d}  {name}")
-    print(f"{sum(res['ops'].values()):6d}  top-level aten ops")
+    print(f"{sum(res['ops'].values()):6d}  top-level ops")
     print(f"{res['biased_convs']:6d}  biased convolutions (a separate bias kernel each under cuDNN)")
+    print(f"{res['kernels']:6d}  estimated CUDA kernels (non-view ops + bias kernels)")
     print(f"{res['passes']:6d}  estimated CUDA passes over activations")
     return 0
 

@@ -41,6 +41,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 
 from visionattn.hub import extract_state_dict, register_converter
+from visionattn.ops import channel_bias_act as cba
 
 __all__ = ["FFNet", "MetaMixer", "ConvBN", "RepDWConv", "BNConvSkip", "PatchMerging", "FFNetBlock", "PointwiseConv",
            "ConvFFN"]
@@ -71,6 +72,10 @@ class PointwiseConv(nn.Conv2d):
         return pointwise(x, self.weight, self.bias if bias is None else bias)
 
 
+def _conv_no_bias(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
 def conv_then_pointwise(x: torch.Tensor, conv: nn.Conv2d, pw: PointwiseConv) -> torch.Tensor:
     """``pw(conv(x))`` with ``conv``'s bias folded into ``pw``'s: W(y + b) + c = Wy + (Wb + c).
 
@@ -79,7 +84,7 @@ def conv_then_pointwise(x: torch.Tensor, conv: nn.Conv2d, pw: PointwiseConv) -> 
     from the parameters at each call, so the parameters, the state dict and gradients stay those of
     the published fused model. (B, C_in, H, W) -> (B, C_pw, H', W').
     """
-    y = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    y = _conv_no_bias(conv, x)
     if conv.bias is None:
         return pw(y)
     w = pw.weight.flatten(1)  # (C_out, C_in)
@@ -208,10 +213,42 @@ class MetaMixer(nn.Module):
         return self.value(a, x) if getattr(self.value, "uses_input", False) else self.value(a)
 
 
-def ffnified_attention(dim: int, k1: int, k2: int) -> MetaMixer:
+def _biased_conv(m: nn.Module) -> bool:
+    return type(m) is nn.Conv2d and m.bias is not None
+
+
+class FFNifiedAttention(MetaMixer):
+    """FFNified attention token mixer: value(GELU(key(query(X)))) with depthwise key/value convs;
+    (B, C, H, W) in and out. ``forward(x, residual, scale)`` returns ``residual + scale * mixer(x)``.
+
+    When key and value are biased convs (fused model; stages with plain depthwise convs) and the
+    ``channel_bias_act`` op resolves to its Triton kernel (CUDA, channels_last), the convs run
+    without bias and the op adds bias + GELU, and bias + layer scale + residual, in one pass each.
+    """
+
+    def __init__(self, query: nn.Module, key: nn.Module, act: nn.Module, value: nn.Module, impl: str = "auto"):
+        super().__init__(query, key, act, value)
+        self.impl = impl
+
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        q = self.query(x)
+        if (_biased_conv(self.key) and _biased_conv(self.value) and type(self.act) is nn.GELU
+                and self.act.approximate == "none" and cba.resolve_impl(q, residual, self.impl) == "triton"):
+            a = cba.channel_bias_act(_conv_no_bias(self.key, q), self.key.bias, gelu=True, impl=self.impl)
+            if residual is None:
+                return cba.channel_bias_act(_conv_no_bias(self.value, a), self.value.bias, scale=scale, impl=self.impl)
+            return cba.channel_bias_act(_conv_no_bias(self.value, a), self.value.bias, residual, scale, impl=self.impl)
+        y = self.value(self.act(self.key(q)))
+        if residual is None:
+            return y if scale is None else y * scale.view(1, -1, 1, 1)
+        return y + residual if scale is None else torch.addcmul(residual, y, scale.view(1, -1, 1, 1))
+
+
+def ffnified_attention(dim: int, k1: int, k2: int, impl: str = "auto") -> FFNifiedAttention:
     """FFNified attention token mixer: DW_k2(GELU(DW_k1(BN(Conv1x1(X))))), (B, C, H, W) in and out."""
-    return MetaMixer(ConvBN(dim, dim, 1), dw_conv(dim, k1, with_bn=False), nn.GELU(),
-                     dw_conv(dim, k2, with_bn=False))
+    return FFNifiedAttention(ConvBN(dim, dim, 1), dw_conv(dim, k1, with_bn=False), nn.GELU(),
+                             dw_conv(dim, k2, with_bn=False), impl=impl)
 
 
 class ConvFFN(MetaMixer):
@@ -241,9 +278,9 @@ class FFNetBlock(nn.Module):
     """X + DropPath(γ1·TokenMixer(X)), then + DropPath(γ2·ChannelMixer(·)); (B, C, H, W)."""
 
     def __init__(self, dim: int, token_kernels: Tuple[int, int], ffn_kernel: int, mlp_ratio: float = 3.0,
-                 drop_path: float = 0.0, layer_scale_init_value: Optional[float] = None):
+                 drop_path: float = 0.0, layer_scale_init_value: Optional[float] = None, epilogue_impl: str = "auto"):
         super().__init__()
-        self.token_mixer = ffnified_attention(dim, *token_kernels)
+        self.token_mixer = ffnified_attention(dim, *token_kernels, impl=epilogue_impl)
         self.ls1 = LayerScale2d(dim, layer_scale_init_value) if layer_scale_init_value else nn.Identity()
         self.channel_mixer = convnext_ffn(dim, ffn_kernel, mlp_ratio)
         self.ls2 = LayerScale2d(dim, layer_scale_init_value) if layer_scale_init_value else nn.Identity()
@@ -256,7 +293,10 @@ class FFNetBlock(nn.Module):
         return x + self.drop_path(y)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._residual(x, self.token_mixer(x), self.ls1)
+        if isinstance(self.drop_path, nn.Identity) or not self.training:  # residual inside the mixer's epilogue
+            x = self.token_mixer(x, residual=x, scale=self.ls1.gamma if isinstance(self.ls1, LayerScale2d) else None)
+        else:
+            x = self._residual(x, self.token_mixer(x), self.ls1)
         return self._residual(x, self.channel_mixer(x), self.ls2)
 
 
@@ -308,6 +348,8 @@ class FFNet(nn.Module):
         layer_scale_init_value: layer-scale init (``None``: no layer scale).
         stage_norm: add a channels-first LayerNorm (eps 1e-6) per stage output, as the official dense
             backbones do; applied by :meth:`forward_intermediates`.
+        epilogue_impl: ``impl`` of the ``channel_bias_act`` op after the token mixers' depthwise
+            convs ("auto": its Triton kernel on CUDA channels_last maps; "reference": PyTorch ops).
     """
 
     def __init__(self, depths: Sequence[int] = (2, 2, 8, 2), dims: Sequence[int] = (80, 160, 320, 640),
@@ -315,7 +357,7 @@ class FFNet(nn.Module):
                  token_kernels2: Sequence[int] = (3, 3, 7, 7), mlp_ratio: float = 3.0, stem_chs: int = 64,
                  layer_scale_init_value: Optional[float] = None, in_chans: int = 3, num_classes: int = 1000,
                  global_pool: str = "avg", drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                 stage_norm: bool = False):
+                 stage_norm: bool = False, epilogue_impl: str = "auto"):
         super().__init__()
         if not len(depths) == len(dims) == len(ffn_kernels) == len(token_kernels1) == len(token_kernels2):
             raise ValueError("FFNet: depths, dims, ffn_kernels, token_kernels1/2 need one entry per stage")
@@ -332,7 +374,7 @@ class FFNet(nn.Module):
             self.stages.append(FFNetStage(
                 dims[max(i - 1, 0)], dims[i], depth, downsample=i > 0, drop_path=dpr[i].tolist(),
                 token_kernels=(token_kernels1[i], token_kernels2[i]), ffn_kernel=ffn_kernels[i],
-                mlp_ratio=mlp_ratio, layer_scale_init_value=layer_scale_init_value))
+                mlp_ratio=mlp_ratio, layer_scale_init_value=layer_scale_init_value, epilogue_impl=epilogue_impl))
             self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"stages.{i}"))
         self.stage_norms = nn.ModuleList([LayerNorm2d(d, eps=1e-6) for d in dims]) if stage_norm else None
         self.norm = nn.BatchNorm2d(dims[-1])
