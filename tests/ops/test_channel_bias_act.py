@@ -68,6 +68,13 @@ def _triton_checks(device):
         with use_impl("reference"):
             assert (fused(x) - out).abs().max() <= 1e-5
     assert (out - ref).abs().max() <= 1e-5
+    # the custom op traces: torch.compile without graph breaks, torch.export keeps it as one node per call
+    fused = fused.eval()
+    with torch.no_grad():
+        assert torch.equal(torch.compile(fused, backend="aot_eager", fullgraph=True)(x), out)
+    program = torch.export.export(fused, (x,), strict=False)
+    assert sum(n.target == torch.ops.visionattn.channel_bias_act.default for n in program.graph.nodes) == 2 * 5
+    assert torch.equal(program.module()(x), out)
 
 
 def test_triton_kernel_in_interpreter():

@@ -25,8 +25,12 @@ from .dispatch import pick
 try:  # triton is optional: the reference runs everywhere
     import triton
     import triton.language as tl
+    from triton import knobs
+
+    _INTERPRET = bool(knobs.runtime.interpret)  # TRITON_INTERPRET=1: CPU tensors run the kernel (tests).
+    # Read once here: kernels are built at import anyway, and torch.compile cannot trace the knob.
 except ImportError:  # pragma: no cover
-    triton = None
+    triton, _INTERPRET = None, False
 
 IMPLS = ("triton", "reference")
 
@@ -116,11 +120,7 @@ def _triton_supported(y: torch.Tensor, residual: Optional[torch.Tensor]) -> bool
         return False
     if not _is_nhwc(y) or (residual is not None and (not _is_nhwc(residual) or residual.dtype != y.dtype)):
         return False
-    if y.is_cuda:
-        return True
-    from triton import knobs  # CPU tensors only run under TRITON_INTERPRET=1 (tests)
-
-    return y.device.type == "cpu" and bool(knobs.runtime.interpret)
+    return y.is_cuda or (_INTERPRET and y.device.type == "cpu")
 
 
 def resolve_impl(y: torch.Tensor, residual: Optional[torch.Tensor] = None, impl: str = "auto") -> str:
