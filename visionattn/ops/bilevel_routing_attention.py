@@ -11,10 +11,11 @@ block (qkv projection, padding of sizes that are not a multiple of ``n_win``, th
 
 Implementations (``impl=``):
 
-- ``"flex"``: FlexAttention (compiled) with a block-sparse mask built from the routing indices.
-  Tokens are laid out region by region, so each query block only visits the key blocks of the
-  regions it routed to; the ``topk``-fold gathered K/V copy of the official code is never built.
-  CUDA only (on CPU ``impl="flex"`` runs FlexAttention's eager math path, used by the tests).
+- ``"triton"``: Triton kernels indexed by the routing table (forward and backward, fp32/fp16/bf16,
+  :mod:`._bilevel_routing_attention_triton`): each program gathers its routed key tokens with
+  per-row pointers straight from the NHWC maps (strided views of the fused qkv projection are
+  read in place), online softmax; the backward walks an inverted routing table for dk/dv (no
+  atomics). CUDA (on CPU only under ``TRITON_INTERPRET=1``, for the tests).
 - ``"reference"``: the readable gather-then-attend version, faithful to the official legacy op.
 
 Parity notes (released weights): the routing logits are ``(scale * mean_q) @ mean_k^T`` with the
@@ -22,27 +23,18 @@ same ``scale`` as the token attention, which the official model sets to ``C ** -
 channel width, not the head width). Region means include every token of the region (padding
 tokens too: the model pads its input before the projection, as the official dense backbone does).
 """
-import functools
 import warnings
 from typing import Tuple
 
 import torch
 
+from ._bilevel_routing_attention_triton import supported as triton_supported
 from .dispatch import pick
 
-IMPLS: Tuple[str, ...] = ("flex", "reference")
-
-try:  # torch >= 2.6: FlexAttention (CUDA kernels; CPU eager path)
-    import inspect
-
-    from torch.nn.attention.flex_attention import BlockMask as _BlockMask
-
-    _HAS_Q_BLOCKS_ARG = "compute_q_blocks" in inspect.signature(_BlockMask.from_kv_blocks).parameters
-except ImportError:  # pragma: no cover - older torch
-    _HAS_Q_BLOCKS_ARG = False
-
-# Tokens per FlexAttention block (query and key); regions are packed into blocks of this size.
-_FLEX_BLOCK = 128
+# A FlexAttention block-sparse path was measured and dropped: its 128-token blocks are far larger than
+# BiFormer's regions (64/16/4 tokens at 224), so it computed mostly masked work (2-4x slower than
+# the triton path on an H200, benchmarks/README.md).
+IMPLS: Tuple[str, ...] = ("triton", "reference")
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_win: int, num_heads: int, topk: int) -> int:
@@ -93,8 +85,11 @@ def route(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int, scale: float)
     q, k: (B, H, W, C). Means are taken per region on detached tensors (hard, non-differentiable
     routing, as in every released model).
     """
-    q_mean = to_regions(q, n_win).mean(2)  # (B, R, C)
-    k_mean = to_regions(k, n_win).mean(2)  # (B, R, C)
+    b, height, width, c = q.shape
+    h, w = height // n_win, width // n_win
+    # Reduce over (h, w) of a (B, S, h, S, w, C) view: no region-major copy of q and k.
+    q_mean = q.reshape(b, n_win, h, n_win, w, c).mean((2, 4)).reshape(b, n_win * n_win, c)  # (B, R, C)
+    k_mean = k.reshape(b, n_win, h, n_win, w, c).mean((2, 4)).reshape(b, n_win * n_win, c)  # (B, R, C)
     logits = (q_mean * scale) @ k_mean.transpose(-2, -1)  # (B, R, R)
     return torch.topk(logits, k=topk, dim=-1).indices  # (B, R, topk)
 
@@ -118,86 +113,10 @@ def _reference(q, k, v, n_win, num_heads, topk, scale):
     return from_regions(out, n_win, height, width)
 
 
-@functools.lru_cache(maxsize=64)
-def _block_cover(regions: int, hw: int, device: torch.device):
-    """Tokens each FlexAttention block holds of each region, (nblk, R), and tokens per block (nblk,).
-
-    Depends on the shapes only, so it is cached (it would otherwise cost launches in every block)."""
-    n = regions * hw
-    nblk = (n + _FLEX_BLOCK - 1) // _FLEX_BLOCK
-    token = torch.arange(n, device=device)
-    cover = torch.zeros(nblk, regions, dtype=torch.float32, device=device)
-    cover.index_put_((token // _FLEX_BLOCK, token // hw), torch.ones(n, device=device), accumulate=True)
-    return cover, cover.sum(1)
-
-
-def _block_mask(idx: torch.Tensor, regions: int, hw: int, device, backward: bool = True):
-    """FlexAttention BlockMask for tokens laid out region-major (region r = tokens [r*hw, (r+1)*hw))."""
-    from torch.nn.attention.flex_attention import BlockMask
-
-    b = idx.shape[0]
-    n = regions * hw
-    routed = torch.zeros(b, regions, regions, dtype=torch.bool, device=device)
-    routed.scatter_(2, idx, True)  # (B, R, R): query region -> key region allowed
-    cover, size = _block_cover(regions, hw, torch.device(device))  # (nblk, R), (nblk,)
-    # Allowed token pairs per (query block, key block); exact in fp32 (<= 128*128).
-    pairs = cover @ routed.float() @ cover.t()  # (B, nblk, nblk)
-    full = pairs == size[:, None] * size[None, :]
-    partial = (pairs > 0) & ~full
-
-    def as_indices(active):  # (B, nblk, nblk) bool -> counts (B, 1, nblk), indices (B, 1, nblk, nblk)
-        counts = active.sum(-1, dtype=torch.int32)
-        order = torch.argsort(active.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
-        return counts[:, None], order[:, None]
-
-    def mask_mod(batch, head, q_idx, kv_idx):
-        return routed[batch, q_idx // hw, kv_idx // hw]
-
-    num, ind = as_indices(partial)
-    full_num, full_ind = as_indices(full)
-    # The query-side tables are only needed by the backward pass.
-    extra = {} if backward or not _HAS_Q_BLOCKS_ARG else dict(compute_q_blocks=False)
-    return BlockMask.from_kv_blocks(num, ind, full_num, full_ind, BLOCK_SIZE=_FLEX_BLOCK, mask_mod=mask_mod,
-                                    seq_lengths=(n, n), **extra)
-
-
-_compiled_flex = None
-
-
-def _flex_attention(*args, **kwargs):
-    """flex_attention, compiled on CUDA (its eager form is a slow dense math fallback)."""
-    global _compiled_flex
-    from torch.nn.attention.flex_attention import flex_attention
-
-    if not args[0].is_cuda:
-        return flex_attention(*args, **kwargs)
-    if _compiled_flex is None:
-        # One compiled kernel per stage shape/dtype/mode: a model has several, and hitting dynamo's
-        # default limit (8) would silently fall back to the dense eager path. Raise it.
-        import torch._dynamo.config as dynamo_config
-
-        name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
-        setattr(dynamo_config, name, max(getattr(dynamo_config, name), 64))
-        _compiled_flex = torch.compile(flex_attention, dynamic=False)
-    return _compiled_flex(*args, **kwargs)
-
-
-def _flex(q, k, v, n_win, num_heads, topk, scale):
-    b, height, width, c = q.shape
-    cv = v.shape[-1]
-    idx = route(q, k, n_win, topk, scale)  # (B, R, topk)
-    regions = n_win * n_win
-    hw = (height // n_win) * (width // n_win)
-
-    def heads(t):  # (B, H, W, C) -> (B, M, R*hw, C/M), region-major token order
-        t = to_regions(t, n_win)
-        return t.reshape(b, regions * hw, num_heads, t.shape[-1] // num_heads).transpose(1, 2)
-
-    backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    mask = _block_mask(idx, regions, hw, q.device, backward)
-    out = _flex_attention(heads(q), heads(k), heads(v), block_mask=mask, scale=scale)  # (B, M, N, d)
-    out = out.transpose(1, 2).reshape(b, regions, hw, cv)
-    return from_regions(out, n_win, height, width)
+def _triton(q, k, v, n_win, num_heads, topk, scale):
+    idx = route(q, k, n_win, topk, scale)  # (B, R, topk) int64
+    out, _ = torch.ops.visionattn.bilevel_routing_attention_triton(q, k, v, idx, n_win, num_heads, scale)
+    return out
 
 
 def bilevel_routing_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_win: int, num_heads: int,
@@ -211,15 +130,14 @@ def bilevel_routing_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         num_heads: heads, contiguous channel blocks of C/num_heads (and Cv/num_heads).
         topk: key regions per query region; values above ``n_win**2`` are clamped with a warning.
         scale: softmax temperature for the routing and token logits (official: ``C ** -0.5``).
-        impl: ``"auto"`` (flex on CUDA, reference elsewhere), ``"flex"`` or ``"reference"``.
+        impl: ``"auto"`` (triton on CUDA, reference elsewhere), ``"triton"`` or ``"reference"``.
 
     Returns:
         (B, H, W, Cv): per token, attention over the tokens of its region's ``topk`` routed regions.
     """
     topk = _check(q, k, v, n_win, num_heads, topk)
-    # Explicit impl="flex" also runs on CPU (FlexAttention's eager path; tests use it).
-    impl = pick("bilevel_routing_attention", impl, {"flex": q.is_cuda or impl == "flex", "reference": True})
-    fn = _flex if impl == "flex" else _reference
+    impl = pick("bilevel_routing_attention", impl, {"triton": triton_supported(q, k, v), "reference": True})
+    fn = _triton if impl == "triton" else _reference
     return fn(q, k, v, n_win, num_heads, topk, scale)
 
 

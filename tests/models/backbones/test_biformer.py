@@ -151,7 +151,7 @@ def _tiny(**kwargs):
     return BiFormer(depths=(1, 1, 1, 1), dims=(32, 64, 96, 128), num_classes=10, **kwargs)
 
 
-def test_out_indices_and_reference_vs_flex_model():
+def test_out_indices_and_auto_equals_reference_on_cpu():
     torch.manual_seed(0)
     model = _tiny(n_win=4).eval()
     x = torch.randn(2, 3, 48, 80)
@@ -161,12 +161,26 @@ def test_out_indices_and_reference_vs_flex_model():
         ref = model(x)
         with use_impl("reference"):
             assert torch.equal(model(x), ref)
-        for blk in (b for s in model.stages[:3] for b in s.blocks):
-            blk.attn.attn_impl = "flex"
-        import warnings
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.cuda
+def test_triton_model_matches_reference_model_cuda():
+    """The whole model (channels_last trunk, strided qkv views into the kernel, padded dense sizes),
+    forward and parameter gradients, triton vs reference. fp32: in half precision the two paths' rounding
+    can flip near-tied routing choices in later stages (the op tests cover fp16/bf16 with shared routing)."""
+    torch.manual_seed(0)
+    model = _tiny(n_win=4).cuda().eval()  # eval: BN on running stats (batch stats would flatten the logits)
+    x = torch.randn(2, 3, 100, 136, device="cuda")  # stage maps not multiples of n_win: padded
+    outs, grads = [], []
+    for impl in ("triton", "reference"):
+        model.zero_grad()
+        with use_impl(impl):
+            out = model(x)
+        out.float().square().mean().backward()
+        outs.append(out.float())
+        grads.append(torch.cat([p.grad.float().flatten() for p in model.parameters()]))
+    assert (outs[0] - outs[1]).norm() / outs[1].norm() < 1e-4
+    assert (grads[0] - grads[1]).norm() / grads[1].norm() < 1e-3
 
 
 def test_train_step_runs_and_routing_gets_no_gradient():

@@ -141,7 +141,7 @@ class BiFormer(nn.Module):
         head_dim: channels per head of the BRA stages (heads = dim // head_dim).
         n_win: regions per side for BRA (7 for 224 classification, 16/8 in the official det/seg).
         out_norm: add per-stage LayerNorm2d applied to the intermediate (dense) features.
-        attn_impl: BRA implementation (``'auto'``, ``'flex'``, ``'reference'``).
+        attn_impl: BRA implementation (``'auto'``, ``'triton'``, ``'reference'``).
     """
 
     def __init__(self, depths=(4, 4, 18, 4), dims=(64, 128, 256, 512), topks=(1, 4, 16, -1), head_dim: int = 32,
@@ -195,7 +195,7 @@ class BiFormer(nn.Module):
         if output_fmt != "NCHW":
             raise ValueError(f"BiFormer.forward_intermediates: output_fmt must be 'NCHW', got {output_fmt!r}")
         take, max_index = feature_take_indices(len(self.stages), indices)
-        x = self.stem(x)
+        x = self.stem(x.contiguous(memory_format=torch.channels_last))
         feats = []
         stages = self.stages[:max_index + 1] if stop_early else self.stages
         for i, stage in enumerate(stages):
@@ -218,8 +218,11 @@ class BiFormer(nn.Module):
         return take
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, C_4, H/32, W/32)."""
-        return self.norm(self.stages(self.stem(x)))
+        """(B, 3, H, W) -> (B, C_4, H/32, W/32).
+
+        The trunk runs channels_last: the convolutions then produce NHWC memory, so the blocks'
+        NCHW <-> NHWC permutes are free views instead of copies."""
+        return self.norm(self.stages(self.stem(x.contiguous(memory_format=torch.channels_last))))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == "avg":
