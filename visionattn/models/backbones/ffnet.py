@@ -8,11 +8,12 @@ shape but mixes tokens with depthwise convolutions:
     token mixer    Y = DW_k2( GELU( DW_k1( BN(Conv1x1(X)) ) ) )          (kernels = keys / values)
     channel mixer  Y = Conv1x1_{3C->C}( GELU( Conv1x1_{C->3C}( DW_k(X) ) ) )
 
-Both are :class:`MetaMixer` instances. Where the math lives: the whole op is standard
-convolutions that cuDNN already runs well, so it has no kernel of its own and no
-``visionattn/ops`` file; it lives once, here. Its fast path is structural re-parameterisation:
-:meth:`FFNet.fuse` (also reached through timm's ``reparameterize_model``) folds every BatchNorm
-and the RepVGG 3x3 branches into single convolutions; the unfused training form is the reference.
+Both are :class:`MetaMixer` instances. Where the math lives: the mixers are standard
+convolutions that cuDNN already runs well, so they live once, here; the only kernel of their own
+is the generic conv epilogue ``visionattn/ops/channel_bias_act.py``. The main fast path is
+structural re-parameterisation: :meth:`FFNet.fuse` (also reached through timm's
+``reparameterize_model``) folds every BatchNorm and the RepVGG 3x3 branches into single
+convolutions; the unfused training form is the reference.
 Run the fused model in ``channels_last`` (and ``torch.compile`` it) for speed.
 
 Eager fast path of the fused model (same parameters and state dict as the official deploy model,
@@ -20,8 +21,10 @@ same function): cuDNN adds a convolution's bias in a separate pass over its outp
 1x1 conv is a :class:`PointwiseConv` that runs as ``F.linear`` on the free NHWC view of a
 channels_last input (bias in the GEMM epilogue), (2) a depthwise conv's bias is folded into the
 1x1 conv that follows it (channel mixer, patch merging: :func:`conv_then_pointwise`, computed from
-the parameters at each call), (3) layer scale and residual add are one ``addcmul``. The token
-mixer's depthwise biases cannot be folded (zero padding makes a constant non-constant at borders).
+the parameters at each call), (3) layer scale and residual add are one ``addcmul``, (4) the token
+mixer's depthwise biases, which cannot be folded (zero padding makes a constant non-constant at
+borders), are added with the GELU, and with layer scale + residual, by one ``channel_bias_act`` pass
+each (:class:`FFNifiedAttention`; Triton on CUDA, ``epilogue_impl="reference"`` turns it off).
 
 Official parity notes: a token-mixer depthwise conv is RepVGG-style (7x7 + 3x3, both with BN)
 only when its kernel is 7, otherwise a plain depthwise conv with bias and no BN; the channel
@@ -236,8 +239,6 @@ class FFNifiedAttention(MetaMixer):
         if (_biased_conv(self.key) and _biased_conv(self.value) and type(self.act) is nn.GELU
                 and self.act.approximate == "none" and cba.resolve_impl(q, residual, self.impl) == "triton"):
             a = cba.channel_bias_act(_conv_no_bias(self.key, q), self.key.bias, gelu=True, impl=self.impl)
-            if residual is None:
-                return cba.channel_bias_act(_conv_no_bias(self.value, a), self.value.bias, scale=scale, impl=self.impl)
             return cba.channel_bias_act(_conv_no_bias(self.value, a), self.value.bias, residual, scale, impl=self.impl)
         y = self.value(self.act(self.key(q)))
         if residual is None:
