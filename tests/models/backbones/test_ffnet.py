@@ -13,7 +13,7 @@ from timm.utils.model import reparameterize_model
 
 import visionattn  # noqa: F401  (registers ffnet_*)
 from visionattn.hub import load_checkpoint
-from visionattn.models.backbones.ffnet import FFNet, MetaMixer, RepDWConv
+from visionattn.models.backbones.ffnet import FFNet, MetaMixer, PointwiseConv, RepDWConv
 
 KEYS = Path("/work/shared/reference/keys")
 if not KEYS.is_dir():  # CI copy of the listings
@@ -59,6 +59,67 @@ def test_fuse_matches_unfused_and_leaves_no_batchnorm_in_blocks():
     bns = [n for n, m in fused.named_modules() if isinstance(m, nn.BatchNorm2d)]
     assert bns == ["norm"]
     assert not any(isinstance(m, RepDWConv) for m in fused.modules())
+
+
+def _plain_convs(model: nn.Module) -> nn.Module:
+    """A copy whose 1x1 convs are plain ``nn.Conv2d`` (same tensors): no GEMM path, no bias folds."""
+    model = copy.deepcopy(model)
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, PointwiseConv):
+                plain = nn.Conv2d(child.in_channels, child.out_channels, 1, bias=child.bias is not None)
+                plain.load_state_dict(child.state_dict())
+                setattr(module, name, plain)
+    return model
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_deploy_fast_path_bias_folds_and_gemms_do_not_change_the_output(channels_last):
+    """The fused model's eager fast path (1x1 convs as GEMMs on the NHWC view, depthwise biases folded
+    into the following 1x1 conv at call time, layer scale + residual in one addcmul) computes the same
+    function as the plain fused conv graph and as the unfused model; fails if a fold is wrong."""
+    model = _randomize(FFNet(**TINY))
+    fused = copy.deepcopy(model).fuse()
+    plain = _plain_convs(fused)
+    assert fused.state_dict().keys() == plain.state_dict().keys() and _params(fused) == _params(plain)
+    x = torch.randn(2, 3, 64, 96)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        fused, plain, model = (m.to(memory_format=torch.channels_last) for m in (fused, plain, model))
+    with torch.no_grad():
+        out, ref_plain, ref_unfused = fused(x), plain(x), model(x)
+        feats = fused.forward_intermediates(x, intermediates_only=True)
+    assert (out - ref_plain).abs().max() <= 1e-5
+    assert (out - ref_unfused).abs().max() <= 1e-5
+    assert all(f.is_contiguous(memory_format=torch.channels_last) == channels_last for f in feats)
+    # the folds are live: a depthwise bias that reaches the output only through a fold changes it
+    with torch.no_grad():
+        fused.stages[1].blocks[0].channel_mixer.query.bias.add_(1.0)
+        fused.stages[2].downsample.conv.bias.add_(1.0)
+        assert (fused(x) - out).abs().max() > 1e-3
+
+
+def test_deploy_fast_path_keeps_the_published_layout_and_loads_after_fuse():
+    """Folds are computed from the parameters at each call: the fused state dict is the official deploy
+    layout (param count as published), and a deploy state dict loaded *after* fuse() is used as is."""
+    a, b = _randomize(FFNet(**TINY), seed=0).fuse(), _randomize(FFNet(**TINY), seed=1).fuse()
+    a.load_state_dict(b.state_dict())  # strict
+    x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+    # gradients reach a folded depthwise bias (fine-tuning a fused model stays correct)
+    a.train()
+    a(x).sum().backward()
+    assert a.stages[0].blocks[0].channel_mixer.query.bias.grad.abs().sum() > 0
+
+
+def test_fused_channels_last_model_exports():
+    model = _randomize(FFNet(**TINY)).fuse().to(memory_format=torch.channels_last)
+    x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    program = torch.export.export(model, (x,), strict=False)
+    with torch.no_grad():
+        assert torch.allclose(program.module()(x), model(x), atol=1e-6)
+    assert any(n.target == torch.ops.aten.linear.default for n in program.graph.nodes)  # the GEMM path
 
 
 def test_timm_reparameterize_model_fuses_a_wrapped_ffnet():

@@ -8,12 +8,23 @@ shape but mixes tokens with depthwise convolutions:
     token mixer    Y = DW_k2( GELU( DW_k1( BN(Conv1x1(X)) ) ) )          (kernels = keys / values)
     channel mixer  Y = Conv1x1_{3C->C}( GELU( Conv1x1_{C->3C}( DW_k(X) ) ) )
 
-Both are :class:`MetaMixer` instances. Where the math lives: the whole op is standard
-convolutions that cuDNN already runs well, so it has no kernel of its own and no
-``visionattn/ops`` file; it lives once, here. Its fast path is structural re-parameterisation:
-:meth:`FFNet.fuse` (also reached through timm's ``reparameterize_model``) folds every BatchNorm
-and the RepVGG 3x3 branches into single convolutions; the unfused training form is the reference.
+Both are :class:`MetaMixer` instances. Where the math lives: the mixers are standard
+convolutions that cuDNN already runs well, so they live once, here; the only kernel of their own
+is the generic conv epilogue ``visionattn/ops/channel_bias_act.py``. The main fast path is
+structural re-parameterisation: :meth:`FFNet.fuse` (also reached through timm's
+``reparameterize_model``) folds every BatchNorm and the RepVGG 3x3 branches into single
+convolutions; the unfused training form is the reference.
 Run the fused model in ``channels_last`` (and ``torch.compile`` it) for speed.
+
+Eager fast path of the fused model (same parameters and state dict as the official deploy model,
+same function): cuDNN adds a convolution's bias in a separate pass over its output, so (1) every
+1x1 conv is a :class:`PointwiseConv` that runs as ``F.linear`` on the free NHWC view of a
+channels_last input (bias in the GEMM epilogue), (2) a depthwise conv's bias is folded into the
+1x1 conv that follows it (channel mixer, patch merging: :func:`conv_then_pointwise`, computed from
+the parameters at each call), (3) layer scale and residual add are one ``addcmul``, (4) the token
+mixer's depthwise biases, which cannot be folded (zero padding makes a constant non-constant at
+borders), are added with the GELU, and with layer scale + residual, by one ``channel_bias_act`` pass
+each (:class:`FFNifiedAttention`; Triton on CUDA, ``epilogue_impl="reference"`` turns it off).
 
 Official parity notes: a token-mixer depthwise conv is RepVGG-style (7x7 + 3x3, both with BN)
 only when its kernel is 7, otherwise a plain depthwise conv with bias and no BN; the channel
@@ -33,8 +44,54 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 
 from visionattn.hub import extract_state_dict, register_converter
+from visionattn.ops import channel_bias_act as cba
 
-__all__ = ["FFNet", "MetaMixer", "ConvBN", "RepDWConv", "BNConvSkip", "PatchMerging", "FFNetBlock"]
+__all__ = ["FFNet", "MetaMixer", "ConvBN", "RepDWConv", "BNConvSkip", "PatchMerging", "FFNetBlock", "PointwiseConv",
+           "ConvFFN"]
+
+
+# --- 1x1 convolutions as GEMMs ------------------------------------------------------------------
+
+def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """1x1 conv, (B, C_in, H, W) x (C_out, C_in, 1, 1) -> (B, C_out, H, W).
+
+    On a channels_last input the NHWC view is free and ``F.linear`` adds the bias in the GEMM's
+    epilogue (cuBLAS); cuDNN's channels_last 1x1 conv adds it in a separate pass over the output.
+    The result is channels_last as conv2d's would be. Other layouts take ``F.conv2d``.
+    """
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias).permute(0, 3, 1, 2)
+    return F.conv2d(x, weight, bias)
+
+
+class PointwiseConv(nn.Conv2d):
+    """A 1x1, stride-1 ``nn.Conv2d`` (same parameters and state-dict keys) run by :func:`pointwise`."""
+
+    def __init__(self, in_chs: int, out_chs: int, bias: bool = True, device=None, dtype=None):
+        super().__init__(in_chs, out_chs, 1, bias=bias, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``bias`` replaces ``self.bias`` (a bias folded in from the layer before)."""
+        return pointwise(x, self.weight, self.bias if bias is None else bias)
+
+
+def _conv_no_bias(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def conv_then_pointwise(x: torch.Tensor, conv: nn.Conv2d, pw: PointwiseConv) -> torch.Tensor:
+    """``pw(conv(x))`` with ``conv``'s bias folded into ``pw``'s: W(y + b) + c = Wy + (Wb + c).
+
+    Exact because a 1x1 conv has no padding (the bias is the same at every pixel), and it saves a
+    full pass over ``conv``'s output. The folded bias is a (C_out,) matrix-vector product computed
+    from the parameters at each call, so the parameters, the state dict and gradients stay those of
+    the published fused model. (B, C_in, H, W) -> (B, C_pw, H', W').
+    """
+    y = _conv_no_bias(conv, x)
+    if conv.bias is None:
+        return pw(y)
+    w = pw.weight.flatten(1)  # (C_out, C_in)
+    return pw(y, bias=torch.mv(w, conv.bias) if pw.bias is None else torch.addmv(pw.bias, w, conv.bias))
 
 
 # --- re-parameterisable convolution units -------------------------------------------------------
@@ -48,9 +105,12 @@ def _fold_bn(weight: torch.Tensor, bias: Optional[torch.Tensor], bn: nn.BatchNor
 
 
 def _conv_like(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
-    """A biased conv with ``conv``'s geometry holding ``weight``/``bias``."""
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      conv.dilation, conv.groups, bias=True, device=weight.device, dtype=weight.dtype)
+    """A biased conv with ``conv``'s geometry holding ``weight``/``bias`` (a 1x1 one: :class:`PointwiseConv`)."""
+    if isinstance(conv, PointwiseConv):
+        fused = PointwiseConv(conv.in_channels, conv.out_channels, device=weight.device, dtype=weight.dtype)
+    else:
+        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                          conv.dilation, conv.groups, bias=True, device=weight.device, dtype=weight.dtype)
     fused.weight.copy_(weight)
     fused.bias.copy_(bias)
     return fused
@@ -61,7 +121,10 @@ class ConvBN(nn.Module):
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1, groups: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
+        if kernel_size == 1 and stride == 1 and groups == 1:
+            self.conv = PointwiseConv(in_chs, out_chs, bias=False)
+        else:
+            self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(out_chs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,7 +169,7 @@ class BNConvSkip(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.bn = nn.BatchNorm2d(dim)
-        self.conv = nn.Conv2d(dim, dim, 1, bias=False)
+        self.conv = PointwiseConv(dim, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv(self.bn(x))
@@ -153,17 +216,61 @@ class MetaMixer(nn.Module):
         return self.value(a, x) if getattr(self.value, "uses_input", False) else self.value(a)
 
 
-def ffnified_attention(dim: int, k1: int, k2: int) -> MetaMixer:
+def _biased_conv(m: nn.Module) -> bool:
+    return type(m) is nn.Conv2d and m.bias is not None
+
+
+class FFNifiedAttention(MetaMixer):
+    """FFNified attention token mixer: value(GELU(key(query(X)))) with depthwise key/value convs;
+    (B, C, H, W) in and out. ``forward(x, residual, scale)`` returns ``residual + scale * mixer(x)``.
+
+    When key and value are biased convs (fused model; stages with plain depthwise convs) and the
+    ``channel_bias_act`` op resolves to its Triton kernel (CUDA, channels_last), the convs run
+    without bias and the op adds bias + GELU, and bias + layer scale + residual, in one pass each.
+    """
+
+    def __init__(self, query: nn.Module, key: nn.Module, act: nn.Module, value: nn.Module, impl: str = "auto"):
+        super().__init__(query, key, act, value)
+        self.impl = impl
+
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        q = self.query(x)
+        if (_biased_conv(self.key) and _biased_conv(self.value) and type(self.act) is nn.GELU
+                and self.act.approximate == "none" and cba.resolve_impl(q, residual, self.impl) == "triton"):
+            a = cba.channel_bias_act(_conv_no_bias(self.key, q), self.key.bias, gelu=True, impl=self.impl)
+            return cba.channel_bias_act(_conv_no_bias(self.value, a), self.value.bias, residual, scale, impl=self.impl)
+        y = self.value(self.act(self.key(q)))
+        if residual is None:
+            return y if scale is None else y * scale.view(1, -1, 1, 1)
+        return y + residual if scale is None else torch.addcmul(residual, y, scale.view(1, -1, 1, 1))
+
+
+def ffnified_attention(dim: int, k1: int, k2: int, impl: str = "auto") -> FFNifiedAttention:
     """FFNified attention token mixer: DW_k2(GELU(DW_k1(BN(Conv1x1(X))))), (B, C, H, W) in and out."""
-    return MetaMixer(ConvBN(dim, dim, 1), dw_conv(dim, k1, with_bn=False), nn.GELU(),
-                     dw_conv(dim, k2, with_bn=False))
+    return FFNifiedAttention(ConvBN(dim, dim, 1), dw_conv(dim, k1, with_bn=False), nn.GELU(),
+                             dw_conv(dim, k2, with_bn=False), impl=impl)
 
 
-def convnext_ffn(dim: int, kernel_size: int, mlp_ratio: float) -> MetaMixer:
+class ConvFFN(MetaMixer):
+    """ConvNeXt-like channel mixer: value(GELU(key(query(X)))) with query a depthwise conv and
+    key/value 1x1 convs; (B, C, H, W) in and out.
+
+    Once fused (``query`` a biased conv) the depthwise bias is folded into the first 1x1 conv's
+    (:func:`conv_then_pointwise`), which removes one pass over the activations.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if type(self.query) is nn.Conv2d and isinstance(self.key, PointwiseConv):
+            return self.value(self.act(conv_then_pointwise(x, self.query, self.key)))
+        return super().forward(x)
+
+
+def convnext_ffn(dim: int, kernel_size: int, mlp_ratio: float) -> ConvFFN:
     """ConvNeXt-like channel mixer: Conv1x1(GELU(Conv1x1(DW_k(X)))), (B, C, H, W) in and out."""
     hidden = int(dim * mlp_ratio)
-    return MetaMixer(dw_conv(dim, kernel_size, with_bn=True), nn.Conv2d(dim, hidden, 1), nn.GELU(),
-                     nn.Conv2d(hidden, dim, 1))
+    return ConvFFN(dw_conv(dim, kernel_size, with_bn=True), PointwiseConv(dim, hidden), nn.GELU(),
+                   PointwiseConv(hidden, dim))
 
 
 # --- network ----------------------------------------------------------------------------------
@@ -172,17 +279,26 @@ class FFNetBlock(nn.Module):
     """X + DropPath(γ1·TokenMixer(X)), then + DropPath(γ2·ChannelMixer(·)); (B, C, H, W)."""
 
     def __init__(self, dim: int, token_kernels: Tuple[int, int], ffn_kernel: int, mlp_ratio: float = 3.0,
-                 drop_path: float = 0.0, layer_scale_init_value: Optional[float] = None):
+                 drop_path: float = 0.0, layer_scale_init_value: Optional[float] = None, epilogue_impl: str = "auto"):
         super().__init__()
-        self.token_mixer = ffnified_attention(dim, *token_kernels)
+        self.token_mixer = ffnified_attention(dim, *token_kernels, impl=epilogue_impl)
         self.ls1 = LayerScale2d(dim, layer_scale_init_value) if layer_scale_init_value else nn.Identity()
         self.channel_mixer = convnext_ffn(dim, ffn_kernel, mlp_ratio)
         self.ls2 = LayerScale2d(dim, layer_scale_init_value) if layer_scale_init_value else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
+    def _residual(self, x: torch.Tensor, y: torch.Tensor, ls: nn.Module) -> torch.Tensor:
+        """x + DropPath(γ·y); with layer scale one ``addcmul`` pass instead of a multiply and an add."""
+        if isinstance(ls, LayerScale2d):
+            return torch.addcmul(x, self.drop_path(y), ls.gamma.view(1, -1, 1, 1))
+        return x + self.drop_path(y)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.ls1(self.token_mixer(x)))
-        return x + self.drop_path(self.ls2(self.channel_mixer(x)))
+        if isinstance(self.drop_path, nn.Identity) or not self.training:  # residual inside the mixer's epilogue
+            x = self.token_mixer(x, residual=x, scale=self.ls1.gamma if isinstance(self.ls1, LayerScale2d) else None)
+        else:
+            x = self._residual(x, self.token_mixer(x), self.ls1)
+        return self._residual(x, self.channel_mixer(x), self.ls2)
 
 
 class PatchMerging(nn.Module):
@@ -199,6 +315,8 @@ class PatchMerging(nn.Module):
         self.proj = BNConvSkip(out_chs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if type(self.conv) is nn.Conv2d and isinstance(self.proj, PointwiseConv):  # fused: fold the DW bias
+            return conv_then_pointwise(x, self.conv, self.proj)
         return self.proj(self.conv(x))
 
 
@@ -231,6 +349,8 @@ class FFNet(nn.Module):
         layer_scale_init_value: layer-scale init (``None``: no layer scale).
         stage_norm: add a channels-first LayerNorm (eps 1e-6) per stage output, as the official dense
             backbones do; applied by :meth:`forward_intermediates`.
+        epilogue_impl: ``impl`` of the ``channel_bias_act`` op after the token mixers' depthwise
+            convs ("auto": its Triton kernel on CUDA channels_last maps; "reference": PyTorch ops).
     """
 
     def __init__(self, depths: Sequence[int] = (2, 2, 8, 2), dims: Sequence[int] = (80, 160, 320, 640),
@@ -238,7 +358,7 @@ class FFNet(nn.Module):
                  token_kernels2: Sequence[int] = (3, 3, 7, 7), mlp_ratio: float = 3.0, stem_chs: int = 64,
                  layer_scale_init_value: Optional[float] = None, in_chans: int = 3, num_classes: int = 1000,
                  global_pool: str = "avg", drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                 stage_norm: bool = False):
+                 stage_norm: bool = False, epilogue_impl: str = "auto"):
         super().__init__()
         if not len(depths) == len(dims) == len(ffn_kernels) == len(token_kernels1) == len(token_kernels2):
             raise ValueError("FFNet: depths, dims, ffn_kernels, token_kernels1/2 need one entry per stage")
@@ -255,7 +375,7 @@ class FFNet(nn.Module):
             self.stages.append(FFNetStage(
                 dims[max(i - 1, 0)], dims[i], depth, downsample=i > 0, drop_path=dpr[i].tolist(),
                 token_kernels=(token_kernels1[i], token_kernels2[i]), ffn_kernel=ffn_kernels[i],
-                mlp_ratio=mlp_ratio, layer_scale_init_value=layer_scale_init_value))
+                mlp_ratio=mlp_ratio, layer_scale_init_value=layer_scale_init_value, epilogue_impl=epilogue_impl))
             self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"stages.{i}"))
         self.stage_norms = nn.ModuleList([LayerNorm2d(d, eps=1e-6) for d in dims]) if stage_norm else None
         self.norm = nn.BatchNorm2d(dims[-1])
