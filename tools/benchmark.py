@@ -21,7 +21,9 @@
   (``visionattn.cuda_graph.CUDAGraphRunner``) and replayed. ``first_call_s`` in the JSON is the
   wall time of the first call (compile or capture included).
 - Latency is the median over ``--iters`` timed calls after ``--warmup`` calls; CUDA is timed with
-  events and synchronised; peak memory is ``torch.cuda.max_memory_allocated`` (CUDA only).
+  events and synchronised, with ``cudnn.benchmark`` on (as timm's benchmark); peak memory is
+  ``torch.cuda.max_memory_allocated`` above what the timed calls start from (CUDA only; with
+  ``--cuda-graph`` from before the capture, so the graph's memory pool counts).
 - Results are printed as a table and saved as JSON under ``benchmarks/`` with the machine described.
 """
 import argparse
@@ -67,14 +69,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(fn: Callable[[], Any], device: torch.device, warmup: int, iters: int) -> Dict[str, Any]:
-    """Median latency (ms) of ``fn()`` and, on CUDA, its peak allocated memory (MiB)."""
+def measure(fn: Callable[[], Any], device: torch.device, warmup: int, iters: int,
+            since: Optional[int] = None) -> Dict[str, Any]:
+    """Median latency (ms) of ``fn()`` and, on CUDA, its peak allocated memory (MiB): over the timed
+    calls above the memory they start from, or, with ``since`` (bytes allocated at an earlier point
+    whose peak was reset), over everything from that point on."""
     for _ in range(warmup):
         fn()
     _sync(device)
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
+        base = since
+        if since is None:
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
     times = []
     for _ in range(iters):
         if device.type == "cuda":
@@ -282,6 +289,7 @@ def machine(device: torch.device) -> Dict[str, Any]:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cudnn"] = torch.backends.cudnn.version()
+        info["cudnn_benchmark"] = torch.backends.cudnn.benchmark
     return info
 
 
@@ -289,6 +297,9 @@ def run(args) -> Dict[str, Any]:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda but no CUDA GPU is available; use --device cpu")
+    if device.type == "cuda":
+        # as timm's benchmark does: let cuDNN pick its fastest algorithm per shape (warm-up absorbs it)
+        torch.backends.cudnn.benchmark = True
     dtype = DTYPES[args.dtype]
     official = load_official(args.official) if args.official else None
     rows = []
@@ -304,12 +315,17 @@ def run(args) -> Dict[str, Any]:
         for impl, fn, batch in cases:
             row = {"target": target, "kind": kind, "impl": impl, "batch": batch}
             try:
+                since = None
+                if args.cuda_graph and device.type == "cuda":
+                    # a graph's memory pool is allocated while capturing (the first call): count it
+                    torch.cuda.reset_peak_memory_stats(device)
+                    since = torch.cuda.memory_allocated(device)
                 t0 = time.perf_counter()
                 out = fn()
                 _sync(device)
                 row["first_call_s"] = time.perf_counter() - t0  # includes compile / graph capture
                 first = next(iter(_tensors(out)), None)
-                row.update(measure(fn, device, args.warmup, args.iters))
+                row.update(measure(fn, device, args.warmup, args.iters, since=since))
                 unit = "img/s" if kind == "model" else "calls/s"
                 row["throughput"] = (batch or 1) * 1e3 / row["latency_ms"]
                 row["throughput_unit"] = unit

@@ -151,3 +151,14 @@ def test_every_op_benchmarks_on_cuda(load_tool, capsys, tmp_path, op):
     assert rc == 0, out
     ran = [r for r in report["results"] if "skipped" not in r]  # e.g. sdpa_gqa needs uniform groups
     assert ran and all("error" not in r and r["peak_mem_mib"] is not None for r in ran), out
+
+
+@pytest.mark.cuda
+def test_cuda_graph_rows_count_the_graph_memory(load_tool, capsys, tmp_path):
+    # the graph's pool is allocated at capture, before the timed replays: it must still show up
+    rc, out, report = _run(load_tool, capsys, tmp_path, ["resnet10t", "--device", "cuda", "--batch", "8",
+                                                          "--cuda-graph"])
+    assert rc == 0, out
+    assert report["machine"]["cudnn_benchmark"] is True
+    (row,) = report["results"]
+    assert row["peak_mem_mib"] > 1, row
