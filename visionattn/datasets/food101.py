@@ -4,7 +4,6 @@ per line, without extension)."""
 from pathlib import Path
 from typing import Callable, Dict, Union
 
-from PIL import Image
 
 from ..engine.registry import DATASETS
 from .labelled_images import LabelledImages, check_split
@@ -26,18 +25,9 @@ class Food101(LabelledImages):
                                         f"so that {str(root)!r} holds food-101/images and food-101/meta")
         self.classes = tuple(line.strip() for line in (meta / "classes.txt").read_text().splitlines() if line.strip())
         index = {c: i for i, c in enumerate(self.classes)}
-        self.samples = []
         for line in (meta / f"{split}.txt").read_text().splitlines():
             if line.strip():
                 cls = line.strip().split("/")[0]
                 if cls not in index:
                     raise RuntimeError(f"Food101: {split}.txt names class {cls!r} missing from classes.txt")
                 self.samples.append((self.root / "images" / f"{line.strip()}.jpg", index[cls]))
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def load(self, index: int):
-        path, label = self.samples[index]
-        with Image.open(path) as img:
-            return img.convert("RGB"), label

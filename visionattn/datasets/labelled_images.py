@@ -1,5 +1,6 @@
 """Base of the classification readers: (image, label) records -> ``dict(inputs, data_samples)`` items."""
-from typing import Callable, Dict, Sequence, Tuple, Union
+from pathlib import Path
+from typing import Callable, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -10,7 +11,8 @@ from ..engine.registry import TRANSFORMS
 
 
 class LabelledImages(Dataset):
-    """Subclasses fill ``self.classes`` and implement ``__len__`` and ``load(index) -> (PIL RGB, label)``.
+    """Subclasses fill ``self.classes`` and either ``self.samples`` (``(image file, label)`` records,
+    read here) or override ``__len__`` and ``load(index) -> (PIL RGB, label)`` (e.g. in-memory arrays).
 
     Items are ``dict(inputs=uint8 Tensor (3, H, W), data_samples=dict(label=int))`` after ``transform``
     (a callable or a TRANSFORMS config mapping a PIL RGB image to a uint8 tensor), as
@@ -21,13 +23,19 @@ class LabelledImages(Dataset):
 
     def __init__(self, transform: Union[Callable, Dict, None] = None):
         self.transform = TRANSFORMS.build(transform) if isinstance(transform, dict) else transform
+        self.samples: List[Tuple[Path, int]] = []
 
     @property
     def metainfo(self) -> Dict:
         return dict(classes=tuple(self.classes))
 
+    def __len__(self) -> int:
+        return len(self.samples)
+
     def load(self, index: int) -> Tuple[Image.Image, int]:
-        raise NotImplementedError
+        path, label = self.samples[index]
+        with Image.open(path) as img:
+            return img.convert("RGB"), label
 
     def __getitem__(self, index: int) -> Dict:
         img, label = self.load(index)

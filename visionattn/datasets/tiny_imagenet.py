@@ -6,7 +6,6 @@ code's ImageFolder training split)."""
 from pathlib import Path
 from typing import Callable, Dict, Union
 
-from PIL import Image
 
 from ..engine.registry import DATASETS
 from .labelled_images import LabelledImages, check_split
@@ -34,7 +33,6 @@ class TinyImageNet(LabelledImages):
             ann = self.root / "val" / "val_annotations.txt"
             if not ann.is_file():
                 raise FileNotFoundError(f"TinyImageNet: {str(ann)!r} does not exist")
-            self.samples = []
             for line in ann.read_text().splitlines():
                 if line.strip():
                     name, wnid = line.split("\t")[:2]
@@ -43,11 +41,3 @@ class TinyImageNet(LabelledImages):
                     self.samples.append((self.root / "val" / "images" / name, index[wnid]))
         if not self.samples:
             raise FileNotFoundError(f"TinyImageNet: no {split} images under {str(self.root)!r}")
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def load(self, index: int):
-        path, label = self.samples[index]
-        with Image.open(path) as img:
-            return img.convert("RGB"), label
