@@ -20,8 +20,8 @@ Eager fast path of the fused model (same parameters and state dict as the offici
 same function): cuDNN adds a convolution's bias in a separate pass over its output, so (1) every
 1x1 conv is a :class:`PointwiseConv` that runs as ``F.linear`` on the free NHWC view of a
 channels_last input (bias in the GEMM epilogue), (2) a depthwise conv's bias is folded into the
-1x1 conv that follows it (channel mixer, patch merging: :func:`conv_then_pointwise`, computed from
-the parameters at each call), (3) layer scale and residual add are one ``addcmul``, (4) the token
+1x1 conv that follows it (channel mixer, patch merging: :func:`conv_then_pointwise`, derived from
+the parameters, cached between no-grad calls), (3) layer scale and residual add are one ``addcmul``, (4) the token
 mixer's depthwise biases, which cannot be folded (zero padding makes a constant non-constant at
 borders), are added with the GELU, and with layer scale + residual, by one ``channel_bias_act`` pass
 each (:class:`FFNifiedAttention`; Triton on CUDA, ``epilogue_impl="reference"`` turns it off).
@@ -44,6 +44,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 
 from visionattn.hub import extract_state_dict, register_converter
+from visionattn.models.derived_tensor import DerivedTensor
 from visionattn.ops import channel_bias_act as cba
 
 __all__ = ["FFNet", "MetaMixer", "ConvBN", "RepDWConv", "BNConvSkip", "PatchMerging", "FFNetBlock", "PointwiseConv",
@@ -69,6 +70,7 @@ class PointwiseConv(nn.Conv2d):
 
     def __init__(self, in_chs: int, out_chs: int, bias: bool = True, device=None, dtype=None):
         super().__init__(in_chs, out_chs, 1, bias=bias, device=device, dtype=dtype)
+        self.folded_bias = DerivedTensor()  # see conv_then_pointwise
 
     def forward(self, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``bias`` replaces ``self.bias`` (a bias folded in from the layer before)."""
@@ -83,15 +85,22 @@ def conv_then_pointwise(x: torch.Tensor, conv: nn.Conv2d, pw: PointwiseConv) -> 
     """``pw(conv(x))`` with ``conv``'s bias folded into ``pw``'s: W(y + b) + c = Wy + (Wb + c).
 
     Exact because a 1x1 conv has no padding (the bias is the same at every pixel), and it saves a
-    full pass over ``conv``'s output. The folded bias is a (C_out,) matrix-vector product computed
-    from the parameters at each call, so the parameters, the state dict and gradients stay those of
-    the published fused model. (B, C_in, H, W) -> (B, C_pw, H', W').
+    full pass over ``conv``'s output. The folded bias is a (C_out,) matrix-vector product derived
+    from the parameters (recomputed at each call under autograd, cached between no-grad calls until
+    a parameter changes), so the parameters, the state dict and gradients stay those of the
+    published fused model. (B, C_in, H, W) -> (B, C_pw, H', W').
     """
     y = _conv_no_bias(conv, x)
     if conv.bias is None:
         return pw(y)
-    w = pw.weight.flatten(1)  # (C_out, C_in)
-    return pw(y, bias=torch.mv(w, conv.bias) if pw.bias is None else torch.addmv(pw.bias, w, conv.bias))
+
+    def fold() -> torch.Tensor:
+        w = pw.weight.flatten(1)  # (C_out, C_in)
+        return torch.mv(w, conv.bias) if pw.bias is None else torch.addmv(pw.bias, w, conv.bias)
+    if torch.is_grad_enabled():
+        return pw(y, bias=fold())
+    params = (pw.weight, conv.bias) if pw.bias is None else (pw.weight, conv.bias, pw.bias)
+    return pw(y, bias=pw.folded_bias.get(params, fold))
 
 
 # --- re-parameterisable convolution units -------------------------------------------------------

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from ...hub import extract_state_dict, register_converter
 from ...ops.wkv import re_wkv
+from ..derived_tensor import DerivedTensor
 from ..registry import register_network
 
 
@@ -32,8 +33,7 @@ class OmniShift(nn.Module):
         self.conv3x3 = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False)
         self.conv5x5 = nn.Conv2d(dim, dim, 5, padding=2, groups=dim, bias=False)
         self.alpha = nn.Parameter(torch.randn(4))
-        self._fused: Optional[torch.Tensor] = None
-        self._fused_key: Optional[Tuple] = None
+        self._fused = DerivedTensor()
 
     def fused_weight(self) -> torch.Tensor:
         """The equivalent DW5x5 kernel, (C, 1, 5, 5)."""
@@ -44,17 +44,7 @@ class OmniShift(nn.Module):
 
     def _cached_fused_weight(self) -> torch.Tensor:
         params = (self.alpha, self.conv1x1.weight, self.conv3x3.weight, self.conv5x5.weight)
-        if torch.compiler.is_compiling() or any(p.device.type == "meta" for p in params):
-            return self.fused_weight()  # traced/fake tensors: no storage to key a cache on
-        try:
-            key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
-        except RuntimeError:  # tensor subclasses without storage (e.g. fake tensors in torch.export)
-            return self.fused_weight()
-        if self._fused is None or key != self._fused_key:
-            with torch.no_grad():
-                self._fused = self.fused_weight()
-            self._fused_key = key
-        return self._fused
+        return self._fused.get(params, self.fused_weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
@@ -66,7 +56,7 @@ class OmniShift(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # official state dicts carry the derived fused kernel; it is recomputed, never loaded
         state_dict.pop(prefix + "conv5x5_reparam.weight", None)
-        self._fused = None
+        self._fused.clear()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
