@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from visionattn.cuda_graph import CUDAGraphRunner
+from visionattn.cuda_graph import CUDAGraphRunner, TrainingGraph
 
 
 def test_rejects_cpu_tensors_and_bad_settings():
@@ -30,3 +30,72 @@ def test_replay_per_signature_and_lru():
     a = shared(torch.zeros(2, device="cuda"))
     shared(torch.ones(2, device="cuda"))
     assert torch.equal(a, torch.full((2,), 2.0, device="cuda"))  # the graph's own buffer
+
+
+class _Net(torch.nn.Module):
+    """Dict output with a list, an int tuple and an output without grad, as MatchStereo's."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.lin = torch.nn.Linear(4, 2)
+        self.unused = torch.nn.Linear(2, 2)  # parameters without gradient are allowed
+
+    def forward(self, x, y):
+        f = self.bn(self.conv(x + y)).relu()
+        return {"map": f, "fields": [f.mean((2, 3)), self.lin(f.mean((2, 3)))], "padding": (0, 3),
+                "mask": f > 0}
+
+
+def _loss(out):
+    return out["map"].square().mean() + sum(t.sum() for t in out["fields"])
+
+
+def test_training_graph_runs_eager_off_cuda():
+    net = _Net()
+    graph = TrainingGraph(net)
+    x, y = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    out = graph(x, y)
+    assert out["padding"] == (0, 3) and len(graph) == 0  # CPU: the module itself, nothing captured
+    _loss(out).backward()
+    assert net.conv.weight.grad is not None
+    with pytest.raises(ValueError, match="max_graphs"):
+        TrainingGraph(net, max_graphs=0)
+
+
+@pytest.mark.cuda
+def test_training_graph_equals_eager_over_optimizer_steps():
+    torch.manual_seed(0)
+    eager, graphed_net = _Net().cuda(), _Net().cuda()
+    graphed_net.load_state_dict(eager.state_dict())
+    graph = TrainingGraph(graphed_net)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (eager, graphed_net)]
+    xs = [(torch.randn(2, 3, 8, 8, device="cuda"), torch.randn(2, 3, 8, 8, device="cuda")) for _ in range(4)]
+    # the graph's warm-up runs 3 training forwards, which advance BatchNorm's running statistics:
+    # compare the eager model after the same number of forwards
+    with torch.no_grad():
+        for _ in range(3):
+            eager(*xs[0])
+    for x, y in xs:
+        outs = []
+        for m, fn, opt in ((eager, eager, opts[0]), (graphed_net, graph, opts[1])):
+            opt.zero_grad(set_to_none=True)
+            out = fn(x, y)
+            _loss(out).backward()
+            outs.append(out)
+            opt.step()
+        assert outs[1]["padding"] == (0, 3) and outs[1]["mask"].dtype == torch.bool
+        torch.testing.assert_close(outs[1]["map"], outs[0]["map"])
+        for a, b in zip(eager.parameters(), graphed_net.parameters()):
+            torch.testing.assert_close(a, b)  # same gradients, so the same parameters after each step
+    assert len(graph) == 1
+    with pytest.raises(RuntimeError, match="set_to_none"):  # .grad left from the last step
+        graph(*xs[0])
+    opts[1].zero_grad(set_to_none=True)
+    graph(torch.randn(1, 3, 8, 8, device="cuda"), torch.randn(1, 3, 8, 8, device="cuda"))
+    assert len(graph) == 2  # a new input shape is a new capture
+    graphed_net.eval()
+    with torch.no_grad():
+        graph(*xs[0])
+    assert len(graph) == 2  # eval / no-grad calls run eagerly

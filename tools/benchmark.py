@@ -2,7 +2,7 @@
 
     python tools/benchmark.py MODEL_OR_OP [MODEL_OR_OP ...] [--impl a,b,...] [--official path.py:fn]
         [--batch 8] [--dtype float32|float16|bfloat16] [--device cpu|cuda] [--shape k=v ...]
-        [--mode infer|train] [--channels-last] [--compile | --cuda-graph] [--warmup 10] [--iters 50] [--out DIR]
+        [--mode infer|train] [--channels-last] [--compile [--compile-options k=v] | --cuda-graph] [--warmup 10] [--iters 50] [--out DIR]
         [--model-kwargs k=v ...] [--checkpoint PATH]
 
 - A target is an op when ``visionattn/ops/<name>.py`` exists (op-module contract: the function
@@ -17,9 +17,11 @@
   code is never part of the repository.
 - The first row is the baseline: ``speed-up`` = baseline latency / latency, ``max|diff|`` = largest
   absolute difference of the first output tensor from the baseline's (infer mode).
-- ``--cuda-graph`` (models, infer, CUDA): the forward is captured once as a CUDA graph
-  (``visionattn.cuda_graph.CUDAGraphRunner``) and replayed. ``first_call_s`` in the JSON is the
-  wall time of the first call (compile or capture included).
+- ``--cuda-graph`` (our models, CUDA): infer mode replays the forward from a CUDA graph
+  (``visionattn.cuda_graph.CUDAGraphRunner``), train mode the forward and backward
+  (``visionattn.cuda_graph.TrainingGraph``); an ``official`` row stays eager, as released.
+  ``--compile-options k=v`` passes inductor options to ``torch.compile``. ``first_call_s`` in the
+  JSON is the wall time of the first call (compile or capture included).
 - Latency is the median over ``--iters`` timed calls after ``--warmup`` calls; CUDA is timed with
   events and synchronised, with ``cudnn.benchmark`` on (as timm's benchmark); peak memory is
   ``torch.cuda.max_memory_allocated`` above what the timed calls start from (CUDA only; with
@@ -149,7 +151,7 @@ def op_cases(name: str, module, impls: List[str], official: Optional[Callable], 
     for impl in impls:
         call = (lambda **kw: official(**kw)) if impl == "official" else (lambda impl=impl, **kw: op(**kw, impl=impl))
         if args.compile:
-            call = torch.compile(call)
+            call = torch.compile(call, options=args.compile_options or None)
         cases.append((impl, _step(call, inputs, args.mode), None))
     return cases
 
@@ -242,9 +244,14 @@ def model_cases(name: str, impls: List[str], official: Optional[Callable], args,
             if args.checkpoint is None and not _share_weights(model, ours, name):
                 print(f"note: could not load the official {name} weights into ours; outputs are not compared",
                       file=sys.stderr)
-        forward = torch.compile(model) if args.compile else model
+        forward = torch.compile(model, options=args.compile_options or None) if args.compile else model
         forced = None if impl in ("auto", "official") else impl
-        if args.cuda_graph:
+        if impl == "official":
+            pass  # the official code runs as released (eager), the baseline that graphs are measured against
+        elif args.cuda_graph and args.mode == "train":
+            from visionattn.cuda_graph import TrainingGraph
+            forward = TrainingGraph(model)
+        elif args.cuda_graph:
             from visionattn.cuda_graph import CUDAGraphRunner
 
             def graphed(*xs, model=model, forced=forced):
@@ -360,7 +367,7 @@ def _compare(rows: List[Dict[str, Any]]) -> None:
 
 def _settings(args) -> Dict[str, Any]:
     keys = ("targets", "impl", "official", "batch", "dtype", "device", "shape", "mode", "channels_last",
-            "compile", "cuda_graph", "warmup", "iters", "model_kwargs", "checkpoint")
+            "compile", "compile_options", "cuda_graph", "warmup", "iters", "model_kwargs", "checkpoint")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -414,17 +421,23 @@ def parse_args(argv=None):
     p.add_argument("--mode", choices=("infer", "train"), default="infer")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile-options", nargs="*", default=[], metavar="K=V",
+                   help="inductor options for --compile, e.g. layout_optimization=False")
     p.add_argument("--cuda-graph", action="store_true",
-                   help="models in infer mode on CUDA: replay the forward from a captured CUDA graph")
+                   help="our models on CUDA: replay the forward (infer) or forward+backward (train) from "
+                        "captured CUDA graphs; an --official row stays eager")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--out", default="benchmarks", help="folder for the JSON result ('' to skip saving)")
     args = p.parse_args(argv)
-    args.shape, args.model_kwargs = _kv(args.shape), _kv(args.model_kwargs)
+    args.shape, args.model_kwargs, args.compile_options = (_kv(args.shape), _kv(args.model_kwargs),
+                                                           _kv(args.compile_options))
     if args.warmup < 0 or args.iters < 1:
         p.error("--warmup must be >= 0 and --iters >= 1")
-    if args.cuda_graph and (args.compile or args.mode != "infer"):
-        p.error("--cuda-graph is for eager models in --mode infer (not with --compile or --mode train)")
+    if args.cuda_graph and args.compile:
+        p.error("--cuda-graph is for eager models (not with --compile)")
+    if args.compile_options and not args.compile:
+        p.error("--compile-options needs --compile")
     return args
 
 

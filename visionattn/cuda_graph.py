@@ -1,4 +1,4 @@
-"""CUDA-graph replay of an inference callable: capture once per input signature, then replay.
+"""CUDA-graph replay: capture once per input signature, then replay (inference and training).
 
 Networks like MatchStereo run thousands of small kernels per forward; in eager mode the GPU
 waits on Python to launch them (launch-bound). A CUDA graph records the whole forward once and
@@ -10,13 +10,17 @@ replays it with one launch, without ``torch.compile``'s multi-minute compile ste
 Rules of CUDA graphs that apply: the callable must be free of host synchronisation
 (``.item()``, ``nonzero``, data-dependent shapes, CPU->GPU copies) and of randomness that should
 differ between calls; the parameters it reads must keep their memory (``load_state_dict`` is fine,
-``model.to(...)`` is not: pass a ``key`` that changes with it); inference only (runs under
-``torch.no_grad()``). Each captured signature keeps its own memory pool alive.
+``model.to(...)`` is not: pass a ``key`` that changes with it). Each captured signature keeps
+its own memory pool alive. :class:`CUDAGraphRunner` is for inference (runs under
+``torch.no_grad()``); :class:`TrainingGraph` captures a module's forward and backward for
+training steps of fixed shape (the optimizer step stays outside, updating parameters in place).
 """
 from collections import OrderedDict
 from typing import Any, Callable, Hashable, Optional
 
 import torch
+from torch import nn
+from torch.utils import _pytree as pytree
 
 
 def _map_tensors(obj: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
@@ -100,4 +104,83 @@ class CUDAGraphRunner:
 
     def clear(self) -> None:
         """Drop every captured graph and its memory."""
+        self._graphs.clear()
+
+
+class _TensorLeaves(nn.Module):
+    """``module(*args)`` with only its tensor leaves as outputs (what ``make_graphed_callables``
+    accepts); the structure and the other leaves (Python ints such as a padding tuple, constant
+    for a given input signature) are kept from the capture to rebuild the full output."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+        self.spec, self.leaves = None, None
+
+    def forward(self, *args: torch.Tensor):
+        leaves, self.spec = pytree.tree_flatten(self.module(*args))
+        self.leaves = leaves
+        return tuple(t for t in leaves if isinstance(t, torch.Tensor))
+
+    def rebuild(self, tensors) -> Any:
+        it = iter(tensors)
+        return pytree.tree_unflatten([next(it) if isinstance(t, torch.Tensor) else t for t in self.leaves],
+                                     self.spec)
+
+
+class TrainingGraph:
+    """Forward and backward of ``module`` replayed from CUDA graphs, one capture per input signature.
+
+    A drop-in for ``module(*args)`` in a training step whose shapes repeat (fixed-size crops):
+    the outputs have the module's structure and the backward through them replays a captured
+    graph, so a launch-bound network (thousands of small kernels) runs at GPU speed. The optimizer
+    step stays outside (it updates parameters in place). Gradients must be cleared with
+    ``zero_grad(set_to_none=True)`` before each call: the replayed backward hands out its own
+    buffers as ``.grad``, so gradient accumulation is refused with an error. Built on
+    :func:`torch.cuda.make_graphed_callables`, whose rules apply: no host synchronisation in the
+    forward, autocast only with ``cache_enabled=False``, no module hooks; its warm-up runs 3
+    forward+backward passes (BatchNorm statistics advance, ``.grad`` does not). Outputs are the
+    graph's buffers, overwritten by the next call: compute the loss first. Calls that are not
+    training calls (eval mode, grad disabled, CPU tensors) run ``module`` eagerly.
+
+    Args:
+        module: the network (``nn.Module``) in train mode on CUDA.
+        max_graphs: input signatures kept (least recently used dropped with their memory).
+    """
+
+    def __init__(self, module: nn.Module, max_graphs: int = 2):
+        if max_graphs < 1:
+            raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
+        self.module, self.max_graphs = module, max_graphs
+        self._graphs: "OrderedDict[Hashable, _TensorLeaves]" = OrderedDict()
+
+    def __call__(self, *args: torch.Tensor) -> Any:
+        if not (self.module.training and torch.is_grad_enabled()
+                and all(isinstance(a, torch.Tensor) and a.is_cuda for a in args)):
+            return self.module(*args)
+        # the replayed backward hands out its own gradient buffers, which autograd adopts as ``.grad``
+        # when it is None; added to an existing ``.grad`` they would alias it and double it
+        if any(p.grad is not None for p in self.module.parameters()):
+            raise RuntimeError("TrainingGraph needs the gradients cleared before each step "
+                               "(optimizer.zero_grad(set_to_none=True)); gradient accumulation is not supported")
+        params = next(self.module.parameters(), None)
+        sig = tuple((tuple(a.shape), a.stride(), a.dtype, a.device, a.requires_grad) for a in args) + (
+            None if params is None else (params.data_ptr(), params.dtype),)
+        graphed = self._graphs.get(sig)
+        if graphed is None:
+            samples = tuple(a.detach().clone().requires_grad_(a.requires_grad) for a in args)
+            graphed = torch.cuda.make_graphed_callables(_TensorLeaves(self.module), samples, allow_unused_input=True)
+            self._graphs[sig] = graphed
+            while len(self._graphs) > self.max_graphs:
+                self._graphs.popitem(last=False)
+        else:
+            self._graphs.move_to_end(sig)
+        return graphed.rebuild(graphed(*args))
+
+    def __len__(self) -> int:
+        """Number of captured signatures."""
+        return len(self._graphs)
+
+    def clear(self) -> None:
+        """Drop every captured graph and its memory (after replacing parameters, e.g. ``.to()``)."""
         self._graphs.clear()

@@ -4,6 +4,7 @@ from typing import Dict, List, Optional, Union
 import torch
 from mmengine.model import BaseModel
 
+from ..cuda_graph import TrainingGraph
 from .registry import MODELS
 from .stereo_losses import MatchStereoLoss
 
@@ -19,22 +20,29 @@ class StereoMatcher(BaseModel):
     ``mode='loss'`` -> the loss terms of :class:`MatchStereoLoss`; ``'predict'`` -> one dict per
     pair with ``pred_disp`` (H, W), ``consistency`` (H, W) and the ground truth for
     :class:`visionattn.evaluation.StereoMetric`; ``'tensor'`` -> the network's output dict.
+
+    ``cuda_graph=True``: training steps on CUDA replay the network's forward and backward from CUDA
+    graphs (:class:`visionattn.cuda_graph.TrainingGraph`, one capture per crop size), which removes
+    the kernel-launch overhead that bounds MatchStereo's eager training step. Needs fixed-size
+    crops and fp32 or autocast without its cache; evaluation and CPU runs stay eager.
     """
 
     def __init__(self, network: str, network_kwargs: Optional[Dict] = None, pretrained: bool = False,
                  checkpoint: Optional[str] = None, loss: Optional[Dict] = None,
-                 data_preprocessor: Optional[Dict] = None, init_cfg=None):
+                 data_preprocessor: Optional[Dict] = None, init_cfg=None, cuda_graph: bool = False):
         from .. import create_model  # the factory imports every model family: not at module import
 
         super().__init__(data_preprocessor=data_preprocessor or dict(type="BaseDataPreprocessor"), init_cfg=init_cfg)
         self.network = create_model(network, pretrained=pretrained, checkpoint=checkpoint, **(network_kwargs or {}))
         self.criterion = MatchStereoLoss(**(loss or {}))
+        self.train_graph = TrainingGraph(self.network) if cuda_graph else None
 
     def forward(self, inputs: torch.Tensor, data_samples: Optional[Dict] = None,
                 mode: str = "tensor") -> Union[Dict, List[Dict]]:
         if inputs.dim() != 5 or inputs.shape[1] != 2:
             raise ValueError(f"inputs must be (B, 2, 3, H, W) stereo pairs, got {tuple(inputs.shape)}")
-        out = self.network(inputs[:, 0].float(), inputs[:, 1].float())
+        net = self.train_graph if self.train_graph is not None and mode == "loss" else self.network
+        out = net(inputs[:, 0].float(), inputs[:, 1].float())
         if mode == "tensor":
             return out
         if mode == "loss":
