@@ -96,5 +96,8 @@ def test_triton_cuda():
     _triton_checks("cuda")
     kw = cba.example_inputs("cuda", torch.bfloat16, batch=4)
     assert cba.resolve_impl(kw["y"], kw["residual"]) == "triton"
-    assert (cba.channel_bias_act(**kw).float() - cba.channel_bias_act(**kw, impl="reference").float()
-            ).abs().max() <= 0.05
+    # the kernel computes in fp32 and rounds once to bf16: within one bf16 rounding of the fp32 result
+    # (4x slack; the bf16 reference rounds after each op, up to 0.0625 away where |out| reaches 8)
+    ref = cba.channel_bias_act(**{k: (v.float() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()},
+                               impl="reference")
+    torch.testing.assert_close(cba.channel_bias_act(**kw).float(), ref, rtol=2 ** -7, atol=1e-3)

@@ -14,7 +14,8 @@ is the generic conv epilogue ``visionattn/ops/channel_bias_act.py``. The main fa
 structural re-parameterisation: :meth:`FFNet.fuse` (also reached through timm's
 ``reparameterize_model``) folds every BatchNorm and the RepVGG 3x3 branches into single
 convolutions; the unfused training form is the reference.
-Run the fused model in ``channels_last`` (and ``torch.compile`` it) for speed.
+Run the fused model in ``channels_last`` for speed; eager is as fast as ``torch.compile`` here
+(H200: benchmarks/ffnet.md).
 
 Eager fast path of the fused model (same parameters and state dict as the official deploy model,
 same function): cuDNN adds a convolution's bias in a separate pass over its output, so (1) every
