@@ -16,7 +16,7 @@ def write_run(path, size, latency, mem, date, impl="triton", batch=1):
     return str(path)
 
 
-def test_slopes_and_png(tmp_path, load_tool):
+def test_slopes_and_png(tmp_path, load_tool, capsys):
     tool = load_tool("plot_scaling")
     sizes = (128, 256, 512, 1024)
     linear = [write_run(tmp_path / f"lin{s}.json", s, 0.01 * s * s, 0.02 * s * s, "2026-01-01") for s in sizes]
@@ -29,6 +29,10 @@ def test_slopes_and_png(tmp_path, load_tool):
     quad = [write_run(tmp_path / f"q{s}.json", s, 1e-6 * s ** 4, 1.0 * s * s, "2026-01-01") for s in sizes]
     assert tool.slope([p["pixels"] for p in tool.load_points(quad, "triton")],
                       [p["latency_ms"] for p in tool.load_points(quad, "triton")]) == pytest.approx(2.0)
+    # fixed cost at the small sizes, linear at the two largest: the tail slope is printed
+    bent = [write_run(tmp_path / f"b{s}.json", s, max(100.0, 1e-3 * s * s), 1.0 * s * s, "2026-01-01") for s in sizes]
+    assert tool.main(bent + ["--impl", "triton", "--out", str(tmp_path / "b.png")]) == 0
+    assert "(1.000 between the two largest sizes)" in capsys.readouterr().out
     # a later run of the same size replaces the earlier one
     newer = write_run(tmp_path / "new128.json", 128, 999.0, 1.0, "2026-02-01")
     assert tool.load_points(linear + [newer], "triton")[0]["latency_ms"] == 999.0
