@@ -16,6 +16,7 @@ its own memory pool alive. :class:`CUDAGraphRunner` is for inference (runs under
 training steps of fixed shape (the optimizer step stays outside, updating parameters in place).
 """
 from collections import OrderedDict
+from contextlib import nullcontext
 from typing import Any, Callable, Hashable, Optional
 
 import torch
@@ -138,7 +139,8 @@ class TrainingGraph:
     ``zero_grad(set_to_none=True)`` before each call: the replayed backward hands out its own
     buffers as ``.grad``, so gradient accumulation is refused with an error. Built on
     :func:`torch.cuda.make_graphed_callables`, whose rules apply: no host synchronisation in the
-    forward, autocast only with ``cache_enabled=False``, no module hooks; its warm-up runs 3
+    forward, no module hooks (autocast is captured as it is at the first call, one graph per autocast
+    dtype; its cast cache is turned off for the capture); its warm-up runs 3
     forward+backward passes (BatchNorm statistics advance, ``.grad`` does not). Outputs are the
     graph's buffers, overwritten by the next call: compute the loss first. Calls that are not
     training calls (eval mode, grad disabled, CPU tensors) run ``module`` eagerly.
@@ -164,12 +166,18 @@ class TrainingGraph:
             raise RuntimeError("TrainingGraph needs the gradients cleared before each step "
                                "(optimizer.zero_grad(set_to_none=True)); gradient accumulation is not supported")
         params = next(self.module.parameters(), None)
+        amp = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
         sig = tuple((tuple(a.shape), a.stride(), a.dtype, a.device, a.requires_grad) for a in args) + (
-            None if params is None else (params.data_ptr(), params.dtype),)
+            None if params is None else (params.data_ptr(), params.dtype), amp)
         graphed = self._graphs.get(sig)
         if graphed is None:
             samples = tuple(a.detach().clone().requires_grad_(a.requires_grad) for a in args)
-            graphed = torch.cuda.make_graphed_callables(_TensorLeaves(self.module), samples, allow_unused_input=True)
+            # the graph records autocast's casts; its weight-cast cache must be off while capturing
+            # (mmengine's AmpOptimWrapper leaves it on): same numbers, the casts are recomputed
+            amp_ctx = torch.autocast("cuda", dtype=amp, cache_enabled=False) if amp else nullcontext()
+            with amp_ctx:
+                graphed = torch.cuda.make_graphed_callables(_TensorLeaves(self.module), samples,
+                                                            allow_unused_input=True)
             self._graphs[sig] = graphed
             while len(self._graphs) > self.max_graphs:
                 self._graphs.popitem(last=False)

@@ -64,3 +64,45 @@ def test_preprocessor_normalises_and_erases_only_in_training():
     assert (erased == 0).any() and (erased != 0).any()  # 'const' erasing writes zeros into part of each image
     from_model = ClassificationDataPreprocessor(model_name="resnet10t")
     assert torch.allclose(from_model.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]) * 255)
+
+
+def _graph_steps(device, steps=3, amp=False):
+    """Losses and parameter gradients of ImageClassifier with and without cuda_graph, same weights."""
+    torch.manual_seed(0)
+    models = [ImageClassifier("test_resnet", num_classes=4, cuda_graph=g).to(device) for g in (False, True)]
+    models[1].load_state_dict(models[0].state_dict())
+    opts = [torch.optim.SGD(m.parameters(), lr=0.01) for m in models]
+    out = []
+    for step in range(steps):
+        data = models[0].data_preprocessor(_batch(4, 32), training=True)
+        rows = []
+        for m, opt in zip(models, opts):
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
+                loss = m(data["inputs"].to(device), {"label": data["data_samples"]["label"].to(device)},
+                         mode="loss")["loss"]
+            loss.backward()
+            rows.append((loss.detach(), [p.grad.clone() for p in m.parameters()]))
+            opt.step()
+        out.append(rows)
+    return models, out
+
+
+def test_cuda_graph_option_runs_eagerly_on_cpu():
+    models, steps = _graph_steps("cpu", steps=2)
+    assert len(models[1].train_graph) == 0
+    for (loss0, g0), (loss1, g1) in steps:
+        assert torch.equal(loss0, loss1) and all(torch.equal(a, b) for a, b in zip(g0, g1))
+    assert "train_graph" not in str(list(models[1].state_dict()))  # the graph holds no parameters of its own
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("amp", [False, True])  # bf16 autocast with its cache on, as mmengine's AmpOptimWrapper
+def test_cuda_graph_training_equals_eager(amp):
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    models, steps = _graph_steps("cuda", amp=amp)
+    assert len(models[1].train_graph) == 1
+    for (loss0, g0), (loss1, g1) in steps:
+        torch.testing.assert_close(loss1, loss0)
+        for a, b in zip(g0, g1):
+            torch.testing.assert_close(b, a)

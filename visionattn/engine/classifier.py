@@ -9,6 +9,7 @@ from timm.data import Mixup
 from timm.data.mixup import mixup_target
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
+from ..cuda_graph import TrainingGraph
 from .registry import MODELS
 
 
@@ -29,13 +30,18 @@ class ImageClassifier(BaseModel):
         label_smoothing: smoothing of the one-hot targets (DeiT: 0.1).
         data_preprocessor: normalisation/augmentation on the device; default
             ``ClassificationDataPreprocessor`` with ImageNet mean/std.
+        cuda_graph: on CUDA, replay the network's training forward and backward from CUDA graphs
+            (:class:`visionattn.cuda_graph.TrainingGraph`, one capture per batch shape) for
+            networks whose eager step is launch-bound; mixing and the loss stay eager. Needs a
+            fixed batch shape (``drop_last``) and no gradient accumulation.
 
     Inputs are (B, 3, H, W) float images, ``data_samples`` a dict with ``label`` (B,) int64.
     """
 
     def __init__(self, network: str, num_classes: int, network_kwargs: Optional[Dict] = None,
                  pretrained: bool = False, checkpoint: Optional[str] = None, mixup: Optional[Dict] = None,
-                 label_smoothing: float = 0.0, data_preprocessor: Optional[Dict] = None):
+                 label_smoothing: float = 0.0, data_preprocessor: Optional[Dict] = None,
+                 cuda_graph: bool = False):
         from .. import create_model  # the factory imports every model family: not at module import
 
         preprocessor = data_preprocessor or dict(type="ClassificationDataPreprocessor")
@@ -47,6 +53,7 @@ class ImageClassifier(BaseModel):
         self.num_classes = num_classes
         self.network = create_model(network, pretrained=pretrained, checkpoint=checkpoint,
                                     num_classes=num_classes, **(network_kwargs or {}))
+        self.train_graph = TrainingGraph(self.network) if cuda_graph else None
         self.label_smoothing = label_smoothing
         self.mixup = Mixup(**mixup, label_smoothing=label_smoothing, num_classes=num_classes) if mixup else None
         if self.mixup is not None:
@@ -76,11 +83,16 @@ class ImageClassifier(BaseModel):
                     for s, g in zip(scores, labels)]
         raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
 
+    def train_network(self):
+        """The network as training steps call it: through its CUDA-graph replay with ``cuda_graph``."""
+        return self.network if self.train_graph is None else self.train_graph
+
     def loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
+        net = self.train_network()
         if self.mixup is not None:
             if len(inputs) % 2 == 0:  # timm mixes a batch with its flipped self: needs an even size
                 inputs, targets = self.mixup(inputs, labels)
             else:
                 targets = mixup_target(labels, self.num_classes, lam=1.0, smoothing=self.label_smoothing)
-            return dict(loss=self.criterion(self.network(inputs), targets))
-        return dict(loss=self.criterion(self.network(inputs), labels))
+            return dict(loss=self.criterion(net(inputs), targets))
+        return dict(loss=self.criterion(net(inputs), labels))

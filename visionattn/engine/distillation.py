@@ -56,7 +56,7 @@ class DistilledImageClassifier(ImageClassifier):
                 inputs, targets = self.mixup(inputs, labels)
             else:
                 targets = mixup_target(labels, self.num_classes, lam=1.0, smoothing=self.label_smoothing)
-        logits = self.network(inputs)
+        logits = self.train_network()(inputs)
         teacher = self.teacher.to(inputs.device).eval()
         with torch.no_grad():
             teacher_logits = teacher(inputs).float()

@@ -24,7 +24,7 @@ class StereoMatcher(BaseModel):
     ``cuda_graph=True``: training steps on CUDA replay the network's forward and backward from CUDA
     graphs (:class:`visionattn.cuda_graph.TrainingGraph`, one capture per crop size), which removes
     the kernel-launch overhead that bounds MatchStereo's eager training step. Needs fixed-size
-    crops and fp32 or autocast without its cache; evaluation and CPU runs stay eager. The network's
+    crops and no gradient accumulation; evaluation and CPU runs stay eager. The network's
     input-range check runs at capture only (replays skip the forward's Python code).
     """
 
