@@ -47,3 +47,38 @@ def test_restorer_modes_and_losses():
         ImageRestorer(net, loss="ssim")
     with pytest.raises(ValueError, match="needs data_samples"):
         m(x, None, mode="loss")
+
+
+def _restorer_steps(device, cuda_graph, steps=3):
+    torch.manual_seed(0)
+    from visionattn import create_model
+
+    net = create_model("restore_rwkv_light").to(device)
+    m = ImageRestorer(net, cuda_graph=cuda_graph).to(device)
+    opt = torch.optim.SGD(m.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(1)
+    rows = []
+    for _ in range(steps):
+        x = torch.rand(2, 1, 32, 32, generator=g).to(device)
+        samples = [dict(gt=torch.rand(1, 32, 32, generator=g).to(device)) for _ in range(2)]
+        opt.zero_grad(set_to_none=True)
+        loss = m(x, samples, mode="loss")["loss"]
+        loss.backward()
+        rows.append((loss.detach(), torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])))
+        opt.step()
+    return m, rows
+
+
+def test_cuda_graph_option_is_eager_on_cpu():
+    m, rows = _restorer_steps("cpu", cuda_graph=True, steps=1)
+    assert len(m.train_graph) == 0 and torch.isfinite(rows[0][0])
+
+
+@pytest.mark.cuda
+def test_cuda_graph_training_equals_eager():
+    _, eager = _restorer_steps("cuda", cuda_graph=False)
+    m, graphed = _restorer_steps("cuda", cuda_graph=True)
+    assert len(m.train_graph) == 1
+    for (l0, g0), (l1, g1) in zip(eager, graphed):
+        torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(g1, g0, rtol=1e-4, atol=1e-6)

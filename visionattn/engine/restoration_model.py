@@ -12,6 +12,7 @@ import torch.nn as nn
 from mmengine.model import BaseModel
 from mmengine.registry import FUNCTIONS
 
+from ..cuda_graph import TrainingGraph
 from .registry import MODELS
 
 
@@ -41,10 +42,14 @@ class ImageRestorer(BaseModel):
         network: dict(name=<visionattn model name>, **constructor kwargs), or an nn.Module.
         loss: 'l1' (default), 'charbonnier' or 'mse' (or dict(type=..., **kwargs)).
         checkpoint: optional weights for the network (ours or the family's official format).
+        cuda_graph: on CUDA, replay the network's training forward and backward from CUDA graphs
+            (:class:`visionattn.cuda_graph.TrainingGraph`, one capture per crop shape); the loss
+            stays eager. Needs fixed-size crops and no gradient accumulation.
     """
 
     def __init__(self, network: Union[dict, nn.Module], loss: Union[str, dict] = "l1",
-                 checkpoint: Optional[str] = None, data_preprocessor: Optional[dict] = None, init_cfg=None):
+                 checkpoint: Optional[str] = None, data_preprocessor: Optional[dict] = None, init_cfg=None,
+                 cuda_graph: bool = False):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if isinstance(network, nn.Module):
             self.net = network
@@ -58,9 +63,10 @@ class ImageRestorer(BaseModel):
         if name not in LOSSES:
             raise ValueError(f"unknown restoration loss {name!r}; choose from {sorted(LOSSES)}")
         self.loss_fn = LOSSES[name](**loss_cfg)
+        self.train_graph = TrainingGraph(self.net) if cuda_graph else None
 
     def forward(self, inputs: torch.Tensor, data_samples: Optional[List[dict]] = None, mode: str = "tensor"):
-        out = self.net(inputs)
+        out = (self.train_graph if self.train_graph is not None and mode == "loss" else self.net)(inputs)
         if mode == "tensor":
             return out
         if data_samples is None:
