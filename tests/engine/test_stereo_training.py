@@ -106,9 +106,10 @@ def test_cuda_graph_training_step_equals_eager():
     """StereoMatcher(cuda_graph=True): the losses and gradients of eager training over three SGD steps.
 
     Gradients are compared as one vector against the gap between two eager runs: MatchAttention's
-    sampling centres make the gradient jump where a centre crosses a pixel, so run-to-run rounding
-    (atomics in the backward) moves a few elements a lot; a wrong graph (stale input, lost or doubled
-    gradients) is off by O(1).
+    sampling centres make the gradient jump where a centre crosses a pixel, so rounding-level changes
+    move a few elements a lot (on CPU, scaling every weight by 1 + 1e-6 moves the stem's gradient by
+    up to 0.027 of 138, 7e-5 of the whole gradient); a wrong graph (stale input, lost or doubled
+    gradients) is off by O(1). Parameters are re-synchronised after each step so this stays small.
     """
     from visionattn.engine.stereo_matcher import StereoMatcher
 
@@ -137,5 +138,9 @@ def test_cuda_graph_training_step_equals_eager():
             assert losses[2][k] == pytest.approx(losses[0][k], rel=1e-4, abs=1e-5), (step, k)
         norm = grads[0].norm()
         noise, err = (grads[1] - grads[0]).norm() / norm, (grads[2] - grads[0]).norm() / norm
-        assert err <= max(10 * noise, 1e-4), (step, err.item(), noise.item())
+        assert err <= max(10 * noise, 1e-3), (step, err.item(), noise.item())
+        with torch.no_grad():  # in place (the graph keeps reading the same parameters): no drift between runs
+            for m in models[1:]:
+                for p, ref in zip(m.parameters(), models[0].parameters()):
+                    p.copy_(ref)
     assert len(models[2].train_graph) == 1
