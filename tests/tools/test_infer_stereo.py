@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from visionattn.datasets.stereo import read_kitti_disparity, read_pfm
+from visionattn.datasets.stereo import read_kitti_disparity, read_pfm, write_kitti_disparity
 from visionattn.models.stereo import matchstereo as ms
 
 
@@ -25,3 +25,15 @@ def test_infer_stereo_writes_outputs(load_tool, tmp_path, samples_root, monkeypa
     assert "consistent" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError):
         tool.main([str(tmp_path / "missing.png"), str(scene / "im1.png")])
+    # --gt: Middlebury PFM (inf = invalid) scored and shown next to the prediction on one scale
+    args = [str(scene / "im0.png"), str(scene / "im1.png"), "--out", str(tmp_path), "--device", "cpu"]
+    assert tool.main(args + ["--gt", str(scene / "disp0GT.pfm")]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    gt = read_pfm(scene / "disp0GT.pfm")
+    valid = np.isfinite(gt)
+    epe = np.abs(read_pfm(tmp_path / "im0_disp.pfm") - gt)[valid].mean()
+    assert f"EPE {epe:.2f} px" in line and f"over {valid.sum()} valid pixels" in line
+    assert cv2.imread(str(tmp_path / "im0_compare.png")).shape == (200, 3 * 240, 3)
+    write_kitti_disparity(tmp_path / "wrong_size.png", gt[:100])
+    with pytest.raises(ValueError, match="differs"):
+        tool.main(args + ["--gt", str(tmp_path / "wrong_size.png")])
