@@ -139,11 +139,11 @@ class TrainingGraph:
     ``zero_grad(set_to_none=True)`` before each call: the replayed backward hands out its own
     buffers as ``.grad``, so gradient accumulation is refused with an error. Built on
     :func:`torch.cuda.make_graphed_callables`, whose rules apply: no host synchronisation in the
-    forward, no module hooks (autocast is captured as it is at the first call, one graph per autocast
-    dtype; its cast cache is turned off for the capture); its warm-up runs 3
-    forward+backward passes (BatchNorm statistics advance, ``.grad`` does not). Outputs are the
-    graph's buffers, overwritten by the next call: compute the loss first. Calls that are not
-    training calls (eval mode, grad disabled, CPU tensors) run ``module`` eagerly.
+    forward, no module hooks; its warm-up runs 3 forward+backward passes (BatchNorm statistics
+    advance, ``.grad`` does not). Autocast is recorded as it is at the capture (one graph per
+    autocast dtype; its cast cache is off while capturing). Outputs are the graph's buffers,
+    overwritten by the next call: compute the loss first. Calls that are not training calls (eval
+    mode, grad disabled, CPU tensors) run ``module`` eagerly.
 
     Args:
         module: the network (``nn.Module``) in train mode on CUDA.
