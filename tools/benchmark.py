@@ -246,12 +246,12 @@ def model_cases(name: str, impls: List[str], official: Optional[Callable], args,
                       file=sys.stderr)
         forward = torch.compile(model, options=args.compile_options or None) if args.compile else model
         forced = None if impl in ("auto", "official") else impl
-        if impl == "official":
-            pass  # the official code runs as released (eager), the baseline that graphs are measured against
-        elif args.cuda_graph and args.mode == "train":
+        # the official code runs as released (eager): the baseline that graphs are measured against
+        graph = args.cuda_graph and impl != "official"
+        if graph and args.mode == "train":
             from visionattn.cuda_graph import TrainingGraph
             forward = TrainingGraph(model)
-        elif args.cuda_graph:
+        elif graph:
             from visionattn.cuda_graph import CUDAGraphRunner
 
             def graphed(*xs, model=model, forced=forced):

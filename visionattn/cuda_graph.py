@@ -24,16 +24,6 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 
-def _map_tensors(obj: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return fn(obj)
-    if isinstance(obj, dict):
-        return type(obj)((k, _map_tensors(v, fn)) for k, v in obj.items())
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_map_tensors(v, fn) for v in obj)
-    return obj
-
-
 class _Captured:
     def __init__(self, graph: "torch.cuda.CUDAGraph", inputs, outputs):
         self.graph, self.inputs, self.outputs = graph, inputs, outputs
@@ -97,7 +87,8 @@ class CUDAGraphRunner:
         for static, a in zip(captured.inputs, args):
             static.copy_(a)
         captured.graph.replay()
-        return _map_tensors(captured.outputs, torch.Tensor.clone) if self.clone_outputs else captured.outputs
+        out = captured.outputs
+        return pytree.tree_map_only(torch.Tensor, torch.Tensor.clone, out) if self.clone_outputs else out
 
     def __len__(self) -> int:
         """Number of captured signatures."""
