@@ -25,7 +25,8 @@
 - Latency is the median over ``--iters`` timed calls after ``--warmup`` calls; CUDA is timed with
   events and synchronised, with ``cudnn.benchmark`` on (as timm's benchmark); peak memory is
   ``torch.cuda.max_memory_allocated`` above what the timed calls start from (CUDA only; with
-  ``--cuda-graph`` from before the capture, so the graph's memory pool counts).
+  ``--cuda-graph`` from before the capture, so the graph's memory pool counts; one eager call
+  runs first so that autotuning workspaces do not).
 - Results are printed as a table and saved as JSON under ``benchmarks/`` with the machine described.
 """
 import argparse
@@ -142,7 +143,7 @@ def _with_grad(inputs: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def op_cases(name: str, module, impls: List[str], official: Optional[Callable], args, device, dtype):
-    """(impl, fn) pairs for an op: each fn runs one call (plus backward in train mode)."""
+    """(impl, fn, None, None) for an op: each fn runs one call (plus backward in train mode)."""
     inputs = module.example_inputs(device=device, dtype=dtype, **args.shape)
     op = getattr(module, name)
     if args.mode == "train":
@@ -152,7 +153,7 @@ def op_cases(name: str, module, impls: List[str], official: Optional[Callable], 
         call = (lambda **kw: official(**kw)) if impl == "official" else (lambda impl=impl, **kw: op(**kw, impl=impl))
         if args.compile:
             call = torch.compile(call, options=args.compile_options or None)
-        cases.append((impl, _step(call, inputs, args.mode), None))
+        cases.append((impl, _step(call, inputs, args.mode), None, None))
     return cases
 
 
@@ -227,7 +228,8 @@ def known_impls() -> set:
 
 
 def model_cases(name: str, impls: List[str], official: Optional[Callable], args, device, dtype):
-    """(impl, fn, batch) for a model: one model and one input batch shared by every implementation."""
+    """(impl, fn, batch, prime) for a model: one model and one input batch shared by every
+    implementation; ``prime`` (graphed rows) is the same call without the graph."""
     import visionattn
     from visionattn.ops.dispatch import use_impl
 
@@ -270,7 +272,12 @@ def model_cases(name: str, impls: List[str], official: Optional[Callable], args,
                 with torch.no_grad():
                     return forward(*inputs)
         batch = inputs[0].shape[0] if inputs and isinstance(inputs[0], torch.Tensor) else args.batch
-        cases.append((impl, call, batch))
+        def prime(call=call, model=model):
+            # one eager call before a graph is captured: one-time cuDNN / Triton autotuning
+            # workspaces are then not counted as the graph's memory
+            call(forward=model)
+            model.zero_grad(set_to_none=True)
+        cases.append((impl, call, batch, prime if graph else None))
     return cases
 
 
@@ -319,11 +326,13 @@ def run(args) -> Dict[str, Any]:
             cases, kind = op_cases(target, op, impls, official, args, device, dtype), "op"
         else:
             cases, kind = model_cases(target, impls, official, args, device, dtype), "model"
-        for impl, fn, batch in cases:
+        for impl, fn, batch, prime in cases:
             row = {"target": target, "kind": kind, "impl": impl, "batch": batch}
             try:
                 since = None
                 if args.cuda_graph and device.type == "cuda":
+                    if prime is not None:
+                        prime()
                     # a graph's memory pool is allocated while capturing (the first call): count it
                     torch.cuda.reset_peak_memory_stats(device)
                     since = torch.cuda.memory_allocated(device)

@@ -93,7 +93,10 @@ def test_triton_kernel_in_interpreter():
 
 @pytest.mark.cuda
 def test_triton_cuda():
-    _triton_checks("cuda")
+    # fp32 checks at 1e-5 need full-precision convolutions: cuDNN's TF32 default (inputs rounded to
+    # 10 bits) put the exported, unfused graph 1.5e-4 from the fused model on an H200
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        _triton_checks("cuda")
     kw = cba.example_inputs("cuda", torch.bfloat16, batch=4)
     assert cba.resolve_impl(kw["y"], kw["residual"]) == "triton"
     # the kernel computes in fp32 and rounds once to bf16: within one bf16 rounding of the fp32 result
