@@ -15,6 +15,7 @@ its own memory pool alive. :class:`CUDAGraphRunner` is for inference (runs under
 ``torch.no_grad()``); :class:`TrainingGraph` captures a module's forward and backward for
 training steps of fixed shape (the optimizer step stays outside, updating parameters in place).
 """
+import warnings
 from collections import OrderedDict
 from contextlib import nullcontext
 from typing import Any, Callable, Hashable, Optional
@@ -166,7 +167,11 @@ class TrainingGraph:
             # the graph records autocast's casts; its weight-cast cache must be off while capturing
             # (mmengine's AmpOptimWrapper leaves it on): same numbers, the casts are recomputed
             amp_ctx = torch.autocast("cuda", dtype=amp, cache_enabled=False) if amp else nullcontext()
-            with amp_ctx:
+            with amp_ctx, warnings.catch_warnings():
+                # parameters that already took an eager step own AccumulateGrad nodes made on the
+                # default stream; the capture's side-stream warm-up then triggers torch's stream-
+                # mismatch warning, which is harmless here (make_graphed_callables syncs the streams)
+                warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream does not match")
                 graphed = torch.cuda.make_graphed_callables(_TensorLeaves(self.module), samples,
                                                             allow_unused_input=True)
             self._graphs[sig] = graphed
