@@ -1,7 +1,6 @@
 """tools/infer_stereo.py writes the disparity as PFM, KITTI PNG, colour PNG and the consistency mask."""
 import numpy as np
 import pytest
-import torch
 
 from visionattn.datasets.stereo import read_kitti_disparity, read_pfm, write_kitti_disparity
 from visionattn.models.stereo import matchstereo as ms

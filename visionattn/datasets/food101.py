@@ -4,7 +4,6 @@ per line, without extension)."""
 from pathlib import Path
 from typing import Callable, Dict, Union
 
-
 from ..engine.registry import DATASETS
 from .labelled_images import LabelledImages, check_split
 

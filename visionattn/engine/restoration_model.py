@@ -5,7 +5,7 @@ Batches come from :func:`restoration_collate`: ``inputs`` (B, C, H, W) in [0, 1]
 ``dict(loss=...)``; ``'predict'`` returns the samples with ``pred`` (C, H, W) added (clamped to
 [0, 1]); ``'tensor'`` the raw network output.
 """
-from typing import Dict, List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
