@@ -47,9 +47,21 @@ def register_converter(family: str) -> Callable:
     return wrap
 
 
+class LightningCallbackKey:
+    """Stands in for a PyTorch-Lightning 1.x callback class (``ModelCheckpoint``...), which Lightning
+    checkpoints of that era pickle as the dict key of their callback states (e.g. the released
+    RestoreFormer(++) ``.ckpt`` files). The real class is never imported; this one does nothing."""
+
+
+# Lightning 1.x callback classes that appear as keys of a checkpoint's "callbacks" dict.
+_LIGHTNING_CALLBACKS = ("pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
+                        "pytorch_lightning.callbacks.early_stopping.EarlyStopping")
+
+
 def _safe_globals() -> List[Any]:
     """Non-tensor classes official checkpoints pickle next to their weights (training args, numpy
-    metrics), allowed by ``torch.load(weights_only=True)``. Nothing here can run code on load."""
+    metrics, Lightning 1.x callback keys as :class:`LightningCallbackKey`), allowed by
+    ``torch.load(weights_only=True)``. Nothing here can run code on load."""
     import numpy as np
 
     try:
@@ -61,6 +73,7 @@ def _safe_globals() -> List[Any]:
     # files written under numpy 1.x name the module numpy.core, numpy 2 names it numpy._core
     allowed += [(scalar, "numpy.core.multiarray.scalar"), (_reconstruct, "numpy.core.multiarray._reconstruct")]
     allowed += [type(np.dtype(t)) for t in dtypes]
+    allowed += [(LightningCallbackKey, name) for name in _LIGHTNING_CALLBACKS]
     return allowed
 
 
