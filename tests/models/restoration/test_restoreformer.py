@@ -210,6 +210,18 @@ def test_bfloat16_forward_close_to_float32():
     assert (low.float() - ref).abs().mean() < 0.2 * ref.abs().mean()
 
 
+def test_zoo_entries_state_the_heads():
+    from visionattn import hub
+
+    expected = {"restoreformerpp.official": ("restoreformerpp", 4), "restoreformer.official": ("restoreformer", 8),
+                "restoreformer.gfpgan": ("restoreformer", 8)}
+    for name, (model, heads) in expected.items():
+        entry = hub.get_entry(name)
+        assert (entry.model, entry.kwargs["num_heads"], entry.converter) == (model, heads, "restoreformer")
+        assert entry.url.startswith("https://github.com/") and entry.source == "official"
+    assert hub.get_entry("restoreformerpp").name == "restoreformerpp.official"
+
+
 def test_bad_configuration():
     with pytest.raises(ValueError, match="decoder_attn_resolutions.*64"):
         RestoreFormer(decoder_attn_resolutions=(64, 24))
