@@ -172,7 +172,7 @@ def _step(call: Callable, inputs: Dict[str, Any], mode: str) -> Callable[[], Any
 
 def model_inputs(name: str, model, batch: int, sizes: Dict[str, Any], device, dtype) -> tuple:
     """Inputs at the model's default size: a task network's ``example_inputs`` or timm's input_size."""
-    from visionattn.models.registry import NETWORKS
+    from visionattn.registry import NETWORKS
 
     if name in NETWORKS:
         entry = NETWORKS[name]

@@ -7,7 +7,7 @@ import timm
 import torch.nn as nn
 
 from . import hub
-from .models.registry import NETWORKS
+from .registry import NETWORKS
 
 
 def _our_timm_models() -> List[str]:
@@ -22,7 +22,7 @@ def list_models(pattern: str = "*") -> List[str]:
 
     ``pattern`` is a shell-style wildcard, e.g. ``'biformer_*'``.
     """
-    names = set(_our_timm_models()) | set(NETWORKS)
+    names = set(_our_timm_models()) | NETWORKS.names()
     return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
 
 

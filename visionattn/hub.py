@@ -26,25 +26,10 @@ from typing import Any, Callable, Dict, List, Optional, Union
 import torch
 import torch.nn as nn
 
-# family -> fn(checkpoint: Mapping, model: nn.Module, **kwargs) -> state_dict with our keys
-CONVERTERS: Dict[str, Callable] = {}
+from .registry import CONVERTERS, register_converter  # noqa: F401  (hub.register_converter is public)
 
 # Containers official releases and mmengine wrap a state dict in, most specific first.
 _CONTAINER_KEYS = ("state_dict", "model", "model_state", "params")
-
-
-def register_converter(family: str) -> Callable:
-    """Decorator registering ``fn(checkpoint, model, **kwargs) -> state_dict`` for ``family``.
-
-    ``checkpoint`` is the object as loaded from the official file (container included), so the
-    converter can pick e.g. the EMA weights; the result must have exactly our model's keys.
-    """
-
-    def wrap(fn: Callable) -> Callable:
-        CONVERTERS[family] = fn
-        return fn
-
-    return wrap
 
 
 def _safe_globals() -> List[Any]:

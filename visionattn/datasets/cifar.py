@@ -15,7 +15,7 @@ from typing import Callable, Dict, Union
 import numpy as np
 from PIL import Image
 
-from ..engine.registry import DATASETS
+from ..registry import DATASETS
 from .labelled_images import LabelledImages, check_split
 
 _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),

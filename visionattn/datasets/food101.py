@@ -4,7 +4,7 @@ per line, without extension)."""
 from pathlib import Path
 from typing import Callable, Dict, Union
 
-from ..engine.registry import DATASETS
+from ..registry import DATASETS
 from .labelled_images import LabelledImages, check_split
 
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..engine.registry import DATASETS, TRANSFORMS
+from ..registry import DATASETS, TRANSFORMS
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
 

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..engine.registry import TRANSFORMS
+from ..registry import TRANSFORMS
 
 
 class LabelledImages(Dataset):

@@ -6,7 +6,7 @@ code's ImageFolder training split)."""
 from pathlib import Path
 from typing import Callable, Dict, Union
 
-from ..engine.registry import DATASETS
+from ..registry import DATASETS
 from .labelled_images import LabelledImages, check_split
 
 

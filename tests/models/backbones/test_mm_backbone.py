@@ -5,7 +5,7 @@ import torch
 
 pytest.importorskip("mmdet", reason="the det extra (mmdet) is not installed")
 
-from visionattn.models.backbones.mm_backbone_mm import VisionAttnBackbone  # noqa: E402
+from visionattn.engine.mm_backbone import VisionAttnBackbone  # noqa: E402
 
 
 def _tiny(**kwargs):

@@ -30,7 +30,8 @@ from timm.layers import DropPath, LayerNorm2d, Mlp, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ...hub import extract_state_dict, register_converter
+from ...hub import extract_state_dict
+from ...registry import register_converter
 from ...ops.bilevel_routing_attention import bilevel_routing_attention
 
 __all__ = ["BiFormer", "BiLevelRoutingAttention", "checkpoint_filter_fn"]

@@ -44,7 +44,8 @@ from timm.layers import DropPath, LayerNorm2d, LayerScale2d, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from visionattn.hub import extract_state_dict, register_converter
+from ...hub import extract_state_dict
+from ...registry import register_converter
 from visionattn.models.derived_tensor import DerivedTensor
 from visionattn.ops import channel_bias_act as cba
 

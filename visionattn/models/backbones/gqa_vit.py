@@ -35,7 +35,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.vision_transformer import Block, VisionTransformer
 from timm.models.vision_transformer import checkpoint_filter_fn as timm_checkpoint_filter_fn
 
-from ...hub import extract_state_dict, register_converter
+from ...hub import extract_state_dict
+from ...registry import register_converter
 from ...ops.grouped_query_attention import grouped_query_attention, kv_head_index
 
 __all__ = ["GroupedQueryAttention", "KeyDrivenGQA", "DynamicGQA", "PerturbedGQA", "allocate_queries",

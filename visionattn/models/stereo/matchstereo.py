@@ -18,10 +18,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 
-from ...hub import register_converter
 from ...ops.layer_norm import layer_norm
 from ...ops.match_attention import match_attention
-from ..registry import register_network
+from ...registry import register_converter, register_network
 
 MIN_SIZE = 192  # the 1/32 map must hold the 6x6 window of radius 2
 PAD_MULTIPLE = 32

@@ -1,7 +1,7 @@
 """Any visionattn/timm backbone as an OpenMMLab backbone (mmdet 3.x and mmsegmentation 1.x).
 
-Not imported by ``import visionattn`` (the ``_mm`` suffix); configs import it with
-``custom_imports = dict(imports=['visionattn.models.backbones.mm_backbone_mm'])``, which
+Declared lazy (needs the ``det`` extra): not imported by ``import visionattn``; configs import it with
+``custom_imports = dict(imports=['visionattn.engine.mm_backbone'])``, which
 registers :class:`VisionAttnBackbone` in mmdet's and mmseg's ``MODELS``::
 
     backbone=dict(type='VisionAttnBackbone', model_name='biformer_small', out_indices=(0, 1, 2, 3),
