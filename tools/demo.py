@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 import visionattn  # noqa: E402
 from visionattn.engine import TrainingCurvesHook, build_runner, load_config  # noqa: E402
-from visionattn.models.registry import NETWORKS  # noqa: E402
+from visionattn.registry import NETWORKS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "demo.py"

@@ -3,16 +3,18 @@
 Every module here is imported (so its registrations run): a family adds its task model
 (a BaseModel subclass next to ImageClassifier) by dropping a file in.
 """
-from ..models.registry import import_submodules
+from ..registry import import_submodules, lazy
 from .classifier import ImageClassifier
 from .data_preprocessor import ClassificationDataPreprocessor
 from .hooks import RandomStateHook, TrainingCurvesHook
 from .launch import build_runner, load_config
-from .registry import DATASETS, HOOKS, METRICS, MODELS, TRANSFORMS
+from ..registry import DATASETS, HOOKS, METRICS, MODELS, TRANSFORMS
 from .safe_globals import allow_mmengine_checkpoints
 from .stereo_matcher import StereoMatcher
 
 allow_mmengine_checkpoints()
+# OpenMMLab backbone glue: registers in mmdet's/mmseg's MODELS, imported by configs' custom_imports.
+lazy(f"{__name__}.mm_backbone", extra="mmdet")
 import_submodules(__name__)
 
 __all__ = ["ImageClassifier", "StereoMatcher", "ClassificationDataPreprocessor", "RandomStateHook", "TrainingCurvesHook",

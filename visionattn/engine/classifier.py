@@ -10,7 +10,7 @@ from timm.data.mixup import mixup_target
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from ..cuda_graph import TrainingGraph
-from .registry import MODELS
+from ..registry import MODELS
 
 
 @MODELS.register_module()

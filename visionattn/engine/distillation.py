@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from timm.data.mixup import mixup_target
 
 from .classifier import ImageClassifier
-from .registry import MODELS
+from ..registry import MODELS
 
 
 @MODELS.register_module()

@@ -10,10 +10,9 @@ from typing import List, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 from mmengine.model import BaseModel
-from mmengine.registry import FUNCTIONS
 
 from ..cuda_graph import TrainingGraph
-from .registry import MODELS
+from ..registry import FUNCTIONS, MODELS
 
 
 class CharbonnierLoss(nn.Module):

@@ -5,7 +5,7 @@ import torch
 from mmengine.model import BaseModel
 
 from ..cuda_graph import TrainingGraph
-from .registry import MODELS
+from ..registry import MODELS
 from .stereo_losses import MatchStereoLoss
 
 

@@ -2,5 +2,5 @@
 _base_ = 'mmdet::_base_/default_runtime.py'
 
 custom_imports = dict(
-    imports=['visionattn.models.backbones.mm_backbone_mm', 'visionattn.engine.layer_decay_optim'],
+    imports=['visionattn.engine.mm_backbone', 'visionattn.engine.layer_decay_optim'],
     allow_failed_imports=False)

@@ -2,6 +2,6 @@
 _base_ = 'mmseg::_base_/default_runtime.py'
 
 custom_imports = dict(
-    imports=['visionattn.models.backbones.mm_backbone_mm', 'visionattn.engine.layer_decay_optim',
+    imports=['visionattn.engine.mm_backbone', 'visionattn.engine.layer_decay_optim',
              'visionattn.evaluation.segmentation_iou'],
     allow_failed_imports=False)

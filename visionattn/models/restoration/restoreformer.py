@@ -30,9 +30,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...hub import extract_state_dict, register_converter
+from ...hub import extract_state_dict
 from ...ops.multi_head_cross_attention import multi_head_cross_attention
-from ..registry import register_network
+from ...registry import register_converter, register_network
 
 
 def _norm(channels: int) -> nn.GroupNorm:
