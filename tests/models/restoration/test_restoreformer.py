@@ -227,3 +227,28 @@ def test_bad_configuration():
         RestoreFormer(decoder_attn_resolutions=(64, 24))
     with pytest.raises(ValueError, match="num_heads=3"):
         small(num_heads=3)
+
+
+@pytest.mark.cuda
+def test_cuda_sdpa_and_bf16_match_fp32_reference():
+    """RestoreFormer++ at 512x512 on the GPU: SDPA equals the explicit-softmax reference (fp32, TF32
+    off), and bf16 stays within bf16 rounding of fp32 with the same codes almost everywhere."""
+    from visionattn.ops.dispatch import use_impl
+
+    torch.manual_seed(0)
+    model = visionattn.create_model("restoreformerpp").cuda().eval()
+    x = (torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(0)) * 2 - 1).cuda()
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            ref, ref_info = model(x, return_info=True)
+            with use_impl("reference"):
+                explicit = model(x)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.testing.assert_close(explicit, ref, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        low, low_info = model.to(torch.bfloat16)(x.to(torch.bfloat16), return_info=True)
+    assert (low_info["indices"] == ref_info["indices"]).float().mean() > 0.95
+    assert (low.float() - ref).abs().mean() < 0.05 * ref.abs().mean()
