@@ -81,6 +81,12 @@ if triton is not None:
         return mu, tl.sum(m2 + n * d * d, axis), total
 
     @triton.jit
+    def _lane_counts(n, BLOCK: tl.constexpr):
+        """Elements lane ``r`` of a BLOCK-wide loop over ``n`` elements saw: ceil((n - r) / BLOCK), >= 0
+        (counted rather than accumulated: one register per element in flight less)."""
+        return ((tl.maximum(n - tl.arange(0, BLOCK), 0) + BLOCK - 1) // BLOCK).to(tl.float32)
+
+    @triton.jit
     def _stats_nchw_kernel(x_ptr, xb_ptr, part_ptr, L, HW, G, CPG, SPLITS, chunk, part_stride,
                            HAS_XB: tl.constexpr, BLOCK: tl.constexpr):
         """Program (row = b * G + g, split): the elements [split * chunk, +chunk) of the group's
@@ -92,7 +98,6 @@ if triton is not None:
         base = x_ptr + row.to(tl.int64) * L
         mean = tl.zeros([BLOCK], tl.float32)
         m2 = tl.zeros([BLOCK], tl.float32)
-        cnt = tl.zeros([BLOCK], tl.float32)
         for start in range(lo, hi, BLOCK):
             offs = start + tl.arange(0, BLOCK)
             mask = offs < hi
@@ -104,7 +109,7 @@ if triton is not None:
             delta = v - mean
             mean += tl.where(mask, delta * inv, 0.0)
             m2 += tl.where(mask, delta * (v - mean), 0.0)
-            cnt += mask.to(tl.float32)
+        cnt = _lane_counts(hi - lo, BLOCK)
         m, s, n = _merge(mean, m2, cnt, 0)
         p = part_ptr + row * SPLITS + split
         tl.store(p, m)
@@ -127,7 +132,6 @@ if triton is not None:
             xb = tl.load(xb_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
         mean = tl.zeros([BLOCK_HW, BLOCK_C], tl.float32)
         m2 = tl.zeros([BLOCK_HW, BLOCK_C], tl.float32)
-        cnt = tl.zeros([BLOCK_HW, BLOCK_C], tl.float32)
         for start in range(lo, hi, BLOCK_HW):
             rows = start + tl.arange(0, BLOCK_HW)
             mask = (rows < hi)[:, None] & cmask[None, :]
@@ -138,7 +142,7 @@ if triton is not None:
             delta = v - mean
             mean += tl.where(mask, delta * inv, 0.0)
             m2 += tl.where(mask, delta * (v - mean), 0.0)
-            cnt += mask.to(tl.float32)
+        cnt = _lane_counts(hi - lo, BLOCK_HW)[:, None] * cmask[None, :].to(tl.float32)
         m, s, n = _merge(mean, m2, cnt, 0)  # per channel: [BLOCK_C]
         p = part_ptr + (b * SPLITS + split) * C + cols
         tl.store(p, m, mask=cmask)
