@@ -17,7 +17,8 @@ from mmengine.model import BaseModule
 from timm.layers import LayerNorm2d
 
 from visionattn.extras import require_extra
-from visionattn.factory import canonical_name, copy_into_features, create_model
+from ..factory import create_model
+from ..hub import canonical_name, copy_into_features
 
 
 # Regexes on canonical parameter names (relative to the backbone) giving the stage and block of a
