@@ -1,2 +1,2 @@
-# Kept so that `python tools/train.py configs/biformer_s.py` keeps working: the recipe is classification/biformer_s.py.
+# Kept for `python tools/train.py configs/biformer_s.py`; the recipe is classification/biformer_s.py.
 _base_ = ["./classification/biformer_s.py"]

@@ -1,2 +1,2 @@
-# Kept so that `python tools/train.py configs/biformer_t.py` keeps working: the recipe is classification/biformer_t.py.
+# Kept for `python tools/train.py configs/biformer_t.py`; the recipe is classification/biformer_t.py.
 _base_ = ["./classification/biformer_t.py"]

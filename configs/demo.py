@@ -1,2 +1,2 @@
-# Kept so that `python tools/train.py configs/demo.py` keeps working: the recipe is classification/demo.py.
+# Kept for `python tools/train.py configs/demo.py`; the recipe is classification/demo.py.
 _base_ = ["./classification/demo.py"]

@@ -1,2 +1,2 @@
-# Kept so that `python tools/train.py configs/ffnet_1.py` keeps working: the recipe is classification/ffnet_1.py.
+# Kept for `python tools/train.py configs/ffnet_1.py`; the recipe is classification/ffnet_1.py.
 _base_ = ["./classification/ffnet_1.py"]

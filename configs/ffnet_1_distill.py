@@ -1,2 +1,2 @@
-# Kept so that `python tools/train.py configs/ffnet_1_distill.py` keeps working: the recipe is classification/ffnet_1_distill.py.
+# Kept for `python tools/train.py configs/ffnet_1_distill.py`; the recipe is classification/ffnet_1_distill.py.
 _base_ = ["./classification/ffnet_1_distill.py"]

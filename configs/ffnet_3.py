@@ -1,2 +1,2 @@
-# Kept so that `python tools/train.py configs/ffnet_3.py` keeps working: the recipe is classification/ffnet_3.py.
+# Kept for `python tools/train.py configs/ffnet_3.py`; the recipe is classification/ffnet_3.py.
 _base_ = ["./classification/ffnet_3.py"]
