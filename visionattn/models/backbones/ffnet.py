@@ -560,14 +560,14 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Modul
 
 
 @register_converter("ffnet")
-def convert_ffnet(checkpoint: Mapping, model: nn.Module, ema: bool = False) -> Dict[str, torch.Tensor]:
+def convert_official(checkpoint: Mapping, model: nn.Module, ema: bool = False) -> Dict[str, torch.Tensor]:
     """Official ``.pth.tar`` (``state_dict`` and ``state_dict_ema``) or raw dict -> our keys.
 
     ``ema=True`` takes ``state_dict_ema`` (the EMA 0.9995 weights the trainer also evaluates).
     """
     if ema:
         if "state_dict_ema" not in checkpoint:
-            raise RuntimeError("convert_ffnet(ema=True): the checkpoint has no 'state_dict_ema' "
+            raise RuntimeError("convert_official(ema=True): the checkpoint has no 'state_dict_ema' "
                                f"(top-level keys: {sorted(checkpoint)[:10]}); pass ema=False")
         state_dict = dict(checkpoint["state_dict_ema"])
     else:
