@@ -21,6 +21,7 @@ import sys
 from typing import Dict, List
 
 import torch
+from mmengine.config import DictAction
 from torch.profiler import ProfilerActivity, profile
 
 VIEWS = {"aten::permute", "aten::view", "aten::reshape", "aten::flatten", "aten::expand", "aten::t",

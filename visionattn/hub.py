@@ -33,10 +33,22 @@ from .registry import CONVERTERS, register_converter  # noqa: F401  (hub.registe
 _CONTAINER_KEYS = ("state_dict", "model", "model_state", "params")
 
 
+class LightningCallbackKey:
+    """Stands in for a PyTorch-Lightning 1.x callback class (``ModelCheckpoint``...), which Lightning
+    checkpoints of that era pickle as the dict key of their callback states (e.g. the released
+    RestoreFormer(++) ``.ckpt`` files). The real class is never imported; this one does nothing."""
+
+
+# Lightning 1.x callback classes that appear as keys of a checkpoint's "callbacks" dict.
+_LIGHTNING_CALLBACKS = ("pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
+                        "pytorch_lightning.callbacks.early_stopping.EarlyStopping")
+
+
 def _safe_globals() -> List[Any]:
     """Non-tensor classes official checkpoints pickle next to their weights (training args, numpy
-    metrics), allowed by ``torch.load(weights_only=True)``. Nothing here can run code on load."""
-    return [argparse.Namespace, *numpy_globals()]
+    metrics, Lightning 1.x callback keys as :class:`LightningCallbackKey`), allowed by
+    ``torch.load(weights_only=True)``. Nothing here can run code on load."""
+    return [argparse.Namespace, *numpy_globals(), *((LightningCallbackKey, name) for name in _LIGHTNING_CALLBACKS)]
 
 
 def read_checkpoint(source: Union[str, Path], map_location="cpu", trusted: bool = False) -> Mapping:
