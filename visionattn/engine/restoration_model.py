@@ -12,6 +12,7 @@ import torch.nn as nn
 from mmengine.model import BaseModel
 
 from ..cuda_graph import TrainingGraph
+from ..inference import restore_image
 from ..registry import FUNCTIONS, MODELS
 
 
@@ -65,7 +66,10 @@ class ImageRestorer(BaseModel):
         self.train_graph = TrainingGraph(self.net) if cuda_graph else None
 
     def forward(self, inputs: torch.Tensor, data_samples: Optional[List[dict]] = None, mode: str = "tensor"):
-        out = (self.train_graph if self.train_graph is not None and mode == "loss" else self.net)(inputs)
+        if mode == "predict":  # any image size: padded to the network's contract and cropped back
+            out = restore_image(self.net, inputs)
+        else:
+            out = (self.train_graph if self.train_graph is not None and mode == "loss" else self.net)(inputs)
         if mode == "tensor":
             return out
         if data_samples is None:

@@ -5,6 +5,7 @@ import torch
 from mmengine.model import BaseModel
 
 from ..cuda_graph import TrainingGraph
+from ..inference import predict_stereo
 from ..registry import MODELS
 from .stereo_losses import MatchStereoLoss
 
@@ -24,8 +25,9 @@ class StereoMatcher(BaseModel):
     ``cuda_graph=True``: training steps on CUDA replay the network's forward and backward from CUDA
     graphs (:class:`visionattn.cuda_graph.TrainingGraph`, one capture per crop size), which removes
     the kernel-launch overhead that bounds MatchStereo's eager training step. Needs fixed-size
-    crops and no gradient accumulation; evaluation and CPU runs stay eager. The network's
-    input-range check runs at capture only (replays skip the forward's Python code).
+    crops and no gradient accumulation; evaluation and CPU runs stay eager. Training crops must
+    be multiples of 32 and >= 192 (the network's input contract); ``'predict'`` takes any size
+    through :func:`visionattn.inference.predict_stereo` (range check, padding, crop).
     """
 
     def __init__(self, network: str, network_kwargs: Optional[Dict] = None, pretrained: bool = False,
@@ -42,8 +44,11 @@ class StereoMatcher(BaseModel):
                 mode: str = "tensor") -> Union[Dict, List[Dict]]:
         if inputs.dim() != 5 or inputs.shape[1] != 2:
             raise ValueError(f"inputs must be (B, 2, 3, H, W) stereo pairs, got {tuple(inputs.shape)}")
-        net = self.train_graph if self.train_graph is not None and mode == "loss" else self.network
-        out = net(inputs[:, 0].float(), inputs[:, 1].float())
+        if mode == "predict":  # any image size: padded and cropped back by the inference code
+            out = predict_stereo(self.network, inputs[:, 0], inputs[:, 1])
+        else:
+            net = self.train_graph if self.train_graph is not None and mode == "loss" else self.network
+            out = net(inputs[:, 0].float(), inputs[:, 1].float())
         if mode == "tensor":
             return out
         if mode == "loss":
