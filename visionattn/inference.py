@@ -84,7 +84,8 @@ def check_image(x, *, channels: Optional[Union[int, Sequence[int]]] = None,
         allowed = (channels,) if isinstance(channels, int) else tuple(channels)
         if shape[1] not in allowed:
             want = " or ".join(str(c) for c in allowed)
-            raise ValueError(f"{name} must have {want} channels, got {shape[1]} (shape {shape}); "
+            raise ValueError(f"{name} must have {want} channel{'s' if allowed != (1,) else ''}, got {shape[1]} "
+                             f"(shape {shape}); "
                              f"{_channel_fix(shape[1], allowed[0], shape)}")
     if x.dtype not in tuple(dtypes):
         accepted = ", ".join(str(d).replace("torch.", "") for d in dtypes)
