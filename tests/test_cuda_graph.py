@@ -4,7 +4,7 @@ import gc
 import pytest
 import torch
 
-from visionattn.cuda_graph import CUDAGraphRunner, TrainingGraph, graph_runner, graph_runners, module_key
+from visionattn.cuda_graph import _MODULE_RUNNERS, CUDAGraphRunner, TrainingGraph, graph_runner, graph_runners, module_key
 
 
 def test_rejects_cpu_tensors_and_bad_settings():
@@ -50,10 +50,10 @@ def test_graph_runner_is_kept_per_module_and_name_without_keeping_the_module():
     assert module_key(lin.eval()) != module_key(lin.train())
     dead = torch.nn.Linear(4, 4)
     graph_runner(dead, "double", _double)
-    count = len(graph_runners.__globals__["_MODULE_RUNNERS"])
+    count = len(_MODULE_RUNNERS)
     del dead
     gc.collect()
-    assert len(graph_runners.__globals__["_MODULE_RUNNERS"]) == count - 1  # the cache held it weakly
+    assert len(_MODULE_RUNNERS) == count - 1  # the cache held it weakly
 
 
 class _Net(torch.nn.Module):

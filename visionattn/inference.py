@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .cuda_graph import graph_runner
-from .models.stereo.matchstereo import field_outputs
+from .models.stereo.matchstereo import MatchStereo, field_outputs
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 ANCHORS = ("top_left", "bottom_left", "center")
@@ -371,3 +371,22 @@ def restore_image(model: nn.Module, x: torch.Tensor, *, tile: Optional[int] = No
         fn = partial(run_padded, model, mode=pad_mode)
     y = fn(x) if tile is None else tiled(fn, x, tile, overlap)
     return rescale(y, network_range, value_range) if network_range is not None else y
+
+
+# --- compatibility -------------------------------------------------------------------------------
+# MatchStereo had predict_disparity / predict_flow methods before its inference code moved here. They
+# stay for existing callers as shims over the functions above, attached from this side (a network
+# never imports this module; ``import visionattn`` imports it, so the methods are always there).
+
+def _shim(fn: Callable) -> Callable:
+    def method(self, image1: torch.Tensor, image2: torch.Tensor, cuda_graph: bool = False) -> torch.Tensor:
+        return fn(self, image1, image2, cuda_graph=cuda_graph)
+
+    method.__name__ = method.__qualname__ = fn.__name__
+    method.__doc__ = (f"Shim kept for existing callers: ``visionattn.inference.{fn.__name__}(model, image1, "
+                      f"image2, cuda_graph=...)``.")
+    return method
+
+
+MatchStereo.predict_disparity = _shim(predict_disparity)
+MatchStereo.predict_flow = _shim(predict_flow)

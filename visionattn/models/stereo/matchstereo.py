@@ -42,10 +42,6 @@ class LayerNorm(nn.LayerNorm):
         return layer_norm(x, self.weight, None, self.eps)
 
 
-def _layer_norm(dim: int, eps: float) -> LayerNorm:
-    return LayerNorm(dim, eps)
-
-
 def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     """``x`` in float32, or float64 if it is (positions need more mantissa than fp16/bf16 hold)."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
@@ -146,9 +142,9 @@ class SepConv(nn.Module):
 class ConvFormerBlock(nn.Module):
     def __init__(self, dim: int, drop_path: float = 0.0):
         super().__init__()
-        self.norm1 = _layer_norm(dim, 1e-6)
+        self.norm1 = LayerNorm(dim, 1e-6)
         self.token_mixer = SepConv(dim)
-        self.norm2 = _layer_norm(dim, 1e-6)
+        self.norm2 = LayerNorm(dim, 1e-6)
         self.mlp = Mlp(dim, 2 * dim, bias=False)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -162,7 +158,7 @@ class Downsample(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__()
-        self.pre_norm = _layer_norm(in_dim, 1e-6)
+        self.pre_norm = LayerNorm(in_dim, 1e-6)
         self.conv = nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -228,7 +224,7 @@ class GlobalCorrelation(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.norm = _layer_norm(dim, 1e-5)
+        self.norm = LayerNorm(dim, 1e-5)
         self.q = nn.Linear(dim, dim, bias=False)
         self.k = nn.Linear(dim, dim, bias=False)
         self.scale = dim ** -0.5
@@ -377,11 +373,11 @@ class MatchAttentionLayer(nn.Module):
         self.consistency_threshold = consistency_threshold
         self_dim = dim + 2 + 2 * num_heads
         self.match_attention_self = MatchAttention(self_dim + 1, self_dim, radius, num_heads, head_dim, False, attn_impl)
-        self.norm0 = _layer_norm(self_dim, 1e-5)
+        self.norm0 = LayerNorm(self_dim, 1e-5)
         self.match_attention_cross = MatchAttention(dim + 2, dim + 2, radius, num_heads, head_dim, True, attn_impl)
-        self.norm1 = _layer_norm(dim + 2, 1e-5)
+        self.norm1 = LayerNorm(dim + 2, 1e-5)
         self.mlp = ConvGLU(dim)
-        self.norm2 = _layer_norm(dim, 1e-5)
+        self.norm2 = LayerNorm(dim, 1e-5)
         self.field_scale = nn.Parameter(torch.full((1, 1, 1, 2), 0.1))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -465,7 +461,9 @@ class MatchStereo(nn.Module):
     multiples of ``size_multiple`` (32) and at least ``min_size`` (192). Images of any size, with
     their range checked and optionally replayed from a CUDA graph, go through
     ``visionattn.inference.predict_stereo`` / ``predict_disparity`` / ``predict_flow``, which pad
-    at the top and right (the official padder's layout) and crop the outputs back.
+    at the top and right (the official padder's layout) and crop the outputs back. The methods
+    ``model.predict_disparity`` / ``model.predict_flow`` that callers used before are shims over
+    those functions, attached by ``visionattn.inference`` (networks never import it).
 
     Returns a dict:
         ``disparity`` (B, 1, H, W) left-view disparity >= 0 (stereo) or ``flow`` (B, 2, H, W);
@@ -554,20 +552,6 @@ class MatchStereo(nn.Module):
         out.update(init_field=init_field, init_cost_volume=init_cv, fields=fields, field_up=field_up,
                    self_rpos=self_rpos)
         return out
-
-    # Shims for existing callers; the inference code lives in visionattn.inference (which sits above
-    # the networks, hence the import on call).
-    def predict_disparity(self, left: torch.Tensor, right: torch.Tensor, cuda_graph: bool = False) -> torch.Tensor:
-        """Shim: ``visionattn.inference.predict_disparity(self, left, right, cuda_graph=cuda_graph)``."""
-        from ...inference import predict_disparity
-
-        return predict_disparity(self, left, right, cuda_graph=cuda_graph)
-
-    def predict_flow(self, image1: torch.Tensor, image2: torch.Tensor, cuda_graph: bool = False) -> torch.Tensor:
-        """Shim: ``visionattn.inference.predict_flow(self, image1, image2, cuda_graph=cuda_graph)``."""
-        from ...inference import predict_flow
-
-        return predict_flow(self, image1, image2, cuda_graph=cuda_graph)
 
 
 # --- variants, registration, official checkpoints --------------------------------------------
