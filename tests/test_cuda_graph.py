@@ -4,7 +4,8 @@ import gc
 import pytest
 import torch
 
-from visionattn.cuda_graph import _MODULE_RUNNERS, CUDAGraphRunner, TrainingGraph, graph_runner, graph_runners, module_key
+from visionattn.cuda_graph import (_MODULE_RUNNERS, CUDAGraphRunner, TrainingGraph, graph_runner, graph_runners,
+                                   module_key)
 
 
 def test_rejects_cpu_tensors_and_bad_settings():

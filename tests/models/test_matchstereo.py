@@ -1,4 +1,6 @@
-"""MatchStereo / MatchFlow: layout, official checkpoint conversion, forward contract (inference: tests/test_inference.py)."""
+"""MatchStereo / MatchFlow: layout, official checkpoint conversion, forward contract.
+
+Any-size inference, range checks and CUDA-graph replay: tests/test_inference.py."""
 import re
 from pathlib import Path
 
