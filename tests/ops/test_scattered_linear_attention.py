@@ -153,16 +153,30 @@ interpreter = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reas
 
 
 @interpreter
-@pytest.mark.parametrize("sizes,heads,d,fused", [
-    ([3, 0, 5, 1, 40, 2, 0, 21], 2, 16, True),  # small windows, empty ones, one voxel
-    ([1], 1, 16, False),                         # a single voxel
-    ([0, 0, 7, 0], 1, 24, True),                 # head dim not a power of two
-    ([90, 4, 75], 2, 16, False),                 # windows over CHUNK (patched to 32): atomics across programs
+@pytest.mark.parametrize("sizes,heads,d,fused,chunk", [
+    ([3, 0, 5, 1, 40, 2, 0, 21], 2, 16, True, 32),  # small windows, empty ones, one voxel, one over CHUNK
+    ([1], 1, 16, False, 128),                        # a single voxel
+    ([0, 0, 7, 0], 1, 24, True, 128),                # head dim not a power of two
+    ([90, 4, 75], 2, 16, False, 32),                 # windows over several programs
+    ([17, 5, 33, 16, 15, 1, 48, 2], 1, 16, True, 16),  # windows across CHUNK boundaries, of exactly CHUNK
 ])
-def test_triton_equals_reference_forward_backward_interpreter(sizes, heads, d, fused, monkeypatch):
-    monkeypatch.setattr(sla_triton, "CHUNK", 32)
+def test_triton_equals_reference_forward_backward_interpreter(sizes, heads, d, fused, chunk, monkeypatch):
+    monkeypatch.setattr(sla_triton, "CHUNK", chunk)  # small CHUNKs: windows spread over programs at small N
     for got, ref in _triton_vs_reference(sizes, heads, d, fused=fused):
         torch.testing.assert_close(got.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+@interpreter
+def test_custom_op_forward_backward_interpreter():
+    """The registered custom op (what torch.compile traces) gives the eager path's values and gradients."""
+    offsets = _offsets([5, 0, 40, 3])
+    x = torch.randn(48, 3, 2, 16, requires_grad=True)
+    grad = torch.randn(48, 2, 16)
+    out = torch.ops.visionattn.scattered_linear_attention_triton(*x.unbind(1), offsets)[0]
+    ref = scattered_linear_attention(*x.unbind(1), offsets, impl="triton")
+    torch.testing.assert_close(out, ref, atol=0, rtol=0)
+    torch.testing.assert_close(torch.autograd.grad(out, x, grad)[0], torch.autograd.grad(ref, x, grad)[0],
+                               atol=0, rtol=0)
 
 
 @interpreter
@@ -193,7 +207,7 @@ def _run_interpreter_tests(marker: str, expected: str):
 
 
 def test_triton_interpreter():
-    _run_interpreter_tests("not slow and not cuda", "5 passed")
+    _run_interpreter_tests("not slow and not cuda", "7 passed")
 
 
 @pytest.mark.slow

@@ -1,29 +1,36 @@
-"""Triton kernels of scattered linear attention (forward and backward), as ``torch.ops.visionattn``.
+"""Triton kernels of scattered linear attention (forward and backward).
 
 Rows (voxels) are sorted by window; window ``m`` owns rows ``offsets[m]:offsets[m+1]``. Each program
-works on one window: program ``m < M`` on the first ``CHUNK`` rows of window ``m``, program ``M + j``
-on the rows of row block ``[j CHUNK, (j+1) CHUNK)`` that lie past the first ``CHUNK`` rows of their
-window (at most one window has such rows in a block: it started at least ``CHUNK`` rows before).
-So a program never handles more than ``CHUNK`` rows, a window of 10,000 voxels is spread over
-about 10,000 / ``CHUNK`` programs, and the grid, ``M + cdiv(N, CHUNK)`` programs per head, needs
-no window metadata beyond ``offsets`` (no host sync, no prefix sums). A program walks its rows in
-tiles of ``SUB`` rows, so a tiny window costs one small tile.
+works on rows of one window: program ``m < M`` on the first ``CHUNK`` rows of window ``m``, program
+``M + j`` on the rows of the block ``[j CHUNK, (j+1) CHUNK)`` that lie past the first ``CHUNK`` rows
+of their window (at most one window has such rows in a block: the one holding row ``j CHUNK``,
+found by binary search of ``offsets``). So no program handles more than ``CHUNK`` rows, a window
+of 10,000 voxels is spread over ~80 programs, and the grid, ``M + cdiv(N, CHUNK)`` programs per
+head, needs nothing but ``offsets`` (no host sync, no prefix sums). A program walks its rows in
+tiles of ``SUB`` rows, so a window of a few voxels costs one small tile.
 
 Per head, with Q = relu(q), K = relu(k), window w:
 
-* forward ``state``: KV_w = sum K_i^T v_i (d x d), s_w = sum K_i (d), fp32. A window of at most
-  ``CHUNK`` rows is stored by its one program; the pieces of a larger one are added with fp32
-  atomics into a zeroed buffer.
-* forward ``apply``: o_n = Q_n KV_w / (Q_n . s_w + eps).
+* forward ``state``: each program stores its rows' part of KV_w = sum K_i^T v_i (d x d) and
+  s_w = sum K_i (d), fp32, in its own slot (slot = program id).
+* forward ``apply``: KV_w, s_w = the window's first slot + its overflow slots (only windows longer
+  than ``CHUNK`` have any; every program of the window sums them in the same order), then
+  o_n = Q_n KV_w / (Q_n . s_w + eps).
 * backward ``state`` (z_n = Q_n . s_w + eps, num_n = Q_n KV_w recomputed, g = dL/do):
   dnum_n = g_n / z_n, dz_n = -(g_n . num_n) / z_n^2; writes dq_n = (dnum_n KV_w^T + dz_n s_w)
-  relu'(q_n) and accumulates dKV_w = sum Q_n^T dnum_n, ds_w = sum dz_n Q_n (stored or added like KV_w).
-* backward ``apply``: dk_n = (v_n dKV_w^T + ds_w) relu'(k_n), dv_n = K_n dKV_w.
+  relu'(q_n) and stores its part of dKV_w = sum Q_n^T dnum_n, ds_w = sum dz_n Q_n in its slot.
+* backward ``apply``: dKV_w, ds_w summed like KV_w; dk_n = (v_n dKV_w^T + ds_w) relu'(k_n),
+  dv_n = K_n dKV_w.
 
-Dots: K^T v runs in the input dtype (fp16/bf16 tensor cores with fp32 accumulation); dots with an
-fp32 operand (KV, dKV, the 1/z-scaled rows) run in fp32: IEEE by default (``FP32_DOT``), TF32 when
-``torch.backends.cuda.matmul.allow_tf32`` is set. Atomics make the last bits of the results of
-windows longer than ``CHUNK`` run-to-run nondeterministic.
+No atomics and no zero-filled buffers: results are deterministic. Dots: K^T v runs in the input
+dtype (fp16/bf16 tensor cores with fp32 accumulation); dots with an fp32 operand (KV, dKV, the
+1/z-scaled rows) run in fp32: IEEE FMA by default (``FP32_DOT``), TF32 when
+``torch.backends.cuda.matmul.allow_tf32`` is set.
+
+The op is registered as ``torch.ops.visionattn.scattered_linear_attention_triton`` (fake and autograd
+formulas), which ``torch.compile``/``torch.export`` trace as one node. Eager calls go through an
+``autograd.Function`` running the same kernels: the custom-op dispatch layers cost about twice
+its Python time per forward+backward, a large share of this op at ScatterFormer sizes.
 """
 from typing import Tuple
 
@@ -46,7 +53,7 @@ if triton is not None:
 
     @triton.jit
     def _program_rows(OFFSETS, n_windows, n_steps, CHUNK: tl.constexpr):
-        """(window, first row, end row, whether the window fits one program) of this program."""
+        """(window, its start and end, this program's first and end row)."""
         pid = tl.program_id(0)
         if pid < n_windows:
             w = pid
@@ -56,8 +63,8 @@ if triton is not None:
             hi = tl.minimum(end, start + CHUNK)
         else:
             row = (pid - n_windows).to(tl.int64) * CHUNK
-            # window of `row`: the largest w with offsets[w] <= row (offsets[lo] <= row < offsets[hi]
-            # throughout; an empty window never satisfies both)
+            # window of `row`: the largest w with offsets[w] <= row (offsets[w] <= row < offsets[top]
+            # throughout, and offsets[M] = N > row; an empty window never satisfies both)
             w = 0
             top = n_windows
             for _ in range(n_steps):
@@ -69,7 +76,7 @@ if triton is not None:
             end = tl.load(OFFSETS + w + 1)
             lo = tl.maximum(row, start + CHUNK)
             hi = tl.minimum(row + CHUNK, end)
-        return w, lo, hi, end - start <= CHUNK
+        return w, start, end, lo, hi
 
     @triton.jit
     def _tile(ptr, rows, row_ok, s_n, head_off, D: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -86,37 +93,43 @@ if triton is not None:
                  mask=row_ok[:, None] & (cols[None, :] < D))
 
     @triton.jit
-    def _state_ptrs(KV, S, w, head, heads, D: tl.constexpr, BLOCK_D: tl.constexpr):
-        """Pointers and masks of window ``w``'s (D, D) matrix and (D,) vector for ``head``."""
+    def _slot_ptrs(KV, S, slot, head, heads, D: tl.constexpr, BLOCK_D: tl.constexpr):
+        """Pointers and masks of a slot's (D, D) matrix and (D,) vector for ``head``."""
         i = tl.arange(0, BLOCK_D)
-        base = (w * heads + head).to(tl.int64)
+        base = (slot * heads + head).to(tl.int64)
         kv_ptr = KV + base * (D * D) + i[:, None] * D + i[None, :]
         s_ptr = S + base * D + i
         return kv_ptr, (i[:, None] < D) & (i[None, :] < D), s_ptr, i < D
 
     @triton.jit
-    def _put_state(KV, S, w, head, heads, whole, kv, s, D: tl.constexpr, BLOCK_D: tl.constexpr):
-        """Store a window's state when one program holds the whole window, else add this piece."""
-        kv_ptr, kv_mask, s_ptr, s_mask = _state_ptrs(KV, S, w, head, heads, D, BLOCK_D)
-        if whole:
-            tl.store(kv_ptr, kv, mask=kv_mask)
-            tl.store(s_ptr, s, mask=s_mask)
-        else:
-            tl.atomic_add(kv_ptr, kv, mask=kv_mask, sem="relaxed")
-            tl.atomic_add(s_ptr, s, mask=s_mask, sem="relaxed")
+    def _put_slot(KV, S, head, heads, kv, s, D: tl.constexpr, BLOCK_D: tl.constexpr):
+        kv_ptr, kv_mask, s_ptr, s_mask = _slot_ptrs(KV, S, tl.program_id(0), head, heads, D, BLOCK_D)
+        tl.store(kv_ptr, kv, mask=kv_mask)
+        tl.store(s_ptr, s, mask=s_mask)
 
     @triton.jit
-    def _get_state(KV, S, w, head, heads, D: tl.constexpr, BLOCK_D: tl.constexpr):
-        kv_ptr, kv_mask, s_ptr, s_mask = _state_ptrs(KV, S, w, head, heads, D, BLOCK_D)
-        return tl.load(kv_ptr, mask=kv_mask, other=0.0), tl.load(s_ptr, mask=s_mask, other=0.0)
+    def _window_state(KV, S, w, start, end, n_windows, head, heads, D: tl.constexpr, BLOCK_D: tl.constexpr,
+                      CHUNK: tl.constexpr):
+        """A window's whole state: its first slot plus, for a window longer than CHUNK, the overflow slots
+        of the blocks holding its rows past the first CHUNK ((start + CHUNK) // CHUNK ... (end - 1) // CHUNK)."""
+        kv_ptr, kv_mask, s_ptr, s_mask = _slot_ptrs(KV, S, w, head, heads, D, BLOCK_D)
+        kv = tl.load(kv_ptr, mask=kv_mask, other=0.0)
+        s = tl.load(s_ptr, mask=s_mask, other=0.0)
+        first = (start + CHUNK) // CHUNK
+        last = tl.where(end - start > CHUNK, (end - 1) // CHUNK, first - 1)  # no overflow rows: no slots
+        for j in range(first, last + 1):
+            kv_ptr, kv_mask, s_ptr, s_mask = _slot_ptrs(KV, S, n_windows + j, head, heads, D, BLOCK_D)
+            kv += tl.load(kv_ptr, mask=kv_mask, other=0.0)
+            s += tl.load(s_ptr, mask=s_mask, other=0.0)
+        return kv, s
 
     @triton.jit(do_not_specialize=_VARYING)
     def _sla_fwd_state_kernel(K, V, OFFSETS, KV, S, n_windows, n_steps, heads, sk_n, sk_h, sv_n, sv_h,
                               D: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr,
                               PRECISION: tl.constexpr):
         head = tl.program_id(1)
-        w, lo, hi, whole = _program_rows(OFFSETS, n_windows, n_steps, CHUNK)
-        if hi > lo:  # else: an empty window, or no overflow rows in this block
+        w, start, end, lo, hi = _program_rows(OFFSETS, n_windows, n_steps, CHUNK)
+        if hi > lo:  # else: an empty window, or a block without overflow rows (its slot is never read)
             kv = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)
             s = tl.zeros([BLOCK_D], dtype=tl.float32)
             for r0 in range(lo, hi, SUB):
@@ -127,16 +140,16 @@ if triton is not None:
                 v = _tile(V, rows, ok, sv_n, head * sv_h, D, BLOCK_D)
                 kv += tl.dot(tl.trans(k), v, input_precision=PRECISION)
                 s += tl.sum(k.to(tl.float32), 0)
-            _put_state(KV, S, w, head, heads, whole, kv, s, D, BLOCK_D)
+            _put_slot(KV, S, head, heads, kv, s, D, BLOCK_D)
 
     @triton.jit(do_not_specialize=_VARYING)
     def _sla_fwd_apply_kernel(Q, OFFSETS, KV, S, O, n_windows, n_steps, heads, sq_n, sq_h,
                               D: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr,
                               EPS: tl.constexpr, PRECISION: tl.constexpr):
         head = tl.program_id(1)
-        w, lo, hi, whole = _program_rows(OFFSETS, n_windows, n_steps, CHUNK)
+        w, start, end, lo, hi = _program_rows(OFFSETS, n_windows, n_steps, CHUNK)
         if hi > lo:
-            kv, s = _get_state(KV, S, w, head, heads, D, BLOCK_D)
+            kv, s = _window_state(KV, S, w, start, end, n_windows, head, heads, D, BLOCK_D, CHUNK)
             for r0 in range(lo, hi, SUB):
                 rows = r0 + tl.arange(0, SUB)
                 ok = rows < hi
@@ -150,11 +163,11 @@ if triton is not None:
     def _sla_bwd_state_kernel(Q, G, OFFSETS, KV, S, DKV, DS, DQ, n_windows, n_steps, heads, sq_n, sq_h,
                               D: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr,
                               EPS: tl.constexpr, PRECISION: tl.constexpr):
-        """dq, and per window dKV = sum Q^T dnum, ds = sum dz Q. G and DQ are contiguous (N, h, D)."""
+        """dq, and this program's part of dKV = sum Q^T dnum, ds = sum dz Q. G and DQ are contiguous."""
         head = tl.program_id(1)
-        w, lo, hi, whole = _program_rows(OFFSETS, n_windows, n_steps, CHUNK)
+        w, start, end, lo, hi = _program_rows(OFFSETS, n_windows, n_steps, CHUNK)
         if hi > lo:
-            kv, s = _get_state(KV, S, w, head, heads, D, BLOCK_D)
+            kv, s = _window_state(KV, S, w, start, end, n_windows, head, heads, D, BLOCK_D, CHUNK)
             kv_t = tl.trans(kv)
             dkv = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)
             ds = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -172,7 +185,7 @@ if triton is not None:
                 _put(DQ, rows, ok, heads, head, tl.where(q_raw > 0, dq, 0.0), D, BLOCK_D)  # relu'
                 dkv += tl.dot(tl.trans(q), dnum, input_precision=PRECISION)
                 ds += tl.sum(q * dz[:, None], 0)
-            _put_state(DKV, DS, w, head, heads, whole, dkv, ds, D, BLOCK_D)
+            _put_slot(DKV, DS, head, heads, dkv, ds, D, BLOCK_D)
 
     @triton.jit(do_not_specialize=_VARYING)
     def _sla_bwd_apply_kernel(K, V, OFFSETS, DKV, DS, DK, DV, n_windows, n_steps, heads, sk_n, sk_h, sv_n, sv_h,
@@ -180,9 +193,9 @@ if triton is not None:
                               PRECISION: tl.constexpr):
         """dk = (v dKV^T + ds) relu'(k), dv = relu(k) dKV. DK and DV are contiguous (N, h, D)."""
         head = tl.program_id(1)
-        w, lo, hi, whole = _program_rows(OFFSETS, n_windows, n_steps, CHUNK)
+        w, start, end, lo, hi = _program_rows(OFFSETS, n_windows, n_steps, CHUNK)
         if hi > lo:
-            dkv, ds = _get_state(DKV, DS, w, head, heads, D, BLOCK_D)
+            dkv, ds = _window_state(DKV, DS, w, start, end, n_windows, head, heads, D, BLOCK_D, CHUNK)
             dkv_t = tl.trans(dkv)
             for r0 in range(lo, hi, SUB):
                 rows = r0 + tl.arange(0, SUB)
@@ -199,43 +212,38 @@ def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _meta(q: torch.Tensor) -> dict:
-    d = q.shape[-1]
-    precision = "tf32" if torch.backends.cuda.matmul.allow_tf32 else FP32_DOT
-    if interpreting():
-        precision = "ieee"
-    return dict(D=d, BLOCK_D=max(16, triton.next_power_of_2(d)), CHUNK=CHUNK, SUB=SUB, PRECISION=precision,
-                num_warps=NUM_WARPS)
-
-
-def _grid(n: int, offsets: torch.Tensor, heads: int):
-    """Programs: one per window (its first CHUNK rows) + one per CHUNK-row block (overflow rows); and
-    the binary-search depth over the M windows."""
+def _launch(n: int, offsets: torch.Tensor, q: torch.Tensor):
+    """Grid (programs, heads), window count, binary-search depth and compile-time settings."""
+    heads, d = q.shape[1:]
     n_windows = offsets.shape[0] - 1
-    return (n_windows + triton.cdiv(n, CHUNK), heads), n_windows, max(n_windows - 1, 0).bit_length()
+    precision = "tf32" if torch.backends.cuda.matmul.allow_tf32 else FP32_DOT
+    meta = dict(D=d, BLOCK_D=max(16, triton.next_power_of_2(d)), CHUNK=CHUNK, SUB=SUB,
+                PRECISION="ieee" if interpreting() else precision, num_warps=NUM_WARPS)
+    return (n_windows + triton.cdiv(n, CHUNK), heads), n_windows, max(n_windows - 1, 0).bit_length(), meta
 
 
-def _state_views(state: torch.Tensor, heads: int, d: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The (M, h, d, d) matrices and (M, h, d) vectors held in one flat fp32 buffer (one memset)."""
-    n_windows = state.shape[0] // (heads * d * (d + 1))
-    split = n_windows * heads * d * d
-    return state[:split].view(n_windows, heads, d, d), state[split:].view(n_windows, heads, d)
+def _n_slots(n: int, n_windows: int) -> int:
+    return n_windows + (n + CHUNK - 1) // CHUNK
 
 
-def _new_state(n_windows: int, heads: int, d: int, device) -> torch.Tensor:
-    return torch.zeros(n_windows * heads * d * (d + 1), device=device, dtype=torch.float32)
+def _slot_views(state: torch.Tensor, heads: int, d: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The (slots, h, d, d) matrices and (slots, h, d) vectors held in one flat fp32 buffer."""
+    slots = state.shape[0] // (heads * d * (d + 1))
+    split = slots * heads * d * d
+    return state[:split].view(slots, heads, d, d), state[split:].view(slots, heads, d)
 
 
 def _forward(q, k, v, offsets):
+    """out (N, h, d) and the per-program state slots (flat fp32) for the backward."""
     q, k, v = (_unit_last_stride(t) for t in (q, k, v))
     n, heads, d = q.shape
     out = torch.empty(n, heads, d, device=q.device, dtype=q.dtype)
-    state = _new_state(offsets.shape[0] - 1, heads, d, q.device)
+    state = torch.empty(_n_slots(n, offsets.shape[0] - 1) * heads * d * (d + 1), device=q.device,
+                        dtype=torch.float32)
     if n == 0:
         return out, state
-    kv, s = _state_views(state, heads, d)
-    meta = _meta(q)
-    grid, n_windows, n_steps = _grid(n, offsets, heads)
+    kv, s = _slot_views(state, heads, d)
+    grid, n_windows, n_steps, meta = _launch(n, offsets, q)
     _sla_fwd_state_kernel[grid](k, v, offsets, kv, s, n_windows, n_steps, heads,
                                 k.stride(0), k.stride(1), v.stride(0), v.stride(1), **meta)
     _sla_fwd_apply_kernel[grid](q, offsets, kv, s, out, n_windows, n_steps, heads, q.stride(0), q.stride(1),
@@ -252,15 +260,29 @@ def _backward(q, k, v, offsets, state, grad_out):
     dv = torch.empty_like(dq)
     if n == 0:
         return dq, dk, dv
-    kv, s = _state_views(state, heads, d)
-    dkv, ds = _state_views(_new_state(kv.shape[0], heads, d, q.device), heads, d)
-    meta = _meta(q)
-    grid, n_windows, n_steps = _grid(n, offsets, heads)
+    kv, s = _slot_views(state, heads, d)
+    dkv, ds = _slot_views(torch.empty_like(state), heads, d)
+    grid, n_windows, n_steps, meta = _launch(n, offsets, q)
     _sla_bwd_state_kernel[grid](q, grad_out, offsets, kv, s, dkv, ds, dq, n_windows, n_steps, heads,
                                 q.stride(0), q.stride(1), EPS=EPS, **meta)
     _sla_bwd_apply_kernel[grid](k, v, offsets, dkv, ds, dk, dv, n_windows, n_steps, heads,
                                 k.stride(0), k.stride(1), v.stride(0), v.stride(1), **meta)
     return dq, dk, dv
+
+
+class _SLAFunction(torch.autograd.Function):
+    """Eager path: the same kernels as the custom op, without its dispatch layers."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, offsets):
+        out, state = _forward(q, k, v, offsets)
+        ctx.save_for_backward(q, k, v, offsets, state)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        dq, dk, dv = _backward(*ctx.saved_tensors, grad_out)
+        return dq, dk, dv, None
 
 
 if triton is not None:
@@ -269,15 +291,14 @@ if triton is not None:
     def scattered_linear_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor
                                           ) -> Tuple[torch.Tensor, torch.Tensor]:
         """q, k, v (N, h, d) of one dtype, rows sorted by window; offsets (M+1,) int64.
-        Returns out (N, h, d) contiguous and, for the backward, the window state: KV (M, h, d, d) then
-        s (M, h, d), flat fp32."""
+        Returns out (N, h, d) contiguous and, for the backward, the state slots (flat fp32)."""
         return _forward(q, k, v, offsets)
 
     @scattered_linear_attention_triton.register_fake
     def _(q, k, v, offsets):
         n, heads, d = q.shape
-        m = offsets.shape[0] - 1
-        return q.new_empty(n, heads, d), q.new_empty(m * heads * d * (d + 1), dtype=torch.float32)
+        slots = _n_slots(n, offsets.shape[0] - 1)
+        return q.new_empty(n, heads, d), q.new_empty(slots * heads * d * (d + 1), dtype=torch.float32)
 
     @torch.library.custom_op("visionattn::scattered_linear_attention_triton_backward", mutates_args=())
     def scattered_linear_attention_triton_backward(
@@ -303,6 +324,13 @@ if triton is not None:
         return dq, dk, dv, None
 
     scattered_linear_attention_triton.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+def scattered_linear_attention_triton_autograd(q, k, v, offsets) -> torch.Tensor:
+    """The triton path with autograd: the custom op while torch.compile/export traces, else the Function."""
+    if torch.compiler.is_compiling():
+        return torch.ops.visionattn.scattered_linear_attention_triton(q, k, v, offsets)[0]
+    return _SLAFunction.apply(q, k, v, offsets)
 
 
 def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:

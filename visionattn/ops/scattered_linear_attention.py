@@ -12,10 +12,10 @@ id, ``offsets``) live in the ScatterFormer network; all layers of a stage share 
 
 Implementations (``impl=``):
 
-- ``"triton"``: kernels on a grid of fixed row blocks whatever the window sizes (forward and
-  backward, fp32/fp16/bf16 inputs with fp32 accumulation, :mod:`._scattered_linear_attention_triton`).
-  Saves only the per-window state (KV, s) and each row's window for the backward, which
-  recomputes the rest. CUDA (on CPU only under ``TRITON_INTERPRET=1``, for the tests).
+- ``"triton"``: kernels whose programs each take at most 128 rows of one window, whatever the window
+  sizes (forward and backward, fp32/fp16/bf16 inputs with fp32 accumulation, deterministic,
+  :mod:`._scattered_linear_attention_triton`). Saves only the per-window state (KV, s) for the
+  backward, which recomputes the rest. CUDA (on CPU only under ``TRITON_INTERPRET=1``, for the tests).
 - ``"reference"``: ``index_add`` of per-voxel outer products and ``einsum``, computed in fp32 (fp64
   for fp64 inputs); autograd differentiates it. It builds an (N, h, d, d) tensor: for reading and
   testing, not for speed.
@@ -29,6 +29,7 @@ from typing import Tuple
 
 import torch
 
+from ._scattered_linear_attention_triton import scattered_linear_attention_triton_autograd
 from ._scattered_linear_attention_triton import supported as triton_supported
 from .dispatch import pick
 
@@ -84,7 +85,7 @@ def _reference(q, k, v, offsets):
 
 
 def _triton(q, k, v, offsets):
-    return torch.ops.visionattn.scattered_linear_attention_triton(q, k, v, offsets)[0]
+    return scattered_linear_attention_triton_autograd(q, k, v, offsets)
 
 
 def scattered_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor,
