@@ -12,8 +12,17 @@ not meet are skipped (overlap 0), so sparse scenes cost little.
 
 Definitions as OpenPCDet's ``iou3d_nms`` CUDA ops: BEV IoU = overlap / max(area_a + area_b -
 overlap, 1e-8); 3D IoU = overlap x height overlap / max(vol_a + vol_b - intersection, 1e-6).
+
+One implementation, ``"reference"`` (this PyTorch code, CPU and GPU); :func:`rotated_box_iou` takes
+``impl`` for the op-module contract shared with :mod:`tools.benchmark`.
 """
+from typing import Tuple
+
 import torch
+
+from .dispatch import pick
+
+IMPLS: Tuple[str, ...] = ("reference",)
 
 _PAIRS_PER_CHUNK = 1 << 16  # candidate pairs per vectorised step (~30 MiB of float64 temporaries)
 
@@ -75,36 +84,81 @@ def _pair_overlap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(count[:, 0] >= 3, area, torch.zeros_like(area))
 
 
-def boxes_overlap_bev(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
-    """(N, 7), (M, 7) -> (N, M) areas of the intersections of the BEV footprints, in boxes_a's dtype."""
-    _check("boxes_overlap_bev", boxes_a)
-    _check("boxes_overlap_bev", boxes_b)
-    a, b = boxes_a[:, :7].double(), boxes_b[:, :7].to(boxes_a.device).double()
-    out = a.new_zeros(a.shape[0], b.shape[0])
+def _near_pairs(a: torch.Tensor, b: torch.Tensor):
+    """Pairs (i, j) whose circumscribed circles meet (the only ones that can overlap)."""
+    radius_a, radius_b = a[:, 3:5].norm(dim=1) / 2, b[:, 3:5].norm(dim=1) / 2
+    reach = radius_a[:, None] + radius_b[None, :]
+    return (torch.cdist(a[:, :2].float(), b[:, :2].float()) < reach * 1.001 + 1e-3).nonzero(as_tuple=True)
+
+
+def _pairwise(name: str, boxes_a: torch.Tensor, boxes_b: torch.Tensor, measure) -> torch.Tensor:
+    """(N, M) matrix of ``measure(a, b, overlap)`` (float64 rows of paired boxes) over the near pairs, 0 elsewhere."""
+    _check(name, boxes_a)
+    _check(name, boxes_b)
+    boxes_b = boxes_b.to(boxes_a.device)
+    out = boxes_a.new_zeros(boxes_a.shape[0], boxes_b.shape[0])
     if out.numel():
-        radius_a, radius_b = a[:, 3:5].norm(dim=1) / 2, b[:, 3:5].norm(dim=1) / 2
-        near = torch.cdist(a[:, :2], b[:, :2]) < radius_a[:, None] + radius_b[None, :] + 1e-6  # may touch
-        ia, ib = near.nonzero(as_tuple=True)
+        ia, ib = _near_pairs(boxes_a, boxes_b)
         for start in range(0, ia.shape[0], _PAIRS_PER_CHUNK):
             i, j = ia[start:start + _PAIRS_PER_CHUNK], ib[start:start + _PAIRS_PER_CHUNK]
-            out[i, j] = _pair_overlap(a[i], b[j])
-    return out.to(boxes_a.dtype)
+            a, b = boxes_a[i, :7].double(), boxes_b[j, :7].double()
+            out[i, j] = measure(a, b, _pair_overlap(a, b)).to(out.dtype)
+    return out
+
+
+def boxes_overlap_bev(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
+    """(N, 7), (M, 7) -> (N, M) areas of the intersections of the BEV footprints, in boxes_a's dtype."""
+    return _pairwise("boxes_overlap_bev", boxes_a, boxes_b, lambda a, b, overlap: overlap)
+
+
+def _iou_bev(a, b, overlap):
+    return overlap / (a[:, 3] * a[:, 4] + b[:, 3] * b[:, 4] - overlap).clamp(min=1e-8)
+
+
+def _iou_3d(a, b, overlap):
+    top = torch.minimum(a[:, 2] + a[:, 5] / 2, b[:, 2] + b[:, 5] / 2)
+    bottom = torch.maximum(a[:, 2] - a[:, 5] / 2, b[:, 2] - b[:, 5] / 2)
+    inter = overlap * (top - bottom).clamp(min=0)
+    return inter / (a[:, 3] * a[:, 4] * a[:, 5] + b[:, 3] * b[:, 4] * b[:, 5] - inter).clamp(min=1e-6)
 
 
 def boxes_iou_bev(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
     """(N, 7), (M, 7) -> (N, M) IoU of the BEV footprints: overlap / max(area_a + area_b - overlap, 1e-8)."""
-    overlap = boxes_overlap_bev(boxes_a, boxes_b).double()
-    area_a = (boxes_a[:, 3] * boxes_a[:, 4]).double()[:, None]
-    area_b = (boxes_b[:, 3] * boxes_b[:, 4]).double().to(overlap.device)[None, :]
-    return (overlap / (area_a + area_b - overlap).clamp(min=1e-8)).to(boxes_a.dtype)
+    return _pairwise("boxes_iou_bev", boxes_a, boxes_b, _iou_bev)
 
 
 def boxes_iou_3d(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
     """(N, 7), (M, 7) -> (N, M) 3D IoU: BEV overlap x height overlap / max(vol_a + vol_b - that, 1e-6)."""
-    overlap = boxes_overlap_bev(boxes_a, boxes_b).double()
-    a, b = boxes_a.double(), boxes_b.double().to(overlap.device)
-    top = torch.minimum(a[:, None, 2] + a[:, None, 5] / 2, b[None, :, 2] + b[None, :, 5] / 2)
-    bottom = torch.maximum(a[:, None, 2] - a[:, None, 5] / 2, b[None, :, 2] - b[None, :, 5] / 2)
-    inter = overlap * (top - bottom).clamp(min=0)
-    vol_a, vol_b = a[:, 3] * a[:, 4] * a[:, 5], b[:, 3] * b[:, 4] * b[:, 5]
-    return (inter / (vol_a[:, None] + vol_b[None, :] - inter).clamp(min=1e-6)).to(boxes_a.dtype)
+    return _pairwise("boxes_iou_3d", boxes_a, boxes_b, _iou_3d)
+
+
+def rotated_box_iou(boxes_a: torch.Tensor, boxes_b: torch.Tensor, mode: str = "bev", impl: str = "auto"
+                    ) -> torch.Tensor:
+    """(N, 7), (M, 7) -> (N, M) IoU of rotated boxes: ``mode="bev"`` (footprints) or ``"3d"``."""
+    if mode not in ("bev", "3d"):
+        raise ValueError(f"rotated_box_iou: mode must be 'bev' or '3d'; got {mode!r}")
+    pick("rotated_box_iou", impl, {"reference": True})
+    return boxes_iou_bev(boxes_a, boxes_b) if mode == "bev" else boxes_iou_3d(boxes_a, boxes_b)
+
+
+def detections(n_boxes: int = 4096, n_objects: int = 200, seed: int = 0, device="cpu", dtype=torch.float32):
+    """(boxes (n_boxes, 7), scores (n_boxes,), labels (n_boxes,)): what a CenterHead hands to NMS on a Waymo
+    frame: ``n_objects`` cars, pedestrians and cyclists over +-75 m, each predicted by ~n_boxes/n_objects
+    boxes jittered around it (position 0.3 m, size 10 %, heading 0.1 rad), random scores."""
+    g = torch.Generator().manual_seed(seed)
+    sizes = torch.tensor([[4.5, 2.0, 1.7], [0.9, 0.9, 1.8], [1.8, 0.8, 1.7]])  # vehicle, pedestrian, cyclist
+    kind = torch.randint(0, 3, (n_objects,), generator=g)
+    centre = torch.cat([(torch.rand(n_objects, 2, generator=g) - 0.5) * 150, torch.zeros(n_objects, 1)], 1)
+    heading = (torch.rand(n_objects, generator=g) - 0.5) * 2 * torch.pi
+    owner = torch.randint(0, n_objects, (n_boxes,), generator=g)
+    xyz = centre[owner] + torch.randn(n_boxes, 3, generator=g) * 0.3
+    dims = sizes[kind[owner]] * (1 + 0.1 * torch.randn(n_boxes, 3, generator=g)).clamp(min=0.5)
+    yaw = heading[owner] + 0.1 * torch.randn(n_boxes, generator=g)
+    boxes = torch.cat([xyz, dims, yaw[:, None]], 1).to(device, dtype)
+    return boxes, torch.rand(n_boxes, generator=g).to(device, dtype), kind[owner].to(device)
+
+
+def example_inputs(device="cpu", dtype=torch.float32, n_boxes: int = 4096, mode: str = "bev") -> dict:
+    """The IoU matrix of NMS on a Waymo frame: the top 4096 CenterHead boxes against themselves."""
+    boxes, _, _ = detections(n_boxes, device=device, dtype=dtype)
+    return dict(boxes_a=boxes, boxes_b=boxes, mode=mode)

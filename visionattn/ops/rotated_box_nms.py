@@ -6,13 +6,19 @@ on the whole "above threshold" matrix at once: ``keep_j = no earlier kept i over
 from "keep all" until nothing changes. Its only fixed point is the greedy result (each ``keep_j``
 is fixed once the earlier ones are), reached after as many rounds as the longest chain of boxes
 suppressing one another; past 32 rounds the remaining pass runs box by box on the CPU.
+
+One implementation, ``"reference"`` (this PyTorch code, CPU and GPU); :func:`rotated_box_nms` takes
+``impl`` for the op-module contract shared with :mod:`tools.benchmark`.
 """
 from numbers import Real
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from .rotated_box_iou import boxes_iou_bev
+from .dispatch import pick
+from .rotated_box_iou import boxes_iou_bev, detections
+
+IMPLS: Tuple[str, ...] = ("reference",)
 
 _ROUNDS = 32
 
@@ -96,3 +102,21 @@ def class_nms_bev(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tenso
                        _per_class(pre_max_size, k, "pre_max_size"), _per_class(post_max_size, k, "post_max_size"))
         keep.append(members[kept])
     return torch.cat(keep)
+
+
+def rotated_box_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: Union[float, Sequence[float]],
+                    labels: Optional[torch.Tensor] = None, pre_max_size: Union[None, int, Sequence[int]] = None,
+                    post_max_size: Union[None, int, Sequence[int]] = None, impl: str = "auto") -> torch.Tensor:
+    """:func:`class_nms_bev` when ``labels`` are given, else :func:`nms_bev` (class-agnostic)."""
+    pick("rotated_box_nms", impl, {"reference": True})
+    if labels is None:
+        return nms_bev(boxes, scores, iou_threshold, pre_max_size, post_max_size)
+    return class_nms_bev(boxes, scores, labels, iou_threshold, pre_max_size, post_max_size)
+
+
+def example_inputs(device="cpu", dtype=torch.float32, n_boxes: int = 4096) -> dict:
+    """ScatterFormer's Waymo CenterHead NMS: class-specific thresholds (0.75, 0.6, 0.55), the top 4096
+    boxes of each class, on synthetic detections (:func:`visionattn.ops.rotated_box_iou.detections`)."""
+    boxes, scores, labels = detections(n_boxes, device=device, dtype=dtype)
+    return dict(boxes=boxes, scores=scores, labels=labels, iou_threshold=[0.75, 0.6, 0.55],
+                pre_max_size=[4096, 4096, 4096])
