@@ -7,7 +7,7 @@ import torch
 from visionattn.datasets.cifar import CIFAR10, CIFAR100, read_batch
 from visionattn.datasets.food101 import Food101
 from visionattn.datasets.tiny_imagenet import TinyImageNet
-from visionattn.engine.registry import DATASETS
+from visionattn.registry import DATASETS
 
 
 def test_cifar(samples_root):
@@ -59,7 +59,7 @@ def test_tiny_imagenet(samples_root):
 def test_uptraining_transform():
     from PIL import Image
 
-    from visionattn.engine.registry import TRANSFORMS
+    from visionattn.registry import TRANSFORMS
 
     img = Image.new("RGB", (32, 32), (10, 200, 30))
     for train in (True, False):

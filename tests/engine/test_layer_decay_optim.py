@@ -7,7 +7,7 @@ pytest.importorskip("mmdet", reason="the det extra (mmdet) is not installed")
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS  # noqa: E402
 
 import visionattn.engine.layer_decay_optim  # noqa: E402,F401
-from visionattn.models.backbones.mm_backbone_mm import VisionAttnBackbone  # noqa: E402
+from visionattn.engine.mm_backbone import VisionAttnBackbone  # noqa: E402
 
 
 class _Detector(nn.Module):

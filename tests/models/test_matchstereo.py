@@ -148,8 +148,8 @@ def test_bad_inputs_raise():
 def test_registered_for_create_model():
     for name in ("matchstereo_tiny", "matchstereo_small", "matchstereo_base", "matchflow_base"):
         assert name in visionattn.list_models("match*")
-        assert visionattn.models.registry.NETWORKS[name].family == "matchstereo"
-    left, right = visionattn.models.registry.NETWORKS["matchstereo_tiny"].example_inputs(1)
+        assert visionattn.registry.NETWORKS[name].family == "matchstereo"
+    left, right = visionattn.registry.NETWORKS["matchstereo_tiny"].example_inputs(1)
     assert left.shape == right.shape and left.shape[-2] >= 192
 
 

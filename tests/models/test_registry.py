@@ -46,7 +46,7 @@ import torch
 import yaml
 
 import visionattn
-from visionattn.models.registry import NETWORKS
+from visionattn.registry import NETWORKS
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 BIG_PARAMS = 30_000_000

@@ -4,7 +4,7 @@ from pathlib import Path
 import torch
 from mmengine.hooks import Hook
 
-from visionattn.engine.registry import HOOKS
+from visionattn.registry import HOOKS
 
 
 @HOOKS.register_module()

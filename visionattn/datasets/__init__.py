@@ -3,7 +3,7 @@
 Every module here is imported (so its DATASETS/TRANSFORMS registrations run): a family adds a
 reader by dropping a file in, without editing this one.
 """
-from ..models.registry import import_submodules
+from ..registry import import_submodules
 from .cifar import CIFAR10, CIFAR100
 from .classification_transforms import classification_transform, model_data_config
 from .food101 import Food101

@@ -10,7 +10,7 @@ from typing import Dict, Optional, Sequence
 from timm.data import create_transform, resolve_data_config
 from timm.models import get_pretrained_cfg
 
-from ..engine.registry import TRANSFORMS
+from ..registry import TRANSFORMS
 
 
 def model_data_config(model_name: str) -> Dict:

@@ -9,9 +9,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..engine.registry import TRANSFORMS
+from ..registry import DEGRADATIONS, TRANSFORMS
 
 
+@DEGRADATIONS.register_module()
 @dataclass
 class KSpaceTruncation:
     """MRI x``scale`` super-resolution input: keep the central 1/scale of k-space on each axis
@@ -29,6 +30,7 @@ class KSpaceTruncation:
         return np.abs(np.fft.ifft2(np.fft.ifftshift(k * mask)))
 
 
+@DEGRADATIONS.register_module()
 @dataclass
 class LowDoseCTNoise:
     """CT dose reduction to ``dose_fraction`` of the full dose (image-domain approximation).
@@ -56,6 +58,7 @@ class LowDoseCTNoise:
         return image + std * noise
 
 
+@DEGRADATIONS.register_module()
 @dataclass
 class PETCountSubsampling:
     """PET dose reduction factor ``drf``: the image (activity) times ``counts_per_unit`` is the mean
@@ -72,6 +75,7 @@ class PETCountSubsampling:
         return kept * self.drf / self.counts_per_unit
 
 
+@DEGRADATIONS.register_module()
 @dataclass
 class Compose:
     steps: Sequence[Callable]
@@ -82,10 +86,6 @@ class Compose:
         return image
 
 
-_BY_NAME = dict(KSpaceTruncation=KSpaceTruncation, LowDoseCTNoise=LowDoseCTNoise,
-                PETCountSubsampling=PETCountSubsampling)
-
-
 def build_degradation(cfg) -> Callable:
     """A degradation from a callable, a dict(type=..., **kwargs) or a list of those (composed)."""
     if callable(cfg):
@@ -94,9 +94,9 @@ def build_degradation(cfg) -> Callable:
         return Compose([build_degradation(c) for c in cfg])
     cfg = dict(cfg)
     name = cfg.pop("type", None)
-    if name not in _BY_NAME:
-        raise ValueError(f"unknown degradation {name!r}; choose from {sorted(_BY_NAME)}")
-    return _BY_NAME[name](**cfg)
+    if name not in DEGRADATIONS.module_dict:
+        raise ValueError(f"unknown degradation {name!r}; choose from {sorted(DEGRADATIONS.module_dict)}")
+    return DEGRADATIONS.get(name)(**cfg)
 
 
 @TRANSFORMS.register_module()

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..engine.registry import DATASETS
+from ..registry import DATASETS
 from . import medical_io as mio
 from .degradations import Degrade
 from .intensity import window

@@ -10,7 +10,7 @@ from typing import Optional
 from mmengine.dist import get_dist_info
 from timm.data.distributed_sampler import RepeatAugSampler as _TimmRepeatAugSampler
 
-from ..engine.registry import DATA_SAMPLERS
+from ..registry import DATA_SAMPLERS
 
 
 @DATA_SAMPLERS.register_module()

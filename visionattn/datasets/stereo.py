@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..engine.registry import DATASETS, TRANSFORMS
+from ..registry import DATASETS, TRANSFORMS
 
 
 # --- file formats ----------------------------------------------------------------------------

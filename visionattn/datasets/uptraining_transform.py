@@ -6,7 +6,7 @@ Eval: resize to size x size. Normalisation (mean = std = 0.5) runs batched in th
 """
 from torchvision import transforms
 
-from ..engine.registry import TRANSFORMS
+from ..registry import TRANSFORMS
 
 
 @TRANSFORMS.register_module(name="UptrainingTransform")

@@ -5,7 +5,7 @@ from mmengine.model import ImgDataPreprocessor
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.data.random_erasing import RandomErasing
 
-from .registry import MODELS
+from ..registry import MODELS
 
 
 @MODELS.register_module()

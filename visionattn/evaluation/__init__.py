@@ -1,5 +1,5 @@
 """Metrics (mmengine BaseMetric subclasses). Every module here is imported (registers itself)."""
-from ..models.registry import import_submodules
+from ..registry import import_submodules
 from .accuracy import Accuracy
 from .segmentation_iou import MeanIoU
 from .stereo_metrics import StereoMetric, disparity_errors

@@ -4,7 +4,7 @@ from typing import Dict, List, Sequence
 import torch
 from mmengine.evaluator import BaseMetric
 
-from ..engine.registry import METRICS
+from ..registry import METRICS
 
 
 @METRICS.register_module()

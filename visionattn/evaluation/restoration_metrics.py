@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from mmengine.evaluator import BaseMetric
 
 from ..datasets.intensity import window
-from ..engine.registry import METRICS
+from ..registry import METRICS
 
 
 # --- Restore-RWKV medical protocol -----------------------------------------------------------

@@ -6,7 +6,7 @@ import torch
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
 
-from visionattn.engine.registry import METRICS
+from ..registry import METRICS
 
 
 @METRICS.register_module()

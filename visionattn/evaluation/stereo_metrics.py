@@ -10,7 +10,7 @@ from typing import Dict, List, Sequence
 import torch
 from mmengine.evaluator import BaseMetric
 
-from ..engine.registry import METRICS
+from ..registry import METRICS
 
 
 def disparity_errors(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor,

@@ -1,8 +1,8 @@
 """All networks of the library. Importing this registers them (timm + visionattn registries)."""
-from .mha_to_gqa import convert_mha_to_gqa
-from .registry import NETWORKS, import_submodules, register_network
+from ..registry import NETWORKS, import_submodules, register_network
+from .backbones.gqa_vit import convert_mha_to_gqa
 
-for _pkg in ("backbones", "necks", "heads", "stereo", "detection3d", "restoration"):
+for _pkg in ("backbones", "stereo", "detection3d", "restoration"):
     import_submodules(f"{__name__}.{_pkg}")
 
 __all__ = ["NETWORKS", "register_network", "convert_mha_to_gqa"]

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from mmengine.hooks import Hook
 
-from ..registry import HOOKS
+from ...registry import HOOKS
 
 
 @HOOKS.register_module()

@@ -5,7 +5,7 @@ from typing import Dict, List, Optional, Tuple
 from mmengine.dist import master_only
 from mmengine.hooks import Hook
 
-from ..registry import HOOKS
+from ...registry import HOOKS
 
 
 @HOOKS.register_module()

@@ -12,10 +12,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...hub import extract_state_dict, register_converter
+from ...hub import extract_state_dict
 from ...ops.wkv import re_wkv
 from ..derived_tensor import DerivedTensor
-from ..registry import register_network
+from ...registry import register_converter, register_network
 
 
 class OmniShift(nn.Module):

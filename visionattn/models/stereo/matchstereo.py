@@ -18,10 +18,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 
-from ...hub import register_converter
 from ...ops.layer_norm import layer_norm
 from ...ops.match_attention import match_attention
-from ..registry import register_network
+from ...registry import register_converter, register_network
 
 MIN_SIZE = 192  # the 1/32 map must hold the 6x6 window of radius 2
 PAD_MULTIPLE = 32
@@ -48,10 +47,6 @@ class LayerNorm(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return layer_norm(x, self.weight, None, self.eps)
-
-
-def _layer_norm(dim: int, eps: float) -> LayerNorm:
-    return LayerNorm(dim, eps)
 
 
 def at_least_float32(x: torch.Tensor) -> torch.Tensor:
@@ -135,9 +130,9 @@ class SepConv(nn.Module):
 class ConvFormerBlock(nn.Module):
     def __init__(self, dim: int, drop_path: float = 0.0):
         super().__init__()
-        self.norm1 = _layer_norm(dim, 1e-6)
+        self.norm1 = LayerNorm(dim, 1e-6)
         self.token_mixer = SepConv(dim)
-        self.norm2 = _layer_norm(dim, 1e-6)
+        self.norm2 = LayerNorm(dim, 1e-6)
         self.mlp = Mlp(dim, 2 * dim, bias=False)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -151,7 +146,7 @@ class Downsample(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__()
-        self.pre_norm = _layer_norm(in_dim, 1e-6)
+        self.pre_norm = LayerNorm(in_dim, 1e-6)
         self.conv = nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -217,7 +212,7 @@ class GlobalCorrelation(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.norm = _layer_norm(dim, 1e-5)
+        self.norm = LayerNorm(dim, 1e-5)
         self.q = nn.Linear(dim, dim, bias=False)
         self.k = nn.Linear(dim, dim, bias=False)
         self.scale = dim ** -0.5
@@ -366,11 +361,11 @@ class MatchAttentionLayer(nn.Module):
         self.consistency_threshold = consistency_threshold
         self_dim = dim + 2 + 2 * num_heads
         self.match_attention_self = MatchAttention(self_dim + 1, self_dim, radius, num_heads, head_dim, False, attn_impl)
-        self.norm0 = _layer_norm(self_dim, 1e-5)
+        self.norm0 = LayerNorm(self_dim, 1e-5)
         self.match_attention_cross = MatchAttention(dim + 2, dim + 2, radius, num_heads, head_dim, True, attn_impl)
-        self.norm1 = _layer_norm(dim + 2, 1e-5)
+        self.norm1 = LayerNorm(dim + 2, 1e-5)
         self.mlp = ConvGLU(dim)
-        self.norm2 = _layer_norm(dim, 1e-5)
+        self.norm2 = LayerNorm(dim, 1e-5)
         self.field_scale = nn.Parameter(torch.full((1, 1, 1, 2), 0.1))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
