@@ -36,7 +36,7 @@ from typing import Tuple
 
 import torch
 
-from ._match_attention_triton import interpreting, triton
+from ._triton import interpreting, tl, triton, unit_last_stride
 
 EPS = 1e-6
 # Rows per program (bounds the work of one program), rows per tile, warps, precision of fp32 dots.
@@ -46,7 +46,6 @@ NUM_WARPS = 4
 FP32_DOT = "ieee"
 
 if triton is not None:
-    import triton.language as tl
 
     # Sizes that change with every frame: one compiled kernel for all values.
     _VARYING = ["n_windows", "n_steps"]
@@ -208,10 +207,6 @@ if triton is not None:
                 _put(DV, rows, ok, heads, head, tl.dot(k, dkv, input_precision=PRECISION), D, BLOCK_D)
 
 
-def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def _launch(n: int, offsets: torch.Tensor, q: torch.Tensor):
     """Grid (programs, heads), window count, binary-search depth and compile-time settings."""
     heads, d = q.shape[1:]
@@ -235,7 +230,7 @@ def _slot_views(state: torch.Tensor, heads: int, d: int) -> Tuple[torch.Tensor, 
 
 def _forward(q, k, v, offsets):
     """out (N, h, d) and the per-program state slots (flat fp32) for the backward."""
-    q, k, v = (_unit_last_stride(t) for t in (q, k, v))
+    q, k, v = (unit_last_stride(t) for t in (q, k, v))
     n, heads, d = q.shape
     out = torch.empty(n, heads, d, device=q.device, dtype=q.dtype)
     state = torch.empty(_n_slots(n, offsets.shape[0] - 1) * heads * d * (d + 1), device=q.device,
@@ -252,7 +247,7 @@ def _forward(q, k, v, offsets):
 
 
 def _backward(q, k, v, offsets, state, grad_out):
-    q, k, v = (_unit_last_stride(t) for t in (q, k, v))
+    q, k, v = (unit_last_stride(t) for t in (q, k, v))
     grad_out = grad_out.contiguous()
     n, heads, d = q.shape
     dq = torch.empty(n, heads, d, device=q.device, dtype=q.dtype)
@@ -331,10 +326,3 @@ def scattered_linear_attention_triton_autograd(q, k, v, offsets) -> torch.Tensor
     if torch.compiler.is_compiling():
         return torch.ops.visionattn.scattered_linear_attention_triton(q, k, v, offsets)[0]
     return _SLAFunction.apply(q, k, v, offsets)
-
-
-def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether the Triton path can run these inputs (CUDA, or the CPU interpreter for tests)."""
-    on_device = q.is_cuda or (interpreting() and q.device.type == "cpu")
-    return (triton is not None and on_device and q.dtype in (torch.float32, torch.float16, torch.bfloat16)
-            and k.dtype == q.dtype and v.dtype == q.dtype and q.shape[-1] <= 128)

@@ -21,13 +21,12 @@ from typing import Tuple
 
 import torch
 
-from ._match_attention_triton import interpreting, triton
+from ._triton import interpreting, tl, triton, unit_last_stride
 
 BLOCK_N = 64
 NUM_WARPS = 4
 
 if triton is not None:
-    import triton.language as tl
 
     @triton.jit
     def _dw_fwd_kernel(F, W, PAIRS, O, n, channels, n_offsets, sf_n,
@@ -78,12 +77,8 @@ def _tiles(n: int, channels: int):
                                                                           num_warps=NUM_WARPS)
 
 
-def _rows_strided(features: torch.Tensor) -> torch.Tensor:
-    return features if features.stride(1) == 1 else features.contiguous()
-
-
 def _forward(features, weight, pairs):
-    features, weight, pairs = _rows_strided(features), weight.contiguous(), pairs.contiguous()
+    features, weight, pairs = unit_last_stride(features), weight.contiguous(), pairs.contiguous()
     n, channels = features.shape
     out = torch.empty(n, channels, device=features.device, dtype=features.dtype)
     if n == 0 or channels == 0:
@@ -94,7 +89,7 @@ def _forward(features, weight, pairs):
 
 
 def _backward(features, weight, pairs, grad_out):
-    features, weight, pairs = _rows_strided(features), weight.contiguous(), pairs.contiguous()
+    features, weight, pairs = unit_last_stride(features), weight.contiguous(), pairs.contiguous()
     grad_out = grad_out.contiguous()
     n, channels = features.shape
     d_features = torch.empty(n, channels, device=features.device, dtype=features.dtype)
@@ -158,9 +153,3 @@ def sparse_depthwise_conv_triton_autograd(features, weight, pairs) -> torch.Tens
     if torch.compiler.is_compiling():
         return torch.ops.visionattn.sparse_depthwise_conv_triton(features, weight, pairs)
     return _DwConvFunction.apply(features, weight, pairs)
-
-
-def supported(features: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the Triton path can run these inputs (CUDA, or the CPU interpreter for tests)."""
-    on_device = features.is_cuda or (interpreting() and features.device.type == "cpu")
-    return triton is not None and on_device and features.dtype in (torch.float32, torch.float16, torch.bfloat16)

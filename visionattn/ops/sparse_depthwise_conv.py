@@ -32,7 +32,7 @@ from typing import Sequence, Tuple
 import torch
 
 from ._sparse_depthwise_conv_triton import sparse_depthwise_conv_triton_autograd
-from ._sparse_depthwise_conv_triton import supported as triton_supported
+from ._triton import can_run
 from .dispatch import pick
 
 IMPLS: Tuple[str, ...] = ("triton", "reference")
@@ -130,6 +130,11 @@ def _reference(features, weight, pairs):
     return out.to(features.dtype)
 
 
+def _triton_supports(features: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the Triton kernels can run these inputs (CUDA, or the CPU interpreter for tests)."""
+    return can_run(features) and weight.device == features.device
+
+
 def _triton(features, weight, pairs):
     return sparse_depthwise_conv_triton_autograd(features, weight, pairs)
 
@@ -149,7 +154,7 @@ def sparse_depthwise_conv(features: torch.Tensor, weight: torch.Tensor, pairs: t
         (N, C) in the features' dtype: ``out[o, c] = sum_k weight[k, c] * features[pairs[k, o], c]``.
     """
     _check(features, weight, pairs)
-    impl = pick("sparse_depthwise_conv", impl, {"triton": triton_supported(features, weight), "reference": True})
+    impl = pick("sparse_depthwise_conv", impl, {"triton": _triton_supports(features, weight), "reference": True})
     fn = _triton if impl == "triton" else _reference
     return fn(features, weight, pairs)
 
