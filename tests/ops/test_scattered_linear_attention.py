@@ -178,6 +178,15 @@ def test_custom_op_forward_backward_interpreter():
     torch.testing.assert_close(torch.autograd.grad(out, x, grad)[0], torch.autograd.grad(ref, x, grad)[0],
                                atol=0, rtol=0)
 
+    class Attention(torch.nn.Module):
+        def forward(self, qkv, offsets):
+            return scattered_linear_attention(*qkv.unbind(1), offsets, impl="triton")
+
+    program = torch.export.export(Attention(), (x.detach(), offsets))  # one node, as torch.compile sees it
+    op = torch.ops.visionattn.scattered_linear_attention_triton.default
+    assert sum(n.target == op for n in program.graph.nodes) == 1
+    torch.testing.assert_close(program.module()(x.detach(), offsets), ref.detach(), atol=0, rtol=0)
+
 
 @interpreter
 def test_triton_half_precision_and_empty_interpreter():

@@ -210,6 +210,15 @@ def test_custom_op_forward_backward_interpreter():
     torch.testing.assert_close(torch.autograd.grad(out.sum(), f)[0], torch.autograd.grad(ref.sum(), f)[0],
                                atol=0, rtol=0)
 
+    class Conv(torch.nn.Module):
+        def forward(self, features, weight, pairs):
+            return sparse_depthwise_conv(features, weight, pairs, impl="triton")
+
+    args = (f.detach(), kwargs["weight"], kwargs["pairs"])
+    program = torch.export.export(Conv(), args)  # one node, as torch.compile sees it
+    assert sum(n.target == torch.ops.visionattn.sparse_depthwise_conv_triton.default for n in program.graph.nodes) == 1
+    torch.testing.assert_close(program.module()(*args), ref.detach(), atol=0, rtol=0)
+
 
 def test_triton_interpreter():
     """The Triton kernels on CPU in a fresh process: Triton reads TRITON_INTERPRET when the kernels are defined."""

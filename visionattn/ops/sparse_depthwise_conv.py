@@ -88,7 +88,7 @@ def submanifold_pairs(coords: torch.Tensor, spatial_shape: Sequence[int], kernel
 
     key = linear(c[:, 0], c[:, 1:])  # (N,)
     sorted_key, order = torch.sort(key)
-    if c.device.type == "cpu":
+    if c.device.type == "cpu" and not torch.compiler.is_compiling():  # values: where no GPU sync is needed
         if bool((c[:, 0] < 0).any()) or bool(((c[:, 1:] < 0) | (c[:, 1:] >= bounds)).any()):
             raise ValueError(f"submanifold_pairs: coords outside the grid {shape} (or a negative batch index)")
         if bool((sorted_key[1:] == sorted_key[:-1]).any()):
