@@ -21,7 +21,7 @@ from typing import Tuple
 
 import torch
 
-from ._triton import interpreting, tl, triton, unit_last_stride
+from ._triton import tl, triton, unit_last_stride
 
 BLOCK_N = 64
 NUM_WARPS = 4
