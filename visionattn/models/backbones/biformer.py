@@ -32,6 +32,7 @@ from timm.models._features import feature_take_indices
 
 from ...hub import extract_state_dict
 from ...registry import register_converter
+from .stage_classifier import StageClassifier
 from ...ops.bilevel_routing_attention import bilevel_routing_attention
 
 __all__ = ["BiFormer", "BiLevelRoutingAttention", "checkpoint_filter_fn"]
@@ -137,7 +138,7 @@ class BiFormerStage(nn.Module):
         return self.blocks(x)
 
 
-class BiFormer(nn.Module):
+class BiFormer(StageClassifier):
     """BiFormer classifier / backbone. Input (B, 3, H, W) -> logits (B, num_classes).
 
     Args:
@@ -182,30 +183,6 @@ class BiFormer(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict:
-        """timm's parameter grouping (layer-wise lr decay): stem, then (stage, block); a stage's
-        downsampling is its block 0."""
-        return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else [
-            (r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-            (r"^norm", (99999,))])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block's activations in backward instead of storing them."""
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
                               norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
                               intermediates_only: bool = False):
@@ -242,15 +219,6 @@ class BiFormer(nn.Module):
         The trunk runs channels_last: the convolutions then produce NHWC memory, so the blocks'
         NCHW <-> NHWC permutes are free views instead of copies."""
         return self.norm(self.stages(self.stem(x.contiguous(memory_format=torch.channels_last))))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == "avg":
-            x = x.mean((2, 3))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # --- official checkpoints ----------------------------------------------------------------------
