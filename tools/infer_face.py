@@ -1,7 +1,7 @@
 """Restore faces in photos with RestoreFormer / RestoreFormer++.
 
     python tools/infer_face.py PHOTO|DIR --model restoreformerpp --checkpoint RestoreFormer++.ckpt [--out out/]
-        [--device cuda|cpu] [--dtype float32|bfloat16|float16] [--reference HQ.png|HQ_DIR]
+        [--device cuda|cpu] [--dtype float32|bfloat16|float16] [--cuda-graph] [--reference HQ.png|HQ_DIR]
         [--aligned] [--detector-weights detection_Resnet50_Final.pth [--upscale 2] [--det-threshold 0.97]]
 
 Which path an image takes:
@@ -23,7 +23,9 @@ times ``--upscale`` on the detection path), ``NAME_compare.png`` (input | restor
 
 The networks take RGB in [-1, 1] (``uint8 / 127.5 - 1``) and their output is clamped to that range
 before conversion back to 8 bits, as in the official inference. On CUDA the model runs in
-channels_last memory format (the fused GroupNorm and convolution kernels are fastest there).
+channels_last memory format (the fused GroupNorm and convolution kernels are fastest there);
+``--cuda-graph`` replays it from a CUDA graph captured once per image size (a folder of 512x512
+faces is one capture).
 """
 import argparse
 import sys
@@ -33,12 +35,12 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmengine.config import DictAction
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import visionattn  # noqa: E402
+from visionattn.inference import restore_image  # noqa: E402
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 ALIGNED_SIZE = 512
@@ -60,6 +62,7 @@ def parse_args(argv=None):
     ap.add_argument("--out", default="out")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    ap.add_argument("--cuda-graph", action="store_true", help="CUDA: replay the network from a graph per image size")
     ap.add_argument("--reference", default=None, help="high-quality image (one input) or folder (same names)")
     ap.add_argument("--aligned", action="store_true", help="restore every image as it is (no detection)")
     ap.add_argument("--detector-weights", default=None, help="facexlib RetinaFace weights: detect and align faces")
@@ -109,26 +112,15 @@ def compare_png(path: Path, panels: List[np.ndarray]) -> None:
 
 # --- the network on whole images ---------------------------------------------------------------
 
-def _pad_to_multiple(x: torch.Tensor, multiple: int) -> Tuple[torch.Tensor, Tuple[int, int]]:
-    """Reflect-pad (B, C, H, W) at the bottom and right to multiples of ``multiple``; returns the
-    padded tensor and the original (H, W). (Replicate where the image is too small to mirror.)"""
-    H, W = x.shape[-2:]
-    ph, pw = -H % multiple, -W % multiple
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph), mode="reflect" if ph < H and pw < W else "replicate")
-    return x, (H, W)
-
-
 @torch.no_grad()
-def run_network(model: nn.Module, rgb: np.ndarray, device: torch.device, dtype: torch.dtype) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> restored (H, W, 3) uint8 RGB: [-1, 1] in, output clamped to [-1, 1]."""
-    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
-    x, (H, W) = _pad_to_multiple(x, getattr(model, "size_multiple", 1))
-    x = x.to(device=device, dtype=dtype)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = model(x)[..., :H, :W].float().clamp(-1.0, 1.0)
-    return ((y[0].permute(1, 2, 0).cpu().numpy() + 1.0) * 127.5).round().astype(np.uint8)
+def run_network(model: nn.Module, rgb: np.ndarray, device: torch.device, dtype: torch.dtype,
+                cuda_graph: bool = False) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> restored (H, W, 3) uint8 RGB. :func:`visionattn.inference.restore_image`
+    checks the range, maps [0, 1] to the network's [-1, 1], pads to a multiple of its
+    ``size_multiple`` (reflect, bottom and right) and crops back; the output is clamped."""
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(device=device, dtype=torch.float32).div(255.0)
+    y = restore_image(model, x.to(dtype), value_range=(0.0, 1.0), network_range=(-1.0, 1.0), cuda_graph=cuda_graph)
+    return y[0].float().clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
 # --- detection, alignment, paste-back -----------------------------------------------------------
@@ -197,17 +189,17 @@ class FaceRestorer:
 
     def __init__(self, model: nn.Module, device, dtype: torch.dtype = torch.float32,
                  detector: Optional[FaceDetector] = None, aligned: bool = False, upscale: int = 1,
-                 det_threshold: float = 0.97):
+                 det_threshold: float = 0.97, cuda_graph: bool = False):
         if upscale < 1:
             raise ValueError(f"--upscale must be >= 1, got {upscale}")
-        self.model, self.device, self.dtype = model, torch.device(device), dtype
+        self.model, self.device, self.dtype, self.cuda_graph = model, torch.device(device), dtype, cuda_graph
         self.detector, self.aligned, self.upscale, self.det_threshold = detector, aligned, upscale, det_threshold
 
     def restore(self, rgb: np.ndarray, name: str = "image") -> Tuple[np.ndarray, List[np.ndarray]]:
         """(H, W, 3) uint8 RGB -> (restored image, restored aligned faces: empty unless detected)."""
         H, W = rgb.shape[:2]
         if self.aligned or ((H, W) == (ALIGNED_SIZE, ALIGNED_SIZE) and self.detector is None):
-            return run_network(self.model, rgb, self.device, self.dtype), []
+            return run_network(self.model, rgb, self.device, self.dtype, self.cuda_graph), []
         if self.detector is None:
             raise ValueError(
                 f"{name} is {W}x{H}, not an aligned {ALIGNED_SIZE}x{ALIGNED_SIZE} face. Pass --aligned to restore it "
@@ -222,7 +214,7 @@ class FaceRestorer:
         faces = []
         for landmarks in self.detector.landmarks(rgb, self.det_threshold):
             crop, matrix = align(rgb, landmarks)
-            face = run_network(self.model, crop, self.device, self.dtype)
+            face = run_network(self.model, crop, self.device, self.dtype, self.cuda_graph)
             canvas = paste_back(canvas, face, matrix, float(self.upscale))
             faces.append(face)
         if not faces:
@@ -264,7 +256,8 @@ def main(argv=None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     detector = FaceDetector(args.detector_weights, torch.device(args.device)) if args.detector_weights else None
     restorer = FaceRestorer(build_model(args), args.device, DTYPES[args.dtype], detector=detector,
-                            aligned=args.aligned, upscale=args.upscale, det_threshold=args.det_threshold)
+                            aligned=args.aligned, upscale=args.upscale, det_threshold=args.det_threshold,
+                            cuda_graph=args.cuda_graph)
     for path in inputs:
         rgb = read_rgb(path)
         restored, faces = restorer.restore(rgb, name=str(path))

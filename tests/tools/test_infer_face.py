@@ -67,7 +67,8 @@ def test_aligned_face_padding_and_errors(tool, checkpoint, tmp_path, one_thread)
     assert tool.main([str(tmp_path / "face.png"), *base, "--out", str(tmp_path / "out"),
                       "--reference", str(tmp_path / "hq.png")]) == 0
     restored = cv2.imread(str(tmp_path / "out" / "face_restored.png"))[:, :, ::-1]
-    np.testing.assert_array_equal(restored, _expected(model, face))  # the network's output, clamped, 8-bit
+    # the network's output, clamped, 8-bit (the [0, 1] -> [-1, 1] mapping may round a value the other way)
+    assert np.abs(restored.astype(int) - _expected(model, face).astype(int)).max() <= 1
     compare = cv2.imread(str(tmp_path / "out" / "face_compare.png"))[:, :, ::-1]
     assert compare.shape == (512, 3 * 512, 3)
     np.testing.assert_array_equal(compare[:, :512], face)
@@ -83,7 +84,7 @@ def test_aligned_face_padding_and_errors(tool, checkpoint, tmp_path, one_thread)
     padded = torch.nn.functional.pad(x, (0, 96 - 72, 0, 96 - 80), mode="reflect")
     with torch.no_grad():
         want = ((model(padded)[..., :80, :72].clamp(-1, 1)[0].permute(1, 2, 0).numpy() + 1) * 127.5).round()
-    np.testing.assert_array_equal(got, want.astype(np.uint8))
+    assert got.shape == small.shape and np.abs(got.astype(int) - want.astype(int)).max() <= 1
 
     # not 512x512, no --aligned, no detector: the error says what to pass or install
     with pytest.raises(ValueError, match=r"72x80.*--aligned.*facexlib.*--detector-weights"):
@@ -201,3 +202,17 @@ def test_detection_alignment_and_paste_back(tool, checkpoint, tmp_path, monkeypa
     assert cv2.imread(str(tmp_path / "out" / "photo_restored.png")).shape == (960, 1280, 3)
     assert cv2.imread(str(tmp_path / "out" / "photo_face0.png")).shape == (512, 512, 3)
     assert cv2.imread(str(tmp_path / "out" / "photo_compare.png")).shape == (960, 2 * 1280, 3)
+
+
+@pytest.mark.cuda
+def test_cuda_bf16_graph_replay_matches_cpu(tool, checkpoint, tmp_path):
+    """--device cuda --dtype bfloat16 --cuda-graph (channels_last, fused GroupNorm) against the fp32 CPU run."""
+    ckpt, model = checkpoint
+    face = draw_face(tool.FFHQ_TEMPLATE_512)
+    cv2.imwrite(str(tmp_path / "face.png"), face[:, :, ::-1])
+    base = [str(tmp_path / "face.png"), "--model", "restoreformerpp", "--checkpoint", str(ckpt), *TINY_ARGS]
+    assert tool.main([*base, "--device", "cuda", "--dtype", "bfloat16", "--cuda-graph", "--out", str(tmp_path / "gpu")]) == 0
+    got = cv2.imread(str(tmp_path / "gpu" / "face_restored.png")).astype(int)
+    want = _expected(model, face)[:, :, ::-1].astype(int)
+    # random weights amplify bf16 rounding (bf16 on CPU: 6.6 levels mean against a spread of 37): a sanity bound
+    assert np.abs(got - want).mean() < 0.3 * want.std()
