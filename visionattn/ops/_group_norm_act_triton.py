@@ -2,20 +2,22 @@
 
 Three launches per call, for NCHW-contiguous or channels_last (NHWC) maps (B, C, H, W):
 
-1. **partial statistics** (split reduction): the ``C/G * H * W`` elements of each (batch, group)
-   are split over many programs (a 512x512 map with 4 channels per group has a million elements
-   per group: one program per group would leave most of the GPU idle). Each program keeps a
-   Welford (mean, M2, count) per lane in float32, merges its lanes (Chan et al.'s formula) and writes one
-   partial per program. NCHW: a program owns a contiguous span of one group. NHWC: a program owns
-   ``rows`` pixels x a tile of channels (rows of the map are read whole, coalesced) and writes one
-   partial per channel; the groups are formed in step 2.
-2. **finalize**: one program per (batch, group) merges its partials into ``mean`` and
-   ``rstd = 1 / sqrt(M2 / n + eps)`` (biased variance, as ``torch.nn.GroupNorm``).
-3. **apply**: ``out = act((x + input_bias - mean) * rstd * weight + bias)``, computed in float32
-   as one fused multiply-add per element, written once in x's dtype and layout.
+1. **per-channel partial statistics** (split reduction): each channel's ``H * W`` values are
+   split over several programs, so that batch 1 fills the GPU too (RestoreFormer++ at 512x512
+   has a million elements per group; one program per group would leave most of an H200 idle).
+   Each program keeps a Welford (mean, M2) per lane in float32, merges its lanes and writes one
+   (mean, M2, count) partial per channel. NCHW: a program owns a contiguous stretch of one
+   channel. NHWC: a program owns ``rows`` pixels x a tile of channels, reading whole rows of the
+   map (coalesced).
+2. **finalize**: one program per (batch, group) merges the partials of the group's channels into
+   ``mean`` and ``rstd = rsqrt(M2 / n + eps)`` (biased variance, as ``torch.nn.GroupNorm``).
+3. **apply**: ``out = act((x + input_bias - mean) * rstd * weight + bias)``, in float32 as one
+   multiply-add per element, written once in x's dtype and layout.
 
-``input_bias`` (C,) is added to ``x`` on load in steps 1 and 3: the bias of the convolution that
-produced ``x`` folded in, so that convolution runs without its own bias pass.
+``input_bias`` (C,) (the bias of the convolution that produced ``x``, so that convolution runs
+without its own bias pass) costs nothing in step 1: a constant added to a channel moves its mean
+and leaves its M2 unchanged, so step 2 adds it to each channel's partial mean; step 3 folds it
+into the shift.
 
 Welford per lane needs no division per element: every lane of a program sees one element per full
 tile, so all lanes' counts after tile ``k`` are ``k + 1`` (only a program's last tile can be
@@ -87,38 +89,33 @@ if triton is not None:
         return ((tl.maximum(n - tl.arange(0, BLOCK), 0) + BLOCK - 1) // BLOCK).to(tl.float32)
 
     @triton.jit
-    def _stats_nchw_kernel(x_ptr, xb_ptr, part_ptr, L, HW, G, CPG, SPLITS, chunk, part_stride,
-                           HAS_XB: tl.constexpr, BLOCK: tl.constexpr):
-        """Program (row = b * G + g, split): the elements [split * chunk, +chunk) of the group's
-        contiguous span of L = CPG * HW elements -> partial [row, split]."""
+    def _stats_nchw_kernel(x_ptr, part_ptr, HW, SPLITS, chunk, part_stride, BLOCK: tl.constexpr):
+        """Program (row = b * C + c, split): values [split * chunk, +chunk) of the channel's
+        contiguous HW values -> partial [row, split]."""
         row = tl.program_id(0)
         split = tl.program_id(1)
         lo = split * chunk
-        hi = tl.minimum(lo + chunk, L)
-        base = x_ptr + row.to(tl.int64) * L
+        hi = tl.minimum(lo + chunk, HW)
+        base = x_ptr + row.to(tl.int64) * HW
         mean = tl.zeros([BLOCK], tl.float32)
         m2 = tl.zeros([BLOCK], tl.float32)
         for start in range(lo, hi, BLOCK):
             offs = start + tl.arange(0, BLOCK)
             mask = offs < hi
             v = tl.load(base + offs, mask=mask, other=0.0).to(tl.float32)
-            if HAS_XB:
-                channel = (row % G) * CPG + offs // HW
-                v += tl.load(xb_ptr + channel, mask=mask, other=0.0).to(tl.float32)
             inv = 1.0 / ((start - lo) // BLOCK + 1).to(tl.float32)  # every valid lane's new count
             delta = v - mean
             mean += tl.where(mask, delta * inv, 0.0)
             m2 += tl.where(mask, delta * (v - mean), 0.0)
-        cnt = _lane_counts(hi - lo, BLOCK)
-        m, s, n = _merge(mean, m2, cnt, 0)
+        m, s, n = _merge(mean, m2, _lane_counts(hi - lo, BLOCK), 0)
         p = part_ptr + row * SPLITS + split
         tl.store(p, m)
         tl.store(p + part_stride, s)
         tl.store(p + 2 * part_stride, n)
 
     @triton.jit
-    def _stats_nhwc_kernel(x_ptr, xb_ptr, part_ptr, HW, C, SPLITS, rows_per_split, part_stride,
-                           HAS_XB: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+    def _stats_nhwc_kernel(x_ptr, part_ptr, HW, C, SPLITS, rows_per_split, part_stride,
+                           BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
         """Program (split, channel tile, b): pixels [split * rows_per_split, +rows_per_split) x
         BLOCK_C channels of batch b -> one partial per channel at [b, split, c]."""
         split = tl.program_id(0)
@@ -128,16 +125,12 @@ if triton is not None:
         lo = split * rows_per_split
         hi = tl.minimum(lo + rows_per_split, HW)
         base = x_ptr + b.to(tl.int64) * HW * C
-        if HAS_XB:
-            xb = tl.load(xb_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
         mean = tl.zeros([BLOCK_HW, BLOCK_C], tl.float32)
         m2 = tl.zeros([BLOCK_HW, BLOCK_C], tl.float32)
         for start in range(lo, hi, BLOCK_HW):
             rows = start + tl.arange(0, BLOCK_HW)
             mask = (rows < hi)[:, None] & cmask[None, :]
             v = tl.load(base + rows.to(tl.int64)[:, None] * C + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            if HAS_XB:
-                v += xb[None, :]
             inv = 1.0 / ((start - lo) // BLOCK_HW + 1).to(tl.float32)
             delta = v - mean
             mean += tl.where(mask, delta * inv, 0.0)
@@ -150,12 +143,15 @@ if triton is not None:
         tl.store(p + 2 * part_stride, n, mask=cmask)
 
     @triton.jit
-    def _finalize_kernel(part_ptr, mean_ptr, rstd_ptr, G, K, INNER, stride_b, stride_g, stride_outer,
-                         part_stride, eps, BLOCK_K: tl.constexpr):
-        """Program r = b * G + g merges the K partials of its group, the i-th at
-        ``b * stride_b + g * stride_g + (i // INNER) * stride_outer + i % INNER``."""
+    def _finalize_kernel(part_ptr, xb_ptr, mean_ptr, rstd_ptr, G, CPG, K, INNER, stride_b, stride_g,
+                         stride_outer, part_stride, eps, CHANNEL_OUTER: tl.constexpr, HAS_XB: tl.constexpr,
+                         BLOCK_K: tl.constexpr):
+        """Program r = b * G + g merges the K partials of its group's channels, the i-th at
+        ``b * stride_b + g * stride_g + (i // INNER) * stride_outer + i % INNER``, of channel
+        ``g * CPG + (i // INNER if CHANNEL_OUTER else i % INNER)`` (whose input_bias moves its mean)."""
         r = tl.program_id(0)
-        base = part_ptr + (r // G) * stride_b + (r % G) * stride_g
+        g = r % G
+        base = part_ptr + (r // G) * stride_b + g * stride_g
         mean = tl.zeros([BLOCK_K], tl.float32)
         m2 = tl.zeros([BLOCK_K], tl.float32)
         cnt = tl.zeros([BLOCK_K], tl.float32)
@@ -166,10 +162,13 @@ if triton is not None:
             pm = tl.load(base + offs, mask=mask, other=0.0)
             ps = tl.load(base + part_stride + offs, mask=mask, other=0.0)
             pn = tl.load(base + 2 * part_stride + offs, mask=mask, other=0.0)
+            if HAS_XB:
+                channel = g * CPG + (i // INNER if CHANNEL_OUTER else i % INNER)
+                pm += tl.load(xb_ptr + channel, mask=mask, other=0.0).to(tl.float32)
             mean, m2, cnt = _welford_combine(mean, m2, cnt, pm, ps, pn)
         m, s, n = _merge(mean, m2, cnt, 0)
         tl.store(mean_ptr + r, m)
-        tl.store(rstd_ptr + r, 1.0 / tl.sqrt_rn(s / n + eps))
+        tl.store(rstd_ptr + r, tl.rsqrt(s / n + eps))
 
     @triton.jit
     def _activate(y, SILU: tl.constexpr):
@@ -229,23 +228,19 @@ if triton is not None:
         B, C, H, W = x.shape
         HW, G = H * W, num_groups
         cpg = C // G
-        xb = input_bias if input_bias is not None else x  # placeholder pointer when absent
         target = _target_programs(x)
         if fmt == "nchw":
-            L = cpg * HW
-            block = min(_block(x, 2048, 64), triton.next_power_of_2(max(L, 1)))
-            tiles = triton.cdiv(L, block)
-            splits = max(1, min(triton.cdiv(target, B * G), tiles))
+            block = min(_block(x, 2048, 64), triton.next_power_of_2(HW))
+            tiles = triton.cdiv(HW, block)
+            splits = max(1, min(triton.cdiv(target, B * C), tiles))
             chunk = triton.cdiv(tiles, splits) * block
-            splits = triton.cdiv(L, chunk)
-            part = torch.empty(3, B * G, splits, device=x.device, dtype=torch.float32)
-            _stats_nchw_kernel[(B * G, splits)](
-                x, xb, part, L, HW, G, cpg, splits, chunk, part[0].numel(),
-                HAS_XB=input_bias is not None, BLOCK=block, num_warps=4)
-            # group (b, g)'s partials: the `splits` contiguous entries of row b * G + g
-            k, inner, stride_b, stride_g, stride_outer = splits, splits, G * splits, splits, 0
+            splits = triton.cdiv(HW, chunk)
+            part = torch.empty(3, B * C, splits, device=x.device, dtype=torch.float32)
+            _stats_nchw_kernel[(B * C, splits)](x, part, HW, splits, chunk, part[0].numel(), BLOCK=block, num_warps=4)
+            # group (b, g): rows b*C + g*cpg .. + cpg of `splits` partials each, contiguous
+            k, inner, stride_b, stride_g, stride_outer, channel_outer = cpg * splits, splits, C * splits, cpg * splits, splits, True
         else:
-            block_c = min(triton.next_power_of_2(C), _block(x, 128, 16))
+            block_c = min(triton.next_power_of_2(C), _block(x, 64, 16))  # 128 spills a register or two (sm_90)
             block_hw = max(1, _block(x, 2048, 64) // block_c)
             c_tiles = triton.cdiv(C, block_c)
             tiles = triton.cdiv(HW, block_hw)
@@ -253,16 +248,17 @@ if triton is not None:
             rows = triton.cdiv(tiles, splits) * block_hw
             splits = triton.cdiv(HW, rows)
             part = torch.empty(3, B, splits, C, device=x.device, dtype=torch.float32)
-            _stats_nhwc_kernel[(splits, c_tiles, B)](
-                x, xb, part, HW, C, splits, rows, part[0].numel(),
-                HAS_XB=input_bias is not None, BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=4)
-            # group (b, g)'s partials: channels g*cpg .. g*cpg+cpg-1 of every split of batch b
-            k, inner, stride_b, stride_g, stride_outer = splits * cpg, cpg, splits * C, cpg, C
+            _stats_nhwc_kernel[(splits, c_tiles, B)](x, part, HW, C, splits, rows, part[0].numel(),
+                                                     BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=4)
+            # group (b, g): channels g*cpg .. + cpg of every split of batch b
+            k, inner, stride_b, stride_g, stride_outer, channel_outer = splits * cpg, cpg, splits * C, cpg, C, False
         mean = torch.empty(B * G, device=x.device, dtype=torch.float32)
         rstd = torch.empty_like(mean)
         block_k = min(_block(x, 1024, 4), triton.next_power_of_2(k))
-        _finalize_kernel[(B * G,)](part, mean, rstd, G, k, inner, stride_b, stride_g, stride_outer,
-                                   part[0].numel(), eps, BLOCK_K=block_k, num_warps=4)
+        _finalize_kernel[(B * G,)](part, x if input_bias is None else input_bias, mean, rstd, G, cpg, k, inner,
+                                   stride_b, stride_g, stride_outer, part[0].numel(), eps,
+                                   CHANNEL_OUTER=channel_outer, HAS_XB=input_bias is not None, BLOCK_K=block_k,
+                                   num_warps=4)
         return mean, rstd
 
     @torch.library.custom_op("visionattn::group_norm_act", mutates_args=())
