@@ -36,7 +36,8 @@ def draw_face(template: np.ndarray) -> np.ndarray:
 def tool():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("tools_infer_face", Path(__file__).resolve().parents[2] / "tools" / "infer_face.py")
+    path = Path(__file__).resolve().parents[2] / "tools" / "infer_face.py"
+    spec = importlib.util.spec_from_file_location("tools_infer_face", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -197,7 +198,8 @@ def test_detection_alignment_and_paste_back(tool, checkpoint, tmp_path, monkeypa
     ckpt, _ = checkpoint
     cv2.imwrite(str(tmp_path / "photo.jpg"), photo[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
     assert tool.main([str(tmp_path / "photo.jpg"), "--model", "restoreformerpp", "--checkpoint", str(ckpt), *TINY_ARGS,
-                      "--device", "cpu", "--out", str(tmp_path / "out"), "--detector-weights", str(tmp_path / "det.pth"),
+                      "--device", "cpu", "--out", str(tmp_path / "out"),
+                      "--detector-weights", str(tmp_path / "det.pth"),
                       "--upscale", "2"]) == 0
     assert cv2.imread(str(tmp_path / "out" / "photo_restored.png")).shape == (960, 1280, 3)
     assert cv2.imread(str(tmp_path / "out" / "photo_face0.png")).shape == (512, 512, 3)
@@ -211,7 +213,8 @@ def test_cuda_bf16_graph_replay_matches_cpu(tool, checkpoint, tmp_path):
     face = draw_face(tool.FFHQ_TEMPLATE_512)
     cv2.imwrite(str(tmp_path / "face.png"), face[:, :, ::-1])
     base = [str(tmp_path / "face.png"), "--model", "restoreformerpp", "--checkpoint", str(ckpt), *TINY_ARGS]
-    assert tool.main([*base, "--device", "cuda", "--dtype", "bfloat16", "--cuda-graph", "--out", str(tmp_path / "gpu")]) == 0
+    gpu = ["--device", "cuda", "--dtype", "bfloat16", "--cuda-graph", "--out", str(tmp_path / "gpu")]
+    assert tool.main([*base, *gpu]) == 0
     got = cv2.imread(str(tmp_path / "gpu" / "face_restored.png")).astype(int)
     want = _expected(model, face)[:, :, ::-1].astype(int)
     # random weights amplify bf16 rounding (bf16 on CPU: 6.6 levels mean against a spread of 37): a sanity bound

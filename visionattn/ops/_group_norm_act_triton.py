@@ -238,7 +238,8 @@ if triton is not None:
             part = torch.empty(3, B * C, splits, device=x.device, dtype=torch.float32)
             _stats_nchw_kernel[(B * C, splits)](x, part, HW, splits, chunk, part[0].numel(), BLOCK=block, num_warps=4)
             # group (b, g): rows b*C + g*cpg .. + cpg of `splits` partials each, contiguous
-            k, inner, stride_b, stride_g, stride_outer, channel_outer = cpg * splits, splits, C * splits, cpg * splits, splits, True
+            k, inner, stride_outer, channel_outer = cpg * splits, splits, splits, True
+            stride_b, stride_g = C * splits, cpg * splits
         else:
             block_c = min(triton.next_power_of_2(C), _block(x, 64, 16))  # 128 spills a register or two (sm_90)
             block_hw = max(1, _block(x, 2048, 64) // block_c)
@@ -251,7 +252,8 @@ if triton is not None:
             _stats_nhwc_kernel[(splits, c_tiles, B)](x, part, HW, C, splits, rows, part[0].numel(),
                                                      BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=4)
             # group (b, g): channels g*cpg .. + cpg of every split of batch b
-            k, inner, stride_b, stride_g, stride_outer, channel_outer = splits * cpg, cpg, splits * C, cpg, C, False
+            k, inner, stride_outer, channel_outer = splits * cpg, cpg, C, False
+            stride_b, stride_g = splits * C, cpg
         mean = torch.empty(B * G, device=x.device, dtype=torch.float32)
         rstd = torch.empty_like(mean)
         block_k = min(_block(x, 1024, 4), triton.next_power_of_2(k))
