@@ -179,9 +179,11 @@ def _example_inputs_for(config: dict):
     return example_inputs
 
 
-def _register(name: str, config: dict, note: str):
+def _register(name: str, config: dict, note: str, smoke_range: Sequence[float]):
+    # smoke_kwargs: the same network on a 48 x 48 voxel grid (24 x 24 BEV) for the registry's CPU checks
     @register_network(name, family="scatterformer", task="detection3d", example_inputs=_example_inputs_for(config),
-                      paper="arXiv 2401.00912", classes=config["class_names"], note=note)
+                      paper="arXiv 2401.00912", classes=config["class_names"], note=note,
+                      smoke_kwargs=dict(point_cloud_range=tuple(smoke_range)))
     def build(**kwargs) -> ScatterFormer:
         return ScatterFormer(**{**config, **kwargs})
 
@@ -190,8 +192,10 @@ def _register(name: str, config: dict, note: str):
     return build
 
 
-scatterformer_waymo = _register("scatterformer_waymo", WAYMO, "official Waymo configuration, 12.30M parameters")
-scatterformer_kitti = _register("scatterformer_kitti", KITTI, "our KITTI configuration (no official one)")
+scatterformer_waymo = _register("scatterformer_waymo", WAYMO, "official Waymo configuration, 12.30M parameters",
+                                (-7.68, -7.68, -2.0, 7.68, 7.68, 4.0))
+scatterformer_kitti = _register("scatterformer_kitti", KITTI, "our KITTI configuration (no official one)",
+                                (0.0, -4.8, -3.0, 9.6, 4.8, 1.0))
 
 
 # --- official checkpoints ----------------------------------------------------------------------

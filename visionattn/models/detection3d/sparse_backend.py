@@ -146,8 +146,9 @@ class _SparseConv(nn.Module):
 
 
 def _cpu_pairs(conv: _SparseConv, x):
-    """(output indices, output shape, [(k, input rows, output rows)]) of ``conv`` on ``x`` from spconv's
-    CPU pair generation, cached in ``x.indice_dict`` under the conv's ``indice_key``."""
+    """(output indices, output shape, gather table (K, N_out) int64: the input row that output o sees
+    through kernel offset k, -1 if none) of ``conv`` on ``x``, from spconv's CPU pair generation;
+    cached in ``x.indice_dict`` under the conv's ``indice_key``."""
     key = f"visionattn_cpu/{conv.indice_key}" if conv.indice_key is not None else None
     if key is not None and key in x.indice_dict:
         return x.indice_dict[key]
@@ -157,34 +158,39 @@ def _cpu_pairs(conv: _SparseConv, x):
     ksize, stride, padding = list(conv.kernel_size), list(conv.stride), list(conv.padding)
     out_indices, pairs, counts = ops.get_indice_pairs(x.indices, x.batch_size, shape, algo, ksize, stride, padding,
                                                       [1] * len(shape), [0] * len(shape), conv.subm, False)
+    if conv.subm:
+        out_indices = x.indices
     counts = counts.tolist()
     K = len(counts)
-    lists = []
+    table = torch.full((K, out_indices.shape[0]), -1, dtype=torch.int64, device=x.indices.device)
     for k in range(K):
-        if conv.subm:
-            if k == K // 2:  # centre of a submanifold kernel: every voxel to itself
-                rows = torch.arange(x.indices.shape[0], device=x.indices.device)
-                lists.append((k, rows, rows))
-                continue
-            n = counts[k] if k < K // 2 else counts[K - 1 - k]  # spconv stores the counts of one half
-        else:
-            n = counts[k]
-        if n > 0:
-            lists.append((k, pairs[0, k, :n].long(), pairs[1, k, :n].long()))
+        if conv.subm and k == K // 2:  # centre of a submanifold kernel: every voxel sees itself
+            table[k] = torch.arange(out_indices.shape[0], device=x.indices.device)
+            continue
+        # spconv stores the counts of the first half of a submanifold kernel (the second half mirrors it)
+        n = counts[K - 1 - k] if conv.subm and k > K // 2 else counts[k]
+        table[k, pairs[1, k, :n].long()] = pairs[0, k, :n].long()
     out_shape = shape if conv.subm else ops.get_conv_output_size(shape, ksize, stride, padding, [1] * len(shape))
-    result = (x.indices if conv.subm else out_indices, out_shape, lists)
+    result = (out_indices, out_shape, table)
     if key is not None:
         x.indice_dict[key] = result
     return result
 
 
-def _conv_cpu(conv: _SparseConv, x):
-    """``out[o] = bias + sum over pairs (i -> o, offset k) of W[:, k] x[i]``, W (out, K, in)."""
-    out_indices, out_shape, lists = _cpu_pairs(conv, x)
-    weight = conv.weight.reshape(conv.out_channels, -1, conv.in_channels)  # (out, K, in)
-    out = x.features.new_zeros(out_indices.shape[0], conv.out_channels)
-    for k, rows_in, rows_out in lists:
-        out = out.index_add(0, rows_out, x.features[rows_in] @ weight[:, k].t())
+def _conv_cpu(conv: _SparseConv, x, max_chunk_bytes: int = 1 << 28):
+    """``out[o] = bias + sum_k W[:, k] x[table[k, o]]`` (absent neighbours contribute 0), W (out, K, in);
+    the gathered inputs (K, N_out, in) are processed in chunks of kernel offsets of at most
+    ``max_chunk_bytes``."""
+    out_indices, out_shape, table = _cpu_pairs(conv, x)
+    K, n_out = table.shape
+    feats = torch.cat([x.features, x.features.new_zeros(1, x.features.shape[1])])  # row -1 -> zeros
+    weight = conv.weight.reshape(conv.out_channels, K, conv.in_channels)  # (out, K, in)
+    step = max(1, max_chunk_bytes // max(1, n_out * conv.in_channels * feats.element_size()))
+    out = None
+    for k0 in range(0, K, step):
+        gathered = feats[table[k0:k0 + step]]  # (k, N_out, in)
+        part = torch.einsum("kni,oki->no", gathered, weight[:, k0:k0 + step])
+        out = part if out is None else out + part
     if conv.bias is not None:
         out = out + conv.bias
     result = x.replace_feature(out)
