@@ -352,12 +352,24 @@ def test_official_checkpoint_loads_strictly(official_file):
         assert torch.equal(ours[key], state[key])
 
 
-def test_convert_checkpoint_tool(official_file, tmp_path):
+def _tool(name):
     sys.path.insert(0, str(Path(__file__).parents[2] / "tools"))
     try:
-        import convert_checkpoint
+        return __import__(name)
     finally:
         sys.path.pop(0)
+
+
+def test_benchmark_keeps_points_float32_and_counts_frames():
+    benchmark = _tool("benchmark")
+    (points,) = benchmark.model_inputs("scatterformer_waymo", None, 2, {"points": 100}, "cpu", torch.bfloat16)
+    assert points.dtype == torch.float32 and points.shape == (200, 6)
+    info = benchmark._network_info("scatterformer_waymo")
+    assert info["samples_in"](points) == 2 and info["throughput_unit"] == "frames/s"
+
+
+def test_convert_checkpoint_tool(official_file, tmp_path):
+    convert_checkpoint = _tool("convert_checkpoint")
     path, state = official_file
     out = tmp_path / "converted.pth"
     assert convert_checkpoint.main(["scatterformer_waymo", str(path), str(out)]) == 0

@@ -179,11 +179,18 @@ def _example_inputs_for(config: dict):
     return example_inputs
 
 
+def _frames_in(points: torch.Tensor, *_) -> int:
+    """Frames in a batch of points (N, 1 + C) with a batch-index column."""
+    return int(points[:, 0].max().item()) + 1 if points.shape[0] else 1
+
+
 def _register(name: str, config: dict, note: str, smoke_range: Sequence[float]):
-    # smoke_kwargs: the same network on a 48 x 48 voxel grid (24 x 24 BEV) for the registry's CPU checks
+    # smoke_kwargs: the same network on a 48 x 48 voxel grid (24 x 24 BEV) for the registry's CPU checks;
+    # benchmark: points stay float32 under --dtype bfloat16, throughput counts frames
     @register_network(name, family="scatterformer", task="detection3d", example_inputs=_example_inputs_for(config),
                       paper="arXiv 2401.00912", classes=config["class_names"], note=note,
-                      smoke_kwargs=dict(point_cloud_range=tuple(smoke_range)))
+                      smoke_kwargs=dict(point_cloud_range=tuple(smoke_range)), input_dtype=torch.float32,
+                      samples_in=_frames_in, throughput_unit="frames/s")
     def build(**kwargs) -> ScatterFormer:
         return ScatterFormer(**{**config, **kwargs})
 
