@@ -1,25 +1,2 @@
-# FFNet-1 ImageNet-1k recipe (Yun et al., arXiv 2406.02021; official train.py + README): input 256,
-# 8 GPUs x 128, AdamW 1e-3, 300 + 20 epochs, RandAugment m9, colour jitter 0.4, random erasing 0.25,
-# label smoothing 0.1, Mixup 0.2 / CutMix 1.0 (FFNet-1/2; 0.8 for 3/4), drop path 0.1, EMA 0.9995
-# (validation uses the EMA weights). Train with --amp (official: native AMP).
-# Published: 81.3 top-1 (82.1 with hard distillation: configs/ffnet_1_distill.py).
-_base_ = ["_base_/datasets/imagenet.py", "_base_/runtime/default.py", "_base_/schedules/ffnet_300e_cooldown20.py"]
-
-model = dict(
-    type="ImageClassifier",
-    network="ffnet_1",
-    num_classes=1000,
-    network_kwargs=dict(drop_path_rate=0.1),
-    mixup=dict(mixup_alpha=0.2, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode="batch"),
-    label_smoothing=0.1,
-    data_preprocessor=dict(type="ClassificationDataPreprocessor", random_erasing=dict(probability=0.25, mode="pixel")),
-)
-train_dataloader = dict(dataset=dict(transform=dict(input_size=256, color_jitter=0.4)))
-val_dataloader = dict(dataset=dict(transform=dict(input_size=256, crop_pct=0.9)))
-test_dataloader = val_dataloader
-custom_hooks = [
-    dict(type="RandomStateHook"),
-    dict(type="TrainingCurvesHook"),
-    # mmengine momentum = 1 - decay: timm ModelEmaV2(decay=0.9995)
-    dict(type="EMAHook", momentum=5e-4, update_buffers=True, priority="ABOVE_NORMAL"),
-]
+# Kept for `python tools/train.py configs/ffnet_1.py`; the recipe is classification/ffnet_1.py.
+_base_ = ["./classification/ffnet_1.py"]

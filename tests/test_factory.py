@@ -9,7 +9,7 @@ import torch.nn as nn
 
 import visionattn
 from visionattn import hub
-from visionattn.models import registry
+from visionattn import registry
 
 
 @pytest.fixture

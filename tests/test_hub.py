@@ -161,6 +161,27 @@ def test_read_checkpoint_allows_safe_globals_only(tmp_path):
     assert "obj" in hub.read_checkpoint(bad, trusted=True)
 
 
+def test_read_checkpoint_lightning_1x_callback_keys(tmp_path, monkeypatch):
+    """Lightning 1.x pickles the ModelCheckpoint class as a dict key; it reads without Lightning."""
+    import sys
+    import types
+
+    fake = types.ModuleType("pytorch_lightning.callbacks.model_checkpoint")
+    ModelCheckpoint = type("ModelCheckpoint", (), {"__module__": fake.__name__})
+    fake.ModelCheckpoint = ModelCheckpoint
+    for name in ("pytorch_lightning", "pytorch_lightning.callbacks", fake.__name__):
+        monkeypatch.setitem(sys.modules, name, fake if name == fake.__name__ else types.ModuleType(name))
+    torch.save({"epoch": 3, "pytorch-lightning_version": "1.0.8", "state_dict": {"vqvae.w": torch.ones(2)},
+                "callbacks": {ModelCheckpoint: {"best_model_score": torch.tensor(0.5), "best_model_path": "x.ckpt"}}},
+               tmp_path / "last.ckpt")
+    for name in ("pytorch_lightning", "pytorch_lightning.callbacks", fake.__name__):
+        monkeypatch.delitem(sys.modules, name)
+    ckpt = hub.read_checkpoint(tmp_path / "last.ckpt")
+    (key, state), = ckpt["callbacks"].items()
+    assert key is hub.LightningCallbackKey and state["best_model_path"] == "x.ckpt"
+    assert torch.equal(ckpt["state_dict"]["vqvae.w"], torch.ones(2))
+
+
 def test_read_checkpoint_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         hub.read_checkpoint(tmp_path / "nope.pth")

@@ -30,7 +30,6 @@
 - Results are printed as a table and saved as JSON under ``benchmarks/`` with the machine described.
 """
 import argparse
-import ast
 import datetime as dt
 import importlib
 import importlib.util
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
+from mmengine.config import DictAction
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -418,19 +418,6 @@ def table(report: Dict[str, Any]) -> str:
     return "\n".join([title, fmt(head), fmt(tuple("-" * w for w in widths)), *map(fmt, lines)])
 
 
-def _kv(items) -> Dict[str, Any]:
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"expected key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            out[k] = ast.literal_eval(v)
-        except (ValueError, SyntaxError):
-            out[k] = v
-    return out
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("targets", nargs="+", metavar="MODEL_OR_OP")
@@ -440,13 +427,13 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--shape", nargs="*", default=[], metavar="K=V", help="op sizes / model h=, w=")
-    p.add_argument("--model-kwargs", nargs="*", default=[], metavar="K=V", help="create_model kwargs")
+    p.add_argument("--shape", nargs="*", default={}, action=DictAction, metavar="K=V", help="op sizes / model h=, w=")
+    p.add_argument("--model-kwargs", nargs="*", default={}, action=DictAction, metavar="K=V", help="create_model kwargs")
     p.add_argument("--checkpoint", help="weights for our model(s): create_model(name, checkpoint=...)")
     p.add_argument("--mode", choices=("infer", "train"), default="infer")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--compile-options", nargs="*", default=[], metavar="K=V",
+    p.add_argument("--compile-options", nargs="*", default={}, action=DictAction, metavar="K=V",
                    help="inductor options for --compile, e.g. layout_optimization=False")
     p.add_argument("--cuda-graph", action="store_true",
                    help="our models on CUDA: replay the forward (infer) or forward+backward (train) from "
@@ -455,8 +442,6 @@ def parse_args(argv=None):
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--out", default="benchmarks", help="folder for the JSON result ('' to skip saving)")
     args = p.parse_args(argv)
-    args.shape, args.model_kwargs, args.compile_options = (_kv(args.shape), _kv(args.model_kwargs),
-                                                           _kv(args.compile_options))
     if args.warmup < 0 or args.iters < 1:
         p.error("--warmup must be >= 0 and --iters >= 1")
     if args.cuda_graph and args.compile:

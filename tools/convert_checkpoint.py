@@ -9,29 +9,15 @@ converted checkpoint fits. OUT holds ``{'state_dict': ..., 'meta': {...}}`` and 
 ``create_model(NAME, checkpoint=OUT)``.
 """
 import argparse
-import ast
 import sys
 from pathlib import Path
 
 import torch
+from mmengine.config import DictAction
 
 import visionattn
 from visionattn import hub
 from visionattn.factory import model_family
-
-
-def parse_kv(items) -> dict:
-    """``['depth=12', 'name=x']`` -> ``{'depth': 12, 'name': 'x'}`` (Python literals where they parse)."""
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"expected key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
 
 
 def _fits(name: str, checkpoint, family: str, model_kwargs: dict, conv_kwargs: dict) -> bool:
@@ -84,16 +70,18 @@ def main(argv=None) -> int:
     parser.add_argument("dst", metavar="OUT", help="where to write the converted checkpoint")
     parser.add_argument("--model", help="model name when FAMILY_OR_MODEL is a family")
     parser.add_argument("--ema", action="store_true", help="take the EMA weights (converter_kwargs ema=True)")
-    parser.add_argument("--kwargs", nargs="*", metavar="K=V", help="model constructor kwargs")
-    parser.add_argument("--converter-kwargs", nargs="*", metavar="K=V", help="extra converter kwargs")
+    parser.add_argument("--kwargs", nargs="*", default={}, action=DictAction, metavar="K=V",
+                        help="model constructor kwargs")
+    parser.add_argument("--converter-kwargs", nargs="*", default={}, action=DictAction, metavar="K=V",
+                        help="extra converter kwargs")
     parser.add_argument("--trust", action="store_true",
                         help="read IN with full pickle (can run code): only for files you trust")
     args = parser.parse_args(argv)
     try:
-        conv = parse_kv(args.converter_kwargs)
+        conv = dict(args.converter_kwargs)
         if args.ema:
             conv["ema"] = True
-        model = convert(args.target, args.src, args.dst, args.model, parse_kv(args.kwargs), conv, args.trust)
+        model = convert(args.target, args.src, args.dst, args.model, args.kwargs, conv, args.trust)
     except (ValueError, RuntimeError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

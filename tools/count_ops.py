@@ -16,12 +16,12 @@ Ops on weights only (e.g. a bias folded at call time, ``addmv`` on a (C_out, C_i
 counted as ops and kernels but not as activation passes. This is a proxy: it does not time anything.
 """
 import argparse
-import ast
 import collections
 import sys
 from typing import Dict, List
 
 import torch
+from mmengine.config import DictAction
 from torch.profiler import ProfilerActivity, profile
 
 VIEWS = {"aten::permute", "aten::view", "aten::reshape", "aten::flatten", "aten::expand", "aten::t",
@@ -63,8 +63,8 @@ def count_ops(model: torch.nn.Module, x: torch.Tensor) -> Dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model")
-    p.add_argument("--model-kwargs", nargs="*", default=[], metavar="K=V")
-    p.add_argument("--shape", nargs="*", default=[], metavar="K=V", help="h=, w=")
+    p.add_argument("--model-kwargs", nargs="*", default={}, action=DictAction, metavar="K=V")
+    p.add_argument("--shape", nargs="*", default={}, action=DictAction, metavar="K=V", help="h=, w=")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
@@ -72,8 +72,7 @@ def main(argv=None) -> int:
 
     import visionattn
 
-    kwargs = {k: ast.literal_eval(v) for k, v in (kv.split("=", 1) for kv in args.model_kwargs)}
-    shape = {k: int(v) for k, v in (kv.split("=", 1) for kv in args.shape)}
+    kwargs, shape = args.model_kwargs, args.shape
     model = visionattn.create_model(args.model, **kwargs).eval().to(getattr(torch, args.dtype))
     size = model.pretrained_cfg.get("input_size", (3, 224, 224)) if hasattr(model, "pretrained_cfg") else (3, 224, 224)
     x = torch.randn(args.batch, size[0], shape.get("h", size[1]), shape.get("w", size[2]),

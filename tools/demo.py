@@ -2,9 +2,9 @@
 
 Picks the visionattn timm backbone with the fewest parameters (counted on the 'meta' device)
 that runs at the demo's 64 px (falling back to timm's resnet10t while none is registered),
-trains it for a few hundred iterations on datasets/samples/imagenet with configs/demo.py through
-the same Runner as tools/train.py, and prints the accuracy before/after and where the
-checkpoint and the loss/accuracy plot are.
+trains it for a few hundred iterations on datasets/samples/imagenet with
+configs/classification/demo.py through the same Runner as tools/train.py, and prints the accuracy
+before/after and where the checkpoint and the loss/accuracy plot are.
 
     python tools/demo.py [--model NAME] [--iters 200] [--work-dir work_dirs/demo]
 """
@@ -26,7 +26,7 @@ from visionattn.engine import TrainingCurvesHook, build_runner, load_config  # n
 from visionattn.registry import NETWORKS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "configs" / "demo.py"
+CONFIG = REPO / "configs" / "classification" / "demo.py"
 FALLBACK = "resnet10t"
 
 
@@ -69,7 +69,7 @@ def pick_model(num_classes: int, size: int) -> Tuple[str, Dict]:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="network to train (default: the smallest visionattn backbone)")
-    p.add_argument("--iters", type=int, default=None, help="training iterations (default: configs/demo.py's)")
+    p.add_argument("--iters", type=int, default=None, help="training iterations (default: the config's)")
     p.add_argument("--work-dir", default=str(REPO / "work_dirs" / "demo"))
     args = p.parse_args(argv)
     start = time.perf_counter()

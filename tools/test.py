@@ -13,7 +13,7 @@ from visionattn.engine.launch import LAUNCHERS
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", help="config file, e.g. configs/demo.py")
+    p.add_argument("config", help="config file, e.g. configs/classification/demo.py")
     p.add_argument("checkpoint", help="checkpoint file written by tools/train.py")
     p.add_argument("--work-dir", help="where the test logs go (default: work_dirs/<config name>)")
     p.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys: key=value ...")

@@ -13,7 +13,7 @@ from visionattn.engine.launch import LAUNCHERS
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", help="config file, e.g. configs/demo.py")
+    p.add_argument("config", help="config file, e.g. configs/classification/demo.py")
     p.add_argument("--work-dir", help="logs and checkpoints (default: work_dirs/<config name>)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume from CKPT, or from the latest checkpoint in the work dir when no path is given")

@@ -1,7 +1,7 @@
 """One factory for every network: timm backbones and task networks alike."""
 import difflib
 import fnmatch
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import timm
 import torch.nn as nn
@@ -85,7 +85,7 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
         return model
     # features_only: the weights were checked against the full model, then copied into the extractor
     features = timm.create_model(name, pretrained=False, **kwargs)
-    copy_into_features(features, model)
+    hub.copy_into_features(features, model)
     return features
 
 
@@ -94,49 +94,3 @@ def _load(model: nn.Module, source, family: str) -> None:
         hub.load_pretrained(model, source)
     else:
         hub.load_checkpoint(model, source, family=family)
-
-
-def canonical_name(name: str) -> str:
-    """Module name with timm's feature-wrapper renames undone (``stages_0`` -> ``stages.0``).
-
-    timm's FeatureListNet joins nested Sequential names with ``_`` and FeatureGetterNet keeps the
-    model under ``model.``; normalising both sides lets weights move between the full network and
-    its feature-extractor form by name.
-    """
-    name = name[len("model."):] if name.startswith("model.") else name
-    return name.replace("_", ".")
-
-
-def copy_into_features(features: nn.Module, full: nn.Module) -> List[str]:
-    """Copy the weights of ``full`` (a whole network) into ``features`` (its features_only form).
-
-    Every tensor of ``features`` must find its counterpart with the same shape in ``full``, except
-    those of modules ``full`` does not have at all: dense-only layers such as per-stage output norms
-    (FFNet ``stage_norm``, BiFormer ``out_norm``), which keep their initial values. Anything else
-    raises: a checkpoint that silently loads nothing is worse than an error. Returns the names of
-    the tensors left at their initial values.
-    """
-    def split(key: str) -> Tuple[str, str]:  # (canonical module name, tensor name)
-        module, _, leaf = key.rpartition(".")
-        return canonical_name(module), leaf
-
-    source = {split(k): v for k, v in full.state_dict().items()}
-    full_modules = {canonical_name(n) for n, _ in full.named_modules()}
-    target = features.state_dict()
-    missing, bad_shape, kept = [], [], []
-    for key, value in target.items():
-        module, leaf = split(key)
-        match = source.get((module, leaf))
-        if match is None:
-            (missing if module in full_modules else kept).append(key)
-        elif match.shape != value.shape:
-            bad_shape.append(f"{key}: {tuple(match.shape)} vs {tuple(value.shape)}")
-        else:
-            target[key] = match
-    if missing or bad_shape or len(kept) == len(target):
-        raise RuntimeError(
-            f"the weights do not fit the feature extractor: {len(missing)} tensors without a counterpart "
-            f"{missing[:5]}, shape mismatches {bad_shape[:5]}, {len(target) - len(kept)} of {len(target)} "
-            f"tensors matched. Are the model kwargs the ones the checkpoint was trained with?")
-    features.load_state_dict(target, strict=True)
-    return kept

@@ -21,32 +21,34 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 
+from .safe_pickle import numpy_globals
 from .registry import CONVERTERS, register_converter  # noqa: F401  (hub.register_converter is public)
 
 # Containers official releases and mmengine wrap a state dict in, most specific first.
 _CONTAINER_KEYS = ("state_dict", "model", "model_state", "params")
 
 
+class LightningCallbackKey:
+    """Stands in for a PyTorch-Lightning 1.x callback class (``ModelCheckpoint``...), which Lightning
+    checkpoints of that era pickle as the dict key of their callback states (e.g. the released
+    RestoreFormer(++) ``.ckpt`` files). The real class is never imported; this one does nothing."""
+
+
+# Lightning 1.x callback classes that appear as keys of a checkpoint's "callbacks" dict.
+_LIGHTNING_CALLBACKS = ("pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
+                        "pytorch_lightning.callbacks.early_stopping.EarlyStopping")
+
+
 def _safe_globals() -> List[Any]:
     """Non-tensor classes official checkpoints pickle next to their weights (training args, numpy
-    metrics), allowed by ``torch.load(weights_only=True)``. Nothing here can run code on load."""
-    import numpy as np
-
-    try:
-        from numpy._core.multiarray import _reconstruct, scalar  # numpy >= 2
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import _reconstruct, scalar
-    dtypes = [np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.float16, np.float32, np.float64]
-    allowed: List[Any] = [argparse.Namespace, np.ndarray, np.dtype, scalar, _reconstruct]
-    # files written under numpy 1.x name the module numpy.core, numpy 2 names it numpy._core
-    allowed += [(scalar, "numpy.core.multiarray.scalar"), (_reconstruct, "numpy.core.multiarray._reconstruct")]
-    allowed += [type(np.dtype(t)) for t in dtypes]
-    return allowed
+    metrics, Lightning 1.x callback keys as :class:`LightningCallbackKey`), allowed by
+    ``torch.load(weights_only=True)``. Nothing here can run code on load."""
+    return [argparse.Namespace, *numpy_globals(), *((LightningCallbackKey, name) for name in _LIGHTNING_CALLBACKS)]
 
 
 def read_checkpoint(source: Union[str, Path], map_location="cpu", trusted: bool = False) -> Mapping:
@@ -72,7 +74,10 @@ def read_checkpoint(source: Union[str, Path], map_location="cpu", trusted: bool 
         elif trusted:
             obj = torch.load(path, map_location=map_location, weights_only=False)
         else:
-            with torch.serialization.safe_globals(_safe_globals()):
+            # only those not allowed yet: leaving the context removes its globals again, which would
+            # take away what allow_mmengine_checkpoints() had added for good (resuming a run fails)
+            allowed = set(torch.serialization.get_safe_globals())
+            with torch.serialization.safe_globals([g for g in _safe_globals() if g not in allowed]):
                 obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for truncated / non-pickle files
         msg = str(err)
@@ -448,8 +453,49 @@ def load_pretrained(model: nn.Module, name: Union[str, ZooEntry], progress: bool
     return load_checkpoint(model, checkpoint, family=entry.converter or entry.family, **entry.converter_kwargs)
 
 
-def load(name: str, pretrained: bool = True, **kwargs) -> nn.Module:
-    """``create_model(name, pretrained=pretrained, **kwargs)``: the zoo's entry point for task networks."""
-    from .factory import create_model
+# --- checkpoints into timm feature extractors --------------------------------------------------
 
-    return create_model(name, pretrained=pretrained, **kwargs)
+def canonical_name(name: str) -> str:
+    """Module name with timm's feature-wrapper renames undone (``stages_0`` -> ``stages.0``).
+
+    timm's FeatureListNet joins nested Sequential names with ``_`` and FeatureGetterNet keeps the
+    model under ``model.``; normalising both sides lets weights move between the full network and
+    its feature-extractor form by name.
+    """
+    name = name[len("model."):] if name.startswith("model.") else name
+    return name.replace("_", ".")
+
+
+def copy_into_features(features: nn.Module, full: nn.Module) -> List[str]:
+    """Copy the weights of ``full`` (a whole network) into ``features`` (its features_only form).
+
+    Every tensor of ``features`` must find its counterpart with the same shape in ``full``, except
+    those of modules ``full`` does not have at all: dense-only layers such as per-stage output norms
+    (FFNet ``stage_norm``, BiFormer ``out_norm``), which keep their initial values. Anything else
+    raises: a checkpoint that silently loads nothing is worse than an error. Returns the names of
+    the tensors left at their initial values.
+    """
+    def split(key: str) -> Tuple[str, str]:  # (canonical module name, tensor name)
+        module, _, leaf = key.rpartition(".")
+        return canonical_name(module), leaf
+
+    source = {split(k): v for k, v in full.state_dict().items()}
+    full_modules = {canonical_name(n) for n, _ in full.named_modules()}
+    target = features.state_dict()
+    missing, bad_shape, kept = [], [], []
+    for key, value in target.items():
+        module, leaf = split(key)
+        match = source.get((module, leaf))
+        if match is None:
+            (missing if module in full_modules else kept).append(key)
+        elif match.shape != value.shape:
+            bad_shape.append(f"{key}: {tuple(match.shape)} vs {tuple(value.shape)}")
+        else:
+            target[key] = match
+    if missing or bad_shape or len(kept) == len(target):
+        raise RuntimeError(
+            f"the weights do not fit the feature extractor: {len(missing)} tensors without a counterpart "
+            f"{missing[:5]}, shape mismatches {bad_shape[:5]}, {len(target) - len(kept)} of {len(target)} "
+            f"tensors matched. Are the model kwargs the ones the checkpoint was trained with?")
+    features.load_state_dict(target, strict=True)
+    return kept

@@ -1,6 +1,7 @@
-# Restore-RWKV single-task recipe: CT (see _base_/restore_rwkv_recipe.py for the schedule).
-_base_ = ["./_base_/restore_rwkv_recipe.py"]
+# Restore-RWKV single-task recipe on CT: as restore_rwkv_mri_sr4.py (schedule, loss, checkpoints) with
+# CT pairs.
+_base_ = ["./restore_rwkv_mri_sr4.py"]
 modalities = ["CT"]
 train_dataloader = dict(dataset=dict(modalities=modalities))
-val_dataloader = dict(dataset=dict(modalities=modalities, max_items=32))
+val_dataloader = dict(dataset=dict(modalities=modalities))
 test_dataloader = dict(dataset=dict(modalities=modalities))

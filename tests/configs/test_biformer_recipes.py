@@ -8,7 +8,7 @@ from mmengine.config import Config
 
 from visionattn.engine.launch import build_runner, load_config
 
-CONFIGS = Path(os.environ.get("BIFORMER_CONFIGS", Path(__file__).resolve().parents[2] / "configs"))
+CONFIGS = Path(os.environ.get("BIFORMER_CONFIGS", Path(__file__).resolve().parents[2] / "configs" / "classification"))
 
 
 @pytest.mark.parametrize("name,network,drop_path", [("biformer_t", "biformer_tiny", 0.1),

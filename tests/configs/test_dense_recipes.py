@@ -11,23 +11,23 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 # config: (backbone, n_win, drop path, optimiser lr, weight decay, epochs or iterations, batch per GPU)
 RECIPES = {
-    "det/retinanet_biformer_s_1x_coco.py": ("biformer_small", 16, 0.2, 1e-4, 1e-4, 12, 2),
-    "det/retinanet_biformer_b_1x_coco.py": ("biformer_base", 16, 0.3, 1e-4, 1e-4, 12, 2),
-    "det/maskrcnn_biformer_s_1x_coco.py": ("biformer_small", 16, 0.2, 1e-4, 0.05, 12, 2),
-    "det/maskrcnn_biformer_b_1x_coco.py": ("biformer_base", 16, 0.3, 1e-4, 0.05, 12, 2),
-    "det/cascade_maskrcnn_ffnet_2_3x_coco.py": ("ffnet_2", None, 0.35, 1e-4, 0.05, 36, 2),
-    "det/cascade_maskrcnn_ffnet_3_3x_coco.py": ("ffnet_3", None, 0.6, 1e-4, 0.05, 36, 2),
-    "seg/upernet_biformer_s_160k_ade20k.py": ("biformer_small", 8, 0.3, 6e-5, 0.01, 160000, 2),
-    "seg/upernet_biformer_b_160k_ade20k.py": ("biformer_base", 8, 0.4, 6e-5, 0.01, 160000, 2),
-    "seg/sfpn_biformer_s_80k_ade20k.py": ("biformer_small", 8, 0.15, 2e-4, 1e-4, 80000, 4),
-    "seg/sfpn_biformer_b_80k_ade20k.py": ("biformer_base", 8, 0.3, 2e-4, 1e-4, 80000, 4),
-    "seg/upernet_ffnet_2_160k_ade20k.py": ("ffnet_2", None, 0.2, 1e-4, 0.05, 160000, 2),
-    "seg/upernet_ffnet_3_160k_ade20k.py": ("ffnet_3", None, 0.3, 1e-4, 0.05, 160000, 2),
+    "detection/retinanet_biformer_s_1x_coco.py": ("biformer_small", 16, 0.2, 1e-4, 1e-4, 12, 2),
+    "detection/retinanet_biformer_b_1x_coco.py": ("biformer_base", 16, 0.3, 1e-4, 1e-4, 12, 2),
+    "detection/maskrcnn_biformer_s_1x_coco.py": ("biformer_small", 16, 0.2, 1e-4, 0.05, 12, 2),
+    "detection/maskrcnn_biformer_b_1x_coco.py": ("biformer_base", 16, 0.3, 1e-4, 0.05, 12, 2),
+    "detection/cascade_maskrcnn_ffnet_2_3x_coco.py": ("ffnet_2", None, 0.35, 1e-4, 0.05, 36, 2),
+    "detection/cascade_maskrcnn_ffnet_3_3x_coco.py": ("ffnet_3", None, 0.6, 1e-4, 0.05, 36, 2),
+    "segmentation/upernet_biformer_s_160k_ade20k.py": ("biformer_small", 8, 0.3, 6e-5, 0.01, 160000, 2),
+    "segmentation/upernet_biformer_b_160k_ade20k.py": ("biformer_base", 8, 0.4, 6e-5, 0.01, 160000, 2),
+    "segmentation/sfpn_biformer_s_80k_ade20k.py": ("biformer_small", 8, 0.15, 2e-4, 1e-4, 80000, 4),
+    "segmentation/sfpn_biformer_b_80k_ade20k.py": ("biformer_base", 8, 0.3, 2e-4, 1e-4, 80000, 4),
+    "segmentation/upernet_ffnet_2_160k_ade20k.py": ("ffnet_2", None, 0.2, 1e-4, 0.05, 160000, 2),
+    "segmentation/upernet_ffnet_3_160k_ade20k.py": ("ffnet_3", None, 0.3, 1e-4, 0.05, 160000, 2),
 }
 
 
 def test_every_dense_config_is_listed():
-    found = {str(p.relative_to(CONFIGS)) for d in ("det", "seg") for p in (CONFIGS / d).glob("*.py")}
+    found = {str(p.relative_to(CONFIGS)) for d in ("detection", "segmentation") for p in (CONFIGS / d).glob("*.py")}
     assert found == set(RECIPES)
 
 
@@ -43,7 +43,7 @@ def test_recipe(name):
     assert cfg.optim_wrapper.optimizer.lr == lr and cfg.optim_wrapper.optimizer.weight_decay == wd
     assert cfg.train_dataloader.batch_size == batch
     dataset = cfg.train_dataloader.dataset
-    if name.startswith("det/"):
+    if name.startswith("detection/"):
         assert cfg.train_cfg.max_epochs == length and dataset.data_root == "datasets/coco/"
         assert cfg.val_evaluator.ann_file == "datasets/coco/annotations/instances_val2017.json"
         assert bb.norm_eval == backbone.startswith("biformer")  # BiFormer freezes BN stats, FFNet trains them
@@ -52,7 +52,7 @@ def test_recipe(name):
         assert cfg.model.decode_head.num_classes == 150 and cfg.val_evaluator.type == "visionattn.MeanIoU"
         assert cfg.model.data_preprocessor.size == (512, 512)
     if backbone.startswith("ffnet"):
-        decay = {"det/cascade_maskrcnn_ffnet_2_3x_coco.py": (0.8, 12), "det/cascade_maskrcnn_ffnet_3_3x_coco.py": (0.8, 12),
-                 "seg/upernet_ffnet_2_160k_ade20k.py": (1.0, 9), "seg/upernet_ffnet_3_160k_ade20k.py": (0.9, 12)}[name]
+        decay = {"detection/cascade_maskrcnn_ffnet_2_3x_coco.py": (0.8, 12), "detection/cascade_maskrcnn_ffnet_3_3x_coco.py": (0.8, 12),
+                 "segmentation/upernet_ffnet_2_160k_ade20k.py": (1.0, 9), "segmentation/upernet_ffnet_3_160k_ade20k.py": (0.9, 12)}[name]
         assert cfg.optim_wrapper.constructor == "LayerDecayOptimWrapperConstructor"
         assert (cfg.optim_wrapper.paramwise_cfg.decay_rate, cfg.optim_wrapper.paramwise_cfg.num_layers) == decay

@@ -24,7 +24,7 @@ def _check(scalars, metric):
 ])
 def test_plumbing_with_tiny_backbone(run_config, samples_root, config, metric):
     """The recipes' heads, data pipeline and optimiser constructor work around any timm backbone."""
-    _, scalars = run_config(f"det/{config}", samples_root / "coco", cfg_options=TINY)
+    _, scalars = run_config(f"detection/{config}", samples_root / "coco", cfg_options=TINY)
     _check(scalars, metric)
 
 
@@ -46,5 +46,5 @@ def _real(config, model_name, metric, slow=False):
 ])
 def test_config_with_its_backbone(run_config, samples_root, config, metric):
     """The exact recipe (backbone included, random init): one training iteration + inference + COCO metric."""
-    _, scalars = run_config(f"det/{config}", samples_root / "coco")
+    _, scalars = run_config(f"detection/{config}", samples_root / "coco")
     _check(scalars, metric)

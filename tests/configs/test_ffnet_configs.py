@@ -6,7 +6,7 @@ import torch
 
 from visionattn.engine import build_runner, load_config
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "classification"
 
 
 @pytest.mark.parametrize("name, dpr, mixup, crop", [

@@ -6,7 +6,7 @@ import torch
 from mmengine.config import Config
 
 REPO = Path(__file__).resolve().parents[2]
-RECIPES = sorted((REPO / "configs" / "gqa").glob("vit_b_*.py"))
+RECIPES = sorted((REPO / "configs" / "classification" / "gqa").glob("vit_b_*.py"))
 TINY_NET = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_kv_heads=2)
 
 
@@ -37,7 +37,7 @@ def test_dgqa_recipe_trains_two_iterations(samples_root, tmp_path):
         "val_dataloader.batch_size": 6, "val_dataloader.num_workers": 0,
         "train_cfg.max_epochs": 1,
     }
-    cfg = load_config(str(REPO / "configs/gqa/vit_b_dgqa_cifar100.py"), work_dir=str(tmp_path), cfg_options=options)
+    cfg = load_config(str(REPO / "configs/classification/gqa/vit_b_dgqa_cifar100.py"), work_dir=str(tmp_path), cfg_options=options)
     runner = build_runner(cfg)
     runner.train()
     attn = runner.model.network.blocks[0].attn

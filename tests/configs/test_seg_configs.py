@@ -27,7 +27,7 @@ def _check(scalars):
 @pytest.mark.parametrize("config", ["upernet_ffnet_2_160k_ade20k.py", "sfpn_biformer_s_80k_ade20k.py"])
 def test_plumbing_with_tiny_backbone(run_config, samples_root, config):
     """The recipes' heads, pipeline, optimiser constructor and MeanIoU work around any timm backbone."""
-    _, scalars = run_config(f"seg/{config}", samples_root / "ade20k", cfg_options=TINY[config.split("_")[0]])
+    _, scalars = run_config(f"segmentation/{config}", samples_root / "ade20k", cfg_options=TINY[config.split("_")[0]])
     _check(scalars)
 
 
@@ -49,5 +49,5 @@ def _real(config, model_name, slow=False):
 ])
 def test_config_with_its_backbone(run_config, samples_root, config):
     """The exact recipe (backbone included, random init): one training iteration + inference + mIoU."""
-    _, scalars = run_config(f"seg/{config}", samples_root / "ade20k")
+    _, scalars = run_config(f"segmentation/{config}", samples_root / "ade20k")
     _check(scalars)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from visionattn.ops import wkv
+from visionattn.ops import _wkv_triton, wkv
 from visionattn.ops.dispatch import use_impl
 
 
@@ -101,7 +101,7 @@ def _triton_quick_check():
     (the default CPU test's share), and the single-segment path's forward."""
     w, u, k, v = make(19, 3, B=1, sign=-1.0, decay_scale=4.0)
     torch.testing.assert_close(wkv.bi_wkv(w, u, k, v, impl="triton"), oracle(w, u, k, v), rtol=1e-9, atol=1e-9)
-    wkv._FORCE_SEG_LEN = 8
+    _wkv_triton._FORCE_SEG_LEN = 8
     args = [x.clone().requires_grad_() for x in (w, u, k, v)]
     y = wkv.bi_wkv(*args, impl="triton")
     torch.testing.assert_close(y, oracle(w, u, k, v), rtol=1e-9, atol=1e-9)
@@ -118,7 +118,7 @@ def _triton_checks(device):
     16-token segments (2 chunks each) run in parallel and exchange carries.
     """
     if device == "cpu":
-        wkv._FORCE_SEG_LEN = 16
+        _wkv_triton._FORCE_SEG_LEN = 16
     cases = [(1, 3, 1.0), (19, 5, -1.0), (33, 3, 1.0)] if device == "cpu" else \
         [(1, 3, 1.0), (16, 5, 1.0), (33, 20, -1.0), (300, 17, 1.0), (1000, 3, -1.0)]
     for T, C, sign in cases:

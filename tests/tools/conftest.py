@@ -30,12 +30,12 @@ def tool_env():
 
 @pytest.fixture
 def tiny_config(tmp_path, samples_root):
-    """Write a config inheriting configs/demo.py, shrunk to a 32 px test_resnet on the sample data."""
+    """Write a config inheriting configs/classification/demo.py, shrunk to a 32 px test_resnet on the sample data."""
 
     def write(extra: str = "", name: str = "tiny.py") -> Path:
         path = tmp_path / name
         path.write_text(
-            f"_base_ = [{str(REPO / 'configs' / 'demo.py')!r}]\n"
+            f"_base_ = [{str(REPO / 'configs' / 'classification' / 'demo.py')!r}]\n"
             f"data_root = {str(samples_root / 'imagenet')!r}\n"
             "model = dict(network='test_resnet')\n"
             "train_dataloader = dict(batch_size=4, num_workers=1,\n"

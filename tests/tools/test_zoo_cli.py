@@ -7,7 +7,7 @@ import torch
 
 import visionattn
 from visionattn import hub
-from visionattn.models import registry
+from visionattn import registry
 
 
 @pytest.fixture

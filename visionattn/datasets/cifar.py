@@ -7,8 +7,6 @@ CIFAR-100: ``cifar-100-python/{train, test, meta}`` with ``fine_labels`` and ``c
 ``meta`` has ``fine_label_names`` and ``coarse_label_names``.
 The files are Python 2 pickles; they are read with an unpickler that only builds numpy arrays.
 """
-import io
-import pickle
 from pathlib import Path
 from typing import Callable, Dict, Union
 
@@ -16,26 +14,15 @@ import numpy as np
 from PIL import Image
 
 from ..registry import DATASETS
+from ..safe_pickle import load_arrays_only
 from .labelled_images import LabelledImages, check_split
-
-_ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-            ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-            ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar")}
-
-
-class _ArraysOnly(pickle.Unpickler):
-    def find_class(self, module, name):
-        if (module, name) in _ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"CIFAR batch file refers to {module}.{name}: not a CIFAR batch (refused)")
-
 
 def read_batch(path: Path) -> Dict[str, object]:
     """One CIFAR pickle file -> dict with str keys."""
     if not path.is_file():
         raise FileNotFoundError(f"CIFAR file {str(path)!r} does not exist (see datasets/README.md for the layout)")
     with open(path, "rb") as f:
-        data = _ArraysOnly(io.BytesIO(f.read()), encoding="bytes").load()
+        data = load_arrays_only(f, what=f"CIFAR batch {str(path)!r}", encoding="bytes")
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in data.items()}
 
 
@@ -65,7 +52,7 @@ class _CIFAR(LabelledImages):
             images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             labels.extend(int(v) for v in batch[self.labels_key])
         self.images = np.concatenate(images).transpose(0, 2, 3, 1)  # (N, 32, 32, 3)
-        self.labels = labels
+        self.labels = np.asarray(labels, dtype=np.int64)
         if len(self.images) != len(labels):
             raise RuntimeError(f"{type(self).__name__}: {len(self.images)} images but {len(labels)} labels")
 
@@ -73,7 +60,7 @@ class _CIFAR(LabelledImages):
         return len(self.labels)
 
     def load(self, index: int):
-        return Image.fromarray(self.images[index]), self.labels[index]
+        return Image.fromarray(self.images[index]), int(self.labels[index])
 
 
 @DATASETS.register_module()

@@ -24,9 +24,11 @@ class Food101(LabelledImages):
                                         f"so that {str(root)!r} holds food-101/images and food-101/meta")
         self.classes = tuple(line.strip() for line in (meta / "classes.txt").read_text().splitlines() if line.strip())
         index = {c: i for i, c in enumerate(self.classes)}
+        records = []
         for line in (meta / f"{split}.txt").read_text().splitlines():
             if line.strip():
                 cls = line.strip().split("/")[0]
                 if cls not in index:
                     raise RuntimeError(f"Food101: {split}.txt names class {cls!r} missing from classes.txt")
-                self.samples.append((self.root / "images" / f"{line.strip()}.jpg", index[cls]))
+                records.append((self.root / "images" / f"{line.strip()}.jpg", index[cls]))
+        self.set_samples(records)

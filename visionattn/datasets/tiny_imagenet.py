@@ -26,9 +26,10 @@ class TinyImageNet(LabelledImages):
         self.classes = tuple(sorted(w.strip() for w in (self.root / "wnids.txt").read_text().split() if w.strip()))
         index = {w: i for i, w in enumerate(self.classes)}
         if split == "train":
-            self.samples = [(p, index[w]) for w in self.classes
-                            for p in sorted((self.root / "train" / w / "images").glob("*.JPEG"))]
+            records = [(p, index[w]) for w in self.classes
+                       for p in sorted((self.root / "train" / w / "images").glob("*.JPEG"))]
         else:
+            records = []
             ann = self.root / "val" / "val_annotations.txt"
             if not ann.is_file():
                 raise FileNotFoundError(f"TinyImageNet: {str(ann)!r} does not exist")
@@ -37,6 +38,7 @@ class TinyImageNet(LabelledImages):
                     name, wnid = line.split("\t")[:2]
                     if wnid not in index:
                         raise RuntimeError(f"TinyImageNet: val_annotations.txt names {wnid!r}, not in wnids.txt")
-                    self.samples.append((self.root / "val" / "images" / name, index[wnid]))
-        if not self.samples:
+                    records.append((self.root / "val" / "images" / name, index[wnid]))
+        self.set_samples(records)
+        if not len(self):
             raise FileNotFoundError(f"TinyImageNet: no {split} images under {str(self.root)!r}")

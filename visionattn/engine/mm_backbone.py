@@ -17,15 +17,8 @@ from mmengine.model import BaseModule
 from timm.layers import LayerNorm2d
 
 from visionattn.extras import require_extra
-from visionattn.factory import canonical_name, copy_into_features, create_model
-
-
-# Regexes on canonical parameter names (relative to the backbone) giving the stage and block of a
-# parameter; they cover the layouts of visionattn's families and timm's stage-based models.
-_STEM = re.compile(r"^(stem|patch\.embed|downsample\.layers\.0)\b")
-_DOWNSAMPLE = re.compile(r"^downsample\.layers\.(\d+)\b")
-_STAGE_BLOCK = re.compile(r"^(?:stages|layers)\.(\d+)\.(?:blocks\.)?(\d+)\b")
-_STAGE = re.compile(r"^(?:stages|layers)\.(\d+)\b")
+from ..factory import create_model
+from ..hub import canonical_name, copy_into_features
 
 
 class VisionAttnBackbone(BaseModule):
@@ -70,6 +63,7 @@ class VisionAttnBackbone(BaseModule):
         if both:
             raise ValueError(f"{sorted(both)} given in both model_kwargs and feature_kwargs; keep each in one")
         self.norm_eval = norm_eval
+        self._matcher = None  # (timm group_matcher, canonical -> full-model name), built on first layer_id()
         self.body = create_model(model_name, features_only=True, out_indices=self.out_indices,
                                  **self.model_kwargs, **self.feature_kwargs)
         self.out_channels = list(self.body.feature_info.channels())
@@ -111,38 +105,57 @@ class VisionAttnBackbone(BaseModule):
     def layer_id(self, name: str, num_layers: int, rule: str = "convnext") -> int:
         """Layer index of parameter ``name`` (relative to this module) for layer-wise lr decay.
 
+        The stage and block of a parameter come from the network's own timm ``group_matcher``
+        (stem, ``(stage, block)`` ordinals; a stage's downsampling counts as its block 0).
         ``rule='convnext'`` (mmdet's ConvNeXt rule): stem 0, stage 0 -> 1, stage 1 -> 2,
-        stage 2 -> 3 + block // 3, stage 3 -> ``num_layers``; the added norms and anything outside
-        the stages -> ``num_layers + 1`` (the heads' lr). ``rule='ffnet'`` reproduces the official
-        FFNet constructor on FFNet's layout: its stem fell through to the heads' group (the
-        constructor matched ConvNeXt's stem name only) and a stage's patch merging is block 0, so
-        block j of a stage counts as j + 1.
+        stage 2 -> 3 + block // 3, stage 3 -> ``num_layers``; networks whose matcher gives one
+        ordinal per block (ViTs) get block + 1. The added norms and anything outside the stages ->
+        ``num_layers + 1`` (the heads' lr). ``rule='ffnet'`` reproduces the official FFNet
+        constructor: its stem fell through to the heads' group (the constructor matched ConvNeXt's
+        stem name only) and a stage's patch merging is block 0, so block j counts as j + 1.
         """
         if rule not in ("convnext", "ffnet"):
             raise ValueError(f"layer-decay rule must be 'convnext' or 'ffnet', got {rule!r}")
         if not name.startswith("body."):
             return num_layers + 1
-        key = canonical_name(name[len("body."):])
-        if _STEM.match(key):
+        group, ordinal, is_block = self._group_of(name[len("body."):])
+        if group == "stem":
             return 0 if rule == "convnext" else num_layers + 1
-        m = _DOWNSAMPLE.match(key)
-        if m:
-            stage = int(m.group(1))
-            return {1: 2, 2: 3}.get(stage, num_layers)
-        m = _STAGE_BLOCK.match(key) or _STAGE.match(key)
-        if m:
-            stage = int(m.group(1))
-            block = int(m.group(2)) if m.re is _STAGE_BLOCK else 0
-            if rule == "ffnet" and m.re is _STAGE_BLOCK and stage > 0:
-                block += 1
-            if stage == 0:
-                return 1
-            if stage == 1:
-                return 2
-            if stage == 2:
-                return min(3 + block // 3, num_layers)
+        if group != "blocks" or not ordinal:
+            return num_layers + 1
+        if ordinal[0] >= 99999:  # timm's ordinal of a final norm inside the backbone
             return num_layers
-        return num_layers + 1
+        if len(ordinal) == 1:  # one ordinal per block (ViT)
+            return min(ordinal[0] + 1, num_layers)
+        stage, block = ordinal[:2]
+        if rule == "ffnet" and is_block and stage > 0:
+            block += 1
+        return {0: 1, 1: 2, 2: 3 + block // 3}.get(stage, num_layers) if stage < 3 else num_layers
+
+    def _group_of(self, name: str):
+        """``(group, ordinal, is_block)`` of a parameter of ``self.body`` under the network's timm
+        ``group_matcher(coarse=False)``: group ``'stem'``/``'blocks'`` (None when nothing matches),
+        the ordinal tuple timm sorts by, and whether the ordinal names a block (not a stage's
+        downsampling, whose ordinal timm completes with a fixed suffix)."""
+        if self._matcher is None:
+            with torch.device("meta"):
+                full = create_model(self.model_name, **self.model_kwargs)
+            if not hasattr(full, "group_matcher"):
+                raise ValueError(f"{self.model_name} has no timm group_matcher(), which layer-wise lr decay "
+                                 f"needs to find stages and blocks; use a constant lr for it")
+            self._matcher = (full.group_matcher(coarse=False),
+                             {canonical_name(k): k for k, _ in full.named_parameters()})
+        matcher, full_names = self._matcher
+        full_name = full_names.get(canonical_name(name))
+        if full_name is None:  # a dense-only layer the classification network does not have
+            return None, (), False
+        for group, specs in matcher.items():
+            for pattern, suffix in ([(specs, None)] if isinstance(specs, str) else specs):
+                m = re.match(pattern, full_name)
+                if m:
+                    ordinal = tuple(int(g) for g in m.groups() if g is not None) + tuple(suffix or ())
+                    return group, ordinal, suffix is None
+        return None, (), False
 
 
 def _register() -> None:

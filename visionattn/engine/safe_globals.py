@@ -9,15 +9,10 @@ HistoryBuffer's statistics methods.
 """
 import pickle
 
-import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
 
-
-def _numpy_globals():
-    core = getattr(np, "_core", None) or np.core  # numpy 2 renamed np.core
-    dtype_classes = [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
-    return [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype, *dtype_classes]
+from ..safe_pickle import numpy_globals
 
 
 def history_buffer_getattr(obj, name: str):
@@ -32,4 +27,4 @@ def allow_mmengine_checkpoints() -> None:
     """Add mmengine's checkpoint classes to torch's weights-only unpickler allow-list (idempotent)."""
     if hasattr(torch.serialization, "add_safe_globals"):
         torch.serialization.add_safe_globals(
-            [HistoryBuffer, *_numpy_globals(), (history_buffer_getattr, "builtins.getattr")])
+            [HistoryBuffer, *numpy_globals(), (history_buffer_getattr, "builtins.getattr")])

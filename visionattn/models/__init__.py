@@ -1,6 +1,6 @@
 """All networks of the library. Importing this registers them (timm + visionattn registries)."""
 from ..registry import NETWORKS, import_submodules, register_network
-from .mha_to_gqa import convert_mha_to_gqa
+from .backbones.gqa_vit import convert_mha_to_gqa
 
 for _pkg in ("backbones", "stereo", "detection3d", "restoration"):
     import_submodules(f"{__name__}.{_pkg}")

@@ -23,12 +23,11 @@ from typing import Tuple
 
 import torch
 
-from ._match_attention_triton import interpreting, triton
+from ._triton import interpreting, tl, triton, unit_last_stride
 
 LOG2E = 1.4426950408889634
 
 if triton is not None:
-    import triton.language as tl
 
     @triton.jit
     def _token_offsets(bb, region, tok, n_win, h, w, s_b, s_h, s_w):
@@ -246,10 +245,6 @@ if triton is not None:
     _bra_bwd_dkdv_kernel = triton.autotune(_KV_TILES, key=_KEY)(_bra_bwd_dkdv_kernel)
 
 
-def _unit_channel_stride(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def _dims(q, v, heads):
     """Head widths and their padded tiles, and the dot precision: fp32 follows torch's matmul setting
     (IEEE by default), the flag is ignored for fp16/bf16."""
@@ -268,7 +263,7 @@ def _grid(regions: int, hw: int, batch_heads: int, block: str):
 
 
 def _forward(q, k, v, idx, n_win: int, heads: int, scale: float):
-    q, k, v = (_unit_channel_stride(t) for t in (q, k, v))
+    q, k, v = (unit_last_stride(t) for t in (q, k, v))
     b, height, width, _ = q.shape
     h, w = height // n_win, width // n_win
     out = torch.empty(b, height, width, v.shape[-1], device=q.device, dtype=v.dtype)
@@ -292,7 +287,7 @@ def _inverted_routing(idx: torch.Tensor, regions: int):
 
 
 def _backward(q, k, v, idx, out, lse, grad_out, n_win: int, heads: int, scale: float):
-    q, k, v = (_unit_channel_stride(t) for t in (q, k, v))
+    q, k, v = (unit_last_stride(t) for t in (q, k, v))
     grad_out, out = grad_out.contiguous(), out.contiguous()
     b, height, width, c = q.shape
     cv = v.shape[-1]
@@ -357,10 +352,3 @@ if triton is not None:
         return dq, dk, dv, None, None, None, None
 
     bilevel_routing_attention_triton.register_autograd(_autograd_backward, setup_context=_setup_context)
-
-
-def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether the Triton path can run these inputs (CUDA, or the CPU interpreter for tests)."""
-    on_device = q.is_cuda or (interpreting() and q.device.type == "cpu")
-    return (triton is not None and on_device and q.dtype in (torch.float32, torch.float16, torch.bfloat16)
-            and k.dtype == q.dtype and v.dtype == q.dtype)

@@ -16,26 +16,11 @@ The backward recomputes the logits and softmaxes (no saved intermediates besides
 
 ``dk``/``dv`` are scattered with fp32 atomics (several queries share a key).
 """
-import os
 from typing import Tuple
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - triton ships with torch on Linux
-    triton = None
-
-
-def triton_available() -> bool:
-    return triton is not None
-
-
-def interpreting() -> bool:
-    """Whether Triton runs on the CPU interpreter (``TRITON_INTERPRET=1``), for tests without a GPU."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
+from ._triton import tl, triton, unit_last_stride
 
 if triton is not None:
 
@@ -200,11 +185,9 @@ def _launch_cfg(radius: int, head_dim: int) -> Tuple[int, int, int]:
 
 def _kernel_views(q, k, v, centers):
     """Inputs as the kernels read them: unit stride on the last axis, k and v with equal strides."""
-    q = q if q.stride(2) == 1 else q.contiguous()
     if k.stride(2) != 1 or v.stride(2) != 1 or k.stride() != v.stride():
         k, v = k.contiguous(), v.contiguous()
-    centers = centers if centers.stride(3) == 1 else centers.contiguous()
-    return q, k, v, centers
+    return unit_last_stride(q), k, v, unit_last_stride(centers)
 
 
 def _common_args(q, k, centers, H: int, W: int, radius: int, kv_shift: int):

@@ -28,7 +28,8 @@ from typing import Tuple
 
 import torch
 
-from ._bilevel_routing_attention_triton import supported as triton_supported
+from . import _bilevel_routing_attention_triton  # noqa: F401 (registers the custom ops)
+from ._triton import can_run
 from .dispatch import pick
 
 # A FlexAttention block-sparse path was measured and dropped: its 128-token blocks are far larger than
@@ -113,6 +114,11 @@ def _reference(q, k, v, n_win, num_heads, topk, scale):
     return from_regions(out, n_win, height, width)
 
 
+def _triton_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether the Triton kernels can run these inputs (CUDA, or the CPU interpreter for tests)."""
+    return can_run(q, k, v)
+
+
 def _triton(q, k, v, n_win, num_heads, topk, scale):
     idx = route(q, k, n_win, topk, scale)  # (B, R, topk) int64
     out, _ = torch.ops.visionattn.bilevel_routing_attention_triton(q, k, v, idx, n_win, num_heads, scale)
@@ -136,7 +142,7 @@ def bilevel_routing_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         (B, H, W, Cv): per token, attention over the tokens of its region's ``topk`` routed regions.
     """
     topk = _check(q, k, v, n_win, num_heads, topk)
-    impl = pick("bilevel_routing_attention", impl, {"triton": triton_supported(q, k, v), "reference": True})
+    impl = pick("bilevel_routing_attention", impl, {"triton": _triton_supports(q, k, v), "reference": True})
     fn = _triton if impl == "triton" else _reference
     return fn(q, k, v, n_win, num_heads, topk, scale)
 

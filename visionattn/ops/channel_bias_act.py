@@ -13,24 +13,17 @@ Implementations (``impl=``):
 - ``"reference"``: the formula in PyTorch ops (each its own pass), any device/layout. CPU default.
 - ``"triton"``: one elementwise kernel over the (B*H*W, C) rows of a channels_last map (fp32
   math, one rounding at the end), the custom op ``visionattn::channel_bias_act`` with a fake
-  kernel and autograd (backward: the reference's, recomputed). CUDA default for channels_last maps.
+  kernel and autograd (backward: the reference's, recomputed; :mod:`._channel_bias_act_triton`).
+  CUDA default for channels_last maps (CPU under ``TRITON_INTERPRET=1``).
 """
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from . import _channel_bias_act_triton
+from ._triton import can_run, triton
 from .dispatch import pick
-
-try:  # triton is optional: the reference runs everywhere
-    import triton
-    import triton.language as tl
-    from triton import knobs
-
-    _INTERPRET = bool(knobs.runtime.interpret)  # TRITON_INTERPRET=1: CPU tensors run the kernel (tests).
-    # Read once here: kernels are built at import anyway, and torch.compile cannot trace the knob.
-except ImportError:  # pragma: no cover
-    triton, _INTERPRET = None, False
 
 IMPLS = ("triton", "reference")
 
@@ -46,61 +39,13 @@ def channel_bias_act_reference(y: torch.Tensor, bias: torch.Tensor, residual: Op
     return out if residual is None else residual + out
 
 
-if triton is not None:
-    @triton.jit
-    def _channel_bias_act_kernel(y_ptr, bias_ptr, res_ptr, scale_ptr, out_ptr, M, C,
-                                 GELU: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_RES: tl.constexpr,
-                                 BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
-        """One (BLOCK_M rows x BLOCK_C channels) tile of the row-major (M, C) NHWC view."""
-        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-        cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-        cmask = cols < C
-        mask = (rows < M)[:, None] & cmask[None, :]
-        offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
-        z = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        z = z + tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-        if GELU:
-            z = 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
-        if HAS_SCALE:
-            z = z * tl.load(scale_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-        if HAS_RES:
-            z = z + tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(out_ptr + offs, z.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-def _is_nhwc(t: torch.Tensor) -> bool:
-    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
-
-
-@torch.library.custom_op("visionattn::channel_bias_act", mutates_args=())
-def _channel_bias_act_triton(y: torch.Tensor, bias: torch.Tensor, residual: Optional[torch.Tensor],
-                             scale: Optional[torch.Tensor], gelu: bool) -> torch.Tensor:
-    """Channels_last y/residual (B, C, H, W) -> channels_last out of y's dtype."""
-    B, C, H, W = y.shape
-    out = torch.empty_like(y, memory_format=torch.channels_last)
-    M = B * H * W
-    block_c = min(triton.next_power_of_2(C), 128)
-    block_m = max(2048 // block_c, 1) if y.is_cuda else 4  # tiny tiles on the CPU interpreter: masks get tested
-    grid = (triton.cdiv(M, block_m), triton.cdiv(C, block_c))
-    _channel_bias_act_kernel[grid](
-        y, bias.contiguous(), y if residual is None else residual, bias if scale is None else scale.contiguous(),
-        out, M, C, GELU=gelu, HAS_SCALE=scale is not None, HAS_RES=residual is not None,
-        BLOCK_M=block_m, BLOCK_C=block_c)
-    return out
-
-
-@_channel_bias_act_triton.register_fake
-def _(y, bias, residual, scale, gelu):
-    return torch.empty_like(y, memory_format=torch.channels_last)
-
-
 def _setup_context(ctx, inputs, output):
     y, bias, residual, scale, gelu = inputs
     ctx.save_for_backward(y, bias, scale)
     ctx.gelu, ctx.has_residual = gelu, residual is not None
 
 
-def _backward(ctx, grad):
+def _backward_by_reference(ctx, grad):
     y, bias, scale = ctx.saved_tensors
     with torch.enable_grad():  # the reference's gradients, recomputed (this op targets inference)
         y_, bias_ = y.detach().requires_grad_(), bias.detach().requires_grad_()
@@ -112,22 +57,25 @@ def _backward(ctx, grad):
     return grads[0], grads[1], grad if ctx.has_residual else None, g_scale, None
 
 
-_channel_bias_act_triton.register_autograd(_backward, setup_context=_setup_context)
+if triton is not None:  # the Triton custom op differentiates as the reference does
+    _channel_bias_act_triton.channel_bias_act_triton.register_autograd(_backward_by_reference,
+                                                                    setup_context=_setup_context)
 
 
-def _triton_supported(y: torch.Tensor, residual: Optional[torch.Tensor]) -> bool:
-    if triton is None or y.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        return False
-    if not _is_nhwc(y) or (residual is not None and (not _is_nhwc(residual) or residual.dtype != y.dtype)):
-        return False
-    return y.is_cuda or (_INTERPRET and y.device.type == "cpu")
+def _is_nhwc(t: torch.Tensor) -> bool:
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _triton_supports(y: torch.Tensor, residual: Optional[torch.Tensor]) -> bool:
+    """Whether the Triton kernel can run these inputs: channels_last y (and residual, of y's dtype)."""
+    return can_run(y, residual) and _is_nhwc(y) and (residual is None or _is_nhwc(residual))
 
 
 def resolve_impl(y: torch.Tensor, residual: Optional[torch.Tensor] = None, impl: str = "auto") -> str:
     """The implementation :func:`channel_bias_act` would run for these inputs (callers that only
     restructure their graph for the one-pass kernel ask first: on the reference path a conv with its
     own bias is as good)."""
-    return pick("channel_bias_act", impl, {"triton": _triton_supported(y, residual), "reference": True})
+    return pick("channel_bias_act", impl, {"triton": _triton_supports(y, residual), "reference": True})
 
 
 def channel_bias_act(y: torch.Tensor, bias: torch.Tensor, residual: Optional[torch.Tensor] = None,
@@ -150,7 +98,7 @@ def channel_bias_act(y: torch.Tensor, bias: torch.Tensor, residual: Optional[tor
                          f"{None if scale is None else tuple(scale.shape)}, residual "
                          f"{None if residual is None else tuple(residual.shape)}")
     if resolve_impl(y, residual, impl) == "triton":
-        return _channel_bias_act_triton(y, bias, residual, scale, gelu)
+        return torch.ops.visionattn.channel_bias_act(y, bias, residual, scale, gelu)
     return channel_bias_act_reference(y, bias, residual, scale, gelu)
 
 

@@ -15,13 +15,16 @@ pixel position (clamped so the window stays inside the ``H x W`` map). With ``m 
   the centre (through the bilinear weights only);
 * output ``o_i = sum_j A_ij v_j``.
 
-Implementations: ``"triton"`` (CUDA, forward and backward, fp32/fp16/bf16) and ``"reference"``
-(readable PyTorch, any device). ``impl="auto"`` takes the first one that supports the inputs.
+Implementations: ``"triton"`` (CUDA, forward and backward, fp32/fp16/bf16; CPU under
+``TRITON_INTERPRET=1``; :mod:`._match_attention_triton`) and ``"reference"`` (readable PyTorch,
+any device). ``impl="auto"`` takes the first one that supports the inputs.
 """
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
+from . import _match_attention_triton  # noqa: F401 (registers the custom ops)
+from ._triton import can_run, interpreting, triton_available  # noqa: F401 (the last two re-exported)
 from .dispatch import pick
 
 IMPLS = ("triton", "reference")
@@ -121,6 +124,11 @@ def _check(q, k, v, centers, size, radius):
                          f"radius {radius}; use a smaller radius or a larger input")
 
 
+def _triton_supports(q, k, v, centers) -> bool:
+    """Whether the Triton kernels can run these inputs (CUDA, or the CPU interpreter for tests)."""
+    return can_run(q, k, v)
+
+
 def match_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, centers: torch.Tensor,
                     size: Sequence[int], radius: int, scale: Optional[float] = None,
                     return_attn: bool = False, impl: str = "auto", kv_batch_shift: int = 0
@@ -178,13 +186,3 @@ def example_inputs(device="cpu", dtype=torch.float32, batch: int = 2, height: in
     centers = grid + 4 * torch.randn(batch, N, heads, 2, generator=g)
     return dict(q=q, k=k, v=v, centers=centers.to(device), size=(height, width), radius=radius,
                 return_attn=True)
-
-
-# --- Triton fast path ------------------------------------------------------------------------
-from ._match_attention_triton import interpreting, triton_available  # noqa: E402
-
-
-def _triton_supports(q, k, v, centers) -> bool:
-    on_device = q.is_cuda or (interpreting() and q.device.type == "cpu")  # CPU: Triton interpreter (tests)
-    return (triton_available() and on_device and q.dtype in (torch.float32, torch.float16, torch.bfloat16)
-            and k.dtype == q.dtype and v.dtype == q.dtype)

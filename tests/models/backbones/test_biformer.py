@@ -213,3 +213,28 @@ def test_params_and_flops_match_the_paper(name):
     with torch.no_grad(), use_impl("reference"), FlopCounterMode(display=False) as counter:
         model(torch.randn(1, 3, 224, 224))
     assert counter.get_total_flops() / 2 == pytest.approx(PAPER_FLOPS[name], rel=0.015)
+
+
+def test_group_matcher_and_grad_checkpointing_follow_timm():
+    from timm.models import group_parameters
+
+    model = timm.create_model("biformer_tiny", num_classes=10)
+    groups = group_parameters(model, model.group_matcher(coarse=False))
+    names = [n for _, group in sorted(groups.items()) for n in group]
+    assert names[0].startswith("stem.")  # the stem is group 0; every parameter is grouped once
+    assert sorted(names) == sorted(n for n, _ in model.named_parameters())
+    coarse = group_parameters(model, model.group_matcher(coarse=True))
+    assert len(coarse) == 1 + 4 + 1  # stem, four stages, the classifier left over
+
+    x = torch.randn(2, 3, 64, 64)
+    model.train()
+    torch.manual_seed(0)
+    model(x).sum().backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    assert all(stage.grad_checkpointing for stage in model.stages)
+    torch.manual_seed(0)
+    model(x).sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, plain[n], rtol=1e-4, atol=1e-5, msg=n)

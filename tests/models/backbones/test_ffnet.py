@@ -353,7 +353,7 @@ def test_create_model_checkpoint_into_features_only_keeps_dense_norms_at_init(tm
 
 
 def test_copy_into_features_refuses_a_missing_tensor_of_an_existing_module():
-    from visionattn.factory import copy_into_features
+    from visionattn.hub import copy_into_features
 
     full = FFNet(**TINY)
     feats = timm.create_model("ffnet_1", features_only=True, **{k: v for k, v in TINY.items() if k != "num_classes"})

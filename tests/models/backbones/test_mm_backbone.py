@@ -1,4 +1,6 @@
 """VisionAttnBackbone: any timm/visionattn backbone as an mmdet/mmseg backbone."""
+from unittest import mock
+
 import pytest
 import timm
 import torch
@@ -77,25 +79,44 @@ def test_norm_eval_freezes_batchnorm_statistics():
 
 
 def test_layer_ids_follow_stages_and_blocks():
+    """Stage and block come from the network's timm group_matcher (ConvNeXt rule on top)."""
     net = _tiny(out_norm="layernorm2d")
     ids = {n: net.layer_id(n, num_layers=12) for n, _ in net.named_parameters()}
     assert ids["body.stem_0.weight"] == 0
     assert net.layer_id("body.stem_0.weight", 12, rule="ffnet") == 13
     assert ids["body.stages_0.blocks.0.conv_dw.weight"] == 1
+    assert ids["body.stages_1.downsample.1.weight"] == 2
     assert ids["body.stages_1.blocks.0.conv_dw.weight"] == 2
     assert ids["body.stages_3.blocks.0.conv_dw.weight"] == 12
     assert ids["out_norms.0.weight"] == 13
-    # Stage 2 advances one layer every 3 blocks (ConvNeXt rule); official layouts use stages.2.N directly.
-    assert net.layer_id("body.stages.2.7.mlp.fc1.weight", 12) == 5
-    assert net.layer_id("body.downsample_layers.2.0.weight", 12) == 3
-    assert net.layer_id("body.patch_embed.0.c.weight", 12) == 0
-    # FFNet's official grouping: patch merging is block 0 of its stage, so block j counts as j + 1.
-    assert net.layer_id("body.model.stages.2.downsample.proj.weight", 12, rule="ffnet") == 3
-    assert net.layer_id("body.model.stages.2.blocks.1.mlp.weight", 12, rule="ffnet") == 3
-    assert net.layer_id("body.model.stages.2.blocks.2.mlp.weight", 12, rule="ffnet") == 4
-    assert net.layer_id("body.model.stages.2.blocks.2.mlp.weight", 12) == 3
     with pytest.raises(ValueError, match="rule"):
         net.layer_id("body.stem_0.weight", 12, rule="swin")
+
+
+def test_layer_ids_of_a_deep_stage_and_the_ffnet_rule():
+    # BiFormer-T: stage 2 has 8 blocks; it advances one layer every 3 blocks (ConvNeXt rule).
+    net = VisionAttnBackbone("biformer_tiny")
+    assert net.layer_id("body.stages_2.downsample.0.weight", 12) == 3
+    assert net.layer_id("body.stages_2.blocks.7.mlp.fc1.weight", 12) == 5
+    # FFNet's official grouping: patch merging is block 0 of its stage, so block j counts as j + 1.
+    assert net.layer_id("body.stages_2.downsample.0.weight", 12, rule="ffnet") == 3
+    assert net.layer_id("body.stages_2.blocks.1.mlp.fc1.weight", 12, rule="ffnet") == 3
+    assert net.layer_id("body.stages_2.blocks.2.mlp.fc1.weight", 12, rule="ffnet") == 4
+    assert net.layer_id("body.stages_2.blocks.2.mlp.fc1.weight", 12) == 3
+    # ViTs: one ordinal per block
+    vit = VisionAttnBackbone("vit_small_patch16_224_gqa", out_indices=(11,))
+    assert vit.layer_id("body.model.patch_embed.proj.weight", 12) == 0
+    assert vit.layer_id("body.model.blocks.4.attn.qkv.weight", 12) == 5
+
+
+def test_layer_ids_need_a_group_matcher():
+    net = VisionAttnBackbone("test_resnet")
+    assert net.layer_id("body.conv1.0.weight", 12) == 0  # timm's ResNet matcher: stem
+    net.model_name = "no_matcher"
+    net._matcher = None
+    with mock.patch("visionattn.engine.mm_backbone.create_model", return_value=torch.nn.Linear(2, 2)):
+        with pytest.raises(ValueError, match="group_matcher"):
+            net.layer_id("body.conv1.0.weight", 12)
 
 
 @pytest.mark.parametrize("name,model_kwargs,feature_kwargs", [

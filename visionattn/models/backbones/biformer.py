@@ -27,11 +27,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm2d, Mlp, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from ...hub import extract_state_dict
 from ...registry import register_converter
+from .stage_classifier import StageClassifier
 from ...ops.bilevel_routing_attention import bilevel_routing_attention
 
 __all__ = ["BiFormer", "BiLevelRoutingAttention", "checkpoint_filter_fn"]
@@ -128,12 +129,16 @@ class BiFormerStage(nn.Module):
             else nn.Identity()
         self.blocks = nn.Sequential(*[
             BiFormerBlock(dim, num_heads, topk, n_win, mlp_ratio, drop_path[j], attn_impl) for j in range(depth)])
+        self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.downsample(x))
+        x = self.downsample(x)
+        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
 
 
-class BiFormer(nn.Module):
+class BiFormer(StageClassifier):
     """BiFormer classifier / backbone. Input (B, 3, H, W) -> logits (B, num_classes).
 
     Args:
@@ -178,16 +183,6 @@ class BiFormer(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
                               norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
                               intermediates_only: bool = False):
@@ -224,15 +219,6 @@ class BiFormer(nn.Module):
         The trunk runs channels_last: the convolutions then produce NHWC memory, so the blocks'
         NCHW <-> NHWC permutes are free views instead of copies."""
         return self.norm(self.stages(self.stem(x.contiguous(memory_format=torch.channels_last))))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == "avg":
-            x = x.mean((2, 3))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # --- official checkpoints ----------------------------------------------------------------------

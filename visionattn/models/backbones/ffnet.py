@@ -46,8 +46,9 @@ from timm.models._features import feature_take_indices
 
 from ...hub import extract_state_dict
 from ...registry import register_converter
-from visionattn.models.derived_tensor import DerivedTensor
-from visionattn.ops import channel_bias_act as cba
+from .stage_classifier import StageClassifier
+from ..derived_tensor import DerivedTensor
+from ...ops import channel_bias_act as cba
 
 __all__ = ["FFNet", "MetaMixer", "ConvBN", "RepDWConv", "BNConvSkip", "PatchMerging", "FFNetBlock", "PointwiseConv",
            "ConvFFN"]
@@ -349,7 +350,7 @@ class FFNetStage(nn.Module):
         return self.blocks(x)
 
 
-class FFNet(nn.Module):
+class FFNet(StageClassifier):
     """FFNet classifier / backbone. Input (B, 3, H, W); features at strides 4, 8, 16, 32.
 
     Args:
@@ -421,32 +422,6 @@ class FFNet(nn.Module):
 
     reparameterize = fuse
 
-    # -- timm interface
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict:
-        return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else [
-            (r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-            (r"^norm", (99999,))])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for s in self.stages:
-            s.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, reset_other: bool = False):
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"FFNet: global_pool {global_pool!r} is not supported; use 'avg' or ''")
-            self.global_pool = global_pool
-        if reset_other:
-            self.norm = nn.Identity()
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
                               norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
                               intermediates_only: bool = False):
@@ -478,16 +453,6 @@ class FFNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, C_3, H/32, W/32) after the final BatchNorm."""
         return self.norm(self.stages(self.stem(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == "avg":
-            x = x.mean((2, 3))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> logits (B, num_classes)."""
-        return self.forward_head(self.forward_features(x))
 
 
 # --- official checkpoints ---------------------------------------------------------------------
@@ -560,14 +525,14 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Modul
 
 
 @register_converter("ffnet")
-def convert_ffnet(checkpoint: Mapping, model: nn.Module, ema: bool = False) -> Dict[str, torch.Tensor]:
+def convert_official(checkpoint: Mapping, model: nn.Module, ema: bool = False) -> Dict[str, torch.Tensor]:
     """Official ``.pth.tar`` (``state_dict`` and ``state_dict_ema``) or raw dict -> our keys.
 
     ``ema=True`` takes ``state_dict_ema`` (the EMA 0.9995 weights the trainer also evaluates).
     """
     if ema:
         if "state_dict_ema" not in checkpoint:
-            raise RuntimeError("convert_ffnet(ema=True): the checkpoint has no 'state_dict_ema' "
+            raise RuntimeError("convert_official(ema=True): the checkpoint has no 'state_dict_ema' "
                                f"(top-level keys: {sorted(checkpoint)[:10]}); pass ema=False")
         state_dict = dict(checkpoint["state_dict_ema"])
     else:

@@ -15,7 +15,7 @@ attention differs:
 The attention projection is one fused ``qkv`` Linear of ``(H + 2G) * head_dim`` rows
 (queries, then G keys, then G values); with G = H it is exactly timm's ``Attention``, so timm
 ViT checkpoints load as they are into the ``_mha`` models and through
-:func:`visionattn.models.convert_mha_to_gqa` (mean-pooled K/V) into the others.
+:func:`convert_mha_to_gqa` (mean-pooled K/V) into the others.
 
 Fixes of the official code (``faithful=True`` restores its behaviour where it differs):
 allocations never give a KV head zero queries (``min_queries_per_kv``, default 1); tied norms
@@ -26,7 +26,8 @@ changing state; PGQA adds noise only while training. The fixed path has no host 
 data-dependent shapes (one SDPA call per layer).
 """
 from functools import partial
-from typing import Dict, Optional
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -35,12 +36,12 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.vision_transformer import Block, VisionTransformer
 from timm.models.vision_transformer import checkpoint_filter_fn as timm_checkpoint_filter_fn
 
-from ...hub import extract_state_dict
+from ...hub import extract_state_dict, read_checkpoint
 from ...registry import register_converter
 from ...ops.grouped_query_attention import grouped_query_attention, kv_head_index
 
 __all__ = ["GroupedQueryAttention", "KeyDrivenGQA", "DynamicGQA", "PerturbedGQA", "allocate_queries",
-           "key_head_norms", "checkpoint_filter_fn", "ATTENTIONS"]
+           "key_head_norms", "checkpoint_filter_fn", "convert_mha_to_gqa", "convert_official", "ATTENTIONS"]
 
 
 # --- query allocation -------------------------------------------------------------------------
@@ -345,10 +346,67 @@ def _fill_state_buffers(state_dict: Dict[str, torch.Tensor], model: nn.Module) -
     return state_dict
 
 
+Source = Union[nn.Module, Mapping[str, torch.Tensor], str, Path]
+
+
+def _pool_heads(w: torch.Tensor, num_heads: int, num_kv_heads: int) -> torch.Tensor:
+    """(H * d, ...) -> (G * d, ...): mean over each block of H / G consecutive heads."""
+    d = w.shape[0] // num_heads
+    return w.reshape(num_kv_heads, num_heads // num_kv_heads, d, *w.shape[1:]).mean(1).reshape(
+        num_kv_heads * d, *w.shape[1:])
+
+
+def convert_mha_to_gqa(model_or_state_dict: Source, num_kv_heads: int,
+                       num_heads: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    """A timm ViT (fused ``attn.qkv``) state dict -> the weights of a ``vit_*_{gqa,kdgqa,dgqa,pgqa}`` model.
+
+    Queries are copied; keys and values (weights and biases) are averaged over each contiguous
+    group of ``H / G`` heads; every other entry (patch embedding, norms incl. the final ``norm``,
+    MLPs, head) is kept as is. With ``num_kv_heads == H`` the result is the input.
+
+    Args:
+        model_or_state_dict: a timm ``VisionTransformer``, its state dict, or a checkpoint file.
+        num_kv_heads: G, must divide the number of heads.
+        num_heads: H; read from the model when given one, else ``dim // 64`` (timm ViT head size).
+    Returns:
+        a new state dict (tensors for the pooled K/V, the others shared with the input). DGQA
+        models also need their state buffers: load with ``visionattn.hub.load_checkpoint(model,
+        state_dict, family='gqa_vit')``, which adds them.
+    """
+    if isinstance(model_or_state_dict, nn.Module):
+        attn = getattr(model_or_state_dict, "blocks")[0].attn
+        num_heads = num_heads or attn.num_heads
+        state_dict = model_or_state_dict.state_dict()
+    elif isinstance(model_or_state_dict, (str, Path)):
+        state_dict = extract_state_dict(read_checkpoint(model_or_state_dict))
+    else:
+        state_dict = extract_state_dict(model_or_state_dict)
+    qkv_keys = [k for k in state_dict if k.endswith("attn.qkv.weight")]
+    if not qkv_keys:
+        raise ValueError("convert_mha_to_gqa: no 'attn.qkv.weight' entries; expected a timm ViT state dict "
+                         f"(first keys: {list(state_dict)[:5]})")
+    out = dict(state_dict)
+    for key in qkv_keys:
+        weight = state_dict[key]
+        dim = weight.shape[1]
+        if weight.shape[0] != 3 * dim:
+            raise ValueError(f"convert_mha_to_gqa: {key} has shape {tuple(weight.shape)}, not (3 * dim, dim): "
+                             f"the source is not a multi-head attention ViT")
+        heads = num_heads or dim // 64
+        if dim % heads or heads % num_kv_heads or num_kv_heads < 1:
+            raise ValueError(f"convert_mha_to_gqa: num_kv_heads={num_kv_heads} must divide num_heads={heads} "
+                             f"(dim {dim}); pass num_heads if the head size is not 64")
+        for leaf in ("weight", "bias"):
+            name = key[: -len("weight")] + leaf
+            if name not in state_dict:
+                continue
+            q, k, v = state_dict[name].chunk(3, dim=0)
+            out[name] = torch.cat([q, _pool_heads(k, heads, num_kv_heads), _pool_heads(v, heads, num_kv_heads)])
+    return out
+
+
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: VisionTransformer) -> Dict[str, torch.Tensor]:
     """timm ViT (MHA, fused qkv) weights -> this model: K/V mean-pooled to the model's KV heads."""
-    from ..mha_to_gqa import convert_mha_to_gqa
-
     state_dict = timm_checkpoint_filter_fn(state_dict, model)
     attn = _attn_layers(model)
     if attn and attn[0].num_kv_heads != attn[0].num_heads and any(k.endswith("attn.qkv.weight") for k in state_dict):
@@ -428,18 +486,91 @@ def _create(size: str, attn: str, pretrained: bool = False, **kwargs) -> VisionT
     )
 
 
-def _register(size: str, attn: str) -> None:
-    def entry(pretrained: bool = False, **kwargs) -> VisionTransformer:
-        return _create(size, attn, pretrained, **kwargs)
-
-    entry.__name__ = f"vit_{size}_patch16_224_{attn}"
-    entry.__qualname__ = entry.__name__
-    kv_heads = _ARCH[size]["num_heads"] if attn == "mha" else _DEFAULT_KV_HEADS[size]
-    entry.__doc__ = f"ViT-{size[0].upper()}/16 at 224 with {attn.upper()} attention (num_kv_heads default {kv_heads})."
-    entry.__module__ = __name__
-    globals()[entry.__name__] = register_model(entry)
+@register_model
+def vit_small_patch16_224_mha(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-S/16 at 224 with MHA attention (num_kv_heads default 6)."""
+    return _create("small", "mha", pretrained, **kwargs)
 
 
-for _size in _ARCH:
-    for _attn in ATTENTIONS:
-        _register(_size, _attn)
+@register_model
+def vit_small_patch16_224_gqa(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-S/16 at 224 with GQA attention (num_kv_heads default 3)."""
+    return _create("small", "gqa", pretrained, **kwargs)
+
+
+@register_model
+def vit_small_patch16_224_kdgqa(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-S/16 at 224 with KDGQA attention (num_kv_heads default 3)."""
+    return _create("small", "kdgqa", pretrained, **kwargs)
+
+
+@register_model
+def vit_small_patch16_224_dgqa(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-S/16 at 224 with DGQA attention (num_kv_heads default 3)."""
+    return _create("small", "dgqa", pretrained, **kwargs)
+
+
+@register_model
+def vit_small_patch16_224_pgqa(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-S/16 at 224 with PGQA attention (num_kv_heads default 3)."""
+    return _create("small", "pgqa", pretrained, **kwargs)
+
+
+@register_model
+def vit_base_patch16_224_mha(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-B/16 at 224 with MHA attention (num_kv_heads default 12)."""
+    return _create("base", "mha", pretrained, **kwargs)
+
+
+@register_model
+def vit_base_patch16_224_gqa(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-B/16 at 224 with GQA attention (num_kv_heads default 6)."""
+    return _create("base", "gqa", pretrained, **kwargs)
+
+
+@register_model
+def vit_base_patch16_224_kdgqa(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-B/16 at 224 with KDGQA attention (num_kv_heads default 6)."""
+    return _create("base", "kdgqa", pretrained, **kwargs)
+
+
+@register_model
+def vit_base_patch16_224_dgqa(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-B/16 at 224 with DGQA attention (num_kv_heads default 6)."""
+    return _create("base", "dgqa", pretrained, **kwargs)
+
+
+@register_model
+def vit_base_patch16_224_pgqa(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-B/16 at 224 with PGQA attention (num_kv_heads default 6)."""
+    return _create("base", "pgqa", pretrained, **kwargs)
+
+
+@register_model
+def vit_large_patch16_224_mha(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-L/16 at 224 with MHA attention (num_kv_heads default 16)."""
+    return _create("large", "mha", pretrained, **kwargs)
+
+
+@register_model
+def vit_large_patch16_224_gqa(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-L/16 at 224 with GQA attention (num_kv_heads default 4)."""
+    return _create("large", "gqa", pretrained, **kwargs)
+
+
+@register_model
+def vit_large_patch16_224_kdgqa(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-L/16 at 224 with KDGQA attention (num_kv_heads default 4)."""
+    return _create("large", "kdgqa", pretrained, **kwargs)
+
+
+@register_model
+def vit_large_patch16_224_dgqa(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-L/16 at 224 with DGQA attention (num_kv_heads default 4)."""
+    return _create("large", "dgqa", pretrained, **kwargs)
+
+
+@register_model
+def vit_large_patch16_224_pgqa(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-L/16 at 224 with PGQA attention (num_kv_heads default 4)."""
+    return _create("large", "pgqa", pretrained, **kwargs)

@@ -1,0 +1,64 @@
+"""What the Triton kernels of every op share: the guarded import and whether a kernel can run.
+
+Triton is optional (it ships with PyTorch on Linux): without it ``triton`` and ``tl`` are ``None``,
+the kernel modules ``_<op>_triton.py`` define nothing, and every op runs its reference.
+
+On a machine without a GPU the kernels run on CPU tensors under Triton's interpreter
+(``TRITON_INTERPRET=1``, set before Python starts), which is how the tests check them.
+"""
+import os
+from typing import Optional, Tuple
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - triton ships with torch on Linux
+    triton = tl = None
+
+
+def _read_interpret_flag() -> bool:
+    if triton is None:
+        return False
+    try:
+        from triton import knobs
+    except ImportError:  # pragma: no cover - older triton reads the variable itself, this way
+        return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return bool(knobs.runtime.interpret)
+
+
+# Read once: Triton decides when a kernel is defined (at import) whether it runs interpreted, and
+# torch.compile traces a module constant where it could not trace the knob.
+_INTERPRET = _read_interpret_flag()
+
+FLOAT_DTYPES: Tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def triton_available() -> bool:
+    return triton is not None
+
+
+def interpreting() -> bool:
+    """Whether Triton runs on the CPU interpreter (``TRITON_INTERPRET=1``), for tests without a GPU."""
+    return _INTERPRET
+
+
+def can_run(x: torch.Tensor, *others: Optional[torch.Tensor], dtypes: Tuple[torch.dtype, ...] = FLOAT_DTYPES
+            ) -> bool:
+    """Whether a Triton kernel can take ``x``: Triton installed, ``x`` on CUDA (or on the CPU under
+    the interpreter), ``x.dtype`` in ``dtypes``, and every tensor of ``others`` (``None`` skipped)
+    of ``x``'s dtype. Each op's ``_triton_supports`` adds its own shape and layout conditions."""
+    on_device = x.is_cuda or (_INTERPRET and x.device.type == "cpu")
+    if triton is None or not on_device or x.dtype not in dtypes:
+        return False
+    for t in others:
+        if t is not None and t.dtype != x.dtype:
+            return False
+    return True
+
+
+def unit_last_stride(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when its last axis has unit stride (any other strides: kernels read views of a
+    fused projection in place), else a contiguous copy."""
+    return t if t.stride(-1) == 1 else t.contiguous()

@@ -1,0 +1,276 @@
+"""Triton kernels of Bi-WKV (forward and backward), registered as ``torch.ops.visionattn.bi_wkv``.
+
+Both passes are built from one causal scan, run forwards and backwards over the sequence: for
+sources ``s`` it computes ``sum_{i<t} e^{-(t-1-i) w + x_i} s_i`` with a log-scale per position, so
+it is exact for any ``w``/``k`` range (no denominator epsilon, no chunk-boundary approximation).
+Long sequences are split into segments that scan in parallel and then exchange carries.
+"""
+from typing import Tuple
+
+import torch
+
+from ._triton import tl, triton
+
+NEG = -1.0e30  # "log of zero" that stays finite (so exp(NEG - NEG) = 1 times a zero value, not NaN)
+
+
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype Bi-WKV computes in (kernels and reference): float64 for float64 inputs, else float32."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+if triton is not None:
+    _NEG_TL = tl.constexpr(NEG)
+
+    @triton.jit
+    def _combine3(m1, a1, b1, m2, a2, b2):
+        m = tl.maximum(m1, m2)
+        e1 = tl.exp(m1 - m)
+        e2 = tl.exp(m2 - m)
+        return m, a1 * e1 + a2 * e2, b1 * e1 + b2 * e2
+
+    @triton.jit
+    def _combine5(m1, a1, b1, c1, d1, m2, a2, b2, c2, d2):
+        m = tl.maximum(m1, m2)
+        e1 = tl.exp(m1 - m)
+        e2 = tl.exp(m2 - m)
+        return m, a1 * e1 + a2 * e2, b1 * e1 + b2 * e2, c1 * e1 + c2 * e2, d1 * e1 + d2 * e2
+
+    @triton.jit
+    def _causal_scan_kernel(x_ptr, v1_ptr, v2_ptr, w_ptr, o1_ptr, o2_ptr, od1_ptr, od2_ptr, rho_ptr,
+                            state_ptr, T, C, SEG_LEN, NSEG,
+                            REVERSE: tl.constexpr, V2_ONES: tl.constexpr, DIST: tl.constexpr,
+                            SUMMARY: tl.constexpr, HAS_CARRY: tl.constexpr,
+                            BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+        """For s in {v1, v2}: S_t = sum_{i<t} e^{-(t-1-i) w + x_i} s_i = o_t * e^{rho_t} (in scan order),
+        and with DIST also sum_{i<t} (t-1-i) e^{...} s_i = od_t * e^{rho_t}.
+
+        One program per (batch, channel block, segment of SEG_LEN tokens) walks its segment in
+        chunks of BLOCK_T. A chunk loads the sources shifted by one (i = t - 1), so an inclusive
+        log-sum-exp scan over the chunk gives the exclusive sums; the carry is the result at the
+        chunk's last position. Segments run in parallel: a SUMMARY pass (zero carry) stores each
+        segment's final state in ``state_ptr`` (5, B, NSEG, C) = (p, s1, s2, sd1, sd2); after
+        :func:`_segment_carry_kernel` turned those into incoming carries, the HAS_CARRY pass starts
+        every segment from its carry and stores the outputs.
+        """
+        b = tl.program_id(0)
+        g = tl.program_id(2)
+        cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = cs < C
+        w = tl.load(w_ptr + cs, mask=cmask, other=0.0)
+        dt = w.dtype
+        base = b.to(tl.int64) * T * C
+        j = tl.arange(0, BLOCK_T)
+        jf = j.to(dt)
+        # carry: sums for position t0 - 1 of the current chunk, log-scale p
+        plane = NSEG * C * tl.num_programs(0)  # one (B, NSEG, C) plane of state_ptr
+        soff_state = (b.to(tl.int64) * NSEG + g) * C + cs
+        if HAS_CARRY:
+            p = tl.load(state_ptr + soff_state, mask=cmask, other=_NEG_TL).to(dt)
+            s1 = tl.load(state_ptr + plane + soff_state, mask=cmask, other=0.0).to(dt)
+            s2 = tl.load(state_ptr + 2 * plane + soff_state, mask=cmask, other=0.0).to(dt)
+            sd1 = tl.load(state_ptr + 3 * plane + soff_state, mask=cmask, other=0.0).to(dt)
+            sd2 = tl.load(state_ptr + 4 * plane + soff_state, mask=cmask, other=0.0).to(dt)
+        else:
+            p = tl.full([BLOCK_C], _NEG_TL, dt)
+            s1 = tl.zeros([BLOCK_C], dt)
+            s2 = tl.zeros([BLOCK_C], dt)
+            sd1 = tl.zeros([BLOCK_C], dt)
+            sd2 = tl.zeros([BLOCK_C], dt)
+        seg_start = g * SEG_LEN
+        seg_end = tl.minimum(seg_start + SEG_LEN, T)
+        for t0 in range(seg_start, seg_end, BLOCK_T):
+            tt = t0 + j
+            src = tt - 1
+            if REVERSE:
+                rows_out = T - 1 - tt
+                rows_src = T - 1 - src
+            else:
+                rows_out = tt
+                rows_src = src
+            smask = ((src >= 0) & (src < T))[:, None] & cmask[None, :]
+            omask = (tt < seg_end)[:, None] & cmask[None, :]
+            soff = base + rows_src.to(tl.int64)[:, None] * C + cs[None, :]
+            x = tl.load(x_ptr + soff, mask=smask, other=_NEG_TL).to(dt)
+            z = x + (jf - 1.0)[:, None] * w[None, :]
+            # element j stands for value * e^{z_j}; the scan keeps a per-position log-scale m
+            m0 = tl.where(smask, z, _NEG_TL)
+            a = tl.load(v1_ptr + soff, mask=smask, other=0.0).to(dt)
+            if V2_ONES:
+                bb = tl.where(smask, 1.0, 0.0).to(dt)
+            else:
+                bb = tl.load(v2_ptr + soff, mask=smask, other=0.0).to(dt)
+            if DIST:
+                m, a, bb, c, d = tl.associative_scan((m0, a, bb, a * jf[:, None], bb * jf[:, None]), 0, _combine5)
+            else:
+                m, a, bb = tl.associative_scan((m0, a, bb), 0, _combine3)
+            # local sums use exponent m - (tau-1) w, the carry e^{p - (tau+1) w}
+            ll = m - (jf - 1.0)[:, None] * w[None, :]
+            lc = p[None, :] - (jf + 1.0)[:, None] * w[None, :]
+            rho = tl.maximum(ll, lc)
+            el = tl.exp(ll - rho)
+            ec = tl.exp(lc - rho)
+            o1 = a * el + s1[None, :] * ec
+            o2 = bb * el + s2[None, :] * ec
+            ooff = base + rows_out.to(tl.int64)[:, None] * C + cs[None, :]
+            if not SUMMARY:
+                tl.store(o1_ptr + ooff, o1, mask=omask)
+                tl.store(o2_ptr + ooff, o2, mask=omask)
+                tl.store(rho_ptr + ooff, rho, mask=omask)
+            last = (j == BLOCK_T - 1)[:, None]
+            if DIST:
+                tau = jf[:, None]
+                od1 = (tau * a - c) * el + (sd1[None, :] + (tau + 1.0) * s1[None, :]) * ec
+                od2 = (tau * bb - d) * el + (sd2[None, :] + (tau + 1.0) * s2[None, :]) * ec
+                if not SUMMARY:
+                    tl.store(od1_ptr + ooff, od1, mask=omask)
+                    tl.store(od2_ptr + ooff, od2, mask=omask)
+                sd1 = tl.sum(tl.where(last, od1, 0.0), axis=0)
+                sd2 = tl.sum(tl.where(last, od2, 0.0), axis=0)
+            s1 = tl.sum(tl.where(last, o1, 0.0), axis=0)
+            s2 = tl.sum(tl.where(last, o2, 0.0), axis=0)
+            p = tl.sum(tl.where(last, rho, 0.0), axis=0)
+        if SUMMARY:  # state at the segment's last position (full chunks: SEG_LEN is a multiple of BLOCK_T)
+            tl.store(state_ptr + soff_state, p, mask=cmask)
+            tl.store(state_ptr + plane + soff_state, s1, mask=cmask)
+            tl.store(state_ptr + 2 * plane + soff_state, s2, mask=cmask)
+            tl.store(state_ptr + 3 * plane + soff_state, sd1, mask=cmask)
+            tl.store(state_ptr + 4 * plane + soff_state, sd2, mask=cmask)
+
+    @triton.jit
+    def _segment_carry_kernel(state_ptr, w_ptr, C, SEG_LEN, NSEG, BLOCK_C: tl.constexpr):
+        """In place over (5, B, NSEG, C): segment summaries -> incoming carries.
+
+        carry_0 = 0; carry_{g+1} = summary_g + e^{-SEG_LEN w} carry_g (each at the last position of
+        segment g); the distance-weighted sums also gain SEG_LEN * carry_g.
+        """
+        b = tl.program_id(0)
+        cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = cs < C
+        w = tl.load(w_ptr + cs, mask=cmask, other=0.0)
+        dt = w.dtype
+        seg = SEG_LEN * 1.0
+        plane = NSEG * C * tl.num_programs(0)
+        p = tl.full([BLOCK_C], _NEG_TL, dt)
+        s1 = tl.zeros([BLOCK_C], dt)
+        s2 = tl.zeros([BLOCK_C], dt)
+        sd1 = tl.zeros([BLOCK_C], dt)
+        sd2 = tl.zeros([BLOCK_C], dt)
+        for g in range(0, NSEG):
+            off = (b.to(tl.int64) * NSEG + g) * C + cs
+            lp = tl.load(state_ptr + off, mask=cmask, other=_NEG_TL).to(dt)
+            l1 = tl.load(state_ptr + plane + off, mask=cmask, other=0.0).to(dt)
+            l2 = tl.load(state_ptr + 2 * plane + off, mask=cmask, other=0.0).to(dt)
+            ld1 = tl.load(state_ptr + 3 * plane + off, mask=cmask, other=0.0).to(dt)
+            ld2 = tl.load(state_ptr + 4 * plane + off, mask=cmask, other=0.0).to(dt)
+            tl.store(state_ptr + off, p, mask=cmask)
+            tl.store(state_ptr + plane + off, s1, mask=cmask)
+            tl.store(state_ptr + 2 * plane + off, s2, mask=cmask)
+            tl.store(state_ptr + 3 * plane + off, sd1, mask=cmask)
+            tl.store(state_ptr + 4 * plane + off, sd2, mask=cmask)
+            dp = p - seg * w
+            np_ = tl.maximum(lp, dp)
+            el = tl.exp(lp - np_)
+            ed = tl.exp(dp - np_)
+            sd1 = ld1 * el + (sd1 + seg * s1) * ed
+            sd2 = ld2 * el + (sd2 + seg * s2) * ed
+            s1 = l1 * el + s1 * ed
+            s2 = l2 * el + s2 * ed
+            p = np_
+
+
+_FORCE_SEG_LEN = None  # tests set it to exercise segment carries on tiny sequences
+
+
+def _scan(x, v1, v2, w, reverse: bool, dist: bool):
+    """Launch the causal scan over (B, T, C) (anti-causal when ``reverse``); returns (o1, o2, rho[, od1, od2])."""
+    B, T, C = x.shape
+    o1, o2, rho = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
+    od1, od2 = (torch.empty_like(x), torch.empty_like(x)) if dist else (o1, o2)
+    block_c = 16 if C <= 64 else 32
+    block_t = (64 if dist else 128) if x.is_cuda else 8  # tiny chunks on the CPU interpreter: carries get tested
+    n_cb = triton.cdiv(C, block_c)
+    # split T into segments so that enough programs run in parallel (each walks its segment)
+    if _FORCE_SEG_LEN is not None:
+        seg_len = _FORCE_SEG_LEN
+    else:
+        nseg = max(1, min(triton.cdiv(1024, B * n_cb), T // (4 * block_t)))
+        seg_len = triton.cdiv(triton.cdiv(T, nseg), block_t) * block_t
+    nseg = triton.cdiv(T, seg_len)
+    v2_arg = x if v2 is None else v2
+    flags = dict(REVERSE=reverse, V2_ONES=v2 is None, DIST=dist, BLOCK_T=block_t, BLOCK_C=block_c)
+    state = x.new_empty(5, B, nseg, C) if nseg > 1 else x.new_empty(1)
+    if nseg > 1:
+        _causal_scan_kernel[(B, n_cb, nseg)](x, v1, v2_arg, w, o1, o2, od1, od2, rho, state, T, C, seg_len, nseg,
+                                             SUMMARY=True, HAS_CARRY=False, **flags)
+        _segment_carry_kernel[(B, n_cb)](state, w, C, seg_len, nseg, BLOCK_C=block_c)
+    _causal_scan_kernel[(B, n_cb, nseg)](x, v1, v2_arg, w, o1, o2, od1, od2, rho, state, T, C, seg_len, nseg,
+                                         SUMMARY=False, HAS_CARRY=nseg > 1, **flags)
+    return (o1, o2, rho, od1, od2) if dist else (o1, o2, rho)
+
+
+if triton is not None:
+
+    @torch.library.custom_op("visionattn::bi_wkv", mutates_args=())
+    def bi_wkv_triton(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+                      ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Returns (y, log of the denominator), both (B, T, C) in the compute dtype."""
+        dt = compute_dtype(k)
+        w, u, k, v = (t.to(dt).contiguous() for t in (w, u, k, v))
+        n_f, d_f, r_f = _scan(k, v, None, w, reverse=False, dist=False)
+        n_b, d_b, r_b = _scan(k, v, None, w, reverse=True, dist=False)
+        r_s = u + k
+        r = torch.maximum(torch.maximum(r_f, r_b), r_s)
+        e_f, e_b, e_s = (r_f - r).exp(), (r_b - r).exp(), (r_s - r).exp()
+        den = d_f * e_f + d_b * e_b + e_s
+        y = (n_f * e_f + n_b * e_b + v * e_s) / den
+        return y, den.log() + r
+
+    @bi_wkv_triton.register_fake
+    def _(w, u, k, v):
+        dt = compute_dtype(k)
+        return k.new_empty(k.shape, dtype=dt), k.new_empty(k.shape, dtype=dt)
+
+    @torch.library.custom_op("visionattn::bi_wkv_backward", mutates_args=())
+    def bi_wkv_triton_backward(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                               y: torch.Tensor, log_den: torch.Tensor, gy: torch.Tensor
+                               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Gradients (gw, gu, gk, gv) of Bi-WKV.
+
+        With G(s)_i = sum_{t!=i} e^{-(|t-i|-1) w - logD_t} s_t (the same bidirectional sum as the
+        forward, keyed by -logD) and Gd its (|t-i|-1)-weighted version:
+          gv = e^k [G(gy) + e^{u - logD} gy],   gk = v gv - e^k [G(gy y) + e^{u - logD} gy y],
+          gw = -sum e^k [v Gd(gy) - Gd(gy y)],  gu = sum e^{u + k - logD} gy (v - y).
+        """
+        dt = compute_dtype(k)
+        w, u, k, v, y, log_den, gy = (t.to(dt).contiguous() for t in (w, u, k, v, y, log_den, gy))
+        x = (-log_den).contiguous()
+        gyy = (gy * y).contiguous()
+        f1, f2, rf, fd1, fd2 = _scan(x, gy, gyy, w, reverse=False, dist=True)
+        b1, b2, rb, bd1, bd2 = _scan(x, gy, gyy, w, reverse=True, dist=True)
+        ef, eb = (rf + k).exp(), (rb + k).exp()  # e^{k_i} times each part's scale: bounded
+        es = (u + k - log_den).exp()
+        gv = f1 * ef + b1 * eb + es * gy
+        gk = v * gv - (f2 * ef + b2 * eb + es * gyy)
+        gw = -(v * (fd1 * ef + bd1 * eb) - (fd2 * ef + bd2 * eb)).sum(dim=(0, 1))
+        gu = (es * (gy * v - gyy)).sum(dim=(0, 1))
+        return gw, gu, gk, gv
+
+    @bi_wkv_triton_backward.register_fake
+    def _(w, u, k, v, y, log_den, gy):
+        dt = compute_dtype(k)
+        return (w.new_empty(w.shape, dtype=dt), u.new_empty(u.shape, dtype=dt),
+                k.new_empty(k.shape, dtype=dt), v.new_empty(v.shape, dtype=dt))
+
+    def _setup_context(ctx, inputs, output):
+        w, u, k, v = inputs
+        y, log_den = output
+        ctx.save_for_backward(w, u, k, v, y, log_den)
+        ctx.mark_non_differentiable(log_den)
+
+    def _backward(ctx, gy, _g_log_den):
+        w, u, k, v, y, log_den = ctx.saved_tensors
+        gw, gu, gk, gv = bi_wkv_triton_backward(w, u, k, v, y, log_den, gy)
+        return gw.to(w.dtype), gu.to(u.dtype), gk.to(k.dtype), gv.to(v.dtype)
+
+    bi_wkv_triton.register_autograd(_backward, setup_context=_setup_context)

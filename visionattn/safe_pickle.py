@@ -1,0 +1,49 @@
+"""Reading pickles without running code: the one allowlist of numpy classes visionattn admits.
+
+Two readers use it: ``torch.load(weights_only=True)`` (checkpoints; :func:`numpy_globals` is passed
+to its allowlist) and :func:`load_arrays_only` (data files such as CIFAR batches, which are plain
+pickles). Neither can construct anything but numpy arrays, numpy scalars and Python containers.
+"""
+import io
+import pickle
+from typing import Any, BinaryIO, List
+
+import numpy as np
+
+# numpy 2 renamed numpy.core to numpy._core; files written under either name must load.
+_CORES = ("numpy.core.multiarray", "numpy._core.multiarray")
+_DTYPES = ("bool", "int8", "int16", "int32", "int64", "uint8", "float16", "float32", "float64")
+# (module, name) a data pickle may refer to; _codecs.encode is how Python 2 pickles store bytes.
+_ALLOWED = {*((core, name) for core in _CORES for name in ("_reconstruct", "scalar")),
+            ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+            *(("numpy.dtypes", type(np.dtype(t)).__name__) for t in _DTYPES)}
+
+
+def numpy_globals() -> List[Any]:
+    """numpy's array/scalar reconstruction classes for ``torch.serialization.safe_globals``."""
+    core = getattr(np, "_core", None) or np.core
+    reconstruct, scalar = core.multiarray._reconstruct, core.multiarray.scalar
+    allowed: List[Any] = [np.ndarray, np.dtype, reconstruct, scalar]
+    allowed += [(reconstruct, f"{c}._reconstruct") for c in _CORES] + [(scalar, f"{c}.scalar") for c in _CORES]
+    return allowed + [type(np.dtype(t)) for t in _DTYPES]
+
+
+class _ArraysOnly(pickle.Unpickler):
+    what = "file"
+
+    def find_class(self, module, name):
+        if (module, name) in _ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{self.what} refers to {module}.{name}, which is not a numpy array: refused "
+                                     f"(visionattn never runs code from a data file)")
+
+
+def load_arrays_only(file: BinaryIO, what: str = "file", encoding: str = "ASCII") -> Any:
+    """Unpickle ``file`` admitting only numpy arrays/scalars and Python containers.
+
+    ``what`` names the file in the error raised for anything else; ``encoding='bytes'`` reads
+    Python 2 pickles (CIFAR).
+    """
+    reader = _ArraysOnly(io.BytesIO(file.read()), encoding=encoding)
+    reader.what = what
+    return reader.load()
