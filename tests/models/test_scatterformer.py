@@ -16,6 +16,7 @@ pytest.importorskip("spconv")
 
 import visionattn  # noqa: E402
 from visionattn import hub  # noqa: E402
+from visionattn.inference import predict_boxes_3d  # noqa: E402
 from visionattn.models.detection3d import scatterformer as sf  # noqa: E402
 from visionattn.models.detection3d import sparse_backend as sp  # noqa: E402
 from visionattn.models.detection3d.scatterformer_backbone import AttnPillarPool, group_by_window  # noqa: E402
@@ -92,7 +93,7 @@ def test_forward_maps_and_predictions(small_model, two_samples):
     expected = {"center": 2, "center_z": 1, "dim": 3, "rot": 2, "iou": 1, "hm": 3}
     assert {k: v.shape for k, v in maps[0].items()} == {k: (2, c, 12, 12) for k, c in expected.items()}
     assert all(torch.isfinite(v).all() for v in maps[0].values())
-    dets = small_model.predict(points)
+    dets = predict_boxes_3d(small_model, points)
     assert len(dets) == 2
     for d in dets:
         n = d["boxes"].shape[0]
@@ -124,7 +125,7 @@ def test_empty_and_out_of_range_point_clouds(small_model):
     for k in maps_empty:  # nothing in range is the same as nothing at all
         torch.testing.assert_close(maps_far[k], maps_empty[k])
     assert maps_empty2["hm"].shape[0] == 2
-    dets = small_model.predict(empty)
+    dets = predict_boxes_3d(small_model, empty)
     assert len(dets) == 1 and dets[0]["boxes"].shape[1] == 7
 
 
@@ -426,7 +427,7 @@ def test_gpu_backend_matches_the_cpu_path():
     with torch.no_grad():
         ref = model(points)[0]
         out = model.cuda()(points.cuda())[0]
-        dets = model.predict(points.cuda())
+        dets = predict_boxes_3d(model, points.cuda())
     for k in ref:
         torch.testing.assert_close(out[k].cpu(), ref[k], atol=2e-3, rtol=1e-3)
     assert len(dets) == 2 and dets[0]["boxes"].is_cuda

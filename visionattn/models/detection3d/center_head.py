@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from ...ops import rotated_boxes
+from ...ops.rotated_box_nms import rotated_box_nms
 
 # regression maps in the order they form a box (+ the iou map, which only rescores)
 HEAD_CHANNELS = {"center": 2, "center_z": 1, "dim": 3, "rot": 2, "iou": 1}
@@ -164,8 +164,8 @@ class CenterDecoder:
                 labels.append(lab)
             boxes, scores, labels = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
             if self.nms_thresholds:
-                keep = rotated_boxes.class_specific_nms(boxes, scores, labels, self.nms_thresholds,
-                                                        pre_max_size=self.nms_pre_max_size)
+                keep = rotated_box_nms(boxes, scores, self.nms_thresholds, labels=labels,
+                                       pre_max_size=self.nms_pre_max_size)
                 boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             results.append({"boxes": boxes, "scores": scores, "labels": labels})
         return results

@@ -63,9 +63,11 @@ class ScatterFormer(nn.Module):
     ``dim``, ``rot``, ``iou`` on the (H, W) BEV grid (Waymo 240 x 240, cell 0.64 m; see
     :class:`.center_head.CenterHead`). ``mode='predict'``: decoded detections, a list of B dicts
     ``{'boxes': (n, 7) [x, y, z, dx, dy, dz, heading], 'scores': (n,), 'labels': (n,)}`` with
-    labels indexing ``class_names`` (:meth:`predict` is the same without gradients).
+    labels indexing ``class_names`` (``visionattn.inference.predict_boxes_3d`` runs it without gradients).
 
     An empty point cloud (or no point in range) gives the maps of an all-zero BEV feature map.
+    ``attn_impl`` / ``conv_impl``: the ``impl`` of the scattered-linear-attention and sparse
+    depth-wise convolution ops (``"auto"``, ``"triton"``, ``"reference"``).
     """
 
     def __init__(self, point_cloud_range: Sequence[float], voxel_size: Sequence[float], num_point_features: int,
@@ -75,7 +77,7 @@ class ScatterFormer(nn.Module):
                  bev_strides: Sequence[int] = (1, 2, 2), head_channels: int = 64, max_objects: int = 500,
                  score_threshold: float = 0.1, post_center_limit_range: Optional[Sequence[float]] = None,
                  iou_rectifier: Optional[Sequence[float]] = None, nms_thresholds: Sequence[float] = (),
-                 nms_pre_max_size: int = 4096):
+                 nms_pre_max_size: int = 4096, attn_impl: str = "auto", conv_impl: str = "auto"):
         super().__init__()
         self.point_cloud_range = tuple(float(v) for v in point_cloud_range)
         self.voxel_size = tuple(float(v) for v in voxel_size)
@@ -84,7 +86,8 @@ class ScatterFormer(nn.Module):
         X, Y, Z = grid_size(voxel_size, point_cloud_range)
         self.vfe = DynamicVoxelVFE(num_point_features, voxel_size, point_cloud_range, vfe_filters)
         # spconv's grid has one extra z level (OpenPCDet: grid_size[::-1] + [1, 0, 0])
-        self.backbone_3d = ScatterFormerBackbone3d(vfe_filters[-1], (Z + 1, Y, X), dim, num_heads, num_layers, window)
+        self.backbone_3d = ScatterFormerBackbone3d(vfe_filters[-1], (Z + 1, Y, X), dim, num_heads, num_layers, window,
+                                                   attn_impl, conv_impl)
         self.backbone_2d = CascadeDEDBackbone(dim, dim, bev_layers, bev_num_sbb, bev_strides)
         self.dense_head = CenterHead(dim, class_names, class_groups, head_channels)
         self.bev_shape = self.backbone_3d.bev_shape  # (H, W) = (Y', X')
@@ -128,11 +131,6 @@ class ScatterFormer(nn.Module):
             raise ValueError(f"mode must be 'tensor' (raw head maps) or 'predict' (boxes), got {mode!r}")
         maps = self.dense_head(self.backbone_2d(self.bev_features(points, batch_size)))
         return maps if mode == "tensor" else self.decoder(maps)
-
-    @torch.no_grad()
-    def predict(self, points: torch.Tensor, batch_size: Optional[int] = None) -> List[Dict[str, torch.Tensor]]:
-        """Detections per sample (see the class docstring), without gradients."""
-        return self(points, batch_size, mode="predict")
 
 
 # --- synthetic inputs (tests, benchmark) -------------------------------------------------------

@@ -88,18 +88,19 @@ class SLALayer(nn.Module):
     ``o_n = relu(q_n) KV_w / (relu(q_n) . s_w + 1e-6)`` with ``KV_w = sum relu(k_i)^T v_i`` and
     ``s_w = sum relu(k_i)``, then an output projection. x (N, C), voxels sorted by window."""
 
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, dim: int, num_heads: int, attn_impl: str = "auto"):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
+        self.attn_impl = attn_impl
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         N, C = x.shape
         q, k, v = self.qkv(x).view(N, 3, self.num_heads, C // self.num_heads).unbind(1)  # (N, h, d) each
-        y = scattered_linear_attention(q, k, v, offsets)  # (N, h, d)
+        y = scattered_linear_attention(q, k, v, offsets, impl=self.attn_impl)  # (N, h, d)
         return self.proj(y.reshape(N, C))
 
 
@@ -108,13 +109,14 @@ class SparseDepthwiseConv(nn.Module):
     ``out[o, c] = sum_k weight.view(K, C)[k, c] * x[pairs[k, o], c]``, kernel offsets k in row-major
     (z, y, x) order, pairs from ``submanifold_pairs``."""
 
-    def __init__(self, channels: int, kernel_size: Tuple[int, int, int]):
+    def __init__(self, channels: int, kernel_size: Tuple[int, int, int], impl: str = "auto"):
         super().__init__()
         self.kernel_size = tuple(kernel_size)
+        self.impl = impl
         self.weight = nn.Parameter(torch.randn(*self.kernel_size, channels))  # official init: N(0, 1)
 
     def forward(self, x: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
-        return sparse_depthwise_conv(x, self.weight.view(-1, self.weight.shape[-1]), pairs)
+        return sparse_depthwise_conv(x, self.weight.view(-1, self.weight.shape[-1]), pairs, impl=self.impl)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[-1]}, kernel_size={self.kernel_size}"
@@ -125,14 +127,14 @@ class CWIFFNLayer(nn.Module):
     u = BN(x); u <- u + [dw3x3x3(u_1) | dw(1,1,L)(u_2) along x | dw(1,L,1)(u_3) along y | u_4];
     out = u + fc2(ReLU(fc1(BN(u)))). Note the residual base is BN(x), not x."""
 
-    def __init__(self, dim: int, long_kernel: int):
+    def __init__(self, dim: int, long_kernel: int, conv_impl: str = "auto"):
         super().__init__()
         g = dim // 4
         self.group = g
         self.bn = _bn1d(dim)
-        self.conv_k = SparseDepthwiseConv(g, (3, 3, 3))
-        self.conv_h = SparseDepthwiseConv(g, (1, 1, long_kernel))
-        self.conv_w = SparseDepthwiseConv(g, (1, long_kernel, 1))
+        self.conv_k = SparseDepthwiseConv(g, (3, 3, 3), conv_impl)
+        self.conv_h = SparseDepthwiseConv(g, (1, 1, long_kernel), conv_impl)
+        self.conv_w = SparseDepthwiseConv(g, (1, long_kernel, 1), conv_impl)
         self.bn2 = _bn1d(dim)
         self.fc1 = nn.Linear(dim, 2 * dim)
         self.act = nn.ReLU()
@@ -161,12 +163,13 @@ class ScatterFormerBlock(nn.Module):
 
     sparse_input = True
 
-    def __init__(self, dim: int, num_heads: int, num_layers: int = 3, window: int = 12):
+    def __init__(self, dim: int, num_heads: int, num_layers: int = 3, window: int = 12, attn_impl: str = "auto",
+                 conv_impl: str = "auto"):
         super().__init__()
         self.window = window
         self.norm_layers = nn.ModuleList(_bn1d(dim) for _ in range(num_layers))
-        self.attn_layers = nn.ModuleList(SLALayer(dim, num_heads) for _ in range(num_layers))
-        self.cffn_layers = nn.ModuleList(CWIFFNLayer(dim, window + 1) for _ in range(num_layers))
+        self.attn_layers = nn.ModuleList(SLALayer(dim, num_heads, attn_impl) for _ in range(num_layers))
+        self.cffn_layers = nn.ModuleList(CWIFFNLayer(dim, window + 1, conv_impl) for _ in range(num_layers))
 
     def forward(self, x):
         shape = [int(s) for s in x.spatial_shape]
@@ -227,14 +230,16 @@ class ScatterFormerBackbone3d(nn.Module):
     """
 
     def __init__(self, in_channels: int, sparse_shape: Sequence[int], dim: int = 128, num_heads: int = 4,
-                 num_layers: int = 3, window: int = 12):
+                 num_layers: int = 3, window: int = 12, attn_impl: str = "auto", conv_impl: str = "auto"):
         super().__init__()
         self.sparse_shape = tuple(int(s) for s in sparse_shape)
         self.cpe = conv_position_encoding(in_channels, dim)
-        self.stage1 = sp.SparseSequential(ScatterFormerBlock(dim, num_heads, num_layers, window), _bn1d(dim),
+        block = dict(num_heads=num_heads, num_layers=num_layers, window=window, attn_impl=attn_impl,
+                     conv_impl=conv_impl)
+        self.stage1 = sp.SparseSequential(ScatterFormerBlock(dim, **block), _bn1d(dim),
                                           sp.SparseConv3d(dim, dim, 3, stride=2, padding=1, bias=False,
                                                           indice_key="down"))
-        self.stage2 = sp.SparseSequential(ScatterFormerBlock(dim, num_heads, num_layers, window), _bn1d(dim))
+        self.stage2 = sp.SparseSequential(ScatterFormerBlock(dim, **block), _bn1d(dim))
         Z, Y, X = self.sparse_shape
         height = ((Z - 3) // 2 + 1 - 1) // 2 + 1  # after the CPE's (3,1,1)/2 and stage 1's 3/2 (pad 1) convs
         if height != Z // 4:  # the official pillar size is Z // 4; both must agree for its z-stack
