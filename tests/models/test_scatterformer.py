@@ -5,7 +5,6 @@ Most forward tests use the Waymo network on a 7.68 m x 7.68 m range (every layer
 official one; only the grid is smaller) so that they run in seconds on a CPU.
 """
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -110,6 +109,8 @@ def test_bad_inputs_raise_clear_errors(small_model):
         small_model(torch.zeros(10, 6, dtype=torch.int64))
     with pytest.raises(ValueError, match="mode"):
         small_model(cloud(), mode="loss")
+    with pytest.raises(ValueError, match="batch index 1 but batch_size is 1"):
+        small_model(cloud(batch_size=2), batch_size=1)
 
 
 def test_empty_and_out_of_range_point_clouds(small_model):

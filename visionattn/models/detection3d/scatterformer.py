@@ -13,7 +13,7 @@ Networks: ``scatterformer_waymo`` (the official Waymo configuration) and ``scatt
 ``scatterformer`` converter (``create_model(name, checkpoint=path)``).
 """
 import math
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -111,22 +111,25 @@ class ScatterFormer(nn.Module):
     def bev_features(self, points: torch.Tensor, batch_size: Optional[int] = None) -> torch.Tensor:
         """The BEV feature map (B, dim, H, W) entering the 2-D backbone (after height compression)."""
         self._check(points)
+        last = int(points[:, 0].max().item()) if points.shape[0] else 0
         if batch_size is None:
-            batch_size = int(points[:, 0].max().item()) + 1 if points.shape[0] else 1
+            batch_size = last + 1
+        elif last >= batch_size:
+            raise ValueError(f"points hold batch index {last} but batch_size is {batch_size}; pass batch_size > {last} "
+                             f"or leave it None")
         voxel_features, voxel_coords = self.vfe(points)
         dim = self.backbone_3d.num_out_features
         H, W = self.bev_shape
-        dtype = voxel_features.dtype
         if voxel_coords.shape[0] == 0:  # nothing in range: the BEV map is empty
             return voxel_features.new_zeros(batch_size, dim, H, W)
         pillar_features, pillars = self.backbone_3d(voxel_features, voxel_coords, batch_size)
         pillars = pillars.long()
         bev = pillar_features.new_zeros(batch_size, H * W, dim)
         bev[pillars[:, 0], pillars[:, 1] * W + pillars[:, 2]] = pillar_features
-        return bev.view(batch_size, H, W, dim).permute(0, 3, 1, 2).to(dtype)
+        return bev.view(batch_size, H, W, dim).permute(0, 3, 1, 2)
 
     def forward(self, points: torch.Tensor, batch_size: Optional[int] = None, mode: str = "tensor"
-                ) -> Union[List[Dict[str, torch.Tensor]], List[Dict[str, torch.Tensor]]]:
+                ) -> List[Dict[str, torch.Tensor]]:
         if mode not in ("tensor", "predict"):
             raise ValueError(f"mode must be 'tensor' (raw head maps) or 'predict' (boxes), got {mode!r}")
         maps = self.dense_head(self.backbone_2d(self.bev_features(points, batch_size)))

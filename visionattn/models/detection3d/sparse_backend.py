@@ -14,7 +14,7 @@ Model code imports only this module. It exposes the few spconv-API pieces the ne
 Which library (the ``3d`` extra installs spconv; ``pip install spconv-triton`` adds the GPU one):
 
 - CPU tensors: ``spconv``'s CPU wheel generates the index pairs (cached per ``indice_key`` as spconv
-  caches them) and the convolution itself is a gather-matmul-``index_add_`` in PyTorch here
+  caches them) and the convolution itself is a gather and one einsum in PyTorch here
   (:func:`_conv_cpu`), with PyTorch's autograd. The wheel's own CPU compute is not used: with more
   than one CPU thread its gather/scatter loop returns wrong rows now and then (measured with
   spconv 2.3.8: 3 of 12 identical calls off by up to 0.49 on unit-scale features), its backward asks
@@ -50,6 +50,7 @@ for _name in BACKENDS:
         _LIBS[_name] = _lib
 if not _LIBS:  # neither library: raise the message that names the extra to install
     require_extra("spconv.pytorch")
+
 
 def available_backends() -> Tuple[str, ...]:
     """The sparse-convolution libraries that imported here, e.g. ``('spconv', 'spconv_triton')``."""
