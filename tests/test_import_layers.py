@@ -22,7 +22,7 @@ LAYERS = [
     ["visionattn.models"],
     ["visionattn.ops", "visionattn.cuda_graph"],
     ["visionattn.hub", "visionattn.safe_pickle"],
-    ["visionattn.registry", "visionattn.extras"],
+    ["visionattn.registry", "visionattn.extras", "visionattn.resources"],
 ]
 
 
