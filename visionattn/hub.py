@@ -76,7 +76,10 @@ def read_checkpoint(source: Union[str, Path], map_location="cpu", trusted: bool 
         elif trusted:
             obj = torch.load(path, map_location=map_location, weights_only=False)
         else:
-            with torch.serialization.safe_globals(_safe_globals()):
+            # only those not allowed yet: leaving the context removes its globals again, which would
+            # take away what allow_mmengine_checkpoints() had added for good (resuming a run fails)
+            allowed = set(torch.serialization.get_safe_globals())
+            with torch.serialization.safe_globals([g for g in _safe_globals() if g not in allowed]):
                 obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for truncated / non-pickle files
         msg = str(err)

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from visionattn.engine.restoration_model import CharbonnierLoss, ImageRestorer
+from visionattn.engine.losses import CharbonnierLoss
+from visionattn.engine.restoration_model import ImageRestorer
 
 CONFIGS = sorted(Path(__file__).resolve().parents[2].joinpath("configs/restoration").glob("restore_rwkv_*.py"))
 # all_in_one (three modalities) runs by default; the single-task configs are marked slow (time budget)
@@ -43,7 +44,7 @@ def test_restorer_modes_and_losses():
     preds = m(x, samples, mode="predict")
     assert preds[0]["pred"].shape == (1, 8, 8) and 0 <= preds[0]["pred"].min()
     assert CharbonnierLoss(1e-3)(x, x).item() == pytest.approx(1e-3)
-    with pytest.raises(ValueError, match="unknown restoration loss"):
+    with pytest.raises(ValueError, match="unknown loss"):
         ImageRestorer(net, loss="ssim")
     with pytest.raises(ValueError, match="needs data_samples"):
         m(x, None, mode="loss")

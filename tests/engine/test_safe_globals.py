@@ -35,3 +35,15 @@ def test_getattr_is_restricted():
     buf.seek(0)
     with pytest.raises(pickle.UnpicklingError, match="__init__"):
         torch.load(buf)
+
+
+def test_reading_a_checkpoint_through_the_hub_keeps_the_allowlist(tmp_path):
+    """hub.read_checkpoint's temporary allowlist must not remove what allow_mmengine_checkpoints added
+    (a model built from checkpoint=... and then a resumed run read both kinds in one process)."""
+    from visionattn.hub import read_checkpoint
+
+    allow_mmengine_checkpoints()
+    before = set(torch.serialization.get_safe_globals())
+    torch.save(dict(w=torch.ones(1), eta=__import__("numpy").float64(1.0)), tmp_path / "w.pth")
+    assert read_checkpoint(tmp_path / "w.pth")["eta"] == 1.0
+    assert set(torch.serialization.get_safe_globals()) == before

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from visionattn.engine import build_runner, load_config
-from visionattn.engine.stereo_losses import MatchStereoLoss, occlusion_from_disparity
+from visionattn.engine.losses import MatchStereoLoss, occlusion_from_disparity
 from visionattn.evaluation import StereoMetric, disparity_errors
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,27 +1,26 @@
 """Image classification as an mmengine task model: any timm/visionattn network + DeiT losses."""
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.model import BaseModel
 from timm.data import Mixup
 from timm.data.mixup import mixup_target
-from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-from ..cuda_graph import TrainingGraph
 from ..registry import MODELS
+from .losses import build_loss
+from .task_model import DataSamples, TaskModel
 
 
 @MODELS.register_module()
-class ImageClassifier(BaseModel):
-    """Wraps ``visionattn.create_model(network, ...)`` for mmengine's Runner.
+class ImageClassifier(TaskModel):
+    """A classification network for mmengine's Runner (a :class:`TaskModel`).
 
     Training loss: cross-entropy on timm Mixup/CutMix soft targets when ``mixup`` is given
     (label smoothing folded into the targets), else label-smoothed cross-entropy.
 
     Args:
-        network: a name from ``visionattn.list_models()`` or any timm model name.
+        network: a name from ``visionattn.list_models()`` or any timm model name (or
+            ``dict(name=..., **kwargs)``, or a built module).
         num_classes: classifier outputs.
         network_kwargs: passed to the constructor (``drop_path_rate``, ``img_size``...).
         pretrained / checkpoint: initial weights, as in :func:`visionattn.create_model`.
@@ -31,68 +30,54 @@ class ImageClassifier(BaseModel):
         data_preprocessor: normalisation/augmentation on the device; default
             ``ClassificationDataPreprocessor`` with ImageNet mean/std.
         cuda_graph: on CUDA, replay the network's training forward and backward from CUDA graphs
-            (:class:`visionattn.cuda_graph.TrainingGraph`, one capture per batch shape) for
-            networks whose eager step is launch-bound; mixing and the loss stay eager. Needs a
-            fixed batch shape (``drop_last``) and no gradient accumulation.
+            (one capture per batch shape) for networks whose eager step is launch-bound; mixing and
+            the loss stay eager. Needs a fixed batch shape (``drop_last``).
 
-    Inputs are (B, 3, H, W) float images, ``data_samples`` a dict with ``label`` (B,) int64.
+    Inputs are (B, 3, H, W) float images; each sample has ``label`` (int). ``predict`` gives per
+    image ``pred_score`` (num_classes,), ``pred_label`` and ``gt_label`` (None without labels).
     """
 
-    def __init__(self, network: str, num_classes: int, network_kwargs: Optional[Dict] = None,
+    default_data_preprocessor = dict(type="ClassificationDataPreprocessor")
+
+    def __init__(self, network, num_classes: int, network_kwargs: Optional[Mapping] = None,
                  pretrained: bool = False, checkpoint: Optional[str] = None, mixup: Optional[Dict] = None,
                  label_smoothing: float = 0.0, data_preprocessor: Optional[Dict] = None,
-                 cuda_graph: bool = False):
-        from .. import create_model  # the factory imports every model family: not at module import
-
-        preprocessor = data_preprocessor or dict(type="ClassificationDataPreprocessor")
-        if isinstance(preprocessor, dict):  # our registry, whatever scope is current
-            preprocessor = MODELS.build({"_scope_": "visionattn", **preprocessor})
-        super().__init__(data_preprocessor=preprocessor)
+                 cuda_graph: bool = False, init_cfg: Optional[Dict] = None):
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        super().__init__(network, network_kwargs, pretrained=pretrained, checkpoint=checkpoint,
+                         data_preprocessor=data_preprocessor, init_cfg=init_cfg, cuda_graph=cuda_graph,
+                         task_kwargs=dict(num_classes=num_classes))
         self.num_classes = num_classes
-        self.network = create_model(network, pretrained=pretrained, checkpoint=checkpoint,
-                                    num_classes=num_classes, **(network_kwargs or {}))
-        self.train_graph = TrainingGraph(self.network) if cuda_graph else None
         self.label_smoothing = label_smoothing
         self.mixup = Mixup(**mixup, label_smoothing=label_smoothing, num_classes=num_classes) if mixup else None
         if self.mixup is not None:
-            self.criterion: nn.Module = SoftTargetCrossEntropy()
+            self.criterion = build_loss("SoftTargetCrossEntropy")
         elif label_smoothing > 0:
-            self.criterion = LabelSmoothingCrossEntropy(label_smoothing)
+            self.criterion = build_loss(dict(type="LabelSmoothingCrossEntropy", smoothing=label_smoothing))
         else:
-            self.criterion = nn.CrossEntropyLoss()
+            self.criterion = build_loss("CrossEntropyLoss")
 
-    def init_weights(self) -> None:
-        """Nothing to do: the network initialised itself, and loaded ``pretrained``/``checkpoint``
-        weights, in its constructor. (mmengine's default would call a timm network's own
-        ``init_weights`` again at the start of training and wipe loaded weights.)"""
+    def predict(self, inputs: torch.Tensor, samples: DataSamples) -> List[Dict]:
+        scores = F.softmax(self.network(inputs).float(), dim=1)
+        return [dict(pred_score=score, pred_label=int(score.argmax()),
+                     gt_label=int(sample["label"]) if "label" in sample else None)
+                for score, sample in zip(scores, samples)]
 
-    def forward(self, inputs: torch.Tensor, data_samples: Optional[Dict] = None,
-                mode: str = "tensor") -> Union[torch.Tensor, Dict, List[Dict]]:
-        """``mode='loss'`` -> dict(loss); ``'predict'`` -> one dict per image; ``'tensor'`` -> logits (B, num_classes)."""
-        if mode == "loss":
-            return self.loss(inputs, data_samples["label"])
-        logits = self.network(inputs)
-        if mode == "tensor":
-            return logits
-        if mode == "predict":
-            scores = F.softmax(logits.float(), dim=1)
-            labels = data_samples["label"] if data_samples is not None else [None] * len(scores)
-            return [dict(pred_score=s, pred_label=int(s.argmax()), gt_label=None if g is None else int(g))
-                    for s, g in zip(scores, labels)]
-        raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+    def mix(self, inputs: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets): Mixup/CutMix images and soft targets with ``mixup``, else the labels."""
+        if self.mixup is None:
+            return inputs, labels
+        if len(inputs) % 2 == 0:  # timm mixes a batch with its flipped self: needs an even size
+            return self.mixup(inputs, labels)
+        return inputs, mixup_target(labels, self.num_classes, lam=1.0, smoothing=self.label_smoothing)
 
-    def train_network(self):
-        """The network as training steps call it: through its CUDA-graph replay with ``cuda_graph``."""
-        return self.network if self.train_graph is None else self.train_graph
+    def loss(self, inputs: torch.Tensor, samples: DataSamples) -> Dict[str, torch.Tensor]:
+        inputs, targets = self.mix(inputs, samples.stack("label"))
+        logits = self.train_network()(inputs)
+        return self.loss_terms(logits, targets, inputs)
 
-    def loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
-        net = self.train_network()
-        if self.mixup is not None:
-            if len(inputs) % 2 == 0:  # timm mixes a batch with its flipped self: needs an even size
-                inputs, targets = self.mixup(inputs, labels)
-            else:
-                targets = mixup_target(labels, self.num_classes, lam=1.0, smoothing=self.label_smoothing)
-            return dict(loss=self.criterion(net(inputs), targets))
-        return dict(loss=self.criterion(net(inputs), labels))
+    def loss_terms(self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Loss of the (mixed) batch: logits (B, num_classes), targets (B,) labels or (B, num_classes)
+        soft targets, inputs the (mixed) images the logits came from."""
+        return dict(loss=self.criterion(logits, targets))

@@ -11,6 +11,7 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
+from ..registry import FUNCTIONS
 from .safe_globals import allow_mmengine_checkpoints
 
 LAUNCHERS = ("none", "pytorch", "slurm", "mpi")
@@ -56,11 +57,21 @@ def load_config(config: str, work_dir: Optional[str] = None, cfg_options: Option
     return cfg
 
 
+def _scope_collate_functions(cfg: Config) -> None:
+    """mmengine's Runner looks ``collate_fn`` types up in its root FUNCTIONS registry, which does not
+    search our child registry: name ours with their scope (``visionattn.restoration_collate``)."""
+    for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        collate = (cfg.get(key) or {}).get("collate_fn")
+        if isinstance(collate, dict) and collate.get("type") in FUNCTIONS.module_dict:
+            collate["type"] = f"{FUNCTIONS.scope}.{collate['type']}"
+
+
 def build_runner(cfg: Config) -> Runner:
     """The mmengine Runner of ``cfg``, with visionattn's modules registered."""
     from .. import datasets, evaluation  # noqa: F401  (register datasets, transforms, metrics)
 
     allow_mmengine_checkpoints()
+    _scope_collate_functions(cfg)
     if cfg.get("launcher", "none") != "none" and not torch.cuda.is_available():
         # mmengine's init_dist calls torch.cuda.set_device; start the CPU process group ourselves
         import torch.distributed as dist

@@ -5,28 +5,14 @@ Batches come from :func:`restoration_collate`: ``inputs`` (B, C, H, W) in [0, 1]
 ``dict(loss=...)``; ``'predict'`` returns the samples with ``pred`` (C, H, W) added (clamped to
 [0, 1]); ``'tensor'`` the raw network output.
 """
-from typing import List, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
-from mmengine.model import BaseModel
 
-from ..cuda_graph import TrainingGraph
 from ..registry import FUNCTIONS, MODELS
-
-
-class CharbonnierLoss(nn.Module):
-    """mean(sqrt((x - y)^2 + eps^2)): a smooth L1."""
-
-    def __init__(self, eps: float = 1e-3):
-        super().__init__()
-        self.eps = eps
-
-    def forward(self, x, y):
-        return torch.sqrt((x - y) ** 2 + self.eps ** 2).mean()
-
-
-LOSSES = dict(l1=nn.L1Loss, mse=nn.MSELoss, charbonnier=CharbonnierLoss)
+from .losses import build_loss
+from .task_model import DataSamples, TaskModel
 
 
 @FUNCTIONS.register_module()
@@ -36,50 +22,36 @@ def restoration_collate(batch: Sequence[dict]) -> dict:
 
 
 @MODELS.register_module()
-class ImageRestorer(BaseModel):
-    """Args:
-        network: dict(name=<visionattn model name>, **constructor kwargs), or an nn.Module.
-        loss: 'l1' (default), 'charbonnier' or 'mse' (or dict(type=..., **kwargs)).
-        checkpoint: optional weights for the network (ours or the family's official format).
+class ImageRestorer(TaskModel):
+    """A restoration network for mmengine's Runner (a :class:`TaskModel`).
+
+    Args:
+        network: ``dict(name=<visionattn model name>, **constructor kwargs)`` (as the restoration
+            configs write it), a name with ``network_kwargs``, or an nn.Module.
+        loss: a registered loss (:mod:`visionattn.engine.losses`): ``'l1'`` (default),
+            ``'charbonnier'``, ``'mse'``, or ``dict(type=..., **kwargs)``.
+        pretrained / checkpoint: initial weights for the network (ours or the family's official format).
         cuda_graph: on CUDA, replay the network's training forward and backward from CUDA graphs
-            (:class:`visionattn.cuda_graph.TrainingGraph`, one capture per crop shape); the loss
-            stays eager. Needs fixed-size crops and no gradient accumulation.
+            (one capture per crop shape); the loss stays eager. Needs fixed-size crops.
     """
 
-    def __init__(self, network: Union[dict, nn.Module], loss: Union[str, dict] = "l1",
+    def __init__(self, network: Union[str, dict, nn.Module], loss: Union[str, dict] = "l1",
                  checkpoint: Optional[str] = None, data_preprocessor: Optional[dict] = None, init_cfg=None,
-                 cuda_graph: bool = False):
-        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        if isinstance(network, nn.Module):
-            self.net = network
-        else:
-            from ..factory import create_model
+                 cuda_graph: bool = False, network_kwargs: Optional[Mapping] = None, pretrained: bool = False):
+        super().__init__(network, network_kwargs, pretrained=pretrained, checkpoint=checkpoint,
+                         data_preprocessor=data_preprocessor, init_cfg=init_cfg, cuda_graph=cuda_graph)
+        self.criterion = build_loss(loss)
 
-            cfg = dict(network)
-            self.net = create_model(cfg.pop("name"), checkpoint=checkpoint, **cfg)
-        loss_cfg = dict(type=loss) if isinstance(loss, str) else dict(loss)
-        name = loss_cfg.pop("type")
-        if name not in LOSSES:
-            raise ValueError(f"unknown restoration loss {name!r}; choose from {sorted(LOSSES)}")
-        self.loss_fn = LOSSES[name](**loss_cfg)
-        self.train_graph = TrainingGraph(self.net) if cuda_graph else None
+    def loss(self, inputs: torch.Tensor, samples: DataSamples) -> Dict[str, torch.Tensor]:
+        out = self.train_network()(inputs)
+        return dict(loss=self.criterion(out, samples.stack("gt").to(out)))
 
-    def forward(self, inputs: torch.Tensor, data_samples: Optional[List[dict]] = None, mode: str = "tensor"):
-        out = (self.train_graph if self.train_graph is not None and mode == "loss" else self.net)(inputs)
-        if mode == "tensor":
-            return out
-        if data_samples is None:
-            raise ValueError(f"mode={mode!r} needs data_samples with 'gt'")
-        if mode == "loss":
-            gt = torch.stack([s["gt"] for s in data_samples]).to(out)
-            return dict(loss=self.loss_fn(out, gt))
-        if mode == "predict":
-            return [dict(s, pred=o.clamp(0, 1).detach()) for s, o in zip(data_samples, out)]
-        raise ValueError(f"unknown mode {mode!r}; use 'loss', 'predict' or 'tensor'")
+    def predict(self, inputs: torch.Tensor, samples: DataSamples) -> List[dict]:
+        out = self.network(inputs)
+        return [dict(sample, pred=o.clamp(0, 1).detach()) for sample, o in zip(samples, out)]
 
-    def val_step(self, data) -> list:
-        data = self.data_preprocessor(data, False)
-        return self._run_forward(data, mode="predict")
-
-    def test_step(self, data) -> list:
-        return self.val_step(data)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written while ImageRestorer kept its network as ``net`` load unchanged
+        for key in [k for k in state_dict if k.startswith(prefix + "net.")]:
+            state_dict[prefix + "network." + key[len(prefix) + 4:]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

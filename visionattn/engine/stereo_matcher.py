@@ -1,63 +1,63 @@
 """Stereo matching as an mmengine task model: a visionattn stereo network + MatchStereoLoss."""
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
-from mmengine.model import BaseModel
 
-from ..cuda_graph import TrainingGraph
 from ..registry import MODELS
-from .stereo_losses import MatchStereoLoss
+from .losses import MatchStereoLoss
+from .task_model import DataSamples, TaskModel
 
 
 @MODELS.register_module()
-class StereoMatcher(BaseModel):
-    """Wraps ``visionattn.create_model(network)`` (e.g. ``matchstereo_tiny``) for mmengine's Runner.
+class StereoMatcher(TaskModel):
+    """A stereo network (e.g. ``matchstereo_tiny``) for mmengine's Runner (a :class:`TaskModel`).
 
     Inputs: ``inputs`` uint8/float (B, 2, 3, H, W) [left, right] in [0, 255] (as the stereo
-    datasets yield them); ``data_samples`` a dict of (B, 1, H, W) tensors ``disp``, ``valid``
-    and optionally ``valid_noc``, ``disp_right``, ``valid_right``.
+    datasets yield them); each sample has (1, H, W) tensors ``disp``, ``valid`` and optionally
+    ``valid_noc``, ``disp_right``, ``valid_right``.
 
-    ``mode='loss'`` -> the loss terms of :class:`MatchStereoLoss`; ``'predict'`` -> one dict per
-    pair with ``pred_disp`` (H, W), ``consistency`` (H, W) and the ground truth for
-    :class:`visionattn.evaluation.StereoMetric`; ``'tensor'`` -> the network's output dict.
+    ``mode='loss'`` -> the loss terms of :class:`MatchStereoLoss` (``loss`` = its kwargs);
+    ``'predict'`` -> one dict per pair with ``pred_disp`` (H, W), ``consistency`` (H, W) and the
+    ground truth for :class:`visionattn.evaluation.StereoMetric`; ``'tensor'`` -> the network's
+    output dict.
 
     ``cuda_graph=True``: training steps on CUDA replay the network's forward and backward from CUDA
-    graphs (:class:`visionattn.cuda_graph.TrainingGraph`, one capture per crop size), which removes
-    the kernel-launch overhead that bounds MatchStereo's eager training step. Needs fixed-size
-    crops and no gradient accumulation; evaluation and CPU runs stay eager. The network's
-    input-range check runs at capture only (replays skip the forward's Python code).
+    graphs (one capture per crop size), which removes the kernel-launch overhead that bounds
+    MatchStereo's eager training step. Needs fixed-size crops and no gradient accumulation. The
+    network's input-range check runs at capture only (replays skip the forward's Python code).
     """
 
-    def __init__(self, network: str, network_kwargs: Optional[Dict] = None, pretrained: bool = False,
+    def __init__(self, network, network_kwargs: Optional[Mapping] = None, pretrained: bool = False,
                  checkpoint: Optional[str] = None, loss: Optional[Dict] = None,
                  data_preprocessor: Optional[Dict] = None, init_cfg=None, cuda_graph: bool = False):
-        from .. import create_model  # the factory imports every model family: not at module import
-
-        super().__init__(data_preprocessor=data_preprocessor or dict(type="BaseDataPreprocessor"), init_cfg=init_cfg)
-        self.network = create_model(network, pretrained=pretrained, checkpoint=checkpoint, **(network_kwargs or {}))
+        super().__init__(network, network_kwargs, pretrained=pretrained, checkpoint=checkpoint,
+                         data_preprocessor=data_preprocessor, init_cfg=init_cfg, cuda_graph=cuda_graph)
         self.criterion = MatchStereoLoss(**(loss or {}))
-        self.train_graph = TrainingGraph(self.network) if cuda_graph else None
 
-    def forward(self, inputs: torch.Tensor, data_samples: Optional[Dict] = None,
-                mode: str = "tensor") -> Union[Dict, List[Dict]]:
+    @staticmethod
+    def _pair(inputs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         if inputs.dim() != 5 or inputs.shape[1] != 2:
             raise ValueError(f"inputs must be (B, 2, 3, H, W) stereo pairs, got {tuple(inputs.shape)}")
-        net = self.train_graph if self.train_graph is not None and mode == "loss" else self.network
-        out = net(inputs[:, 0].float(), inputs[:, 1].float())
-        if mode == "tensor":
-            return out
-        if mode == "loss":
-            ds = data_samples
-            return self.criterion(out, ds["disp"].float(), ds["valid"].bool(),
-                                  ds["disp_right"].float() if "disp_right" in ds else None,
-                                  ds["valid_right"].bool() if "valid_right" in ds else None)
-        if mode == "predict":
-            results = []
-            for i in range(inputs.shape[0]):
-                row = dict(pred_disp=out["disparity"][i, 0].detach(), consistency=out["consistency"][i, 0])
-                if data_samples is not None:
-                    row.update(gt_disp=data_samples["disp"][i, 0], valid=data_samples["valid"][i, 0].bool(),
-                               valid_noc=data_samples["valid_noc"][i, 0].bool() if "valid_noc" in data_samples else None)
-                results.append(row)
-            return results
-        raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+        return inputs[:, 0].float(), inputs[:, 1].float()
+
+    def _forward(self, inputs: torch.Tensor) -> Dict:
+        return self.network(*self._pair(inputs))
+
+    def loss(self, inputs: torch.Tensor, samples: DataSamples) -> Dict[str, torch.Tensor]:
+        out = self.train_network()(*self._pair(inputs))
+        disp_right = samples.stack("disp_right", required=False)
+        valid_right = samples.stack("valid_right", required=False)
+        return self.criterion(out, samples.stack("disp").float(), samples.stack("valid").bool(),
+                              None if disp_right is None else disp_right.float(),
+                              None if valid_right is None else valid_right.bool())
+
+    def predict(self, inputs: torch.Tensor, samples: DataSamples) -> List[Dict]:
+        out = self._forward(inputs)
+        results = []
+        for i, sample in enumerate(samples):
+            row = dict(pred_disp=out["disparity"][i, 0].detach(), consistency=out["consistency"][i, 0])
+            if "disp" in sample:
+                row.update(gt_disp=sample["disp"][0], valid=sample["valid"][0].bool(),
+                           valid_noc=sample["valid_noc"][0].bool() if "valid_noc" in sample else None)
+            results.append(row)
+        return results

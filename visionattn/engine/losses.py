@@ -1,0 +1,224 @@
+"""Every training loss of the task models, registered in :data:`visionattn.registry.LOSSES`.
+
+Build one with :func:`build_loss` (``'l1'``, ``dict(type='CharbonnierLoss', eps=1e-3)``...);
+``sorted(LOSSES.module_dict)`` lists them. Image losses take ``(pred, target)`` tensors of equal
+shape and return a scalar; :class:`MatchStereoLoss` takes the stereo network's output dict and
+returns its weighted terms.
+
+- Pixel losses: ``L1Loss`` (alias ``l1``), ``MSELoss`` (``mse``), :class:`CharbonnierLoss`
+  (``charbonnier``).
+- Classification: ``CrossEntropyLoss``, timm's ``LabelSmoothingCrossEntropy`` and
+  ``SoftTargetCrossEntropy`` (Mixup/CutMix targets), and :class:`DistillationLoss` (DeiT's
+  hard/soft teacher term).
+- Stereo: :class:`MatchStereoLoss`.
+"""
+from typing import Dict, Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+from ..registry import LOSSES
+
+# Losses of torch and timm, by their class name (and the short names restoration configs use)
+LOSSES.register_module(name=["L1Loss", "l1"], module=nn.L1Loss)
+LOSSES.register_module(name=["MSELoss", "mse"], module=nn.MSELoss)
+LOSSES.register_module(module=nn.CrossEntropyLoss)
+LOSSES.register_module(module=LabelSmoothingCrossEntropy)
+LOSSES.register_module(module=SoftTargetCrossEntropy)
+
+
+def build_loss(loss: Union[str, dict, nn.Module]) -> nn.Module:
+    """A loss module from a registered name (``'l1'``), ``dict(type=name, **kwargs)`` or a module."""
+    if isinstance(loss, nn.Module):
+        return loss
+    cfg = dict(type=loss) if isinstance(loss, str) else dict(loss)
+    name = cfg.get("type")
+    if not isinstance(name, str) or name.split(".")[-1] not in LOSSES.module_dict:
+        raise ValueError(f"unknown loss {name!r}; registered losses: {sorted(LOSSES.module_dict)} "
+                         f"(a dict needs type=<one of them>)")
+    return LOSSES.build(cfg)
+
+
+@LOSSES.register_module(name=["CharbonnierLoss", "charbonnier"])
+class CharbonnierLoss(nn.Module):
+    """mean(sqrt((x - y)^2 + eps^2)): a smooth L1 (Restore-RWKV, Restormer). x, y: any equal shapes."""
+
+    def __init__(self, eps: float = 1e-3):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt((x - y) ** 2 + self.eps ** 2).mean()
+
+
+@LOSSES.register_module()
+class DistillationLoss(nn.Module):
+    """DeiT's teacher term: how far the student's logits are from a frozen teacher's.
+
+    ``'hard'``: cross-entropy against the teacher's arg-max class. ``'soft'``: KL divergence of the
+    temperature-``tau`` softmaxes, ``KL(teacher || student) * tau^2``, summed and divided by the
+    number of logits (B * num_classes), as DeiT computes it.
+
+    forward(student (B, C) logits, teacher (B, C) logits) -> scalar.
+    """
+
+    def __init__(self, distillation_type: str = "hard", tau: float = 1.0):
+        super().__init__()
+        if distillation_type not in ("hard", "soft"):
+            raise ValueError(f"distillation_type must be 'hard' or 'soft', got {distillation_type!r}")
+        if tau <= 0:
+            raise ValueError(f"tau must be > 0, got {tau}")
+        self.distillation_type, self.tau = distillation_type, tau
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        if self.distillation_type == "hard":
+            return F.cross_entropy(student, teacher.argmax(dim=1))
+        t = self.tau
+        return F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1),
+                        reduction="sum", log_target=True) * (t * t) / student.numel()
+
+
+# ---------------------------------------------------------------------------------------------
+# Stereo matching
+
+
+def downsample_disparity(disp: torch.Tensor, valid: torch.Tensor, stride: int):
+    """Masked block average of (B, 1, H, W) disparity -> ((B, 1, H/s, W/s) px, valid)."""
+    if stride == 1:
+        return disp, valid
+    v = valid.to(disp.dtype)
+    num = F.avg_pool2d(disp * v, stride)
+    den = F.avg_pool2d(v, stride)
+    return num / den.clamp(min=1e-6), den > 0.5
+
+
+def occlusion_from_disparity(disp: torch.Tensor, valid: torch.Tensor, tau: float = 0.5) -> torch.Tensor:
+    """Left-view occlusion (B, 1, H, W) bool from the left disparity alone (see :class:`MatchStereoLoss`)."""
+    B, _, H, W = disp.shape
+    x = torch.arange(W, device=disp.device, dtype=disp.dtype)
+    target = torch.where(valid, x - disp, torch.full_like(disp, float("inf")))
+    # min over x' > x: reverse cumulative min, shifted by one column
+    rev_min = target.flip(-1).cummin(-1).values.flip(-1)
+    right_min = torch.cat((rev_min[..., 1:], torch.full_like(rev_min[..., :1], float("inf"))), -1)
+    return valid & (right_min < target + tau)
+
+
+def _sample_right(right: torch.Tensor, disp_left: torch.Tensor) -> torch.Tensor:
+    """right (B, 1, H, W) sampled at x - disp_left (B, 1, H, W), bilinear, border clamp."""
+    B, _, H, W = right.shape
+    x = torch.arange(W, device=right.device, dtype=right.dtype).view(1, 1, 1, W) - disp_left
+    y = torch.arange(H, device=right.device, dtype=right.dtype).view(1, 1, H, 1).expand_as(x)
+    grid = torch.stack((2 * x / (W - 1) - 1, 2 * y / (H - 1) - 1), -1)[:, 0]
+    return F.grid_sample(right, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+@LOSSES.register_module()
+class MatchStereoLoss(nn.Module):
+    """Sequence + initial cost-volume + consistency-constrained occlusion loss of MatchStereo.
+
+    The official repository releases no training losses; these are designed from the paper.
+    Notation: ``d^L``/``d^R`` ground-truth disparities of the left/right view (full resolution, px),
+    ``V`` their validity masks; the model predicts stacked fields ``f`` (2B, h, w, 2) whose horizontal
+    component is ``-d^L`` for the left half and ``+d^R`` for the right half.
+
+    1. Sequence loss over the K intermediate fields (coarse to fine, last = full-resolution output):
+
+       ``L_seq = sum_k gamma^(K-1-k) * mean_{p in V_s} | s * dhat_k(p) - d_s(p) |``
+
+       where level k has stride ``s``, ``dhat_k`` is the predicted disparity in that level's pixels
+       and ``d_s`` the ground truth at stride ``s`` (masked average over each s x s block, px of the
+       full image); ``gamma`` defaults to 0.9. Both views are supervised where their ground truth
+       exists (the right view only when ``disp_right`` is given).
+
+    2. Initial cost-volume loss at 1/32 (the global correlation's probabilities ``P(d)``):
+
+       ``L_cv = mean_{p in V_32, d_32(p) < D-1} -log( (1-a) P(floor d_32) + a P(floor d_32 + 1) + eps )``,
+       ``a = d_32 - floor d_32`` (cross-entropy against the linearly split target bin).
+
+    3. Consistency-constrained occlusion loss: non-occluded pixels must agree with the other view,
+
+       ``L_occ = mean_{p in N} | dhat^L(p) - dhat^R(p - dhat^L(p)) |``  (full resolution),
+
+       where ``N`` are the valid left pixels that the ground truth marks visible in the right view. A
+       left pixel ``x`` is occluded when a pixel to its right lands on (within ``tau = 0.5`` px) or
+       left of its match: ``min_{x' > x} (x' - d^L(x')) < x - d^L(x) + tau``, computed with a reverse
+       cumulative minimum along each row. Occluded pixels are only supervised by ``L_seq``.
+
+    Total: ``w_seq L_seq + w_cv L_cv + w_occ L_occ`` (weights configurable, default 1, 0.1, 0.2).
+
+    Args:
+        gamma: exponential weight of the intermediate fields (the final output has weight 1).
+        seq_weight, cv_weight, occ_weight: weights of the three terms.
+        max_disp: ground truth above this (px) is ignored.
+        tau: tolerance (px) of the occlusion test on the ground truth.
+    """
+
+    def __init__(self, gamma: float = 0.9, seq_weight: float = 1.0, cv_weight: float = 0.1,
+                 occ_weight: float = 0.2, max_disp: float = 700.0, tau: float = 0.5):
+        super().__init__()
+        self.gamma, self.seq_weight, self.cv_weight, self.occ_weight = gamma, seq_weight, cv_weight, occ_weight
+        self.max_disp, self.tau = max_disp, tau
+
+    def forward(self, out: Dict, disp: torch.Tensor, valid: torch.Tensor,
+                disp_right: Optional[torch.Tensor] = None, valid_right: Optional[torch.Tensor] = None
+                ) -> Dict[str, torch.Tensor]:
+        """out: the model's output dict; disp/valid (B, 1, H, W) at the model input size.
+
+        Returns {'loss_seq', 'loss_cv', 'loss_occ'} (already weighted; mmengine sums them).
+        """
+        if out.get("padding", (0, 0)) != (0, 0):
+            raise ValueError(f"training crops must be multiples of 32 and >= 192 (model padded by "
+                             f"{out['padding']}); set the crop size accordingly")
+        B, _, H, W = disp.shape
+        valid = valid & (disp < self.max_disp) & torch.isfinite(disp)
+        disp = torch.where(valid, disp, torch.zeros_like(disp))
+        views = [(disp, valid, -1.0, slice(0, B))]
+        if disp_right is not None:
+            vr = valid_right & (disp_right < self.max_disp) & torch.isfinite(disp_right)
+            views.append((torch.where(vr, disp_right, torch.zeros_like(disp_right)), vr, 1.0, slice(B, 2 * B)))
+
+        fields = list(out["fields"]) + [out["field_up"]]
+        K = len(fields)
+        seq = disp.new_zeros(())
+        for k, field in enumerate(fields):
+            stride = H // field.shape[1]
+            weight = self.gamma ** (K - 1 - k)
+            for gt, ok, sign, rows in views:
+                gt_s, ok_s = downsample_disparity(gt, ok, stride)
+                pred = sign * field[rows, :, :, 0].unsqueeze(1) * stride
+                seq = seq + weight * _masked_mean((pred - gt_s).abs(), ok_s)
+        losses = {"loss_seq": self.seq_weight * seq}
+
+        cv = out.get("init_cost_volume")
+        if self.cv_weight and cv is not None:
+            if cv.dim() != 4 or cv.shape[1] != cv.shape[3]:
+                raise ValueError("the cost-volume loss is defined for stereo models (cost volume (2B, D, h, w))")
+            D = cv.shape[1]
+            term = disp.new_zeros(())
+            for gt, ok, _, rows in views:
+                gt_s, ok_s = downsample_disparity(gt, ok, H // cv.shape[2])
+                gt_s = gt_s / (H // cv.shape[2])
+                ok_s = ok_s & (gt_s < D - 1)
+                lo = gt_s.floor().clamp(0, D - 2)
+                a = gt_s - lo
+                p = cv[rows]
+                p_lo = p.gather(1, lo.long())
+                p_hi = p.gather(1, lo.long() + 1)
+                term = term - _masked_mean(torch.log((1 - a) * p_lo + a * p_hi + 1e-6), ok_s)
+            losses["loss_cv"] = self.cv_weight * term
+
+        if self.occ_weight:
+            visible = valid & ~occlusion_from_disparity(disp, valid, self.tau)
+            field = out["field_up"]
+            pred_left = -field[:B, :, :, 0].unsqueeze(1)
+            pred_right = field[B:, :, :, 0].unsqueeze(1)
+            diff = (pred_left - _sample_right(pred_right, pred_left)).abs()
+            losses["loss_occ"] = self.occ_weight * _masked_mean(diff, visible)
+        return losses
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
