@@ -5,10 +5,13 @@
 
 FAMILY_OR_MODEL is a model name (``biformer_small``) or a family (``biformer``); with a family the
 variant is the ``--model`` given, else the one model of the family whose keys and shapes the
-converted checkpoint fits. OUT holds ``{'state_dict': ..., 'meta': {...}}`` and loads with
-``create_model(NAME, checkpoint=OUT)``.
+converted checkpoint fits. OUT loads with ``create_model(NAME, checkpoint=OUT)``: a ``.safetensors``
+OUT is a safetensors file (the tensors, and the conversion record as string metadata); any other
+name a ``torch.save`` of ``{'state_dict': ..., 'meta': {...}}``.
 """
 import argparse
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -56,18 +59,37 @@ def convert(target: str, src: str, dst: str, model: str = None, model_kwargs: di
     missing, unexpected = net.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
         raise RuntimeError(f"converted checkpoint does not fit {model}: missing {missing[:8]}, unexpected {unexpected[:8]}")
-    Path(dst).parent.mkdir(parents=True, exist_ok=True)
     meta = {"model": model, "family": family, "model_kwargs": model_kwargs, "converted_from": Path(src).name,
             "converter_kwargs": converter_kwargs, "visionattn": visionattn.__version__}
-    torch.save({"state_dict": net.state_dict(), "meta": meta}, dst)
+    save(net.state_dict(), meta, dst)
     return model
+
+
+def save(state_dict: dict, meta: dict, dst: str) -> None:
+    """Write ``state_dict`` to ``dst`` atomically: safetensors for a ``.safetensors`` name, else torch.save."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.part")
+    try:
+        if dst.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            # safetensors stores each tensor once: tied or viewed tensors become their own copies
+            tensors = {k: v.detach().contiguous().clone() for k, v in state_dict.items()}
+            save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in meta.items()})
+        else:
+            torch.save({"state_dict": state_dict, "meta": meta}, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", metavar="FAMILY_OR_MODEL")
     parser.add_argument("src", metavar="IN", help="official checkpoint file (or http(s) URL)")
-    parser.add_argument("dst", metavar="OUT", help="where to write the converted checkpoint")
+    parser.add_argument("dst", metavar="OUT", help="where to write the converted checkpoint (.safetensors: safetensors)")
     parser.add_argument("--model", help="model name when FAMILY_OR_MODEL is a family")
     parser.add_argument("--ema", action="store_true", help="take the EMA weights (converter_kwargs ema=True)")
     parser.add_argument("--kwargs", nargs="*", default={}, action=DictAction, metavar="K=V",

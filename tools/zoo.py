@@ -1,12 +1,18 @@
-"""Model zoo command line: list entries, download/verify weights, regenerate model_zoo/README.md.
+"""Model zoo command line: list entries, download/verify/pin weights, regenerate model_zoo/README.md.
 
-    python tools/zoo.py list [PATTERN] [--family F]
-    python tools/zoo.py download NAME [--offline]
-    python tools/zoo.py verify [NAME]
-    python tools/zoo.py readme [--check]
+    visionattn-zoo list [PATTERN] [--family F]
+    visionattn-zoo download NAME [--offline]
+    visionattn-zoo verify [NAME]
+    visionattn-zoo pin NAME_OR_PATTERN [--write]   # print (or record in the manifest) sha256 / revision
+    visionattn-zoo unpin NAME                      # forget a pin after the publisher replaced the file
+    visionattn-zoo readme [--check]
+
+(``python tools/zoo.py ...`` in a clone is the same command.)
 """
 import argparse
+import re
 import sys
+import warnings
 from pathlib import Path
 
 from visionattn import hub
@@ -22,7 +28,7 @@ def _metrics(metrics) -> str:
 
 
 def _cached(entry: hub.ZooEntry) -> str:
-    return "yes" if entry.cache_path.is_file() else "no"
+    return "yes" if entry.cached_file() is not None else "no"
 
 
 def cmd_list(args) -> int:
@@ -30,9 +36,9 @@ def cmd_list(args) -> int:
     if not entries:
         print(f"no zoo entries match {args.pattern!r}" + (f" in family {args.family!r}" if args.family else ""))
         return 0
+    pins = hub.read_pins()
     rows = [("name", "model", "source", "sha256", "cached", "published")]
-    rows += [(e.name, e.model, e.source, (e.sha256 or "null")[:12], _cached(e), _metrics(e.published))
-             for e in entries]
+    rows += [(e.name, e.model, e.source, _hash(e, pins), _cached(e), _metrics(e.published)) for e in entries]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
@@ -45,6 +51,13 @@ def cmd_download(args) -> int:
     return 0
 
 
+def _hash(entry: hub.ZooEntry, pins) -> str:
+    if entry.sha256:
+        return entry.sha256[:12]
+    pin = pins.get(hub.pin_key(entry))
+    return f"{pin['sha256'][:12]} (pinned)" if pin else "null"
+
+
 def _problems(entry: hub.ZooEntry) -> list:
     import visionattn
 
@@ -53,8 +66,11 @@ def _problems(entry: hub.ZooEntry) -> list:
         problems.append(f"architecture {entry.model!r} is not a registered model")
     if entry.converter and entry.converter not in hub.CONVERTERS:
         problems.append(f"converter {entry.converter!r} is not registered (@register_converter)")
-    if entry.cache_path.is_file() and entry.sha256 and hub.file_sha256(entry.cache_path) != entry.sha256:
-        problems.append(f"cached {entry.cache_path} does not match sha256 {entry.sha256}")
+    cached = entry.cached_file()
+    expected = entry.sha256 or (hub.get_pin(entry) or {}).get("sha256")
+    if cached is not None and expected and hub.file_sha256(cached) != expected:
+        what = "sha256" if entry.sha256 else "the pinned sha256"
+        problems.append(f"cached {cached} does not match {what} {expected}")
     return problems
 
 
@@ -73,19 +89,89 @@ def cmd_verify(args) -> int:
             bad += 1
             print(f"FAIL {e.name}: " + "; ".join(problems))
         else:
-            state = ("hash ok" if e.sha256 else "no hash to check") if e.cache_path.is_file() else "not cached"
+            pinned = not e.sha256 and hub.get_pin(e) is not None
+            state = ("hash ok" if e.sha256 else "pinned hash ok" if pinned else "no hash to check") \
+                if e.cached_file() is not None else "not cached"
             print(f"ok   {e.name} ({state})")
     print(f"{len(entries) - bad}/{len(entries)} entries ok")
     return 1 if bad else 0
 
 
+def cmd_pin(args) -> int:
+    """Fetch each entry (downloading and pinning what has no hash yet), print its hash and commit, and
+    with --write record them in the entry's YAML."""
+    entries = hub.list_entries(args.name) or [hub.get_entry(args.name)]
+    failed = 0
+    for e in entries:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", hub.ZooPinWarning)  # this command reports the pin itself
+                path = hub.fetch_entry(e, offline=True if args.offline else None)
+        except (RuntimeError, ValueError) as err:
+            failed += 1
+            print(f"FAIL {e.name}: {err}", file=sys.stderr)
+            continue
+        sha = e.sha256 or hub.file_sha256(path)
+        revision = e.revision or ((hub.get_pin(e) or {}).get("revision") if e.hf is not None else None)
+        fields = {"sha256": sha, **({"revision": revision} if revision else {})}
+        print(f"{e.name}: " + "  ".join(f"{k}: {v}" for k, v in fields.items()) + f"  ({path})")
+        if args.write:
+            changed = record_in_manifest(e, fields)
+            print(f"  {'recorded in' if changed else 'already in'} {e.manifest}")
+    return 1 if failed else 0
+
+
+def record_in_manifest(entry: hub.ZooEntry, fields: dict) -> bool:
+    """Write ``fields`` (sha256, revision) into the entry's item of its YAML file, keeping the rest of
+    the file as it is; True if the file changed. A different hash already there is an error."""
+    path = Path(entry.manifest)
+    lines = path.read_text().splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines)
+                  if re.match(rf"\s*-\s*name:\s*['\"]?{re.escape(entry.name)}['\"]?\s*$", line)), None)
+    if start is None:
+        raise ValueError(f"{path}: cannot find the line '- name: {entry.name}' to record its hash in")
+    end = next((i for i in range(start + 1, len(lines)) if re.match(r"\s*-\s*name:", lines[i])), len(lines))
+    indent = re.match(r"(\s*)-", lines[start]).group(1) + "  "
+    changed = False
+    for key, value in fields.items():
+        at = next((i for i in range(start, end) if re.match(rf"\s*(-\s*)?{key}:", lines[i])), None)
+        current = None if at is None else lines[at].split(":", 1)[1].split("#", 1)[0].strip().strip("'\"")
+        if current == value:
+            continue
+        if current not in (None, "null", "~", ""):
+            raise ValueError(f"{path}: {entry.name} already records {key}: {current}, not {value}")
+        new = f"{indent}{key}: {value}\n"
+        if at is not None:
+            lines[at] = new
+        else:  # after the sha256 line (revision), or at the end of the item
+            after = next((i for i in range(start, end) if re.match(r"\s*sha256:", lines[i])), end - 1)
+            lines.insert(after + 1, new)
+            end += 1
+        changed = True
+    if changed:
+        path.write_text("".join(lines))
+        hub.reload_manifest()
+    return changed
+
+
+def cmd_unpin(args) -> int:
+    existed = hub.unpin(args.name)
+    print(f"{'forgot the pin of' if existed else 'no pin for'} {args.name} in {hub.lock_path()}")
+    return 0
+
+
 def render_table() -> str:
-    lines = ["| name | architecture | source | published | reproduced | sha256 |", "|---|---|---|---|---|---|"]
+    lines = ["| name | architecture | source | licence | converter | expected (published) | reproduced | sha256 |",
+             "|---|---|---|---|---|---|---|---|"]
     for e in hub.list_entries():
         arch = e.model + (f" ({', '.join(f'{k}={v}' for k, v in e.kwargs.items())})" if e.kwargs else "")
         link = f"[{e.name}]({e.url})" if e.url else f"{e.name} (link dead: supply the file)"
-        lines.append(f"| {link} | `{arch}` | {e.source} | {_metrics(e.published)} | "
-                     f"{_metrics(e.reproduced)} | {'`' + e.sha256[:10] + '`' if e.sha256 else 'null'} |")
+        converter = e.converter or "none (our format)"
+        if e.converter_kwargs:
+            converter += f" ({', '.join(f'{k}={v}' for k, v in e.converter_kwargs.items())})"
+        sha = f"`{e.sha256[:10]}`" if e.sha256 else "pinned on first download"
+        lines.append(f"| {link} | `{arch}` | {e.source} | {e.license or '–'} | {converter} | "
+                     f"{_metrics(e.published)} | {_metrics(e.reproduced)} | {sha} |")
     return "\n".join(lines)
 
 
@@ -122,9 +208,17 @@ def main(argv=None) -> int:
     p = sub.add_parser("verify", help="check manifests, architectures, converters and cached hashes")
     p.add_argument("name", nargs="?")
     p.set_defaults(fn=cmd_verify)
+    p = sub.add_parser("pin", help="print the sha256 (and Hugging Face revision) of entries; --write records them")
+    p.add_argument("name", help="an entry name or a shell pattern (biformer_*)")
+    p.add_argument("--write", action="store_true", help="record the hashes in the entries' YAML files")
+    p.add_argument("--offline", action="store_true", help="only use the cache")
+    p.set_defaults(fn=cmd_pin)
+    p = sub.add_parser("unpin", help="forget the pinned hash of an entry (its publisher replaced the file)")
+    p.add_argument("name")
+    p.set_defaults(fn=cmd_unpin)
     p = sub.add_parser("readme", help="regenerate the table of model_zoo/README.md")
     p.add_argument("--check", action="store_true", help="fail if the table is out of date")
-    p.add_argument("--path", help="README to update (default: model_zoo/README.md)")
+    p.add_argument("--path", help="README to update (default: model_zoo/README.md of this checkout)")
     p.set_defaults(fn=cmd_readme)
     args = parser.parse_args(argv)
     try:

@@ -59,7 +59,7 @@ def read_checkpoint(source: Union[str, Path], map_location="cpu", trusted: bool 
     Files are read with ``torch.load(weights_only=True)`` plus a small allowlist of harmless
     classes (:func:`_safe_globals`). ``trusted=True`` turns the pickle safety off (arbitrary code
     can run): only for files you trust that hold other classes; it is never done implicitly.
-    ``.safetensors`` files are read with safetensors.
+    safetensors files (by suffix or content) are read with safetensors.
     """
     source = str(source)
     if source.startswith(("http://", "https://")):
@@ -68,8 +68,10 @@ def read_checkpoint(source: Union[str, Path], map_location="cpu", trusted: bool 
         path = Path(source).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint file {str(path)!r} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(512)
     try:
-        if path.suffix == ".safetensors":
+        if path.suffix == ".safetensors" or checkpoint_format(head) == "safetensors":
             from safetensors.torch import load_file
 
             obj = load_file(str(path), device=str(map_location))
