@@ -1,8 +1,11 @@
-"""visionattn.cuda_graph: capture per input signature, replay, LRU, output ownership."""
+"""visionattn.cuda_graph: capture per input signature, replay, LRU, output ownership, per-module runners."""
+import gc
+
 import pytest
 import torch
 
-from visionattn.cuda_graph import CUDAGraphRunner, TrainingGraph
+from visionattn.cuda_graph import (_MODULE_RUNNERS, CUDAGraphRunner, TrainingGraph, graph_runner, graph_runners,
+                                   module_key)
 
 
 def test_rejects_cpu_tensors_and_bad_settings():
@@ -30,6 +33,28 @@ def test_replay_per_signature_and_lru():
     a = shared(torch.zeros(2, device="cuda"))
     shared(torch.ones(2, device="cuda"))
     assert torch.equal(a, torch.full((2,), 2.0, device="cuda"))  # the graph's own buffer
+
+
+def _double(module, x):
+    return module(x) * 2
+
+
+def test_graph_runner_is_kept_per_module_and_name_without_keeping_the_module():
+    lin = torch.nn.Linear(4, 4)
+    runner = graph_runner(lin, "double", _double)
+    assert graph_runner(lin, "double", _double) is runner and graph_runners(lin) == {"double": runner}
+    assert graph_runner(torch.nn.Linear(4, 4), "double", _double) is not runner
+    with pytest.raises(ValueError, match="CUDA tensor"):  # the runner itself refuses CPU inputs
+        runner(torch.ones(1, 4))
+    key = module_key(lin)
+    assert module_key(lin.double()) != key  # moved/re-cast parameters: a new capture
+    assert module_key(lin.eval()) != module_key(lin.train())
+    dead = torch.nn.Linear(4, 4)
+    graph_runner(dead, "double", _double)
+    count = len(_MODULE_RUNNERS)
+    del dead
+    gc.collect()
+    assert len(_MODULE_RUNNERS) == count - 1  # the cache held it weakly
 
 
 class _Net(torch.nn.Module):

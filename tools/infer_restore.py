@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import visionattn  # noqa: E402
 from visionattn.datasets import medical_io as mio  # noqa: E402
 from visionattn.datasets.intensity import window  # noqa: E402
+from visionattn.inference import restore_image  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -55,15 +56,14 @@ def main(argv=None):
     win = window(modality)
     if args.checkpoint is None:
         print("warning: no --checkpoint given, the model has random weights", file=sys.stderr)
-    model = visionattn.create_model(args.model, checkpoint=args.checkpoint, tile=args.tile,
-                                    tile_overlap=args.overlap).to(args.device).eval()
+    model = visionattn.create_model(args.model, checkpoint=args.checkpoint).to(args.device).eval()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    @torch.no_grad()
     def restore(slice_: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(win.normalize(slice_).astype(np.float32))[None, None].to(args.device)
-        return win.denormalize(model(x)[0, 0].double().cpu().numpy())
+        y = restore_image(model, x, tile=args.tile, overlap=args.overlap)
+        return win.denormalize(y[0, 0].double().cpu().numpy())
 
     from tqdm import tqdm
 

@@ -5,7 +5,8 @@
 
 Writes ``<out>/<left stem>_disp.pfm`` (float, px), ``_disp.png`` (KITTI uint16, px * 256),
 ``_disp_color.png`` (turbo colour map, near = warm) and ``_consistency.png`` (255 = passes the
-left-right check, 128 = likely occluded or unreliable). Any image size: the model pads internally.
+left-right check, 128 = likely occluded or unreliable). Any image size (``visionattn.inference.predict_stereo``
+pads and crops back).
 With ``--gt`` (a PFM, inf = invalid, or a KITTI uint16 PNG, 0 = invalid) it also prints EPE, D1 and
 bad-1/3 over the valid pixels and writes ``_compare.png``: left | prediction | ground truth, the two
 disparities on one colour scale (``--max-disp``, default the ground truth's 99th percentile).
@@ -23,6 +24,7 @@ import torch
 import visionattn
 from visionattn.datasets.stereo import read_image, read_kitti_disparity, read_pfm, write_kitti_disparity, write_pfm
 from visionattn.evaluation import disparity_errors
+from visionattn.inference import predict_stereo
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -84,8 +86,7 @@ def main(argv=None) -> int:
     if left.shape != right.shape:
         raise ValueError(f"left {tuple(left.shape[2:])} and right {tuple(right.shape[2:])} images differ in size")
     start = time.perf_counter()
-    with torch.no_grad():
-        out = model(left, right)
+    out = predict_stereo(model, left, right)
     seconds = time.perf_counter() - start
     disp = out["disparity"][0, 0].float().cpu().numpy()
     consistent = out["consistency"][0, 0].cpu().numpy()

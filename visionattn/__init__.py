@@ -6,6 +6,7 @@ registries; optional extras (mmdet, spconv) are imported only by the modules tha
 __version__ = "0.1.0"
 
 from . import models  # noqa: F401  (registers the networks)
+from . import inference  # noqa: F401  (visionattn.inference.predict_disparity, restore_image, ...)
 from .factory import create_model, list_models
 
 __all__ = ["create_model", "list_models", "__version__"]

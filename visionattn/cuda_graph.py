@@ -14,11 +14,14 @@ differ between calls; the parameters it reads must keep their memory (``load_sta
 its own memory pool alive. :class:`CUDAGraphRunner` is for inference (runs under
 ``torch.no_grad()``); :class:`TrainingGraph` captures a module's forward and backward for
 training steps of fixed shape (the optimizer step stays outside, updating parameters in place).
+:func:`graph_runner` keeps one inference runner per (module, name) for as long as the module lives,
+which is how ``visionattn.inference`` replays a network without storing anything on it.
 """
 import warnings
+import weakref
 from collections import OrderedDict
 from contextlib import nullcontext
-from typing import Any, Callable, Hashable, Optional
+from typing import Any, Callable, Dict, Hashable, Optional
 
 import torch
 from torch import nn
@@ -98,6 +101,40 @@ class CUDAGraphRunner:
     def clear(self) -> None:
         """Drop every captured graph and its memory."""
         self._graphs.clear()
+
+
+def module_key(module: nn.Module) -> Hashable:
+    """What a captured graph of ``module`` depends on besides its inputs: train/eval mode and the address,
+    dtype and device of its first parameter (``.to()``/``.half()`` move it and force a new capture;
+    ``load_state_dict`` copies in place and keeps the graphs valid)."""
+    p = next(module.parameters(), None)
+    return (module.training,) if p is None else (module.training, p.data_ptr(), p.dtype, p.device)
+
+
+# module -> {name: runner}; weak keys: the cache never keeps a module (or its graphs' memory) alive
+_MODULE_RUNNERS: "weakref.WeakKeyDictionary[nn.Module, Dict[str, CUDAGraphRunner]]" = weakref.WeakKeyDictionary()
+
+
+def graph_runner(module: nn.Module, name: str, fn: Callable[..., Any], **runner_kwargs) -> CUDAGraphRunner:
+    """The :class:`CUDAGraphRunner` of ``fn(module, *tensors)`` kept for ``module`` under ``name``.
+
+    Made on the first call for (module, name), returned as is afterwards (``name`` stands for ``fn``:
+    one name, one computation). Signatures are keyed by :func:`module_key` as well, so a moved, re-cast
+    or mode-switched module is captured again. ``fn`` receives the module on each call; the runner
+    holds it weakly, so the module's lifetime decides when its graphs are freed (or
+    ``graph_runners(module).clear()``). ``runner_kwargs`` go to :class:`CUDAGraphRunner` on creation.
+    """
+    runners = _MODULE_RUNNERS.setdefault(module, {})
+    if name not in runners:
+        ref = weakref.ref(module)
+        runners[name] = CUDAGraphRunner(lambda *args: fn(ref(), *args), key=lambda: module_key(ref()),
+                                        **runner_kwargs)
+    return runners[name]
+
+
+def graph_runners(module: nn.Module) -> Dict[str, CUDAGraphRunner]:
+    """The runners :func:`graph_runner` keeps for ``module`` (name -> runner; ``.clear()`` frees them)."""
+    return _MODULE_RUNNERS.setdefault(module, {})
 
 
 class _TensorLeaves(nn.Module):

@@ -168,9 +168,6 @@ class MatchStereoLoss(nn.Module):
 
         Returns {'loss_seq', 'loss_cv', 'loss_occ'} (already weighted; mmengine sums them).
         """
-        if out.get("padding", (0, 0)) != (0, 0):
-            raise ValueError(f"training crops must be multiples of 32 and >= 192 (model padded by "
-                             f"{out['padding']}); set the crop size accordingly")
         B, _, H, W = disp.shape
         valid = valid & (disp < self.max_disp) & torch.isfinite(disp)
         disp = torch.where(valid, disp, torch.zeros_like(disp))

@@ -10,6 +10,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
+from ..inference import restore_image
 from ..registry import FUNCTIONS, MODELS
 from .losses import build_loss
 from .task_model import DataSamples, TaskModel
@@ -47,7 +48,7 @@ class ImageRestorer(TaskModel):
         return dict(loss=self.criterion(out, samples.stack("gt").to(out)))
 
     def predict(self, inputs: torch.Tensor, samples: DataSamples) -> List[dict]:
-        out = self.network(inputs)
+        out = restore_image(self.network, inputs)  # any image size: padded to the network's contract, cropped back
         return [dict(sample, pred=o.clamp(0, 1).detach()) for sample, o in zip(samples, out)]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

@@ -3,6 +3,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 
+from ..inference import predict_stereo
 from ..registry import MODELS
 from .losses import MatchStereoLoss
 from .task_model import DataSamples, TaskModel
@@ -23,8 +24,9 @@ class StereoMatcher(TaskModel):
 
     ``cuda_graph=True``: training steps on CUDA replay the network's forward and backward from CUDA
     graphs (one capture per crop size), which removes the kernel-launch overhead that bounds
-    MatchStereo's eager training step. Needs fixed-size crops and no gradient accumulation. The
-    network's input-range check runs at capture only (replays skip the forward's Python code).
+    MatchStereo's eager training step. Needs fixed-size crops and no gradient accumulation.
+    Training crops must be multiples of 32 and >= 192 (the network's input contract); ``'predict'``
+    takes any size through :func:`visionattn.inference.predict_stereo` (range check, padding, crop).
     """
 
     def __init__(self, network, network_kwargs: Optional[Mapping] = None, pretrained: bool = False,
@@ -52,7 +54,7 @@ class StereoMatcher(TaskModel):
                               None if valid_right is None else valid_right.bool())
 
     def predict(self, inputs: torch.Tensor, samples: DataSamples) -> List[Dict]:
-        out = self._forward(inputs)
+        out = predict_stereo(self.network, *self._pair(inputs))  # any size: padded and cropped back
         results = []
         for i, sample in enumerate(samples):
             row = dict(pred_disp=out["disparity"][i, 0].detach(), consistency=out["consistency"][i, 0])

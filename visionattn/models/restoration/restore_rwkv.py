@@ -2,11 +2,11 @@
 Omni-Shift in a Restormer-style 4-level U-Net, for medical image restoration.
 
 Module and parameter names follow the official code so its state dicts map one to one (the
-converter only drops derived or unused tensors). Images are (B, in_chans, H, W); any H, W works
-(reflect-padded to a multiple of 8, cropped back); ``tile``/``tile_overlap`` switch eval-mode
-inference to overlapping tiles blended with linear ramps, so memory stays bounded on large slices.
+converter only drops derived or unused tensors). The network takes (B, in_chans, H, W) with H, W
+multiples of 8; ``visionattn.inference.restore_image`` runs it on any size (reflect padding, cropped
+back) and, with ``tile=``, on overlapping tiles blended with linear ramps (bounded memory).
 """
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -156,22 +156,24 @@ class RestoreRWKV(nn.Module):
         num_refinement_blocks: blocks after decoder level 1.
         recurrence: Re-WKV recurrences M (alternating H and V scans).
         wkv_impl: Bi-WKV implementation ("auto", "triton", "reference").
-        tile, tile_overlap: eval-mode inference on tile x tile crops overlapping by tile_overlap
-            pixels, blended with linear ramps (None: whole image at once).
+
+    Any image size and tiled inference: ``visionattn.inference.restore_image(model, x, tile=...)``.
     """
+
+    size_multiple = 8  # three 2x downsamplings; the input contract visionattn.inference reads
 
     def __init__(self, in_chans: int = 1, out_chans: int = 1, dim: int = 48,
                  num_blocks: Sequence[int] = (4, 6, 6, 8), num_refinement_blocks: int = 4,
-                 recurrence: int = 2, hidden_rate: int = 4, wkv_impl: str = "auto",
-                 tile: Optional[int] = None, tile_overlap: int = 32):
+                 recurrence: int = 2, hidden_rate: int = 4, wkv_impl: str = "auto", **removed):
         super().__init__()
+        if removed.keys() & {"tile", "tile_overlap"}:
+            raise ValueError("tile/tile_overlap are inference settings: pass them to "
+                             "visionattn.inference.restore_image(model, x, tile=..., overlap=...)")
+        if removed:
+            raise TypeError(f"RestoreRWKV got unexpected arguments {sorted(removed)}")
         if dim % 2:
             raise ValueError(f"dim must be even (downsampling halves it before PixelUnshuffle); got {dim}")
-        if tile is not None and (tile % 8 or tile <= tile_overlap):
-            raise ValueError(f"tile must be a multiple of 8 larger than tile_overlap; got tile={tile}, "
-                             f"tile_overlap={tile_overlap}")
         self.in_chans, self.out_chans = in_chans, out_chans
-        self.tile, self.tile_overlap = tile, tile_overlap
 
         def stage(n, c):
             return nn.Sequential(*[Block(c, hidden_rate, recurrence, wkv_impl) for _ in range(n)])
@@ -195,8 +197,14 @@ class RestoreRWKV(nn.Module):
         self.refinement = stage(num_refinement_blocks, dim * 2)
         self.output = nn.Conv2d(dim * 2, out_chans, 3, padding=1, bias=True)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The U-Net on (B, in_chans, H, W) with H, W multiples of 8 -> (B, out_chans, H, W)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_chans, H, W), H and W multiples of 8 -> (B, out_chans, H, W)."""
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"RestoreRWKV expects (B, {self.in_chans}, H, W) images; got {tuple(x.shape)}")
+        H, W = x.shape[-2:]
+        if H % self.size_multiple or W % self.size_multiple:
+            raise ValueError(f"RestoreRWKV takes H and W that are multiples of {self.size_multiple}, got {H}x{W}; "
+                             "visionattn.inference.restore_image(model, x) pads any size and crops back")
         e1 = self.encoder_level1(self.patch_embed(x))
         e2 = self.encoder_level2(self.down1_2(e1))
         e3 = self.encoder_level3(self.down2_3(e2))
@@ -206,67 +214,6 @@ class RestoreRWKV(nn.Module):
         d = self.decoder_level1(torch.cat([self.up2_1(d), e1], 1))
         out = self.output(self.refinement(d))
         return out + x if self.in_chans == self.out_chans else out
-
-    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        """Any H, W: reflect-pad to a multiple of 8 (replicate when too small to reflect), crop back."""
-        H, W = x.shape[-2:]
-        ph, pw = -H % 8, -W % 8
-        if ph or pw:
-            mode = "reflect" if ph < H and pw < W else "replicate"
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        return self.forward_features(x)[..., :H, :W]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"RestoreRWKV expects (B, {self.in_chans}, H, W) images; got {tuple(x.shape)}")
-        if self.tile is not None and not self.training and max(x.shape[-2:]) > self.tile:
-            return tiled_forward(self.forward_padded, x, self.out_chans, self.tile, self.tile_overlap)
-        return self.forward_padded(x)
-
-
-def _ramp(n: int, overlap: int, first: bool, last: bool, like: torch.Tensor) -> torch.Tensor:
-    """1-D blending weight of a tile of length n: rises over ``overlap`` pixels on inner edges."""
-    w = torch.ones(n, dtype=like.dtype, device=like.device)
-    if overlap > 0:
-        ramp = (torch.arange(overlap, dtype=like.dtype, device=like.device) + 0.5) / overlap
-        if not first:
-            w[:overlap] = torch.minimum(w[:overlap], ramp)
-        if not last:
-            w[n - overlap:] = torch.minimum(w[n - overlap:], ramp.flip(0))
-    return w
-
-
-def _starts(size: int, tile: int, stride: int):
-    if size <= tile:
-        return [0]
-    starts = list(range(0, size - tile, stride))
-    return starts + [size - tile]
-
-
-def tiled_forward(fn, x: torch.Tensor, out_chans: int, tile: int, overlap: int) -> torch.Tensor:
-    """Run ``fn`` on overlapping tile x tile crops of (B, C, H, W) and blend them seamlessly.
-
-    Overlaps are cross-faded with linear ramps (weights sum to one everywhere), so memory is that
-    of one tile whatever the image size.
-    """
-    B, _, H, W = x.shape
-    out = x.new_zeros(B, out_chans, H, W)
-    norm = x.new_zeros(1, 1, H, W)
-    stride = tile - overlap
-    ys, xs = _starts(H, tile, stride), _starts(W, tile, stride)
-    for y0 in ys:
-        for x0 in xs:
-            crop = x[..., y0:y0 + tile, x0:x0 + tile]
-            h, w = crop.shape[-2:]
-            # actual overlap with the neighbour can exceed `overlap` for the last tile: ramp over it
-            oy = min(overlap, h) if len(ys) > 1 else 0
-            ox = min(overlap, w) if len(xs) > 1 else 0
-            wy = _ramp(h, oy, y0 == ys[0], y0 == ys[-1], x)
-            wx = _ramp(w, ox, x0 == xs[0], x0 == xs[-1], x)
-            weight = wy[:, None] * wx[None, :]
-            out[..., y0:y0 + h, x0:x0 + w] += fn(crop) * weight
-            norm[..., y0:y0 + h, x0:x0 + w] += weight
-    return out / norm
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,14 +23,7 @@ from ...ops.match_attention import match_attention
 from ...registry import register_converter, register_network
 
 MIN_SIZE = 192  # the 1/32 map must hold the 6x6 window of radius 2
-PAD_MULTIPLE = 32
-
-
-def _tracing(x: torch.Tensor) -> bool:
-    """Under torch.compile / torch.export / CUDA-graph capture: skip data-dependent input checks."""
-    exporting = getattr(torch.compiler, "is_exporting", lambda: False)
-    capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
-    return torch.compiler.is_compiling() or exporting() or capturing
+PAD_MULTIPLE = 32  # H and W of the network's input (visionattn.inference pads other sizes)
 
 
 def _linspace(end: float, n: int) -> List[float]:
@@ -106,6 +99,25 @@ def convex_upsample(field: torch.Tensor, mask: torch.Tensor, factor: int) -> tor
     neighbours = F.unfold(field.permute(0, 3, 1, 2) * factor, 3, padding=1).view(B, D, 9, 1, 1, h, w)
     up = (weights * neighbours).sum(dim=2)  # (B, D, f, f, h, w)
     return up.permute(0, 4, 2, 5, 3, 1).reshape(B, factor * h, factor * w, D)
+
+
+def field_outputs(field: torch.Tensor, task: str, threshold: float) -> Dict[str, torch.Tensor]:
+    """The per-pixel outputs read off a stacked full-resolution field (2B, 2, H, W) (first view first).
+
+    ``field``; ``consistency`` (B, 1, H, W) bool: the forward-backward check of the first view passed
+    (threshold ``threshold`` px); stereo: ``disparity`` / ``disparity_right`` (B, 1, H, W) >= 0; flow:
+    ``flow`` / ``flow_backward`` (B, 2, H, W). Used by the forward and, after cropping padding off the
+    field, by ``visionattn.inference.predict_stereo``.
+    """
+    B = field.shape[0] // 2
+    consistent = consistency_mask(field.permute(0, 2, 3, 1).float(), threshold)
+    out = {"field": field, "consistency": consistent[:B].permute(0, 3, 1, 2) > 0}
+    if task == "stereo":
+        out["disparity"] = (-field[:B, :1]).clamp(min=0)
+        out["disparity_right"] = field[B:, :1].clamp(min=0)
+    else:
+        out["flow"], out["flow_backward"] = field[:B], field[B:]
+    return out
 
 
 # --- encoder: ConvFormer (MetaFormer with separable-conv token mixer) ---------------------------
@@ -445,9 +457,13 @@ def _mask_head(dim: int, hidden: int, factor: int) -> nn.Sequential:
 class MatchStereo(nn.Module):
     """MatchStereo (``task='stereo'``) / MatchFlow (``task='flow'``).
 
-    Call ``model(left, right)`` with images (B, 3, H, W), RGB, values in [0, 255] (uint8 or
-    float). Any H, W: inputs are replicate-padded at the top and right to a multiple of 32 and
-    at least 192x192 (the official padder's layout), outputs are cropped back.
+    ``model(left, right)``: images (B, 3, H, W), RGB, values in [0, 255] (uint8 or float), H and W
+    multiples of ``size_multiple`` (32) and at least ``min_size`` (192). Images of any size, with
+    their range checked and optionally replayed from a CUDA graph, go through
+    ``visionattn.inference.predict_stereo`` / ``predict_disparity`` / ``predict_flow``, which pad
+    at the top and right (the official padder's layout) and crop the outputs back. The methods
+    ``model.predict_disparity`` / ``model.predict_flow`` that callers used before are shims over
+    those functions, attached by ``visionattn.inference`` (networks never import it).
 
     Returns a dict:
         ``disparity`` (B, 1, H, W) left-view disparity >= 0 (stereo) or ``flow`` (B, 2, H, W);
@@ -455,11 +471,14 @@ class MatchStereo(nn.Module):
         ``field`` (2B, 2, H, W): full-resolution field of both views (left half first);
         ``consistency`` (B, 1, H, W) bool: left-right (forward-backward) check passed, i.e.
         not occluded (threshold ``consistency_threshold`` px);
-        training intermediates at the padded size (channels-last): ``init_field``
-        (2B, H/32, W/32, 2), ``init_cost_volume``, ``fields`` (list of (2B, h, w, 2): every
-        layer's self and cross field and each upsampled field, coarse to fine), ``field_up``
-        (2B, Hp, Wp, 2), ``self_rpos`` (2B, Hp/4, Wp/4, 2); ``padding`` (top, right).
+        training intermediates (channels-last): ``init_field`` (2B, H/32, W/32, 2),
+        ``init_cost_volume``, ``fields`` (list of (2B, h, w, 2): every layer's self and cross field
+        and each upsampled field, coarse to fine), ``field_up`` (2B, H, W, 2), ``self_rpos``
+        (2B, H/4, W/4, 2).
     """
+
+    size_multiple = PAD_MULTIPLE  # the input contract visionattn.inference reads
+    min_size = MIN_SIZE
 
     def __init__(self, dims: Sequence[int], task: str = "stereo", depths: Sequence[int] = (2, 2, 6, 2),
                  num_layers: Sequence[int] = (8, 8, 8, 2), radii: Sequence[int] = (2, 2, 1, 1),
@@ -490,36 +509,25 @@ class MatchStereo(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    # -- input handling --
-    @staticmethod
-    def _check_range(x: torch.Tensor) -> None:
-        lo, hi = x.aminmax()  # one host sync: skipped under compile / CUDA-graph capture
-        if lo < 0 or hi > 255:
-            raise ValueError(f"images must hold values in [0, 255] (got [{lo.item():.3g}, {hi.item():.3g}]); "
-                             "pass uint8-range RGB, e.g. img_float_0_1 * 255")
-
-    def _prepare(self, left: torch.Tensor, right: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    def _check_shapes(self, left: torch.Tensor, right: torch.Tensor) -> None:
+        """Shape contract only (no host synchronisation): values and padding are inference's job."""
         for name, img in (("left", left), ("right", right)):
             if img.dim() != 4 or img.shape[1] != 3:
                 raise ValueError(f"{name} image must be (B, 3, H, W) RGB, got shape {tuple(img.shape)}")
         if left.shape != right.shape:
             raise ValueError(f"left {tuple(left.shape)} and right {tuple(right.shape)} images differ in shape")
-        dtype = self.encoder.downsample_layers[0][0].weight.dtype
-        x = torch.cat((left, right), 0).to(dtype)
-        if x.device.type != "meta" and not _tracing(x):
-            self._check_range(x)
-        H, W = x.shape[-2:]
-        pad_h = max(-H % PAD_MULTIPLE, MIN_SIZE - H)
-        pad_w = max(-W % PAD_MULTIPLE, MIN_SIZE - W)
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, pad_h, 0), mode="replicate")
-        return 2 * (x / 255.0) - 1, (pad_h, pad_w)
+        H, W = left.shape[-2:]
+        if H % self.size_multiple or W % self.size_multiple or min(H, W) < self.min_size:
+            raise ValueError(f"MatchStereo takes H and W that are multiples of {self.size_multiple} and at least "
+                             f"{self.min_size}, got {H}x{W}; visionattn.inference.predict_stereo(model, left, right) "
+                             "pads any size and crops the outputs back")
 
     def forward(self, left: torch.Tensor, right: torch.Tensor,
                 init_field: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        self._check_shapes(left, right)
         stereo = self.task == "stereo"
-        H, W = left.shape[-2:]
-        x, (pad_h, pad_w) = self._prepare(left, right)
+        dtype = self.encoder.downsample_layers[0][0].weight.dtype
+        x = 2 * (torch.cat((left, right), 0).to(dtype) / 255.0) - 1  # the official network's normalisation
         feats = self.encoder(x)[::-1]  # 1/32 .. 1/4, channels-last
         fields = []
         init_cv = None
@@ -540,61 +548,10 @@ class MatchStereo(nn.Module):
                 fields.extend((f["self"], f["cross"]))
         field_up = convex_upsample(field, self.up_masks[4](feats[3].permute(0, 3, 1, 2)), 4)
 
-        full = field_up[:, pad_h:pad_h + H, :W].permute(0, 3, 1, 2)  # (2B, 2, H, W)
-        consistent = consistency_mask(full.permute(0, 2, 3, 1).float(), self.consistency_threshold)
-        B = left.shape[0]
-        out = {
-            "field": full,
-            "consistency": consistent[:B].permute(0, 3, 1, 2) > 0,
-            "init_field": init_field, "init_cost_volume": init_cv, "fields": fields,
-            "field_up": field_up, "self_rpos": self_rpos, "padding": (pad_h, pad_w),
-        }
-        if stereo:
-            out["disparity"] = (-full[:B, :1]).clamp(min=0)
-            out["disparity_right"] = full[B:, :1].clamp(min=0)
-        else:
-            out["flow"], out["flow_backward"] = full[:B], full[B:]
+        out = field_outputs(field_up.permute(0, 3, 1, 2), self.task, self.consistency_threshold)
+        out.update(init_field=init_field, init_cost_volume=init_cv, fields=fields, field_up=field_up,
+                   self_rpos=self_rpos)
         return out
-
-    @torch.no_grad()
-    def predict_disparity(self, left: torch.Tensor, right: torch.Tensor, cuda_graph: bool = False) -> torch.Tensor:
-        """Left-view disparity (B, 1, H, W) in pixels for RGB images (B, 3, H, W) in [0, 255].
-
-        ``cuda_graph=True`` (CUDA inputs): the forward is captured as a CUDA graph on the first
-        call for each input shape/dtype and replayed afterwards, which removes the kernel-launch
-        overhead that dominates at KITTI size (see ``visionattn.cuda_graph``).
-        """
-        if self.task != "stereo":
-            raise RuntimeError("predict_disparity needs a stereo model; this one estimates flow (use predict_flow)")
-        if cuda_graph:
-            return self._graphed("disparity", left, right)
-        return self(left, right)["disparity"]
-
-    @torch.no_grad()
-    def predict_flow(self, image1: torch.Tensor, image2: torch.Tensor, cuda_graph: bool = False) -> torch.Tensor:
-        """Forward flow (B, 2, H, W) in pixels for RGB images (B, 3, H, W) in [0, 255]; ``cuda_graph`` as in
-        ``predict_disparity``."""
-        if cuda_graph:
-            return self._graphed("flow", image1, image2)
-        return self(image1, image2)["field"][: image1.shape[0]]
-
-    def _graphed(self, output: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        from ...cuda_graph import CUDAGraphRunner
-
-        if not (a.is_cuda and b.is_cuda):
-            raise ValueError(f"cuda_graph=True needs CUDA images, got {a.device} / {b.device}; "
-                             "move the model and images to a GPU or pass cuda_graph=False")
-        runners = self.__dict__.setdefault("_graph_runners", {})
-        if output not in runners:
-            def key():  # re-capture after .to() / train(): the graph holds the weights' addresses
-                weight = self.encoder.downsample_layers[0][0].weight
-                return self.training, weight.data_ptr(), weight.dtype
-            select = (lambda out: out["disparity"]) if output == "disparity" else \
-                (lambda out: out["field"][: out["field"].shape[0] // 2])
-            runners[output] = CUDAGraphRunner(lambda x, y: select(self(x, y)), key=key)
-        self._check_range(a)
-        self._check_range(b)
-        return runners[output](a, b)
 
 
 # --- variants, registration, official checkpoints --------------------------------------------
