@@ -1,0 +1,125 @@
+"""Packaging: setup.cfg declares what the package imports (and nothing it never imports), optional
+formats go through their extras, and a wheel built from this checkout installs as a working library
+(configs and zoo manifest inside, console scripts that run from any directory)."""
+import ast
+import configparser
+import functools
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "visionattn"
+
+# imported but deliberately not declared: triton ships with torch's Linux wheels and is optional
+# (visionattn.ops falls back to the reference without it)
+UNDECLARED_OK = {"triton"}
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _requirements():
+    """{'core': {dist, ...}, '<extra>': {...}} from setup.cfg."""
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+
+    def names(text):
+        return {_normalise(re.split(r"[<>=!~;\[ ]", line.strip())[0]) for line in text.splitlines()
+                if line.strip() and not line.strip().startswith("#")}
+
+    out = {"core": names(cfg["options"]["install_requires"])}
+    out.update({extra: names(text) for extra, text in cfg["options.extras_require"].items()})
+    return out
+
+
+def _third_party_imports():
+    """Top-level module name -> files of visionattn/ importing it (at any depth, absolute imports)."""
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                mods = [node.module]
+            elif (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "require_extra"
+                  and node.args and isinstance(node.args[0], ast.Constant)):
+                mods = [node.args[0].value]  # require_extra("nibabel") imports nibabel
+            else:
+                continue
+            for mod in mods:
+                top = mod.split(".")[0]
+                if top != "visionattn" and top not in sys.stdlib_module_names:
+                    found.setdefault(top, set()).add(str(path.relative_to(REPO)))
+    return found
+
+
+@functools.lru_cache(maxsize=None)
+def _installed():
+    return packages_distributions()
+
+
+def _dists(module: str):
+    return {_normalise(d) for d in _installed().get(module, [module])}
+
+
+def test_every_import_is_declared():
+    reqs = _requirements()
+    declared = set().union(*reqs.values())
+    undeclared = {m: sorted(files)[:3] for m, files in _third_party_imports().items()
+                  if m not in UNDECLARED_OK and not _dists(m) & declared}
+    assert not undeclared, f"imported by visionattn/ but in no requirement of setup.cfg: {undeclared}"
+
+
+def test_every_core_requirement_is_imported():
+    imported = set()
+    for module in _third_party_imports():
+        imported |= _dists(module)
+    unused = sorted(reqs for reqs in _requirements()["core"] if reqs not in imported)
+    assert not unused, f"setup.cfg's install_requires lists packages visionattn never imports: {unused}"
+
+
+def test_extras_are_imported_only_through_require_extra():
+    """Modules of an extra are never imported plainly: require_extra names the extra when one is missing."""
+    from visionattn.extras import _EXTRAS
+
+    reqs = _requirements()
+    optional = {m for m in _EXTRAS} | {m for m in _third_party_imports() if not _dists(m) & reqs["core"]}
+    bad = []
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        guarded = {node.args[0].value for node in ast.walk(tree) if isinstance(node, ast.Call)
+                   and getattr(node.func, "id", None) == "require_extra" and node.args
+                   and isinstance(node.args[0], ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                mods = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                mods = [node.module.split(".")[0]]
+            else:
+                continue
+            bad += [f"{path.relative_to(REPO)}:{node.lineno} imports {m}" for m in mods
+                    if m in optional and m not in guarded and m not in UNDECLARED_OK]
+    assert not bad, "\n".join(bad)
+
+
+def test_medical_extra_is_named_when_missing(tmp_path):
+    code = ("import sys\n"
+            "for m in ('nibabel', 'pydicom', 'tifffile'): sys.modules[m] = None\n"
+            "import visionattn\n"
+            "from visionattn.datasets import medical_io\n"
+            "try:\n"
+            f"    medical_io.read_nifti({str(tmp_path / 'x.nii')!r})\n"
+            "except ImportError as err:\n"
+            "    print(err)\n")
+    (tmp_path / "x.nii").write_bytes(b"")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "pip install 'visionattn[medical]'" in out.stdout and "NIfTI" in out.stdout
