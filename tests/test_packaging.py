@@ -4,6 +4,7 @@ formats go through their extras, and a wheel built from this checkout installs a
 import ast
 import configparser
 import functools
+import importlib.util
 import os
 import re
 import subprocess
@@ -123,3 +124,32 @@ def test_medical_extra_is_named_when_missing(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "pip install 'visionattn[medical]'" in out.stdout and "NIfTI" in out.stdout
+
+
+def _console_scripts():
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    lines = [line for line in cfg["options.entry_points"]["console_scripts"].splitlines() if line.strip()]
+    return dict(tuple(part.strip() for part in line.split("=", 1)) for line in lines)
+
+
+def test_console_scripts_and_tools_run_the_same_programs():
+    import importlib
+
+    scripts = _console_scripts()
+    assert {"visionattn-train", "visionattn-test", "visionattn-zoo", "visionattn-benchmark"} <= set(scripts)
+    for script, target in scripts.items():
+        module, _, function = target.partition(":")
+        entry = getattr(importlib.import_module(module), function)
+        name = entry.__name__
+        assert importlib.util.find_spec(f"visionattn.cli.{name}") is not None, script
+        wrapper = REPO / "tools" / f"{name}.py"
+        assert wrapper.is_file() and f'run("{name}")' in wrapper.read_text(), f"{wrapper} does not wrap {script}"
+
+
+def test_a_tool_wrapper_runs_from_another_directory(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO), VISIONATTN_HOME=str(tmp_path / "home"))
+    out = subprocess.run([sys.executable, str(REPO / "tools" / "zoo.py"), "list", "biformer_*"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "biformer_small.in1k" in out.stdout and "biformer_small " in out.stdout

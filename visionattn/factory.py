@@ -50,7 +50,7 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
     """Build the network ``name``.
 
     Args:
-        name: a name from :func:`list_models`, a model-zoo entry name (``tools/zoo.py list``), or
+        name: a name from :func:`list_models`, a model-zoo entry name (``visionattn-zoo list``), or
             any timm model name.
         pretrained: load the model-zoo weights of ``name`` (downloaded once, SHA-256 checked or
             pinned, cached). visionattn's timm backbones go through ``timm.create_model(...,
@@ -75,7 +75,7 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
     source = entry if entry is not None else checkpoint
     if name in NETWORKS:
         if pretrained and entry is None:
-            raise ValueError(f"the model zoo has no weights for {name!r} (`python tools/zoo.py list`); "
+            raise ValueError(f"the model zoo has no weights for {name!r} (`visionattn-zoo list`); "
                              f"pass checkpoint=PATH_OR_URL to load your own")
         model = NETWORKS[name].builder(**kwargs)
         if source is not None:

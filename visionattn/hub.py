@@ -90,7 +90,7 @@ def read_checkpoint(source: Union[str, Path], map_location="cpu", trusted: bool 
             raise RuntimeError(
                 f"checkpoint {str(path)!r} pickles {bad}, which is not on visionattn's allowlist of "
                 f"safe classes. If you trust the file, read it with "
-                f"visionattn.hub.read_checkpoint(path, trusted=True) (or --trust in tools/convert_checkpoint.py) "
+                f"visionattn.hub.read_checkpoint(path, trusted=True) (or --trust in visionattn-convert) "
                 f"and save its state dict with torch.save."
             ) from err
         first = next((line for line in msg.splitlines() if line.strip()), "")
@@ -736,7 +736,7 @@ def get_entry(name: str) -> ZooEntry:
     close = difflib.get_close_matches(name, list(entries) + sorted({e.model for e in entries.values()}), n=5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise ValueError(f"the model zoo has no weights for {name!r}.{hint} "
-                     f"`python tools/zoo.py list` shows every entry.")
+                     f"`visionattn-zoo list` shows every entry.")
 
 
 def has_entry(name: str) -> bool:
