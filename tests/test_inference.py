@@ -21,7 +21,7 @@ def _stereo_model(task="stereo"):
 
 def _rwkv(**kw):
     torch.manual_seed(0)
-    return RestoreRWKV(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, **kw).eval()
+    return RestoreRWKV(**{"dim": 8, "num_blocks": (1, 1, 1, 1), "num_refinement_blocks": 1, **kw}).eval()
 
 
 def test_inference_imports_no_higher_layer():

@@ -151,6 +151,7 @@ def _triton_vs_reference(n, channels, kernel, dtype=torch.float32, device="cpu",
     network's channel groups call it). Returns [(triton, reference)] for out, d_features, d_weight."""
     shape = (8, 40, 40)
     coords = _random_coords(n, shape, seed=seed)
+    n = coords.shape[0]  # at most the grid's 12,800 cells: duplicates are dropped
     pairs = submanifold_pairs(coords.to(device), shape, kernel)
     g = torch.Generator().manual_seed(seed)
     wide = torch.randn(n, 3 * channels if sliced else channels, generator=g).to(device, dtype)
