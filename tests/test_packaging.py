@@ -138,6 +138,7 @@ def test_console_scripts_and_tools_run_the_same_programs():
 
     scripts = _console_scripts()
     assert {"visionattn-train", "visionattn-test", "visionattn-zoo", "visionattn-benchmark"} <= set(scripts)
+    assert {"visionattn-infer-stereo", "visionattn-infer-restore"} <= set(scripts)
     for script, target in scripts.items():
         module, _, function = target.partition(":")
         entry = getattr(importlib.import_module(module), function)
@@ -153,3 +154,68 @@ def test_a_tool_wrapper_runs_from_another_directory(tmp_path):
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "biformer_small.in1k" in out.stdout and "biformer_small " in out.stdout
+
+
+def _source_copy(dst: Path) -> Path:
+    """The files of this checkout that git would commit (tracked or not ignored), copied to ``dst``."""
+    import shutil
+
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                                cwd=REPO, capture_output=True, check=True).stdout.decode().split("\0")
+        files = [f for f in listed if f and (REPO / f).is_file()]
+    except (OSError, subprocess.CalledProcessError):  # not a git checkout: everything but build output
+        skip = {".venv", ".git", "build", "dist", "work_dirs", "datasets", ".wheels", "__pycache__"}
+        files = [str(p.relative_to(REPO)) for p in REPO.rglob("*")
+                 if p.is_file() and not skip & set(p.relative_to(REPO).parts)]
+    for f in files:
+        (dst / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, dst / f)
+    return dst
+
+
+def test_wheel_installs_and_runs_from_another_directory(tmp_path):
+    """pip wheel (offline) -> a fresh venv that reuses this environment's dependencies -> the
+    console script runs outside the checkout, with the configs and the zoo manifest of the wheel."""
+    import sysconfig
+
+    src = _source_copy(tmp_path / "src")
+    wheels = tmp_path / "wheels"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    build = subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", str(wheels),
+                                  str(src)], capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stdout + build.stderr
+    wheel, = wheels.glob("visionattn-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "visionattn/.mim/model_zoo/biformer.yaml" in names and "visionattn/.mim/configs/biformer_s.py" in names
+    assert not [n for n in names if n.startswith(("tests/", "tools/", "configs/", "model_zoo/"))]
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    # the dependencies: this environment's site-packages, after the venv's own (a path line, so the
+    # .pth files there, such as an editable visionattn, are not run)
+    here = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    Path(site, "_deps_of_the_test_environment.pth").write_text("\n".join(sorted(here)) + "\n")
+    install = subprocess.run(pip + ["--python", str(python), "install", "--no-index", "--no-deps", "-q", str(wheel)],
+                             capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stdout + install.stderr
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VISIONATTN_ZOO_DIR")}
+    env.update(VISIONATTN_HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1")
+    out = subprocess.run([str(venv / "bin" / "visionattn-zoo"), "list", "ffnet_1*"], cwd=elsewhere, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ffnet_1.in1k_ema" in out.stdout
+    check = ("import visionattn, visionattn.hub as hub, visionattn.resources as r; from mmengine.config import Config; "
+             "print(visionattn.__file__); print(hub.zoo_dir()); print(Config.fromfile(str(r.find_config("
+             "'configs/biformer_s.py'))).model.network)")
+    out = subprocess.run([str(python), "-c", check], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    package, zoo, network = out.stdout.split()[-3:]
+    assert package.startswith(site) and zoo == str(Path(site) / "visionattn" / ".mim" / "model_zoo")
+    assert network == "biformer_small"
