@@ -4,6 +4,7 @@ sparse backend against dense convolutions, decoding, strict official checkpoints
 Most forward tests use the Waymo network on a 7.68 m x 7.68 m range (every layer shape is the
 official one; only the grid is smaller) so that they run in seconds on a CPU.
 """
+import importlib
 import math
 import sys
 from pathlib import Path
@@ -355,11 +356,8 @@ def test_official_checkpoint_loads_strictly(official_file):
 
 
 def _tool(name):
-    sys.path.insert(0, str(Path(__file__).parents[2] / "tools"))
-    try:
-        return __import__(name)
-    finally:
-        sys.path.pop(0)
+    """The program behind ``tools/<name>.py`` (those files only run ``visionattn.cli.<name>``)."""
+    return importlib.import_module(f"visionattn.cli.{name}")
 
 
 def test_benchmark_keeps_points_float32_and_counts_frames():
