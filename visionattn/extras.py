@@ -8,6 +8,7 @@ _EXTRAS = {
     "mmseg": ("det", "semantic segmentation with mmsegmentation"),
     "spconv": ("3d", "sparse voxel convolutions for LiDAR 3D detection"),
     "cumm": ("3d", "spconv's runtime"),
+    "spconv_triton": ("3d", "sparse voxel convolutions on GPUs (Triton)"),
     "nibabel": ("medical", "reading and writing NIfTI volumes"),
     "pydicom": ("medical", "reading DICOM series"),
     "tifffile": ("medical", "reading and writing TIFF slices"),

@@ -14,3 +14,9 @@ test_dataloader = val_dataloader
 # mmengine momentum = 1 - decay: timm ModelEmaV2(decay=0.9995). RandomStateHook and TrainingCurvesHook
 # come from the runtime's default_hooks.
 custom_hooks = [dict(type="EMAHook", momentum=5e-4, update_buffers=True, priority="ABOVE_NORMAL")]
+# Distributed runs normalise with the batch statistics of all GPUs (mmengine's Runner converts every
+# BatchNorm to torch's SyncBatchNorm; one-process runs keep plain BatchNorm). Our choice: the official
+# timm trainer keeps per-GPU statistics and averages the running statistics across GPUs once per
+# epoch (--dist-bn reduce); here no such averaging exists, so without SyncBN the saved running
+# statistics would be rank 0's alone. Set sync_bn = None for per-GPU statistics.
+sync_bn = "torch"

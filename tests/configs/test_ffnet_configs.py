@@ -59,3 +59,27 @@ def test_ffnet_1_distill_trains_two_iterations_with_a_teacher(tmp_path, samples_
     cfg.model.update(teacher="resnet10t", teacher_pretrained=False)  # offline stand-in for RegNetY-160
     runner = _two_iterations(cfg, tmp_path, samples_root)
     assert not any("teacher" in k for k in runner.model.state_dict())  # the teacher is not checkpointed
+
+
+@pytest.mark.parametrize("name", ["ffnet_1", "ffnet_2", "ffnet_3", "ffnet_4", "ffnet_1_distill", "ffnet_2_distill",
+                                  "ffnet_3_distill"])
+def test_recipes_sync_batchnorm_when_distributed(name):
+    """FFNet has BatchNorm: its ImageNet recipes ask mmengine's Runner for SyncBN (``cfg.sync_bn``)."""
+    assert load_config(str(CONFIGS / f"{name}.py")).sync_bn == "torch"
+
+
+def test_sync_bn_keeps_the_checkpoint_keys_and_is_dropped_on_cpu_ddp():
+    from mmengine.model import convert_sync_batchnorm, revert_sync_batchnorm
+
+    import visionattn
+
+    net = visionattn.create_model("ffnet_1")
+    keys = list(net.state_dict())
+    synced = convert_sync_batchnorm(net, "torch")  # what the Runner does under DDP
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
+    assert list(synced.state_dict()) == keys  # DDP checkpoints load into plain BatchNorm
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in revert_sync_batchnorm(synced).modules())
+    if not torch.cuda.is_available():  # gloo CPU runs: torch's SyncBatchNorm would refuse CPU tensors
+        with pytest.warns(UserWarning, match="sync_bn='torch' is ignored"):
+            cfg = load_config(str(CONFIGS / "ffnet_1.py"), launcher="pytorch")
+        assert cfg.sync_bn is None

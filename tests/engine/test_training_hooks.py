@@ -2,9 +2,10 @@ import random
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
-from visionattn.engine import RandomStateHook, TrainingCurvesHook
+from visionattn.engine import RandomStateHook, TrainingCurvesHook, TrainSpeedHook
 
 
 def _draw():
@@ -36,3 +37,25 @@ def test_training_curves_plot_and_checkpoint_round_trip(tmp_path):
     restored = TrainingCurvesHook()
     restored.after_load_checkpoint(runner, ckpt)
     assert restored.loss == hook.loss and restored.metrics == [(3, {"accuracy/top1": 50.0})]
+
+
+def test_train_speed_hook_writes_times_losses_and_checksums(tmp_path):
+    import json
+
+    model = torch.nn.Linear(2, 3)
+    runner = SimpleNamespace(work_dir=str(tmp_path), iter=0, rank=1, world_size=2, model=model)
+    hook = TrainSpeedHook()
+    hook.before_train(runner)
+    for it in range(3):
+        runner.iter = it
+        hook.after_train_iter(runner, it, data_batch=dict(inputs=torch.zeros(4, 2)),
+                              outputs=dict(loss=torch.tensor(1.0 + it)))
+    hook.after_train(runner)
+    out = json.loads((tmp_path / "train_speed_rank1.json").read_text())
+    assert out["rank"] == 1 and out["world_size"] == 2
+    assert [r["loss"] for r in out["records"]] == [1.0, 2.0, 3.0] and {r["samples"] for r in out["records"]} == {4}
+    times = [out["start_time"]] + [r["time"] for r in out["records"]]
+    assert times == sorted(times)
+    assert out["weights_sum"] == pytest.approx(float(sum(p.detach().sum() for p in model.parameters())))
+    with pytest.raises(ValueError, match="rank"):
+        TrainSpeedHook(filename="speed.json")

@@ -172,12 +172,24 @@ def _step(call: Callable, inputs: Dict[str, Any], mode: str) -> Callable[[], Any
     return fn
 
 
+def _network_info(name: str) -> Dict[str, Any]:
+    """What a task network declares for benchmarking in ``register_network(..., **info)``:
+    ``input_dtype`` (floating inputs keep this dtype whatever ``--dtype``, e.g. point coordinates
+    in metres, which bfloat16 cannot hold), ``samples_in(*inputs) -> int`` (samples in one call when
+    the first input's first dimension is not the batch, e.g. points of several frames) and
+    ``throughput_unit``."""
+    from visionattn.registry import NETWORKS
+
+    return dict(NETWORKS[name].info) if name in NETWORKS else {}
+
+
 def model_inputs(name: str, model, batch: int, sizes: Dict[str, Any], device, dtype) -> tuple:
     """Inputs at the model's default size: a task network's ``example_inputs`` or timm's input_size."""
     from visionattn.registry import NETWORKS
 
     if name in NETWORKS:
         entry = NETWORKS[name]
+        dtype = entry.info.get("input_dtype", dtype)
         if entry.example_inputs is None:
             raise ValueError(f"network {name!r} registers no example_inputs to benchmark with")
         inputs = entry.example_inputs(batch, **sizes) if sizes else entry.example_inputs(batch)
@@ -273,7 +285,11 @@ def model_cases(name: str, impls: List[str], official: Optional[Callable], args,
                     return out
                 with torch.no_grad():
                     return forward(*inputs)
-        batch = inputs[0].shape[0] if inputs and isinstance(inputs[0], torch.Tensor) else args.batch
+        info = _network_info(name)
+        if "samples_in" in info:
+            batch = info["samples_in"](*inputs)
+        else:
+            batch = inputs[0].shape[0] if inputs and isinstance(inputs[0], torch.Tensor) else args.batch
         def prime(call=call, model=model):
             # one eager call before a graph is captured: one-time cuDNN / Triton autotuning
             # workspaces are then not counted as the graph's memory
@@ -344,7 +360,7 @@ def run(args) -> Dict[str, Any]:
                 row["first_call_s"] = time.perf_counter() - t0  # includes compile / graph capture
                 first = next(iter(_tensors(out)), None)
                 row.update(measure(fn, device, args.warmup, args.iters, since=since))
-                unit = "img/s" if kind == "model" else "calls/s"
+                unit = _network_info(target).get("throughput_unit", "img/s") if kind == "model" else "calls/s"
                 row["throughput"] = (batch or 1) * 1e3 / row["latency_ms"]
                 row["throughput_unit"] = unit
             except Exception as err:  # one failing impl must not hide the others' numbers

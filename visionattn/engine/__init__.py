@@ -6,7 +6,7 @@ Every module here is imported (so its registrations run): a family adds its task
 from ..registry import import_submodules, lazy
 from .classifier import ImageClassifier
 from .data_preprocessor import ClassificationDataPreprocessor
-from .hooks import RandomStateHook, TrainingCurvesHook
+from .hooks import RandomStateHook, TrainingCurvesHook, TrainSpeedHook
 from .launch import build_runner, load_config
 from .losses import build_loss
 from ..registry import DATASETS, HOOKS, METRICS, MODELS, TRANSFORMS
@@ -20,6 +20,6 @@ lazy(f"{__name__}.mm_backbone", extra="mmdet")
 import_submodules(__name__)
 
 __all__ = ["TaskModel", "DataSamples", "build_network", "build_loss", "ImageClassifier", "StereoMatcher",
-           "ClassificationDataPreprocessor", "RandomStateHook", "TrainingCurvesHook", "build_runner", "load_config",
-           "allow_mmengine_checkpoints",
+           "ClassificationDataPreprocessor", "RandomStateHook", "TrainingCurvesHook", "TrainSpeedHook",
+           "build_runner", "load_config", "allow_mmengine_checkpoints",
            "DATASETS", "HOOKS", "METRICS", "MODELS", "TRANSFORMS"]

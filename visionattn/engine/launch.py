@@ -4,6 +4,7 @@ Task-agnostic: every task (classification, stereo, restoration...) goes through 
 config handling; the config's ``model`` decides what is trained.
 """
 import os
+import warnings
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -27,7 +28,8 @@ def load_config(config: str, work_dir: Optional[str] = None, cfg_options: Option
         resume: ``'auto'`` resumes from the latest checkpoint of ``work_dir``; a path resumes from it.
         amp: mixed precision through mmengine's ``AmpOptimWrapper`` (needs CUDA).
         launcher: ``'none'`` or the distributed launcher (``'pytorch'`` for torchrun). Without
-            CUDA, distributed runs use the gloo backend with CPU DDP.
+            CUDA, distributed runs use the gloo backend with CPU DDP, and a config's ``sync_bn``
+            is dropped with a warning (torch's SyncBatchNorm needs GPUs).
     """
     path = Path(config)
     if not path.is_file():
@@ -54,6 +56,11 @@ def load_config(config: str, work_dir: Optional[str] = None, cfg_options: Option
                        find_unused_parameters=cfg.get("find_unused_parameters", False))
         wrapper.update(cfg.get("model_wrapper_cfg") or {})
         cfg.model_wrapper_cfg = dict(wrapper, device_ids=None)
+        if cfg.get("sync_bn"):
+            # torch's SyncBatchNorm refuses CPU tensors in training
+            warnings.warn(f"sync_bn={cfg.sync_bn!r} is ignored in this CPU (gloo) run: torch's SyncBatchNorm "
+                          "runs on GPUs only, so each process keeps its own BatchNorm statistics")
+            cfg.sync_bn = None
     return cfg
 
 

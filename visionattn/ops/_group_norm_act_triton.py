@@ -263,8 +263,7 @@ if triton is not None:
                                    num_warps=4)
         return mean, rstd
 
-    @torch.library.custom_op("visionattn::group_norm_act", mutates_args=())
-    def group_norm_act_triton(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tensor],
+    def group_norm_act_launch(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tensor],
                               bias: Optional[torch.Tensor], eps: float, act: Optional[str],
                               input_bias: Optional[torch.Tensor]) -> torch.Tensor:
         """(B, C, H, W) NCHW-contiguous or channels_last -> the same shape, dtype and layout."""
@@ -289,6 +288,11 @@ if triton is not None:
             _apply_nhwc_kernel[(triton.cdiv(HW, block_hw), triton.cdiv(C, block_c), B)](
                 *ptrs, HW, C, num_groups, cpg, **flags, BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=4)
         return out
+
+    # The op as torch.compile/torch.export and autograd see it; eager no-grad calls launch directly
+    # (a custom_op call costs tens of microseconds of host time, which batch-1 inference notices).
+    group_norm_act_triton = torch.library.custom_op("visionattn::group_norm_act", mutates_args=())(
+        group_norm_act_launch)
 
     @group_norm_act_triton.register_fake
     def _(x, num_groups, weight, bias, eps, act, input_bias):

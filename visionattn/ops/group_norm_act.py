@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from . import _group_norm_act_triton
 from ._group_norm_act_triton import ACTIVATIONS, layout
-from ._triton import can_run, triton
+from ._triton import can_run, launch_directly, triton
 from .dispatch import pick
 
 IMPLS: Tuple[str, ...] = ("triton", "reference")
@@ -126,7 +126,10 @@ def group_norm_act(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tens
     _check(x, num_groups, weight, bias, act, input_bias)
     supported = {"triton": _triton_supports(x, weight, bias, input_bias), "reference": True}
     if pick("group_norm_act", impl, supported) == "triton":
-        return torch.ops.visionattn.group_norm_act(x, num_groups, weight, bias, float(eps), act, input_bias)
+        args = (x, num_groups, weight, bias, float(eps), act, input_bias)
+        if launch_directly(x, weight, bias, input_bias):
+            return _group_norm_act_triton.group_norm_act_launch(*args)
+        return torch.ops.visionattn.group_norm_act(*args)
     return group_norm_act_reference(x, num_groups, weight, bias, eps, act, input_bias)
 
 
