@@ -164,10 +164,10 @@ def _source_copy(dst: Path) -> Path:
         listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                                 cwd=REPO, capture_output=True, check=True).stdout.decode().split("\0")
         files = [f for f in listed if f and (REPO / f).is_file()]
-    except (OSError, subprocess.CalledProcessError):  # not a git checkout: everything but build output
-        skip = {".venv", ".git", "build", "dist", "work_dirs", "datasets", ".wheels", "__pycache__"}
-        files = [str(p.relative_to(REPO)) for p in REPO.rglob("*")
-                 if p.is_file() and not skip & set(p.relative_to(REPO).parts)]
+    except (OSError, subprocess.CalledProcessError):  # not a git checkout: everything but build output and data
+        top = {".venv", ".git", "build", "dist", "work_dirs", "datasets", ".wheels"}
+        files = [str(p.relative_to(REPO)) for p in REPO.rglob("*") if p.is_file()
+                 and p.relative_to(REPO).parts[0] not in top and "__pycache__" not in p.parts]
     for f in files:
         (dst / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / f, dst / f)

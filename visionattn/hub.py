@@ -433,10 +433,13 @@ def _pin(entry: "ZooEntry", sha256: str, path: Path, revision: Optional[str] = N
         pins[key] = record
 
     _update_pins(change)
+    fields = {"sha256": sha256 if entry.sha256 is None else None,
+              "revision": revision if entry.revision is None else None}
+    missing = " and ".join({"sha256": "SHA-256", "revision": "revision"}[k] for k, v in fields.items() if v)
+    record = " and ".join(f"{k}: {v}" for k, v in fields.items() if v)
     what = f"SHA-256 {sha256}" + (f" at commit {revision}" if revision else "")
-    record = f"sha256: {sha256}" + (f" and revision: {revision}" if revision else "")
     warnings.warn(
-        f"zoo entry {entry.name!r} has no SHA-256 in its manifest: the file was pinned to {what} in "
+        f"zoo entry {entry.name!r} has no {missing} in its manifest: the file was pinned to {what} in "
         f"{lock_path()}, and every later load is checked against it. To record it for everyone, add "
         f"`{record}` to the entry in {entry.manifest or 'its model_zoo YAML'} "
         f"(visionattn-zoo pin {entry.name} --write does it).", ZooPinWarning, stacklevel=4)
@@ -529,16 +532,19 @@ def _fetch_hf(entry: "ZooEntry", offline: Optional[bool]) -> Path:
             raise RuntimeError(f"offline mode (VISIONATTN_OFFLINE=1, HF_HUB_OFFLINE=1 or offline=True): {what} "
                                f"is not in the cache {str(hf_cache_dir())!r}. Download it once with the network "
                                f"on (visionattn-zoo download {entry.name}).") from err
-        if isinstance(err.__cause__, (HfHubHTTPError, EntryNotFoundError)):  # the Hub answered, with an error
-            raise RuntimeError(f"the Hugging Face Hub refused {what}: {_first_line(err.__cause__)}. Check the "
-                               f"entry's URL and revision in {entry.manifest or 'its manifest'}.") from err
-        raise RuntimeError(f"could not download {what}: {_first_line(err)} (no network or the Hub is "
-                           f"unreachable). Connect, or set VISIONATTN_OFFLINE=1 to use only cached files.") from err
+        if not isinstance(err.__cause__, (HfHubHTTPError, EntryNotFoundError)):
+            raise RuntimeError(f"could not download {what}: {_first_line(err)} (no network or the Hub is "
+                               f"unreachable). Connect, or set VISIONATTN_OFFLINE=1 to use only cached files.") from err
+        refused = err.__cause__  # the Hub answered, with an error (hf_hub_download wraps a missing file so)
     except (HfHubHTTPError, EntryNotFoundError) as err:
-        raise RuntimeError(f"the Hugging Face Hub refused {what}: {_first_line(err)}. Check the entry's URL "
-                           f"and revision in {entry.manifest or 'its manifest'}.") from err
+        refused = err
     except (OSError, ValueError) as err:
         raise RuntimeError(f"could not download {what}: {type(err).__name__}: {_first_line(err)}") from err
+    else:
+        refused = None
+    if refused is not None:
+        raise RuntimeError(f"the Hugging Face Hub refused {what}: {_first_line(refused)}. Check the entry's URL "
+                           f"and revision in {entry.manifest or 'its manifest'}.") from refused
     actual = file_sha256(path)
     expected = entry.sha256 or pin.get("sha256")
     if expected is not None and actual != expected:
