@@ -40,9 +40,9 @@ from ._triton import interpreting, tl, triton, unit_last_stride
 
 EPS = 1e-6
 # Rows per program (bounds the work of one program), rows per tile, warps, precision of fp32 dots.
-CHUNK = 128
+CHUNK = 64
 SUB = 16
-NUM_WARPS = 4
+NUM_WARPS = 2
 FP32_DOT = "ieee"
 
 if triton is not None:
