@@ -488,9 +488,11 @@ class Measurement:
                 out = net(*[x.to(device) for x in inputs])
             out = next(t for t in torch.utils._pytree.tree_leaves(out) if torch.is_tensor(t))
             outputs[device] = out.float().cpu()
+            del net
             result[device] = dict(loaded=True, weights_equal_checkpoint=same, seconds=round(time.time() - t0, 1),
                                   process_group=torch.distributed.is_available() and torch.distributed.is_initialized())
         if "cuda:0" in outputs:
+            torch.cuda.empty_cache()  # the later stages' ranks share GPU 0 with this process
             d = (outputs["cuda:0"] - outputs["cpu"]).abs()
             result["output_max_abs_diff_gpu_vs_cpu"] = float(d.max())
             result["output_max_abs_cpu"] = float(outputs["cpu"].abs().max())
@@ -646,8 +648,9 @@ def markdown(state: Dict) -> str:
     tp = state.get("throughput")
     if tp:
         out += ["## Throughput (tools/train.py on in-memory synthetic data)", "",
-                f"Images/s over {s['iters']} iterations after {s['warmup']} warm-up iterations; peak memory = "
-                "`torch.cuda.max_memory_allocated` on each GPU.", "",
+                f"Images/s (stereo: pairs/s) of all GPUs together over {s['iters']} iterations after "
+                f"{s['warmup']} warm-up iterations; peak memory = `torch.cuda.max_memory_allocated` on each GPU; "
+                "ranks in sync = identical weight checksums on every rank at the end.", "",
                 "| case | GPUs | batch / GPU | images/s | median step (ms) | speed-up | efficiency | peak MiB per GPU | ranks in sync |",
                 "|---|---|---|---|---|---|---|---|---|"]
         for name, entry in tp.items():
@@ -748,7 +751,7 @@ def parse_args(argv=None):
     p.add_argument("--loss-rtol", type=float, default=None, help="relative loss tolerance (default 2e-2 bf16, 1e-4 fp32)")
     p.add_argument("--weights-rtol", type=float, default=None,
                    help="relative L2 tolerance, resumed vs uninterrupted weights (default 1e-3 on GPUs, 1e-6 on CPU)")
-    p.add_argument("--run-timeout", type=float, default=900, help="seconds one training run may take")
+    p.add_argument("--run-timeout", type=float, default=420, help="seconds one training run may take")
     p.add_argument("--redo", action="store_true", help="ignore the results recorded in --work-root")
     args = p.parse_args(argv)
     if args.device is None:

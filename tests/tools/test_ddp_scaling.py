@@ -116,7 +116,9 @@ def test_throughput_of_one_process_and_reuse_of_recorded_runs(tmp_path):
 def test_every_stage_on_two_cpu_processes(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     state, _ = _run(out, work, "--warmup", "2", "--iters", "3", "--eq-iters", "12", "--eq-ckpt-interval", "4",
-                    "--kill-at", "6")
+                    "--kill-at", "6", "--cases", "test_vit,matchstereo_tiny_shallow")
+    stereo = state["throughput"]["matchstereo_tiny_shallow"]["runs"]
+    assert stereo["1"]["ok"] and stereo["2"]["ok"] and stereo["2"]["weights_identical_on_all_ranks"]
     entry = state["throughput"]["test_vit"]
     assert entry["runs"]["1"]["ok"] and entry["runs"]["2"]["ok"] and entry["runs"]["2"]["world_size"] == 2
     assert "--launcher pytorch" in entry["runs"]["2"]["command"] and "--nproc_per_node=2" in entry["runs"]["2"]["command"]
