@@ -21,7 +21,7 @@ $(STAMP): setup.cfg constraints.txt Makefile tools/build_mmcv_wheel.sh
 	$(PIP) install -q -c constraints.txt torch torchvision
 	@if [ -z "$(wildcard $(addsuffix /mmcv-2.1.0-*.whl,$(WHEEL_DIRS)))" ]; then \
 		PIP="$(PIP)" bash tools/build_mmcv_wheel.sh .wheels; fi
-	$(PIP) install -q -c constraints.txt $(FIND_LINKS) -e '.[dev,det,3d]'
+	$(PIP) install -q -c constraints.txt $(FIND_LINKS) -e '.[dev,det,3d,face]'
 	# mmengine pulls opencv-python, albumentations the headless build: the last one installed owns cv2.
 	$(PIP) install -q -c constraints.txt --force-reinstall --no-deps opencv-python-headless
 	$(BIN)/python -W ignore -c "import pkg_resources, cv2, torch, timm, mmengine, mmdet, mmseg, visionattn; print('visionattn', visionattn.__version__, 'torch', torch.__version__)"

@@ -8,6 +8,9 @@ _EXTRAS = {
     "mmseg": ("det", "semantic segmentation with mmsegmentation"),
     "spconv": ("3d", "sparse voxel convolutions for LiDAR 3D detection"),
     "cumm": ("3d", "spconv's runtime"),
+    "lpips": ("face", "the LPIPS perceptual loss and metric"),
+    "pytorch_fid": ("face", "the FID metric (pytorch-fid's Inception network)"),
+    "lmdb": ("face", "reading and writing BasicSR LMDB image databases"),
 }
 
 
