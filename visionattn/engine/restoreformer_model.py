@@ -270,6 +270,7 @@ class RegexParamwiseConstructor(DefaultOptimWrapperConstructor):
         if cfg:
             raise ValueError(f"RegexParamwiseConstructor takes paramwise_cfg=dict(patterns=...); got {sorted(cfg)}")
         super().__init__(optim_wrapper_cfg, None)
+        self.paramwise_cfg = {"patterns": self.patterns}  # non-empty: mmengine then calls add_params
 
     def add_params(self, params: List[dict], module: nn.Module, prefix: str = "", is_dcn_module=None) -> None:
         groups: Dict[int, dict] = {}
