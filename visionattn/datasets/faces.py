@@ -113,10 +113,9 @@ def load_components(path: Union[str, Path]) -> Dict[str, np.ndarray]:
     if path.suffix == ".json":
         raw = json.loads(path.read_text())
     else:
-        from ..safe_pickle import numpy_globals
+        from ..hub import read_checkpoint  # weights-only load with numpy arrays allowed
 
-        with torch.serialization.safe_globals(numpy_globals()):
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+        raw = read_checkpoint(path)
     out = {}
     for key, parts in raw.items():
         missing = [c for c in COMPONENTS if c not in parts]

@@ -26,7 +26,7 @@ address of the official one). They need the ``face`` extra (``lpips``, ``pytorch
 import math
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 from unittest import mock
 
 import numpy as np
@@ -159,11 +159,10 @@ def load_fid_statistics(path: Union[str, Path]):
     if path.suffix == ".npz":
         with np.load(path) as f:
             return np.asarray(f["mu"], np.float64), np.asarray(f["sigma"], np.float64)
-    from ..safe_pickle import numpy_globals
+    from ..hub import read_checkpoint  # weights-only load with numpy arrays allowed
 
-    with torch.serialization.safe_globals(numpy_globals()):
-        stats = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(stats, dict) or not {"mean", "cov"} <= set(stats):
+    stats = read_checkpoint(path)
+    if not isinstance(stats, Mapping) or not {"mean", "cov"} <= set(stats):
         raise ValueError(f"{str(path)!r} is not a BasicSR FID statistics file (a dict with 'mean' and 'cov')")
     return np.asarray(stats["mean"], np.float64), np.asarray(stats["cov"], np.float64)
 
