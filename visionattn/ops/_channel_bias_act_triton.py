@@ -33,8 +33,7 @@ if triton is not None:
             z = z + tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         tl.store(out_ptr + offs, z.to(out_ptr.dtype.element_ty), mask=mask)
 
-    @torch.library.custom_op("visionattn::channel_bias_act", mutates_args=())
-    def channel_bias_act_triton(y: torch.Tensor, bias: torch.Tensor, residual: Optional[torch.Tensor],
+    def channel_bias_act_launch(y: torch.Tensor, bias: torch.Tensor, residual: Optional[torch.Tensor],
                                 scale: Optional[torch.Tensor], gelu: bool) -> torch.Tensor:
         """Channels_last y/residual (B, C, H, W) -> channels_last out of y's dtype."""
         B, C, H, W = y.shape
@@ -48,6 +47,9 @@ if triton is not None:
             out, M, C, GELU=gelu, HAS_SCALE=scale is not None, HAS_RES=residual is not None,
             BLOCK_M=block_m, BLOCK_C=block_c)
         return out
+
+    channel_bias_act_triton = torch.library.custom_op("visionattn::channel_bias_act", mutates_args=())(
+        channel_bias_act_launch)
 
     @channel_bias_act_triton.register_fake
     def _(y, bias, residual, scale, gelu):

@@ -62,3 +62,13 @@ def unit_last_stride(t: torch.Tensor) -> torch.Tensor:
     """``t`` itself when its last axis has unit stride (any other strides: kernels read views of a
     fused projection in place), else a contiguous copy."""
     return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def launch_directly(*tensors) -> bool:
+    """Whether an op may call its Triton launcher itself instead of through its ``torch.library``
+    custom op: in eager mode when no gradient is needed. A custom-op call costs tens of microseconds
+    of host time, which batch-1 inference of a network of small kernels notices; torch.compile,
+    torch.export and autograd still see the registered op."""
+    if torch.compiler.is_compiling():
+        return False
+    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _channel_bias_act_triton
-from ._triton import can_run, triton
+from ._triton import can_run, launch_directly, triton
 from .dispatch import pick
 
 IMPLS = ("triton", "reference")
@@ -98,6 +98,8 @@ def channel_bias_act(y: torch.Tensor, bias: torch.Tensor, residual: Optional[tor
                          f"{None if scale is None else tuple(scale.shape)}, residual "
                          f"{None if residual is None else tuple(residual.shape)}")
     if resolve_impl(y, residual, impl) == "triton":
+        if launch_directly(y, bias, residual, scale):
+            return _channel_bias_act_triton.channel_bias_act_launch(y, bias, residual, scale, gelu)
         return torch.ops.visionattn.channel_bias_act(y, bias, residual, scale, gelu)
     return channel_bias_act_reference(y, bias, residual, scale, gelu)
 

@@ -31,6 +31,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...hub import extract_state_dict
+from ...ops.channel_bias_act import channel_bias_act
+from ...ops.group_norm_act import group_norm_act
+from ...ops.group_norm_act import resolve_impl as group_norm_impl
 from ...ops.multi_head_cross_attention import multi_head_cross_attention
 from ...registry import register_converter, register_network
 
@@ -39,9 +42,22 @@ def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
 
 
+def _norm_act(norm: nn.GroupNorm, x: torch.Tensor, act: Optional[str] = None,
+              input_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``norm(x + input_bias)`` then ``act`` ("silu" = the official swish), one op
+    (:func:`visionattn.ops.group_norm_act.group_norm_act`)."""
+    return group_norm_act(x, norm.num_groups, norm.weight, norm.bias, norm.eps, act, input_bias=input_bias)
+
+
 class ResnetBlock(nn.Module):
     """GN -> swish -> Conv3x3 -> GN -> swish -> Conv3x3, plus a 1x1 ``nin_shortcut`` when the
-    channels change. (B, C_in, H, W) -> (B, C_out, H, W). (Dropout is 0 in every released model.)"""
+    channels change. (B, C_in, H, W) -> (B, C_out, H, W). (Dropout is 0 in every released model.)
+
+    Where the fused GroupNorm kernel runs (CUDA), the convolutions run without their bias: conv1's
+    is added by the next GroupNorm as it reads the map, conv2's (plus the shortcut's) in the one
+    pass that adds the residual (:func:`visionattn.ops.channel_bias_act.channel_bias_act`). The
+    result is the same up to rounding; elsewhere the official order of operations runs as written.
+    """
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
@@ -52,9 +68,17 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
-        return (x if self.nin_shortcut is None else self.nin_shortcut(x)) + h
+        if group_norm_impl(x) != "triton":
+            h = self.conv1(_norm_act(self.norm1, x, "silu"))
+            h = self.conv2(_norm_act(self.norm2, h, "silu"))
+            return (x if self.nin_shortcut is None else self.nin_shortcut(x)) + h
+        h = F.conv2d(_norm_act(self.norm1, x, "silu"), self.conv1.weight, None, padding=1)
+        h = F.conv2d(_norm_act(self.norm2, h, "silu", input_bias=self.conv1.bias), self.conv2.weight, None, padding=1)
+        shortcut, bias = x, self.conv2.bias
+        if self.nin_shortcut is not None:
+            shortcut = F.conv2d(x, self.nin_shortcut.weight, None)
+            bias = bias + self.nin_shortcut.bias
+        return channel_bias_act(h, bias, residual=shortcut)  # shortcut + h + bias, one pass on channels_last maps
 
 
 class Downsample(nn.Module):
@@ -117,8 +141,8 @@ class MultiHeadAttnBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         b, c, height, width = x.shape
-        kv = _tokens(self.norm1(x))  # (B, HW, C)
-        queries = kv if y is None else _tokens(self.norm2(y))
+        kv = _tokens(_norm_act(self.norm1, x))  # (B, HW, C)
+        queries = kv if y is None else _tokens(_norm_act(self.norm2, y))
         out = multi_head_cross_attention(_project(self.q, queries), _project(self.k, kv), _project(self.v, kv),
                                          self.num_heads)  # (B, HW, C)
         out = _project(self.proj_out, out)
@@ -198,7 +222,7 @@ class Encoder(nn.Module):
         save(f"block_{last}_atten", h)
         h = self.mid.block_2(self.mid.attn_1(h))
         save("mid_atten", h)
-        feats["out"] = self.conv_out(F.silu(self.norm_out(h)))
+        feats["out"] = self.conv_out(_norm_act(self.norm_out, h, "silu"))
         return feats
 
 
@@ -250,7 +274,7 @@ class Decoder(nn.Module):
             h = level(h, queries(self.query_name(l)) if len(level.attn) else None)
             if l != 0:
                 h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(_norm_act(self.norm_out, h, "silu"))
 
 
 class VectorQuantizer(nn.Module):
