@@ -118,7 +118,7 @@ def test_checkpoint_from_url(tmp_path, monkeypatch):
     try:
         url = f"http://127.0.0.1:{srv.server_address[1]}/r10.pth"
         _equal(visionattn.create_model("resnet10t", num_classes=3, checkpoint=url), src)
-        assert (tmp_path / "home" / "checkpoints" / "r10.pth").is_file()
+        assert (tmp_path / "home" / "checkpoints" / hub.url_cache_name(url)).is_file()
     finally:
         srv.shutdown()
         srv.server_close()

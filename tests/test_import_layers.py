@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "visionattn"
 
 # Top to bottom. A module's layer is the first entry that is a prefix of its dotted name.
 LAYERS = [
+    ["visionattn.cli"],  # the command-line programs (console scripts; tools/*.py wrap them)
     ["visionattn"],  # the package __init__: imports what it exposes
     ["visionattn.engine"],
     ["visionattn.evaluation", "visionattn.datasets"],
@@ -22,7 +23,7 @@ LAYERS = [
     ["visionattn.models"],
     ["visionattn.ops", "visionattn.cuda_graph"],
     ["visionattn.hub", "visionattn.safe_pickle"],
-    ["visionattn.registry", "visionattn.extras"],
+    ["visionattn.registry", "visionattn.extras", "visionattn.resources"],
 ]
 
 

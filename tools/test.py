@@ -1,37 +1,10 @@
 """Evaluate a checkpoint on a config's test set.
 
-    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--cfg-options k=v ...] [--launcher pytorch]
+The program is visionattn/cli/test.py, installed as `visionattn-test`; this file runs it in a clone.
 """
-import argparse
-from pathlib import Path
+import sys
 
-from mmengine.config import DictAction
-
-from visionattn.engine import build_runner, load_config
-from visionattn.engine.launch import LAUNCHERS
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", help="config file, e.g. configs/classification/demo.py")
-    p.add_argument("checkpoint", help="checkpoint file written by tools/train.py")
-    p.add_argument("--work-dir", help="where the test logs go (default: work_dirs/<config name>)")
-    p.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys: key=value ...")
-    p.add_argument("--launcher", choices=LAUNCHERS, default="none", help="distributed launcher")
-    p.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
-
-
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    if not Path(args.checkpoint).is_file():
-        raise FileNotFoundError(f"checkpoint {args.checkpoint!r} not found")
-    cfg = load_config(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options, launcher=args.launcher)
-    cfg.load_from = args.checkpoint
-    metrics = build_runner(cfg).test()
-    print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
-    return metrics
-
+from visionattn.cli import run
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run("test"))

@@ -1,37 +1,10 @@
 """Train any visionattn config with mmengine's Runner.
 
-    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--cfg-options k=v ...]
-    torchrun --nproc_per_node=N tools/train.py CONFIG --launcher pytorch
+The program is visionattn/cli/train.py, installed as `visionattn-train`; this file runs it in a clone.
 """
-import argparse
+import sys
 
-from mmengine.config import DictAction
-
-from visionattn.engine import build_runner, load_config
-from visionattn.engine.launch import LAUNCHERS
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", help="config file, e.g. configs/classification/demo.py")
-    p.add_argument("--work-dir", help="logs and checkpoints (default: work_dirs/<config name>)")
-    p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="resume from CKPT, or from the latest checkpoint in the work dir when no path is given")
-    p.add_argument("--amp", action="store_true", help="automatic mixed precision (CUDA)")
-    p.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys: key=value ...")
-    p.add_argument("--launcher", choices=LAUNCHERS, default="none", help="distributed launcher")
-    p.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    cfg = load_config(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options,
-                      resume=args.resume, amp=args.amp, launcher=args.launcher)
-    runner = build_runner(cfg)
-    runner.train()
-    return runner
-
+from visionattn.cli import run
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run("train"))

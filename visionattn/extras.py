@@ -8,6 +8,10 @@ _EXTRAS = {
     "mmseg": ("det", "semantic segmentation with mmsegmentation"),
     "spconv": ("3d", "sparse voxel convolutions for LiDAR 3D detection"),
     "cumm": ("3d", "spconv's runtime"),
+    "spconv_triton": ("3d", "sparse voxel convolutions on GPUs (Triton)"),
+    "nibabel": ("medical", "reading and writing NIfTI volumes"),
+    "pydicom": ("medical", "reading DICOM series"),
+    "tifffile": ("medical", "reading and writing TIFF slices"),
     "lpips": ("face", "the LPIPS perceptual loss and metric"),
     "pytorch_fid": ("face", "the FID metric (pytorch-fid's Inception network)"),
     "lmdb": ("face", "reading and writing BasicSR LMDB image databases"),
@@ -25,5 +29,6 @@ def require_extra(module: str):
             raise
         raise ImportError(
             f"'{module}' is needed for {purpose} but could not be imported ({err}). "
-            f"Install the extra: pip install -e '.[{extra}]'  (or `make install`)."
+            f"Install the extra: pip install 'visionattn[{extra}]' (in a clone: pip install -e '.[{extra}]', "
+            f"or `make install` for everything)."
         ) from err

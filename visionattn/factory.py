@@ -50,10 +50,12 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
     """Build the network ``name``.
 
     Args:
-        name: a name from :func:`list_models`, a model-zoo entry name (``tools/zoo.py list``), or
+        name: a name from :func:`list_models`, a model-zoo entry name (``visionattn-zoo list``), or
             any timm model name.
-        pretrained: load the model-zoo weights of ``name`` (downloaded once, SHA-256 checked, cached).
-            For timm models the zoo has no entry for, timm's own pretrained weights.
+        pretrained: load the model-zoo weights of ``name`` (downloaded once, SHA-256 checked or
+            pinned, cached). visionattn's timm backbones go through ``timm.create_model(...,
+            pretrained=True)``, which reads the same zoo entry, so both give the same weights. For
+            timm models the zoo has no entry for, timm's own pretrained weights.
         checkpoint: a local path or http(s) URL of weights, in visionattn's format or in the
             family's official release format (detected and converted). Loaded strictly.
         **kwargs: passed to the model's constructor (``num_classes``, ``features_only``...).
@@ -65,12 +67,15 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
         entry = hub.get_entry(name)
         kwargs = {**entry.kwargs, **kwargs}
         name = entry.model
+        tag = _timm_zoo_tag(entry)
+        if tag is not None:  # one path: timm's pretrained loader, which reads the same zoo entry
+            return timm.create_model(name, pretrained=True, pretrained_cfg=tag, **kwargs)
     elif name not in NETWORKS and not timm.is_model(name):
         raise _unknown(name)
     source = entry if entry is not None else checkpoint
     if name in NETWORKS:
         if pretrained and entry is None:
-            raise ValueError(f"the model zoo has no weights for {name!r} (`python tools/zoo.py list`); "
+            raise ValueError(f"the model zoo has no weights for {name!r} (`visionattn-zoo list`); "
                              f"pass checkpoint=PATH_OR_URL to load your own")
         model = NETWORKS[name].builder(**kwargs)
         if source is not None:
@@ -87,6 +92,17 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
     features = timm.create_model(name, pretrained=False, **kwargs)
     hub.copy_into_features(features, model)
     return features
+
+
+def _timm_zoo_tag(entry: "hub.ZooEntry") -> Optional[str]:
+    """The timm pretrained tag that names ``entry`` (``biformer_small.in1k`` -> ``'in1k'``), when the
+    architecture is one of ours and timm knows the tag: timm's loader then reads the entry itself."""
+    from timm.models import get_pretrained_cfg
+
+    prefix = entry.model + "."
+    if not entry.name.startswith(prefix) or entry.model not in _our_timm_models():
+        return None
+    return entry.name[len(prefix):] if get_pretrained_cfg(entry.name) is not None else None
 
 
 def _load(model: nn.Module, source, family: str) -> None:

@@ -17,12 +17,13 @@ Task predictors::
     disp = predict_disparity(model, left, right, cuda_graph=True)   # MatchStereo family
     out = predict_stereo(model, left, right)                        # disparity + consistency, ...
     y = restore_image(model, x, tile=256, overlap=32)               # image-to-image restoration
+    dets = predict_boxes_3d(model, points)                          # LiDAR detectors (ScatterFormer)
 
 CUDA graphs are captured per input shape by ``visionattn.cuda_graph`` and kept per model by
 :func:`visionattn.cuda_graph.graph_runner` (nothing is stored on the network).
 """
 from functools import partial
-from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -371,6 +372,28 @@ def restore_image(model: nn.Module, x: torch.Tensor, *, tile: Optional[int] = No
         fn = partial(run_padded, model, mode=pad_mode)
     y = fn(x) if tile is None else tiled(fn, x, tile, overlap)
     return rescale(y, network_range, value_range) if network_range is not None else y
+
+
+# --- LiDAR 3-D detection -----------------------------------------------------------------------
+
+@torch.no_grad()
+def predict_boxes_3d(model: nn.Module, points: torch.Tensor, *, batch_size: Optional[int] = None
+                     ) -> List[Dict[str, torch.Tensor]]:
+    """Detections of a LiDAR detector (``scatterformer_*``) per frame.
+
+    Args:
+        points: (N, 1 + C) float, ``[batch index, x, y, z, features...]`` in metres (keep float32
+            for a half-precision model: coordinates need the mantissa; the network casts features).
+        batch_size: frames in the batch (default: largest batch index + 1), for trailing frames
+            without points.
+
+    Returns one dict per frame: ``boxes`` (n, 7) ``[x, y, z, dx, dy, dz, heading]``, ``scores``
+    (n,), ``labels`` (n,) int64 indexing ``model.class_names``; decoding, score rectification and
+    NMS as configured on the network (``model(points, mode='predict')``).
+    """
+    if not points.is_floating_point():
+        raise ValueError(f"points must be a floating-point (N, 1 + C) tensor, got {points.dtype}")
+    return model(points, batch_size, mode="predict")
 
 
 # --- compatibility -------------------------------------------------------------------------------

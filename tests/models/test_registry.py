@@ -27,6 +27,10 @@ numerics:
 - round trip: a fresh model built on meta loads the state dict strictly (same keys and shapes);
 - features_only: a meta feature extractor's outputs match ``feature_info``;
 - backward: on a meta copy, a gradient reaches every parameter.
+Task networks whose default input grid makes these checks slow on a CPU (LiDAR detectors: a
+240 x 240 BEV map) declare ``register_network(..., smoke_kwargs=dict(...))``: constructor arguments
+that shrink the input (e.g. the point-cloud range) without changing any layer; the checks below
+build them with those, the parameter count uses the defaults.
 Inputs: timm backbones use ``pretrained_cfg['input_size']`` (big ones ``min_input_size`` when the
 family declares that timm cfg key), batch 2 (big: 1); task networks use ``example_inputs(batch)``
 of ``register_network`` (meant for smoke tests: keep them small but valid), batch 1. The exported
@@ -142,6 +146,11 @@ def build_cheap(name: str, **kwargs) -> torch.nn.Module:
     return model
 
 
+def smoke_kwargs(name: str) -> dict:
+    """Constructor arguments a task network declares for these checks (see the module docstring)."""
+    return dict(NETWORKS[name].info.get("smoke_kwargs", {})) if name in NETWORKS else {}
+
+
 def count_params(name: str) -> int:
     return sum(p.numel() for p in build_meta(name).parameters())
 
@@ -177,7 +186,8 @@ class Case:
         self.is_network = name in NETWORKS
         self.big = count_params(name) > BIG_PARAMS
         torch.manual_seed(0)
-        self.model = (build_cheap(name) if self.big else visionattn.create_model(name)).eval()
+        kwargs = smoke_kwargs(name)
+        self.model = (build_cheap(name, **kwargs) if self.big else visionattn.create_model(name, **kwargs)).eval()
         self.batch = 1 if (self.big or self.is_network) else 2
         torch.manual_seed(1)
         self.inputs = self._inputs()
@@ -227,12 +237,12 @@ def test_forward(case):
 def test_state_dict_round_trip(case):
     state = case.model.state_dict()
     if case.big:
-        fresh = build_meta(case.name)
+        fresh = build_meta(case.name, **smoke_kwargs(case.name))
         fresh.load_state_dict(state, strict=True, assign=True)  # same keys and shapes
         assert all(not t.is_meta for t in fresh.state_dict().values())
         return
     torch.manual_seed(123)  # a different init, so equal outputs mean the weights really moved over
-    fresh = visionattn.create_model(case.name).eval()
+    fresh = visionattn.create_model(case.name, **smoke_kwargs(case.name)).eval()
     fresh.load_state_dict(state, strict=True)
     _assert_same(case.output, case.run(fresh), f"{case.name} after state_dict round trip", atol=1e-6, rtol=1e-5)
 
@@ -271,7 +281,8 @@ def test_features_only(case):
 
 def test_backward(case):
     """Last: train mode updates BatchNorm statistics of the shared model."""
-    model, inputs = (build_meta(case.name), case.meta_inputs()) if case.big else (case.model, case.inputs)
+    model, inputs = ((build_meta(case.name, **smoke_kwargs(case.name)), case.meta_inputs()) if case.big
+                     else (case.model, case.inputs))
     model.train()
     try:
         out = model(*inputs)

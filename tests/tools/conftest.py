@@ -1,3 +1,4 @@
+import importlib
 import importlib.util
 import os
 from pathlib import Path
@@ -10,9 +11,12 @@ TOOLS = REPO / "tools"
 
 @pytest.fixture(scope="session")
 def load_tool():
-    """Import ``tools/<name>.py`` as a module (the CLIs are scripts, not a package)."""
+    """The module of the command-line program ``name``: ``visionattn.cli.<name>`` for the installed
+    programs (``tools/<name>.py`` only wraps it), else ``tools/<name>.py`` imported as a module."""
 
     def load(name):
+        if importlib.util.find_spec(f"visionattn.cli.{name}") is not None:
+            return importlib.import_module(f"visionattn.cli.{name}")
         spec = importlib.util.spec_from_file_location(f"tools_{name}", TOOLS / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)

@@ -1,20 +1,14 @@
-"""tools/infer_restore.py on the NIfTI and PNG samples (light model, random weights)."""
-import importlib.util
-from pathlib import Path
-
+"""visionattn-infer-restore (tools/infer_restore.py) on the NIfTI and PNG samples (light model, random weights)."""
 import cv2
 import numpy as np
 
 from visionattn.datasets import medical_io as mio
 
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "infer_restore.py"
-
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("infer_restore", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from visionattn.cli import infer_restore
+
+    return infer_restore
 
 
 def test_nifti_and_png(samples_root, tmp_path):

@@ -1,5 +1,6 @@
 """tools/zoo.py and tools/convert_checkpoint.py on a temporary zoo."""
 import hashlib
+import json
 
 import pytest
 import timm
@@ -72,9 +73,67 @@ def test_list_download_verify_readme(zoo, load_tool, capsys, monkeypatch):
     assert cli.main(["readme", "--check"]) == 1
     assert cli.main(["readme"]) == 0
     text = (d / "README.md").read_text()
-    assert "| [fam_a](https://example.invalid/fam_a.pth) | `resnet10t (num_classes=4)` | ours | top1 1.5 |" in text
+    assert ("| [fam_a](https://example.invalid/fam_a.pth) | `resnet10t (num_classes=4)` | ours | – | none (our format) "
+            "| top1 1.5 |") in text
     assert "fam_b (link dead: supply the file)" in text and "old" not in text and text.endswith("tail\n")
     assert cli.main(["readme", "--check"]) == 0
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A 127.0.0.1 server of tmp_path/srv."""
+    import http.server
+    import threading
+
+    (tmp_path / "srv").mkdir()
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path / "srv"))  # noqa: E731
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield tmp_path / "srv", f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_pin_prints_and_records_the_hash(zoo, served, load_tool, capsys):
+    d, blob, sha = zoo
+    folder, base = served
+    (folder / "c.pth").write_bytes(blob.read_bytes())
+    yaml_path = d / "fam.yaml"
+    yaml_path.write_text(yaml_path.read_text() + f"""  - name: fam_c
+    architecture: resnet10t
+    url: {base}/c.pth
+    sha256: null   # filled in by visionattn-zoo pin --write
+    source: ours
+    metrics: {{published: null}}
+""")
+    hub.reload_manifest()
+    cli = load_tool("zoo")
+    assert cli.main(["pin", "fam_c"]) == 0
+    assert f"fam_c: sha256: {sha}" in capsys.readouterr().out
+    assert hub.get_entry("fam_c").sha256 is None and hub.get_pin(hub.get_entry("fam_c"))["sha256"] == sha
+    assert cli.main(["list", "fam_c"]) == 0
+    assert f"{sha[:12]} (pinned)" in capsys.readouterr().out
+    assert cli.main(["verify", "fam_c"]) == 0
+    assert "ok   fam_c (pinned hash ok)" in capsys.readouterr().out
+
+    assert cli.main(["pin", "fam_c", "--write"]) == 0
+    assert "recorded in" in capsys.readouterr().out
+    assert hub.get_entry("fam_c").sha256 == sha and f"    sha256: {sha}\n" in yaml_path.read_text()
+    assert cli.main(["pin", "fam_c", "--write"]) == 0
+    assert "already in" in capsys.readouterr().out
+    assert cli.main(["unpin", "fam_c"]) == 0 and "forgot the pin of fam_c" in capsys.readouterr().out
+    assert cli.main(["unpin", "fam_c"]) == 0 and "no pin for fam_c" in capsys.readouterr().out
+
+    # a Hugging Face entry gets its commit recorded under its hash; a different recorded hash is refused
+    entry = hub.get_entry("fam_c")
+    yaml_path.write_text(yaml_path.read_text().replace(f"{base}/c.pth", "https://huggingface.co/o/r/resolve/main/c.pth"))
+    hub.reload_manifest()
+    assert cli.record_in_manifest(hub.get_entry("fam_c"), {"sha256": sha, "revision": "ab" * 20})
+    assert f"    sha256: {sha}\n    revision: {'ab' * 20}\n" in yaml_path.read_text()
+    assert hub.get_entry("fam_c").revision == "ab" * 20
+    with pytest.raises(ValueError, match="already records sha256"):
+        cli.record_in_manifest(entry, {"sha256": "0" * 64})
+
 
 
 def test_repository_zoo_readme_is_up_to_date(load_tool, capsys):
@@ -118,6 +177,17 @@ def test_convert_checkpoint_detects_the_variant(tiny_family, load_tool, tmp_path
     assert cli.main(["convtest_l", str(tmp_path / "off.pth"), str(tmp_path / "ema.pth"), "--ema"]) == 0
     net = visionattn.create_model("convtest_l", checkpoint=str(tmp_path / "ema.pth"))
     assert torch.equal(net.conv.weight, src.conv.weight + 1)
+
+    # safetensors out: the tensors plus the conversion record as metadata; loads like the .pth
+    assert cli.main(["convtest_l", str(tmp_path / "off.pth"), str(tmp_path / "ema.safetensors"), "--ema"]) == 0
+    assert "ema.safetensors" in capsys.readouterr().out
+    net = visionattn.create_model("convtest_l", checkpoint=str(tmp_path / "ema.safetensors"))
+    assert torch.equal(net.conv.weight, src.conv.weight + 1)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "ema.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["converter_kwargs"]) == {"ema": True} and set(f.keys()) == {"conv.weight", "conv.bias"}
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
     # strict: the wrong variant is refused; an unknown family is named
     assert cli.main(["convtest_s", str(tmp_path / "off.pth"), str(tmp_path / "bad.pth")]) == 2

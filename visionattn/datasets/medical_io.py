@@ -14,6 +14,8 @@ from typing import List, Tuple, Union
 
 import numpy as np
 
+from ..extras import require_extra
+
 PathLike = Union[str, Path]
 SLICE_SUFFIXES = (".npy", ".png", ".tif", ".tiff", ".bin")
 
@@ -31,8 +33,7 @@ def is_nifti(path: PathLike) -> bool:
 
 def read_nifti(path: PathLike) -> Tuple[np.ndarray, np.ndarray, object]:
     """(volume (X, Y, Z) float64 with scl_slope/inter applied, 4x4 affine, header)."""
-    import nibabel as nib
-
+    nib = require_extra("nibabel")
     img = nib.load(str(_exists(path)))
     return np.asarray(img.get_fdata(dtype=np.float64)), img.affine, img.header
 
@@ -49,8 +50,7 @@ def nifti_slices(path: PathLike, axis: int = 2) -> List[np.ndarray]:
 
 def write_nifti(path: PathLike, volume: np.ndarray, affine=None, header=None) -> None:
     """Write a volume; pass the input's affine/header to keep its geometry."""
-    import nibabel as nib
-
+    nib = require_extra("nibabel")
     img = nib.Nifti1Image(np.asarray(volume, dtype=np.float32), np.eye(4) if affine is None else affine, header)
     if header is not None:
         img.header.set_data_dtype(np.float32)
@@ -60,8 +60,7 @@ def write_nifti(path: PathLike, volume: np.ndarray, affine=None, header=None) ->
 
 def read_dicom_series(folder: PathLike) -> np.ndarray:
     """(Z, H, W) float64 volume of the DICOM files in ``folder``, in physical units (HU for CT)."""
-    import pydicom
-
+    pydicom = require_extra("pydicom")
     folder = _exists(folder)
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     slices = []
@@ -94,9 +93,7 @@ def read_slice(path: PathLike) -> np.ndarray:
         with open(path, "rb") as f:  # the official format: pickle of a numpy array (trusted data only)
             arr = pickle.load(f)
     elif suffix in (".tif", ".tiff"):
-        import tifffile
-
-        arr = tifffile.imread(path)
+        arr = require_extra("tifffile").imread(path)
     elif suffix == ".png":
         import cv2
 

@@ -99,12 +99,8 @@ def test_three_loading_paths_agree(official_file):
 
 
 def test_convert_checkpoint_cli_detects_tiny_and_takes_ema(official_file, tmp_path):
-    import importlib.util
+    from visionattn.cli import convert_checkpoint as cli  # visionattn-convert, tools/convert_checkpoint.py
 
-    tool = Path(__file__).resolve().parents[3] / "tools" / "convert_checkpoint.py"
-    spec = importlib.util.spec_from_file_location("convert_checkpoint_cli", tool)
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
     official = torch.load(official_file)["model"]
     assert cli.main(["biformer", str(official_file), str(tmp_path / "ours.pth")]) == 0
     model = visionattn.create_model("biformer_tiny", checkpoint=str(tmp_path / "ours.pth"))

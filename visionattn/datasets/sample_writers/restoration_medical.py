@@ -13,6 +13,7 @@ import numpy as np
 
 from ..degradations import KSpaceTruncation, LowDoseCTNoise, PETCountSubsampling
 from ..medical_io import write_nifti
+from ...extras import require_extra
 from . import register_sample_writer
 
 
@@ -27,7 +28,7 @@ def phantom(size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _write_dicom(path: Path, hu: np.ndarray, z: float, uid_suffix: int) -> None:
-    import pydicom
+    pydicom = require_extra("pydicom")
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 

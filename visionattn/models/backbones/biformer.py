@@ -27,10 +27,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm2d, Mlp, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ...hub import extract_state_dict
+from ...hub import build_timm_model, extract_state_dict
 from ...registry import register_converter
 from .stage_classifier import StageClassifier
 from ...ops.bilevel_routing_attention import bilevel_routing_attention
@@ -281,9 +281,10 @@ def convert_official(checkpoint, model: nn.Module, ema: bool = False) -> Dict[st
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> BiFormer:
-    return build_model_with_cfg(
-        BiFormer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)), **kwargs)
+    """``pretrained=True`` loads the zoo entry named by the pretrained tag (``biformer_small.in1k``)
+    through visionattn.hub: verified download, the 'biformer' converter, strict."""
+    return build_timm_model(BiFormer, variant, pretrained, family="biformer",
+                            feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)), **kwargs)
 
 
 def _cfg(url: str = "", **kwargs) -> dict:
@@ -295,8 +296,9 @@ def _cfg(url: str = "", **kwargs) -> dict:
 
 _ONEDRIVE = "https://api.onedrive.com/v1.0/shares/{}/root/content"
 default_cfgs = generate_default_cfgs({
-    # Official OneDrive links (rayleizhu/BiFormer models/biformer.py). Reported broken (upstream
-    # issue #53): pass the downloaded file with pretrained_cfg_overlay=dict(file=...).
+    # Official OneDrive links (rayleizhu/BiFormer models/biformer.py), the zoo entries of the same
+    # names (model_zoo/biformer.yaml). Reported broken (upstream issue #53): pass a downloaded file
+    # with pretrained_cfg_overlay=dict(file=...), or put it at the cache path the error names.
     "biformer_tiny.in1k": _cfg(_ONEDRIVE.format("s!AkBbczdRlZvChHEOoGkgwgQzEDlM")),
     "biformer_small.in1k": _cfg(_ONEDRIVE.format("s!AkBbczdRlZvChHDyM-x9KWRBZ832")),
     "biformer_base.in1k": _cfg(_ONEDRIVE.format("s!AkBbczdRlZvChHI_XPhoadjaNxtO")),

@@ -41,10 +41,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, LayerNorm2d, LayerScale2d, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ...hub import extract_state_dict
+from ...hub import build_timm_model, extract_state_dict
 from ...registry import register_converter
 from .stage_classifier import StageClassifier
 from ..derived_tensor import DerivedTensor
@@ -495,24 +495,32 @@ def _rename(key: str) -> str:
 
 
 def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Official FFNet keys (classification or dense backbone; training or re-parameterised form)
-    -> ours, shaped for ``model`` (a fused ``model`` takes the official deploy state dict).
+    """Official FFNet keys (classification or dense backbone; training or re-parameterised form), or
+    our own, -> ours, shaped for ``model`` (a fused ``model`` takes the official deploy state dict).
 
     Strips ``module.``/``encoder.``/``backbone.`` prefixes, renames, reshapes layer scales
     (C, 1, 1) -> (C,), and drops what ``model`` does not have (the classifier of a features-only
-    model, dense-only keys for a classifier).
+    model, dense-only keys for a classifier). Per-stage output norms that an ImageNet checkpoint
+    lacks keep the model's initial values (the official dense backbone starts them the same way).
     """
     if not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         state_dict = extract_state_dict(state_dict)  # timm's pretrained loader hands over the container
     target = model.state_dict()
     prefix = "model." if any(k.startswith("model.") for k in target) else ""  # timm features wrapper
-    out = {}
+    stripped = {}
     for key, value in state_dict.items():
         for p in ("module.", "encoder.", "backbone."):
             key = key[len(p):] if key.startswith(p) else key
-        if not key.startswith(("patch_embed.", "stages.", "norm", "head.")):
+        stripped[key] = value
+    ours = any(k.startswith("stem.") for k in stripped)  # already our layout (the official one has patch_embed)
+    out = {}
+    for key, value in stripped.items():
+        if ours:
+            key = prefix + key
+        elif key.startswith(("patch_embed.", "stages.", "norm", "head.")):
+            key = prefix + _rename(key)
+        else:
             continue  # e.g. neck/head of a detector checkpoint
-        key = prefix + _rename(key)
         if key not in target:
             continue
         if value.shape != target[key].shape:
@@ -521,6 +529,8 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Modul
                                    f"needs {tuple(target[key].shape)}: the checkpoint is of another variant")
             value = value.reshape(target[key].shape)  # layer scale (C, 1, 1) -> (C,)
         out[key] = value
+    if not any(".stage_norms." in f".{k}" for k in out):
+        out.update({k: v for k, v in target.items() if ".stage_norms." in f".{k}"})
     return out
 
 
@@ -552,7 +562,10 @@ def _cfg(file: str = "", **kwargs) -> Dict:
             "classifier": "head", "license": "apache-2.0", "paper_ids": "arXiv:2406.02021", **kwargs}
 
 
-default_cfgs = generate_default_cfgs({
+# Each tag with a file is the model-zoo entry of the same name (model_zoo/ffnet.yaml): the '_ema'
+# tags read the EMA weights of the same file. timm.create_model(..., pretrained=True) loads them
+# through visionattn.hub (verified download, converter, strict).
+_RELEASES = {
     "ffnet_1.in1k": _cfg("ffnet_1.pth.tar"),
     "ffnet_1.in1k_dist": _cfg("ffnet_1_distillation.pth.tar"),
     "ffnet_2.in1k": _cfg("ffnet_2.pth.tar"),
@@ -560,8 +573,11 @@ default_cfgs = generate_default_cfgs({
     "ffnet_3.in1k": _cfg("ffnet_3.pth.tar", crop_pct=0.95),
     "ffnet_3.in1k_dist": _cfg("ffnet_3_distillation.pth.tar", crop_pct=0.95),
     "ffnet_3_384.in1k": _cfg("ffnet_3_384.pth.tar", input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
-    "ffnet_4.untrained": _cfg(crop_pct=0.95),
     "ffnet_4_384.in1k": _cfg("ffnet_4_384.pth.tar", input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
+}
+default_cfgs = generate_default_cfgs({
+    **{tag: cfg for name, cfg in _RELEASES.items() for tag in (name, f"{name}_ema")},
+    "ffnet_4.untrained": _cfg(crop_pct=0.95),
 })
 
 # depths, dims, ffn_kernels, layer scale, default drop path (official model functions)
@@ -583,9 +599,8 @@ def _create_ffnet(variant: str, pretrained: bool = False, fuse: bool = False, **
     arch.update(kwargs)
     if arch.get("features_only"):
         arch.setdefault("stage_norm", True)  # the official dense backbones normalise every output
-    model = build_model_with_cfg(
-        FFNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, pretrained_strict=False,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"), **arch)
+    model = build_timm_model(FFNet, variant, pretrained, family="ffnet",
+                             feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"), **arch)
     if fuse:
         for m in list(model.modules()):
             if isinstance(m, FFNet):  # also inside a features_only wrapper

@@ -1,0 +1,258 @@
+"""ScatterFormer's voxel backbone: CPE, two stages of ScatterFormer blocks, attention pillar pooling.
+
+Voxels (M, 64) at ``[batch, z, y, x]`` -> pillars (P, 128) at ``[batch, y, x]`` on the BEV grid at
+half the voxel resolution. The blocks follow the official code (skyhehe123/ScatterFormer), which
+differs from the paper in the channel grouping of the cross-window interaction. Module names
+mirror the official ones, so OpenPCDet checkpoints map key for key (see ``scatterformer.py``).
+
+Sparse convolutions run on :mod:`.sparse_backend` (spconv on CPU, spconv-triton on GPU); the
+attention and the depth-wise convolutions run on the library's ops
+(:func:`visionattn.ops.scattered_linear_attention.scattered_linear_attention`,
+:func:`visionattn.ops.sparse_depthwise_conv.sparse_depthwise_conv`).
+"""
+import math
+from typing import Dict, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ...ops.scattered_linear_attention import scattered_linear_attention
+from ...ops.sparse_depthwise_conv import sparse_depthwise_conv, submanifold_pairs
+from . import sparse_backend as sp
+
+
+def _bn1d(dim: int) -> nn.BatchNorm1d:
+    return nn.BatchNorm1d(dim, eps=1e-3, momentum=0.01)
+
+
+# --- convolutional position encoding (CPE) --------------------------------------------------------
+
+class SparseBasicBlock(nn.Module):
+    """Two biased 3x3x3 submanifold convolutions with BatchNorm, residual, ReLU (OpenPCDet's block)."""
+
+    sparse_input = True
+
+    def __init__(self, dim: int, indice_key: str):
+        super().__init__()
+        self.conv1 = sp.SubMConv3d(dim, dim, 3, padding=1, bias=True, indice_key=indice_key)
+        self.bn1 = _bn1d(dim)
+        self.conv2 = sp.SubMConv3d(dim, dim, 3, padding=1, bias=True, indice_key=indice_key)
+        self.bn2 = _bn1d(dim)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        out = self.conv1(x)
+        out = out.replace_feature(self.relu(self.bn1(out.features)))
+        out = self.conv2(out)
+        return out.replace_feature(self.relu(self.bn2(out.features) + x.features))
+
+
+def conv_position_encoding(in_channels: int, dim: int) -> sp.SparseSequential:
+    """SubMConv 3x3x3 in->dim, three SparseBasicBlocks, then a (3, 1, 1) stride-(2, 1, 1) convolution
+    that halves the height (Waymo: z 33 -> 16)."""
+    return sp.SparseSequential(
+        sp.SparseSequential(sp.SubMConv3d(in_channels, dim, 3, bias=False, indice_key="subm1"), _bn1d(dim), nn.ReLU()),
+        SparseBasicBlock(dim, indice_key="stem"),
+        SparseBasicBlock(dim, indice_key="stem"),
+        SparseBasicBlock(dim, indice_key="stem"),
+        sp.SparseSequential(sp.SparseConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1), padding=0, bias=False,
+                                            indice_key="spconv1"), _bn1d(dim), nn.ReLU()),
+    )
+
+
+# --- window grouping ---------------------------------------------------------------------------------
+
+def group_by_window(indices: torch.Tensor, spatial_shape: Sequence[int], window: int
+                    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Sort voxels by BEV window: (permutation (N,), offsets (M + 1,) int64).
+
+    The window of voxel ``[b, z, y, x]`` is ``(b, y // window, x // window)``: windows span the whole
+    height and are not shifted. Windows come in (b, wy, wx) order, as ``torch.unique`` orders them in
+    the official code; inside a window voxels keep their input order (a stable sort; the official
+    unstable sort orders them differently, which changes rows, not per-voxel results).
+    """
+    idx = indices.long()
+    ny, nx = math.ceil(spatial_shape[1] / window), math.ceil(spatial_shape[2] / window)
+    key = (idx[:, 0] * ny + idx[:, 2] // window) * nx + idx[:, 3] // window
+    key, perm = torch.sort(key, stable=True)
+    counts = torch.unique_consecutive(key, return_counts=True)[1]
+    offsets = F.pad(torch.cumsum(counts, 0), (1, 0))
+    return perm, offsets
+
+
+# --- ScatterFormer block -------------------------------------------------------------------------
+
+class SLALayer(nn.Module):
+    """Scattered linear attention: q, k, v = x W (no bias), per window and head
+    ``o_n = relu(q_n) KV_w / (relu(q_n) . s_w + 1e-6)`` with ``KV_w = sum relu(k_i)^T v_i`` and
+    ``s_w = sum relu(k_i)``, then an output projection. x (N, C), voxels sorted by window."""
+
+    def __init__(self, dim: int, num_heads: int, attn_impl: str = "auto"):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.attn_impl = attn_impl
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        N, C = x.shape
+        q, k, v = self.qkv(x).view(N, 3, self.num_heads, C // self.num_heads).unbind(1)  # (N, h, d) each
+        y = scattered_linear_attention(q, k, v, offsets, impl=self.attn_impl)  # (N, h, d)
+        return self.proj(y.reshape(N, C))
+
+
+class SparseDepthwiseConv(nn.Module):
+    """Depth-wise submanifold convolution with weight (kz, ky, kx, C) (the official layout):
+    ``out[o, c] = sum_k weight.view(K, C)[k, c] * x[pairs[k, o], c]``, kernel offsets k in row-major
+    (z, y, x) order, pairs from ``submanifold_pairs``."""
+
+    def __init__(self, channels: int, kernel_size: Tuple[int, int, int], impl: str = "auto"):
+        super().__init__()
+        self.kernel_size = tuple(kernel_size)
+        self.impl = impl
+        self.weight = nn.Parameter(torch.randn(*self.kernel_size, channels))  # official init: N(0, 1)
+
+    def forward(self, x: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+        return sparse_depthwise_conv(x, self.weight.view(-1, self.weight.shape[-1]), pairs, impl=self.impl)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[-1]}, kernel_size={self.kernel_size}"
+
+
+class CWIFFNLayer(nn.Module):
+    """Cross-window interaction then FFN, the official code's grouping of C = 4 g channels:
+    u = BN(x); u <- u + [dw3x3x3(u_1) | dw(1,1,L)(u_2) along x | dw(1,L,1)(u_3) along y | u_4];
+    out = u + fc2(ReLU(fc1(BN(u)))). Note the residual base is BN(x), not x."""
+
+    def __init__(self, dim: int, long_kernel: int, conv_impl: str = "auto"):
+        super().__init__()
+        g = dim // 4
+        self.group = g
+        self.bn = _bn1d(dim)
+        self.conv_k = SparseDepthwiseConv(g, (3, 3, 3), conv_impl)
+        self.conv_h = SparseDepthwiseConv(g, (1, 1, long_kernel), conv_impl)
+        self.conv_w = SparseDepthwiseConv(g, (1, long_kernel, 1), conv_impl)
+        self.bn2 = _bn1d(dim)
+        self.fc1 = nn.Linear(dim, 2 * dim)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Linear(2 * dim, dim)
+
+    def kernel_sizes(self):
+        return [conv.kernel_size for conv in (self.conv_k, self.conv_h, self.conv_w)]
+
+    def forward(self, x: torch.Tensor, pairs: Dict[tuple, torch.Tensor]) -> torch.Tensor:
+        g = self.group
+        u = self.bn(x)
+        mixed = torch.cat([self.conv_k(u[:, :g], pairs[self.conv_k.kernel_size]),
+                           self.conv_h(u[:, g:2 * g], pairs[self.conv_h.kernel_size]),
+                           self.conv_w(u[:, 2 * g:3 * g], pairs[self.conv_w.kernel_size]),
+                           u[:, 3 * g:]], dim=1)
+        u = u + mixed
+        return u + self.fc2(self.act(self.fc1(self.bn2(u))))
+
+
+class ScatterFormerBlock(nn.Module):
+    """``num_layers`` x (x <- x + SLA(BN(x)); x <- CWI-FFN(x)) on one window grouping.
+
+    Sorts the voxels of the sparse tensor by window once (the output keeps that order) and builds
+    the depth-wise convolutions' index pairs once for all layers (the official ScatterFormerLayer3x).
+    """
+
+    sparse_input = True
+
+    def __init__(self, dim: int, num_heads: int, num_layers: int = 3, window: int = 12, attn_impl: str = "auto",
+                 conv_impl: str = "auto"):
+        super().__init__()
+        self.window = window
+        self.norm_layers = nn.ModuleList(_bn1d(dim) for _ in range(num_layers))
+        self.attn_layers = nn.ModuleList(SLALayer(dim, num_heads, attn_impl) for _ in range(num_layers))
+        self.cffn_layers = nn.ModuleList(CWIFFNLayer(dim, window + 1, conv_impl) for _ in range(num_layers))
+
+    def forward(self, x):
+        shape = [int(s) for s in x.spatial_shape]
+        perm, offsets = group_by_window(x.indices, shape, self.window)
+        feats, indices = x.features[perm], x.indices[perm]
+        sizes = {k for layer in self.cffn_layers for k in layer.kernel_sizes()}
+        pairs = {k: submanifold_pairs(indices, shape, k) for k in sorted(sizes)}
+        for norm, attn, cffn in zip(self.norm_layers, self.attn_layers, self.cffn_layers):
+            feats = feats + attn(norm(feats), offsets)
+            feats = cffn(feats, pairs)
+        # a fresh tensor: index pairs cached for the old row order must not be reused
+        return type(x)(feats, indices, x.spatial_shape, x.batch_size)
+
+
+# --- voxels -> pillars -------------------------------------------------------------------------------
+
+class AttnPillarPool(nn.Module):
+    """Pools each (batch, y, x) column of ``height`` voxels into one pillar feature.
+
+    query = max(0, max over the column's voxels) (the official SparseMaxPool3d((height, 1, 1)), whose
+    maximum starts at 0); keys =
+    the column's dense z-stack (height, C) plus a learned per-z embedding, values = the z-stack
+    without it; empty slots are masked; out = LayerNorm(MultiheadAttention(query, keys, values) +
+    query). Returns pillar features (P, C) and their ``[batch, y, x]`` (P, 3), sorted by (b, y, x).
+    """
+
+    def __init__(self, dim: int, height: int, num_heads: int = 8):
+        super().__init__()
+        self.height = height
+        self.norm = nn.LayerNorm(dim)
+        self.self_attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.pos_embedding = nn.Embedding(height, dim)
+        nn.init.normal_(self.pos_embedding.weight, std=0.01)
+
+    def forward(self, features: torch.Tensor, indices: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        idx = indices.long()
+        pillars, pillar_of_voxel = torch.unique(idx[:, [0, 2, 3]], dim=0, return_inverse=True)  # (P, 3), (N,)
+        P, C = pillars.shape[0], features.shape[1]
+        # spconv's max-pool starts its maximum at 0 (CPU and GPU), so a channel whose voxels are all
+        # negative pools to 0: include_self=True on a zero tensor does the same
+        query = features.new_zeros(P, C).scatter_reduce_(
+            0, pillar_of_voxel[:, None].expand_as(features), features, reduce="amax", include_self=True)
+        stack = features.new_zeros(P, self.height, C)
+        stack[pillar_of_voxel, idx[:, 1]] = features
+        present = torch.zeros(P, self.height, dtype=torch.bool, device=features.device)
+        present[pillar_of_voxel, idx[:, 1]] = True
+        key = stack + self.pos_embedding.weight.unsqueeze(0)
+        out = self.self_attn(query.unsqueeze(1), key, stack, key_padding_mask=~present, need_weights=False)[0]
+        return self.norm(out.squeeze(1) + query), pillars
+
+
+class ScatterFormerBackbone3d(nn.Module):
+    """Voxel features (M, in_channels) at ``[b, z, y, x]`` of a ``sparse_shape`` (Z, Y, X) grid ->
+    pillar features (P, dim) at ``[b, y, x]`` on the (Y/2, X/2) BEV grid.
+
+    CPE (z stride 2) -> stage 1 (block, BN, 3x3x3 stride-2 conv) -> stage 2 (block, BN) ->
+    AttnPillarPool over the remaining height.
+    """
+
+    def __init__(self, in_channels: int, sparse_shape: Sequence[int], dim: int = 128, num_heads: int = 4,
+                 num_layers: int = 3, window: int = 12, attn_impl: str = "auto", conv_impl: str = "auto"):
+        super().__init__()
+        self.sparse_shape = tuple(int(s) for s in sparse_shape)
+        self.cpe = conv_position_encoding(in_channels, dim)
+        block = dict(num_heads=num_heads, num_layers=num_layers, window=window, attn_impl=attn_impl,
+                     conv_impl=conv_impl)
+        self.stage1 = sp.SparseSequential(ScatterFormerBlock(dim, **block), _bn1d(dim),
+                                          sp.SparseConv3d(dim, dim, 3, stride=2, padding=1, bias=False,
+                                                          indice_key="down"))
+        self.stage2 = sp.SparseSequential(ScatterFormerBlock(dim, **block), _bn1d(dim))
+        Z, Y, X = self.sparse_shape
+        height = ((Z - 3) // 2 + 1 - 1) // 2 + 1  # after the CPE's (3,1,1)/2 and stage 1's 3/2 (pad 1) convs
+        if height != Z // 4:  # the official pillar size is Z // 4; both must agree for its z-stack
+            raise ValueError(f"sparse_shape {self.sparse_shape}: the height after the backbone's convolutions "
+                             f"({height}) differs from Z // 4 = {Z // 4}; choose Z = 4 k + 1 (e.g. 33 or 41)")
+        self.app = AttnPillarPool(dim, height)
+        self.bev_shape = ((Y - 1) // 2 + 1, (X - 1) // 2 + 1)
+        self.num_out_features = dim
+
+    def forward(self, voxel_features: torch.Tensor, voxel_coords: torch.Tensor, batch_size: int
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        x = sp.sparse_tensor(voxel_features, voxel_coords, self.sparse_shape, batch_size)
+        x = self.cpe(x)
+        x = self.stage1(x)
+        x = self.stage2(x)
+        return self.app(x.features, x.indices)
