@@ -19,6 +19,7 @@ from typing import Dict, List, Tuple
 import cv2
 import numpy as np
 
+from ...extras import require_extra
 from . import register_sample_writer
 
 SIZE = 64
@@ -67,7 +68,7 @@ def _astronaut_faces(n: int, rng: np.random.Generator) -> List[Tuple[np.ndarray,
     """``n`` crops of the astronaut's face, aligned as FFHQ (eye line at the aligned height, eye
     distance 120/512 of the side), with small random scale/offset changes, some mirrored."""
     try:
-        from skimage import data
+        data = require_extra("skimage.data")  # scikit-image: the dev extra
     except ImportError:
         return []
     photo = np.ascontiguousarray(data.astronaut()[..., ::-1])  # RGB -> BGR
@@ -109,7 +110,7 @@ def _write_png(path: Path, img: np.ndarray) -> None:
 def write_lmdb(folder: Path, images: Dict[str, np.ndarray]) -> bool:
     """A BasicSR-layout LMDB of PNG-encoded images keyed by name; False if ``lmdb`` is missing."""
     try:
-        import lmdb
+        lmdb = require_extra("lmdb")
     except ImportError:
         return False
     folder.mkdir(parents=True, exist_ok=True)
