@@ -1,7 +1,7 @@
 # Two entry points for users: `make demo` and `make test`. Both create .venv when missing and
 # install from package names (versions pinned in constraints.txt only).
 #   make demo   the core library only (torch, timm, mmengine...): classification, stereo, restoration
-#   make test   everything: the core plus the det, 3d, medical and dev extras (mmcv needs a wheel)
+#   make test   everything: the core plus the det, 3d, medical, face and dev extras (mmcv needs a wheel)
 PYTHON    ?= python3.11
 VENV      ?= .venv
 BIN       := $(VENV)/bin
@@ -31,12 +31,12 @@ $(CORE): setup.cfg setup.py constraints.txt Makefile
 	$(BIN)/python -W ignore -c "import cv2, torch, timm, mmengine, visionattn; print('visionattn', visionattn.__version__, 'torch', torch.__version__)"
 	@touch $(CORE)
 
-# Everything on top of the core: mmcv/mmdet/mmseg (det), spconv (3d), medical formats, test tools.
+# Everything on top of the core: mmcv/mmdet/mmseg (det), spconv (3d), medical formats, LPIPS/FID/LMDB (face), test tools.
 $(STAMP): $(CORE) tools/build_mmcv_wheel.sh
 	$(PIP) install -q -c constraints.txt ninja
 	@if [ -z "$(wildcard $(addsuffix /mmcv-2.1.0-*.whl,$(WHEEL_DIRS)))" ]; then \
 		PIP="$(PIP)" bash tools/build_mmcv_wheel.sh .wheels; fi
-	$(PIP) install -q -c constraints.txt $(FIND_LINKS) -e '.[dev,det,3d,medical]'
+	$(PIP) install -q -c constraints.txt $(FIND_LINKS) -e '.[dev,det,3d,medical,face]'
 	$(PIP) install -q -c constraints.txt --force-reinstall --no-deps opencv-python-headless
 	$(BIN)/python -W ignore -c "import pkg_resources, cv2, torch, timm, mmengine, mmdet, mmseg, visionattn; print('visionattn', visionattn.__version__, 'torch', torch.__version__)"
 	@touch $(STAMP)

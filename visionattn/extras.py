@@ -12,6 +12,9 @@ _EXTRAS = {
     "nibabel": ("medical", "reading and writing NIfTI volumes"),
     "pydicom": ("medical", "reading DICOM series"),
     "tifffile": ("medical", "reading and writing TIFF slices"),
+    "lpips": ("face", "the LPIPS perceptual loss and metric"),
+    "pytorch_fid": ("face", "the FID metric (pytorch-fid's Inception network)"),
+    "lmdb": ("face", "reading and writing BasicSR LMDB image databases"),
 }
 
 

@@ -47,8 +47,14 @@ def load_config(config: str, work_dir: Optional[str] = None, cfg_options: Option
     if amp:
         if not torch.cuda.is_available():
             raise RuntimeError("--amp needs a CUDA GPU (mmengine's AmpOptimWrapper); run without --amp on CPU")
-        cfg.optim_wrapper.type = "AmpOptimWrapper"
-        cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
+        if cfg.optim_wrapper.get("constructor") == "MultiOptimWrapperConstructor":  # one wrapper per optimiser
+            for name, wrapper in cfg.optim_wrapper.items():
+                if name != "constructor":
+                    wrapper.type = "AmpOptimWrapper"
+                    wrapper.setdefault("loss_scale", "dynamic")
+        else:
+            cfg.optim_wrapper.type = "AmpOptimWrapper"
+            cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
     if launcher != "none" and not torch.cuda.is_available():
         cfg.env_cfg = dict(cfg.get("env_cfg", {}), dist_cfg=dict(backend="gloo"))
         # CPU modules take DDP's device_ids=None (mmengine passes [LOCAL_RANK] otherwise)

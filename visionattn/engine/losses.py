@@ -11,8 +11,13 @@ returns its weighted terms.
   ``SoftTargetCrossEntropy`` (Mixup/CutMix targets), and :class:`DistillationLoss` (DeiT's
   hard/soft teacher term).
 - Stereo: :class:`MatchStereoLoss`.
+- Face-restoration GANs (RestoreFormer / RestoreFormer++): :class:`LPIPSLoss`,
+  :class:`HingeGANLoss` and :class:`VanillaGANLoss` (``generator_loss`` / ``discriminator_loss``),
+  :func:`adaptive_gan_weight` (VQGAN's balance of the adversarial term), :class:`IdentityLoss`
+  (ArcFace features). The codebook loss is the network's own (``forward(x, return_info=True)``).
 """
-from typing import Dict, Optional, Union
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -219,3 +224,116 @@ class MatchStereoLoss(nn.Module):
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mask = mask.to(x.dtype)
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Face-restoration GANs
+
+
+@LOSSES.register_module()
+class LPIPSLoss(nn.Module):
+    """Mean LPIPS-VGG distance (Zhang et al. 2018, v0.1 heads) of (B, 3, H, W) RGB images in [-1, 1].
+
+    The VGG16 trunk loads from ``vgg_path`` (torchvision's ``vgg16-397923af.pth``; default its
+    torch-hub cache path) and never downloads; a missing file raises with the address to get it.
+    Frozen (its parameters take no gradient and stay out of ``state_dict``). Needs the ``face`` extra.
+    """
+
+    def __init__(self, vgg_path: Optional[Union[str, Path]] = None, lin_path: Optional[Union[str, Path]] = None):
+        super().__init__()
+        from ..models.restoration.lpips_vgg import build_lpips_vgg
+
+        # kept out of the module tree: a frozen metric network is not part of the model's checkpoint
+        self._net = [build_lpips_vgg(vgg_path, lin_path)]
+
+    @property
+    def net(self) -> nn.Module:
+        return self._net[0]
+
+    def _apply(self, fn, *args, **kwargs):  # .to(device) / .half() reach the hidden network too
+        self._net[0] = self._net[0]._apply(fn, *args, **kwargs)
+        return super()._apply(fn, *args, **kwargs)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.net(pred, target).mean()
+
+
+@LOSSES.register_module()
+class HingeGANLoss(nn.Module):
+    """VQGAN's PatchGAN objective: discriminator ``0.5 (mean relu(1 - D(real)) + mean relu(1 + D(fake)))``,
+    generator ``-mean D(fake)``. ``forward(fake_logits)`` is the generator loss."""
+
+    def generator_loss(self, fake: torch.Tensor) -> torch.Tensor:
+        return -fake.mean()
+
+    def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())
+
+    def forward(self, fake: torch.Tensor) -> torch.Tensor:
+        return self.generator_loss(fake)
+
+
+@LOSSES.register_module()
+class VanillaGANLoss(nn.Module):
+    """Binary cross-entropy GAN objective (BasicSR's ``GANLoss('vanilla')``, GFPGAN's component
+    discriminators): discriminator ``BCE(D(real), 1) + BCE(D(fake), 0)``, generator ``BCE(D(fake), 1)``
+    (means over all logits). ``forward(fake_logits)`` is the generator loss."""
+
+    def generator_loss(self, fake: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+
+    def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        return (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+                + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+
+    def forward(self, fake: torch.Tensor) -> torch.Tensor:
+        return self.generator_loss(fake)
+
+
+def adaptive_gan_weight(reconstruction_loss: torch.Tensor, generator_loss: torch.Tensor, last_layer: torch.Tensor,
+                        max_weight: float = 1e4) -> torch.Tensor:
+    """VQGAN's adaptive weight of the adversarial term (detached scalar):
+    ``clamp(||grad_w L_rec|| / (||grad_w L_G|| + 1e-4), 0, max_weight)`` with ``w`` the generator's
+    last layer (RestoreFormer: ``decoder.conv_out.weight``). Both losses keep their graphs."""
+    g_rec = torch.autograd.grad(reconstruction_loss, last_layer, retain_graph=True)[0]
+    g_gan = torch.autograd.grad(generator_loss, last_layer, retain_graph=True)[0]
+    return torch.clamp(g_rec.norm() / (g_gan.norm() + 1e-4), 0.0, max_weight).detach()
+
+
+@LOSSES.register_module()
+class IdentityLoss(nn.Module):
+    """L1 distance of ArcFace embeddings: ``mean |A(gray(pred)) - sg[A(gray(target))]|``.
+
+    ``gray``: 0.2989 R + 0.5870 G + 0.1140 B of (B, 3, H, W) RGB images, bilinear to 128 x 128
+    (GFPGAN / RestoreFormer). The images enter ArcFace in the range they are given (the official
+    training passes [-1, 1]). ``arcface_path``: ``arcface_resnet18.pth``; ``arcface_kwargs`` build a
+    smaller stand-in of the same layout. The ArcFace network is frozen, in eval mode, and kept out
+    of ``state_dict``.
+    """
+
+    def __init__(self, arcface_path: Union[str, Path], arcface_kwargs: Optional[dict] = None):
+        super().__init__()
+        from ..models.restoration.arcface import load_arcface
+
+        self._net = [load_arcface(arcface_path, **(arcface_kwargs or {}))]
+
+    @property
+    def net(self) -> nn.Module:
+        return self._net[0]
+
+    def _apply(self, fn, *args, **kwargs):
+        self._net[0] = self._net[0]._apply(fn, *args, **kwargs)
+        return super()._apply(fn, *args, **kwargs)
+
+    def train(self, mode: bool = True):  # ArcFace stays in eval mode (BatchNorm statistics, dropout)
+        super().train(mode)
+        self.net.eval()
+        return self
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        from ..models.restoration.arcface import gray_resize
+
+        return self.net(gray_resize(images, self.net.input_size))
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.l1_loss(self.embed(pred), self.embed(target).detach())
