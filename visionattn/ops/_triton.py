@@ -48,7 +48,12 @@ def can_run(x: torch.Tensor, *others: Optional[torch.Tensor], dtypes: Tuple[torc
             ) -> bool:
     """Whether a Triton kernel can take ``x``: Triton installed, ``x`` on CUDA (or on the CPU under
     the interpreter), ``x.dtype`` in ``dtypes``, and every tensor of ``others`` (``None`` skipped)
-    of ``x``'s dtype. Each op's ``_triton_supports`` adds its own shape and layout conditions."""
+    of ``x``'s dtype. Each op's ``_triton_supports`` adds its own shape and layout conditions.
+
+    Never under ``torch.fx`` symbolic tracing (timm's FX feature extraction): a traced graph records
+    the reference ops, which any device runs."""
+    if isinstance(x, torch.fx.Proxy):
+        return False
     on_device = x.is_cuda or (_INTERPRET and x.device.type == "cpu")
     if triton is None or not on_device or x.dtype not in dtypes:
         return False

@@ -72,11 +72,31 @@ def _check_sums(group_sizes: torch.Tensor, num_heads: int) -> None:
                          f">= 0 and sum to the {num_heads} query heads")
 
 
-def _reference(q, k, v, group_sizes, scale, dropout_p):
-    """Per-group loop. q: (B, H, N, d); k, v: (B, G, M, d); group_sizes (G,) or (B, G) or None."""
+def attention_bias(attn_mask: Optional[torch.Tensor], is_causal: bool, n_queries: int, n_keys: int,
+                   like: torch.Tensor) -> Optional[torch.Tensor]:
+    """The additive logit bias SDPA applies for ``attn_mask`` / ``is_causal``, broadcastable to
+    (B, H, N, M): a bool mask (True = attend) becomes 0 / -inf, a float mask is added as it is,
+    ``is_causal`` masks keys after the query (top-left aligned). None when there is no mask."""
+    if is_causal:
+        if attn_mask is not None:
+            raise ValueError("grouped_query_attention: pass attn_mask or is_causal=True, not both (as SDPA)")
+        return like.new_full((n_queries, n_keys), float("-inf")).triu_(1)
+    if attn_mask is None:
+        return None
+    if attn_mask.dtype == torch.bool:
+        return torch.zeros(attn_mask.shape, dtype=like.dtype, device=like.device).masked_fill_(~attn_mask, float("-inf"))
+    return attn_mask.to(like.dtype)
+
+
+def _reference(q, k, v, group_sizes, scale, dropout_p, attn_mask=None, is_causal=False):
+    """Per-group loop. q: (B, H, N, d); k, v: (B, G, M, d); group_sizes (G,) or (B, G) or None;
+    attn_mask broadcastable to (B, H, N, M)."""
     B, H, N, d = q.shape
     G = k.shape[1]
     scale = d ** -0.5 if scale is None else scale
+    bias = attention_bias(attn_mask, is_causal, N, k.shape[2], q)
+    if bias is not None:
+        bias = bias.expand(B, H, N, k.shape[2])
     if group_sizes is None:
         group_sizes = torch.full((G,), H // G, dtype=torch.long)
     _check_sums(group_sizes, H)
@@ -87,19 +107,22 @@ def _reference(q, k, v, group_sizes, scale, dropout_p):
         start = 0
         for g, n in enumerate(group_sizes[b].tolist()):
             q_g = q[b, start:start + n] * scale  # (n, N, d): the n query heads sharing KV head g
-            attn = (q_g @ k[b, g].transpose(-2, -1)).softmax(dim=-1)  # (n, N, M)
+            logits = q_g @ k[b, g].transpose(-2, -1)  # (n, N, M)
+            if bias is not None:
+                logits = logits + bias[b, start:start + n]
+            attn = logits.softmax(dim=-1)
             attn = F.dropout(attn, dropout_p)
             out[b, start:start + n] = attn @ v[b, g]  # (n, N, d)
             start += n
     return out
 
 
-def _sdpa_gqa(q, k, v, scale, dropout_p):
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale,
-                                          enable_gqa=k.shape[1] != q.shape[1])
+def _sdpa_gqa(q, k, v, scale, dropout_p, attn_mask=None, is_causal=False):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                                          scale=scale, enable_gqa=k.shape[1] != q.shape[1])
 
 
-def _sdpa_index(q, k, v, group_sizes, scale, dropout_p):
+def _sdpa_index(q, k, v, group_sizes, scale, dropout_p, attn_mask=None, is_causal=False):
     B, H, N, d = q.shape
     G = k.shape[1]
     if group_sizes is None:
@@ -111,11 +134,13 @@ def _sdpa_index(q, k, v, group_sizes, scale, dropout_p):
     else:  # per-sample assignment (B, H)
         gather_idx = idx[:, :, None, None].expand(B, H, k.shape[2], d)
         k, v = k.gather(1, gather_idx), v.gather(1, gather_idx)
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                                          scale=scale)
 
 
 def grouped_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_sizes: GroupSizes = None,
                             *, scale: Optional[float] = None, dropout_p: float = 0.0,
+                            attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False,
                             impl: str = "auto") -> torch.Tensor:
     """Attention of H query heads over G shared key/value heads.
 
@@ -126,6 +151,9 @@ def grouped_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g
             query heads ``[n_1 + ... + n_{g-1}, n_1 + ... + n_g)`` read KV head g. Each row sums to H.
         scale: softmax scale, ``d ** -0.5`` when None.
         dropout_p: attention dropout (pass 0 in eval).
+        attn_mask: as in ``F.scaled_dot_product_attention``: bool (True = attend) or additive float,
+            broadcastable to (B, H, N, M).
+        is_causal: mask keys after each query (not together with ``attn_mask``).
         impl: ``"auto"`` or one of :data:`IMPLS`.
     Returns:
         (B, H, N, d) attention outputs, heads in query order.
@@ -141,10 +169,10 @@ def grouped_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g
         "reference": True,
     })
     if impl == "sdpa_gqa":
-        return _sdpa_gqa(q, k, v, scale, dropout_p)
+        return _sdpa_gqa(q, k, v, scale, dropout_p, attn_mask, is_causal)
     if impl == "sdpa_index":
-        return _sdpa_index(q, k, v, group_sizes, scale, dropout_p)
-    return _reference(q, k, v, group_sizes, scale, dropout_p)
+        return _sdpa_index(q, k, v, group_sizes, scale, dropout_p, attn_mask, is_causal)
+    return _reference(q, k, v, group_sizes, scale, dropout_p, attn_mask, is_causal)
 
 
 def example_inputs(device="cpu", dtype=torch.float32, batch: int = 2, heads: int = 12, kv_heads: int = 6,

@@ -37,6 +37,23 @@ from ...ops.bilevel_routing_attention import bilevel_routing_attention
 
 __all__ = ["BiFormer", "BiLevelRoutingAttention", "checkpoint_filter_fn"]
 
+# torch.fx (timm's FX feature extraction): the op is one graph node (its checks read shapes).
+torch.fx.wrap("bilevel_routing_attention")
+
+
+@torch.fx.wrap
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """(B, H, W, C) zero-padded at the bottom/right to multiples of ``multiple`` (``x`` itself if they are)."""
+    pad_b, pad_r = -x.shape[1] % multiple, -x.shape[2] % multiple
+    return F.pad(x, (0, 0, 0, pad_r, 0, pad_b)) if pad_b or pad_r else x
+
+
+@torch.fx.wrap
+def crop_like(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B, H', W', C) cropped to ``like``'s (B, H, W, .) map size (``x`` itself if it has it)."""
+    height, width = like.shape[1], like.shape[2]
+    return x[:, :height, :width].contiguous() if x.shape[1] != height or x.shape[2] != width else x
+
 
 class BiLevelRoutingAttention(nn.Module):
     """BRA layer (legacy official form). (B, H, W, C) -> (B, H, W, C), any H, W.
@@ -57,18 +74,12 @@ class BiLevelRoutingAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, height, width, _ = x.shape
-        pad_b, pad_r = -height % self.n_win, -width % self.n_win
-        if pad_b or pad_r:
-            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-        q, k, v = self.qkv(x).chunk(3, dim=-1)  # (B, H', W', C) each
+        padded = pad_to_multiple(x, self.n_win)
+        q, k, v = self.qkv(padded).chunk(3, dim=-1)  # (B, H', W', C) each
         out = bilevel_routing_attention(q, k, v, self.n_win, self.num_heads, self.topk, self.scale,
                                         impl=self.attn_impl)
         lepe = self.lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        out = self.proj(out + lepe)
-        if pad_b or pad_r:
-            out = out[:, :height, :width].contiguous()
-        return out
+        return crop_like(self.proj(out + lepe), x)
 
 
 class GlobalAttention(nn.Module):

@@ -56,6 +56,7 @@ __all__ = ["FFNet", "MetaMixer", "ConvBN", "RepDWConv", "BNConvSkip", "PatchMerg
 
 # --- 1x1 convolutions as GEMMs ------------------------------------------------------------------
 
+@torch.fx.wrap  # branches on the memory layout: one node under torch.fx (timm's FX feature extraction)
 def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     """1x1 conv, (B, C_in, H, W) x (C_out, C_in, 1, 1) -> (B, C_out, H, W).
 

@@ -40,6 +40,10 @@ from ...hub import extract_state_dict, read_checkpoint
 from ...registry import register_converter
 from ...ops.grouped_query_attention import grouped_query_attention, kv_head_index
 
+# torch.fx (timm's FX feature extraction): the ops are single graph nodes; their checks read shapes.
+torch.fx.wrap("grouped_query_attention")
+torch.fx.wrap("kv_head_index")
+
 __all__ = ["GroupedQueryAttention", "KeyDrivenGQA", "DynamicGQA", "PerturbedGQA", "allocate_queries",
            "key_head_norms", "checkpoint_filter_fn", "convert_mha_to_gqa", "convert_official", "ATTENTIONS"]
 
@@ -51,6 +55,7 @@ def key_head_norms(k: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(k.detach(), dim=(2, 3), dtype=torch.float32)
 
 
+@torch.fx.wrap
 def allocate_queries(scores: torch.Tensor, num_heads: int, min_queries: int = 1) -> torch.Tensor:
     """Split ``num_heads`` query heads over G KV heads in proportion to ``scores`` (largest remainder).
 
@@ -178,12 +183,13 @@ class GroupedQueryAttention(nn.Module):
         return q, k, v, self.group_sizes(k)
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False) -> torch.Tensor:
-        if attn_mask is not None or is_causal:
-            raise ValueError(f"{type(self).__name__} does not support attention masks")
+        """x (B, N, C) -> (B, N, C); ``attn_mask`` / ``is_causal`` as in timm's ``Attention`` (SDPA's:
+        bool True = attend, or an additive float mask, broadcastable to (B, H, N, N))."""
         B, N, C = x.shape
         q, k, v, sizes = self.project(x)
         out = grouped_query_attention(q, k, v, sizes, impl=self.attn_impl,
-                                      dropout_p=self.attn_drop if self.training else 0.0)
+                                      dropout_p=self.attn_drop if self.training else 0.0,
+                                      attn_mask=attn_mask, is_causal=is_causal)
         out = self.perturb(out)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
 
@@ -290,11 +296,22 @@ class DynamicGQA(GroupedQueryAttention):
         if self.training or self.faithful:
             self._update(k)
         if self.training:
-            self.num_steps += 1
+            self.num_steps.add_(1)
         return self.group_sizes_now.clone()
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, dgqa_mode={self.dgqa_mode!r}, window={self.window}"
+
+
+@torch.fx.wrap  # sizes from shapes: one node under torch.fx
+def _group_noise(num_groups: int, group: int, length: int, device: torch.device) -> torch.Tensor:
+    """PGQA's noise (H, length), H = num_groups * group: uniform(0, 1) drawn one group at a time,
+    entry [i, i % group] zeroed, each row standardised."""
+    H = num_groups * group
+    noise = torch.cat([torch.rand(group, length, device=device) for _ in range(num_groups)])
+    local = torch.arange(H, device=device) % group  # index of each head inside its group
+    noise[torch.arange(H, device=device), local] = 0
+    return (noise - noise.mean(-1, keepdim=True)) / noise.std(-1, keepdim=True).clamp_min(1e-12)
 
 
 class PerturbedGQA(GroupedQueryAttention):
@@ -310,10 +327,7 @@ class PerturbedGQA(GroupedQueryAttention):
         B, H, N, d = out.shape
         n = H // self.num_kv_heads
         rows = out.reshape(B, H, N * d)
-        noise = torch.cat([torch.rand(n, N * d, device=out.device) for _ in range(self.num_kv_heads)])  # (H, N*d)
-        local = torch.arange(H, device=out.device) % n  # index of each head inside its group
-        noise[torch.arange(H, device=out.device), local] = 0
-        noise = (noise - noise.mean(-1, keepdim=True)) / noise.std(-1, keepdim=True).clamp_min(1e-12)
+        noise = _group_noise(self.num_kv_heads, n, N * d, out.device)  # (H, N*d), standardised rows
         noise = noise.to(out.dtype) * rows.std(-1, keepdim=True) + rows.mean(-1, keepdim=True)  # (B, H, N*d)
         return (rows - noise).view(B, H, N, d)
 
