@@ -11,6 +11,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from .dispatch import portable
+
 try:
     import triton
     import triton.language as tl
@@ -50,9 +52,10 @@ def can_run(x: torch.Tensor, *others: Optional[torch.Tensor], dtypes: Tuple[torc
     the interpreter), ``x.dtype`` in ``dtypes``, and every tensor of ``others`` (``None`` skipped)
     of ``x``'s dtype. Each op's ``_triton_supports`` adds its own shape and layout conditions.
 
-    Never under ``torch.fx`` symbolic tracing (timm's FX feature extraction): a traced graph records
-    the reference ops, which any device runs."""
-    if isinstance(x, torch.fx.Proxy):
+    Never under ``torch.fx`` symbolic tracing (timm's FX feature extraction) nor inside
+    :func:`.dispatch.portable_ops` (export): the graph then records PyTorch ops, which any
+    runtime and device runs."""
+    if isinstance(x, torch.fx.Proxy) or portable():
         return False
     on_device = x.is_cuda or (_INTERPRET and x.device.type == "cpu")
     if triton is None or not on_device or x.dtype not in dtypes:

@@ -30,6 +30,25 @@ def forced_impl() -> Optional[str]:
     return getattr(_state, "forced", None)
 
 
+@contextlib.contextmanager
+def portable_ops() -> Iterator[None]:
+    """Inside the block no op takes a Triton kernel: each runs its fastest PyTorch-only path
+    (the reference, or e.g. an SDPA path). Used when exporting (ONNX, ``torch.export``,
+    TorchScript), so the saved graph holds standard ATen ops that any runtime and device can run
+    instead of ``visionattn::`` custom ops."""
+    previous = getattr(_state, "portable", False)
+    _state.portable = True
+    try:
+        yield
+    finally:
+        _state.portable = previous
+
+
+def portable() -> bool:
+    """Whether :func:`portable_ops` is active (in this thread)."""
+    return getattr(_state, "portable", False)
+
+
 def pick(op: str, impl: str, supported: Dict[str, bool]) -> str:
     """Resolve ``impl`` for ``op``.
 

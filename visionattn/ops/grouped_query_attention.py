@@ -34,7 +34,7 @@ def kv_head_index(group_sizes: torch.Tensor, num_heads: int) -> torch.Tensor:
     """
     bounds = group_sizes.cumsum(-1).contiguous()  # (..., G) end (exclusive) of each group
     heads = torch.arange(num_heads, device=group_sizes.device, dtype=bounds.dtype)
-    heads = heads.expand(*bounds.shape[:-1], num_heads).contiguous()  # (..., H)
+    heads = heads.expand(list(bounds.shape[:-1]) + [num_heads]).contiguous()  # (..., H)
     # head h belongs to the first group whose end is > h (empty groups are skipped by right=True)
     return torch.searchsorted(bounds, heads, right=True)
 
@@ -117,12 +117,15 @@ def _reference(q, k, v, group_sizes, scale, dropout_p, attn_mask=None, is_causal
     return out
 
 
-def _sdpa_gqa(q, k, v, scale, dropout_p, attn_mask=None, is_causal=False):
+def _sdpa_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float], dropout_p: float,
+              attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                                           scale=scale, enable_gqa=k.shape[1] != q.shape[1])
 
 
-def _sdpa_index(q, k, v, group_sizes, scale, dropout_p, attn_mask=None, is_causal=False):
+def _sdpa_index(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_sizes: Optional[torch.Tensor],
+                scale: Optional[float], dropout_p: float, attn_mask: Optional[torch.Tensor] = None,
+                is_causal: bool = False) -> torch.Tensor:
     B, H, N, d = q.shape
     G = k.shape[1]
     if group_sizes is None:
@@ -136,6 +139,16 @@ def _sdpa_index(q, k, v, group_sizes, scale, dropout_p, attn_mask=None, is_causa
         k, v = k.gather(1, gather_idx), v.gather(1, gather_idx)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                                           scale=scale)
+
+
+def grouped_query_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                 group_sizes: Optional[torch.Tensor], dropout_p: float = 0.0,
+                                 attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False) -> torch.Tensor:
+    """The SDPA paths of :func:`grouped_query_attention` (``sdpa_gqa`` for uniform groups, else
+    ``sdpa_index``) without checks or dispatch: what TorchScript compiles (``torch.jit.script``)."""
+    if group_sizes is None:
+        return _sdpa_gqa(q, k, v, None, dropout_p, attn_mask, is_causal)
+    return _sdpa_index(q, k, v, group_sizes, None, dropout_p, attn_mask, is_causal)
 
 
 def grouped_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_sizes: GroupSizes = None,

@@ -38,7 +38,7 @@ from timm.models.vision_transformer import checkpoint_filter_fn as timm_checkpoi
 
 from ...hub import extract_state_dict, read_checkpoint
 from ...registry import register_converter
-from ...ops.grouped_query_attention import grouped_query_attention, kv_head_index
+from ...ops.grouped_query_attention import grouped_query_attention, grouped_query_attention_sdpa, kv_head_index
 
 # torch.fx (timm's FX feature extraction): the ops are single graph nodes; their checks read shapes.
 torch.fx.wrap("grouped_query_attention")
@@ -187,9 +187,12 @@ class GroupedQueryAttention(nn.Module):
         bool True = attend, or an additive float mask, broadcastable to (B, H, N, N))."""
         B, N, C = x.shape
         q, k, v, sizes = self.project(x)
-        out = grouped_query_attention(q, k, v, sizes, impl=self.attn_impl,
-                                      dropout_p=self.attn_drop if self.training else 0.0,
-                                      attn_mask=attn_mask, is_causal=is_causal)
+        dropout_p = self.attn_drop if self.training else 0.0
+        if torch.jit.is_scripting():  # TorchScript: the SDPA paths, without dispatch
+            out = grouped_query_attention_sdpa(q, k, v, sizes, dropout_p, attn_mask, is_causal)
+        else:
+            out = grouped_query_attention(q, k, v, sizes, impl=self.attn_impl, dropout_p=dropout_p,
+                                          attn_mask=attn_mask, is_causal=is_causal)
         out = self.perturb(out)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
 
@@ -251,24 +254,24 @@ class DynamicGQA(GroupedQueryAttention):
             return self.beta * norms + (1.0 - self.beta) * self.key_norm_stat
         return (self.key_norm_stat - norms).abs()
 
-    @torch.no_grad()
     def _update(self, k: torch.Tensor) -> None:
-        norms = key_head_norms(k)  # (B, G)
-        if self.faithful:
-            norms = norms.sum(0)
-            if self.training and int(self.num_steps) % self.window:
+        with torch.no_grad():  # (a statement, not a decorator: TorchScript compiles it)
+            norms = key_head_norms(k)  # (B, G)
+            if self.faithful:
+                norms = norms.sum(0)
+                if self.training and int(self.num_steps) % self.window:
+                    return
+                sizes = _official_dgqa_sizes(self._weights(norms), self.num_heads, self.group_sizes_now)
+                self.group_sizes_now.copy_(sizes)
+                self.key_norm_stat.copy_((self.key_norm_stat + norms) / self.window if self.training else norms)
                 return
-            sizes = _official_dgqa_sizes(self._weights(norms), self.num_heads, self.group_sizes_now)
-            self.group_sizes_now.copy_(sizes)
-            self.key_norm_stat.copy_((self.key_norm_stat + norms) / self.window if self.training else norms)
-            return
-        norms = norms.mean(0)
-        weights = self._weights(norms)
-        due = self.num_steps % self.window == 0  # tensor: no host sync
-        sizes = allocate_queries(weights, self.num_heads, self.min_queries_per_kv)
-        self.group_sizes_now.copy_(torch.where(due, sizes, self.group_sizes_now))
-        new_stat = weights if self.dgqa_mode == "ema" else norms
-        self.key_norm_stat.copy_(torch.where(due, new_stat, self.key_norm_stat))
+            norms = norms.mean(0)
+            weights = self._weights(norms)
+            due = self.num_steps % self.window == 0  # tensor: no host sync
+            sizes = allocate_queries(weights, self.num_heads, self.min_queries_per_kv)
+            self.group_sizes_now.copy_(torch.where(due, sizes, self.group_sizes_now))
+            new_stat = weights if self.dgqa_mode == "ema" else norms
+            self.key_norm_stat.copy_(torch.where(due, new_stat, self.key_norm_stat))
 
     def project(self, x: torch.Tensor):
         """Eval (fixed allocation): K/V per query head straight from the projection.
@@ -278,7 +281,8 @@ class DynamicGQA(GroupedQueryAttention):
         activations, without an index op on them) and attention runs as plain MHA.
         """
         if self.training or self.faithful:
-            return super().project(x)
+            q, k, v = self.split_heads(x)
+            return q, k, v, self.group_sizes(k)
         B, N, _ = x.shape
         H, G, d = self.num_heads, self.num_kv_heads, self.head_dim
         head_of = kv_head_index(self.group_sizes_now, H)  # (H,) KV head of each query head
