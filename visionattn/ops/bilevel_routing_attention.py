@@ -79,27 +79,28 @@ def from_regions(x: torch.Tensor, n_win: int, height: int, width: int) -> torch.
     return x.reshape(b, height, width, c)
 
 
-@torch.no_grad()
 def route(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int, scale: float) -> torch.Tensor:
     """Region-level routing: indices (B, R, topk) of the key regions each query region attends to.
 
     q, k: (B, H, W, C). Means are taken per region on detached tensors (hard, non-differentiable
     routing, as in every released model).
     """
-    b, height, width, c = q.shape
-    h, w = height // n_win, width // n_win
-    # Reduce over (h, w) of a (B, S, h, S, w, C) view: no region-major copy of q and k.
-    q_mean = q.reshape(b, n_win, h, n_win, w, c).mean((2, 4)).reshape(b, n_win * n_win, c)  # (B, R, C)
-    k_mean = k.reshape(b, n_win, h, n_win, w, c).mean((2, 4)).reshape(b, n_win * n_win, c)  # (B, R, C)
-    logits = (q_mean * scale) @ k_mean.transpose(-2, -1)  # (B, R, R)
-    return torch.topk(logits, k=topk, dim=-1).indices  # (B, R, topk)
+    with torch.no_grad():  # (a statement, not a decorator: TorchScript compiles it)
+        b, height, width, c = q.shape
+        h, w = height // n_win, width // n_win
+        # Reduce over (h, w) of a (B, S, h, S, w, C) view: no region-major copy of q and k.
+        q_mean = q.reshape(b, n_win, h, n_win, w, c).mean((2, 4)).reshape(b, n_win * n_win, c)  # (B, R, C)
+        k_mean = k.reshape(b, n_win, h, n_win, w, c).mean((2, 4)).reshape(b, n_win * n_win, c)  # (B, R, C)
+        logits = (q_mean * scale) @ k_mean.transpose(-2, -1)  # (B, R, R)
+        return torch.topk(logits, k=topk, dim=-1).indices  # (B, R, topk)
 
 
-def _reference(q, k, v, n_win, num_heads, topk, scale):
+def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_win: int, num_heads: int, topk: int,
+               scale: float) -> torch.Tensor:
     b, height, width, c = q.shape
     cv = v.shape[-1]
     idx = route(q, k, n_win, topk, scale)  # (B, R, topk)
-    q_r, k_r, v_r = (to_regions(t, n_win) for t in (q, k, v))  # (B, R, hw, C)
+    q_r, k_r, v_r = to_regions(q, n_win), to_regions(k, n_win), to_regions(v, n_win)  # (B, R, hw, C)
     regions, hw = q_r.shape[1], q_r.shape[2]
     # Gather the routed regions' keys/values: (B, R, topk, hw, C) -> (B, R, topk*hw, C).
     batch = torch.arange(b, device=q.device).view(b, 1, 1)
@@ -112,6 +113,13 @@ def _reference(q, k, v, n_win, num_heads, topk, scale):
     attn = ((q_h * scale) @ k_h.transpose(-2, -1)).softmax(-1)  # (B, R, M, hw, topk*hw)
     out = (attn @ v_h).transpose(2, 3).reshape(b, regions, hw, cv)  # (B, R, hw, Cv)
     return from_regions(out, n_win, height, width)
+
+
+def bilevel_routing_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_win: int,
+                                        num_heads: int, topk: int, scale: float) -> torch.Tensor:
+    """The reference path of :func:`bilevel_routing_attention` without checks or dispatch (``topk``
+    clamped to the region count): what TorchScript compiles (``torch.jit.script``)."""
+    return _reference(q, k, v, n_win, num_heads, min(topk, n_win * n_win), scale)
 
 
 def _triton_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:

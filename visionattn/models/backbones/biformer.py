@@ -33,7 +33,7 @@ from timm.models._features import feature_take_indices
 from ...hub import build_timm_model, extract_state_dict
 from ...registry import register_converter
 from .stage_classifier import StageClassifier
-from ...ops.bilevel_routing_attention import bilevel_routing_attention
+from ...ops.bilevel_routing_attention import bilevel_routing_attention, bilevel_routing_attention_reference
 
 __all__ = ["BiFormer", "BiLevelRoutingAttention", "checkpoint_filter_fn"]
 
@@ -76,8 +76,11 @@ class BiLevelRoutingAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         padded = pad_to_multiple(x, self.n_win)
         q, k, v = self.qkv(padded).chunk(3, dim=-1)  # (B, H', W', C) each
-        out = bilevel_routing_attention(q, k, v, self.n_win, self.num_heads, self.topk, self.scale,
-                                        impl=self.attn_impl)
+        if torch.jit.is_scripting():  # TorchScript: the op's reference, without dispatch
+            out = bilevel_routing_attention_reference(q, k, v, self.n_win, self.num_heads, self.topk, self.scale)
+        else:
+            out = bilevel_routing_attention(q, k, v, self.n_win, self.num_heads, self.topk, self.scale,
+                                            impl=self.attn_impl)
         lepe = self.lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return crop_like(self.proj(out + lepe), x)
 
@@ -144,7 +147,7 @@ class BiFormerStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
-        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+        if not torch.jit.is_scripting() and self.grad_checkpointing and torch.is_grad_enabled():
             return checkpoint_seq(self.blocks, x)
         return self.blocks(x)
 

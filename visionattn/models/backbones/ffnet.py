@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, LayerNorm2d, LayerScale2d, trunc_normal_
-from timm.models import generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from ...hub import build_timm_model, extract_state_dict
@@ -249,10 +249,12 @@ class FFNifiedAttention(MetaMixer):
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
                 scale: Optional[torch.Tensor] = None) -> torch.Tensor:
         q = self.query(x)
-        if (_biased_conv(self.key) and _biased_conv(self.value) and type(self.act) is nn.GELU
-                and self.act.approximate == "none" and cba.resolve_impl(q, residual, self.impl) == "triton"):
-            a = cba.channel_bias_act(_conv_no_bias(self.key, q), self.key.bias, gelu=True, impl=self.impl)
-            return cba.channel_bias_act(_conv_no_bias(self.value, a), self.value.bias, residual, scale, impl=self.impl)
+        if not torch.jit.is_scripting():  # (TorchScript compiles neither the condition nor the kernel path)
+            if (_biased_conv(self.key) and _biased_conv(self.value) and type(self.act) is nn.GELU
+                    and self.act.approximate == "none" and cba.resolve_impl(q, residual, self.impl) == "triton"):
+                a = cba.channel_bias_act(_conv_no_bias(self.key, q), self.key.bias, gelu=True, impl=self.impl)
+                return cba.channel_bias_act(_conv_no_bias(self.value, a), self.value.bias, residual, scale,
+                                            impl=self.impl)
         y = self.value(self.act(self.key(q)))
         if residual is None:
             return y if scale is None else y * scale.view(1, -1, 1, 1)
@@ -274,9 +276,10 @@ class ConvFFN(MetaMixer):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if type(self.query) is nn.Conv2d and isinstance(self.key, PointwiseConv):
-            return self.value(self.act(conv_then_pointwise(x, self.query, self.key)))
-        return super().forward(x)
+        if not torch.jit.is_scripting():
+            if type(self.query) is nn.Conv2d and isinstance(self.key, PointwiseConv):
+                return self.value(self.act(conv_then_pointwise(x, self.query, self.key)))
+        return self.value(self.act(self.key(self.query(x))))  # MetaMixer's forward (keys/values are weights)
 
 
 def convnext_ffn(dim: int, kernel_size: int, mlp_ratio: float) -> ConvFFN:
@@ -307,6 +310,9 @@ class FFNetBlock(nn.Module):
         return x + self.drop_path(y)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript: the plain residual form (same function)
+            x = x + self.drop_path(self.ls1(self.token_mixer(x)))
+            return x + self.drop_path(self.ls2(self.channel_mixer(x)))
         if isinstance(self.drop_path, nn.Identity) or not self.training:  # residual inside the mixer's epilogue
             x = self.token_mixer(x, residual=x, scale=self.ls1.gamma if isinstance(self.ls1, LayerScale2d) else None)
         else:
@@ -328,8 +334,9 @@ class PatchMerging(nn.Module):
         self.proj = BNConvSkip(out_chs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if type(self.conv) is nn.Conv2d and isinstance(self.proj, PointwiseConv):  # fused: fold the DW bias
-            return conv_then_pointwise(x, self.conv, self.proj)
+        if not torch.jit.is_scripting():
+            if type(self.conv) is nn.Conv2d and isinstance(self.proj, PointwiseConv):  # fused: fold the DW bias
+                return conv_then_pointwise(x, self.conv, self.proj)
         return self.proj(self.conv(x))
 
 
@@ -345,8 +352,7 @@ class FFNetStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            from timm.models._manipulate import checkpoint_seq
+        if not torch.jit.is_scripting() and self.grad_checkpointing:
             return checkpoint_seq(self.blocks, x)
         return self.blocks(x)
 
