@@ -98,3 +98,14 @@ def test_gqa_attention_takes_attn_mask_like_timm_attention():
             attn.attn_impl = "reference"
             torch.testing.assert_close(attn(x, attn_mask=mask), masked, rtol=1e-5, atol=1e-5)
             attn.attn_impl = "auto"
+
+
+@pytest.mark.parametrize("name", ["biformer_tiny", "vit_small_patch16_224_dgqa"])
+def test_fx_graph_scripts(name):
+    """timm's test_model_forward_fx_torchscript: the FX graph's leaf calls compile under TorchScript."""
+    with timm.set_scriptable(True):
+        model = _model(name).eval()
+    _, eval_nodes = get_graph_node_names(model)
+    scripted = torch.jit.script(create_feature_extractor(model, [eval_nodes[-1]]))
+    with torch.no_grad():
+        torch.testing.assert_close(list(scripted(_x()).values())[0], model(_x()), rtol=1e-5, atol=1e-5)

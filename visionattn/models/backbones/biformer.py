@@ -37,8 +37,14 @@ from ...ops.bilevel_routing_attention import bilevel_routing_attention, bilevel_
 
 __all__ = ["BiFormer", "BiLevelRoutingAttention", "checkpoint_filter_fn"]
 
-# torch.fx (timm's FX feature extraction): the op is one graph node (its checks read shapes).
-torch.fx.wrap("bilevel_routing_attention")
+
+@torch.fx.wrap  # one node under torch.fx (timm's FX feature extraction): the op's checks read shapes
+def routed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_win: int, num_heads: int, topk: int,
+                     scale: float, impl: str) -> torch.Tensor:
+    """:func:`bilevel_routing_attention`; under TorchScript (also of an FX graph) its reference, undispatched."""
+    if torch.jit.is_scripting():
+        return bilevel_routing_attention_reference(q, k, v, n_win, num_heads, topk, scale)
+    return bilevel_routing_attention(q, k, v, n_win, num_heads, topk, scale, impl=impl)
 
 
 @torch.fx.wrap
@@ -76,11 +82,7 @@ class BiLevelRoutingAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         padded = pad_to_multiple(x, self.n_win)
         q, k, v = self.qkv(padded).chunk(3, dim=-1)  # (B, H', W', C) each
-        if torch.jit.is_scripting():  # TorchScript: the op's reference, without dispatch
-            out = bilevel_routing_attention_reference(q, k, v, self.n_win, self.num_heads, self.topk, self.scale)
-        else:
-            out = bilevel_routing_attention(q, k, v, self.n_win, self.num_heads, self.topk, self.scale,
-                                            impl=self.attn_impl)
+        out = routed_attention(q, k, v, self.n_win, self.num_heads, self.topk, self.scale, self.attn_impl)
         lepe = self.lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return crop_like(self.proj(out + lepe), x)
 

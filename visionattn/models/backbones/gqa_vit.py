@@ -40,9 +40,18 @@ from ...hub import extract_state_dict, read_checkpoint
 from ...registry import register_converter
 from ...ops.grouped_query_attention import grouped_query_attention, grouped_query_attention_sdpa, kv_head_index
 
-# torch.fx (timm's FX feature extraction): the ops are single graph nodes; their checks read shapes.
-torch.fx.wrap("grouped_query_attention")
+# torch.fx (timm's FX feature extraction): the op is a single graph node (it reads shapes)
 torch.fx.wrap("kv_head_index")
+
+
+@torch.fx.wrap  # one node under torch.fx (the op's checks read shapes)
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sizes: Optional[torch.Tensor], dropout_p: float,
+               attn_mask: Optional[torch.Tensor], is_causal: bool, impl: str) -> torch.Tensor:
+    """:func:`grouped_query_attention`; under TorchScript (also of an FX graph) its SDPA paths, undispatched."""
+    if torch.jit.is_scripting():
+        return grouped_query_attention_sdpa(q, k, v, sizes, dropout_p, attn_mask, is_causal)
+    return grouped_query_attention(q, k, v, sizes, impl=impl, dropout_p=dropout_p, attn_mask=attn_mask,
+                                   is_causal=is_causal)
 
 __all__ = ["GroupedQueryAttention", "KeyDrivenGQA", "DynamicGQA", "PerturbedGQA", "allocate_queries",
            "key_head_norms", "checkpoint_filter_fn", "convert_mha_to_gqa", "convert_official", "ATTENTIONS"]
@@ -187,12 +196,8 @@ class GroupedQueryAttention(nn.Module):
         bool True = attend, or an additive float mask, broadcastable to (B, H, N, N))."""
         B, N, C = x.shape
         q, k, v, sizes = self.project(x)
-        dropout_p = self.attn_drop if self.training else 0.0
-        if torch.jit.is_scripting():  # TorchScript: the SDPA paths, without dispatch
-            out = grouped_query_attention_sdpa(q, k, v, sizes, dropout_p, attn_mask, is_causal)
-        else:
-            out = grouped_query_attention(q, k, v, sizes, impl=self.attn_impl, dropout_p=dropout_p,
-                                          attn_mask=attn_mask, is_causal=is_causal)
+        out = _attention(q, k, v, sizes, self.attn_drop if self.training else 0.0, attn_mask, is_causal,
+                         self.attn_impl)
         out = self.perturb(out)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
 
