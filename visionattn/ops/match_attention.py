@@ -37,8 +37,9 @@ def clamp_centers(centers: torch.Tensor, size: Tuple[int, int], radius: int) -> 
     window lies inside the map. Differentiable (zero gradient where clamped).
     """
     H, W = size
-    x = centers[..., 0].clamp(min=radius, max=W - 1 - radius - 1e-3)
-    y = centers[..., 1].clamp(min=radius, max=H - 1 - radius - 1e-3)
+    # float bounds of one type (an int min and a float max do not convert to ONNX)
+    x = centers[..., 0].clamp(min=float(radius), max=W - 1 - radius - 1e-3)
+    y = centers[..., 1].clamp(min=float(radius), max=H - 1 - radius - 1e-3)
     return torch.stack((x, y), dim=-1)
 
 
