@@ -111,7 +111,7 @@ def test_a_few_steps_lower_the_loss():
     batch = collate([item()])
     wrapper = OptimWrapper(torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.01),
                            clip_grad=dict(max_norm=10))
-    losses = [float(model.train_step(batch, wrapper)["loss"]) for _ in range(8)]
+    losses = [float(model.train_step(batch, wrapper)["loss"].detach()) for _ in range(8)]
     assert all(math.isfinite(v) for v in losses)
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
 
