@@ -118,18 +118,22 @@ def test_a_few_steps_lower_the_loss():
 
 @pytest.mark.slow
 def test_overfitting_one_frame_recovers_its_boxes():
+    """100 AdamW steps on one frame (about 2 minutes on one CPU thread); the three boxes come back with
+    3D IoU > 0.7 and their classes, and nothing else scores above 0.5. The predictions use batch statistics
+    (BatchNorm in training mode): after 100 steps the running averages (momentum 0.01 in the head, as
+    OpenPCDet's) are still far from them, which a real training run's thousands of steps are not."""
     model = detector().train()
     batch = collate([item()])
     wrapper = OptimWrapper(torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.99), weight_decay=0.0),
                            clip_grad=dict(max_norm=10))
-    for _ in range(150):
+    for _ in range(100):
         model.train_step(batch, wrapper)
-    model.eval()
     with torch.no_grad():
-        pred = model.test_step(batch)[0]["pred_instances_3d"]
-    top = pred["scores_3d"] > 0.3
-    boxes, labels = pred["bboxes_3d"][top], pred["labels_3d"][top]
+        pred = model(**model.data_preprocessor(batch), mode="predict")[0]["pred_instances_3d"]
+    confident = pred["scores_3d"] > 0.5
+    boxes, labels = pred["bboxes_3d"][confident], pred["labels_3d"][confident]
+    assert len(boxes) == len(BOXES), (pred["scores_3d"], pred["labels_3d"])
     iou = boxes_iou_3d(boxes, BOXES)
-    for j in range(len(BOXES)):
-        best = int(iou[:, j].argmax()) if len(boxes) else -1
-        assert best >= 0 and iou[best, j] > 0.5 and labels[best] == LABELS[j], (j, iou, labels)
+    best = iou.argmax(0)
+    assert (iou.max(0).values > 0.7).all(), iou
+    assert labels[best].tolist() == LABELS.tolist()
