@@ -2,6 +2,7 @@
 synthetic frame, and (slow) overfitting one frame until predict() finds its boxes."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -76,8 +77,9 @@ def test_modes_and_batch_formats():
     assert type(model.data_preprocessor).__name__ == "LidarDataPreprocessor"
     assert model.criterion.assigner.stride == 2 and model.criterion.assigner.class_groups == [
         ["Vehicle", "Pedestrian", "Cyclist"]]
-    empty = dict(points=torch.zeros(0, 5), data_samples=dict(frame_id="empty", gt_boxes=torch.zeros(0, 7),
-                                                               gt_labels=torch.zeros(0, dtype=torch.long)))
+    # a frame without points or boxes; its ground truth as numpy arrays (as the readers make it)
+    empty = dict(points=torch.zeros(0, 5), data_samples=dict(frame_id="empty", gt_boxes=np.zeros((0, 7), np.float32),
+                                                               gt_labels=np.zeros(0, np.int64)))
     items = [item(), empty]
     batch = collate(items)
     model.train()
