@@ -19,7 +19,7 @@ LAYERS = [
     ["visionattn"],  # the package __init__: imports what it exposes
     ["visionattn.engine"],
     ["visionattn.evaluation", "visionattn.datasets"],
-    ["visionattn.inference", "visionattn.factory"],
+    ["visionattn.inference", "visionattn.factory", "visionattn.export"],
     ["visionattn.models"],
     ["visionattn.ops", "visionattn.cuda_graph"],
     ["visionattn.hub", "visionattn.safe_pickle"],
