@@ -25,6 +25,9 @@ CASES = {
     "gqa_vit": ("vit_small_patch16_224_kdgqa", dict(depth=1, embed_dim=64, num_heads=4, num_kv_heads=2,
                                                     img_size=64, num_classes=10),
                 lambda: (_image(),), 1e-4),
+    # re-parameterised (deploy) form: folded biases are derived tensors, recomputed under tracing
+    "ffnet_fused": ("ffnet_1", dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128), stem_chs=16, num_classes=10,
+                                    fuse=True), lambda: (_image(),), 1e-4),
     "restore_rwkv": ("restore_rwkv_light", dict(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1),
                      lambda: (_image(c=1),), 1e-4),
     "restoreformer": ("restoreformer", dict(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, resolution=64,
@@ -32,7 +35,12 @@ CASES = {
                                             embed_dim=32, n_embed=64),
                       lambda: (_image().clamp(-1, 1),), 1e-4),
 }
-SLOW = {"restoreformer"}
+# ONNX export takes a minute or more on two CPU cores for these (restore_rwkv: several)
+SLOW = {"ffnet", "ffnet_fused", "restore_rwkv", "restoreformer"}
+
+
+def _params(families):
+    return [pytest.param(f, marks=pytest.mark.slow) if f in SLOW else f for f in families]
 
 
 def _build(family):
@@ -41,19 +49,20 @@ def _build(family):
     return visionattn.create_model(name, **kwargs).eval(), inputs(), atol
 
 
-@pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.slow) if f in SLOW else f for f in CASES])
+@pytest.mark.parametrize("family", _params(CASES))
 def test_onnx_matches_pytorch(family, tmp_path):
     model, inputs, atol = _build(family)
-    path = export_model(model, inputs, "onnx", tmp_path / "model.onnx", family=family)
+    path = export_model(model, inputs, "onnx", tmp_path / "model.onnx", family=family.split("_fused")[0])
     diffs = compare(model, path, "onnx", inputs)
     assert diffs and all(d <= atol for _, d in diffs), diffs
 
 
 @pytest.mark.parametrize("fmt", ["export", "torchscript"])
-@pytest.mark.parametrize("family", ["ffnet", "gqa_vit", "biformer"])
+@pytest.mark.parametrize("family", ["ffnet_fused", "gqa_vit"] + [
+    pytest.param(f, marks=pytest.mark.slow) for f in ("biformer", "ffnet", "restore_rwkv", "restoreformer")])
 def test_export_and_torchscript_match_pytorch(family, fmt, tmp_path):
     model, inputs, atol = _build(family)
-    path = export_model(model, inputs, fmt, tmp_path / "model.bin", family=family)
+    path = export_model(model, inputs, fmt, tmp_path / "model.bin", family=family.split("_fused")[0])
     diffs = compare(model, path, fmt, inputs)
     assert diffs and all(d <= atol for _, d in diffs), diffs
 
