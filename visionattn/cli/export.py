@@ -55,9 +55,17 @@ def parse_args(argv=None):
     return args
 
 
+def _architecture(name: str, pretrained: bool) -> str:
+    """The network a zoo entry name stands for (``biformer_small.in1k`` -> ``biformer_small``), else ``name``."""
+    from .. import hub
+
+    return hub.get_entry(name).model if pretrained and hub.has_entry(name) else name
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    family = _family(args.model)
+    arch = _architecture(args.model, args.pretrained)
+    family = _family(arch)
     reason = unsupported_reason(family, args.format)
     if reason:  # before building (the network may need an extra that is not installed)
         print(f"error: {args.model} ({family}) cannot be exported to {args.format}: {reason}", file=sys.stderr)
@@ -66,7 +74,7 @@ def main(argv=None) -> int:
     try:
         model = create_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint,
                              **dict(args.model_kwargs)).eval()
-        inputs = model_inputs(args.model, model, args.batch, dict(args.shape), "cpu", torch.float32)
+        inputs = model_inputs(arch, model, args.batch, dict(args.shape), "cpu", torch.float32)
         path = export_model(model, inputs, args.format, out, family=family, opset=args.opset)
     except (ExportError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
