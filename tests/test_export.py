@@ -15,6 +15,11 @@ def _image(h=64, w=64, c=3, seed=0):
     return torch.randn(1, c, h, w, generator=torch.Generator().manual_seed(seed))
 
 
+def _stereo_pair(h=192, w=224):
+    left = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0)) * 255
+    return left, torch.roll(left, shifts=-4, dims=-1)
+
+
 # family -> (model name, small constructor kwargs, inputs, atol)
 CASES = {
     "biformer": ("biformer_tiny", dict(depths=(1, 1, 1, 1), dims=(32, 64, 128, 256), num_classes=10),
@@ -28,6 +33,7 @@ CASES = {
     # re-parameterised (deploy) form: folded biases are derived tensors, recomputed under tracing
     "ffnet_fused": ("ffnet_1", dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128), stem_chs=16, num_classes=10,
                                     fuse=True), lambda: (_image(),), 1e-4),
+    "matchstereo": ("matchstereo_tiny", dict(), lambda: _stereo_pair(), 1e-3),
     "restore_rwkv": ("restore_rwkv_light", dict(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1),
                      lambda: (_image(c=1),), 1e-4),
     "restoreformer": ("restoreformer", dict(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, resolution=64,
@@ -36,7 +42,7 @@ CASES = {
                       lambda: (_image().clamp(-1, 1),), 1e-4),
 }
 # ONNX export takes a minute or more on two CPU cores for these (restore_rwkv: several)
-SLOW = {"ffnet", "ffnet_fused", "restore_rwkv", "restoreformer"}
+SLOW = {"ffnet", "ffnet_fused", "matchstereo", "restore_rwkv", "restoreformer"}
 
 
 def _params(families):
@@ -59,7 +65,8 @@ def test_onnx_matches_pytorch(family, tmp_path):
 
 @pytest.mark.parametrize("fmt", ["export", "torchscript"])
 @pytest.mark.parametrize("family", ["ffnet_fused", "gqa_vit"] + [
-    pytest.param(f, marks=pytest.mark.slow) for f in ("biformer", "ffnet", "restore_rwkv", "restoreformer")])
+    pytest.param(f, marks=pytest.mark.slow) for f in ("biformer", "ffnet", "matchstereo", "restore_rwkv",
+                                                      "restoreformer")])
 def test_export_and_torchscript_match_pytorch(family, fmt, tmp_path):
     model, inputs, atol = _build(family)
     path = export_model(model, inputs, fmt, tmp_path / "model.bin", family=family.split("_fused")[0])
