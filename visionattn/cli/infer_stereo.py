@@ -26,6 +26,7 @@ import visionattn
 from visionattn.datasets.stereo import read_image, read_kitti_disparity, read_pfm, write_kitti_disparity, write_pfm
 from visionattn.evaluation import disparity_errors
 from visionattn.inference import predict_stereo
+from visionattn.cli.console import UsageError, cli_main
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -44,6 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--model", default="matchstereo_tiny", help="a stereo network from visionattn.list_models()")
     p.add_argument("--checkpoint", help="weights: local path or URL, ours or the official release format")
     p.add_argument("--pretrained", action="store_true", help="load the model-zoo weights")
+    p.add_argument("--random-weights", action="store_true",
+                   help="run the untrained network (its output is noise): for trying the tool without weights")
     p.add_argument("--out", default="out", help="output folder")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
@@ -74,11 +77,17 @@ def score(disp: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> Dict[str, floa
             "valid": float(sums["count"])}
 
 
+@cli_main
 def main(argv=None) -> int:
     args = parse_args(argv)
     for path in (args.left, args.right):
         if not Path(path).is_file():
             raise FileNotFoundError(f"image {path!r} does not exist")
+    if args.checkpoint is None and not args.pretrained and not args.random_weights:
+        raise UsageError("no weights: pass --checkpoint PATH_OR_URL or --pretrained (the model-zoo weights), or "
+                         "--random-weights to run the untrained network (its disparity is noise)")
+    if args.pretrained and args.checkpoint is not None:
+        raise UsageError("pass either --checkpoint or --pretrained, not both")
     model = visionattn.create_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint)
     if getattr(model, "task", None) != "stereo":
         raise ValueError(f"{args.model!r} is not a stereo model (task {getattr(model, 'task', None)!r})")

@@ -6,13 +6,14 @@ CONFIG as for visionattn-train (a file, or a path under the shipped configs/). I
 ``python tools/test.py`` is the same program.
 """
 import argparse
+import sys
 from pathlib import Path
-
-from mmengine.config import DictAction
 
 from ..engine import build_runner, load_config
 from ..engine.launch import LAUNCHERS
 from ..resources import find_config
+from . import run
+from .console import add_cfg_options, cli_main
 
 
 def parse_args(argv=None):
@@ -20,12 +21,13 @@ def parse_args(argv=None):
     p.add_argument("config", help="config file, e.g. configs/classification/demo.py")
     p.add_argument("checkpoint", help="checkpoint file written by tools/train.py")
     p.add_argument("--work-dir", help="where the test logs go (default: work_dirs/<config name>)")
-    p.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys: key=value ...")
+    add_cfg_options(p)
     p.add_argument("--launcher", choices=LAUNCHERS, default="none", help="distributed launcher")
     p.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
+@cli_main
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if not Path(args.checkpoint).is_file():
@@ -38,4 +40,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run("test"))

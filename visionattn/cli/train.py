@@ -8,12 +8,13 @@ shipped with the package when it is not a file here. In a clone, ``python tools/
 same program.
 """
 import argparse
-
-from mmengine.config import DictAction
+import sys
 
 from ..engine import build_runner, load_config
 from ..engine.launch import LAUNCHERS
 from ..resources import find_config
+from . import run
+from .console import add_cfg_options, cli_main
 
 
 def parse_args(argv=None):
@@ -23,12 +24,13 @@ def parse_args(argv=None):
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume from CKPT, or from the latest checkpoint in the work dir when no path is given")
     p.add_argument("--amp", action="store_true", help="automatic mixed precision (CUDA)")
-    p.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys: key=value ...")
+    add_cfg_options(p)
     p.add_argument("--launcher", choices=LAUNCHERS, default="none", help="distributed launcher")
     p.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
+@cli_main
 def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(str(find_config(args.config)), work_dir=args.work_dir, cfg_options=args.cfg_options,
@@ -39,4 +41,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run("train"))

@@ -3,10 +3,11 @@
 Task-agnostic: every task (classification, stereo, restoration...) goes through the same
 config handling; the config's ``model`` decides what is trained.
 """
+import difflib
 import os
 import warnings
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Any, Dict, Iterator, Mapping, Optional
 
 import torch
 from mmengine.config import Config
@@ -38,6 +39,7 @@ def load_config(config: str, work_dir: Optional[str] = None, cfg_options: Option
         raise ValueError(f"launcher must be one of {LAUNCHERS}, got {launcher!r}")
     cfg = Config.fromfile(str(path))
     if cfg_options:
+        check_cfg_options(cfg, cfg_options)
         cfg.merge_from_dict(cfg_options)
     cfg.launcher = launcher
     cfg.work_dir = work_dir or cfg.get("work_dir") or str(Path("work_dirs") / path.stem)
@@ -68,6 +70,33 @@ def load_config(config: str, work_dir: Optional[str] = None, cfg_options: Option
                           "runs on GPUs only, so each process keeps its own BatchNorm statistics")
             cfg.sync_bn = None
     return cfg
+
+
+def config_keys(cfg: Any, prefix: str = "") -> Iterator[str]:
+    """Every dotted key of a config (``model.network_kwargs.drop_path_rate``; list items by index,
+    ``train_dataloader.dataset.pipeline.0.type``), parents before children."""
+    items = cfg.items() if isinstance(cfg, Mapping) else enumerate(cfg) if isinstance(cfg, (list, tuple)) else ()
+    for key, value in items:
+        name = f"{prefix}{key}"
+        yield name
+        yield from config_keys(value, name + ".")
+
+
+def check_cfg_options(cfg: Config, options: Mapping[str, Any]) -> None:
+    """Refuse malformed ``--cfg-options`` keys (empty, or an empty part as in ``foo..bar``) with a
+    ValueError, and warn for each key that matches nothing in ``cfg`` (mmengine adds it silently,
+    so a typo would be ignored), naming the closest existing key."""
+    existing = list(config_keys(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg))
+    known = set(existing)
+    for key in options:
+        if not isinstance(key, str) or not key or any(not part.strip() for part in key.split(".")):
+            raise ValueError(f"--cfg-options key {key!r} is malformed: it has an empty part; write "
+                             f"dotted.key=value, e.g. train_dataloader.batch_size=32")
+        if key not in known:
+            close = difflib.get_close_matches(key, existing, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            warnings.warn(f"--cfg-options key {key!r} matches no key in the config, so it adds a new one{hint}",
+                          stacklevel=2)
 
 
 def _scope_collate_functions(cfg: Config) -> None:
