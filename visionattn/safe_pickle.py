@@ -44,6 +44,17 @@ def load_arrays_only(file: BinaryIO, what: str = "file", encoding: str = "ASCII"
     ``what`` names the file in the error raised for anything else; ``encoding='bytes'`` reads
     Python 2 pickles (CIFAR).
     """
-    reader = _ArraysOnly(io.BytesIO(file.read()), encoding=encoding)
+    data = file.read()
+    reader = _ArraysOnly(io.BytesIO(data), encoding=encoding)
     reader.what = what
-    return reader.load()
+    try:
+        return reader.load()
+    except pickle.UnpicklingError as err:
+        if "which is not a numpy array" in str(err):
+            raise
+        raise pickle.UnpicklingError(f"{what} is not a readable pickle ({err}); it is damaged or another format") from None
+    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, MemoryError,
+            UnicodeDecodeError, OverflowError) as err:
+        kind = "is truncated" if isinstance(err, EOFError) or "truncated" in str(err) else "is damaged"
+        raise pickle.UnpicklingError(f"{what} {kind}: unpickling {len(data)} bytes failed with "
+                                     f"{type(err).__name__}: {err}") from None

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Callable, Dict, Union
 
 from ..registry import DATASETS
+from .corrupt import CorruptSampleError
 from .labelled_images import LabelledImages, check_split
 
 
@@ -29,6 +30,11 @@ class Food101(LabelledImages):
             if line.strip():
                 cls = line.strip().split("/")[0]
                 if cls not in index:
-                    raise RuntimeError(f"Food101: {split}.txt names class {cls!r} missing from classes.txt")
+                    raise CorruptSampleError(meta / f"{split}.txt", f"names class {cls!r}, which classes.txt lacks")
                 records.append((self.root / "images" / f"{line.strip()}.jpg", index[cls]))
+        if not self.classes:
+            raise CorruptSampleError(meta / "classes.txt", "is empty; it should list the 101 class names, one a line")
+        if not records:
+            raise CorruptSampleError(meta / f"{split}.txt", f"lists no images; it should hold <class>/<id> lines "
+                                                           f"(re-extract food-101.tar.gz)")
         self.set_samples(records)
