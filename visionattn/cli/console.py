@@ -3,7 +3,8 @@ the error handling every program shares.
 
 A program's ``main(argv=None)`` is wrapped by :func:`cli_main`: a user error (a :class:`UsageError`,
 a missing or unreadable file, a bad value: ``OSError``, ``ValueError``, ``LookupError``,
-``RuntimeError``, ``ImportError`` of a missing extra, a refused pickle) is printed as one line,
+``RuntimeError``, ``ImportError`` of a missing extra, a refused pickle, a diverged training's
+``FloatingPointError``) is printed as one line,
 ``<program>: error: <message>``, and ``main`` returns 2, the status argparse uses for bad
 arguments. ``--debug`` anywhere on the command line, or ``VISIONATTN_DEBUG=1``, lets the exception
 through with its traceback. Anything else (a bug) always shows its traceback.
@@ -23,7 +24,8 @@ class UsageError(Exception):
 
 
 # Exceptions whose messages the library words for the user (a file, a value, a missing extra).
-USER_ERRORS = (UsageError, OSError, ValueError, LookupError, RuntimeError, ImportError, pickle.UnpicklingError)
+USER_ERRORS = (UsageError, OSError, ValueError, LookupError, RuntimeError, ImportError, pickle.UnpicklingError,
+               FloatingPointError)
 DEBUG_FLAG = "--debug"
 
 

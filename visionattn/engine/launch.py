@@ -14,6 +14,7 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 from ..registry import FUNCTIONS
+from .hooks.safe_checkpoint import latest_complete_checkpoint
 from .safe_globals import allow_mmengine_checkpoints
 
 LAUNCHERS = ("none", "pytorch", "slurm", "mpi")
@@ -45,7 +46,8 @@ def load_config(config: str, work_dir: Optional[str] = None, cfg_options: Option
     cfg.work_dir = work_dir or cfg.get("work_dir") or str(Path("work_dirs") / path.stem)
     if resume:
         cfg.resume = True
-        cfg.load_from = None if resume == "auto" else resume
+        # auto: the last *complete* checkpoint (a run killed mid-save leaves the previous one usable)
+        cfg.load_from = latest_complete_checkpoint(cfg.work_dir) if resume == "auto" else resume
     if amp:
         if not torch.cuda.is_available():
             raise RuntimeError("--amp needs a CUDA GPU (mmengine's AmpOptimWrapper); run without --amp on CPU")
@@ -123,4 +125,28 @@ def build_runner(cfg: Config) -> Runner:
                 raise RuntimeError(f"--launcher {cfg.launcher} expects to be started by torchrun "
                                    "(RANK/WORLD_SIZE unset); use --launcher none for one process")
             dist.init_process_group(backend="gloo")
-    return Runner.from_cfg(cfg)
+    _use_safe_checkpoints(cfg)
+    policy = cfg.get("nonfinite_loss", "raise")
+    if policy not in NONFINITE_POLICIES:
+        raise ValueError(f"config key nonfinite_loss must be one of {NONFINITE_POLICIES}, got {policy!r}")
+    runner = Runner.from_cfg(cfg)
+    model = runner.model.module if hasattr(runner.model, "module") else runner.model
+    if hasattr(model, "nonfinite_loss"):
+        model.nonfinite_loss = policy
+    elif "nonfinite_loss" in cfg:
+        warnings.warn(f"nonfinite_loss={policy!r} applies to visionattn task models; {type(model).__name__} "
+                      f"keeps its own behaviour")
+    return runner
+
+
+NONFINITE_POLICIES = ("raise", "skip")
+
+
+def _use_safe_checkpoints(cfg: Config) -> None:
+    """mmengine's CheckpointHook (also its implicit default) -> :class:`SafeCheckpointHook`, same
+    arguments: atomic writes, old checkpoints deleted only after the new one is complete."""
+    hooks = dict(cfg.get("default_hooks") or {})
+    ckpt = hooks.get("checkpoint", dict(type="CheckpointHook", interval=1))
+    if isinstance(ckpt, Mapping) and ckpt.get("type") in ("CheckpointHook", "mmengine.CheckpointHook"):
+        hooks["checkpoint"] = dict(ckpt, type="visionattn.SafeCheckpointHook")
+        cfg.default_hooks = hooks
