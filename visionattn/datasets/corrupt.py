@@ -8,7 +8,8 @@ pair. :class:`SkipCorruptSamples` wraps any dataset; in a config::
     train_dataloader = dict(dataset=dict(type='SkipCorruptSamples', max_skipped=100,
                                          dataset=dict(type='ImageNetFolder', root='data/imagenet')))
 
-A skipped sample is replaced by the next readable one and logged with the running count; more
+A skipped sample is replaced by the next readable one and logged (once per file) with the running
+count; more
 than ``max_skipped`` corrupt samples (per process) stop the run, since that many points at a
 broken copy of the dataset rather than a few bad files. Other exceptions (bugs) always propagate.
 """
@@ -27,6 +28,15 @@ class CorruptSampleError(RuntimeError):
     def __init__(self, path: Union[str, Path], problem: str):
         super().__init__(f"{str(path)!r}: {problem}")
         self.path, self.problem = str(path), problem
+
+
+def read_lines(path: Union[str, Path]) -> list:
+    """The non-blank lines of a text file (stripped); a file that is not UTF-8 text is a
+    :class:`CorruptSampleError` naming it."""
+    try:
+        return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as err:
+        raise CorruptSampleError(path, f"is not UTF-8 text ({err.reason} at byte {err.start})") from None
 
 
 def open_rgb(path: Union[str, Path]):
@@ -56,7 +66,8 @@ def read_rgb(path: Union[str, Path]) -> np.ndarray:
 class SkipCorruptSamples(Dataset):
     """Wrap ``dataset`` (a dataset or its config): a sample whose reader raises
     :class:`CorruptSampleError` is logged and replaced by the next index that reads; ``skipped``
-    counts them in this process. More than ``max_skipped`` (None: no limit) raise."""
+    counts the distinct corrupt files met in this process (``skipped_files``: file -> problem), each
+    logged once. More than ``max_skipped`` (None: no limit) raise."""
 
     def __init__(self, dataset: Union[Dataset, Dict], max_skipped: Optional[int] = 100):
         if isinstance(dataset, dict):
@@ -81,12 +92,14 @@ class SkipCorruptSamples(Dataset):
             try:
                 return self.dataset[(index + step) % n]
             except CorruptSampleError as err:
+                if err.path in self.skipped_files:  # met before (another epoch): counted and logged once
+                    continue
                 self.skipped += 1
                 self.skipped_files[err.path] = err.problem
                 from mmengine.logging import print_log
 
-                print_log(f"skipped corrupt sample {(index + step) % n} ({self.skipped} so far in this process): "
-                          f"{err}", logger="current", level=30)
+                print_log(f"skipped corrupt sample {(index + step) % n} ({self.skipped} corrupt files so far in "
+                          f"this process): {err}", logger="current", level=30)
                 if self.max_skipped is not None and self.skipped > self.max_skipped:
                     raise CorruptSampleError(err.path, f"{self.skipped} corrupt samples, more than max_skipped="
                                              f"{self.max_skipped}: the dataset copy looks broken (last: "

@@ -36,9 +36,14 @@ README = "datasets/ffhq/README.md"
 
 def decode_image(data: Union[bytes, np.ndarray], what: str) -> np.ndarray:
     """Encoded image bytes -> (H, W, 3) float32 BGR in [0, 1] (grey images are tiled to 3 channels)."""
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    buf = np.frombuffer(data, np.uint8)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    except cv2.error:
+        img = None
     if img is None:
-        raise RuntimeError(f"{what} is not an image OpenCV can decode")
+        raise RuntimeError(f"{what} is not an image OpenCV can decode ({buf.size} bytes: empty, damaged or "
+                           f"another format)")
     peak = 65535.0 if img.dtype == np.uint16 else 255.0
     if img.ndim == 2:
         img = img[..., None]

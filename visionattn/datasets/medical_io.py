@@ -104,7 +104,7 @@ def read_slice(path: PathLike) -> np.ndarray:
     if suffix == ".npy":
         try:
             arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as err:
+        except Exception as err:  # numpy's header parser fails with many types (ValueError, TokenError...)
             raise CorruptSampleError(path, f"not a readable .npy array ({type(err).__name__}: {err})") from None
     elif suffix == ".bin":
         with open(path, "rb") as f:  # the official format: a pickled numpy array; nothing else is built
