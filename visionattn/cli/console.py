@@ -42,9 +42,13 @@ def one_line(err: BaseException) -> str:
     return text or type(err).__name__
 
 
+_SCRIPT_NAMES = {"convert_checkpoint": "visionattn-convert"}  # where setup.cfg shortens the name
+
+
 def program_name(module: str) -> str:
-    """``visionattn.cli.infer_stereo`` -> ``visionattn-infer-stereo``."""
-    return "visionattn-" + module.rsplit(".", 1)[-1].replace("_", "-")
+    """``visionattn.cli.infer_stereo`` -> ``visionattn-infer-stereo`` (the console script's name)."""
+    name = module.rsplit(".", 1)[-1]
+    return _SCRIPT_NAMES.get(name, "visionattn-" + name.replace("_", "-"))
 
 
 def cli_main(fn: Callable) -> Callable:

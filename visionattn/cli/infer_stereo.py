@@ -88,13 +88,17 @@ def main(argv=None) -> int:
                          "--random-weights to run the untrained network (its disparity is noise)")
     if args.pretrained and args.checkpoint is not None:
         raise UsageError("pass either --checkpoint or --pretrained, not both")
+    if args.checkpoint is not None and "://" not in args.checkpoint and not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"--checkpoint {args.checkpoint!r} does not exist")
+    # the inputs are read before the (slower) model is built: their errors come at once
+    left, right = (torch.from_numpy(read_image(p)).permute(2, 0, 1)[None] for p in (args.left, args.right))
+    if left.shape != right.shape:
+        raise ValueError(f"left {tuple(left.shape[2:])} and right {tuple(right.shape[2:])} images differ in size")
     model = visionattn.create_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint)
     if getattr(model, "task", None) != "stereo":
         raise ValueError(f"{args.model!r} is not a stereo model (task {getattr(model, 'task', None)!r})")
     model = model.to(args.device, DTYPES[args.dtype]).eval()
-    left, right = (torch.from_numpy(read_image(p)).permute(2, 0, 1)[None].to(args.device) for p in (args.left, args.right))
-    if left.shape != right.shape:
-        raise ValueError(f"left {tuple(left.shape[2:])} and right {tuple(right.shape[2:])} images differ in size")
+    left, right = left.to(args.device), right.to(args.device)
     start = time.perf_counter()
     out = predict_stereo(model, left, right)
     seconds = time.perf_counter() - start

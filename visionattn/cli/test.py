@@ -13,7 +13,9 @@ from ..engine import build_runner, load_config
 from ..engine.launch import LAUNCHERS
 from ..resources import find_config
 from . import run
-from .console import add_cfg_options, cli_main
+from ..engine.hooks.safe_checkpoint import is_complete_checkpoint
+from ..hub import checkpoint_format
+from .console import UsageError, add_cfg_options, cli_main
 
 
 def parse_args(argv=None):
@@ -32,6 +34,11 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint {args.checkpoint!r} not found")
+    with open(args.checkpoint, "rb") as f:
+        kind = checkpoint_format(f.read(512))
+    if kind is None or (kind == "zip" and not is_complete_checkpoint(args.checkpoint)):
+        raise UsageError(f"checkpoint {args.checkpoint!r} is {'truncated' if kind else 'not a checkpoint file'} "
+                         f"(a torch.save file written by visionattn-train is expected)")
     cfg = load_config(str(find_config(args.config)), work_dir=args.work_dir, cfg_options=args.cfg_options, launcher=args.launcher)
     cfg.load_from = args.checkpoint
     metrics = build_runner(cfg).test()

@@ -44,6 +44,9 @@ def load_config(config: str, work_dir: Optional[str] = None, cfg_options: Option
         cfg.merge_from_dict(cfg_options)
     cfg.launcher = launcher
     cfg.work_dir = work_dir or cfg.get("work_dir") or str(Path("work_dirs") / path.stem)
+    if resume and resume != "auto" and not Path(resume).is_file():
+        raise FileNotFoundError(f"--resume {resume!r}: no such checkpoint file (--resume without a path resumes "
+                                f"from the last complete checkpoint of the work dir)")
     if resume:
         cfg.resume = True
         # auto: the last *complete* checkpoint (a run killed mid-save leaves the previous one usable)
