@@ -339,20 +339,24 @@ def _fetch(url: str, tmp: Path, sha256: Optional[str], progress: bool, timeout: 
                                    f"browser: download the file by hand and pass its path.")
             with open(tmp, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
                                             desc=tmp.name[1:].rsplit(".", 2)[0], disable=not progress) as bar:
+                pending, checked = b"", False  # the first 512 bytes are checked before anything is written
                 while True:
                     chunk = response.read1(_CHUNK)  # what has arrived (up to _CHUNK): the deadline is checked often
-                    if not chunk:
-                        break
-                    if time.monotonic() > end:
+                    if chunk and time.monotonic() > end:
                         raise RuntimeError(f"download of {where} took longer than its {deadline:g} s deadline "
-                                           f"({received + len(chunk)} bytes of {total or 'an unknown size'} "
-                                           f"received). Nothing was cached. Try again later, or allow longer "
-                                           f"with VISIONATTN_DOWNLOAD_DEADLINE=SECONDS.")
-                    if not head:
-                        head = chunk[:512]
-                        if checkpoint_format(head) is None:
+                                           f"({received + len(pending) + len(chunk)} bytes of "
+                                           f"{total or 'an unknown size'} received). Nothing was cached. Try again "
+                                           f"later, or allow longer with VISIONATTN_DOWNLOAD_DEADLINE=SECONDS.")
+                    if not checked:
+                        pending += chunk
+                        if chunk and len(pending) < 512:
+                            continue
+                        checked, chunk, head, pending = True, pending, pending[:512], b""
+                        if head and checkpoint_format(head) is None:
                             raise RuntimeError(f"download of {where} failed: {_not_a_checkpoint('the file', head)}. "
                                                f"Download it by hand and pass its path; nothing was cached.")
+                    if not chunk:
+                        break
                     f.write(chunk)
                     digest.update(chunk)
                     received += len(chunk)
