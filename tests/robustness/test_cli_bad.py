@@ -161,3 +161,21 @@ def test_every_program_uses_the_shared_error_handling():
         module = importlib.import_module(f"visionattn.cli.{name}")
         assert getattr(module.main, "__wrapped__", None) is not None, f"visionattn.cli.{name}.main is not cli_main-wrapped"
     assert programs >= {c[0] for c in CASES}
+
+
+def test_cfg_options_keys_are_checked_against_the_config(files):
+    """A typo in a --cfg-options key warns with the closest existing key; an empty part is an error."""
+    from visionattn.engine.launch import check_cfg_options, load_config
+
+    with pytest.warns(UserWarning, match=r"'model.netwrk' matches no key.*did you mean 'model.network'"):
+        cfg = load_config(str(files["config"]), cfg_options={"model.netwrk": "x"})
+    assert cfg.model.netwrk == "x"  # still applied, as mmengine does: a new key may be intended
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config(str(files["config"]), cfg_options={"model.network": "test_vit",
+                                                       "train_dataloader.dataset.transform.input_size": 48})
+    for bad in ("model..network", ".model", "model.", ""):
+        with pytest.raises(ValueError, match="malformed"):
+            check_cfg_options(cfg, {bad: 1})
