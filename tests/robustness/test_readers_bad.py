@@ -193,6 +193,21 @@ def test_food101_lists(copy, kind):
     expect_library_error(lambda: Food101(root, "train"), names=[str(root / rel)])
 
 
+TINY_LISTS = {
+    "no tab": lambda p: p.write_text("val_0.JPEG n000\n"),
+    "unknown wnid": lambda p: p.write_text("val_0.JPEG\tn99999999\t0\t0\t8\t8\n"),
+    "not text": lambda p: p.write_bytes(b"\xff\xfe\x00garbage"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(TINY_LISTS))
+def test_tiny_imagenet_annotations(copy, kind):
+    root = copy("tiny_imagenet")
+    ann = next(root.glob("**/val/val_annotations.txt"))
+    TINY_LISTS[kind](ann)
+    expect_library_error(lambda: TinyImageNet(root, "val"), names=[str(ann)], types=(CorruptSampleError,))
+
+
 def _dump(path: Path, obj) -> None:
     path.write_bytes(pickle.dumps(obj, protocol=2))
 
@@ -294,7 +309,7 @@ def test_face_test_set_names_the_damaged_image(copy, kind):
     root = copy("faces") / "celeba_test"
     path = sorted((root / "lq").iterdir())[0]
     BYTE_DAMAGE[kind](path)
-    expect_library_error(lambda: read_all(PairedFaces(root)), names=[str(path)])
+    expect_library_error(lambda: read_all(PairedFaces(root)), names=[str(path)], types=(CorruptSampleError,))
 
 
 def test_skip_corrupt_samples_counts_and_logs(copy, caplog):
