@@ -73,6 +73,8 @@ CASES = [
     ("infer_stereo", ["{left}", "{right}", "--model", "test_resnet", "--random-weights"], ["not a stereo model"], "ours"),
     ("infer_stereo", ["{garbled}", "{right}", "--random-weights"], ["garbled.png"], "ours"),
     ("infer_stereo", ["{left}", "{right}", "--dtype", "float8"], ["float8"], "argparse"),
+    ("infer_stereo", ["{left}", "{right}", "--model", "no_such_model", "--random-weights", "--gt", "{missing}"],
+     ["no_such_model"], "ours"),
     ("infer_restore", ["{missing}", "--random-weights"], ["missing.file"], "ours"),
     ("infer_restore", ["{nii}", "--out", "{dir}/o"], ["--random-weights", "--checkpoint"], "ours"),
     ("infer_restore", ["{nii}", "--axis", "5", "--random-weights"], ["--axis", "5"], "ours"),

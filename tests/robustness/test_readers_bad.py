@@ -295,6 +295,22 @@ def test_medical_slices_and_volumes(copy, tmp_path, monkeypatch, suffix, kind):
     assert not (tmp_path / "PWNED_BY_PICKLE").exists()
 
 
+@pytest.mark.parametrize("kind", ["truncated", "garbled"])
+def test_dicom_series_names_the_damaged_file(copy, kind):
+    root = copy("restoration_medical")
+    folder = root / "aapm" / "L000" / "full_1mm"
+    path = sorted(folder.iterdir())[0]
+    BYTE_DAMAGE[kind](path) if kind != "truncated" else truncate(path, keep=0.8)
+    expect_library_error(lambda: mio.read_dicom_series(folder), names=[str(path)], types=(CorruptSampleError,))
+
+
+def test_corrupt_sample_error_survives_pickling_and_worker_reraise():
+    err = CorruptSampleError("/data/x.png", "truncated")
+    again = pickle.loads(pickle.dumps(err))
+    assert isinstance(again, CorruptSampleError) and str(again) == str(err)
+    assert str(CorruptSampleError(str(err))) == str(err)  # how DataLoader workers rebuild it
+
+
 @pytest.mark.parametrize("rel", ["restore_rwkv/MRI/train/HQ/MRI001_050.bin", "restore_rwkv/MRI/test/HQ/MRI100.nii"])
 def test_paired_slice_dataset_names_the_corrupt_file(copy, rel):
     root = copy("restoration_medical")

@@ -61,6 +61,8 @@ def read_ground_truth(path: str) -> Tuple[np.ndarray, np.ndarray]:
         raise FileNotFoundError(f"ground truth {path!r} does not exist")
     if path.lower().endswith(".pfm"):
         gt = read_pfm(path)
+        if gt.ndim != 2:
+            raise ValueError(f"ground truth {path!r} has {gt.shape[2]} channels; a disparity PFM has one (Pf)")
         return gt, np.isfinite(gt)
     return read_kitti_disparity(path)
 

@@ -25,7 +25,11 @@ from ..registry import DATASETS
 class CorruptSampleError(RuntimeError):
     """A data file cannot be used; ``path`` is the file, the message says what is wrong with it."""
 
-    def __init__(self, path: Union[str, Path], problem: str):
+    def __init__(self, path: Union[str, Path], problem: Optional[str] = None):
+        if problem is None:  # rebuilt from its message alone (a DataLoader worker's error, unpickling)
+            super().__init__(str(path))
+            self.path, self.problem = "", str(path)
+            return
         super().__init__(f"{str(path)!r}: {problem}")
         self.path, self.problem = str(path), problem
 

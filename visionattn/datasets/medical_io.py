@@ -12,6 +12,7 @@
 A damaged file is a :class:`~visionattn.datasets.corrupt.CorruptSampleError` naming it.
 """
 import pickle
+import struct
 import zlib
 from pathlib import Path
 from typing import List, Tuple, Union
@@ -82,7 +83,12 @@ def read_dicom_series(folder: PathLike) -> np.ndarray:
         try:
             ds = pydicom.dcmread(str(p))
         except pydicom.errors.InvalidDicomError:
-            continue
+            if p.suffix.lower() in (".dcm", ".ima"):  # named as a slice, yet not DICOM: damaged
+                raise CorruptSampleError(p, "is not a readable DICOM file (no DICM preamble: damaged or another "
+                                            "format)") from None
+            continue  # other files of the folder (DICOMDIR, notes) are not slices
+        except (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, struct.error) as err:
+            raise CorruptSampleError(p, f"damaged DICOM file ({type(err).__name__}: {err})") from None
         if "PixelData" in ds:
             slices.append(ds)
     if not slices:
@@ -93,8 +99,20 @@ def read_dicom_series(folder: PathLike) -> np.ndarray:
         return float(ipp[2]) if ipp is not None else float(getattr(ds, "InstanceNumber", 0))
 
     slices.sort(key=position)
-    return np.stack([ds.pixel_array.astype(np.float64) * float(getattr(ds, "RescaleSlope", 1.0))
-                     + float(getattr(ds, "RescaleIntercept", 0.0)) for ds in slices])
+
+    def pixels(ds):
+        try:
+            return ds.pixel_array.astype(np.float64)
+        except Exception as err:  # pydicom/numpy fail in many ways on damaged pixel data
+            raise CorruptSampleError(ds.filename, f"DICOM pixel data cannot be decoded ({type(err).__name__}: "
+                                                  f"{err})") from None
+
+    images = [pixels(ds) for ds in slices]
+    shapes = {img.shape for img in images}
+    if len(shapes) > 1:
+        raise CorruptSampleError(folder, f"the DICOM slices have different sizes {sorted(shapes)}")
+    return np.stack([img * float(getattr(ds, "RescaleSlope", 1.0)) + float(getattr(ds, "RescaleIntercept", 0.0))
+                     for img, ds in zip(images, slices)])
 
 
 def read_slice(path: PathLike) -> np.ndarray:
