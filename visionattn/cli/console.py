@@ -72,6 +72,14 @@ def cli_main(fn: Callable) -> Callable:
     return main
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose errors (a missing argument, a bad choice) are one line, like every
+    other user error of the programs, and exit with status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (--help shows the usage)\n")
+
+
 def _cfg_option_action():
     from mmengine.config import DictAction
 

@@ -22,7 +22,7 @@ from mmengine.config import DictAction
 import visionattn
 from visionattn import hub
 from visionattn.factory import model_family
-from visionattn.cli.console import cli_main
+from visionattn.cli.console import ArgumentParser, cli_main
 
 
 def _fits(name: str, checkpoint, family: str, model_kwargs: dict, conv_kwargs: dict) -> bool:
@@ -89,7 +89,7 @@ def save(state_dict: dict, meta: dict, dst: str) -> None:
 
 @cli_main
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", metavar="FAMILY_OR_MODEL")
     parser.add_argument("src", metavar="IN", help="official checkpoint file (or http(s) URL)")
     parser.add_argument("dst", metavar="OUT", help="where to write the converted checkpoint (.safetensors: safetensors)")

@@ -44,7 +44,7 @@ import torch.nn as nn
 from mmengine.config import DictAction
 
 import visionattn
-from visionattn.cli.console import UsageError, cli_main
+from visionattn.cli.console import ArgumentParser, UsageError, cli_main
 from visionattn.extras import require_extra
 from visionattn.inference import restore_image
 
@@ -59,7 +59,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("input", help="an image file or a folder of images")
     ap.add_argument("--model", default="restoreformerpp", help="restoreformerpp or restoreformer")
     ap.add_argument("--checkpoint", default=None, help="weights: official .ckpt/.pth or ours")

@@ -21,11 +21,11 @@ from visionattn.datasets import medical_io as mio
 from visionattn.datasets.intensity import window
 from visionattn.extras import require_extra
 from visionattn.inference import restore_image
-from visionattn.cli.console import UsageError, cli_main
+from visionattn.cli.console import ArgumentParser, UsageError, cli_main
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("input", help=".nii/.nii.gz volume or a .png/.tif/.npy slice")
     ap.add_argument("--model", default="restore_rwkv")
     ap.add_argument("--checkpoint", default=None, help="weights (ours or the official Generator_*.pth)")

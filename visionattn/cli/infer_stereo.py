@@ -26,7 +26,7 @@ import visionattn
 from visionattn.datasets.stereo import read_image, read_kitti_disparity, read_pfm, write_kitti_disparity, write_pfm
 from visionattn.evaluation import disparity_errors
 from visionattn.inference import predict_stereo
-from visionattn.cli.console import UsageError, cli_main
+from visionattn.cli.console import ArgumentParser, UsageError, cli_main
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -39,7 +39,7 @@ def colorize(disp: np.ndarray, max_disp: float = None) -> np.ndarray:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("left")
     p.add_argument("right")
     p.add_argument("--model", default="matchstereo_tiny", help="a stereo network from visionattn.list_models()")

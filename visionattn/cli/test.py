@@ -15,11 +15,11 @@ from ..resources import find_config
 from . import run
 from ..engine.hooks.safe_checkpoint import is_complete_checkpoint
 from ..hub import checkpoint_format
-from .console import UsageError, add_cfg_options, cli_main
+from .console import ArgumentParser, UsageError, add_cfg_options, cli_main
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="config file, e.g. configs/classification/demo.py")
     p.add_argument("checkpoint", help="checkpoint file written by tools/train.py")
     p.add_argument("--work-dir", help="where the test logs go (default: work_dirs/<config name>)")

@@ -14,11 +14,11 @@ from ..engine import build_runner, load_config
 from ..engine.launch import LAUNCHERS
 from ..resources import find_config
 from . import run
-from .console import add_cfg_options, cli_main
+from .console import ArgumentParser, add_cfg_options, cli_main
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="config file, e.g. configs/classification/demo.py")
     p.add_argument("--work-dir", help="logs and checkpoints (default: work_dirs/<config name>)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
