@@ -98,7 +98,9 @@ def check_cfg_options(cfg: Config, options: Mapping[str, Any]) -> None:
             raise ValueError(f"--cfg-options key {key!r} is malformed: it has an empty part; write "
                              f"dotted.key=value, e.g. train_dataloader.batch_size=32")
         if key not in known:
-            close = difflib.get_close_matches(key, existing, n=1, cutoff=0.6)
+            parent = key.rpartition(".")[0]
+            siblings = [k for k in existing if k.rpartition(".")[0] == parent] if parent in known else existing
+            close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             warnings.warn(f"--cfg-options key {key!r} matches no key in the config, so it adds a new one{hint}",
                           stacklevel=2)
