@@ -44,19 +44,6 @@ def atomic_write_bytes(data: bytes, path: Union[str, Path]) -> None:
             tmp.unlink()
 
 
-def atomic_torch_save(obj, path: Union[str, Path]) -> None:
-    """``torch.save`` to a temporary file in ``path``'s folder, then renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 class AtomicLocalBackend(LocalBackend):
     """mmengine's local file backend whose writes are atomic (temporary file + rename)."""
 
