@@ -14,7 +14,7 @@ dims = [64, 128, 256, 512]
 model = dict(
     data_preprocessor=dict(size=(512, 512)),  # pad training crops to 512x512
     pretrained=None,
-    backbone=dict(_base_.biformer_backbone, _delete_=True, model_kwargs=dict(n_win=8, drop_path_rate=0.15)),
+    backbone=dict(_base_.biformer_backbone, _delete_=True, n_win=8, drop_path_rate=0.15),
     neck=dict(in_channels=dims),
     decode_head=dict(num_classes=150))
 

@@ -16,7 +16,7 @@ dims = [64, 128, 256, 512]
 model = dict(
     data_preprocessor=dict(size=(512, 512)),  # pad training crops to 512x512
     pretrained=None,
-    backbone=dict(_base_.biformer_backbone, _delete_=True, model_kwargs=dict(n_win=8, drop_path_rate=0.3)),
+    backbone=dict(_base_.biformer_backbone, _delete_=True, n_win=8, drop_path_rate=0.3),
     decode_head=dict(in_channels=dims, num_classes=150),
     auxiliary_head=dict(in_channels=dims[2], num_classes=150))
 

@@ -51,7 +51,8 @@ def shrink_config(cfg, data_root: Path, work_dir: Path, size=(128, 96), cfg_opti
     cfg.launcher = "none"
     cfg.env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
                        dist_cfg=dict(backend="gloo"))
-    cfg.model.backbone.pretrained = False
+    cfg.model.backbone.pop("pretrained", None)
+    cfg.model.backbone.init_cfg = None  # random init: no download
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     _fewer_boxes(cfg)

@@ -7,8 +7,8 @@ import timm
 pytest.importorskip("mmdet", reason="the det extra (mmdet) is not installed")
 
 # A 0.2M-parameter timm ConvNeXt stands in for the real backbone in the plumbing tests.
-TINY = {"model.backbone.model_name": "test_convnext", "model.backbone.model_kwargs": dict(_delete_=True, drop_path_rate=0.1),
-        "model.backbone.feature_kwargs": dict(_delete_=True),
+TINY = {"model.backbone": dict(_delete_=True, type="VisionAttnBackbone", model_name="test_convnext",
+                               model_kwargs=dict(drop_path_rate=0.1)),
         "model.neck.in_channels": [24, 32, 48, 64]}
 
 
