@@ -102,3 +102,14 @@ def run_config(tmp_path):
     torch.set_num_threads(1)
     yield run
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def shrunk_config(tmp_path):
+    """fn(config_name, data_root, **shrink_kwargs) -> the config as :func:`shrink_config` makes it, not run."""
+    from mmengine.config import Config
+
+    def load(name: str, data_root: Path, **kwargs):
+        return shrink_config(Config.fromfile(str(CONFIGS / name)), data_root, tmp_path / "work", **kwargs)
+
+    return load

@@ -52,7 +52,7 @@ def test_recipe(name):
         assert bb.norm_eval == backbone.startswith("biformer")  # BiFormer freezes BN stats, FFNet trains them
     else:
         assert cfg.train_cfg.max_iters == length and dataset.data_root == "datasets/ade20k"
-        assert cfg.model.decode_head.num_classes == 150 and cfg.val_evaluator.type == "visionattn.MeanIoU"
+        assert cfg.model.decode_head.num_classes == 150 and cfg.val_evaluator.type == "IoUMetric"
         assert cfg.model.data_preprocessor.size == (512, 512)
     if backbone.startswith("ffnet"):
         decay = {"detection/cascade_maskrcnn_ffnet_2_3x_coco.py": (0.8, 12), "detection/cascade_maskrcnn_ffnet_3_3x_coco.py": (0.8, 12),

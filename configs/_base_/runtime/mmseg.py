@@ -1,7 +1,6 @@
-# mmseg's runtime plus the imports that register visionattn's backbone wrapper, optimiser glue and metric.
+# mmseg's runtime plus the imports that register visionattn's backbones and optimiser glue.
 _base_ = 'mmseg::_base_/default_runtime.py'
 
 custom_imports = dict(
-    imports=['visionattn.engine.mm_backbone', 'visionattn.engine.layer_decay_optim',
-             'visionattn.evaluation.segmentation_iou'],
+    imports=['visionattn.engine.mm_backbone', 'visionattn.engine.layer_decay_optim'],
     allow_failed_imports=False)

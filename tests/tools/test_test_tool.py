@@ -1,0 +1,153 @@
+"""tools/test.py --out / --show-dir / --tta and tools/train.py --auto-scale-lr, on the sample data."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from visionattn.engine import drawing
+from visionattn.engine.hooks import ShowPredictionsHook
+from visionattn.evaluation.dump_predictions import load_predictions, to_plain
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def trained(load_tool, tiny_config, tmp_path):
+    """(config, checkpoint) of the tiny classifier after one iteration."""
+    cfg = tiny_config("train_cfg = dict(max_iters=1, val_interval=100)\n"
+                      "default_hooks = dict(checkpoint=dict(interval=1))\n")
+    load_tool("train").main([str(cfg), "--work-dir", str(tmp_path / "work")])
+    return cfg, tmp_path / "work" / "iter_1.pth"
+
+
+def test_out_and_show_dir_for_classification(load_tool, trained, tmp_path):
+    cfg, ckpt = trained
+    out, show = tmp_path / "preds.pkl", tmp_path / "show"
+    metrics = load_tool("test").main([str(cfg), str(ckpt), "--work-dir", str(tmp_path / "t"), "--out", str(out),
+                                      "--show-dir", str(show)])
+    preds = load_predictions(out)  # numpy-only unpickler: no code runs; one entry per validation image
+    assert len(preds) == 80 and all(isinstance(p["pred_score"], np.ndarray) for p in preds)
+    assert preds[0]["pred_score"].shape == (8,) and preds[0]["pred_label"] == int(preds[0]["pred_score"].argmax())
+    top1 = np.mean([p["pred_label"] == p["gt_label"] for p in preds]) * 100
+    assert metrics["accuracy/top1"] == pytest.approx(top1)  # the file holds the predictions that were scored
+    pictures = sorted(show.glob("*.png"))
+    assert len(pictures) == len(preds)  # one per test image
+    with Image.open(pictures[0]) as im:
+        assert im.width >= 200 and im.height > 256  # enlarged image + five text lines under it
+
+
+def test_tta_without_tta_config_names_the_config(load_tool, trained):
+    cfg, ckpt = trained
+    with pytest.raises(ValueError, match=f"{cfg.name}.*tta_model and no tta_pipeline"):
+        load_tool("test").main([str(cfg), str(ckpt), "--tta"])
+
+
+def test_tta_wraps_model_and_pipeline():
+    from mmengine.config import Config
+
+    from visionattn.cli.test import apply_test_options
+
+    cfg = Config(dict(model=dict(type="Net"), tta_model=dict(type="SegTTAModel"),
+                      tta_pipeline=[dict(type="TestTimeAug")], work_dir="w",
+                      test_dataloader=dict(dataset=dict(pipeline=[dict(type="Load")])),
+                      test_evaluator=dict(type="IoUMetric")))
+    apply_test_options(cfg, "x.py", out="r.pkl", show_dir="pics", tta=True)
+    assert cfg.model.type == "SegTTAModel" and cfg.model.module.type == "Net"
+    assert cfg.test_dataloader.dataset.pipeline == [dict(type="TestTimeAug")]
+    assert [e["type"] for e in cfg.test_evaluator] == ["IoUMetric", "visionattn.DumpPredictions"]
+    assert cfg.custom_hooks[0]["out_dir"].endswith("w/pics")
+
+
+def test_dump_rejects_a_non_pickle_name():
+    from visionattn.evaluation.dump_predictions import DumpPredictions
+
+    with pytest.raises(ValueError, match="results.json"):
+        DumpPredictions("results.json")
+
+
+def test_to_plain_turns_data_samples_into_dicts():
+    pytest.importorskip("mmdet")
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+
+    sample = DetDataSample(metainfo=dict(img_path="a.jpg", ori_shape=(4, 5)))
+    sample.pred_instances = InstanceData(bboxes=torch.zeros(2, 4), scores=torch.ones(2), labels=torch.tensor([1, 3]))
+    plain = to_plain(sample)
+    assert plain["metainfo"] == dict(img_path="a.jpg", ori_shape=(4, 5))
+    assert plain["pred_instances"]["labels"].tolist() == [1, 3]
+
+
+# --- the pictures of each task --------------------------------------------------------------------
+
+def _hook_picture(sample, inputs, tmp_path, class_names=None):
+    hook = ShowPredictionsHook(str(tmp_path / "show"), score_thr=0.5)
+    hook.class_names = class_names
+    hook.after_test_iter(None, 0, dict(inputs=inputs), [sample])
+    (path,) = list((tmp_path / "show").glob("*.png"))
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_detection_picture_has_boxes_above_the_threshold(tmp_path):
+    pytest.importorskip("mmdet")
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+
+    sample = DetDataSample(metainfo=dict(img_path=str(tmp_path / "missing.jpg")))
+    masks = torch.zeros(2, 40, 60, dtype=torch.bool)
+    masks[0, 25:35, 40:55] = True
+    sample.pred_instances = InstanceData(bboxes=torch.tensor([[5.0, 5, 20, 20], [30, 18, 50, 38]]),
+                                         scores=torch.tensor([0.9, 0.2]), labels=torch.tensor([0, 1]), masks=masks)
+    pic = _hook_picture(sample, torch.zeros(1, 3, 40, 60), tmp_path)
+    colour = drawing.palette(2)[0]
+    assert (pic[5, 5:21] == colour).all() and (pic[5:21, 20] == colour).all()  # box edges, label 0's colour
+    assert (pic[19:38, 30] == 0).all()  # score 0.2 < 0.5: its left edge is not drawn
+    assert (pic[30, 45] == (colour.astype(float) * 0.5).astype(np.uint8)).all()  # mask blended (on black)
+
+
+def test_segmentation_picture_colours_each_class(tmp_path):
+    pytest.importorskip("mmseg")
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+
+    seg = torch.zeros(1, 8, 8, dtype=torch.long)
+    seg[0, :, 4:] = 2
+    sample = SegDataSample()
+    sample.pred_sem_seg = PixelData(data=seg)
+    image = torch.full((1, 3, 8, 8), 200, dtype=torch.uint8)
+    pic = _hook_picture(sample, image, tmp_path, class_names=["a", "b", "c"])
+    colours = drawing.palette(3).astype(float)
+    np.testing.assert_array_equal(pic[0, 0], (0.5 * 200 + 0.5 * colours[0]).astype(np.uint8))
+    np.testing.assert_array_equal(pic[0, 7], (0.5 * 200 + 0.5 * colours[2]).astype(np.uint8))
+
+
+def test_disparity_picture_is_left_image_and_colour_map(tmp_path):
+    disp = torch.arange(16.0).repeat(8, 1)  # (8, 16), growing to the right
+    pair = torch.zeros(1, 2, 3, 8, 16)
+    pair[0, 0] = 255.0  # white left image, black right
+    pic = _hook_picture(dict(pred_disp=disp), pair, tmp_path)
+    assert pic.shape == (8, 16 + 4 + 16, 3)
+    assert (pic[:, :16] == 255).all()
+    cmap = pic[0, 20:]
+    brightness = cmap.astype(int).sum(-1)
+    assert (np.diff(brightness) > 0).all()  # magma: larger disparity is brighter
+    np.testing.assert_array_equal(cmap, drawing.colourise(disp)[0])
+
+
+def test_restoration_picture_is_input_restored_target(tmp_path):
+    lq, pred, gt = torch.zeros(3, 6, 6), torch.full((3, 6, 6), 0.5), torch.ones(3, 6, 6)
+    pic = _hook_picture(dict(pred=pred, gt=gt, name="slice_07.png"), lq[None], tmp_path)
+    assert pic.shape == (6, 6 * 3 + 8, 3)
+    assert (pic[:, :6] == 0).all() and (pic[:, 10:16] == 128).all() and (pic[:, 20:] == 255).all()
+    assert (tmp_path / "show" / "slice_07.png").is_file()
+
+
+def test_classification_picture_lists_top5(tmp_path):
+    scores = torch.tensor([0.05, 0.5, 0.1, 0.15, 0.2])
+    pic = drawing.draw_classification(torch.zeros(3, 32, 32), scores, [f"c{i}" for i in range(5)])
+    assert pic.shape[0] == 256 + 5 * 12 + 6  # 32 px enlarged x8, one text line per class
+    assert pic[256:].any()  # text drawn under the image
+
+
+def test_unknown_prediction_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="fields \\['depth'\\]"):
+        _hook_picture(dict(depth=torch.zeros(2, 2)), torch.zeros(1, 3, 2, 2), tmp_path)
