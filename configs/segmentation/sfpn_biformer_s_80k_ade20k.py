@@ -36,3 +36,5 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=1000),
     dict(type='CosineAnnealingLR', T_max=80000, eta_min_ratio=1e-8, by_epoch=False, begin=0, end=80000),
 ]
+# 8 GPUs x 4 images; `tools/train.py --auto-scale-lr` rescales lr to the actual total batch.
+auto_scale_lr = dict(enable=False, base_batch_size=32)

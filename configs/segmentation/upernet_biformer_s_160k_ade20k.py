@@ -30,3 +30,5 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
     dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=0, end=160000),
 ]
+# 8 GPUs x 2 images; `tools/train.py --auto-scale-lr` rescales lr to the actual total batch.
+auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -41,3 +41,5 @@ param_scheduler = [
 ]
 default_hooks = dict(checkpoint=dict(interval=4000, max_keep_ckpts=20, save_best='mIoU'))
 train_cfg = dict(val_interval=4000)
+# 8 GPUs x 2 images; `tools/train.py --auto-scale-lr` rescales lr to the actual total batch.
+auto_scale_lr = dict(enable=False, base_batch_size=16)

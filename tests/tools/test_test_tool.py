@@ -151,3 +151,16 @@ def test_classification_picture_lists_top5(tmp_path):
 def test_unknown_prediction_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="fields \\['depth'\\]"):
         _hook_picture(dict(depth=torch.zeros(2, 2)), torch.zeros(1, 3, 2, 2), tmp_path)
+
+
+def test_auto_scale_lr(load_tool, tiny_config, tmp_path):
+    """lr x (1 process x batch 4) / base_batch_size 16 = lr / 4, as mmengine's linear rule."""
+    cfg = tiny_config("train_cfg = dict(max_iters=1, val_interval=100)\n"
+                      "auto_scale_lr = dict(enable=False, base_batch_size=16)\n")
+    train = load_tool("train")
+    runner = train.main([str(cfg), "--work-dir", str(tmp_path / "a"), "--auto-scale-lr"])
+    lr = runner.optim_wrapper.optimizer.param_groups[0]["initial_lr"]
+    assert lr == pytest.approx(2e-3 * 4 / 16)  # demo.py's AdamW lr 2e-3
+    plain = tiny_config("", name="plain.py")
+    with pytest.raises(ValueError, match="plain.py.*base_batch_size"):
+        train.main([str(plain), "--work-dir", str(tmp_path / "b"), "--auto-scale-lr"])
