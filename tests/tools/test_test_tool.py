@@ -164,3 +164,26 @@ def test_auto_scale_lr(load_tool, tiny_config, tmp_path):
     plain = tiny_config("", name="plain.py")
     with pytest.raises(ValueError, match="plain.py.*base_batch_size"):
         train.main([str(plain), "--work-dir", str(tmp_path / "b"), "--auto-scale-lr"])
+
+
+def test_training_logs_to_mmengine_vis_backends(trained, tmp_path):
+    """The runtime base's LocalVisBackend gets the scalars and the training-curves image; the TensorBoard
+    backend is there too (silent, with a warning, when tensorboard is not installed)."""
+    import json
+
+    (vis,) = (tmp_path / "work").glob("*/vis_data")
+    scalars = [json.loads(line) for line in (vis / "scalars.json").read_text().splitlines()]
+    assert any("accuracy/top1" in s for s in scalars)  # the validation metrics
+    assert list((vis / "vis_image").glob("training_curves_*.png"))
+
+
+def test_optional_tensorboard_backend(tmp_path, monkeypatch):
+    from visionattn.engine.vis_backends import OptionalTensorboardVisBackend
+
+    monkeypatch.setattr(OptionalTensorboardVisBackend, "available", staticmethod(lambda: False))
+    backend = OptionalTensorboardVisBackend(str(tmp_path))
+    with pytest.warns(UserWarning, match="pip install tensorboard"):
+        backend.add_scalar("loss", 1.0, step=1)
+    backend.add_image("x", np.zeros((2, 2, 3), np.uint8))
+    backend.close()
+    assert not list(tmp_path.iterdir())  # nothing written
