@@ -1,7 +1,8 @@
 """mmengine hooks of visionattn (mmengine's own, e.g. EMAHook, are used directly)."""
+from .gt_sampling_off import GTSamplingOffHook
 from .random_state import RandomStateHook
 from .show_predictions import ShowPredictionsHook
 from .train_speed import TrainSpeedHook
 from .training_curves import TrainingCurvesHook
 
-__all__ = ["RandomStateHook", "ShowPredictionsHook", "TrainSpeedHook", "TrainingCurvesHook"]
+__all__ = ["GTSamplingOffHook", "RandomStateHook", "ShowPredictionsHook", "TrainSpeedHook", "TrainingCurvesHook"]
