@@ -211,14 +211,15 @@ class VisionAttnBackbone(BaseModule):
         ``num_layers + 1`` (the heads' lr). ``rule='ffnet'`` reproduces the official FFNet
         constructor: its stem fell through to the heads' group (the constructor matched ConvNeXt's
         stem name only) and a stage's patch merging is block 0, so block j counts as j + 1.
+        ``rule='stage_wise'`` (mmdet's ``decay_type='stage_wise'``): stem 0, stage s -> s + 1.
         """
-        if rule not in ("convnext", "ffnet"):
-            raise ValueError(f"layer-decay rule must be 'convnext' or 'ffnet', got {rule!r}")
+        if rule not in ("convnext", "ffnet", "stage_wise"):
+            raise ValueError(f"layer-decay rule must be 'convnext', 'ffnet' or 'stage_wise', got {rule!r}")
         if not name.startswith("body."):
             return num_layers + 1
         group, ordinal, is_block = self._group_of(name[len("body."):])
         if group == "stem":
-            return 0 if rule == "convnext" else num_layers + 1
+            return num_layers + 1 if rule == "ffnet" else 0
         if group != "blocks" or not ordinal:
             return num_layers + 1
         if ordinal[0] >= 99999:  # timm's ordinal of a final norm inside the backbone
@@ -226,6 +227,8 @@ class VisionAttnBackbone(BaseModule):
         if len(ordinal) == 1:  # one ordinal per block (ViT)
             return min(ordinal[0] + 1, num_layers)
         stage, block = ordinal[:2]
+        if rule == "stage_wise":
+            return min(stage + 1, num_layers)
         if rule == "ffnet" and is_block and stage > 0:
             block += 1
         return {0: 1, 1: 2, 2: 3 + block // 3}.get(stage, num_layers) if stage < 3 else num_layers

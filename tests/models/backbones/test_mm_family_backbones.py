@@ -171,3 +171,33 @@ def test_layer_decay_with_family_backbone():
     assert lr_of[id(body.stages[3].blocks[0].mlp.fc1.weight)] == pytest.approx(1e-4 * 0.5 ** 1)
     assert lr_of[id(model.head.weight)] == pytest.approx(1e-4)
     assert isinstance(model.backbone, VisionAttnBackbone)
+
+
+def test_mmdet_decay_type_settings():
+    """mmdet's LearningRateDecayOptimizerConstructor paramwise_cfg works with our constructor."""
+    import torch.nn as nn
+    from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
+
+    import visionattn.engine.layer_decay_optim  # noqa: F401
+
+    class Detector(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = _biformer()
+
+    def lrs(**paramwise_cfg):
+        model = Detector()
+        constructor = OPTIM_WRAPPER_CONSTRUCTORS.build(dict(
+            type="LayerDecayOptimWrapperConstructor",
+            optim_wrapper_cfg=dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=1.0)),
+            paramwise_cfg=paramwise_cfg))
+        lr_of = {id(p): g["lr"] for g in constructor(model).optimizer.param_groups for p in g["params"]}
+        body = model.backbone.body.model
+        return [lr_of[id(p)] for p in (body.stem[0].weight, body.stages[3].blocks[0].mlp.fc1.weight)]
+
+    assert lrs(decay_rate=0.5, num_layers=6, decay_type="layer_wise") == lrs(decay_rate=0.5, num_layers=6)
+    assert lrs(decay_rate=0.5, num_layers=6) == [pytest.approx(0.5 ** 7), pytest.approx(0.5 ** 1)]  # stage 3 -> 6
+    stem, stage3 = lrs(decay_rate=0.5, num_layers=6, decay_type="stage_wise")
+    assert (stem, stage3) == (pytest.approx(0.5 ** 7), pytest.approx(0.5 ** (7 - 4)))  # stem 0, stage 3 -> 4
+    with pytest.raises(ValueError, match="decay_type='block_wise'"):
+        lrs(decay_rate=0.5, num_layers=6, decay_type="block_wise")
