@@ -1,4 +1,6 @@
 """tools/test.py --out / --show-dir / --tta and tools/train.py --auto-scale-lr, on the sample data."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,8 @@ from visionattn.engine.hooks import ShowPredictionsHook
 from visionattn.evaluation.dump_predictions import load_predictions, to_plain
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -187,3 +191,37 @@ def test_optional_tensorboard_backend(tmp_path, monkeypatch):
     backend.add_image("x", np.zeros((2, 2, 3), np.uint8))
     backend.close()
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def _test_run(config: str, options: dict, tmp_path):
+    """tools/test.py's path (load_config, --out, --show-dir, build_runner().test()) on random weights."""
+    from visionattn.cli.test import apply_test_options
+    from visionattn.engine import build_runner, load_config
+
+    cfg = load_config(str(REPO / "configs" / config), work_dir=str(tmp_path / "work"), cfg_options=options)
+    apply_test_options(cfg, config, out=tmp_path / "r.pkl", show_dir="show")
+    metrics = build_runner(cfg).test()
+    return metrics, load_predictions(tmp_path / "r.pkl"), sorted((tmp_path / "work" / "show").glob("*.png"))
+
+
+def test_stereo_out_and_show_dir(samples_root, tmp_path):
+    root = str(samples_root / "kitti2015")
+    metrics, preds, pictures = _test_run("stereo/matchstereo_t_kitti15_ft.py", {
+        "model.pretrained": False, "model.network_kwargs": dict(depths=(1, 1, 1, 1), num_layers=(1, 1, 1, 1)),
+        "test_dataloader.dataset.root": root, "test_dataloader.num_workers": 0}, tmp_path)
+    assert "stereo/all/epe" in metrics and preds and len(pictures) == len(preds)
+    h, w = preds[0]["pred_disp"].shape
+    with Image.open(pictures[0]) as im:
+        assert im.size == (2 * w + 4, h)  # left image | disparity colour map
+
+
+def test_restoration_out_and_show_dir(samples_root, tmp_path):
+    root = str(samples_root / "restoration_medical" / "restore_rwkv")
+    metrics, preds, pictures = _test_run("restoration/restore_rwkv_all_in_one.py", {
+        "model.network.dim": 8, "model.network.num_blocks": (1, 1, 1, 1), "model.network.num_refinement_blocks": 1,
+        "test_dataloader.dataset.root": root, "test_dataloader.num_workers": 0,
+        "test_dataloader.persistent_workers": False}, tmp_path)
+    assert "psnr" in metrics and preds and len(pictures) == len(preds)
+    c, h, w = preds[0]["pred"].shape
+    with Image.open(pictures[0]) as im:
+        assert im.size == (3 * w + 8, h)  # input | restored | target
