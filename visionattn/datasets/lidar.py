@@ -71,9 +71,11 @@ class LidarDetectionDataset(Dataset):
 
 def to_tensors(frame: Dict) -> Dict:
     """The numpy frame -> ``dict(points=tensor, data_samples=dict(...))`` (per-box arrays as tensors)."""
-    points = torch.from_numpy(np.ascontiguousarray(frame.pop("points"), dtype=np.float32))
+    points = torch.from_numpy(np.ascontiguousarray(frame["points"], dtype=np.float32))
     sample = {}
     for key, value in frame.items():
+        if key == "points":
+            continue
         if key in PER_BOX_KEYS:
             dtype = np.float32 if key in ("gt_boxes", "gt_bbox_2d", "gt_alpha") else np.int64
             value = torch.from_numpy(np.ascontiguousarray(value, dtype=dtype))

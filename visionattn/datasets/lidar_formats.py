@@ -178,11 +178,11 @@ def rect_to_image(points: np.ndarray, calib: Dict[str, np.ndarray]) -> Tuple[np.
 
 def kitti_label_to_lidar_boxes(label: Dict[str, np.ndarray], calib: Dict[str, np.ndarray]) -> np.ndarray:
     """Camera-frame labels -> (M, 7) LiDAR boxes: centre = bottom centre moved up by h/2, (dx, dy, dz) =
-    (l, w, h), heading = -(pi/2 + rotation_y) (OpenPCDet's conversion)."""
+    (l, w, h), heading = -(pi/2 + rotation_y) (OpenPCDet's conversion) wrapped into [-pi, pi)."""
     h, w, l = (label["dimensions"][:, i:i + 1] for i in range(3))
     centre = rect_to_lidar(label["location"], calib)
     centre[:, 2:3] += h / 2
-    heading = -(np.pi / 2 + label["rotation_y"][:, None])
+    heading = limit_period(-(np.pi / 2 + label["rotation_y"][:, None]))
     return np.concatenate([centre, l, w, h, heading], 1).astype(np.float32)
 
 
