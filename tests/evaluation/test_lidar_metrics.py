@@ -7,8 +7,13 @@ import pytest
 import torch
 
 from visionattn.evaluation.lidar_metrics import (KittiMetric3D, WaymoStyleMetric, box_iou_2d, heading_accuracy,
-                                                 kitti_counts, kitti_thresholds, project_boxes_to_image)
+                                                 kitti_counts, kitti_thresholds)
+from visionattn.datasets.lidar_formats import boxes_to_image_bbox
 from visionattn.registry import METRICS
+
+
+def project_boxes_to_image(boxes, calib, shape):
+    return boxes_to_image_bbox(boxes, calib, shape)[0]
 
 KITTI = ("Car", "Pedestrian", "Cyclist")
 WAYMO = ("Vehicle", "Pedestrian", "Cyclist")

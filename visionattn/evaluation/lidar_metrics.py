@@ -58,6 +58,7 @@ import torch
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger
 
+from ..datasets.lidar_formats import boxes_to_image_bbox
 from ..ops.rotated_box_iou import boxes_iou_3d, boxes_iou_bev
 from ..registry import METRICS
 
@@ -70,32 +71,6 @@ WAYMO_MIN_OVERLAP = {"Vehicle": 0.7, "Pedestrian": 0.5, "Cyclist": 0.5, "Car": 0
 
 
 # --- geometry ----------------------------------------------------------------------------------------
-
-def project_boxes_to_image(boxes: np.ndarray, calib: Mapping[str, np.ndarray], image_shape: Sequence[int]
-                           ) -> np.ndarray:
-    """(M, 7) LiDAR boxes -> (M, 4) ``x1 y1 x2 y2`` of their 8 projected corners (camera 2), clipped to the
-    image (OpenPCDet's ``boxes3d_kitti_camera_to_imageboxes``). ``calib``: P2 (3, 4), R0_rect (3, 3),
-    Tr_velo_to_cam (3, 4)."""
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 7)
-    signs = np.array([[i >> 2 & 1, i >> 1 & 1, i & 1] for i in range(8)], np.float64) - 0.5
-    local = signs[None] * boxes[:, None, 3:6]
-    cos, sin = np.cos(boxes[:, 6:7]), np.sin(boxes[:, 6:7])
-    corners = np.stack([local[..., 0] * cos - local[..., 1] * sin + boxes[:, 0:1],
-                        local[..., 0] * sin + local[..., 1] * cos + boxes[:, 1:2],
-                        local[..., 2] + boxes[:, 2:3]], -1).reshape(-1, 3)
-    velo_to_rect = np.eye(4)
-    velo_to_rect[:3, :4] = np.asarray(calib["Tr_velo_to_cam"], np.float64).reshape(3, 4)
-    r0 = np.eye(4)
-    r0[:3, :3] = np.asarray(calib["R0_rect"], np.float64).reshape(3, 3)
-    hom = np.concatenate([corners, np.ones((len(corners), 1))], 1)
-    pix = hom @ (np.asarray(calib["P2"], np.float64).reshape(3, 4) @ r0 @ velo_to_rect).T
-    depth = np.where(np.abs(pix[:, 2:3]) < 1e-9, 1e-9, pix[:, 2:3])
-    pix = (pix[:, :2] / depth).reshape(-1, 8, 2)
-    h, w = image_shape[0], image_shape[1]
-    lo, hi = pix.min(1), pix.max(1)
-    return np.stack([np.clip(lo[:, 0], 0, w - 1), np.clip(lo[:, 1], 0, h - 1),
-                     np.clip(hi[:, 0], 0, w - 1), np.clip(hi[:, 1], 0, h - 1)], 1)
-
 
 def box_iou_2d(a: np.ndarray, b: np.ndarray, over_first: bool = False) -> np.ndarray:
     """(N, 4), (M, 4) ``x1 y1 x2 y2`` -> (N, M) IoU (the devkit's areas, no +1), or with ``over_first``
@@ -278,7 +253,7 @@ class KittiMetric3D(BaseMetric):
                                  f"{len(row['gt_labels'])} gt_labels and {len(row['gt_difficulty'])} gt_difficulty")
             calib, shape = s.get("calib"), s.get("image_shape")
             if calib is not None and shape is not None:
-                row["pred_bbox_2d"] = project_boxes_to_image(boxes, calib, shape)
+                row["pred_bbox_2d"] = boxes_to_image_bbox(boxes, calib, shape)[0]
                 if s.get("gt_bbox_2d") is not None:
                     row["gt_bbox_2d"] = _np(s["gt_bbox_2d"], np.float64, (4,))
                     row["other_bbox_2d"] = _np(s.get("other_bbox_2d"), np.float64, (4,))
