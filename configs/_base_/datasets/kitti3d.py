@@ -2,6 +2,8 @@
 # gt_database/ + kitti_dbinfos_train.pkl from OpenPCDet; datasets/kitti3d/README.md). Augmentation:
 # OpenPCDet's kitti_dataset.yaml: GT sampling (Car 20, Pedestrian 15, Cyclist 15), flip along x only
 # (the range covers the front view), rotation +-pi/4, scaling [0.95, 1.05]. Points: camera field of view only.
+# Another root: override train_dataloader.dataset.root, val_dataloader.dataset.root and the GT database's
+# train_dataloader.dataset.pipeline.0.root with --cfg-options.
 data_root = "datasets/kitti3d"
 class_names = ("Car", "Pedestrian", "Cyclist")
 point_cloud_range = (0.0, -40.0, -3.0, 70.4, 40.0, 1.0)

@@ -2,6 +2,8 @@
 # its GT database; layout in datasets/waymo/README.md). Augmentation: OpenPCDet's waymo_dataset.yaml as the
 # ScatterFormer config uses it: GT sampling (Vehicle 15, Pedestrian 10, Cyclist 10), flips along x and y,
 # rotation +-pi/4, scaling [0.95, 1.05], translation std 0.5 m; empty boxes dropped for training.
+# Another root: override train_dataloader.dataset.root, val_dataloader.dataset.root and the GT database's
+# train_dataloader.dataset.pipeline.0.root with --cfg-options.
 data_root = "datasets/waymo"
 class_names = ("Vehicle", "Pedestrian", "Cyclist")
 point_cloud_range = (-76.8, -76.8, -2.0, 76.8, 76.8, 4.0)
