@@ -54,3 +54,13 @@ def test_recipe_datasets_build_on_the_samples(name, old, sample, samples_root):
         assert batch["inputs"]["batch_size"] == 2 and batch["inputs"]["points"].shape[1] == 1 + frames[0]["points"].shape[1]
         assert all(s["gt_boxes"].dtype == torch.float32 for s in batch["data_samples"])
     assert FUNCTIONS.get("lidar_collate") is lidar_collate
+
+
+def test_the_hook_finds_the_recipes_gt_sampling(samples_root):
+    from visionattn.engine.hooks.gt_sampling_off import gt_sampling_transforms
+
+    cfg = _load("scatterformer_synthetic_demo.py")
+    dataset = DATASETS.build(_moved(cfg.train_dataloader.dataset.to_dict(), "datasets/samples/kitti3d",
+                                    samples_root / "kitti3d"))
+    found = gt_sampling_transforms(dataset)
+    assert len(found) == 1 and found[0].enabled and found[0] is dataset.pipeline.transforms[0]

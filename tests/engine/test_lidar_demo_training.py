@@ -59,4 +59,5 @@ def test_one_iteration_through_the_tools(samples_root, tmp_path):
     options = [o.replace(str(samples_root / "kitti3d"), str(split)) for o in options]
     runner = train_cli.main([CONFIG, "--work-dir", str(tmp_path / "train"), "--cfg-options", *options])
     assert runner.iter == 1 and (tmp_path / "train" / "epoch_1.pth").is_file()
+    assert not runner.train_dataloader.dataset.pipeline.transforms[0].enabled  # GTSamplingOffHook (last 5 of 1 epoch)
     assert all(torch.isfinite(p).all() for p in runner.model.parameters())
