@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from visionattn.evaluation.lidar_metrics import (KittiMetric3D, WaymoStyleMetric, box_iou_2d, heading_accuracy,
-                                                 kitti_counts, kitti_thresholds)
+                                                 kitti_counts, kitti_thresholds, waymo_average_precision)
 from visionattn.datasets.lidar_formats import boxes_to_image_bbox
 from visionattn.registry import METRICS
 
@@ -280,12 +280,14 @@ def test_waymo_perfect_and_heading_weighting():
 def test_waymo_missed_and_duplicates():
     gt = cars(4)
     ones = np.ones(4, np.int64)
-    assert waymo([frame(gt, pred=gt[:3], difficulty=ones)])["waymo/Vehicle_AP_L1"] == pytest.approx(75.0)
-    # A (0.9, TP), copy of A (0.8, FP), B (0.7, TP): precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1
+    # 3 of 4 found: precision 1 up to recall 0.75; Waymo's integration adds (1, 0), fills the recall gap
+    # every 0.05 with precision 0 and takes trapezoids: 0.75 + the triangle 0.05 x 1 / 2
+    assert waymo([frame(gt, pred=gt[:3], difficulty=ones)])["waymo/Vehicle_AP_L1"] == pytest.approx(77.5)
+    # A (0.9, TP), copy of A (0.8, FP), B (0.7, TP): (recall, precision) = (1/2, 1), (1/2, 1/2), (1, 2/3)
     two = gt[:2]
     pred = np.stack([two[0], two[0] + [0.05, 0, 0, 0, 0, 0, 0], two[1]])
     out = waymo([frame(two, pred=pred, scores=[0.9, 0.8, 0.7], difficulty=[1, 1])])
-    assert out["waymo/Vehicle_AP_L1"] == pytest.approx(100 * (0.5 + 0.5 * 2 / 3))
+    assert out["waymo/Vehicle_AP_L1"] == pytest.approx(100 * (0.45 * 2 / 3 + 0.05 * (2 / 3 + 1) / 2 + 0.5))
     # a copy below every true positive does not lower AP
     out = waymo([frame(two, pred=pred, scores=[0.9, 0.1, 0.7], difficulty=[1, 1])])
     assert out["waymo/Vehicle_AP_L1"] == pytest.approx(100.0)
@@ -296,8 +298,13 @@ def test_waymo_levels_and_empty_boxes():
     # two LEVEL_1 found, a LEVEL_2 found with the top score, a LEVEL_2 missed
     f = frame(gt, pred=gt[:3], scores=[0.8, 0.7, 0.9], difficulty=[1, 1, 2, 2])
     out = waymo([f])
-    assert out["waymo/Vehicle_AP_L1"] == pytest.approx(100.0)  # LEVEL_2 boxes ignored: neither FP nor FN
-    assert out["waymo/Vehicle_AP_L2"] == pytest.approx(75.0)
+    # as in the binary, a prediction on a LEVEL_2 box is a true positive at LEVEL_1 too; a missed LEVEL_2
+    # box is a false negative at LEVEL_2 only
+    assert out["waymo/Vehicle_AP_L1"] == pytest.approx(100.0)
+    assert out["waymo/Vehicle_AP_L2"] == pytest.approx(77.5)
+    # only the LEVEL_2 boxes found: true positives at LEVEL_1 too, with the two LEVEL_1 boxes missed: recall 1/2
+    f = frame(gt, pred=gt[2:], scores=[0.8, 0.7], difficulty=[1, 1, 2, 2])
+    assert waymo([f])["waymo/Vehicle_AP_L1"] == pytest.approx(100 * (0.5 + 0.05 / 2))
     # a box without points is not ground truth: the prediction on it is a false positive (top score)
     f = frame(gt[:2], scores=[0.9, 0.8], difficulty=[1, 1], gt_num_points=torch.tensor([0, 40]))
     out = waymo([f])
@@ -357,3 +364,15 @@ def test_metrics_on_the_sample_datasets(tmp_path):
     evaluator.process([perfect(f) for f in frames])
     out = evaluator.evaluate(len(frames))
     assert out["waymo/mAP_L1"] == pytest.approx(100.0) and out["waymo/mAPH_L2"] == pytest.approx(100.0)
+
+
+def test_waymo_average_precision_interpolation():
+    # a single point (recall 1, precision 1): the square
+    assert waymo_average_precision([1.0], [1.0]) == pytest.approx(1.0)
+    # nothing found: 0
+    assert waymo_average_precision([1.0], [0.0]) == pytest.approx(0.0)
+    # (0.5, 1): 0.5 + the triangle to (0.55, 0) = 0.525; with recall_delta 1 the trapezoid to (1, 0) = 0.75
+    assert waymo_average_precision([1.0], [0.5]) == pytest.approx(0.525)
+    assert waymo_average_precision([1.0], [0.5], recall_delta=1.0) == pytest.approx(0.75)
+    # precision made non-increasing with recall: (0.5, 0.4) lifted to 0.8 by (1, 0.8)
+    assert waymo_average_precision([0.4, 0.8], [0.5, 1.0]) == pytest.approx(0.8)
