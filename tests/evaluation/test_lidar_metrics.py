@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from visionattn.evaluation.lidar_metrics import (KittiMetric3D, WaymoStyleMetric, box_iou_2d, heading_accuracy,
-                                                 kitti_counts, kitti_thresholds)
+                                                 kitti_counts, kitti_thresholds, waymo_average_precision)
 from visionattn.datasets.lidar_formats import boxes_to_image_bbox
 from visionattn.registry import METRICS
 
@@ -280,12 +280,14 @@ def test_waymo_perfect_and_heading_weighting():
 def test_waymo_missed_and_duplicates():
     gt = cars(4)
     ones = np.ones(4, np.int64)
-    assert waymo([frame(gt, pred=gt[:3], difficulty=ones)])["waymo/Vehicle_AP_L1"] == pytest.approx(75.0)
-    # A (0.9, TP), copy of A (0.8, FP), B (0.7, TP): precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1
+    # 3 of 4 found: precision 1 up to recall 0.75; Waymo's integration adds (1, 0), fills the recall gap
+    # every 0.05 with precision 0 and takes trapezoids: 0.75 + the triangle 0.05 x 1 / 2
+    assert waymo([frame(gt, pred=gt[:3], difficulty=ones)])["waymo/Vehicle_AP_L1"] == pytest.approx(77.5)
+    # A (0.9, TP), copy of A (0.8, FP), B (0.7, TP): (recall, precision) = (1/2, 1), (1/2, 1/2), (1, 2/3)
     two = gt[:2]
     pred = np.stack([two[0], two[0] + [0.05, 0, 0, 0, 0, 0, 0], two[1]])
     out = waymo([frame(two, pred=pred, scores=[0.9, 0.8, 0.7], difficulty=[1, 1])])
-    assert out["waymo/Vehicle_AP_L1"] == pytest.approx(100 * (0.5 + 0.5 * 2 / 3))
+    assert out["waymo/Vehicle_AP_L1"] == pytest.approx(100 * (0.45 * 2 / 3 + 0.05 * (2 / 3 + 1) / 2 + 0.5))
     # a copy below every true positive does not lower AP
     out = waymo([frame(two, pred=pred, scores=[0.9, 0.1, 0.7], difficulty=[1, 1])])
     assert out["waymo/Vehicle_AP_L1"] == pytest.approx(100.0)
@@ -296,8 +298,13 @@ def test_waymo_levels_and_empty_boxes():
     # two LEVEL_1 found, a LEVEL_2 found with the top score, a LEVEL_2 missed
     f = frame(gt, pred=gt[:3], scores=[0.8, 0.7, 0.9], difficulty=[1, 1, 2, 2])
     out = waymo([f])
-    assert out["waymo/Vehicle_AP_L1"] == pytest.approx(100.0)  # LEVEL_2 boxes ignored: neither FP nor FN
-    assert out["waymo/Vehicle_AP_L2"] == pytest.approx(75.0)
+    # as in the binary, a prediction on a LEVEL_2 box is a true positive at LEVEL_1 too; a missed LEVEL_2
+    # box is a false negative at LEVEL_2 only
+    assert out["waymo/Vehicle_AP_L1"] == pytest.approx(100.0)
+    assert out["waymo/Vehicle_AP_L2"] == pytest.approx(77.5)
+    # only the LEVEL_2 boxes found: true positives at LEVEL_1 too, with the two LEVEL_1 boxes missed: recall 1/2
+    f = frame(gt, pred=gt[2:], scores=[0.8, 0.7], difficulty=[1, 1, 2, 2])
+    assert waymo([f])["waymo/Vehicle_AP_L1"] == pytest.approx(100 * (0.5 + 0.05 / 2))
     # a box without points is not ground truth: the prediction on it is a false positive (top score)
     f = frame(gt[:2], scores=[0.9, 0.8], difficulty=[1, 1], gt_num_points=torch.tensor([0, 40]))
     out = waymo([f])
@@ -312,3 +319,60 @@ def test_waymo_iou_threshold_per_class():
     assert waymo([frame(gt, pred=more, difficulty=[1])])["waymo/Vehicle_AP_L1"] == pytest.approx(0.0)
     out = waymo([frame(gt, pred=more, difficulty=[1], gt_labels=[2], labels=[2])])
     assert out["waymo/Cyclist_AP_L1"] == pytest.approx(100.0)
+
+
+# --- with the datasets -----------------------------------------------------------------------------------
+
+def test_metrics_on_the_sample_datasets(tmp_path):
+    """The readers' frames (calib, 2-D boxes, DontCare, Van...) flow into the metrics built from configs;
+    the ground truth as predictions scores the maximum, and detecting the Vans as Cars changes no Car AP.
+    (Other classes can change: as in the devkit, a detection of another class lower than the height limit
+    is an ignored detection for every class, and the first pass takes the best-scored one.)"""
+    from mmengine.evaluator import Evaluator
+
+    from visionattn.datasets.lidar import KittiDetection3D, WaymoDetection3D
+    from visionattn.datasets.sample_writers.lidar import write_kitti3d, write_waymo
+
+    write_kitti3d(tmp_path / "kitti", train=1, val=6, ground_points=300)
+    frames = [f["data_samples"] for f in KittiDetection3D(str(tmp_path / "kitti"), "val")]
+    assert any(len(f["other_names"]) for f in frames) and all("calib" in f for f in frames)
+
+    def perfect(f, vans_as_cars=False):
+        boxes, labels = f["gt_boxes"], f["gt_labels"]
+        if vans_as_cars and len(f["other_names"]):
+            boxes = torch.cat([boxes, torch.as_tensor(f["other_boxes"], dtype=torch.float32)])
+            labels = torch.cat([labels, torch.zeros(len(f["other_names"]), dtype=torch.long)])
+        return dict(f, pred_instances_3d=dict(bboxes_3d=boxes, scores_3d=torch.linspace(0.9, 0.5, len(boxes)),
+                                              labels_3d=labels))
+
+    results = []
+    for vans in (False, True):
+        evaluator = Evaluator(dict(type="KittiMetric3D", _scope_="visionattn"))
+        evaluator.process([perfect(f, vans) for f in frames])
+        results.append(evaluator.evaluate(len(frames)))
+    out = results[0]
+    car_3d = [k for k in out if k.startswith(("kitti/Car_3D", "kitti/Car_BEV"))]  # (in 2D a Van can cover a Car)
+    assert {k: out[k] for k in car_3d} == {k: results[1][k] for k in car_3d}
+    n_cars = sum(int(((f["gt_labels"] == 0) & (f["gt_difficulty"] >= 0)).sum()) for f in frames)
+    assert out["kitti/Car_3D_AP40_hard"] == pytest.approx(100 * (min(n_cars, 41) - 1) / 40)  # devkit sampling
+    assert out["kitti/Car_BEV_AP40_hard"] == out["kitti/Car_3D_AP40_hard"]
+    assert 0 < out["kitti/Car_2D_AP40_hard"] <= out["kitti/Car_3D_AP40_hard"]  # boxes leaving the image: 2-D misses
+
+    write_waymo(tmp_path / "waymo", train_sequences=1, val_sequences=1, frames=3)
+    frames = [f["data_samples"] for f in WaymoDetection3D(str(tmp_path / "waymo"), "val")]
+    evaluator = Evaluator(dict(type="WaymoStyleMetric", _scope_="visionattn"))
+    evaluator.process([perfect(f) for f in frames])
+    out = evaluator.evaluate(len(frames))
+    assert out["waymo/mAP_L1"] == pytest.approx(100.0) and out["waymo/mAPH_L2"] == pytest.approx(100.0)
+
+
+def test_waymo_average_precision_interpolation():
+    # a single point (recall 1, precision 1): the square
+    assert waymo_average_precision([1.0], [1.0]) == pytest.approx(1.0)
+    # nothing found: 0
+    assert waymo_average_precision([1.0], [0.0]) == pytest.approx(0.0)
+    # (0.5, 1): 0.5 + the triangle to (0.55, 0) = 0.525; with recall_delta 1 the trapezoid to (1, 0) = 0.75
+    assert waymo_average_precision([1.0], [0.5]) == pytest.approx(0.525)
+    assert waymo_average_precision([1.0], [0.5], recall_delta=1.0) == pytest.approx(0.75)
+    # precision made non-increasing with recall: (0.5, 0.4) lifted to 0.8 by (1, 0.8)
+    assert waymo_average_precision([0.4, 0.8], [0.5, 1.0]) == pytest.approx(0.8)

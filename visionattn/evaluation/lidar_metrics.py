@@ -40,15 +40,20 @@ assigns it) where the devkit tests ``y2 - y1 > 40``; objects within one pixel of
 change level. IoUs are computed in float64 (the devkit's GPU rotated IoU is float32).
 
 **Waymo-style** (:class:`WaymoStyleMetric`, keys ``waymo/<class>_AP_L1``, ``..._APH_L2``,
-``waymo/mAP_L1``, ``waymo/mAPH_L2``): 3-D IoU thresholds Vehicle 0.7, Pedestrian 0.5, Cyclist 0.5.
-LEVEL_2 counts every ground truth; LEVEL_1 counts those of difficulty 1 and ignores the LEVEL_2 ones
-(a prediction matched to one is dropped, not a false positive). Ground truth without points
-(``gt_num_points == 0``) is dropped, as OpenPCDet's Waymo evaluation does. Matching per frame is greedy
-by descending score (each prediction takes the unmatched counted ground truth of highest IoU >=
-threshold, else an ignored one); the precision-recall curve runs over every prediction in score order,
-precision is made non-increasing from the right and AP is the area under it. APH weights each true
-positive by its heading accuracy ``1 - |dtheta| / pi`` (dtheta wrapped into [0, pi]) in the precision.
-The differences to the official Waymo binary are listed in docs/scatterformer.md.
+``waymo/mAP_L1``, ``waymo/mAPH_L2``): our implementation of what Waymo's metrics binary computes
+(``detection_metrics.cc``, ``metrics_utils.cc`` of waymo-open-dataset), with 3-D IoU thresholds Vehicle
+0.7, Pedestrian 0.5, Cyclist 0.5. As there, the difficulty level only decides false negatives: every
+prediction matched to a box of its class is a true positive (also a LEVEL_2 box at LEVEL_1), a box
+missed counts at its level and above. Ground truth without points (``gt_num_points == 0``) is dropped,
+as OpenPCDet's Waymo evaluation does. The precision / recall curve has one point per score cutoff
+(default 0, 0.01, ..., 0.99, 1, OpenPCDet's configuration of the binary; recall 0 gives precision 1),
+and AP is the binary's integration (best precision at the same or a higher recall, recall gaps wider
+than 0.05 filled conservatively, trapezoids). APH weights each true positive by its heading accuracy
+``1 - |dtheta| / pi`` (dtheta wrapped into [0, pi]) in the precision; a match of heading accuracy 0 is
+neither true nor false positive, as in the binary. Differences: the matching is greedy per frame by
+descending score (each prediction takes the free ground truth of highest IoU >= threshold) where the
+binary solves an assignment per score cutoff (Hungarian by default); no no-label-zone handling of
+predictions; IoU in float64 by :mod:`visionattn.ops.rotated_box_iou`. docs/scatterformer.md lists them.
 """
 import math
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -321,45 +326,48 @@ class KittiMetric3D(BaseMetric):
 
 # --- Waymo-style ---------------------------------------------------------------------------------------
 
-def waymo_frame_match(iou: np.ndarray, scores: np.ndarray, gt_ignore: np.ndarray, min_overlap: float
-                      ) -> np.ndarray:
-    """Greedy matching of one frame: (D,) index of the matched ground truth, -1 none (a false positive).
-    Predictions in descending score take the free counted ground truth of highest IoU >= ``min_overlap``,
-    else any ignored one (which can take several). Predictions overlapping nothing skip the loop."""
+WAYMO_SCORE_CUTOFFS = tuple(np.append(np.arange(100) * 0.01, 1.0))  # OpenPCDet's configuration of the binary
+
+
+def waymo_frame_match(iou: np.ndarray, scores: np.ndarray, min_overlap: float) -> np.ndarray:
+    """Greedy matching of one frame and class: (P,) index of the matched ground truth, -1 for none.
+    Predictions in descending score take the free ground truth of highest IoU >= ``min_overlap``. The
+    matches of the predictions above any score cutoff are the matching of that cutoff (greedy is nested).
+    Predictions overlapping nothing skip the loop."""
     match = np.full(len(scores), -1, np.int64)
     if iou.size == 0:
         return match
     hit = iou >= min_overlap
     taken = np.zeros(iou.shape[1], bool)
     for j in np.argsort(-scores, kind="stable"):
-        if not hit[j].any():
-            continue
-        free = hit[j] & ~taken & ~gt_ignore
+        free = hit[j] & ~taken
         if free.any():
             i = int(np.argmax(np.where(free, iou[j], -1.0)))
             taken[i] = True
             match[j] = i
-        elif (hit[j] & gt_ignore).any():
-            match[j] = int(np.argmax(np.where(hit[j] & gt_ignore, iou[j], -1.0)))
     return match
 
 
-def precision_recall_ap(scores: np.ndarray, tp: np.ndarray, weight: np.ndarray, num_gt: int) -> Tuple[float, float]:
-    """(AP, APH) in [0, 1] from every counted prediction's score, whether it is a true positive and its
-    heading accuracy (0 for false positives): area under the precision curve made non-increasing."""
-    if num_gt == 0:
-        return float("nan"), float("nan")
-    order = np.argsort(-scores, kind="stable")
-    tp_cum = np.cumsum(tp[order])
-    weighted = np.cumsum(weight[order])
-    n = np.arange(1, len(order) + 1)
-    recall = tp_cum / num_gt
-    step = np.diff(np.concatenate([[0.0], recall]))
-
-    def area(precision):
-        return float((np.maximum.accumulate(precision[::-1])[::-1] * step).sum()) if len(precision) else 0.0
-
-    return area(tp_cum / n), area(weighted / n)
+def waymo_average_precision(precision: np.ndarray, recall: np.ndarray, recall_delta: float = 0.05) -> float:
+    """Area under a precision / recall curve as Waymo's ``ComputeMeanAveragePrecision`` takes it: points
+    (0, 1) and (1, 0) added, precision made non-increasing with recall (the best at the same or a higher
+    recall), gaps in recall wider than ``recall_delta`` filled with conservative points, the precision at
+    recall 0 set to that of the next point, trapezoid integration."""
+    best = {0.0: 1.0, 1.0: 0.0}
+    for p, r in zip(np.asarray(precision, np.float64), np.asarray(recall, np.float64)):
+        best[float(r)] = max(best.get(float(r), 0.0), float(p))
+    points = []  # (recall, precision), recall descending
+    last, top = 1.0, 0.0
+    for r in sorted(best, reverse=True):
+        while last - r > recall_delta + 1e-6:
+            last -= recall_delta
+            points.append((last, top))
+        top = max(top, best[r])
+        points.append((r, top))
+        last = r
+    points[-1] = (points[-1][0], points[-2][1])
+    r_, p_ = np.array(points).T
+    return float((0.5 * (r_[:-1] - r_[1:]) * (p_[:-1] + p_[1:])).sum())
 
 
 @METRICS.register_module()
@@ -369,6 +377,8 @@ class WaymoStyleMetric(BaseMetric):
     Args:
         class_names: the classes the labels index (default: ``metainfo['class_names']`` of the frames).
         min_overlap: 3-D IoU threshold per class name (default Vehicle 0.7, Pedestrian 0.5, Cyclist 0.5).
+        score_cutoffs: the points of the precision / recall curve (default 0, 0.01, ..., 0.99, 1).
+        recall_delta: widest recall gap left unfilled in the AP integration (Waymo's default 0.05).
 
     Values are in percent; a class without ground truth at a level reports NaN and is left out of the mean.
     """
@@ -376,10 +386,14 @@ class WaymoStyleMetric(BaseMetric):
     default_prefix = "waymo"
 
     def __init__(self, class_names: Optional[Sequence[str]] = None, min_overlap: Optional[Mapping[str, float]] = None,
-                 **kwargs):
+                 score_cutoffs: Sequence[float] = WAYMO_SCORE_CUTOFFS, recall_delta: float = 0.05, **kwargs):
         super().__init__(**kwargs)
         self.class_names = tuple(class_names) if class_names else None
         self.min_overlap = dict(WAYMO_MIN_OVERLAP, **(min_overlap or {}))
+        self.score_cutoffs = np.sort(np.asarray(score_cutoffs, np.float64))
+        if not 0 < recall_delta <= 1:
+            raise ValueError(f"WaymoStyleMetric: recall_delta must be in (0, 1], got {recall_delta}")
+        self.recall_delta = float(recall_delta)
 
     def process(self, data_batch, data_samples: Sequence[Mapping]) -> None:
         for s in data_samples:
@@ -398,6 +412,30 @@ class WaymoStyleMetric(BaseMetric):
                     row[key] = row[key][keep]
             self.results.append(row)
 
+    def _class_counts(self, results: List[Dict], c: int, name: str) -> Dict[str, np.ndarray]:
+        """Per score cutoff, summed over frames: tp, fp, heading-accuracy sum, and per level the false negatives."""
+        cutoffs = self.score_cutoffs
+        total = dict(tp=np.zeros(len(cutoffs)), fp=np.zeros(len(cutoffs)), ha=np.zeros(len(cutoffs)),
+                     fn1=np.zeros(len(cutoffs)), fn2=np.zeros(len(cutoffs)))
+        for r in results:
+            pm, gm = r["labels"] == c, r["gt_labels"] == c
+            boxes, scores, gts, level = r["boxes"][pm], r["scores"][pm], r["gt_boxes"][gm], r["gt_difficulty"][gm]
+            match = waymo_frame_match(_iou("3D", boxes, gts), scores, self.min_overlap[name])
+            above = scores[None, :] >= cutoffs[:, None]  # (K, P)
+            accuracy = np.zeros(len(scores))
+            accuracy[match >= 0] = heading_accuracy(boxes[match >= 0, 6], gts[match[match >= 0], 6])
+            # the binary skips true positives of heading accuracy <= 0 (neither TP nor FP)
+            tp = above & (match >= 0)[None, :] & (accuracy > 0)[None, :]
+            total["tp"] += tp.sum(1)
+            total["ha"] += (tp * accuracy[None, :]).sum(1)
+            total["fp"] += (above & (match < 0)[None, :]).sum(1)
+            found = np.zeros((len(cutoffs), len(gts)), bool)  # ground truth matched above each cutoff
+            rows, cols = np.nonzero(above & (match >= 0)[None, :])
+            found[rows, match[cols]] = True
+            for lv in (1, 2):  # a missed box counts at its level and above
+                total[f"fn{lv}"] += (~found & (level <= lv)[None, :]).sum(1)
+        return total
+
     def compute_metrics(self, results: List[Dict]) -> Dict[str, float]:
         names = _class_names(self.class_names, results, "WaymoStyleMetric")
         out: Dict[str, float] = {}
@@ -405,29 +443,22 @@ class WaymoStyleMetric(BaseMetric):
             if name not in self.min_overlap:
                 raise ValueError(f"WaymoStyleMetric: no IoU threshold for class {name!r}; "
                                  f"pass min_overlap={{{name!r}: ...}}")
-            per_frame = []
-            for r in results:
-                pm, gm = r["labels"] == c, r["gt_labels"] == c
-                iou = _iou("3D", r["boxes"][pm], r["gt_boxes"][gm])
-                per_frame.append((r["boxes"][pm], r["scores"][pm], r["gt_boxes"][gm], r["gt_difficulty"][gm], iou))
-            for level in (1, 2):
-                scores, tps, weights, num_gt = [], [], [], 0
-                for boxes, sc, gts, diff, iou in per_frame:
-                    ignore = diff > level
-                    match = waymo_frame_match(iou, sc, ignore, self.min_overlap[name])
-                    counted = (match < 0) | ~ignore[np.maximum(match, 0)] if len(gts) else np.ones(len(sc), bool)
-                    tp = (match >= 0) & counted
-                    weight = np.zeros(len(sc))
-                    weight[tp] = heading_accuracy(boxes[tp, 6], gts[match[tp], 6])
-                    scores.append(sc[counted])
-                    tps.append(tp[counted])
-                    weights.append(weight[counted])
-                    num_gt += int((~ignore).sum())
-                ap, aph = precision_recall_ap(np.concatenate(scores), np.concatenate(tps).astype(np.float64),
-                                              np.concatenate(weights), num_gt)
-                out[f"{name}_AP_L{level}"], out[f"{name}_APH_L{level}"] = 100 * ap, 100 * aph
-        for level in (1, 2):
+            t = self._class_counts(results, c, name)
+            has_gt = {lv: sum(int(((r["gt_labels"] == c) & (r["gt_difficulty"] <= lv)).sum()) for r in results) > 0
+                      for lv in (1, 2)}
+            for lv in (1, 2):
+                if not has_gt[lv]:
+                    out[f"{name}_AP_L{lv}"] = out[f"{name}_APH_L{lv}"] = float("nan")
+                    continue
+                tp, fp, fn, ha = t["tp"], t["fp"], t[f"fn{lv}"], t["ha"]
+                recall = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), 0.0)
+                precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
+                precision_h = np.where(tp + fp > 0, ha / np.maximum(tp + fp, 1), 0.0)
+                precision, precision_h = np.where(recall == 0, 1.0, precision), np.where(recall == 0, 1.0, precision_h)
+                out[f"{name}_AP_L{lv}"] = 100 * waymo_average_precision(precision, recall, self.recall_delta)
+                out[f"{name}_APH_L{lv}"] = 100 * waymo_average_precision(precision_h, recall, self.recall_delta)
+        for lv in (1, 2):
             for kind in ("AP", "APH"):
-                values = [out[f"{n}_{kind}_L{level}"] for n in names if not math.isnan(out[f"{n}_{kind}_L{level}"])]
-                out[f"m{kind}_L{level}"] = float(np.mean(values)) if values else float("nan")
+                values = [out[f"{n}_{kind}_L{lv}"] for n in names if not math.isnan(out[f"{n}_{kind}_L{lv}"])]
+                out[f"m{kind}_L{lv}"] = float(np.mean(values)) if values else float("nan")
         return out
