@@ -28,3 +28,7 @@ def infer_stereo() -> int:
 
 def infer_restore() -> int:
     return run("infer_restore")
+
+
+def infer_lidar() -> int:
+    return run("infer_lidar")
