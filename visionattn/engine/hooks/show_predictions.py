@@ -22,8 +22,22 @@ def _image_of(sample, data_batch, i: int):
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB")), Path(path).stem
     inputs = data_batch["inputs"] if isinstance(data_batch, dict) else data_batch[0]
-    name = sample.get("name") if isinstance(sample, dict) else None
-    return inputs[i], (Path(str(name)).stem if name else None)
+    name = next((sample[k] for k in ("name", "frame_id", "sample_idx") if k in sample), None) \
+        if isinstance(sample, dict) else None
+    image = None if isinstance(inputs, dict) else inputs[i]  # LiDAR batches: dict(points, batch_size)
+    return image, (Path(str(name)).stem if name is not None else None)
+
+
+def _frame_points(data_batch, i: int):
+    """Points (N, C) of frame ``i`` of a collated LiDAR batch (column 0 of ``inputs['points']`` is the
+    frame index), or None when the batch does not have that form."""
+    inputs = data_batch.get("inputs") if isinstance(data_batch, dict) else None
+    if isinstance(inputs, dict) and "points" in inputs:
+        points = inputs["points"]
+        return points[points[:, 0] == i][:, 1:]
+    if isinstance(inputs, (list, tuple)) and i < len(inputs):
+        return inputs[i]
+    return None
 
 
 @HOOKS.register_module()
@@ -33,7 +47,8 @@ class ShowPredictionsHook(Hook):
     The picture follows the prediction's fields: ``pred_score`` (classification: top-5 classes and
     probabilities written under the image), ``pred_instances`` (detection: boxes, labels, scores and
     masks scoring at least ``score_thr``), ``pred_sem_seg`` (segmentation: class colours over the
-    image), ``pred_disp`` (stereo: left image | disparity colour map), ``pred`` (restoration: input |
+    image), ``pred_instances_3d`` (LiDAR detection: bird's-eye view of the points, ground-truth boxes in
+    white, predicted boxes in class colours), ``pred_disp`` (stereo: left image | disparity colour map), ``pred`` (restoration: input |
     restored | target when the sample has one). Anything else raises a ValueError naming its fields.
     Files are named after the input file when known, else ``<batch>_<index>.png``.
     """
@@ -62,7 +77,7 @@ class ShowPredictionsHook(Hook):
             self.written += 1
 
     def draw(self, sample, image, data_batch, i: int):
-        if hasattr(sample, "pred_instances"):
+        if hasattr(sample, "pred_instances") and not isinstance(sample, dict):
             inst = sample.pred_instances
             return drawing.draw_detection(image, inst.bboxes, inst.labels, inst.scores,
                                           masks=inst.masks if "masks" in inst else None,
@@ -74,6 +89,11 @@ class ShowPredictionsHook(Hook):
             raise ValueError(f"--show-dir cannot draw a {type(sample).__name__} prediction")
         if "pred_score" in sample:
             return drawing.draw_classification(image, sample["pred_score"], self.class_names, topk=self.topk)
+        if "pred_instances_3d" in sample:
+            inst = sample["pred_instances_3d"]
+            return drawing.draw_bev(inst["bboxes_3d"], inst["labels_3d"], inst.get("scores_3d"),
+                                    gt_boxes=sample.get("gt_boxes"), points=_frame_points(data_batch, i),
+                                    class_names=self.class_names, score_thr=self.score_thr)
         if "pred_disp" in sample:
             left = image[0] if getattr(image, "ndim", 0) == 4 else image  # (2, 3, H, W) pair -> left
             return drawing.draw_disparity(left, sample["pred_disp"])
@@ -81,4 +101,4 @@ class ShowPredictionsHook(Hook):
             target = next((sample[k] for k in ("gt", "target", "gt_img") if k in sample), None)
             return drawing.draw_restoration(image, sample["pred"], target)
         raise ValueError(f"--show-dir does not know how to draw a prediction with fields {sorted(sample)}; "
-                         f"expected pred_score, pred_instances, pred_sem_seg, pred_disp or pred")
+                         f"expected pred_score, pred_instances, pred_sem_seg, pred_instances_3d, pred_disp or pred")
