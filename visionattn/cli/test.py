@@ -9,8 +9,8 @@ CONFIG as for visionattn-train (a file, or a path under the shipped configs/). I
 - ``--out results.pkl``: every prediction, as plain dicts of numpy arrays; read it back with
   ``visionattn.evaluation.dump_predictions.load_predictions`` (no code runs while loading).
 - ``--show-dir DIR``: one picture per test sample in DIR (relative paths go under the work dir):
-  top-5 classes on the image, boxes/masks, segmentation colours, disparity colour map, or input |
-  restored | target, following the task.
+  top-5 classes on the image, boxes/masks, segmentation colours, disparity colour map, input |
+  restored | target, or a bird's-eye view of LiDAR points and 3-D boxes, following the task.
 - ``--tta``: test-time augmentation, for configs that define ``tta_model`` and ``tta_pipeline``
   (the ADE20K segmentation recipes inherit mmseg's multi-scale + flip).
 """
