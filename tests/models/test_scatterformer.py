@@ -195,6 +195,17 @@ def test_pillar_pool_max_starts_at_zero():
     torch.testing.assert_close(out, pool.norm(torch.zeros(2, 8)))
 
 
+def test_pillar_attention_equals_multihead_attention():
+    """The written-out single-query attention is nn.MultiheadAttention with the key padding mask."""
+    torch.manual_seed(0)
+    pool = AttnPillarPool(16, height=5, num_heads=4).train()
+    query, key, value = torch.randn(7, 16), torch.randn(7, 5, 16), torch.randn(7, 5, 16)
+    present = torch.rand(7, 5) > 0.4
+    present[:, 2] = True
+    ref = pool.self_attn(query[:, None], key, value, key_padding_mask=~present, need_weights=False)[0][:, 0]
+    torch.testing.assert_close(pool._attend(query, key, value, present), ref, atol=1e-6, rtol=1e-5)
+
+
 def _dense(features, indices, shape):
     dense = features.new_zeros(1, features.shape[1], *shape)
     i = indices.long()

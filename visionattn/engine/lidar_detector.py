@@ -131,31 +131,36 @@ class ScatterFormerDetector(TaskModel):
     # --- modes -----------------------------------------------------------------------------------
 
     def forward(self, inputs, data_samples=None, mode: str = "tensor"):
+        """``inputs``: ``dict(points, batch_size)``, a (N, 1 + C) points tensor with the frame-index column or a
+        list of per-frame (N_i, C) tensors; ``data_samples``: a list of per-frame dicts (or None)."""
         if mode not in MODES:
             raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
         points, batch_size = self._points(inputs, data_samples)
-        if mode == "tensor":
-            return self.network(points, batch_size)
         if batch_size is None:
             batch_size = int(points[:, 0].max().item()) + 1 if len(points) else 1
+        batch = dict(points=points, batch_size=batch_size)
+        if mode == "tensor":
+            return self._forward(batch)
         samples = self._samples(data_samples, batch_size)
-        if mode == "loss":
-            return self.loss(points, batch_size, samples)
-        return self.predict(points, batch_size, samples)
+        return self.loss(batch, samples) if mode == "loss" else self.predict(batch, samples)
 
-    def loss(self, points: torch.Tensor, batch_size: int, samples: List[Dict]) -> Dict[str, torch.Tensor]:
+    def _forward(self, batch: Dict) -> List[Dict[str, torch.Tensor]]:
+        return self.network(batch["points"], batch["batch_size"])
+
+    def loss(self, batch: Dict, samples: List[Dict]) -> Dict[str, torch.Tensor]:
         for i, s in enumerate(samples):
             if "gt_boxes" not in s or "gt_labels" not in s:
                 raise ValueError(f"data_samples[{i}] needs 'gt_boxes' (M, 7) and 'gt_labels' (M,) for mode='loss'; "
                                  f"it has {sorted(s)}")
-        maps = self.train_network()(points, batch_size)
+        maps = self.train_network()(batch["points"], batch["batch_size"])
         device = maps[0]["hm"].device
-        boxes = [torch.as_tensor(s["gt_boxes"], dtype=torch.float32, device=device).reshape(-1, 7) for s in samples]
+        boxes = [torch.as_tensor(s["gt_boxes"], dtype=torch.float32, device=device) for s in samples]
+        boxes = [b.reshape(-1, 7) if b.dim() < 2 else b[:, :7] for b in boxes]  # (M, 7+): extra columns unused
         labels = [torch.as_tensor(s["gt_labels"], dtype=torch.long, device=device).reshape(-1) for s in samples]
         return self.criterion(maps, boxes, labels)
 
-    def predict(self, points: torch.Tensor, batch_size: int, samples: List[Dict]) -> List[Dict]:
-        dets = predict_boxes_3d(self.network, points, batch_size=batch_size)
+    def predict(self, batch: Dict, samples: List[Dict]) -> List[Dict]:
+        dets = predict_boxes_3d(self.network, batch["points"], batch_size=batch["batch_size"])
         for sample, det in zip(samples, dets):
             sample["pred_instances_3d"] = dict(bboxes_3d=det["boxes"].detach().float().cpu(),
                                                scores_3d=det["scores"].detach().float().cpu(),

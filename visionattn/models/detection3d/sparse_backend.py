@@ -168,9 +168,11 @@ def _cached(conv: _SparseConv, x, backend: str, make):
         return x.indice_dict[key]
     out_indices, out_shape, table = make()
     # per kernel offset, the (output row, input row) pairs that exist: the convolution touches only these
-    valid = table >= 0
-    rows = [valid[k].nonzero().squeeze(1) for k in range(table.shape[0])]
-    result = (out_indices, list(out_shape), [(o, table[k, o]) for k, o in enumerate(rows)])
+    # (one nonzero and one count transfer for all offsets: each is a host sync on a GPU)
+    offset_of, rows = (table >= 0).nonzero(as_tuple=True)  # ordered by offset
+    counts = torch.bincount(offset_of, minlength=table.shape[0]).tolist()
+    result = (out_indices, list(out_shape),
+              [(o, table[k, o]) for k, o in enumerate(rows.split(counts))])
     if key is not None:
         x.indice_dict[key] = result
     return result
