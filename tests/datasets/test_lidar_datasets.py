@@ -38,7 +38,7 @@ def test_kitti_difficulty_levels():
 def test_kitti_sample_set(samples_root):
     train = KittiDetection3D(samples_root / "kitti3d", "train")
     val = KittiDetection3D(samples_root / "kitti3d", "val")
-    assert (len(train), len(val)) == (10, 4)
+    assert (len(train), len(val)) == (16, 6)
     frame = train[0]
     pts, sample = frame["points"], frame["data_samples"]
     assert pts.dtype == torch.float32 and pts.shape[1] == 4

@@ -193,3 +193,30 @@ def test_single_voxel_frame_runs_through_pipeline_and_network(kitti, samples_roo
         dets = model(batch["inputs"]["points"], batch_size=1, mode="predict")
     assert all(torch.isfinite(v).all() for v in maps[0].values()) and maps[0]["hm"].shape[-2:] == model.bev_shape
     assert len(dets) == 1 and dets[0]["boxes"].shape[1] == 7
+
+
+class _Rotated(torch.utils.data.Dataset):
+    def __init__(self):
+        self.rotation = GlobalRotation()
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        frame = dict(points=np.zeros((1, 4), np.float32), gt_boxes=np.array([[10, 0, 0, 4, 2, 1.5, 0]], np.float32))
+        return torch.from_numpy(self.rotation(frame)["gt_boxes"][:, 6])
+
+
+def test_unseeded_transforms_differ_between_epochs_of_restarted_workers():
+    """mmengine seeds numpy in each worker with the same value every epoch; the draws must still change."""
+    from functools import partial
+
+    from mmengine.dataset.utils import worker_init_fn
+
+    torch.manual_seed(0)
+    loader = torch.utils.data.DataLoader(_Rotated(), batch_size=4, num_workers=1, persistent_workers=False,
+                                         worker_init_fn=partial(worker_init_fn, num_workers=1, rank=0, seed=0))
+    epochs = [torch.cat(list(loader)) for _ in range(2)]
+    assert not torch.equal(epochs[0], epochs[1]) and len(epochs[0].unique()) == 4
+    torch.manual_seed(0)
+    assert torch.equal(torch.cat(list(loader)), epochs[0])  # reproducible from the main process's seed

@@ -5,7 +5,10 @@ arrays ``gt_boxes`` (M, 7) [x, y, z, dx, dy, dz, heading], ``gt_labels`` (M,) in
 ``gt_*`` key of :data:`PER_BOX_KEYS` (kept aligned when boxes are dropped or added).
 
 Randomness: ``seed=`` gives a transform its own generator (reproducible); without it every call
-draws a fresh generator from numpy's global state, which mmengine seeds per worker and rank.
+draws a fresh generator from numpy's global state (which mmengine seeds per worker and rank, and
+``RandomStateHook`` restores on resume) mixed, in a data worker, with the worker's torch seed: mmengine
+reseeds numpy identically each time workers restart (every epoch unless persistent), and the torch
+seed is what differs from epoch to epoch.
 
 Transforms (TRANSFORMS names): ``GTSampling`` (paste objects from OpenPCDet's GT database),
 ``RandomWorldFlip``, ``GlobalRotation``, ``GlobalScaling``, ``GlobalTranslation``, ``PointShuffle``,
@@ -36,7 +39,10 @@ def select_boxes(sample: Dict, keep: np.ndarray) -> Dict:
 
 
 def _rng(seeded: Optional[np.random.Generator]) -> np.random.Generator:
-    return seeded if seeded is not None else np.random.default_rng(np.random.randint(0, 2 ** 31 - 1))
+    if seeded is not None:
+        return seeded
+    worker = torch.utils.data.get_worker_info()
+    return np.random.default_rng([np.random.randint(0, 2 ** 31 - 1)] + ([worker.seed] if worker is not None else []))
 
 
 class _Random:

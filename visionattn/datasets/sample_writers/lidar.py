@@ -35,11 +35,12 @@ KITTI_CALIB = dict(
 
 
 def make_scene(rng: np.random.Generator, kinds: Sequence[str], ground_z: float, x_range: Tuple[float, float],
-               y_range: Tuple[float, float], ground_points: int = 2500, density: float = 2500.0
-               ) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+               y_range: Tuple[float, float], ground_points: int = 2500, density: float = 2500.0,
+               max_bearing: float = math.pi) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     """Points (N, 5) x, y, z, intensity, elongation; boxes (M, 7); kinds (M,) of the placed boxes.
 
-    Boxes are placed without BEV overlap (a kind that does not fit after 50 tries is left out);
+    Boxes are placed without BEV overlap, their centres within ``max_bearing`` of the +x axis (a kind
+    that does not fit after 50 tries is left out);
     each box gets ``density / distance`` points (at least 12) on its sides and top."""
     boxes, placed = [], []
     for kind in kinds:
@@ -49,7 +50,7 @@ def make_scene(rng: np.random.Generator, kinds: Sequence[str], ground_z: float, 
             size = np.array([l, w, h]) * (1 + jitter * rng.uniform(-1, 1, 3))
             box = np.array([x, y, ground_z + size[2] / 2, *size, rng.uniform(-math.pi, math.pi)])
             if all(math.hypot(x - b[0], y - b[1]) > 0.5 * (math.hypot(*size[:2]) + math.hypot(*b[3:5])) + 0.3
-                   for b in boxes) and math.hypot(x, y) > 3:
+                   for b in boxes) and math.hypot(x, y) > 3 and abs(math.atan2(y, x)) < max_bearing:
                 boxes.append(box)
                 placed.append(kind)
                 break
@@ -88,7 +89,7 @@ def _pickle(path: Path, obj) -> None:
 KITTI_NAMES = {"car": "Car", "pedestrian": "Pedestrian", "cyclist": "Cyclist", "van": "Van"}
 
 
-def write_kitti3d(root: Path, train: int = 10, val: int = 4, seed: int = 0,
+def write_kitti3d(root: Path, train: int = 16, val: int = 6, seed: int = 0,
                   x_range=(4.0, 24.0), y_range=(-10.0, 10.0), ground_points: int = 2500) -> None:
     """KITTI 3D object layout: ``training/{velodyne,label_2,calib,image_2}``, ``ImageSets/{train,val}.txt``,
     ``gt_database/`` + ``kitti_dbinfos_train.pkl`` (OpenPCDet's) over the training frames. Frame 1 has no object."""
@@ -105,7 +106,8 @@ def write_kitti3d(root: Path, train: int = 10, val: int = 4, seed: int = 0,
     for i, frame_id in enumerate(ids):
         kinds = [] if i == 1 else (["car"] * int(rng.integers(2, 5)) + ["pedestrian"] * int(rng.integers(1, 3))
                                    + ["cyclist"] * int(rng.integers(1, 3)) + (["van"] if i % 3 == 0 else []))
-        points, boxes, placed = make_scene(rng, kinds, -1.73, x_range, y_range, ground_points)
+        # objects inside camera 2's view (bearing < 35 degrees), as KITTI annotates them
+        points, boxes, placed = make_scene(rng, kinds, -1.73, x_range, y_range, ground_points, max_bearing=0.6)
         behind = rng.uniform(-20, -3, (200, 1))  # returns behind the camera, outside its field of view
         points = np.concatenate([points, np.concatenate([behind, rng.uniform(-10, 10, (200, 1)),
                                                          np.full((200, 1), -1.73), np.full((200, 2), 0.2)], 1)])
