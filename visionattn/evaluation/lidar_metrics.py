@@ -9,7 +9,7 @@ dict(bboxes_3d (n, 7), scores_3d (n,), labels_3d (n,)) next to the ground truth 
 **KITTI** (:class:`KittiMetric3D`, keys ``kitti/<class>_<3D|BEV|2D>_AP40_<easy|moderate|hard>`` and
 ``kitti/mAP40_<3D|BEV|2D>_<difficulty>``): our implementation of the official devkit protocol
 (``evaluate_object_3d_offline`` / the ``kitti_object_eval_python`` port that OpenPCDet and mmdet3d
-ship). mmdet3d 1.4.0's evaluator was not used: with this repository's pins it does not install
+ship; ``clean_data``, ``compute_statistics_jit``, ``get_thresholds`` and ``get_mAP_R40`` were read). mmdet3d 1.4.0's evaluator was not used: with this repository's pins it does not install
 (its ``numba`` needs numpy < 2.4 while the pinned opencv 5 needs numpy 2.x; pip backtracks without
 end) and its ``__init__`` refuses mmdet 3.3.0. What is reproduced, per class and difficulty:
 
@@ -45,8 +45,9 @@ change level. IoUs are computed in float64 (the devkit's GPU rotated IoU is floa
 0.7, Pedestrian 0.5, Cyclist 0.5. As there, the difficulty level only decides false negatives: every
 prediction matched to a box of its class is a true positive (also a LEVEL_2 box at LEVEL_1), a box
 missed counts at its level and above. Ground truth without points (``gt_num_points == 0``) and boxes
-farther than 100.5 m are dropped, as OpenPCDet's Waymo evaluation does. The precision / recall curve has one point per score cutoff
-(default 0, 0.01, ..., 0.99, 1, OpenPCDet's configuration of the binary; recall 0 gives precision 1),
+farther than 100.5 m are dropped, as OpenPCDet's Waymo evaluation does. The precision / recall curve has
+one point per score cutoff (default 0, 0.01, ..., 0.99, 1, OpenPCDet's configuration of the binary;
+recall 0 gives precision 1),
 and AP is the binary's integration (best precision at the same or a higher recall, recall gaps wider
 than 0.05 filled conservatively, trapezoids). APH weights each true positive by its heading accuracy
 ``1 - |dtheta| / pi`` (dtheta wrapped into [0, pi]) in the precision; a match of heading accuracy 0 is
