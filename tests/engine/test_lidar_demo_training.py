@@ -18,7 +18,8 @@ from visionattn.cli import train as train_cli
 from visionattn.engine import build_runner, load_config
 
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(importlib.util.find_spec("spconv") is None, reason="needs the 3d extra (spconv)")]
+              pytest.mark.skipif(importlib.util.find_spec("spconv") is None and importlib.util.find_spec("spconv_triton") is None,
+                                 reason="needs the 3d extra (spconv or spconv-triton)")]
 CONFIG = "configs/detection3d/scatterformer_synthetic_demo.py"
 KEYS = ("kitti/Car_BEV_AP40_moderate", "kitti/Car_3D_AP40_moderate", "kitti/Pedestrian_BEV_AP40_moderate",
         "kitti/Cyclist_BEV_AP40_moderate")

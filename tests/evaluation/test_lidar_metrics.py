@@ -309,6 +309,11 @@ def test_waymo_levels_and_empty_boxes():
     f = frame(gt[:2], scores=[0.9, 0.8], difficulty=[1, 1], gt_num_points=torch.tensor([0, 40]))
     out = waymo([f])
     assert out["waymo/Vehicle_AP_L1"] == pytest.approx(50.0)  # precision 0 then 1/2 at recall 1
+    # boxes beyond 100.5 m take no part: a far prediction is no false positive, a far box no false negative
+    far = np.array([[101.0, 0, 0, 4, 2, 1.5, 0], [0, -110, 0, 4, 2, 1.5, 0]])
+    f = frame(np.concatenate([gt[:2], far[:1]]), pred=np.concatenate([gt[:2], far[1:]]), scores=[0.8, 0.7, 0.9],
+              difficulty=[1, 1, 1])
+    assert waymo([f])["waymo/Vehicle_AP_L1"] == pytest.approx(100.0)
 
 
 def test_waymo_iou_threshold_per_class():
@@ -376,3 +381,25 @@ def test_waymo_average_precision_interpolation():
     assert waymo_average_precision([1.0], [0.5], recall_delta=1.0) == pytest.approx(0.75)
     # precision made non-increasing with recall: (0.5, 0.4) lifted to 0.8 by (1, 0.8)
     assert waymo_average_precision([0.4, 0.8], [0.5, 1.0]) == pytest.approx(0.8)
+
+
+def test_waymo_matchers():
+    from visionattn.evaluation.lidar_metrics import waymo_frame_match, waymo_frame_match_hungarian
+
+    # prediction 0 (0.9) overlaps boxes 0 and 1, prediction 1 (0.8) only box 0
+    iou = np.array([[0.8, 0.75], [0.75, 0.0]])
+    scores = np.array([0.9, 0.8])
+    np.testing.assert_array_equal(waymo_frame_match(iou, scores, 0.7), [0, -1])  # score first: one TP, one FP
+    cutoffs = np.array([0.0, 0.85, 0.95])
+    np.testing.assert_array_equal(waymo_frame_match_hungarian(iou, scores, cutoffs, 0.7),
+                                  [[1, 0], [0, -1], [-1, -1]])  # the assignment: both true positives
+    # below the threshold nothing is matched, even when the assignment pairs them
+    np.testing.assert_array_equal(waymo_frame_match_hungarian(np.array([[0.6]]), scores[:1], cutoffs[:1], 0.7), [[-1]])
+    with pytest.raises(ValueError, match="matcher"):
+        WaymoStyleMetric(matcher="greedy")
+    # both matchers agree where nothing competes
+    gt = cars(4)
+    f = [frame(gt, pred=gt[:3], difficulty=np.ones(4, np.int64))]
+    a = run(WaymoStyleMetric(class_names=WAYMO, matcher="score_first"), f)
+    b = run(WaymoStyleMetric(class_names=WAYMO, matcher="hungarian"), f)
+    assert a["waymo/Vehicle_AP_L1"] == b["waymo/Vehicle_AP_L1"] == pytest.approx(77.5)

@@ -116,3 +116,16 @@ def test_npy_inputs(load_tool, tmp_path):
 def _touch(path):
     path.write_bytes(b"")
     return path
+
+
+def test_empty_cloud_and_points_out_of_range(load_tool, tmp_path, small_model, capsys):
+    """No point, or none inside the range: the network sees an empty BEV map; outputs are still written."""
+    tool = load_tool("infer_lidar")
+    empty, far = tmp_path / "empty.bin", tmp_path / "far.bin"
+    np.zeros((0, 4), np.float32).tofile(empty)
+    np.array([[500.0, 0, 0, 0.5], [-3, 0, 0, 0.5]], np.float32).tofile(far)
+    for path in (empty, far):
+        out = tmp_path / path.stem
+        assert tool.main([str(path), "--random-weights", "--out", str(out), "--device", "cpu"]) == 0
+        assert (out / f"{path.stem}.txt").is_file() and cv2.imread(str(out / f"{path.stem}_bev.png")) is not None
+    assert "0 points" in capsys.readouterr().out

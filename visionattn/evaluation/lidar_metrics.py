@@ -9,7 +9,7 @@ dict(bboxes_3d (n, 7), scores_3d (n,), labels_3d (n,)) next to the ground truth 
 **KITTI** (:class:`KittiMetric3D`, keys ``kitti/<class>_<3D|BEV|2D>_AP40_<easy|moderate|hard>`` and
 ``kitti/mAP40_<3D|BEV|2D>_<difficulty>``): our implementation of the official devkit protocol
 (``evaluate_object_3d_offline`` / the ``kitti_object_eval_python`` port that OpenPCDet and mmdet3d
-ship). mmdet3d 1.4.0's evaluator was not used: with this repository's pins it does not install
+ship; ``clean_data``, ``compute_statistics_jit``, ``get_thresholds`` and ``get_mAP_R40`` were read). mmdet3d 1.4.0's evaluator was not used: with this repository's pins it does not install
 (its ``numba`` needs numpy < 2.4 while the pinned opencv 5 needs numpy 2.x; pip backtracks without
 end) and its ``__init__`` refuses mmdet 3.3.0. What is reproduced, per class and difficulty:
 
@@ -44,16 +44,20 @@ change level. IoUs are computed in float64 (the devkit's GPU rotated IoU is floa
 (``detection_metrics.cc``, ``metrics_utils.cc`` of waymo-open-dataset), with 3-D IoU thresholds Vehicle
 0.7, Pedestrian 0.5, Cyclist 0.5. As there, the difficulty level only decides false negatives: every
 prediction matched to a box of its class is a true positive (also a LEVEL_2 box at LEVEL_1), a box
-missed counts at its level and above. Ground truth without points (``gt_num_points == 0``) is dropped,
-as OpenPCDet's Waymo evaluation does. The precision / recall curve has one point per score cutoff
-(default 0, 0.01, ..., 0.99, 1, OpenPCDet's configuration of the binary; recall 0 gives precision 1),
+missed counts at its level and above. Ground truth without points (``gt_num_points == 0``) and boxes
+farther than 100.5 m are dropped, as OpenPCDet's Waymo evaluation does. The precision / recall curve has
+one point per score cutoff (default 0, 0.01, ..., 0.99, 1, OpenPCDet's configuration of the binary;
+recall 0 gives precision 1),
 and AP is the binary's integration (best precision at the same or a higher recall, recall gaps wider
 than 0.05 filled conservatively, trapezoids). APH weights each true positive by its heading accuracy
 ``1 - |dtheta| / pi`` (dtheta wrapped into [0, pi]) in the precision; a match of heading accuracy 0 is
-neither true nor false positive, as in the binary. Differences: the matching is greedy per frame by
-descending score (each prediction takes the free ground truth of highest IoU >= threshold) where the
-binary solves an assignment per score cutoff (Hungarian by default); no no-label-zone handling of
-predictions; IoU in float64 by :mod:`visionattn.ops.rotated_box_iou`. docs/scatterformer.md lists them.
+neither true nor false positive, as in the binary. Matching per frame, class and score cutoff: the
+assignment maximising the summed IoU over pairs with IoU >= threshold (the binary's default Hungarian
+matcher, here scipy's ``linear_sum_assignment``), or ``matcher='score_first'`` (the binary's
+``TYPE_SCORE_FIRST``: by descending score, each prediction takes the free box of highest IoU).
+Differences: the binary quantises IoUs before its assignment (exact ties can resolve differently), it
+does not count predictions overlapping a no-label zone as false positives (not handled here), and the
+IoU is ours (float64, :mod:`visionattn.ops.rotated_box_iou`). docs/scatterformer.md lists them.
 """
 import math
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -330,10 +334,10 @@ WAYMO_SCORE_CUTOFFS = tuple(np.append(np.arange(100) * 0.01, 1.0))  # OpenPCDet'
 
 
 def waymo_frame_match(iou: np.ndarray, scores: np.ndarray, min_overlap: float) -> np.ndarray:
-    """Greedy matching of one frame and class: (P,) index of the matched ground truth, -1 for none.
-    Predictions in descending score take the free ground truth of highest IoU >= ``min_overlap``. The
-    matches of the predictions above any score cutoff are the matching of that cutoff (greedy is nested).
-    Predictions overlapping nothing skip the loop."""
+    """Score-first matching of one frame and class (the binary's ``TYPE_SCORE_FIRST``): (P,) index of the
+    matched ground truth, -1 for none. Predictions in descending score take the free ground truth of
+    highest IoU >= ``min_overlap``. It is nested: the matches of the predictions above a score cutoff are
+    the matching of that cutoff. Predictions overlapping nothing skip the loop."""
     match = np.full(len(scores), -1, np.int64)
     if iou.size == 0:
         return match
@@ -346,6 +350,35 @@ def waymo_frame_match(iou: np.ndarray, scores: np.ndarray, min_overlap: float) -
             taken[i] = True
             match[j] = i
     return match
+
+
+def waymo_frame_match_hungarian(iou: np.ndarray, scores: np.ndarray, cutoffs: np.ndarray, min_overlap: float
+                                ) -> np.ndarray:
+    """The binary's default ``TYPE_HUNGARIAN`` matching, once per score cutoff: (K, P) index of the ground
+    truth matched to each prediction at each cutoff, -1 for none or below the cutoff. The assignment
+    maximises the summed IoU over pairs with IoU >= ``min_overlap`` (scipy's ``linear_sum_assignment``;
+    the binary quantises the IoU first, so exact ties may resolve differently)."""
+    from scipy.optimize import linear_sum_assignment
+
+    out = np.full((len(cutoffs), len(scores)), -1, np.int64)
+    if iou.size == 0:
+        return out
+    weight = np.where(iou >= min_overlap, iou, 0.0)
+    useful = weight.max(1) > 0  # predictions that can match something
+    above = scores[None, :] >= cutoffs[:, None]
+    solved = {}
+    for k in range(len(cutoffs)):
+        rows = np.flatnonzero(above[k] & useful)
+        key = rows.tobytes()
+        if key not in solved:
+            match = np.full(len(scores), -1, np.int64)
+            if len(rows):
+                r, c = linear_sum_assignment(weight[rows], maximize=True)
+                ok = weight[rows[r], c] > 0
+                match[rows[r[ok]]] = c[ok]
+            solved[key] = match
+        out[k] = solved[key]
+    return out
 
 
 def waymo_average_precision(precision: np.ndarray, recall: np.ndarray, recall_delta: float = 0.05) -> float:
@@ -379,6 +412,10 @@ class WaymoStyleMetric(BaseMetric):
         min_overlap: 3-D IoU threshold per class name (default Vehicle 0.7, Pedestrian 0.5, Cyclist 0.5).
         score_cutoffs: the points of the precision / recall curve (default 0, 0.01, ..., 0.99, 1).
         recall_delta: widest recall gap left unfilled in the AP integration (Waymo's default 0.05).
+        matcher: ``'hungarian'`` (the binary's default, OpenPCDet's configuration; an assignment per score
+            cutoff) or ``'score_first'`` (the binary's ``TYPE_SCORE_FIRST``: greedy by score, one pass).
+        distance_thresh: predictions and ground truth whose centre is farther than this + 0.5 m from the
+            sensor (in x, y) are left out, as OpenPCDet's Waymo evaluation does (default 100).
 
     Values are in percent; a class without ground truth at a level reports NaN and is left out of the mean.
     """
@@ -386,8 +423,13 @@ class WaymoStyleMetric(BaseMetric):
     default_prefix = "waymo"
 
     def __init__(self, class_names: Optional[Sequence[str]] = None, min_overlap: Optional[Mapping[str, float]] = None,
-                 score_cutoffs: Sequence[float] = WAYMO_SCORE_CUTOFFS, recall_delta: float = 0.05, **kwargs):
+                 score_cutoffs: Sequence[float] = WAYMO_SCORE_CUTOFFS, recall_delta: float = 0.05,
+                 matcher: str = "hungarian", distance_thresh: float = 100.0, **kwargs):
         super().__init__(**kwargs)
+        if matcher not in ("hungarian", "score_first"):
+            raise ValueError(f"WaymoStyleMetric: matcher must be 'hungarian' or 'score_first', got {matcher!r}")
+        self.matcher = matcher
+        self.distance_thresh = float(distance_thresh)
         self.class_names = tuple(class_names) if class_names else None
         self.min_overlap = dict(WAYMO_MIN_OVERLAP, **(min_overlap or {}))
         self.score_cutoffs = np.sort(np.asarray(score_cutoffs, np.float64))
@@ -406,10 +448,14 @@ class WaymoStyleMetric(BaseMetric):
             if len(row["gt_labels"]) != len(gt_boxes) or len(row["gt_difficulty"]) != len(gt_boxes):
                 raise ValueError(f"frame {row['frame_id']!r}: {len(gt_boxes)} gt_boxes but "
                                  f"{len(row['gt_labels'])} gt_labels and {len(row['gt_difficulty'])} gt_difficulty")
+            keep = np.linalg.norm(gt_boxes[:, :2], axis=1) < self.distance_thresh + 0.5
             if s.get("gt_num_points") is not None:
-                keep = _np(s["gt_num_points"], np.int64).reshape(-1) > 0
-                for key in ("gt_boxes", "gt_labels", "gt_difficulty"):
-                    row[key] = row[key][keep]
+                keep &= _np(s["gt_num_points"], np.int64).reshape(-1) > 0
+            for key in ("gt_boxes", "gt_labels", "gt_difficulty"):
+                row[key] = row[key][keep]
+            near = np.linalg.norm(boxes[:, :2], axis=1) < self.distance_thresh + 0.5
+            for key in ("boxes", "scores", "labels"):
+                row[key] = row[key][near]
             self.results.append(row)
 
     def _class_counts(self, results: List[Dict], c: int, name: str) -> Dict[str, np.ndarray]:
@@ -420,18 +466,25 @@ class WaymoStyleMetric(BaseMetric):
         for r in results:
             pm, gm = r["labels"] == c, r["gt_labels"] == c
             boxes, scores, gts, level = r["boxes"][pm], r["scores"][pm], r["gt_boxes"][gm], r["gt_difficulty"][gm]
-            match = waymo_frame_match(_iou("3D", boxes, gts), scores, self.min_overlap[name])
+            iou = _iou("3D", boxes, gts)
             above = scores[None, :] >= cutoffs[:, None]  # (K, P)
-            accuracy = np.zeros(len(scores))
-            accuracy[match >= 0] = heading_accuracy(boxes[match >= 0, 6], gts[match[match >= 0], 6])
+            if self.matcher == "hungarian":
+                match = waymo_frame_match_hungarian(iou, scores, cutoffs, self.min_overlap[name])
+            else:
+                match = np.where(above, waymo_frame_match(iou, scores, self.min_overlap[name])[None, :], -1)
+            matched = match >= 0  # (K, P), only predictions above the cutoff
+            accuracy = np.zeros(match.shape)
+            if matched.any():
+                k, j = np.nonzero(matched)
+                accuracy[k, j] = heading_accuracy(boxes[j, 6], gts[match[k, j], 6])
             # the binary skips true positives of heading accuracy <= 0 (neither TP nor FP)
-            tp = above & (match >= 0)[None, :] & (accuracy > 0)[None, :]
+            tp = matched & (accuracy > 0)
             total["tp"] += tp.sum(1)
-            total["ha"] += (tp * accuracy[None, :]).sum(1)
-            total["fp"] += (above & (match < 0)[None, :]).sum(1)
-            found = np.zeros((len(cutoffs), len(gts)), bool)  # ground truth matched above each cutoff
-            rows, cols = np.nonzero(above & (match >= 0)[None, :])
-            found[rows, match[cols]] = True
+            total["ha"] += (tp * accuracy).sum(1)
+            total["fp"] += (above & ~matched).sum(1)
+            found = np.zeros((len(cutoffs), len(gts)), bool)  # ground truth matched at each cutoff
+            k, j = np.nonzero(matched)
+            found[k, match[k, j]] = True
             for lv in (1, 2):  # a missed box counts at its level and above
                 total[f"fn{lv}"] += (~found & (level <= lv)[None, :]).sum(1)
         return total

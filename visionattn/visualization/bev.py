@@ -87,7 +87,7 @@ def draw_bev(points: np.ndarray, boxes: Optional[np.ndarray] = None, labels: Opt
             (float(np.percentile(z, 2)), float(np.percentile(z, 98))) if len(z) else (0.0, 1.0))
         level = np.clip((z - lo) / max(hi - lo, 1e-6), 0, 1)
         turbo = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_TURBO)[:, 0]  # (256, 3)
-        colours = turbo[np.round(level * 255).astype(np.int64)]
+        colours = turbo[np.round((0.15 + 0.85 * level) * 255).astype(np.int64)]  # turbo's darkest end skipped
         order = np.argsort(z, kind="stable")  # higher points drawn last (on top)
         image[px[inside, 1][order], px[inside, 0][order]] = colours[order]
 
