@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from visionattn.engine import attention_maps, drawing
+from visionattn.engine import attention_maps
+from visionattn.visualization import predictions as drawing
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

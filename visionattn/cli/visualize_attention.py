@@ -29,7 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..engine import attention_maps, drawing
+from ..engine import attention_maps
+from ..visualization import predictions as drawing
 from ..factory import create_model
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

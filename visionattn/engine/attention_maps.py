@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 
 from ..ops.bilevel_routing_attention import route
 from ..ops.match_attention import clamp_centers, match_attention, window_offsets
-from . import drawing
+from ..visualization import predictions as drawing
 
 
 # --- BiFormer ---------------------------------------------------------------------------------

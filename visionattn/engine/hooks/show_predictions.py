@@ -7,7 +7,8 @@ from mmengine.dist import master_only
 from mmengine.hooks import Hook
 
 from ...registry import HOOKS
-from .. import drawing
+from ...visualization import draw_bev
+from ...visualization import predictions as drawing
 
 
 def _image_of(sample, data_batch, i: int):
@@ -26,6 +27,10 @@ def _image_of(sample, data_batch, i: int):
         if isinstance(sample, dict) else None
     image = None if isinstance(inputs, dict) else inputs[i]  # LiDAR batches: dict(points, batch_size)
     return image, (Path(str(name)).stem if name is not None else None)
+
+
+def _cpu(x):
+    return x.detach().cpu() if hasattr(x, "detach") else x
 
 
 def _frame_points(data_batch, i: int):
@@ -90,10 +95,14 @@ class ShowPredictionsHook(Hook):
         if "pred_score" in sample:
             return drawing.draw_classification(image, sample["pred_score"], self.class_names, topk=self.topk)
         if "pred_instances_3d" in sample:
-            inst = sample["pred_instances_3d"]
-            return drawing.draw_bev(inst["bboxes_3d"], inst["labels_3d"], inst.get("scores_3d"),
-                                    gt_boxes=sample.get("gt_boxes"), points=_frame_points(data_batch, i),
-                                    class_names=self.class_names, score_thr=self.score_thr)
+            inst = {k: np.asarray(_cpu(v)) for k, v in sample["pred_instances_3d"].items()}
+            keep = inst["scores_3d"] >= self.score_thr
+            points, gt = _frame_points(data_batch, i), sample.get("gt_boxes")
+            bgr = draw_bev(np.zeros((0, 3)) if points is None else np.asarray(_cpu(points)),
+                           inst["bboxes_3d"][keep], inst["labels_3d"][keep], inst["scores_3d"][keep],
+                           gt_boxes=None if gt is None else np.asarray(_cpu(gt))[:, :7],
+                           class_names=self.class_names or ())
+            return bgr[..., ::-1]  # draw_bev writes OpenCV's BGR
         if "pred_disp" in sample:
             left = image[0] if getattr(image, "ndim", 0) == 4 else image  # (2, 3, H, W) pair -> left
             return drawing.draw_disparity(left, sample["pred_disp"])

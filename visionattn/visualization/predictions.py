@@ -1,7 +1,8 @@
-"""Pictures of predictions, one function per task, on (H, W, 3) uint8 RGB arrays.
+"""Pictures of predictions, one function per image task, on (H, W, 3) uint8 RGB arrays.
 
 Used by ``tools/test.py --show-dir`` (:class:`visionattn.engine.hooks.ShowPredictionsHook`) and
-``tools/visualize_attention.py``. Only numpy, PIL and matplotlib's colour maps: no OpenMMLab import.
+``tools/visualize_attention.py``; LiDAR frames are drawn by :mod:`.bev`. Only numpy, PIL and
+matplotlib's colour maps: no OpenMMLab import.
 """
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -147,59 +148,6 @@ def draw_disparity(left: Array, disparity: Array) -> np.ndarray:
 def draw_restoration(degraded: Array, restored: Array, target: Optional[Array] = None) -> np.ndarray:
     """Input | restored (| target when given), side by side."""
     return side_by_side(degraded, restored, *([] if target is None else [target]))
-
-
-def box_corners_bev(boxes: Array) -> np.ndarray:
-    """(N, 7+) boxes ``[x, y, z, dx, dy, dz, heading]`` -> (N, 4, 2) bird's-eye-view corners (x, y)."""
-    b = _numpy(boxes).reshape(-1, _numpy(boxes).shape[-1] if np.ndim(boxes) else 7).astype(np.float64)
-    half = np.array([[1, 1], [1, -1], [-1, -1], [-1, 1]], np.float64) * 0.5  # (4, 2)
-    local = half[None] * b[:, None, 3:5]  # (N, 4, 2)
-    c, s = np.cos(b[:, 6])[:, None], np.sin(b[:, 6])[:, None]
-    x = local[..., 0] * c - local[..., 1] * s + b[:, None, 0]
-    y = local[..., 0] * s + local[..., 1] * c + b[:, None, 1]
-    return np.stack((x, y), -1)
-
-
-def draw_bev(boxes: Array, labels: Array, scores: Optional[Array] = None, gt_boxes: Optional[Array] = None,
-             points: Optional[Array] = None, class_names: Optional[Sequence[str]] = None, score_thr: float = 0.3,
-             pixels_per_metre: float = 4.0, extent: Optional[float] = None) -> np.ndarray:
-    """Bird's-eye view of a LiDAR frame: points (N, 2+) in grey, ground-truth boxes in white and predicted
-    boxes scoring at least ``score_thr`` in their class colour (the heading edge drawn thicker).
-
-    Boxes ``[x, y, z, dx, dy, dz, heading]`` in metres; x to the right, y up. ``extent`` (m, half width of
-    the square view) defaults to the farthest box or point.
-    """
-    boxes, labels = _numpy(boxes).reshape(-1, 7), _numpy(labels).reshape(-1).astype(int)
-    scores = np.ones(len(boxes)) if scores is None else _numpy(scores).reshape(-1)
-    gt = np.zeros((0, 7)) if gt_boxes is None else _numpy(gt_boxes).reshape(-1, _numpy(gt_boxes).shape[-1])[:, :7]
-    pts = np.zeros((0, 2)) if points is None else _numpy(points)[:, :2]
-    if extent is None:
-        far = [np.abs(a).max() for a in (box_corners_bev(boxes), box_corners_bev(gt), pts) if a.size]
-        extent = max(far) * 1.05 if far else 10.0
-    size = int(round(2 * extent * pixels_per_metre))
-
-    def to_px(xy):
-        return np.stack(((xy[..., 0] + extent) * pixels_per_metre, (extent - xy[..., 1]) * pixels_per_metre), -1)
-
-    canvas = np.zeros((size, size, 3), np.uint8)
-    if len(pts):
-        p = np.round(to_px(pts)).astype(int)
-        inside = (p[:, 0] >= 0) & (p[:, 0] < size) & (p[:, 1] >= 0) & (p[:, 1] < size)
-        canvas[p[inside, 1], p[inside, 0]] = 110
-    pic = Image.fromarray(canvas)
-    draw = ImageDraw.Draw(pic)
-    colours = palette(int(labels.max()) + 1 if len(labels) else 1)
-    for corners in box_corners_bev(gt):
-        draw.polygon([tuple(v) for v in to_px(corners)], outline=(255, 255, 255))
-    keep = np.nonzero(scores >= score_thr)[0]
-    for i, corners in zip(keep, box_corners_bev(boxes[keep])):
-        c = tuple(int(v) for v in colours[labels[i]])
-        px = [tuple(v) for v in to_px(corners)]
-        draw.polygon(px, outline=c)
-        draw.line([px[0], px[1]], fill=c, width=3)  # the front edge (heading direction)
-        name = class_names[labels[i]] if class_names is not None and labels[i] < len(class_names) else str(labels[i])
-        draw.text(px[0], f"{name} {scores[i]:.2f}", fill=c)
-    return np.asarray(pic)
 
 
 def save_image(image: np.ndarray, path: Union[str, Path]) -> Path:
