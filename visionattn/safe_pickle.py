@@ -13,8 +13,10 @@ import numpy as np
 # numpy 2 renamed numpy.core to numpy._core; files written under either name must load.
 _CORES = ("numpy.core.multiarray", "numpy._core.multiarray")
 _DTYPES = ("bool", "int8", "int16", "int32", "int64", "uint8", "float16", "float32", "float64")
-# (module, name) a data pickle may refer to; _codecs.encode is how Python 2 pickles store bytes.
+# (module, name) a data pickle may refer to; _codecs.encode is how Python 2 pickles store bytes;
+# numeric._frombuffer (an array from its raw bytes, dtype and shape) is how protocol 5 stores arrays.
 _ALLOWED = {*((core, name) for core in _CORES for name in ("_reconstruct", "scalar")),
+            *((core.replace("multiarray", "numeric"), "_frombuffer") for core in _CORES),
             ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
             *(("numpy.dtypes", type(np.dtype(t)).__name__) for t in _DTYPES)}
 

@@ -33,12 +33,13 @@ def files(tmp_path_factory, samples_root):
     (d / "garbled.png").write_bytes(bytes(garbled))
     nii = samples_root / "restoration_medical" / "restore_rwkv" / "MRI" / "test" / "LQ" / "MRI100.nii"
     (d / "truncated.nii").write_bytes(nii.read_bytes()[:400])
+    np.zeros((16, 4), np.float32).tofile(d / "points.bin")
     (d / "config.py").write_text(
         f"_base_ = [{str(REPO / 'configs' / 'classification' / 'demo.py')!r}]\n"
         f"data_root = {str(samples_root / 'imagenet')!r}\nmodel = dict(network='test_resnet')\n")
     return dict(dir=d, left=scene / "im0.png", right=scene / "im1.png", small_right=d / "small_right.png",
                 garbage=d / "garbage.pth", whole=d / "whole.pth", truncated=d / "truncated.pth", garbled=d / "garbled.png",
-                face=face, nii=nii, truncated_nii=d / "truncated.nii", config=d / "config.py",
+                face=face, nii=nii, points=d / "points.bin", truncated_nii=d / "truncated.nii", config=d / "config.py",
                 missing=d / "missing.file")
 
 
@@ -94,6 +95,13 @@ CASES = [
                     "ch_mult=(1,1,1,1,1,1)", "num_res_blocks=1", "z_channels=32", "embed_dim=32", "n_embed=64",
                     "--device", "cpu"], ["--upscale"], "ours"),
     ("infer_face", ["{face}", "--dtype", "int8"], ["int8"], "argparse"),
+    ("infer_lidar", ["{points}"], ["--random-weights", "--checkpoint"], "ours"),
+    ("infer_lidar", ["{points}", "--random-weights", "--gt", "{missing}"], ["--calib"], "ours"),
+    ("infer_lidar", ["{points}", "--random-weights", "--score-thr", "2"], ["--score-thr"], "ours"),
+    ("infer_lidar", ["{points}", "--checkpoint", "{garbage}", "--pretrained"], ["not both"], "ours"),
+    ("infer_lidar", ["{points}", "--image-shape", "3"], ["--image-shape"], "argparse"),
+    ("visualize_attention", ["biformer", "{missing}", "--out-dir", "{dir}/v"], ["missing.file"], "ours"),
+    ("visualize_attention", ["nofamily"], ["nofamily"], "argparse"),
 ]
 
 
@@ -154,7 +162,7 @@ def test_every_program_uses_the_shared_error_handling():
                if line.strip()]
     from visionattn.cli import console
 
-    programs = set()
+    programs = {"visualize_attention"}  # run as python -m visionattn.cli.visualize_attention, not installed
     for target in scripts:
         module, func = target.split(":")
         assert module == "visionattn.cli.console"

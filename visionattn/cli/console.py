@@ -135,3 +135,7 @@ def infer_restore() -> int:
 
 def infer_face() -> int:
     return run("infer_face")
+
+
+def infer_lidar() -> int:
+    return run("infer_lidar")
