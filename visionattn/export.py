@@ -13,7 +13,8 @@ Formats:
 - ``export``: a ``torch.export`` ExportedProgram saved with ``torch.export.save`` (``.pt2``), loaded
   with ``torch.export.load(path).module()``.
 - ``torchscript``: ``torch.jit.trace`` (the traced graph of this input size), loaded with
-  ``torch.jit.load``.
+  ``torch.jit.load``. A network whose output mixes tensors and lists returns its tensors as one
+  flat tuple (dict values in order, lists expanded).
 
 Files have the static input shape they were exported with. Networks that cannot be exported say
 why (:data:`UNSUPPORTED`). ``python tools/export.py MODEL --format onnx --out model.onnx`` is the
@@ -88,6 +89,26 @@ def flat_outputs(out) -> List[torch.Tensor]:
     return []
 
 
+class _FlatOutputs(nn.Module):
+    """``model``'s outputs as a flat tuple of tensors (:func:`flat_outputs` order): what
+    ``torch.jit.trace`` takes from a network whose output mixes tensors and lists (MatchStereo)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs):
+        return tuple(flat_outputs(self.model(*inputs)))
+
+
+def _plain(out) -> bool:
+    """A tensor, or a tuple/list/dict of tensors: what ``torch.jit.trace`` can type."""
+    if isinstance(out, torch.Tensor):
+        return True
+    values = out.values() if isinstance(out, dict) else out if isinstance(out, (list, tuple)) else None
+    return values is not None and all(isinstance(v, torch.Tensor) for v in values)
+
+
 def _output_names(out) -> Optional[List[str]]:
     if isinstance(out, dict) and all(isinstance(v, torch.Tensor) for v in out.values()):
         return list(out)
@@ -129,7 +150,8 @@ def export_model(model: nn.Module, inputs: Sequence[torch.Tensor], fmt: str, out
             elif fmt == "export":
                 torch.export.save(torch.export.export(model, inputs), str(out))
             else:
-                traced = torch.jit.trace(model, inputs, strict=False, check_trace=False)
+                target = model if _plain(model(*inputs)) else _FlatOutputs(model)
+                traced = torch.jit.trace(target, inputs, strict=False, check_trace=False)
                 torch.jit.save(traced, str(out))
         except ExportError:
             raise
