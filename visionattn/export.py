@@ -42,6 +42,12 @@ UNSUPPORTED: Dict[str, Dict[str, str]] = {
 }
 
 
+UNSUPPORTED["matchstereo"] = {"onnx": (
+    "the ONNX file is written and runs in onnxruntime, but its outputs differ from PyTorch (the initial "
+    "global-matching field by pixels at 192x224; onnx 1.23.2, onnxruntime 1.32.0): an operator of the "
+    "initial matching is translated wrongly. Use --format export or torchscript, which match PyTorch")}
+
+
 class ExportError(RuntimeError):
     """A network cannot be saved in the asked format; the message says why."""
 
