@@ -39,8 +39,9 @@ from timm.models.vision_transformer import checkpoint_filter_fn as timm_checkpoi
 from ...hub import extract_state_dict, read_checkpoint
 from ...registry import register_converter
 from ...ops.grouped_query_attention import grouped_query_attention, kv_head_index
+from ..input_contract import check_divides, check_images, check_int, check_num_classes, check_rate
 
-__all__ = ["GroupedQueryAttention", "KeyDrivenGQA", "DynamicGQA", "PerturbedGQA", "allocate_queries",
+__all__ = ["GQAVisionTransformer", "GroupedQueryAttention", "KeyDrivenGQA", "DynamicGQA", "PerturbedGQA", "allocate_queries",
            "key_head_norms", "checkpoint_filter_fn", "convert_mha_to_gqa", "convert_official", "ATTENTIONS"]
 
 
@@ -332,6 +333,51 @@ class GroupedQueryBlock(Block):
                              **(attn_kwargs or {}))
 
 
+class GQAVisionTransformer(VisionTransformer):
+    """timm's ``VisionTransformer`` (same modules, keys and behaviour) with the library's input check at
+    its entry points: (B >= 1, in_chans, H, W) floats in the model's dtype and device, and H x W the
+    model's ``img_size`` unless it was built with ``dynamic_img_size=True`` (position embeddings
+    interpolated; then H and W multiples of the patch size, or any size with ``dynamic_img_pad=True``).
+    """
+
+    def check_input(self, x: torch.Tensor) -> None:
+        pe = self.patch_embed
+        fixed = tuple(pe.img_size) if pe.img_size is not None and pe.strict_img_size else None
+        multiple = 1 if pe.dynamic_img_pad or fixed else pe.patch_size[0]
+        check_images(x, network=f"{type(self).__name__} ({getattr(self, 'pretrained_cfg', {}).get('architecture', 'ViT')})",
+                     channels=pe.proj.in_channels, like=pe.proj.weight, fixed_size=fixed, multiple=multiple,
+                     min_size=1 if pe.dynamic_img_pad else pe.patch_size[0],
+                     size_hint="or build the model with dynamic_img_size=True (position embeddings are then "
+                               "interpolated to the input size)",
+                     pad_hint="resize to a multiple of the patch size, or build with dynamic_img_pad=True")
+
+    def forward_features(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        self.check_input(x)
+        return super().forward_features(x, *args, **kwargs)
+
+    def forward_intermediates(self, x: torch.Tensor, *args, **kwargs):
+        self.check_input(x)
+        return super().forward_intermediates(x, *args, **kwargs)
+
+
+def _check_vit_args(kwargs: Dict) -> None:
+    """The ViT constructor arguments timm does not check, with name, value and range."""
+    owner = "GQA ViT"
+    for arg, minimum in (("in_chans", 1), ("depth", 1), ("embed_dim", 1), ("num_heads", 1), ("patch_size", 1)):
+        if arg in kwargs and not isinstance(kwargs[arg], (tuple, list)):
+            check_int(owner, arg, kwargs[arg], minimum)
+    if "num_classes" in kwargs:
+        check_num_classes(owner, kwargs["num_classes"])
+    for arg in ("drop_rate", "drop_path_rate", "attn_drop_rate", "proj_drop_rate", "pos_drop_rate", "patch_drop_rate"):
+        if arg in kwargs:
+            check_rate(owner, arg, kwargs[arg])
+    if "embed_dim" in kwargs or "num_heads" in kwargs:
+        check_divides(owner, "num_heads", kwargs["num_heads"], "embed_dim", kwargs["embed_dim"])
+    img, patch = kwargs.get("img_size"), kwargs.get("patch_size")
+    if isinstance(img, int) and isinstance(patch, int) and (img < patch or img % patch):
+        raise ValueError(f"{owner}: img_size={img} must be a multiple of patch_size={patch}")
+
+
 # --- checkpoints -------------------------------------------------------------------------------
 
 def _attn_layers(model: nn.Module):
@@ -477,9 +523,16 @@ def _create(size: str, attn: str, pretrained: bool = False, **kwargs) -> VisionT
     else:
         attn_kwargs.setdefault("num_kv_heads", _DEFAULT_KV_HEADS[size])
     out_indices = kwargs.pop("out_indices", 3)
+    _check_vit_args({"patch_size": 16, "img_size": 224, **_ARCH[size], **kwargs})
+    depth = kwargs.get("depth", _ARCH[size]["depth"])
+    if kwargs.get("features_only") and isinstance(out_indices, int) and not 0 < out_indices <= depth:
+        raise ValueError(f"vit_{size}_patch16_224_{attn}: out_indices={out_indices} (the last n blocks) must be in "
+                         f"[1, depth={depth}]")
+    heads_kv = attn_kwargs["num_kv_heads"]
+    check_int(f"vit_{size}_patch16_224_{attn}", "num_kv_heads", heads_kv, 1, heads)
     block_fn = partial(GroupedQueryBlock, attn_cls=ATTENTIONS[attn], attn_kwargs=attn_kwargs)
     return build_model_with_cfg(
-        VisionTransformer, f"vit_{size}_patch16_224_{attn}", pretrained,
+        GQAVisionTransformer, f"vit_{size}_patch16_224_{attn}", pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
         **{"patch_size": 16, "img_size": 224, **_ARCH[size], **kwargs, "block_fn": block_fn},
