@@ -40,7 +40,7 @@ def channel_fix(got: int, want: int, shape: Tuple[int, ...]) -> str:
         return "repeat a grayscale image with x.expand(-1, 3, -1, -1)"
     if got in (3, 4) and want == 1:
         return "convert to one channel first (e.g. x[:, :3].mean(1, keepdim=True))"
-    return f"convert the images to {want} channels (or build the model with in_chans={got})"
+    return f"convert the images to {want} channel{'' if want == 1 else 's'}"
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
