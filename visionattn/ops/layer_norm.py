@@ -18,6 +18,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
+from ._checks import param_dtypes, check_number, check_params, check_tensors
 from ._layer_norm_triton import rows_are_a_view  # importing it registers the custom op
 from ._triton import can_run, interpreting, triton_available  # noqa: F401 (the last two re-exported)
 from .dispatch import pick
@@ -38,6 +39,14 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
 
     Returns a contiguous ``(..., D)`` tensor in ``x``'s dtype (statistics in float32).
     """
+    op = "layer_norm"
+    check_tensors(op, dict(x=x))
+    if weight is None:
+        raise TypeError("layer_norm: weight must be a (D,) tensor, got None")
+    check_params(op, x, dict(weight=weight, bias=bias), param_dtypes(x))
+    if x.dim() < 1 or x.shape[-1] < 1:
+        raise ValueError(f"layer_norm: x must be (..., D) with D >= 1, got {tuple(x.shape)}")
+    eps = check_number(op, "eps", eps, 0.0)
     if weight.dim() != 1 or weight.shape[0] != x.shape[-1]:
         raise ValueError(f"layer_norm: weight of shape {tuple(weight.shape)} does not match the last axis "
                          f"of x {tuple(x.shape)}")
