@@ -125,7 +125,7 @@ def _check_dtype_device(x: torch.Tensor, network: str, name: str, like: Optional
                 fix = f"cast with x.to(torch.{_dtype_name(like.dtype)}), or run under torch.autocast"
             raise ValueError(f"{network} runs in {_dtype_name(like.dtype)} but got {name} of dtype "
                              f"{_dtype_name(dtype)}; {fix}")
-    if like is not None and x.device != like.device and not (like.is_meta or x.is_meta):
+    if like is not None and x.device != like.device and not like.is_meta:
         raise ValueError(f"{network} is on {like.device} but got {name} on {x.device}; move them with "
                          f"x.to('{like.device}') (or the model with model.to('{x.device}'))")
 

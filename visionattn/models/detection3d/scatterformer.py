@@ -153,7 +153,7 @@ class ScatterFormer(nn.Module):
             raise ValueError(f"ScatterFormer takes float32 points (float16/bfloat16 accepted), got "
                              f"{str(points.dtype).replace('torch.', '')}; cast with points.float()")
         like = next(self.parameters(), None)
-        if like is not None and not like.is_meta and not points.is_meta and points.device != like.device:
+        if like is not None and not like.is_meta and points.device != like.device:
             raise ValueError(f"ScatterFormer is on {like.device} but got points on {points.device}; move them with "
                              f"points.to('{like.device}')")
 

@@ -604,6 +604,9 @@ def _register(name: str, variant: str, task: str, checkpoint: str):
                       paper="arXiv 2510.14260", official_params=OFFICIAL_PARAM_COUNTS[variant],
                       official_checkpoint=checkpoint)
     def build(**kwargs) -> MatchStereo:
+        if "task" in kwargs or "dims" in kwargs:
+            raise ValueError(f"{name} fixes task={task!r} and dims={VARIANT_DIMS[variant]}; pick the network of "
+                             f"the task and size you want (`visionattn.list_models('match*')`)")
         return MatchStereo(VARIANT_DIMS[variant], task=task, **kwargs)
 
     build.__name__ = name
