@@ -554,6 +554,8 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Modul
         else:
             continue  # e.g. neck/head of a detector checkpoint
         if key not in target:
+            if ours and not key[len(prefix):].startswith(_PRUNABLE):
+                out[key] = value  # a key of our layout the model lacks: left for the strict load to name
             continue
         if value.shape != target[key].shape:
             if value.numel() != target[key].numel():
@@ -564,6 +566,11 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Modul
     if not any(".stage_norms." in f".{k}" for k in out):
         out.update({k: v for k, v in target.items() if ".stage_norms." in f".{k}"})
     return out
+
+
+# what a model may lack that a checkpoint of our layout has: the classifier (features_only), the final
+# norm (pruned) and the dense-only per-stage norms (a classifier)
+_PRUNABLE = ("head.", "norm.", "stage_norms.")
 
 
 @register_converter("ffnet")
