@@ -20,7 +20,23 @@ def _name(dtype: torch.dtype) -> str:
 def check_tensors(op: str, tensors: Dict[str, Optional[torch.Tensor]], *, floating: bool = True,
                   same_dtype: bool = True) -> None:
     """The named tensors (None entries skipped) are tensors on one device; floating point if
-    ``floating``; of one dtype if ``same_dtype``."""
+    ``floating``; of one dtype if ``same_dtype``. The happy path is one loop of attribute reads."""
+    first = None
+    for t in tensors.values():
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor) or (floating and not t.is_floating_point()):
+            break
+        if first is None:
+            first = t
+        elif t.device != first.device or (same_dtype and t.dtype != first.dtype):
+            break
+    else:
+        return
+    _raise_tensors(op, tensors, floating, same_dtype)
+
+
+def _raise_tensors(op: str, tensors: Dict[str, Optional[torch.Tensor]], floating: bool, same_dtype: bool) -> None:
     given = {k: t for k, t in tensors.items() if t is not None}
     for key, t in given.items():
         if not isinstance(t, torch.Tensor):
@@ -28,8 +44,6 @@ def check_tensors(op: str, tensors: Dict[str, Optional[torch.Tensor]], *, floati
         if floating and t.dtype not in _FLOATS:
             raise ValueError(f"{op}: {key} must be a floating-point tensor, got {_name(t.dtype)}; cast it with "
                              f"{key}.float()")
-    if not given:
-        return
     first_key, first = next(iter(given.items()))
     for key, t in given.items():
         if t.device != first.device:
@@ -47,6 +61,7 @@ def check_params(op: str, like: torch.Tensor, params: Dict[str, Optional[torch.T
     """Per-channel parameters (None skipped): floating tensors on ``like``'s device, of a dtype in
     ``dtypes`` (default: any floating dtype)."""
     allowed = tuple(dtypes) if dtypes is not None else _FLOATS
+    device = like.device
     for key, t in params.items():
         if t is None:
             continue
@@ -55,8 +70,8 @@ def check_params(op: str, like: torch.Tensor, params: Dict[str, Optional[torch.T
         if t.dtype not in allowed:
             raise ValueError(f"{op}: {key} has dtype {_name(t.dtype)}; it must be one of "
                              f"{', '.join(_name(d) for d in allowed)} (cast it with {key}.to({_name(allowed[0])}))")
-        if t.device != like.device:
-            raise ValueError(f"{op}: {key} is on {t.device} but the input is on {like.device}; move it with "
+        if t.device != device:
+            raise ValueError(f"{op}: {key} is on {t.device} but the input is on {device}; move it with "
                              f"{key}.to(x.device)")
 
 
