@@ -82,8 +82,9 @@ def check_images(x, *, network: str, channels: Optional[Union[int, Sequence[int]
         allowed = (channels,) if isinstance(channels, int) else tuple(channels)
         if shape[1] not in allowed:
             want = " or ".join(str(c) for c in allowed)
-            raise ValueError(f"{network} takes {name} with {want} channel{'' if allowed == (1,) else 's'}, got "
-                             f"{shape[1]} (shape {shape}); {channel_fix(shape[1], allowed[0], shape)}")
+            raise ValueError(f"{network} takes {name} (B, {want}, H, W) with {want} channel"
+                             f"{'' if allowed == (1,) else 's'}, got {shape[1]} (shape {shape}); "
+                             f"{channel_fix(shape[1], allowed[0], shape)}")
     _check_dtype_device(x, network, name, like, casts, dtypes)
     H, W = shape[-2:]
     if fixed_size is not None:

@@ -38,10 +38,16 @@ def check_tensors(op: str, tensors: Dict[str, Optional[torch.Tensor]], *, floati
 
 def _raise_tensors(op: str, tensors: Dict[str, Optional[torch.Tensor]], floating: bool, same_dtype: bool) -> None:
     given = {k: t for k, t in tensors.items() if t is not None}
+    names = ", ".join(given)
     for key, t in given.items():
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {key} must be a torch.Tensor, got {type(t).__name__}")
+    for key, t in given.items():
         if floating and t.dtype not in _FLOATS:
+            if len(given) > 1 and same_dtype:
+                listing = ", ".join(f"{k} {_name(v.dtype)}" for k, v in given.items())
+                raise ValueError(f"{op}: {names} must share one floating dtype (float16, bfloat16, float32, float64), "
+                                 f"got {listing}; cast with {key}.float()")
             raise ValueError(f"{op}: {key} must be a floating-point tensor, got {_name(t.dtype)}; cast it with "
                              f"{key}.float()")
     first_key, first = next(iter(given.items()))
@@ -52,7 +58,8 @@ def _raise_tensors(op: str, tensors: Dict[str, Optional[torch.Tensor]], floating
                              f"{key}.to({first_key}.device)")
         if same_dtype and t.dtype != first.dtype:
             listing = ", ".join(f"{k} {_name(v.dtype)}" for k, v in given.items())
-            raise ValueError(f"{op}: {', '.join(given)} must share one dtype, got {listing}; cast them to one, "
+            kind = "floating dtype" if floating else "dtype"
+            raise ValueError(f"{op}: {names} must share one {kind}, got {listing}; cast them to one, "
                              f"e.g. {key}.to({first_key}.dtype)")
 
 
@@ -82,7 +89,10 @@ def param_dtypes(x: torch.Tensor) -> tuple:
 
 
 def check_int(op: str, name: str, value, minimum: Optional[int] = 1, maximum: Optional[int] = None) -> int:
-    """``value`` is an integer (not a bool) in [minimum, maximum]; returns it as an int."""
+    """``value`` is an integer (not a bool) in [minimum, maximum]; returns it as an int (a symbolic
+    size of a traced shape is returned as it is)."""
+    if isinstance(value, torch.SymInt):
+        return value
     if isinstance(value, bool) or not isinstance(value, Integral):
         raise TypeError(f"{op}: {name} must be an integer, got {value!r} ({type(value).__name__})")
     value = int(value)
@@ -93,13 +103,16 @@ def check_int(op: str, name: str, value, minimum: Optional[int] = 1, maximum: Op
             allowed = f"<= {maximum}"
         else:
             allowed = f"in [{minimum}, {maximum}]"
-        raise ValueError(f"{op}: {name}={value} is out of range; it must be an integer {allowed}")
+        raise ValueError(f"{op}: {name} must be {allowed} (an integer), got {value}")
     return value
 
 
 def check_number(op: str, name: str, value, minimum: Optional[float] = None, maximum: Optional[float] = None,
                  positive: bool = False) -> float:
-    """``value`` is a finite real number (> 0 if ``positive``, within [minimum, maximum]); returns a float."""
+    """``value`` is a finite real number (> 0 if ``positive``, within [minimum, maximum]); returns a float
+    (a symbolic value of a traced graph is returned as it is)."""
+    if isinstance(value, (torch.SymFloat, torch.SymInt)):
+        return value
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
         raise ValueError(f"{op}: {name} must be a finite number, got {value!r}")
     value = float(value)
