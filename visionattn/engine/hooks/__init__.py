@@ -1,6 +1,7 @@
 """mmengine hooks of visionattn (mmengine's own, e.g. EMAHook, are used directly)."""
+from .gt_sampling_off import GTSamplingOffHook
 from .random_state import RandomStateHook
 from .train_speed import TrainSpeedHook
 from .training_curves import TrainingCurvesHook
 
-__all__ = ["RandomStateHook", "TrainSpeedHook", "TrainingCurvesHook"]
+__all__ = ["GTSamplingOffHook", "RandomStateHook", "TrainSpeedHook", "TrainingCurvesHook"]
