@@ -536,13 +536,13 @@ class MatchStereo(nn.Module):
         """The input contract (shapes, dtypes, device; no host synchronisation): values and padding are
         inference's job."""
         like = self.encoder.downsample_layers[0][0].weight
-        for name, img in (("left images", left), ("right images", right)):
+        for name, img in (("left RGB images", left), ("right RGB images", right)):
             check_images(img, network="MatchStereo", channels=3, like=like, casts=True, dtypes=INPUT_DTYPES,
                          multiple=self.size_multiple, min_size=self.min_size, name=name,
                          pad_hint="visionattn.inference.predict_stereo(model, left, right) pads any size and crops "
                                   "the outputs back")
-        if not tracing(left) and left.shape != right.shape:
-            raise ValueError(f"left {tuple(left.shape)} and right {tuple(right.shape)} images differ in shape")
+            if img is left and isinstance(right, torch.Tensor) and not tracing(left) and left.shape != right.shape:
+                raise ValueError(f"left {tuple(left.shape)} and right {tuple(right.shape)} images differ in shape")
 
     def forward(self, left: torch.Tensor, right: torch.Tensor,
                 init_field: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
