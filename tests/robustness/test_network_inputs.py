@@ -195,3 +195,22 @@ def test_case_count():
     print(f"\nrobustness: {len(INPUT_CASES)} network x bad-input cases and {len(CTOR_CASES)} network x bad-argument "
           f"cases over {len(MODELS)} networks (+7 create_model names) = {total}")
     assert len(MODELS) >= 30
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("family", sorted(TINY))
+def test_cuda_autocast_and_bfloat16_inputs_pass_the_check(family):
+    """The check must not refuse what mixed precision feeds a network: float32 inputs under autocast,
+    bfloat16 inputs to a bfloat16 network (LiDAR points stay float32)."""
+    name = next(n for n in MODELS if _family(n) == family)
+    model, inputs = built(name)
+    model = model.cuda()
+    cuda_inputs = tuple(t.cuda() if isinstance(t, torch.Tensor) else t for t in inputs)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        model(*cuda_inputs)
+    model = model.to(torch.bfloat16)
+    cast = tuple(t.to(torch.bfloat16) if isinstance(t, torch.Tensor) and family != "scatterformer" else t
+                 for t in cuda_inputs)
+    with torch.no_grad():
+        model(*cast)
+    model.float().cpu()
