@@ -10,7 +10,7 @@
   to ``example_inputs``. Otherwise it is a model name (``visionattn.list_models()`` or timm) run at
   its default input size (``--shape h=.. w=..`` overrides) under ``ops.dispatch.use_impl(impl)``.
 - ``--impl``/``--compare``: implementations to compare (ops: default all of ``IMPLS``; models:
-  ``auto``). ``--official path.py:fn`` adds an ``official`` row: for an op ``fn(**inputs)``, for a
+  ``auto``; for a model, ``op:impl[+op:impl]`` forces single ops, e.g. ``layer_norm:reference``). ``--official path.py:fn`` adds an ``official`` row: for an op ``fn(**inputs)``, for a
   model ``fn(**model_kwargs) -> nn.Module``, given our model's weights through the family converter
   so outputs compare; with ``--checkpoint`` (weights for our model, e.g. a trained state such as
   DGQA's group allocation) the official callable loads its own and nothing is shared. Official
@@ -246,15 +246,28 @@ def known_impls() -> set:
     return names
 
 
+def _scoped_impl_known(impl: str) -> bool:
+    """``op:impl[+op:impl...]`` (forces single ops, see ``use_impl``): each op exists and has the impl."""
+    if ":" not in impl:
+        return False
+    for pair in impl.split("+"):
+        op, _, name = pair.partition(":")
+        module = find_op(op)
+        if module is None or name not in (*module.IMPLS, "reference"):
+            return False
+    return True
+
+
 def model_cases(name: str, impls: List[str], official: Optional[Callable], args, device, dtype):
     """(impl, fn, batch, prime) for a model: one model and one input batch shared by every
     implementation; ``prime`` (graphed rows) is the same call without the graph."""
     import visionattn
     from visionattn.ops.dispatch import use_impl
 
-    unknown = sorted(set(impls) - known_impls() - {"official"})
+    unknown = sorted(i for i in set(impls) - known_impls() - {"official"} if not _scoped_impl_known(i))
     if unknown:
-        raise ValueError(f"no op of visionattn has implementation(s) {unknown}; choose from {sorted(known_impls())}")
+        raise ValueError(f"no op of visionattn has implementation(s) {unknown}; choose from {sorted(known_impls())} "
+                         f"or force single ops with op:impl (e.g. layer_norm:reference)")
     ours = visionattn.create_model(name, checkpoint=args.checkpoint, **args.model_kwargs)
     ours, inputs = _prepare(ours, name, args, device, dtype)
     cases = []
