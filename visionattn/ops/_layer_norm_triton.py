@@ -3,6 +3,11 @@
 One program normalises ``BLOCK_M`` rows of ``D <= 8192`` channels in one pass (statistics in
 float32), reading the rows through a stride so that a channel slice of a wider tensor needs no
 copy. The backward is written with PyTorch ops and recomputes the statistics.
+
+``add_layer_norm_triton`` is the residual form ``s = x + r, y = LN(s)`` (both returned, with the row
+statistics); its backward ``layer_norm_bwd_triton`` is a Triton kernel that reads ``s`` and the
+statistics, adds the gradient of ``s`` to the input gradient in the same pass, and sums the
+weight/bias gradients per program (then over programs with ``torch.sum``).
 """
 from typing import Optional, Tuple
 
@@ -218,6 +223,7 @@ if triton is not None:
         x, r, weight, bias, eps, y_dtype = inputs
         _, s, mean, rstd = output
         ctx.save_for_backward(s, weight, mean, rstd)
+        ctx.mark_non_differentiable(mean, rstd)
         ctx.has_bias, ctx.x_dtype, ctx.r_dtype = bias is not None, x.dtype, r.dtype
         ctx.bias_dtype = bias.dtype if bias is not None else None
 
