@@ -317,6 +317,22 @@ def model_cases(name: str, impls: List[str], official: Optional[Callable], args,
     return cases
 
 
+def _train_step(name: str, args, device, shape: Dict[str, Any]) -> Dict[str, Any]:
+    """The ``--mode train`` measurement of model ``name`` (impl auto) at input ``shape`` (train-e2e's
+    companion row): latency, peak memory, throughput."""
+    step_args = argparse.Namespace(**{**vars(args), "mode": "train", "impl": ["auto"], "shape": dict(shape)})
+    (_, fn, batch, prime), = model_cases(name, ["auto"], None, step_args, device, DTYPES[args.dtype])
+    since = None
+    if args.cuda_graph and device.type == "cuda":
+        prime()
+        torch.cuda.reset_peak_memory_stats(device)
+        since = torch.cuda.memory_allocated(device)
+    fn()
+    row = dict(measure(fn, device, args.warmup, args.iters, since=since), batch=batch)
+    row["throughput"], row["throughput_unit"] = batch * 1e3 / row["latency_ms"], "img/s"
+    return row
+
+
 # --- the run ----------------------------------------------------------------------------------
 
 def machine(device: torch.device) -> Dict[str, Any]:
@@ -359,7 +375,7 @@ def run(args) -> Dict[str, Any]:
         for target in args.targets:
             if find_op(target) is not None:
                 raise ValueError(f"--mode train-e2e trains models; {target!r} is an op")
-            rows += run_e2e(target, args, device)
+            rows += run_e2e(target, args, device, lambda shape, target=target: _train_step(target, args, device, shape))
         return {"machine": machine(device), "settings": _settings(args), "results": rows}
     for target in args.targets:
         op = find_op(target)

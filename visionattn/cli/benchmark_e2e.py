@@ -22,11 +22,10 @@ Everything else is the recipe's: the task model, EMA and the other hooks, loggin
 same process measures the forward + backward step of ``--mode train`` (same network, batch, dtype
 and ``--cuda-graph``), so the two figures compare.
 """
-import copy
 import gc
 import re
 import tempfile
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
@@ -116,11 +115,11 @@ def e2e_config(network: str, args, device: torch.device, work_dir: str):
     return cfg
 
 
-def run_e2e(network: str, args, device: torch.device) -> List[Dict[str, Any]]:
-    """Rows for ``network``: the ``--mode train`` step and the end-to-end run (module docstring)."""
+def run_e2e(network: str, args, device: torch.device, step_row: Callable[[Dict], Dict]) -> List[Dict[str, Any]]:
+    """Rows for ``network``: the ``--mode train`` step (``step_row(shape)``: its measured row at that
+    input size, from the benchmark tool) and the end-to-end run (module docstring)."""
     from ..engine import build_runner
     from ..engine.hooks import TrainBreakdownHook
-    from . import benchmark as bench
 
     rows = []
     work_dir = tempfile.TemporaryDirectory(prefix="visionattn_e2e_")
@@ -128,24 +127,12 @@ def run_e2e(network: str, args, device: torch.device) -> List[Dict[str, Any]]:
     data = cfg.train_dataloader["dataset"]
     h, w = data["input_size"] if "input_size" in data else data["crop_size"]
     # 1. the forward + backward step, as --mode train measures it, at the size the run trains on
-    step_args = copy.copy(args)
-    step_args.mode, step_args.impl, step_args.shape = "train", ["auto"], dict(h=h, w=w)
     row = {"target": network, "kind": "model", "impl": "train-step", "size": [h, w]}
-    fn = prime = None
     try:
-        (_, fn, batch, prime), = bench.model_cases(network, ["auto"], None, step_args, device, bench.DTYPES[args.dtype])
-        since = None
-        if args.cuda_graph and device.type == "cuda":
-            prime()
-            torch.cuda.reset_peak_memory_stats(device)
-            since = torch.cuda.memory_allocated(device)
-        fn()
-        row.update(bench.measure(fn, device, args.warmup, args.iters, since=since), batch=batch)
-        row["throughput"], row["throughput_unit"] = batch * 1e3 / row["latency_ms"], "img/s"
+        row.update(step_row(dict(h=h, w=w)))
     except Exception as err:  # the end-to-end row is still measured
         row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     rows.append(row)
-    del fn, prime  # the step's model and graphs go before the training run builds its own
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
