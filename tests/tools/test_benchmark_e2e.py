@@ -24,6 +24,7 @@ def test_train_e2e_reports_step_e2e_and_breakdown(load_tool, capsys, tmp_path):
     # the recipe's EMA and optimiser ran, on the synthetic set
     assert e2e["config"]["train_dataloader"]["dataset"]["type"] == "SyntheticClassification"
     assert [h["type"] for h in e2e["config"]["custom_hooks"]] == ["EMAHook", "TrainBreakdownHook"]
+    assert e2e["config"]["custom_hooks"][0]["ema_type"] == "ForeachExponentialMovingAverage"
     parts = e2e["breakdown"]["parts_ms"]
     for key in ("data_loader_wait", "data_preprocessor", "forward_and_loss", "optimizer.backward",
                 "optimizer.step", "hook.EMAHook.after_train_iter", "hook.LoggerHook.after_train_iter", "other"):
