@@ -65,7 +65,10 @@ def _compare_add(device, dtype, shape, cut, bias, r_dtype, use, atol):
     assert [g.dtype for g in t[2:]] == [dtype, r_dtype, dtype] + ([dtype] if bias else [])
     for name, ref, got in zip(("y", "s", "dx", "dr", "dw", "db"), outs["reference"], t):
         scale = max(1.0, ref.float().abs().max().item())
-        assert (ref.float() - got.float()).abs().max().item() <= atol * scale, (name, shape, dtype, r_dtype, use)
+        # an output stored in a half type may round the two paths' float32 values to neighbouring steps
+        tol = max(atol, 2 * torch.finfo(got.dtype).eps)
+        err = (ref.float() - got.float()).abs().max().item()
+        assert err <= tol * scale, (name, shape, dtype, r_dtype, use, err)
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="run by test_triton_interpreter")
