@@ -18,7 +18,7 @@ LAYERS = [
     ["visionattn.cli"],  # the command-line programs (console scripts; tools/*.py wrap them)
     ["visionattn"],  # the package __init__: imports what it exposes
     ["visionattn.engine"],
-    ["visionattn.evaluation", "visionattn.datasets"],
+    ["visionattn.evaluation", "visionattn.datasets", "visionattn.visualization"],
     ["visionattn.inference", "visionattn.factory"],
     ["visionattn.models"],
     ["visionattn.ops", "visionattn.cuda_graph"],

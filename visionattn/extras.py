@@ -15,6 +15,7 @@ _EXTRAS = {
     "lpips": ("face", "the LPIPS perceptual loss and metric"),
     "pytorch_fid": ("face", "the FID metric (pytorch-fid's Inception network)"),
     "lmdb": ("face", "reading and writing BasicSR LMDB image databases"),
+    "facexlib": ("face-detect", "detecting and aligning faces in photos (RetinaFace)"),
 }
 
 

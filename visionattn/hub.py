@@ -14,6 +14,7 @@ import hashlib
 import http.client
 import os
 import socket
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -203,6 +204,19 @@ def download_timeout() -> float:
         raise ValueError(f"VISIONATTN_DOWNLOAD_TIMEOUT must be a number of seconds, got {value!r}") from None
 
 
+def download_deadline() -> float:
+    """Seconds a whole download may take, however steadily the server trickles bytes:
+    ``$VISIONATTN_DOWNLOAD_DEADLINE``, default 3600 (a 1 GB file at 0.3 MB/s)."""
+    value = os.environ.get("VISIONATTN_DOWNLOAD_DEADLINE", "").strip()
+    try:
+        seconds = float(value) if value else 3600.0
+    except ValueError:
+        raise ValueError(f"VISIONATTN_DOWNLOAD_DEADLINE must be a number of seconds, got {value!r}") from None
+    if not seconds > 0:
+        raise ValueError(f"VISIONATTN_DOWNLOAD_DEADLINE must be > 0 seconds, got {value!r}")
+    return seconds
+
+
 def file_sha256(path: Union[str, Path]) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -247,7 +261,7 @@ def _not_a_checkpoint(what: str, head: bytes) -> str:
 
 def download(url: str, sha256: Optional[str] = None, progress: bool = True, *,
              filename: Optional[str] = None, offline: Optional[bool] = None,
-             timeout: Optional[float] = None) -> Path:
+             timeout: Optional[float] = None, deadline: Optional[float] = None) -> Path:
     """Download ``url`` into :func:`cache_dir` and return the local path.
 
     A cached file is reused (after checking ``sha256`` when given). A new download streams into a
@@ -255,13 +269,17 @@ def download(url: str, sha256: Optional[str] = None, progress: bool = True, *,
     checkpoint at all (not an HTML or JSON error page) and against ``sha256``, and only then renamed
     into place, so no half or wrong file is ever left or loaded. ``filename`` names the cache file
     (default :func:`url_cache_name`). ``timeout`` (default :func:`download_timeout`) bounds each
-    wait for the server. In offline mode (see :func:`is_offline`) only the cache is used.
+    wait for the server, ``deadline`` (default :func:`download_deadline`) the whole download (checked
+    after every read, so a server sending a byte now and then is given up on too). In offline mode
+    (see :func:`is_offline`) only the cache is used.
     """
-    return _download(url, sha256, progress, filename=filename, offline=offline, timeout=timeout)[0]
+    return _download(url, sha256, progress, filename=filename, offline=offline, timeout=timeout,
+                     deadline=deadline)[0]
 
 
 def _download(url: str, sha256: Optional[str], progress: bool, *, filename: Optional[str],
-              offline: Optional[bool], timeout: Optional[float]) -> Tuple[Path, Optional[str]]:
+              offline: Optional[bool], timeout: Optional[float],
+              deadline: Optional[float] = None) -> Tuple[Path, Optional[str]]:
     """:func:`download`, also returning the SHA-256 when it was computed (None for an unchecked cache hit)."""
     dest = cache_dir() / (filename or url_cache_name(url))
     if sha256 is not None:
@@ -285,7 +303,8 @@ def _download(url: str, sha256: Optional[str], progress: bool, *, filename: Opti
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
     try:
-        actual = _fetch(url, tmp, sha256, progress, download_timeout() if timeout is None else timeout)
+        actual = _fetch(url, tmp, sha256, progress, download_timeout() if timeout is None else timeout,
+                        download_deadline() if deadline is None else deadline)
         os.replace(tmp, dest)  # atomic on one file system: readers see no file or the whole file
     finally:
         if tmp.exists():
@@ -293,16 +312,22 @@ def _download(url: str, sha256: Optional[str], progress: bool, *, filename: Opti
     return dest, actual
 
 
-def _fetch(url: str, tmp: Path, sha256: Optional[str], progress: bool, timeout: float) -> str:
+def _fetch(url: str, tmp: Path, sha256: Optional[str], progress: bool, timeout: float,
+           deadline: float = float("inf")) -> str:
     """Stream ``url`` into ``tmp`` and return its SHA-256; raise RuntimeError on HTTP/network errors,
-    a stalled server, truncation, a page that is not a checkpoint, or a hash other than ``sha256``."""
+    a stalled server, a download past ``deadline`` seconds, truncation, a page that is not a
+    checkpoint, or a hash other than ``sha256``."""
     from tqdm import tqdm
+
+    if not deadline > 0:
+        raise ValueError(f"download deadline must be > 0 seconds, got {deadline}")
+    end = time.monotonic() + deadline
 
     digest = hashlib.sha256()
     received, total, head = 0, None, b""
     request = urllib.request.Request(url, headers={"User-Agent": "visionattn"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=min(timeout, deadline)) as response:
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             where = url if response.geturl() == url else f"{url} (redirected to {response.geturl()})"
@@ -314,15 +339,24 @@ def _fetch(url: str, tmp: Path, sha256: Optional[str], progress: bool, timeout: 
                                    f"browser: download the file by hand and pass its path.")
             with open(tmp, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
                                             desc=tmp.name[1:].rsplit(".", 2)[0], disable=not progress) as bar:
+                pending, checked = b"", False  # the first 512 bytes are checked before anything is written
                 while True:
-                    chunk = response.read(_CHUNK)
-                    if not chunk:
-                        break
-                    if not head:
-                        head = chunk[:512]
-                        if checkpoint_format(head) is None:
+                    chunk = response.read1(_CHUNK)  # what has arrived (up to _CHUNK): the deadline is checked often
+                    if chunk and time.monotonic() > end:
+                        raise RuntimeError(f"download of {where} took longer than its {deadline:g} s deadline "
+                                           f"({received + len(pending) + len(chunk)} bytes of "
+                                           f"{total or 'an unknown size'} received). Nothing was cached. Try again "
+                                           f"later, or allow longer with VISIONATTN_DOWNLOAD_DEADLINE=SECONDS.")
+                    if not checked:
+                        pending += chunk
+                        if chunk and len(pending) < 512:
+                            continue
+                        checked, chunk, head, pending = True, pending, pending[:512], b""
+                        if head and checkpoint_format(head) is None:
                             raise RuntimeError(f"download of {where} failed: {_not_a_checkpoint('the file', head)}. "
                                                f"Download it by hand and pass its path; nothing was cached.")
+                    if not chunk:
+                        break
                     f.write(chunk)
                     digest.update(chunk)
                     received += len(chunk)

@@ -13,8 +13,10 @@ import numpy as np
 # numpy 2 renamed numpy.core to numpy._core; files written under either name must load.
 _CORES = ("numpy.core.multiarray", "numpy._core.multiarray")
 _DTYPES = ("bool", "int8", "int16", "int32", "int64", "uint8", "float16", "float32", "float64")
-# (module, name) a data pickle may refer to; _codecs.encode is how Python 2 pickles store bytes.
+# (module, name) a data pickle may refer to; _codecs.encode is how Python 2 pickles store bytes;
+# numeric._frombuffer (an array from its raw bytes, dtype and shape) is how protocol 5 stores arrays.
 _ALLOWED = {*((core, name) for core in _CORES for name in ("_reconstruct", "scalar")),
+            *((core.replace("multiarray", "numeric"), "_frombuffer") for core in _CORES),
             ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
             *(("numpy.dtypes", type(np.dtype(t)).__name__) for t in _DTYPES)}
 
@@ -44,6 +46,17 @@ def load_arrays_only(file: BinaryIO, what: str = "file", encoding: str = "ASCII"
     ``what`` names the file in the error raised for anything else; ``encoding='bytes'`` reads
     Python 2 pickles (CIFAR).
     """
-    reader = _ArraysOnly(io.BytesIO(file.read()), encoding=encoding)
+    data = file.read()
+    reader = _ArraysOnly(io.BytesIO(data), encoding=encoding)
     reader.what = what
-    return reader.load()
+    try:
+        return reader.load()
+    except pickle.UnpicklingError as err:
+        if "which is not a numpy array" in str(err):
+            raise
+        raise pickle.UnpicklingError(f"{what} is not a readable pickle ({err}); it is damaged or another format") from None
+    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, MemoryError,
+            UnicodeDecodeError, OverflowError) as err:
+        kind = "is truncated" if isinstance(err, EOFError) or "truncated" in str(err) else "is damaged"
+        raise pickle.UnpicklingError(f"{what} {kind}: unpickling {len(data)} bytes failed with "
+                                     f"{type(err).__name__}: {err}") from None

@@ -3,7 +3,7 @@
 # when distributed); 4-conv 1-fc GIoU box heads with SyncBN; AdamW lr 1e-4 wd 0.05 with layer-wise lr decay
 # 0.8 over 12 layers (grouped as the official FFNet constructor did: rule='ffnet'), 36 epochs, steps
 # at 27 and 33 with 500 linear warm-up iterations; 8 GPUs x 2 images. The official runs started from the
-# distilled (KD) ImageNet checkpoints: pass checkpoint='path/to/ffnet_2_distillation.pth.tar'.
+# distilled (KD) ImageNet checkpoints: set init_cfg=dict(type='Pretrained', checkpoint='ffnet_2.in1k_dist').
 _base_ = [
     'mmdet::_base_/models/cascade-mask-rcnn_r50_fpn.py',
     '../_base_/datasets/coco_instance.py',
@@ -15,7 +15,7 @@ _base_ = [
 dims = [88, 176, 352, 704]
 sync_bn = 'torch'  # BatchNorm -> SyncBatchNorm in distributed runs (mmengine's Runner; a no-op on 1 process)
 model = dict(
-    backbone=dict(_base_.ffnet_backbone, _delete_=True, model_kwargs=dict(drop_path_rate=0.35), norm_eval=False),
+    backbone=dict(_base_.ffnet_backbone, _delete_=True, drop_path_rate=0.35, norm_eval=False),
     neck=dict(in_channels=dims),
     roi_head=dict(bbox_head=[
         dict(

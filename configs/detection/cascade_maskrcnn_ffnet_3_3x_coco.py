@@ -4,5 +4,5 @@ _base_ = './cascade_maskrcnn_ffnet_2_3x_coco.py'
 
 dims = [96, 192, 384, 768]
 model = dict(
-    backbone=dict(model_name='ffnet_3', model_kwargs=dict(drop_path_rate=0.6)),
+    backbone=dict(arch='3', init_cfg=dict(checkpoint='ffnet_3.in1k'), drop_path_rate=0.6),
     neck=dict(in_channels=dims))

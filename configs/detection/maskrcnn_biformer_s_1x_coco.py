@@ -12,7 +12,7 @@ _base_ = [
 
 dims = [64, 128, 256, 512]
 model = dict(
-    backbone=dict(_base_.biformer_backbone, _delete_=True, model_kwargs=dict(n_win=16, drop_path_rate=0.2),
+    backbone=dict(_base_.biformer_backbone, _delete_=True, n_win=16, drop_path_rate=0.2,
                   norm_eval=True),
     neck=dict(in_channels=dims))
 

@@ -4,5 +4,5 @@ _base_ = './retinanet_biformer_s_1x_coco.py'
 
 dims = [96, 192, 384, 768]
 model = dict(
-    backbone=dict(model_name='biformer_base', model_kwargs=dict(n_win=16, drop_path_rate=0.3)),
+    backbone=dict(arch='base', init_cfg=dict(checkpoint='biformer_base.in1k'), n_win=16, drop_path_rate=0.3),
     neck=dict(in_channels=dims))

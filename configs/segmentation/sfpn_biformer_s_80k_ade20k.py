@@ -14,7 +14,7 @@ dims = [64, 128, 256, 512]
 model = dict(
     data_preprocessor=dict(size=(512, 512)),  # pad training crops to 512x512
     pretrained=None,
-    backbone=dict(_base_.biformer_backbone, _delete_=True, model_kwargs=dict(n_win=8, drop_path_rate=0.15)),
+    backbone=dict(_base_.biformer_backbone, _delete_=True, n_win=8, drop_path_rate=0.15),
     neck=dict(in_channels=dims),
     decode_head=dict(num_classes=150))
 
@@ -36,3 +36,5 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=1000),
     dict(type='CosineAnnealingLR', T_max=80000, eta_min_ratio=1e-8, by_epoch=False, begin=0, end=80000),
 ]
+# 8 GPUs x 4 images; `tools/train.py --auto-scale-lr` rescales lr to the actual total batch.
+auto_scale_lr = dict(enable=False, base_batch_size=32)

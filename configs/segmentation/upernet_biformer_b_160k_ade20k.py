@@ -4,6 +4,6 @@ _base_ = './upernet_biformer_s_160k_ade20k.py'
 
 dims = [96, 192, 384, 768]
 model = dict(
-    backbone=dict(model_name='biformer_base', model_kwargs=dict(n_win=8, drop_path_rate=0.4)),
+    backbone=dict(arch='base', init_cfg=dict(checkpoint='biformer_base.in1k'), n_win=8, drop_path_rate=0.4),
     decode_head=dict(in_channels=dims),
     auxiliary_head=dict(in_channels=dims[2]))

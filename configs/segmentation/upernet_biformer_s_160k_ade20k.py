@@ -16,7 +16,7 @@ dims = [64, 128, 256, 512]
 model = dict(
     data_preprocessor=dict(size=(512, 512)),  # pad training crops to 512x512
     pretrained=None,
-    backbone=dict(_base_.biformer_backbone, _delete_=True, model_kwargs=dict(n_win=8, drop_path_rate=0.3)),
+    backbone=dict(_base_.biformer_backbone, _delete_=True, n_win=8, drop_path_rate=0.3),
     decode_head=dict(in_channels=dims, num_classes=150),
     auxiliary_head=dict(in_channels=dims[2], num_classes=150))
 
@@ -30,3 +30,5 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
     dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=0, end=160000),
 ]
+# 8 GPUs x 2 images; `tools/train.py --auto-scale-lr` rescales lr to the actual total batch.
+auto_scale_lr = dict(enable=False, base_batch_size=16)

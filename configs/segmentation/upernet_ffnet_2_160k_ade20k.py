@@ -15,7 +15,7 @@ sync_bn = 'torch'  # BatchNorm -> SyncBatchNorm in distributed runs (mmengine's 
 model = dict(
     data_preprocessor=dict(size=(512, 512)),  # pad training crops to 512x512
     pretrained=None,
-    backbone=dict(_base_.ffnet_backbone, _delete_=True, model_kwargs=dict(drop_path_rate=0.2)),
+    backbone=dict(_base_.ffnet_backbone, _delete_=True, drop_path_rate=0.2),
     decode_head=dict(in_channels=dims, num_classes=150),
     auxiliary_head=dict(in_channels=dims[2], num_classes=150))
 
@@ -41,3 +41,5 @@ param_scheduler = [
 ]
 default_hooks = dict(checkpoint=dict(interval=4000, max_keep_ckpts=20, save_best='mIoU'))
 train_cfg = dict(val_interval=4000)
+# 8 GPUs x 2 images; `tools/train.py --auto-scale-lr` rescales lr to the actual total batch.
+auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -4,7 +4,7 @@ _base_ = './upernet_ffnet_2_160k_ade20k.py'
 
 dims = [96, 192, 384, 768]
 model = dict(
-    backbone=dict(model_name='ffnet_3', model_kwargs=dict(drop_path_rate=0.3)),
+    backbone=dict(arch='3', init_cfg=dict(checkpoint='ffnet_3.in1k'), drop_path_rate=0.3),
     decode_head=dict(in_channels=dims),
     auxiliary_head=dict(in_channels=dims[2]))
 optim_wrapper = dict(paramwise_cfg=dict(decay_rate=0.9, num_layers=12))

@@ -51,7 +51,8 @@ def shrink_config(cfg, data_root: Path, work_dir: Path, size=(128, 96), cfg_opti
     cfg.launcher = "none"
     cfg.env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
                        dist_cfg=dict(backend="gloo"))
-    cfg.model.backbone.pretrained = False
+    cfg.model.backbone.pop("pretrained", None)
+    cfg.model.backbone.init_cfg = None  # random init: no download
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     _fewer_boxes(cfg)
@@ -101,3 +102,14 @@ def run_config(tmp_path):
     torch.set_num_threads(1)
     yield run
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def shrunk_config(tmp_path):
+    """fn(config_name, data_root, **shrink_kwargs) -> the config as :func:`shrink_config` makes it, not run."""
+    from mmengine.config import Config
+
+    def load(name: str, data_root: Path, **kwargs):
+        return shrink_config(Config.fromfile(str(CONFIGS / name)), data_root, tmp_path / "work", **kwargs)
+
+    return load

@@ -36,9 +36,12 @@ def test_recipe(name):
     backbone, n_win, dpr, lr, wd, length, batch = RECIPES[name]
     cfg = Config.fromfile(str(CONFIGS / name))
     bb = cfg.model.backbone
-    assert bb.type == "VisionAttnBackbone" and bb.model_name == backbone and bb.out_indices == (0, 1, 2, 3)
-    assert bb.model_kwargs.get("n_win") == n_win and bb.model_kwargs.drop_path_rate == dpr
-    assert bb.feature_kwargs == (dict(out_norm=True) if backbone.startswith("biformer") else dict(stage_norm=True))
+    family, arch = backbone.split("_")
+    arch = {"small": "small", "base": "base"}.get(arch, arch)
+    assert bb.type == {"biformer": "BiFormer", "ffnet": "FFNet"}[family] and bb.arch == arch
+    assert bb.out_indices == (0, 1, 2, 3) and bb.get("stage_norm", True)  # per-stage output norms
+    assert bb.get("n_win") == n_win and bb.drop_path_rate == dpr
+    assert bb.init_cfg == dict(type="Pretrained", checkpoint=f"{backbone}.in1k")  # the zoo's ImageNet weights
     assert cfg.optim_wrapper.optimizer.type == "AdamW"
     assert cfg.optim_wrapper.optimizer.lr == lr and cfg.optim_wrapper.optimizer.weight_decay == wd
     assert cfg.train_dataloader.batch_size == batch
@@ -49,7 +52,7 @@ def test_recipe(name):
         assert bb.norm_eval == backbone.startswith("biformer")  # BiFormer freezes BN stats, FFNet trains them
     else:
         assert cfg.train_cfg.max_iters == length and dataset.data_root == "datasets/ade20k"
-        assert cfg.model.decode_head.num_classes == 150 and cfg.val_evaluator.type == "visionattn.MeanIoU"
+        assert cfg.model.decode_head.num_classes == 150 and cfg.val_evaluator.type == "IoUMetric"
         assert cfg.model.data_preprocessor.size == (512, 512)
     if backbone.startswith("ffnet"):
         decay = {"detection/cascade_maskrcnn_ffnet_2_3x_coco.py": (0.8, 12), "detection/cascade_maskrcnn_ffnet_3_3x_coco.py": (0.8, 12),

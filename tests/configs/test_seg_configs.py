@@ -7,9 +7,8 @@ import timm
 pytest.importorskip("mmseg", reason="the det extra (mmsegmentation) is not installed")
 
 # A 0.2M-parameter timm ConvNeXt stands in for the real backbone in the plumbing tests.
-TINY_BACKBONE = {"model.backbone.model_name": "test_convnext",
-                 "model.backbone.model_kwargs": dict(_delete_=True, drop_path_rate=0.1),
-                 "model.backbone.feature_kwargs": dict(_delete_=True)}
+TINY_BACKBONE = {"model.backbone": dict(_delete_=True, type="VisionAttnBackbone", model_name="test_convnext",
+                                        model_kwargs=dict(drop_path_rate=0.1))}
 TINY = {
     "upernet": {**TINY_BACKBONE, "model.decode_head.in_channels": [24, 32, 48, 64],
                 "model.auxiliary_head.in_channels": 48},
@@ -26,7 +25,7 @@ def _check(scalars):
 
 @pytest.mark.parametrize("config", ["upernet_ffnet_2_160k_ade20k.py", "sfpn_biformer_s_80k_ade20k.py"])
 def test_plumbing_with_tiny_backbone(run_config, samples_root, config):
-    """The recipes' heads, pipeline, optimiser constructor and MeanIoU work around any timm backbone."""
+    """The recipes' heads, pipeline, optimiser constructor and mmseg IoUMetric work around any timm backbone."""
     _, scalars = run_config(f"segmentation/{config}", samples_root / "ade20k", cfg_options=TINY[config.split("_")[0]])
     _check(scalars)
 
@@ -51,3 +50,27 @@ def test_config_with_its_backbone(run_config, samples_root, config):
     """The exact recipe (backbone included, random init): one training iteration + inference + mIoU."""
     _, scalars = run_config(f"segmentation/{config}", samples_root / "ade20k")
     _check(scalars)
+
+
+def test_tools_test_options_tta_out_show_dir(shrunk_config, samples_root, tmp_path):
+    """tools/test.py --tta --out --show-dir on a segmentation recipe: mmseg's TTA model and pipeline from the
+    ADE20K base, mmseg's IoUMetric, the predictions file and one picture per image."""
+    from pathlib import Path
+
+    from mmengine.runner import Runner
+
+    from visionattn.cli.test import apply_test_options
+    from visionattn.evaluation.dump_predictions import load_predictions
+
+    name = "segmentation/sfpn_biformer_s_80k_ade20k.py"
+    cfg = shrunk_config(name, samples_root / "ade20k", cfg_options=TINY["sfpn"])
+    assert cfg.test_evaluator.type == "IoUMetric"
+    apply_test_options(cfg, name, out=tmp_path / "r.pkl", show_dir="show", tta=True)
+    metrics = Runner.from_cfg(cfg).test()
+    assert 0.0 <= metrics["mIoU"] <= 100.0 and "aAcc" in metrics
+    (pred,) = load_predictions(tmp_path / "r.pkl")
+    h, w = pred["ori_shape"]
+    assert pred["pred_sem_seg"]["data"].shape == (1, h, w)  # merged over scales/flips, at the image's size
+    (picture,) = (tmp_path / "work" / "show").glob("*.png")
+    assert picture.stem == Path(pred["img_path"]).stem
+

@@ -195,6 +195,17 @@ def test_pillar_pool_max_starts_at_zero():
     torch.testing.assert_close(out, pool.norm(torch.zeros(2, 8)))
 
 
+def test_pillar_attention_equals_multihead_attention():
+    """The written-out single-query attention is nn.MultiheadAttention with the key padding mask."""
+    torch.manual_seed(0)
+    pool = AttnPillarPool(16, height=5, num_heads=4).train()
+    query, key, value = torch.randn(7, 16), torch.randn(7, 5, 16), torch.randn(7, 5, 16)
+    present = torch.rand(7, 5) > 0.4
+    present[:, 2] = True
+    ref = pool.self_attn(query[:, None], key, value, key_padding_mask=~present, need_weights=False)[0][:, 0]
+    torch.testing.assert_close(pool._attend(query, key, value, present), ref, atol=1e-6, rtol=1e-5)
+
+
 def _dense(features, indices, shape):
     dense = features.new_zeros(1, features.shape[1], *shape)
     i = indices.long()
@@ -202,10 +213,18 @@ def _dense(features, indices, shape):
     return dense
 
 
-@pytest.mark.parametrize("kind", ["subm", "strided"])
-def test_sparse_convolutions_match_dense_conv3d(kind):
-    """Our CPU path (spconv pairs, PyTorch compute) is a dense cross-correlation read at the active
-    sites, with spconv's KRSC weight layout (out, kz, ky, kx, in); gradients included."""
+def _sparse(backend, feats, idx, shape, batch_size):
+    if backend == "torch":
+        return sp.SparseTensor(feats, idx, shape, batch_size)
+    return sp.sparse_tensor(feats, idx, shape, batch_size)
+
+
+@pytest.mark.parametrize("backend", ["spconv", "torch"])
+@pytest.mark.parametrize("kind", ["subm", "strided", "strided_padded"])
+def test_sparse_convolutions_match_dense_conv3d(kind, backend):
+    """Both CPU paths (spconv's or PyTorch's index pairs, PyTorch compute) are a dense
+    cross-correlation read at the active sites, with spconv's KRSC weight layout
+    (out, kz, ky, kx, in); gradients included."""
     g = torch.Generator().manual_seed(0)
     shape = (7, 9, 11)
     idx = torch.unique(torch.stack([torch.randint(0, s, (250,), generator=g) for s in shape], 1), dim=0)
@@ -214,14 +233,17 @@ def test_sparse_convolutions_match_dense_conv3d(kind):
     if kind == "subm":
         conv = sp.SubMConv3d(5, 6, 3, padding=1, bias=True, indice_key="k")
         stride, padding = 1, 1
-    else:
+    elif kind == "strided":
         conv = sp.SparseConv3d(5, 6, (3, 1, 1), stride=(2, 1, 1), padding=0, bias=True)
         stride, padding = (2, 1, 1), 0
+    else:
+        conv = sp.SparseConv3d(5, 6, 3, stride=2, padding=1, bias=True)
+        stride, padding = 2, 1
     with torch.no_grad():
         conv.bias.normal_()
     for training in (True, False):
         conv.train(training)
-        out = conv(sp.sparse_tensor(feats, idx, shape, 1))
+        out = conv(_sparse(backend, feats, idx, shape, 1))
         weight = conv.weight.permute(0, 4, 1, 2, 3)  # KRSC -> (out, in, kz, ky, kx)
         ref = torch.nn.functional.conv3d(_dense(feats, idx, shape), weight, conv.bias, stride=stride, padding=padding)
         o = out.indices.long()
@@ -264,9 +286,39 @@ def test_depthwise_convolution_follows_spconv_pair_convention(kernel):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_backend_choice():
+def test_backend_choice(monkeypatch):
     assert sp.backend_for("cpu") == "spconv"
-    assert "spconv" in sp.available_backends()
+    assert sp.backend_for("cuda") == "torch"
+    assert {"spconv", "torch"} <= set(sp.available_backends())
+    monkeypatch.setenv("VISIONATTN_SPARSE_BACKEND", "torch")
+    assert sp.backend_for("cpu") == "torch"
+    assert isinstance(sp.sparse_tensor(torch.zeros(1, 2), torch.zeros(1, 4, dtype=torch.int32), (3, 3, 3), 1),
+                      sp.SparseTensor)
+    monkeypatch.setenv("VISIONATTN_SPARSE_BACKEND", "cudnn")
+    with pytest.raises(ValueError, match="not a sparse backend"):
+        sp.backend_for("cpu")
+
+
+def test_torch_pairs_equal_spconv_pairs():
+    """The PyTorch pair generation finds spconv's pairs: the same output sites and, per output site
+    and kernel offset, the same input voxel (strided convolutions order their outputs differently)."""
+    g = torch.Generator().manual_seed(3)
+    shape = (9, 12, 10)
+    idx = torch.unique(torch.stack([torch.randint(0, 2, (500,), generator=g)] +
+                                   [torch.randint(0, s, (500,), generator=g) for s in shape], 1), dim=0).int()
+    feats = torch.randn(len(idx), 2, generator=g)
+    for conv in (sp.SubMConv3d(2, 2, 3, padding=1, indice_key="a"), sp.SubMConv3d(2, 2, (1, 1, 5), padding=(0, 0, 2)),
+                 sp.SparseConv3d(2, 2, (3, 1, 1), stride=(2, 1, 1)), sp.SparseConv3d(2, 2, 3, stride=2, padding=1)):
+        ours = sp._torch_pairs(conv, sp.SparseTensor(feats, idx, shape, 2))
+        theirs = sp._spconv_pairs(conv, sp.sparse_tensor(feats, idx, shape, 2))
+        assert ours[1] == [int(s) for s in theirs[1]]
+
+        def by_site(result):
+            indices, _, pairs = result
+            sites = [tuple(r) for r in indices.tolist()]
+            return {(sites[o], k): i for k, (os_, is_) in enumerate(pairs) for o, i in zip(os_.tolist(), is_.tolist())}
+
+        assert by_site(ours) == by_site(theirs)
 
 
 # --- decoding ---------------------------------------------------------------------------------------
@@ -399,11 +451,14 @@ def test_official_checkpoint_errors_name_the_key(damage, named):
 # --- GPU ----------------------------------------------------------------------------------------------
 
 @pytest.mark.cuda
-def test_gpu_backend_matches_the_cpu_path():
-    """spconv-triton (or spconv's CUDA build) against our CPU path: sparse convolutions per output
-    coordinate, then the whole network's maps and detections."""
+@pytest.mark.parametrize("backend", ["torch", "spconv_triton"])
+def test_gpu_backend_matches_the_cpu_path(backend, monkeypatch):
+    """A GPU backend against our CPU path: sparse convolutions per output coordinate, then the whole
+    network's maps and detections."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
+    if backend not in sp.available_backends():
+        pytest.skip(f"{backend} is not installed")
     g = torch.Generator().manual_seed(0)
     shape = (17, 40, 40)
     idx = torch.unique(torch.stack([torch.randint(0, 2, (3000,), generator=g)] +
@@ -413,7 +468,9 @@ def test_gpu_backend_matches_the_cpu_path():
                  sp.SparseConv3d(16, 32, 3, stride=2, padding=1, bias=False)):
         conv.eval()
         cpu = conv(sp.sparse_tensor(feats, idx, shape, 2))
+        monkeypatch.setenv("VISIONATTN_SPARSE_BACKEND", backend)
         gpu = conv.cuda()(sp.sparse_tensor(feats.cuda(), idx.cuda(), shape, 2))
+        monkeypatch.delenv("VISIONATTN_SPARSE_BACKEND")
         key = lambda t: {tuple(r): i for i, r in enumerate(t.indices.cpu().tolist())}  # noqa: E731
         kc, kg = key(cpu), key(gpu)
         assert set(kc) == set(kg)
@@ -425,6 +482,7 @@ def test_gpu_backend_matches_the_cpu_path():
     points = cloud(3000, batch_size=2)
     with torch.no_grad():
         ref = model(points)[0]
+        monkeypatch.setenv("VISIONATTN_SPARSE_BACKEND", backend)
         out = model.cuda()(points.cuda())[0]
         dets = predict_boxes_3d(model, points.cuda())
     for k in ref:

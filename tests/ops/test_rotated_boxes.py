@@ -173,3 +173,13 @@ def test_cuda_equals_cpu():
     for args in ((0.1,), ([0.75, 0.6, 0.55], [4096, 4096, 4096])):
         assert torch.equal(class_nms_bev(boxes.cuda(), scores.cuda(), labels.cuda(), *args).cpu(),
                            class_nms_bev(boxes, scores, labels, *args))
+
+
+def test_paired_iou_3d_is_the_diagonal_of_the_iou_matrix():
+    from visionattn.ops.rotated_box_iou import boxes_iou_3d, detections, paired_boxes_iou_3d
+
+    boxes, _, _ = detections(64, n_objects=8, seed=3)
+    shuffled = boxes[torch.randperm(64, generator=torch.Generator().manual_seed(0))]
+    torch.testing.assert_close(paired_boxes_iou_3d(boxes, shuffled), boxes_iou_3d(boxes, shuffled).diagonal())
+    with pytest.raises(ValueError, match="as many boxes"):
+        paired_boxes_iou_3d(boxes, boxes[:3])

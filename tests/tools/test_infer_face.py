@@ -1,7 +1,8 @@
-"""tools/infer_face.py: aligned faces, padding, the errors that say what to pass, and the detection /
+"""visionattn-infer-face (tools/infer_face.py): aligned faces, padding, the errors that say what to pass, and the detection /
 alignment / paste-back path (a stand-in facexlib detector with known landmarks; the real one needs
 its weight file)."""
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -34,13 +35,9 @@ def draw_face(template: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def tool():
-    import importlib.util
+    from visionattn.cli import infer_face
 
-    path = Path(__file__).resolve().parents[2] / "tools" / "infer_face.py"
-    spec = importlib.util.spec_from_file_location("tools_infer_face", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return infer_face
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +56,7 @@ def _expected(model, rgb):
     return ((y[0].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
 
 
-def test_aligned_face_padding_and_errors(tool, checkpoint, tmp_path, one_thread):
+def test_aligned_face_padding_and_errors(tool, checkpoint, tmp_path, one_thread, capsys):
     ckpt, model = checkpoint
     face = draw_face(tool.FFHQ_TEMPLATE_512)
     cv2.imwrite(str(tmp_path / "face.png"), face[:, :, ::-1])
@@ -88,16 +85,20 @@ def test_aligned_face_padding_and_errors(tool, checkpoint, tmp_path, one_thread)
     assert got.shape == small.shape and np.abs(got.astype(int) - want.astype(int)).max() <= 1
 
     # not 512x512, no --aligned, no detector: the error says what to pass or install
-    with pytest.raises(ValueError, match=r"72x80.*--aligned.*facexlib.*--detector-weights"):
-        tool.main([str(tmp_path / "small.png"), *base, "--out", str(tmp_path / "out")])
-    with pytest.raises(FileNotFoundError, match="detection_Resnet50_Final.pth"):
-        tool.main([str(tmp_path / "small.png"), *base, "--detector-weights", str(tmp_path / "missing.pth")])
+    capsys.readouterr()
+    assert tool.main([str(tmp_path / "small.png"), *base, "--out", str(tmp_path / "out")]) == 2
+    assert re.search(r"72x80.*--aligned.*facexlib.*--detector-weights", capsys.readouterr().err)
+    assert tool.main([str(tmp_path / "small.png"), *base, "--detector-weights", str(tmp_path / "missing.pth")]) == 2
+    assert "detection_Resnet50_Final.pth" in capsys.readouterr().err
+    # no weights at all: refused unless --random-weights
+    assert tool.main([str(tmp_path / "face.png"), *TINY_ARGS, "--device", "cpu", "--out", str(tmp_path / "out")]) == 2
+    assert "--random-weights" in capsys.readouterr().err
     torch.save({}, tmp_path / "det.pth")
     saved = sys.modules.get("facexlib")
     sys.modules["facexlib"] = None  # as if facexlib were not installed
     try:
-        with pytest.raises(RuntimeError, match="pip install facexlib"):
-            tool.main([str(tmp_path / "small.png"), *base, "--detector-weights", str(tmp_path / "det.pth")])
+        assert tool.main([str(tmp_path / "small.png"), *base, "--detector-weights", str(tmp_path / "det.pth")]) == 2
+        assert "pip install facexlib" in capsys.readouterr().err
     finally:
         if saved is None:
             del sys.modules["facexlib"]

@@ -3,7 +3,7 @@
 Each module here has ``main(argv=None)``. They are installed as console scripts (setup.cfg, entry
 points in :mod:`visionattn.cli.console`: ``visionattn-train``, ``visionattn-test``,
 ``visionattn-zoo``, ``visionattn-benchmark``, ``visionattn-convert``, ``visionattn-infer-stereo``,
-``visionattn-infer-restore``), and a clone's ``tools/<name>.py`` run the same modules through
+``visionattn-infer-restore``, ``visionattn-infer-lidar``), and a clone's ``tools/<name>.py`` run the same modules through
 :func:`run`.
 """
 from importlib import import_module

@@ -52,6 +52,8 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from mmengine.config import DictAction
 
+from visionattn.cli.console import ArgumentParser, cli_main
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -472,7 +474,7 @@ def table(report: Dict[str, Any]) -> str:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("targets", nargs="+", metavar="MODEL_OR_OP")
     p.add_argument("--impl", "--compare", dest="impl", type=lambda s: [x for x in s.split(",") if x],
                    help="comma-separated implementations; the first is the baseline")
@@ -518,13 +520,10 @@ def parse_args(argv=None):
     return args
 
 
+@cli_main
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        report = run(args)
-    except (ValueError, RuntimeError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    report = run(args)
     print(table(report))
     if args.out:
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")

@@ -22,6 +22,7 @@ from mmengine.config import DictAction
 import visionattn
 from visionattn import hub
 from visionattn.factory import model_family
+from visionattn.cli.console import ArgumentParser, cli_main
 
 
 def _fits(name: str, checkpoint, family: str, model_kwargs: dict, conv_kwargs: dict) -> bool:
@@ -86,8 +87,9 @@ def save(state_dict: dict, meta: dict, dst: str) -> None:
             tmp.unlink()
 
 
+@cli_main
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", metavar="FAMILY_OR_MODEL")
     parser.add_argument("src", metavar="IN", help="official checkpoint file (or http(s) URL)")
     parser.add_argument("dst", metavar="OUT", help="where to write the converted checkpoint (.safetensors: safetensors)")
@@ -100,14 +102,10 @@ def main(argv=None) -> int:
     parser.add_argument("--trust", action="store_true",
                         help="read IN with full pickle (can run code): only for files you trust")
     args = parser.parse_args(argv)
-    try:
-        conv = dict(args.converter_kwargs)
-        if args.ema:
-            conv["ema"] = True
-        model = convert(args.target, args.src, args.dst, args.model, args.kwargs, conv, args.trust)
-    except (ValueError, RuntimeError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    conv = dict(args.converter_kwargs)
+    if args.ema:
+        conv["ema"] = True
+    model = convert(args.target, args.src, args.dst, args.model, args.kwargs, conv, args.trust)
     print(f"converted {args.src} -> {args.dst} for {model} (sha256 {hub.file_sha256(args.dst)})")
     return 0
 

@@ -21,14 +21,17 @@ from visionattn.datasets import medical_io as mio
 from visionattn.datasets.intensity import window
 from visionattn.extras import require_extra
 from visionattn.inference import restore_image
+from visionattn.cli.console import ArgumentParser, UsageError, cli_main
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("input", help=".nii/.nii.gz volume or a .png/.tif/.npy slice")
     ap.add_argument("--model", default="restore_rwkv")
     ap.add_argument("--checkpoint", default=None, help="weights (ours or the official Generator_*.pth)")
     ap.add_argument("--pretrained", action="store_true", help="load the model-zoo weights of --model")
+    ap.add_argument("--random-weights", action="store_true",
+                    help="run the untrained network (its output is noise): for trying the tool without weights")
     ap.add_argument("--modality", default="MRI", help="CT, PET, MRI or lo,hi intensity window")
     ap.add_argument("--axis", type=int, default=2, help="NIfTI slicing axis")
     ap.add_argument("--tile", type=int, default=None)
@@ -36,6 +39,19 @@ def parse_args(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="out")
     return ap.parse_args(argv)
+
+
+def parse_modality(text: str):
+    """``CT``/``PET``/``MRI`` or ``lo,hi`` (an intensity window) -> what :func:`window` takes."""
+    if "," not in text:
+        return text
+    parts = text.split(",")
+    try:
+        lo, hi = (float(v) for v in parts)
+    except ValueError:
+        raise UsageError(f"--modality {text!r}: a window is two numbers lo,hi (e.g. 0,65535), or use CT, PET "
+                         f"or MRI") from None
+    return lo, hi
 
 
 def compare_png(path: Path, before: np.ndarray, after: np.ndarray) -> None:
@@ -49,15 +65,23 @@ def compare_png(path: Path, before: np.ndarray, after: np.ndarray) -> None:
     cv2.imwrite(str(path), np.round(row * 255).astype(np.uint8))
 
 
+@cli_main
 def main(argv=None):
     args = parse_args(argv)
     src = Path(args.input)
     if not src.exists():
         raise FileNotFoundError(f"input {str(src)!r} does not exist")
-    modality = args.modality if "," not in args.modality else tuple(float(v) for v in args.modality.split(","))
+    modality = parse_modality(args.modality)
     win = window(modality)
-    if args.checkpoint is None and not args.pretrained:
-        print("warning: neither --checkpoint nor --pretrained given, the model has random weights", file=sys.stderr)
+    if args.axis not in (0, 1, 2):
+        raise UsageError(f"--axis must be 0, 1 or 2 (the NIfTI axis to slice along), got {args.axis}")
+    if args.tile is not None and args.tile < 1 or args.overlap < 0:
+        raise UsageError(f"--tile must be >= 1 and --overlap >= 0, got --tile {args.tile} --overlap {args.overlap}")
+    if args.checkpoint is None and not args.pretrained and not args.random_weights:
+        raise UsageError("no weights: pass --checkpoint PATH (ours or the official Generator_*.pth) or --pretrained "
+                         "(the model-zoo weights), or --random-weights to run the untrained network (its output is noise)")
+    if args.pretrained and args.checkpoint is not None:
+        raise UsageError("pass either --checkpoint or --pretrained, not both")
     model = visionattn.create_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint)
     model = model.to(args.device).eval()
     out_dir = Path(args.out)
@@ -106,4 +130,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

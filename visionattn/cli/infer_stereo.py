@@ -26,6 +26,7 @@ import visionattn
 from visionattn.datasets.stereo import read_image, read_kitti_disparity, read_pfm, write_kitti_disparity, write_pfm
 from visionattn.evaluation import disparity_errors
 from visionattn.inference import predict_stereo
+from visionattn.cli.console import ArgumentParser, UsageError, cli_main
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -38,12 +39,14 @@ def colorize(disp: np.ndarray, max_disp: float = None) -> np.ndarray:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("left")
     p.add_argument("right")
     p.add_argument("--model", default="matchstereo_tiny", help="a stereo network from visionattn.list_models()")
     p.add_argument("--checkpoint", help="weights: local path or URL, ours or the official release format")
     p.add_argument("--pretrained", action="store_true", help="load the model-zoo weights")
+    p.add_argument("--random-weights", action="store_true",
+                   help="run the untrained network (its output is noise): for trying the tool without weights")
     p.add_argument("--out", default="out", help="output folder")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
@@ -58,6 +61,8 @@ def read_ground_truth(path: str) -> Tuple[np.ndarray, np.ndarray]:
         raise FileNotFoundError(f"ground truth {path!r} does not exist")
     if path.lower().endswith(".pfm"):
         gt = read_pfm(path)
+        if gt.ndim != 2:
+            raise ValueError(f"ground truth {path!r} has {gt.shape[2]} channels; a disparity PFM has one (Pf)")
         return gt, np.isfinite(gt)
     return read_kitti_disparity(path)
 
@@ -74,18 +79,28 @@ def score(disp: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> Dict[str, floa
             "valid": float(sums["count"])}
 
 
+@cli_main
 def main(argv=None) -> int:
     args = parse_args(argv)
     for path in (args.left, args.right):
         if not Path(path).is_file():
             raise FileNotFoundError(f"image {path!r} does not exist")
+    if args.checkpoint is None and not args.pretrained and not args.random_weights:
+        raise UsageError("no weights: pass --checkpoint PATH_OR_URL or --pretrained (the model-zoo weights), or "
+                         "--random-weights to run the untrained network (its disparity is noise)")
+    if args.pretrained and args.checkpoint is not None:
+        raise UsageError("pass either --checkpoint or --pretrained, not both")
+    if args.checkpoint is not None and "://" not in args.checkpoint and not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"--checkpoint {args.checkpoint!r} does not exist")
+    # the inputs are read before the (slower) model is built: their errors come at once
+    left, right = (torch.from_numpy(read_image(p)).permute(2, 0, 1)[None] for p in (args.left, args.right))
+    if left.shape != right.shape:
+        raise ValueError(f"left {tuple(left.shape[2:])} and right {tuple(right.shape[2:])} images differ in size")
     model = visionattn.create_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint)
     if getattr(model, "task", None) != "stereo":
         raise ValueError(f"{args.model!r} is not a stereo model (task {getattr(model, 'task', None)!r})")
     model = model.to(args.device, DTYPES[args.dtype]).eval()
-    left, right = (torch.from_numpy(read_image(p)).permute(2, 0, 1)[None].to(args.device) for p in (args.left, args.right))
-    if left.shape != right.shape:
-        raise ValueError(f"left {tuple(left.shape[2:])} and right {tuple(right.shape[2:])} images differ in size")
+    left, right = left.to(args.device), right.to(args.device)
     start = time.perf_counter()
     out = predict_stereo(model, left, right)
     seconds = time.perf_counter() - start

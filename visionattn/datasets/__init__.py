@@ -5,6 +5,7 @@ reader by dropping a file in, without editing this one.
 """
 from ..registry import import_submodules
 from .cifar import CIFAR10, CIFAR100
+from .corrupt import CorruptSampleError, SkipCorruptSamples
 from .classification_transforms import classification_transform, model_data_config
 from .food101 import Food101
 from .imagenet import ImageNetFolder
@@ -16,4 +17,4 @@ import_submodules(__name__)
 
 __all__ = ["ImageNetFolder", "CIFAR10", "CIFAR100", "Food101", "TinyImageNet", "uptraining_transform",
            "KITTIStereoDataset", "MiddleburyDataset", "SceneFlowDataset", "StereoAugment",
-           "classification_transform", "model_data_config"]
+           "classification_transform", "model_data_config", "CorruptSampleError", "SkipCorruptSamples"]

@@ -15,6 +15,7 @@ from PIL import Image
 
 from ..registry import DATASETS
 from ..safe_pickle import load_arrays_only
+from .corrupt import CorruptSampleError
 from .labelled_images import LabelledImages, check_split
 
 def read_batch(path: Path) -> Dict[str, object]:
@@ -23,7 +24,24 @@ def read_batch(path: Path) -> Dict[str, object]:
         raise FileNotFoundError(f"CIFAR file {str(path)!r} does not exist (see datasets/README.md for the layout)")
     with open(path, "rb") as f:
         data = load_arrays_only(f, what=f"CIFAR batch {str(path)!r}", encoding="bytes")
+    if not isinstance(data, dict):
+        raise CorruptSampleError(path, f"holds a {type(data).__name__}, not the dict of a CIFAR python-version batch")
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in data.items()}
+
+
+def _field(batch: Dict[str, object], key: str, path: Path) -> object:
+    if key not in batch:
+        raise CorruptSampleError(path, f"has no {key!r} entry (keys: {sorted(batch)}); it is not a CIFAR batch "
+                                       f"of this dataset or it is damaged")
+    return batch[key]
+
+
+def _images(batch: Dict[str, object], path: Path) -> np.ndarray:
+    data = np.asarray(_field(batch, "data", path))
+    if data.ndim != 2 or data.shape[1] != 3072 or data.dtype != np.uint8:
+        raise CorruptSampleError(path, f"'data' is a {data.dtype} array of shape {data.shape}; a CIFAR batch holds "
+                                       f"uint8 (N, 3072) rows of 32x32 RGB planes")
+    return data.reshape(-1, 3, 32, 32)
 
 
 def _names(values) -> tuple:
@@ -45,12 +63,20 @@ class _CIFAR(LabelledImages):
         if not (self.root / self.meta_file).is_file():
             raise FileNotFoundError(f"{type(self).__name__}: no {self.folder}/{self.meta_file} under {str(root)!r}; "
                                     f"extract the official python-version archive there")
-        self.classes = _names(read_batch(self.root / self.meta_file)[self.names_key])
+        meta = self.root / self.meta_file
+        self.classes = _names(_field(read_batch(meta), self.names_key, meta))
         images, labels = [], []
         for name in self.files[split]:
-            batch = read_batch(self.root / name)
-            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.extend(int(v) for v in batch[self.labels_key])
+            path = self.root / name
+            batch = read_batch(path)
+            images.append(_images(batch, path))
+            batch_labels = [int(v) for v in np.asarray(_field(batch, self.labels_key, path)).reshape(-1)]
+            if len(batch_labels) != len(images[-1]):
+                raise CorruptSampleError(path, f"has {len(images[-1])} images but {len(batch_labels)} labels")
+            bad = [v for v in batch_labels if not 0 <= v < len(self.classes)]
+            if bad:
+                raise CorruptSampleError(path, f"has labels {sorted(set(bad))[:5]} outside 0..{len(self.classes) - 1}")
+            labels.extend(batch_labels)
         self.images = np.concatenate(images).transpose(0, 2, 3, 1)  # (N, 32, 32, 3)
         self.labels = np.asarray(labels, dtype=np.int64)
         if len(self.images) != len(labels):

@@ -28,17 +28,26 @@ from torch.utils.data import Dataset
 
 from ..extras import require_extra
 from ..registry import DATASETS, TRANSFORMS
+from .corrupt import CorruptSampleError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 COMPONENTS = ("left_eye", "right_eye", "mouth")
 README = "datasets/ffhq/README.md"
 
 
-def decode_image(data: Union[bytes, np.ndarray], what: str) -> np.ndarray:
-    """Encoded image bytes -> (H, W, 3) float32 BGR in [0, 1] (grey images are tiled to 3 channels)."""
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+def decode_image(data: Union[bytes, np.ndarray], what: str, path: Optional[Path] = None) -> np.ndarray:
+    """Encoded image bytes -> (H, W, 3) float32 BGR in [0, 1] (grey images are tiled to 3 channels).
+    Undecodable data is a RuntimeError naming ``what`` (a CorruptSampleError of ``path`` when given)."""
+    buf = np.frombuffer(data, np.uint8)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    except cv2.error:
+        img = None
     if img is None:
-        raise RuntimeError(f"{what} is not an image OpenCV can decode")
+        problem = f"not an image OpenCV can decode ({buf.size} bytes: empty, damaged or another format)"
+        if path is not None:
+            raise CorruptSampleError(path, problem)
+        raise RuntimeError(f"{what} is {problem}")
     peak = 65535.0 if img.dtype == np.uint16 else 255.0
     if img.ndim == 2:
         img = img[..., None]
@@ -54,7 +63,7 @@ def read_image(path: Union[str, Path]) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image {str(path)!r} does not exist")
-    return decode_image(path.read_bytes(), f"file {str(path)!r}")
+    return decode_image(path.read_bytes(), f"file {str(path)!r}", path)
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Callable, Dict, Union
 
 from ..registry import DATASETS
+from .corrupt import CorruptSampleError, read_lines
 from .labelled_images import LabelledImages, check_split
 
 
@@ -22,13 +23,17 @@ class Food101(LabelledImages):
             if not (meta / name).is_file():
                 raise FileNotFoundError(f"Food101: {str(meta / name)!r} does not exist; extract food-101.tar.gz "
                                         f"so that {str(root)!r} holds food-101/images and food-101/meta")
-        self.classes = tuple(line.strip() for line in (meta / "classes.txt").read_text().splitlines() if line.strip())
+        self.classes = tuple(read_lines(meta / "classes.txt"))
+        if not self.classes:
+            raise CorruptSampleError(meta / "classes.txt", "is empty; it should list the 101 class names, one a line")
         index = {c: i for i, c in enumerate(self.classes)}
         records = []
-        for line in (meta / f"{split}.txt").read_text().splitlines():
-            if line.strip():
-                cls = line.strip().split("/")[0]
-                if cls not in index:
-                    raise RuntimeError(f"Food101: {split}.txt names class {cls!r} missing from classes.txt")
-                records.append((self.root / "images" / f"{line.strip()}.jpg", index[cls]))
+        for line in read_lines(meta / f"{split}.txt"):
+            cls = line.split("/")[0]
+            if cls not in index:
+                raise CorruptSampleError(meta / f"{split}.txt", f"names class {cls!r}, which classes.txt lacks")
+            records.append((self.root / "images" / f"{line}.jpg", index[cls]))
+        if not records:
+            raise CorruptSampleError(meta / f"{split}.txt", f"lists no images; it should hold <class>/<id> lines "
+                                                           f"(re-extract food-101.tar.gz)")
         self.set_samples(records)

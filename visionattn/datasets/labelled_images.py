@@ -8,6 +8,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..registry import TRANSFORMS
+from .corrupt import open_rgb
 
 
 class LabelledImages(Dataset):
@@ -46,8 +47,7 @@ class LabelledImages(Dataset):
         return len(self.paths)
 
     def load(self, index: int) -> Tuple[Image.Image, int]:
-        with Image.open(self.paths[index]) as img:
-            return img.convert("RGB"), int(self.labels[index])
+        return open_rgb(self.paths[index]), int(self.labels[index])
 
     def __getitem__(self, index: int) -> Dict:
         img, label = self.load(index)

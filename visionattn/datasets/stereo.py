@@ -19,35 +19,57 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from ..registry import DATASETS, TRANSFORMS
+from .corrupt import CorruptSampleError, read_rgb
 
 
 # --- file formats ----------------------------------------------------------------------------
 
+MAX_PFM_SIDE = 1 << 16  # larger sides are a damaged header, not an image
+
+
 def read_pfm(path: Union[str, Path]) -> np.ndarray:
-    """PFM -> float32 (H, W) or (H, W, 3), top row first (PFM stores rows bottom-up)."""
+    """PFM -> float32 (H, W) or (H, W, 3), top row first (PFM stores rows bottom-up).
+
+    The header is checked: ``PF`` (3 channels) or ``Pf`` (1), a ``width height`` line of two
+    positive integers, and a scale line holding a non-zero finite number whose sign gives the byte
+    order (negative: little-endian). A damaged header or fewer values than it announces is a
+    :class:`CorruptSampleError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"PFM file {str(path)!r} does not exist")
     with open(path, "rb") as f:
         header = f.readline().strip()
         if header not in (b"PF", b"Pf"):
-            raise RuntimeError(f"{path}: not a PFM file (header {header!r})")
+            raise CorruptSampleError(path, f"not a PFM file: the first line is {header[:20]!r}, not PF or Pf")
         dims = f.readline()
         while dims.startswith(b"#"):
             dims = f.readline()
         match = re.match(rb"^\s*(\d+)\s+(\d+)\s*$", dims)
         if not match:
-            raise RuntimeError(f"{path}: malformed PFM size line {dims!r}")
+            raise CorruptSampleError(path, f"malformed PFM size line {dims[:40]!r}: expected 'width height'")
         w, h = int(match.group(1)), int(match.group(2))
-        scale = float(f.readline().strip())
+        if not (0 < w <= MAX_PFM_SIDE and 0 < h <= MAX_PFM_SIDE):
+            raise CorruptSampleError(path, f"PFM size {w}x{h} is out of range (each side 1..{MAX_PFM_SIDE})")
+        scale_line = f.readline().strip()
+        try:
+            scale = float(scale_line)
+        except ValueError:
+            raise CorruptSampleError(path, f"PFM scale line {scale_line[:40]!r} is not a number") from None
+        if scale == 0 or not np.isfinite(scale):
+            raise CorruptSampleError(path, f"PFM scale {scale_line.decode(errors='replace')!r} is invalid: it must be "
+                                           f"a non-zero finite number (its sign gives the byte order)")
         dtype = "<f4" if scale < 0 else ">f4"
         channels = 3 if header == b"PF" else 1
-        data = np.frombuffer(f.read(w * h * channels * 4), dtype=dtype)
-    if data.size != w * h * channels:
-        raise RuntimeError(f"{path}: truncated PFM ({data.size} of {w * h * channels} values)")
+        data = np.frombuffer(f.read(w * h * channels * 4), dtype=np.uint8)
+    if data.size != w * h * channels * 4:
+        raise CorruptSampleError(path, f"truncated PFM: {data.size // 4} of the {w * h * channels} values its "
+                                       f"{w}x{h}x{channels} header announces")
     shape = (h, w, 3) if channels == 3 else (h, w)
-    return np.flipud(data.reshape(shape)).astype(np.float32)
+    return np.flipud(data.view(dtype).reshape(shape)).astype(np.float32)
 
 
 def write_pfm(path: Union[str, Path], array: np.ndarray) -> None:
@@ -62,12 +84,19 @@ def write_pfm(path: Union[str, Path], array: np.ndarray) -> None:
 
 
 def read_kitti_disparity(path: Union[str, Path]) -> Tuple[np.ndarray, np.ndarray]:
-    """KITTI uint16 PNG -> (disparity float32 (H, W) = value / 256, valid bool (H, W) = value > 0)."""
+    """KITTI uint16 PNG -> (disparity float32 (H, W) = value / 256, valid bool (H, W) = value > 0).
+    Anything but a single-channel 16-bit PNG (an 8-bit or a 3-channel map) is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"KITTI disparity {str(path)!r} does not exist")
     raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if raw is None:
-        raise FileNotFoundError(f"cannot read KITTI disparity {str(path)!r}")
+        raise CorruptSampleError(path, "not a PNG OpenCV can decode (damaged or another format)")
     if raw.dtype != np.uint16:
-        raise RuntimeError(f"{path}: KITTI disparity must be a 16-bit PNG, got {raw.dtype}")
+        raise CorruptSampleError(path, f"KITTI disparity must be a 16-bit PNG (value = 256 x disparity), got {raw.dtype}")
+    if raw.ndim != 2:
+        raise CorruptSampleError(path, f"KITTI disparity must be a single-channel 16-bit PNG, got {raw.shape[2]} "
+                                       f"channels")
     return raw.astype(np.float32) / 256.0, raw > 0
 
 
@@ -78,7 +107,37 @@ def write_kitti_disparity(path: Union[str, Path], disp: np.ndarray) -> None:
 
 
 def read_image(path: Union[str, Path]) -> np.ndarray:
-    return np.array(Image.open(path).convert("RGB"))
+    """An image -> (H, W, 3) uint8 RGB; a damaged file is a :class:`CorruptSampleError` naming it."""
+    return read_rgb(path)
+
+
+def read_mask(path: Union[str, Path]) -> np.ndarray:
+    """A single-channel 8-bit mask PNG -> (H, W) uint8."""
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        raise CorruptSampleError(path, "not a PNG OpenCV can decode (damaged or another format)")
+    if raw.ndim != 2:
+        raise CorruptSampleError(path, f"a mask must have one channel, got {raw.shape[2]}")
+    return raw
+
+
+def check_sample(sample: Dict, paths: Dict) -> Dict:
+    """The images of a stereo sample are one size, and every disparity/validity map is (H, W) at it."""
+    h, w = sample["left"].shape[:2]
+    if sample["right"].shape != sample["left"].shape:
+        rh, rw = sample["right"].shape[:2]
+        raise CorruptSampleError(paths["right"], f"right image is {rw}x{rh} but the left {str(paths['left'])!r} is "
+                                                 f"{w}x{h}")
+    for key, value in sample.items():
+        if key in ("left", "right"):
+            continue
+        source = paths.get(key, paths.get(key.replace("valid", "disp"), paths.get("noc", paths["left"])))
+        if value.ndim != 2:
+            raise CorruptSampleError(source, f"{key} map has shape {value.shape}; a disparity map has one channel")
+        if value.shape != (h, w):
+            raise CorruptSampleError(source, f"{key} map is {value.shape[1]}x{value.shape[0]} but the images "
+                                             f"({str(paths['left'])!r}) are {w}x{h}")
+    return sample
 
 
 # --- augmentation ----------------------------------------------------------------------------
@@ -167,7 +226,8 @@ class StereoDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> Dict:
-        sample = self._load(self.samples[index])
+        paths = self.samples[index]
+        sample = check_sample(self._load(paths), paths)
         if self.transform is not None:
             sample = self.transform(sample)
         inputs = torch.from_numpy(np.stack((sample.pop("left"), sample.pop("right")))).permute(0, 3, 1, 2)
@@ -258,7 +318,11 @@ class MiddleburyDataset(StereoDataset):
         out = dict(left=read_image(p["left"]), right=read_image(p["right"]),
                    disp=np.where(valid, disp, 0).astype(np.float32), valid=valid)
         if p["noc"].is_file():
-            out["valid_noc"] = valid & (np.array(Image.open(p["noc"])) == 255)
+            mask = read_mask(p["noc"])
+            if mask.shape != valid.shape:
+                raise CorruptSampleError(p["noc"], f"mask is {mask.shape[1]}x{mask.shape[0]} but the disparity "
+                                                   f"{str(p['disp'])!r} is {valid.shape[1]}x{valid.shape[0]}")
+            out["valid_noc"] = valid & (mask == 255)
         return out
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, Dict, Union
 
 from ..registry import DATASETS
+from .corrupt import CorruptSampleError, read_lines
 from .labelled_images import LabelledImages, check_split
 
 
@@ -33,12 +34,14 @@ class TinyImageNet(LabelledImages):
             ann = self.root / "val" / "val_annotations.txt"
             if not ann.is_file():
                 raise FileNotFoundError(f"TinyImageNet: {str(ann)!r} does not exist")
-            for line in ann.read_text().splitlines():
-                if line.strip():
-                    name, wnid = line.split("\t")[:2]
-                    if wnid not in index:
-                        raise RuntimeError(f"TinyImageNet: val_annotations.txt names {wnid!r}, not in wnids.txt")
-                    records.append((self.root / "val" / "images" / name, index[wnid]))
+            for n, line in enumerate(read_lines(ann), 1):
+                fields = line.split("\t")
+                if len(fields) < 2:
+                    raise CorruptSampleError(ann, f"line {n} is {line[:60]!r}; expected file<TAB>wnid<TAB>box")
+                name, wnid = fields[:2]
+                if wnid not in index:
+                    raise CorruptSampleError(ann, f"line {n} names {wnid!r}, which wnids.txt lacks")
+                records.append((self.root / "val" / "images" / name, index[wnid]))
         self.set_samples(records)
         if not len(self):
             raise FileNotFoundError(f"TinyImageNet: no {split} images under {str(self.root)!r}")

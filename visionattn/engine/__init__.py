@@ -17,6 +17,8 @@ from .task_model import DataSamples, TaskModel, build_network
 allow_mmengine_checkpoints()
 # OpenMMLab backbone glue: registers in mmdet's/mmseg's MODELS, imported by configs' custom_imports.
 lazy(f"{__name__}.mm_backbone", extra="mmdet")
+# LiDAR detection trains spconv networks: imported when a config builds ScatterFormerDetector.
+lazy(f"{__name__}.lidar_detector", extra="spconv", models=["ScatterFormerDetector", "LidarDataPreprocessor"])
 import_submodules(__name__)
 
 __all__ = ["TaskModel", "DataSamples", "build_network", "build_loss", "ImageClassifier", "StereoMatcher",

@@ -3,16 +3,18 @@
 Task-agnostic: every task (classification, stereo, restoration...) goes through the same
 config handling; the config's ``model`` decides what is trained.
 """
+import difflib
 import os
 import warnings
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Any, Dict, Iterator, Mapping, Optional
 
 import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
 from ..registry import FUNCTIONS
+from .hooks.safe_checkpoint import latest_complete_checkpoint
 from .safe_globals import allow_mmengine_checkpoints
 
 LAUNCHERS = ("none", "pytorch", "slurm", "mpi")
@@ -38,12 +40,17 @@ def load_config(config: str, work_dir: Optional[str] = None, cfg_options: Option
         raise ValueError(f"launcher must be one of {LAUNCHERS}, got {launcher!r}")
     cfg = Config.fromfile(str(path))
     if cfg_options:
+        check_cfg_options(cfg, cfg_options)
         cfg.merge_from_dict(cfg_options)
     cfg.launcher = launcher
     cfg.work_dir = work_dir or cfg.get("work_dir") or str(Path("work_dirs") / path.stem)
+    if resume and resume != "auto" and not Path(resume).is_file():
+        raise FileNotFoundError(f"--resume {resume!r}: no such checkpoint file (--resume without a path resumes "
+                                f"from the last complete checkpoint of the work dir)")
     if resume:
         cfg.resume = True
-        cfg.load_from = None if resume == "auto" else resume
+        # auto: the last *complete* checkpoint (a run killed mid-save leaves the previous one usable)
+        cfg.load_from = latest_complete_checkpoint(cfg.work_dir) if resume == "auto" else resume
     if amp:
         if not torch.cuda.is_available():
             raise RuntimeError("--amp needs a CUDA GPU (mmengine's AmpOptimWrapper); run without --amp on CPU")
@@ -70,6 +77,35 @@ def load_config(config: str, work_dir: Optional[str] = None, cfg_options: Option
     return cfg
 
 
+def config_keys(cfg: Any, prefix: str = "") -> Iterator[str]:
+    """Every dotted key of a config (``model.network_kwargs.drop_path_rate``; list items by index,
+    ``train_dataloader.dataset.pipeline.0.type``), parents before children."""
+    items = cfg.items() if isinstance(cfg, Mapping) else enumerate(cfg) if isinstance(cfg, (list, tuple)) else ()
+    for key, value in items:
+        name = f"{prefix}{key}"
+        yield name
+        yield from config_keys(value, name + ".")
+
+
+def check_cfg_options(cfg: Config, options: Mapping[str, Any]) -> None:
+    """Refuse malformed ``--cfg-options`` keys (empty, or an empty part as in ``foo..bar``) with a
+    ValueError, and warn for each key that matches nothing in ``cfg`` (mmengine adds it silently,
+    so a typo would be ignored), naming the closest existing key."""
+    existing = list(config_keys(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg))
+    known = set(existing)
+    for key in options:
+        if not isinstance(key, str) or not key or any(not part.strip() for part in key.split(".")):
+            raise ValueError(f"--cfg-options key {key!r} is malformed: it has an empty part; write "
+                             f"dotted.key=value, e.g. train_dataloader.batch_size=32")
+        if key not in known:
+            parent = key.rpartition(".")[0]
+            siblings = [k for k in existing if k.rpartition(".")[0] == parent] if parent in known else existing
+            close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            warnings.warn(f"--cfg-options key {key!r} matches no key in the config, so it adds a new one{hint}",
+                          stacklevel=2)
+
+
 def _scope_collate_functions(cfg: Config) -> None:
     """mmengine's Runner looks ``collate_fn`` types up in its root FUNCTIONS registry, which does not
     search our child registry: name ours with their scope (``visionattn.restoration_collate``)."""
@@ -94,4 +130,28 @@ def build_runner(cfg: Config) -> Runner:
                 raise RuntimeError(f"--launcher {cfg.launcher} expects to be started by torchrun "
                                    "(RANK/WORLD_SIZE unset); use --launcher none for one process")
             dist.init_process_group(backend="gloo")
-    return Runner.from_cfg(cfg)
+    _use_safe_checkpoints(cfg)
+    policy = cfg.get("nonfinite_loss", "raise")
+    if policy not in NONFINITE_POLICIES:
+        raise ValueError(f"config key nonfinite_loss must be one of {NONFINITE_POLICIES}, got {policy!r}")
+    runner = Runner.from_cfg(cfg)
+    model = runner.model.module if hasattr(runner.model, "module") else runner.model
+    if hasattr(model, "nonfinite_loss"):
+        model.nonfinite_loss = policy
+    elif "nonfinite_loss" in cfg:
+        warnings.warn(f"nonfinite_loss={policy!r} applies to visionattn task models; {type(model).__name__} "
+                      f"keeps its own behaviour")
+    return runner
+
+
+NONFINITE_POLICIES = ("raise", "skip")
+
+
+def _use_safe_checkpoints(cfg: Config) -> None:
+    """mmengine's CheckpointHook (also its implicit default) -> :class:`SafeCheckpointHook`, same
+    arguments: atomic writes, old checkpoints deleted only after the new one is complete."""
+    hooks = dict(cfg.get("default_hooks") or {})
+    ckpt = hooks.get("checkpoint", dict(type="CheckpointHook", interval=1))
+    if isinstance(ckpt, Mapping) and ckpt.get("type") in ("CheckpointHook", "mmengine.CheckpointHook"):
+        hooks["checkpoint"] = dict(ckpt, type="visionattn.SafeCheckpointHook")
+        cfg.default_hooks = hooks

@@ -24,18 +24,24 @@ from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module(force=True)
 class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """paramwise_cfg: ``decay_rate`` (float), ``num_layers`` (int, the id of the last stage),
-    ``rule`` (``'convnext'``, default, or ``'ffnet'``: the official FFNet grouping; see
-    :meth:`VisionAttnBackbone.layer_id`)."""
+    ``rule`` (``'convnext'``, default, ``'ffnet'``: the official FFNet grouping, or ``'stage_wise'``;
+    see :meth:`VisionAttnBackbone.layer_id`). mmdet's ``LearningRateDecayOptimizerConstructor``
+    settings work unchanged apart from the constructor name: ``decay_type='layer_wise'`` is
+    ``rule='convnext'`` and ``decay_type='stage_wise'`` is ``rule='stage_wise'``."""
 
     def add_params(self, params: List[dict], module: nn.Module, **kwargs) -> None:
         cfg = dict(self.paramwise_cfg)
-        unknown = set(cfg) - {"decay_rate", "num_layers", "rule"}
-        if unknown or "decay_rate" not in cfg or "num_layers" not in cfg:
+        unknown = set(cfg) - {"decay_rate", "num_layers", "rule", "decay_type"}
+        if unknown or "decay_rate" not in cfg or "num_layers" not in cfg or {"rule", "decay_type"} <= set(cfg):
             raise ValueError(
                 f"LayerDecayOptimWrapperConstructor takes paramwise_cfg=dict(decay_rate=..., num_layers=..., "
-                f"[rule='convnext'|'ffnet']); got {sorted(self.paramwise_cfg)}")
+                f"[rule='convnext'|'ffnet'|'stage_wise'] or [decay_type='layer_wise'|'stage_wise']); "
+                f"got {sorted(self.paramwise_cfg)}")
         decay_rate, num_layers = float(cfg["decay_rate"]), int(cfg["num_layers"])
-        rule = cfg.get("rule", "convnext")
+        decay_types = {"layer_wise": "convnext", "stage_wise": "stage_wise"}
+        if "decay_type" in cfg and cfg["decay_type"] not in decay_types:
+            raise ValueError(f"decay_type={cfg['decay_type']!r}: use 'layer_wise' or 'stage_wise' (as mmdet)")
+        rule = decay_types[cfg["decay_type"]] if "decay_type" in cfg else cfg.get("rule", "convnext")
         backbone = getattr(module, "backbone", None)
         if backbone is None or not hasattr(backbone, "layer_id"):
             raise ValueError(

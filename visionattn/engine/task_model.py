@@ -198,6 +198,10 @@ class TaskModel(BaseModel):
     """
 
     default_data_preprocessor: ClassVar[Dict] = dict(type="BaseDataPreprocessor")
+    # a non-finite loss: 'raise' (stop before the update, naming the iteration and the terms) or 'skip'
+    # (no update, counted in ``nonfinite_skipped``); set by the config key ``nonfinite_loss``
+    nonfinite_loss: str = "raise"
+    nonfinite_skipped: int = 0
     # optimiser name -> attribute (an nn.Module) whose parameters it trains; empty: one optimiser
     optimizers: ClassVar[Dict[str, str]] = {}
 
@@ -315,10 +319,44 @@ class TaskModel(BaseModel):
             for p in frozen:
                 p.requires_grad_(True)
 
+    def _update(self, wrapper: OptimWrapper, total: torch.Tensor, logs: Dict[str, torch.Tensor],
+                optimizer: Optional[str] = None) -> Dict[str, torch.Tensor]:
+        """``wrapper.update_params(total)`` when the loss is finite. Otherwise, by ``nonfinite_loss``:
+        raise FloatingPointError naming the iteration and the non-finite terms (before any update,
+        so the weights and the checkpoints saved so far stay good), or skip the update and count it."""
+        if bool(torch.isfinite(total.detach()).all()):
+            wrapper.update_params(total)
+            return logs
+        bad = {k: float(v.detach().float().mean()) for k, v in logs.items() if "loss" in k
+               and isinstance(v, torch.Tensor) and not bool(torch.isfinite(v.detach()).all())}
+        if len(bad) > 1:  # name the terms; the total (``loss``) is non-finite because of them
+            bad.pop("loss", None)
+        terms = ", ".join(f"{k}={v}" for k, v in bad.items()) or f"loss={float(total.detach().float().mean())}"
+        where = f"iteration {self.train_iteration()}" + (f" (optimiser {optimizer!r})" if optimizer else "")
+        if self.nonfinite_loss == "skip":
+            self.nonfinite_skipped += 1
+            from mmengine.logging import print_log
+
+            print_log(f"non-finite loss at {where}: {terms}; update skipped ({self.nonfinite_skipped} skipped "
+                      f"so far, nonfinite_loss='skip')", logger="current", level=30)
+            kept = OrderedDict((k, v) for k, v in logs.items() if k != "loss" and k not in bad)
+            kept["nonfinite_skipped"] = torch.tensor(float(self.nonfinite_skipped))
+            return kept
+        raise FloatingPointError(
+            f"non-finite loss at {where}: {terms}. Training stopped before this update, so the weights and "
+            f"the checkpoints saved so far are good. Lower the learning rate, clip gradients "
+            f"(optim_wrapper.clip_grad), check the data, or set nonfinite_loss='skip' in the config to skip "
+            f"such steps")
+
     def train_step(self, data: Union[Dict, tuple, list], optim_wrapper: OptimWrapper) -> Dict[str, torch.Tensor]:
-        """mmengine's step with one optimiser; with an ``OptimWrapperDict``, the due optimisers' steps."""
+        """mmengine's step with one optimiser; with an ``OptimWrapperDict``, the due optimisers' steps.
+        A non-finite loss is handled by ``nonfinite_loss`` (see :meth:`_update`)."""
         if not isinstance(optim_wrapper, OptimWrapperDict):
-            return super().train_step(data, optim_wrapper)
+            with optim_wrapper.optim_context(self):
+                data = self.data_preprocessor(data, True)
+                losses = self._run_forward(data, mode="loss")
+            total, logs = self.parse_losses(losses)
+            return self._update(optim_wrapper, total, logs)
         if not self.optimizers:
             raise ValueError(f"{type(self).__name__} trains with one optimiser but got an OptimWrapperDict "
                              f"{list(optim_wrapper.keys())}; use one optim_wrapper, or a task model that "
@@ -340,8 +378,9 @@ class TaskModel(BaseModel):
             with wrapper.optim_context(self), self._frozen_except(optim_wrapper, name):
                 losses = self.step_losses(name, inputs, samples, shared)
             total, logs = self.parse_losses(losses)
-            wrapper.update_params(total)
-            logs[f"loss_{name}"] = logs.pop("loss")
+            logs = self._update(wrapper, total, logs, name)
+            if "loss" in logs:
+                logs[f"loss_{name}"] = logs.pop("loss")
             log_vars.update(logs)
         return log_vars
 

@@ -1,4 +1,11 @@
-"""Top-k classification accuracy."""
+"""Top-k classification accuracy, reported under mmpretrain's keys.
+
+The output keys are those of mmpretrain's ``Accuracy`` (``accuracy/top1``, ``accuracy/top5``; the
+same prefix and names), so logs, ``save_best='accuracy/top1'`` and comparison scripts written for
+mmpretrain work unchanged. Ours is kept because mmpretrain is not a dependency of this library and
+its metric reads ``DataSample`` objects, while :class:`visionattn.engine.ImageClassifier` predicts
+plain dicts.
+"""
 from typing import Dict, List, Sequence
 
 import torch

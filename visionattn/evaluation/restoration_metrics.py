@@ -11,6 +11,11 @@ BasicSR protocol (``basicsr_*``): uint8-range images [0, 255] (H, W[, C]) in BGR
 ``crop_border`` pixels removed on every side, optional BT.601 studio-swing Y channel
 (16 + 65.481 R + 128.553 G + 24.966 B, not rounded), float64; PSNR peak 255; SSIM with the cv2
 11-tap Gaussian (sigma 1.5) and the VALID region only ([5:-5, 5:-5]), mean over channels.
+
+Ours because no upstream metric fits: the medical protocol needs physical-unit windows and a
+per-slice data range, which mmagic's PSNR/SSIM (fixed 8-bit peak) do not have; the BasicSR protocol
+is also mmagic's, but mmagic is not a dependency of this library, so it is implemented here once,
+checked against BasicSR's numbers in the tests.
 """
 from typing import Dict, List, Optional, Sequence
 

@@ -4,6 +4,9 @@ Definitions (per dataset, pooled over all valid pixels of all images, in percent
 * ``epe``: mean |pred - gt| in px;
 * ``d1``: KITTI outlier rate, |err| > 3 px AND |err| > 5 % of gt;
 * ``bad{x}``: rate of |err| > x px, x in ``thresholds`` (default 0.5, 1, 2, 3).
+
+Ours because no OpenMMLab library ships a stereo-disparity metric (mmflow scores optical flow only);
+the definitions follow the KITTI 2015 devkit and the MatchStereo evaluation code.
 """
 from typing import Dict, List, Sequence
 

@@ -132,6 +132,23 @@ def boxes_iou_3d(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
     return _pairwise("boxes_iou_3d", boxes_a, boxes_b, _iou_3d)
 
 
+def paired_boxes_iou_3d(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
+    """(N, 7), (N, 7) -> (N,) 3D IoU of boxes_a[i] with boxes_b[i] (OpenPCDet's ``paired_boxes_iou3d_gpu``),
+    in boxes_a's dtype; computed in float64 without gradients (a training target, not a loss)."""
+    _check("paired_boxes_iou_3d", boxes_a)
+    _check("paired_boxes_iou_3d", boxes_b)
+    if boxes_a.shape[0] != boxes_b.shape[0]:
+        raise ValueError(f"paired_boxes_iou_3d: both sets must hold as many boxes, got {boxes_a.shape[0]} "
+                         f"and {boxes_b.shape[0]}")
+    with torch.no_grad():
+        a, b = boxes_a[:, :7].double(), boxes_b[:, :7].to(boxes_a.device).double()
+        out = boxes_a.new_zeros(a.shape[0])
+        for start in range(0, a.shape[0], _PAIRS_PER_CHUNK):
+            pa, pb = a[start:start + _PAIRS_PER_CHUNK], b[start:start + _PAIRS_PER_CHUNK]
+            out[start:start + _PAIRS_PER_CHUNK] = _iou_3d(pa, pb, _pair_overlap(pa, pb)).to(out.dtype)
+    return out
+
+
 def rotated_box_iou(boxes_a: torch.Tensor, boxes_b: torch.Tensor, mode: str = "bev", impl: str = "auto"
                     ) -> torch.Tensor:
     """(N, 7), (M, 7) -> (N, M) IoU of rotated boxes: ``mode="bev"`` (footprints) or ``"3d"``."""

@@ -17,3 +17,5 @@ optim_wrapper = dict(
     constructor="MultiOptimWrapperConstructor",
     generator=dict(type="OptimWrapper", optimizer=dict(type="Adam", lr=base_lr, betas=(0.5, 0.9))),
     discriminator=dict(type="OptimWrapper", optimizer=dict(type="Adam", lr=base_lr, betas=(0.5, 0.9))))
+# `tools/train.py --auto-scale-lr` rescales both lrs to the actual total batch (the official linear rule).
+auto_scale_lr = dict(enable=False, base_batch_size=4)

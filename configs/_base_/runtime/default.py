@@ -14,6 +14,13 @@ default_hooks = dict(
 )
 # `custom_hooks` is left to the recipes (e.g. EMA in _base_/models/deit.py).
 
+# mmengine's visualizer: every logged scalar (and the training-curves image) goes to
+# <work_dir>/<timestamp>/vis_data/ (LocalVisBackend: scalars.json, vis_image/) and to TensorBoard event
+# files in the same folder when the tensorboard package is installed (`tensorboard --logdir work_dirs`);
+# without it the TensorBoard backend stays silent after one warning.
+vis_backends = [dict(type="LocalVisBackend"), dict(type="OptionalTensorboardVisBackend")]
+visualizer = dict(type="Visualizer", vis_backends=vis_backends)
+
 env_cfg = dict(
     cudnn_benchmark=False,
     mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),

@@ -1,7 +1,10 @@
-# mmseg's runtime plus the imports that register visionattn's backbone wrapper, optimiser glue and metric.
+# mmseg's runtime plus the imports that register visionattn's backbones and optimiser glue.
 _base_ = 'mmseg::_base_/default_runtime.py'
 
 custom_imports = dict(
-    imports=['visionattn.engine.mm_backbone', 'visionattn.engine.layer_decay_optim',
-             'visionattn.evaluation.segmentation_iou'],
+    imports=['visionattn.engine.mm_backbone', 'visionattn.engine.layer_decay_optim'],
     allow_failed_imports=False)
+
+# Scalars and images to vis_data/ (mmengine's LocalVisBackend) and to TensorBoard when it is installed.
+vis_backends = [dict(type='LocalVisBackend'), dict(type='visionattn.OptionalTensorboardVisBackend')]
+visualizer = dict(type='SegLocalVisualizer', vis_backends=vis_backends, name='visualizer')

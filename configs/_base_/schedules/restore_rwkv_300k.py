@@ -8,3 +8,5 @@ param_scheduler = dict(type="CosineAnnealingLR", T_max=max_iters, eta_min=1e-6, 
 train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=val_interval)
 val_cfg = dict(type="ValLoop")
 test_cfg = dict(type="TestLoop")
+# The official run: one process, batch 4. `tools/train.py --auto-scale-lr` rescales lr to the actual total batch.
+auto_scale_lr = dict(enable=False, base_batch_size=4)

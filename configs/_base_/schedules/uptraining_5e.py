@@ -4,3 +4,5 @@ optim_wrapper = dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=1e-5, 
 train_cfg = dict(by_epoch=True, max_epochs=5, val_interval=1)
 val_cfg = dict()
 test_cfg = dict()
+# The paper's batch 32. `tools/train.py --auto-scale-lr` rescales lr to the actual total batch.
+auto_scale_lr = dict(enable=False, base_batch_size=32)

@@ -45,9 +45,24 @@ class TrainingCurvesHook(Hook):
         if scalars:
             self.metrics.append((runner.iter, scalars))
         self.plot(self.path(runner))
+        self.to_visualizer(runner)
 
     def after_train(self, runner) -> None:
         self.plot(self.path(runner))
+        self.to_visualizer(runner)
+
+    @master_only
+    def to_visualizer(self, runner) -> None:
+        """The PNG also goes to mmengine's visualizer backends (vis_data/, TensorBoard) as an image."""
+        visualizer = getattr(runner, "visualizer", None)
+        path = self.path(runner)
+        if visualizer is None or not path.is_file() or not getattr(visualizer, "_vis_backends", None):
+            return
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(path) as im:
+            visualizer.add_image("training_curves", np.asarray(im.convert("RGB")), step=runner.iter)
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         checkpoint.setdefault("meta", {})["training_curves"] = dict(loss=self.loss, metrics=self.metrics)

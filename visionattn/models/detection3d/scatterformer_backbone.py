@@ -22,8 +22,19 @@ from ...ops.sparse_depthwise_conv import sparse_depthwise_conv, submanifold_pair
 from . import sparse_backend as sp
 
 
+class _BatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d over voxel features (N, C); in eval mode one fused multiply-add with the folded
+    statistics (cuDNN's batch-norm kernel takes about 3x as long on (N, C) inputs of 100k voxels)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or x.dim() != 2 or not self.track_running_stats:
+            return super().forward(x)
+        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+        return torch.addcmul((self.bias - self.running_mean * scale).to(x.dtype), x, scale.to(x.dtype))
+
+
 def _bn1d(dim: int) -> nn.BatchNorm1d:
-    return nn.BatchNorm1d(dim, eps=1e-3, momentum=0.01)
+    return _BatchNorm1d(dim, eps=1e-3, momentum=0.01)
 
 
 # --- convolutional position encoding (CPE) --------------------------------------------------------
@@ -206,7 +217,10 @@ class AttnPillarPool(nn.Module):
 
     def forward(self, features: torch.Tensor, indices: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         idx = indices.long()
-        pillars, pillar_of_voxel = torch.unique(idx[:, [0, 2, 3]], dim=0, return_inverse=True)  # (P, 3), (N,)
+        # pillars sorted by (b, y, x): unique over one int64 key (much faster than unique over rows)
+        ny, nx = (int(idx[:, 2].max()) + 1, int(idx[:, 3].max()) + 1) if idx.shape[0] else (1, 1)
+        keys, pillar_of_voxel = torch.unique((idx[:, 0] * ny + idx[:, 2]) * nx + idx[:, 3], return_inverse=True)
+        pillars = torch.stack([keys // (ny * nx), keys // nx % ny, keys % nx], 1)  # (P, 3)
         P, C = pillars.shape[0], features.shape[1]
         # spconv's max-pool starts its maximum at 0 (CPU and GPU), so a channel whose voxels are all
         # negative pools to 0: include_self=True on a zero tensor does the same
@@ -217,8 +231,27 @@ class AttnPillarPool(nn.Module):
         present = torch.zeros(P, self.height, dtype=torch.bool, device=features.device)
         present[pillar_of_voxel, idx[:, 1]] = True
         key = stack + self.pos_embedding.weight.unsqueeze(0)
-        out = self.self_attn(query.unsqueeze(1), key, stack, key_padding_mask=~present, need_weights=False)[0]
-        return self.norm(out.squeeze(1) + query), pillars
+        return self.norm(self._attend(query, key, stack, present) + query), pillars
+
+    def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, present: torch.Tensor
+                ) -> torch.Tensor:
+        """``self.self_attn(query[:, None], key, value, key_padding_mask=~present)`` for one query per
+        pillar, written out: with a single query and ``height`` keys the scores are a product and a sum
+        over channels, where MultiheadAttention runs one tiny batched matrix product per pillar and
+        head (about 5x slower on a Waymo frame). Same weights, same result up to rounding."""
+        attn = self.self_attn
+        P, L, C = key.shape
+        h = attn.num_heads
+        wq, wk, wv = attn.in_proj_weight.chunk(3)
+        bq, bk, bv = attn.in_proj_bias.chunk(3)
+        q = F.linear(query, wq, bq).view(P, 1, h, C // h)
+        k = F.linear(key, wk, bk).view(P, L, h, C // h)
+        v = F.linear(value, wv, bv).view(P, L, h, C // h)
+        scores = (q * k).sum(-1) * (C // h) ** -0.5  # (P, L, h)
+        scores = scores.masked_fill(~present[:, :, None], float("-inf"))
+        weights = scores.softmax(dim=1)  # every pillar holds at least one voxel: no all-masked row
+        out = (weights[..., None] * v).sum(1).reshape(P, C)
+        return attn.out_proj(out)
 
 
 class ScatterFormerBackbone3d(nn.Module):

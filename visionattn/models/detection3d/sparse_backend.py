@@ -1,4 +1,5 @@
-"""The sparse-convolution library behind the voxel networks: spconv on CPU, spconv-triton on GPU.
+"""The sparse-convolution backend of the voxel networks: index pairs from spconv or PyTorch, the
+convolution in PyTorch or spconv-triton.
 
 Model code imports only this module. It exposes the few spconv-API pieces the networks use:
 
@@ -11,17 +12,23 @@ Model code imports only this module. It exposes the few spconv-API pieces the ne
 - :class:`SparseSequential`: spconv's ``SparseSequential`` semantics (dense modules such as
   BatchNorm1d/ReLU act on ``.features``) for modules of both libraries.
 
-Which library (the ``3d`` extra installs spconv; ``pip install spconv-triton`` adds the GPU one):
+Backends (the ``3d`` extra installs spconv and spconv-triton):
 
-- CPU tensors: ``spconv``'s CPU wheel generates the index pairs (cached per ``indice_key`` as spconv
-  caches them) and the convolution itself is a gather and one einsum in PyTorch here
-  (:func:`_conv_cpu`), with PyTorch's autograd. The wheel's own CPU compute is not used: with more
-  than one CPU thread its gather/scatter loop returns wrong rows now and then (measured with
-  spconv 2.3.8: 3 of 12 identical calls off by up to 0.49 on unit-scale features), its backward asks
-  for a CUDA stream (upstream spconv issue #366) and it refuses a bias in eval mode.
-- CUDA tensors: ``spconv_triton`` (pure Triton, spconv's API and numerics) if it is installed,
-  else ``spconv`` (which then needs a CUDA build of spconv). ``VISIONATTN_SPARSE_BACKEND=spconv``
-  or ``=spconv_triton`` forces one.
+- ``spconv`` on CPU tensors: spconv's CPU wheel generates the index pairs (cached per ``indice_key``
+  as spconv caches them; its output order is the official code's) and the convolution is computed
+  in PyTorch here (:func:`_conv_pairs`), with PyTorch's autograd. The wheel's own CPU compute is not
+  used: with more than one CPU thread its gather/scatter loop returns wrong rows now and then
+  (measured with spconv 2.3.8: 3 of 12 identical calls off by up to 0.49 on unit-scale features),
+  its backward asks for a CUDA stream (upstream spconv issue #366) and it refuses a bias in eval
+  mode. On CUDA tensors ``spconv`` means spconv's own CUDA build.
+- ``torch``: the index pairs from sorting and binary search in PyTorch (:func:`torch_pairs`), the
+  same PyTorch convolution; any device, nothing compiled, no warm-up.
+- ``spconv_triton``: pure Triton with spconv's API and numerics, CUDA only. Its kernels autotune
+  over a few dozen tile configurations per layer shape at first use (minutes on a fresh machine;
+  Triton caches the choice on disk).
+
+Default: ``spconv`` on CPU, ``torch`` on CUDA. ``VISIONATTN_SPARSE_BACKEND=spconv|torch|spconv_triton``
+forces one.
 """
 import importlib
 import os
@@ -32,7 +39,7 @@ import torch.nn as nn
 
 from ...extras import require_extra
 
-BACKENDS = ("spconv", "spconv_triton")
+BACKENDS = ("spconv", "torch", "spconv_triton")
 _ENV = "VISIONATTN_SPARSE_BACKEND"
 
 
@@ -53,8 +60,8 @@ if not _LIBS:  # neither library: raise the message that names the extra to inst
 
 
 def available_backends() -> Tuple[str, ...]:
-    """The sparse-convolution libraries that imported here, e.g. ``('spconv', 'spconv_triton')``."""
-    return tuple(_LIBS)
+    """The backends that run here, e.g. ``('spconv', 'torch', 'spconv_triton')``."""
+    return tuple(name for name in BACKENDS if name == "torch" or name in _LIBS)
 
 
 def backend_for(device: Union[torch.device, str]) -> str:
@@ -64,7 +71,7 @@ def backend_for(device: Union[torch.device, str]) -> str:
     if forced:
         if forced not in BACKENDS:
             raise ValueError(f"{_ENV}={forced!r} is not a sparse backend; use one of {BACKENDS}")
-        if forced not in _LIBS:
+        if forced != "torch" and forced not in _LIBS:
             raise ImportError(f"{_ENV}={forced!r} but {forced} is not installed "
                               f"({'pip install -e .[3d]' if forced == 'spconv' else 'pip install spconv-triton'})")
         if forced == "spconv_triton" and device.type == "cpu":
@@ -72,32 +79,39 @@ def backend_for(device: Union[torch.device, str]) -> str:
                              f"unset it or move the model to a GPU")
         return forced
     if device.type == "cpu":
-        if "spconv" not in _LIBS:
-            raise ImportError("sparse convolutions on CPU need spconv: pip install -e '.[3d]'  "
-                              "(spconv-triton, installed here, runs on GPUs only)")
-        return "spconv"
-    if "spconv_triton" in _LIBS:
-        return "spconv_triton"
-    return "spconv"
+        return "spconv" if "spconv" in _LIBS else "torch"
+    return "torch"
 
 
-def library(device: Union[torch.device, str]):
-    """The ``spconv.pytorch``-like module that runs on ``device``."""
-    return _LIBS[backend_for(device)]
+class SparseTensor:
+    """The ``torch`` backend's sparse tensor: the part of spconv's ``SparseConvTensor`` the networks use
+    (``features``, ``indices``, ``spatial_shape``, ``batch_size``, ``indice_dict``, ``replace_feature``)."""
+
+    def __init__(self, features: torch.Tensor, indices: torch.Tensor, spatial_shape: Sequence[int], batch_size: int):
+        self.features, self.indices = features, indices
+        self.spatial_shape, self.batch_size = [int(s) for s in spatial_shape], int(batch_size)
+        self.indice_dict: Dict[str, object] = {}
+
+    def replace_feature(self, features: torch.Tensor) -> "SparseTensor":
+        out = SparseTensor(features, self.indices, self.spatial_shape, self.batch_size)
+        out.indice_dict = self.indice_dict  # same voxels: the cached index pairs stay valid (spconv does the same)
+        return out
 
 
-def _library_of(x) -> str:
+def _backend_of(x) -> str:
+    if isinstance(x, SparseTensor):
+        return "torch"
     for name, lib in _LIBS.items():
         if isinstance(x, lib.SparseConvTensor):
             return name
-    raise TypeError(f"expected a SparseConvTensor of {available_backends()}, got {type(x).__name__}")
+    raise TypeError(f"expected a sparse tensor of {available_backends()}, got {type(x).__name__}")
 
 
 def sparse_tensor(features: torch.Tensor, indices: torch.Tensor, spatial_shape: Sequence[int], batch_size: int):
-    """The library's sparse tensor: features (N, C), indices (N, 4) ``[batch, z, y, x]``, shape (Z, Y, X)."""
-    lib = library(features.device)
-    return lib.SparseConvTensor(features, indices.int().contiguous(), [int(s) for s in spatial_shape],
-                                int(batch_size))
+    """The backend's sparse tensor: features (N, C), indices (N, 4) ``[batch, z, y, x]``, shape (Z, Y, X)."""
+    name = backend_for(features.device)
+    cls = SparseTensor if name == "torch" else _LIBS[name].SparseConvTensor
+    return cls(features, indices.int().contiguous(), [int(s) for s in spatial_shape], int(batch_size))
 
 
 class _SparseConv(nn.Module):
@@ -134,9 +148,10 @@ class _SparseConv(nn.Module):
         return self._impls[name]
 
     def forward(self, x):
-        if not x.features.is_cuda:
-            return _conv_cpu(self, x)
-        impl = self._impl(_library_of(x))
+        name = _backend_of(x)
+        if name == "torch" or (name == "spconv" and not x.features.is_cuda):
+            return _conv_pairs(self, x, *(_torch_pairs if name == "torch" else _spconv_pairs)(self, x))
+        impl = self._impl(name)
         impl.training = self.training  # pair generation keeps the backward tables only in training
         return impl._conv_forward(self.training, x, self.weight, self.bias)
 
@@ -146,52 +161,129 @@ class _SparseConv(nn.Module):
                 f"indice_key={self.indice_key!r}")
 
 
-def _cpu_pairs(conv: _SparseConv, x):
-    """(output indices, output shape, gather table (K, N_out) int64: the input row that output o sees
-    through kernel offset k, -1 if none) of ``conv`` on ``x``, from spconv's CPU pair generation;
-    cached in ``x.indice_dict`` under the conv's ``indice_key``."""
-    key = f"visionattn_cpu/{conv.indice_key}" if conv.indice_key is not None else None
+def _cached(conv: _SparseConv, x, backend: str, make):
+    """Index pairs of ``conv`` on ``x``, cached in ``x.indice_dict`` under the conv's ``indice_key``."""
+    key = f"visionattn_{backend}/{conv.indice_key}" if conv.indice_key is not None else None
     if key is not None and key in x.indice_dict:
         return x.indice_dict[key]
-    ops = importlib.import_module("spconv.pytorch.ops")
-    algo = importlib.import_module("spconv.core").ConvAlgo.Native
-    shape = [int(s) for s in x.spatial_shape]
-    ksize, stride, padding = list(conv.kernel_size), list(conv.stride), list(conv.padding)
-    out_indices, pairs, counts = ops.get_indice_pairs(x.indices, x.batch_size, shape, algo, ksize, stride, padding,
-                                                      [1] * len(shape), [0] * len(shape), conv.subm, False)
-    if conv.subm:
-        out_indices = x.indices
-    counts = counts.tolist()
-    K = len(counts)
-    table = torch.full((K, out_indices.shape[0]), -1, dtype=torch.int64, device=x.indices.device)
-    for k in range(K):
-        if conv.subm and k == K // 2:  # centre of a submanifold kernel: every voxel sees itself
-            table[k] = torch.arange(out_indices.shape[0], device=x.indices.device)
-            continue
-        # spconv stores the counts of the first half of a submanifold kernel (the second half mirrors it)
-        n = counts[K - 1 - k] if conv.subm and k > K // 2 else counts[k]
-        table[k, pairs[1, k, :n].long()] = pairs[0, k, :n].long()
-    out_shape = shape if conv.subm else ops.get_conv_output_size(shape, ksize, stride, padding, [1] * len(shape))
-    result = (out_indices, out_shape, table)
+    out_indices, out_shape, table = make()
+    # per kernel offset, the (output row, input row) pairs that exist: the convolution touches only these
+    # (one nonzero and one count transfer for all offsets: each is a host sync on a GPU)
+    offset_of, rows = (table >= 0).nonzero(as_tuple=True)  # ordered by offset
+    counts = torch.bincount(offset_of, minlength=table.shape[0]).tolist()
+    result = (out_indices, list(out_shape),
+              [(o, table[k, o]) for k, o in enumerate(rows.split(counts))])
     if key is not None:
         x.indice_dict[key] = result
     return result
 
 
-def _conv_cpu(conv: _SparseConv, x, max_chunk_bytes: int = 1 << 28):
-    """``out[o] = bias + sum_k W[:, k] x[table[k, o]]`` (absent neighbours contribute 0), W (out, K, in);
-    the gathered inputs (K, N_out, in) are processed in chunks of kernel offsets of at most
-    ``max_chunk_bytes``."""
-    out_indices, out_shape, table = _cpu_pairs(conv, x)
-    K, n_out = table.shape
-    feats = torch.cat([x.features, x.features.new_zeros(1, x.features.shape[1])])  # row -1 -> zeros
-    weight = conv.weight.reshape(conv.out_channels, K, conv.in_channels)  # (out, K, in)
-    step = max(1, max_chunk_bytes // max(1, n_out * conv.in_channels * feats.element_size()))
+def _spconv_pairs(conv: _SparseConv, x):
+    """Pairs from spconv's CPU pair generation (the official code's output order)."""
+
+    def make():
+        ops = importlib.import_module("spconv.pytorch.ops")
+        algo = importlib.import_module("spconv.core").ConvAlgo.Native
+        shape = [int(s) for s in x.spatial_shape]
+        ksize, stride, padding = list(conv.kernel_size), list(conv.stride), list(conv.padding)
+        out_indices, pairs, counts = ops.get_indice_pairs(x.indices, x.batch_size, shape, algo, ksize, stride,
+                                                          padding, [1] * len(shape), [0] * len(shape), conv.subm, False)
+        if conv.subm:
+            out_indices = x.indices
+        counts = counts.tolist()
+        K = len(counts)
+        table = torch.full((K, out_indices.shape[0]), -1, dtype=torch.int64, device=x.indices.device)
+        for k in range(K):
+            if conv.subm and k == K // 2:  # centre of a submanifold kernel: every voxel sees itself
+                table[k] = torch.arange(out_indices.shape[0], device=x.indices.device)
+                continue
+            # spconv stores the counts of the first half of a submanifold kernel (the second half mirrors it)
+            n = counts[K - 1 - k] if conv.subm and k > K // 2 else counts[k]
+            table[k, pairs[1, k, :n].long()] = pairs[0, k, :n].long()
+        out_shape = shape if conv.subm else ops.get_conv_output_size(shape, ksize, stride, padding, [1] * len(shape))
+        return out_indices, out_shape, table
+
+    return _cached(conv, x, "spconv", make)
+
+
+def _torch_pairs(conv: _SparseConv, x):
+    """Pairs from :func:`torch_pairs` (any device)."""
+    return _cached(conv, x, "torch", lambda: torch_pairs(x.indices, x.spatial_shape, conv.kernel_size,
+                                                         conv.stride, conv.padding, conv.subm))
+
+
+def torch_pairs(indices: torch.Tensor, spatial_shape: Sequence[int], kernel_size: Sequence[int],
+                stride: Sequence[int], padding: Sequence[int], subm: bool):
+    """Index pairs of a sparse convolution (dilation 1) in PyTorch.
+
+    Returns ``(out_indices (M, 4) int32, out_shape [Z', Y', X'], table (K, M) int64)`` where
+    ``table[k, o]`` is the input row seen by output ``o`` through kernel offset ``k`` (row-major over
+    (kz, ky, kx), the KRSC weight's order), or -1. A submanifold convolution's outputs are its inputs
+    in their order; a strided convolution's outputs are the sites whose receptive field holds an input
+    voxel, sorted by (batch, z, y, x). Cross-correlation: output ``p`` reads input ``p * stride - padding + k``.
+    """
+    shape = torch.tensor([int(s) for s in spatial_shape], device=indices.device)
+    ksize = torch.tensor([int(k) for k in kernel_size], device=indices.device)
+    stride_t = torch.tensor([int(s) for s in stride], device=indices.device)
+    pad = torch.tensor([int(p) for p in padding], device=indices.device)
+    out_shape = shape if subm else (shape + 2 * pad - ksize) // stride_t + 1
+    axes = [torch.arange(int(k), device=indices.device) for k in kernel_size]
+    offsets = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)  # (K, 3)
+    idx = indices.long()
+    batch, zyx = idx[:, 0], idx[:, 1:]
+
+    def linear(b, p):  # row-major key over (batch, Z', Y', X')
+        return ((b * out_shape[0] + p[..., 0]) * out_shape[1] + p[..., 1]) * out_shape[2] + p[..., 2]
+
+    if idx.shape[0] == 0:
+        return indices[:0], out_shape.tolist(), torch.empty(len(offsets), 0, dtype=torch.int64, device=indices.device)
+    if subm:
+        out_indices = indices
+        # output o reads input o + (k - centre): look each neighbour up among the sorted input keys
+        keys, order = torch.sort(linear(batch, zyx))
+        neighbour = zyx[None] + (offsets - ksize // 2)[:, None]  # (K, N, 3)
+        inside = ((neighbour >= 0) & (neighbour < shape)).all(-1)
+        wanted = linear(batch[None], neighbour)
+        pos = torch.searchsorted(keys, wanted).clamp_(max=len(keys) - 1)
+        found = inside & (keys[pos] == wanted)
+        table = torch.where(found, order[pos], torch.full_like(pos, -1))
+        return out_indices, out_shape.tolist(), table
+    # input q reaches output p = (q + padding - k) / stride through offset k, when that divides and lies inside
+    shifted = zyx[None] + pad - offsets[:, None]  # (K, N, 3)
+    p = torch.div(shifted, stride_t, rounding_mode="floor")
+    valid = ((shifted - p * stride_t) == 0).all(-1) & ((p >= 0) & (p < out_shape)).all(-1)  # (K, N)
+    keys = linear(batch[None], p)
+    out_keys = torch.unique(keys[valid])  # sorted
+    table = torch.full((len(offsets), len(out_keys)), -1, dtype=torch.int64, device=indices.device)
+    k_of, n_of = valid.nonzero(as_tuple=True)
+    table[k_of, torch.searchsorted(out_keys, keys[k_of, n_of])] = n_of  # one input per (offset, output)
+    rest, x_ = torch.div(out_keys, out_shape[2], rounding_mode="floor"), out_keys % out_shape[2]
+    rest, y_ = torch.div(rest, out_shape[1], rounding_mode="floor"), rest % out_shape[1]
+    b_, z_ = torch.div(rest, out_shape[0], rounding_mode="floor"), rest % out_shape[0]
+    out_indices = torch.stack([b_, z_, y_, x_], 1).int()
+    return out_indices, out_shape.tolist(), table
+
+
+def _conv_pairs(conv: _SparseConv, x, out_indices, out_shape, pairs):
+    """``out[o] = bias + sum_k W_k x[i]`` over the pairs ``(o, i)`` of each kernel offset ``k``
+    (W (out, K, in) from the KRSC weight): per offset one gather, one matrix product and one
+    ``index_add`` (outputs are unique within an offset, so the sum is deterministic)."""
+    feats = x.features
+    weight = conv.weight.reshape(conv.out_channels, -1, conv.in_channels)  # (out, K, in)
+    n_out = out_indices.shape[0]
     out = None
-    for k0 in range(0, K, step):
-        gathered = feats[table[k0:k0 + step]]  # (k, N_out, in)
-        part = torch.einsum("kni,oki->no", gathered, weight[:, k0:k0 + step])
-        out = part if out is None else out + part
+    if conv.subm:  # the centre offset pairs every voxel with itself: no gather
+        centre = weight.shape[1] // 2
+        out = feats @ weight[:, centre].t()
+    for k, (o, i) in enumerate(pairs):
+        if (conv.subm and k == weight.shape[1] // 2) or o.numel() == 0:
+            continue
+        part = feats[i] @ weight[:, k].t()
+        if out is None:
+            out = part.new_zeros(n_out, conv.out_channels)
+        out.index_add_(0, o, part)  # in place: no product's backward needs ``out``
+    if out is None:  # no pairs at all
+        out = (feats[:0] @ weight[:, 0].t()).new_zeros(n_out, conv.out_channels)
     if conv.bias is not None:
         out = out + conv.bias
     result = x.replace_feature(out)
