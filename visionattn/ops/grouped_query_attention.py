@@ -118,9 +118,10 @@ def _sdpa_index(q, k, v, group_sizes, scale, dropout_p):
         idx = kv_head_index(group_sizes.to(q.device), H)
     if idx.dim() == 1:  # same assignment for every sample
         k, v = k.index_select(1, idx), v.index_select(1, idx)  # (B, H, M, d)
-    else:  # per-sample assignment (B, H)
-        gather_idx = idx[:, :, None, None].expand(B, H, k.shape[2], d)
-        k, v = k.gather(1, gather_idx), v.gather(1, gather_idx)
+    else:  # per-sample assignment (B, H): whole (M, d) heads copied by one (B, H) index, not
+        # torch.gather's index of every element (which reads 8 index bytes per copied value)
+        batch = torch.arange(B, device=q.device)[:, None]
+        k, v = k[batch, idx], v[batch, idx]
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
 
 

@@ -35,6 +35,7 @@ from ...registry import register_converter
 from .stage_classifier import StageClassifier
 from ...ops.bilevel_routing_attention import IMPLS as BRA_IMPLS
 from ...ops.bilevel_routing_attention import bilevel_routing_attention
+from ...ops.layer_norm import layer_norm
 from ..input_contract import check_choice, check_int, check_ints, check_num_classes, check_rate
 
 __all__ = ["BiFormer", "BiLevelRoutingAttention", "checkpoint_filter_fn"]
@@ -114,10 +115,14 @@ class BiFormerBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.cpe(x)
-        x = x.permute(0, 2, 3, 1)  # NHWC
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        # x += cpe(x); x += attn(norm1(x)); x += mlp(norm2(x)). The first two adds are fused with
+        # the LayerNorm that follows them (visionattn.ops.layer_norm with residual=: one pass that
+        # returns the sum and its norm; the reference path is the add, then F.layer_norm).
+        n1, n2 = self.norm1, self.norm2
+        pos = self.cpe(x).permute(0, 2, 3, 1)  # NHWC views of channels_last maps
+        y, x = layer_norm(x.permute(0, 2, 3, 1), n1.weight, n1.bias, n1.eps, residual=pos)
+        y, x = layer_norm(x, n2.weight, n2.bias, n2.eps, residual=self.drop_path(self.attn(y)))
+        x = x + self.drop_path(self.mlp(y))
         return x.permute(0, 3, 1, 2)
 
 

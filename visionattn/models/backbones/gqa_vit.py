@@ -39,6 +39,7 @@ from timm.models.vision_transformer import checkpoint_filter_fn as timm_checkpoi
 from ...hub import extract_state_dict, read_checkpoint
 from ...registry import register_converter
 from ...ops.grouped_query_attention import grouped_query_attention, kv_head_index
+from ...ops.key_norm_allocation import allocate_queries, key_head_norms, key_norm_allocation
 from ..input_contract import check_divides, check_images, check_int, check_num_classes, check_rate
 
 __all__ = ["GQAVisionTransformer", "GroupedQueryAttention", "KeyDrivenGQA", "DynamicGQA", "PerturbedGQA", "allocate_queries",
@@ -46,49 +47,6 @@ __all__ = ["GQAVisionTransformer", "GroupedQueryAttention", "KeyDrivenGQA", "Dyn
 
 
 # --- query allocation -------------------------------------------------------------------------
-
-def key_head_norms(k: torch.Tensor) -> torch.Tensor:
-    """Frobenius norm of each key head. k: (B, G, N, d) -> (B, G) float32."""
-    return torch.linalg.vector_norm(k.detach(), dim=(2, 3), dtype=torch.float32)
-
-
-def allocate_queries(scores: torch.Tensor, num_heads: int, min_queries: int = 1) -> torch.Tensor:
-    """Split ``num_heads`` query heads over G KV heads in proportion to ``scores`` (largest remainder).
-
-    Every KV head first gets ``min_queries``; the other heads are shared in proportion to the
-    scores, the leftover ones going to the largest fractional parts (lower index first on ties).
-    Scores that sum to zero or are not finite give the most uniform split. Tensor ops only.
-
-    Args:
-        scores: (..., G) non-negative weights.
-    Returns:
-        long (..., G), each row summing to ``num_heads``.
-    """
-    G = scores.shape[-1]
-    if min_queries * G > num_heads:
-        raise ValueError(f"min_queries={min_queries} per KV head needs {min_queries * G} query heads; "
-                         f"only {num_heads} exist (lower min_queries or use fewer KV heads)")
-    free = num_heads - min_queries * G
-    scores = scores.detach().float()
-    total = scores.sum(-1, keepdim=True)
-    valid = torch.isfinite(total) & (total > 0)
-    share = torch.where(valid, scores / torch.where(valid, total, torch.ones_like(total)),
-                        torch.full_like(scores, 1.0 / G))
-    quota = share * free
-    base = quota.floor()
-    leftover = free - base.sum(-1, keepdim=True)
-    order = torch.argsort(quota - base, dim=-1, descending=True, stable=True)
-    rank = torch.argsort(order, dim=-1)  # position of each KV head in that order
-    return (base + (rank < leftover).float()).long() + min_queries
-
-
-def min_max_normalise(norms: torch.Tensor) -> torch.Tensor:
-    """(..., G) -> (..., G) in [0, 1]; all ones where the norms are tied (incl. G = 1)."""
-    low, high = norms.amin(-1, keepdim=True), norms.amax(-1, keepdim=True)
-    spread = high - low
-    tied = spread <= 0
-    return torch.where(tied, torch.ones_like(norms), (norms - low) / torch.where(tied, torch.ones_like(spread), spread))
-
 
 def _uniform_sizes(num_heads: int, num_kv_heads: int) -> torch.Tensor:
     sizes = torch.full((num_kv_heads,), num_heads // num_kv_heads, dtype=torch.long)
@@ -207,10 +165,10 @@ class KeyDrivenGQA(GroupedQueryAttention):
         allocate_queries(torch.ones(self.num_kv_heads), self.num_heads, self.min_queries_per_kv)
 
     def group_sizes(self, k: torch.Tensor) -> torch.Tensor:
-        norms = key_head_norms(k)  # (B, G)
         if self.faithful:
-            return _official_kdgqa_sizes(norms.sum(0), self.num_heads)
-        return allocate_queries(min_max_normalise(norms), self.num_heads, self.min_queries_per_kv)
+            return _official_kdgqa_sizes(key_head_norms(k).sum(0), self.num_heads)
+        # per image: min-max normalised key-head norms -> largest-remainder allocation (one kernel)
+        return key_norm_allocation(k, self.num_heads, self.min_queries_per_kv)
 
 
 class DynamicGQA(GroupedQueryAttention):
