@@ -1,6 +1,7 @@
 """One factory for every network: timm backbones and task networks alike."""
 import difflib
 import fnmatch
+import os
 from typing import List, Optional
 
 import timm
@@ -35,6 +36,31 @@ def model_family(name: str) -> str:
     return _model_to_module.get(name, name)
 
 
+_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".pth.tar", ".tar", ".ckpt", ".bin", ".safetensors", ".pkl")
+
+
+def _check_name(name, checkpoint) -> None:
+    """A model name, not a path or another object: the mistakes timm answers with an AttributeError or
+    an 'Invalid pretrained tag' get a sentence that says what to pass instead."""
+    if isinstance(name, (str, bytes)) and not isinstance(name, bytes):
+        looks_like_file = name.lower().endswith(_CHECKPOINT_SUFFIXES) or "/" in name or "\\" in name or \
+            name.startswith(("http://", "https://", "~", "."))
+        if looks_like_file and not (name in NETWORKS or hub.has_entry(name)):
+            raise ValueError(f"create_model: {name!r} looks like a checkpoint path or URL, not a model name; pass "
+                             f"the architecture as the name and the file as checkpoint=, e.g. "
+                             f"create_model('ffnet_1', checkpoint={name!r}) (`visionattn.list_models()` lists names)")
+        if not name.strip():
+            raise ValueError("create_model: the model name is empty; `visionattn.list_models()` lists the names")
+        if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+            raise TypeError(f"create_model: checkpoint must be a path or URL, got {type(checkpoint).__name__}")
+        return
+    if isinstance(name, os.PathLike):
+        raise TypeError(f"create_model: got a path ({os.fspath(name)!r}) as the model name; pass the architecture "
+                        f"as the name and the file as checkpoint=")
+    raise TypeError(f"create_model: the model name must be a string such as 'ffnet_1', got {name!r} "
+                    f"({type(name).__name__}); `visionattn.list_models()` lists the names")
+
+
 def _unknown(name: str) -> ValueError:
     candidates = list_models() + [n for n in timm.list_models() if n not in NETWORKS]
     close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
@@ -60,6 +86,7 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
             family's official release format (detected and converted). Loaded strictly.
         **kwargs: passed to the model's constructor (``num_classes``, ``features_only``...).
     """
+    _check_name(name, checkpoint)
     if pretrained and checkpoint is not None:
         raise ValueError("pass either pretrained=True or checkpoint=..., not both")
     entry = None

@@ -145,18 +145,123 @@ def convert_checkpoint(checkpoint: Mapping, model: nn.Module, family: Optional[s
     return CONVERTERS[family](checkpoint, model, **kwargs)
 
 
+_WRAPPER_PREFIXES = ("module.", "backbone.", "net.", "network.", "model.", "ema.", "module.backbone.", "module.net.")
+
+
+@dataclass
+class KeyDiff:
+    """How a state dict differs from a model's: keys it lacks, keys the model lacks, tensors of another
+    shape (key, file shape, model shape) and likely renames (file key, model key)."""
+
+    missing: List[str]
+    unexpected: List[str]
+    shapes: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]]
+    renamed: List[Tuple[str, str]]
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.unexpected or self.shapes)
+
+    def size(self) -> int:
+        return len(self.missing) + len(self.unexpected) + len(self.shapes)
+
+
+def diff_state_dict(state_dict: Mapping[str, Any], model_state: Mapping[str, torch.Tensor]) -> KeyDiff:
+    """Compare ``state_dict`` (a file's tensors) with ``model_state`` (``model.state_dict()``)."""
+    import difflib
+
+    missing = [k for k in model_state if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in model_state]
+    shapes = [(k, tuple(getattr(v, "shape", ())), tuple(model_state[k].shape)) for k, v in state_dict.items()
+              if k in model_state and tuple(getattr(v, "shape", ())) != tuple(model_state[k].shape)]
+    renamed = []
+    if len(missing) <= 50 and len(unexpected) <= 50:
+        for key in unexpected:
+            same_shape = [m for m in missing if tuple(model_state[m].shape) == tuple(getattr(state_dict[key], "shape", ()))]
+            close = difflib.get_close_matches(key, same_shape, n=1, cutoff=0.75)
+            if close:
+                renamed.append((key, close[0]))
+    return KeyDiff(missing, unexpected, shapes, renamed)
+
+
+def _listing(keys: List[str], shown: int = 5) -> str:
+    return f"{len(keys)} [{', '.join(keys[:shown])}{', ...' if len(keys) > shown else ''}]"
+
+
+def describe_mismatch(diff: KeyDiff, model: nn.Module, family: Optional[str], what: str) -> str:
+    """One sentence in the library's words: which keys are missing/unexpected (first few, with
+    counts), which tensors have another shape (file vs model), and the likely renames."""
+    parts = []
+    if diff.missing:
+        parts.append(f"missing keys {_listing(diff.missing)}")
+    if diff.unexpected:
+        parts.append(f"unexpected keys {_listing(diff.unexpected)}")
+    if diff.shapes:
+        shown = ", ".join(f"{k}: {file} in the file vs {ours} in the model" for k, file, ours in diff.shapes[:5])
+        parts.append(f"{len(diff.shapes)} tensors of another shape [{shown}{', ...' if len(diff.shapes) > 5 else ''}]")
+    hint = ""
+    if diff.renamed:
+        hint = " Renamed? " + ", ".join(f"{a!r} looks like {b!r}" for a, b in diff.renamed[:5]) + "."
+    elif diff.shapes and not (diff.missing or diff.unexpected):
+        hint = " Are the model kwargs (variant, num_classes, in_chans...) the ones the checkpoint was trained with?"
+    fam = f" (family {family!r})" if family else ""
+    return f"{what} does not fit {type(model).__name__}{fam}: {'; '.join(parts)}.{hint}"
+
+
+def _near_native(checkpoint: Mapping, model_state: Mapping[str, torch.Tensor]) -> Optional[Dict[str, Any]]:
+    """The tensors of ``checkpoint`` when it is the library's own format with a few keys off: at least
+    half of the model's keys are present under their own names (after a wrapper prefix). None otherwise."""
+    try:
+        state_dict = extract_state_dict(checkpoint)
+    except RuntimeError:
+        return None
+    best, best_overlap = None, 0
+    for prefix in ("",) + _WRAPPER_PREFIXES:
+        stripped = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)} if prefix else state_dict
+        overlap = sum(1 for k in stripped if k in model_state)
+        if overlap > best_overlap:
+            best, best_overlap = stripped, overlap
+    return best if model_state and best_overlap * 2 >= len(model_state) else None
+
+
+_FEW_KEYS = 4  # at most this many keys off the model's own: a damaged file of the library's format
+
+
 def load_checkpoint(model: nn.Module, source: Union[str, Path, Mapping], family: Optional[str] = None,
                     strict: bool = True, **kwargs) -> nn.Module:
-    """Load weights from a path, URL or already-loaded checkpoint into ``model`` (strict by default)."""
+    """Load weights from a path, URL or already-loaded checkpoint into ``model`` (strict by default).
+
+    A file that does not fit raises a RuntimeError naming the missing and unexpected keys (first few,
+    with counts), the tensors of another shape (both shapes) and likely renames. A file in the
+    library's own format with a few keys off is reported as such (not handed to the family's
+    converter as if it were an official release). ``strict=False`` loads the keys that fit and
+    still refuses tensors of another shape.
+    """
     checkpoint = source if isinstance(source, Mapping) else read_checkpoint(source)
-    state_dict = convert_checkpoint(checkpoint, model, family, **kwargs)
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    if strict and (missing or unexpected):
-        raise RuntimeError(
-            f"checkpoint does not fit {type(model).__name__}: missing keys {missing[:8]}"
-            f"{'...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
-            f"{'...' if len(unexpected) > 8 else ''}"
-        )
+    where = "checkpoint" if isinstance(source, Mapping) else f"checkpoint {str(source)!r}"
+    model_state = model.state_dict()
+    try:
+        state_dict, problem = convert_checkpoint(checkpoint, model, family, **kwargs), None
+    except KeyError as err:  # a converter indexing an official key the file lacks
+        state_dict = None
+        problem = RuntimeError(f"{where} looks like the official {family} format but lacks the key {err}: it is "
+                               f"damaged or of another release")
+        problem.__cause__ = err
+    except RuntimeError as err:
+        state_dict, problem = None, err
+    diff = diff_state_dict(state_dict, model_state) if state_dict is not None else None
+    if problem is not None or (diff and (strict or diff.shapes)):
+        native = _near_native(checkpoint, model_state) if not kwargs else None
+        if native is not None:
+            native_diff = diff_state_dict(native, model_state)
+            # a few keys off our own layout: name them (a converter that raised would describe the file as an
+            # official release); many keys off: the converter's message (e.g. "a file of another variant") says more
+            few = native_diff.size() <= _FEW_KEYS or (diff is not None and native_diff.size() <= diff.size())
+            if native_diff and few:
+                raise RuntimeError(describe_mismatch(native_diff, model, family, f"{where} (in visionattn's format)"))
+        if problem is not None:
+            raise problem
+        raise RuntimeError(describe_mismatch(diff, model, family, where))
+    model.load_state_dict(state_dict, strict=strict)
     return model
 
 

@@ -30,9 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .cuda_graph import graph_runner
+from .models.input_contract import FLOAT_DTYPES, channel_fix
 from .models.stereo.matchstereo import MatchStereo, field_outputs
-
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 ANCHORS = ("top_left", "bottom_left", "center")
 PAD_MODES = ("reflect", "replicate", "constant")
 
@@ -44,16 +43,6 @@ def _tracing(x: torch.Tensor) -> bool:
     exporting = getattr(torch.compiler, "is_exporting", lambda: False)
     capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
     return torch.compiler.is_compiling() or exporting() or capturing
-
-
-def _channel_fix(got: int, want: int, shape: Tuple[int, ...]) -> str:
-    if shape[-1] == want and got != want:
-        return "it looks channels-last (B, H, W, C): use x.permute(0, 3, 1, 2)"
-    if got == 1 and want == 3:
-        return "repeat a grayscale image with x.expand(-1, 3, -1, -1)"
-    if got in (3, 4) and want == 1:
-        return "convert to one channel first (e.g. x[:, :3].mean(1, keepdim=True))"
-    return f"convert the images to {want} channels"
 
 
 def check_image(x, *, channels: Optional[Union[int, Sequence[int]]] = None,
@@ -87,7 +76,7 @@ def check_image(x, *, channels: Optional[Union[int, Sequence[int]]] = None,
             want = " or ".join(str(c) for c in allowed)
             raise ValueError(f"{name} must have {want} channel{'s' if allowed != (1,) else ''}, got {shape[1]} "
                              f"(shape {shape}); "
-                             f"{_channel_fix(shape[1], allowed[0], shape)}")
+                             f"{channel_fix(shape[1], allowed[0], shape)}")
     if x.dtype not in tuple(dtypes):
         accepted = ", ".join(str(d).replace("torch.", "") for d in dtypes)
         got = str(x.dtype).replace("torch.", "")

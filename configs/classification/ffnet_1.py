@@ -11,9 +11,11 @@ model = dict(network="ffnet_1", network_kwargs=dict(drop_path_rate=0.1), mixup=d
 train_dataloader = dict(dataset=dict(transform=dict(input_size=256, color_jitter=0.4)))
 val_dataloader = dict(dataset=dict(transform=dict(input_size=256, crop_pct=0.9)))
 test_dataloader = val_dataloader
-# mmengine momentum = 1 - decay: timm ModelEmaV2(decay=0.9995). RandomStateHook and TrainingCurvesHook
+# mmengine momentum = 1 - decay: timm ModelEmaV2(decay=0.9995), updated in one multi-tensor op per step
+# (visionattn.engine.ema). RandomStateHook and TrainingCurvesHook
 # come from the runtime's default_hooks.
-custom_hooks = [dict(type="EMAHook", momentum=5e-4, update_buffers=True, priority="ABOVE_NORMAL")]
+custom_hooks = [dict(type="EMAHook", ema_type="ForeachExponentialMovingAverage", momentum=5e-4, update_buffers=True,
+                     priority="ABOVE_NORMAL")]
 # Distributed runs normalise with the batch statistics of all GPUs (mmengine's Runner converts every
 # BatchNorm to torch's SyncBatchNorm; one-process runs keep plain BatchNorm). Our choice: the official
 # timm trainer keeps per-GPU statistics and averages the running statistics across GPUs once per

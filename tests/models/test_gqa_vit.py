@@ -46,6 +46,26 @@ def test_fast_path_equals_reference(attn):
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("attn", ["kdgqa", "dgqa"])
+def test_cuda_fast_paths_equal_reference(attn):
+    """On the GPU: the KDGQA allocation kernel and per-image K/V expansion, DGQA's folded eval path,
+    against the reference ops (fp32; training mode too: gradients through the expanded K/V)."""
+    model = tiny(attn, num_kv_heads=2, num_heads=8, embed_dim=64).cuda()
+    x = images(6).cuda()
+    for train in (False, True):
+        model.train(train)
+        outs = []
+        for impl in (None, "reference"):
+            model.zero_grad()
+            with use_impl(impl):
+                out = model(x)
+            out.square().mean().backward()
+            outs.append((out.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
+        torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(outs[0][1], outs[1][1], atol=1e-4, rtol=1e-3)
+
+
 def test_kdgqa_eval_independent_of_batch_and_batch_of_one():
     model = tiny("kdgqa", num_kv_heads=2).eval()
     x = images(4)

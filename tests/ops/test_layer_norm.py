@@ -38,11 +38,59 @@ def test_triton_interpreter_cases(shape, cut, bias):
     _compare("cpu", torch.float32, shape, cut, bias, 1e-5)
 
 
+# fused residual form: (shape, slice end of x or None, bias, dtype of r, which outputs the loss uses)
+ADD_CASES = [((3, 5, 42), None, True, torch.float32, "ys"), ((2, 4, 7, 36), 34, False, torch.float32, "ys"),
+             ((37, 130), 128, True, torch.float32, "y"), ((6, 64), None, True, torch.float32, "s"),
+             ((70, 64), None, True, torch.float16, "ys")]
+
+
+def _compare_add(device, dtype, shape, cut, bias, r_dtype, use, atol):
+    g = torch.Generator().manual_seed(len(shape) + shape[-1])
+    full = torch.randn(shape, generator=g).to(device, dtype)
+    x = full[..., :cut] if cut else full
+    D = x.shape[-1]
+    r = torch.randn(x.shape, generator=g).to(device, r_dtype)
+    w = (1 + 0.1 * torch.randn(D, generator=g)).to(device, dtype)
+    b = (0.1 * torch.randn(D, generator=g)).to(device, dtype) if bias else None
+    gy = torch.randn(x.shape, generator=g).to(device)
+    gs = torch.randn(x.shape, generator=g).to(device)
+    outs = {}
+    for impl in ("reference", "triton"):
+        leaves = [t.detach().requires_grad_() for t in (x, r, w) + ((b,) if bias else ())]
+        y, s = ln.layer_norm(leaves[0], leaves[2], leaves[3] if bias else None, 1e-6, impl=impl, residual=leaves[1])
+        loss = (y.float() * gy).sum() * ("y" in use) + (s.float() * gs).sum() * ("s" in use)
+        outs[impl] = [y, s, *torch.autograd.grad(loss, leaves)]
+    t = outs["triton"]
+    assert t[0].is_contiguous() and t[1].is_contiguous() and t[0].dtype == t[1].dtype == torch.promote_types(dtype, r_dtype)
+    assert [g.dtype for g in t[2:]] == [dtype, r_dtype, dtype] + ([dtype] if bias else [])
+    for name, ref, got in zip(("y", "s", "dx", "dr", "dw", "db"), outs["reference"], t):
+        scale = max(1.0, ref.float().abs().max().item())
+        # an output stored in a half type may round the two paths' float32 values to neighbouring steps
+        tol = max(atol, 2 * torch.finfo(got.dtype).eps)
+        err = (ref.float() - got.float()).abs().max().item()
+        assert err <= tol * scale, (name, shape, dtype, r_dtype, use, err)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="run by test_triton_interpreter")
+@pytest.mark.parametrize("shape,cut,bias,r_dtype,use", ADD_CASES)
+def test_triton_interpreter_add_cases(shape, cut, bias, r_dtype, use):
+    _compare_add("cpu", torch.float32, shape, cut, bias, r_dtype, use, 2e-5)
+
+
+def test_add_reference_is_the_add_then_layer_norm():
+    kw = ln.example_inputs(tokens=10, dim=6, residual=1)
+    y, s = ln.layer_norm(**kw, impl="reference")
+    assert torch.equal(s, kw["x"] + kw["residual"])
+    assert torch.equal(y, torch.nn.functional.layer_norm(s, (6,), kw["weight"], kw["bias"], eps=1e-6))
+    with pytest.raises(ValueError, match="residual of shape"):
+        ln.layer_norm(kw["x"], kw["weight"], residual=kw["residual"][:5])
+
+
 @pytest.mark.skipif(not ln.triton_available(), reason="triton not installed")
 def test_triton_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
-                           "-k", "test_triton_interpreter_cases"], env=env, capture_output=True, text=True, timeout=300)
+                           "-k", "test_triton_interpreter_cases or test_triton_interpreter_add_cases"], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
@@ -70,3 +118,26 @@ def test_triton_cuda_compiles():
     kw = ln.example_inputs(device="cuda", tokens=100)
     f = torch.compile(lambda **k: ln.layer_norm(**k, impl="triton"), fullgraph=True)
     torch.testing.assert_close(f(**kw), ln.layer_norm(**kw, impl="reference"), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 2e-5), (torch.float16, 4e-3), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("shape,cut,bias,r_dtype,use", ADD_CASES)
+def test_triton_cuda_add(shape, cut, bias, r_dtype, use, dtype, atol):
+    # a residual of another dtype only with float32 x and weights: the reference (PyTorch's LayerNorm)
+    # takes no float32 sum with half-precision weights
+    _compare_add("cuda", dtype, shape, cut, bias, r_dtype if dtype == torch.float32 else dtype, use, atol)
+
+
+@pytest.mark.cuda
+def test_triton_cuda_add_autocast_and_compile():
+    kw = ln.example_inputs(device="cuda", tokens=1000, dim=64, residual=1)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y, s = ln.layer_norm(**kw, impl="triton")
+        y_ref, s_ref = ln.layer_norm(**kw, impl="reference")
+    assert y.dtype == torch.bfloat16 and s.dtype == torch.float32
+    torch.testing.assert_close(s, s_ref)
+    torch.testing.assert_close(y, y_ref.to(torch.bfloat16), atol=2e-2, rtol=2e-2)
+    f = torch.compile(lambda **k: ln.layer_norm(**k, impl="triton"), fullgraph=True)
+    for a, b in zip(f(**kw), ln.layer_norm(**kw, impl="reference")):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

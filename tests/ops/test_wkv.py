@@ -111,6 +111,17 @@ def _triton_quick_check():
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-9)
 
 
+def _triton_quick_check_float32():
+    """float32 (the fused combine kernel's path) against the float64 oracle, over segment carries."""
+    _wkv_triton._FORCE_SEG_LEN = 8
+    for T, C, sign in [(19, 3, -1.0), (5, 17, 1.0)]:
+        w, u, k, v = make(T, C, B=2, sign=sign, decay_scale=4.0)
+        y = wkv.bi_wkv(w.float(), u.float(), k.float(), v.float(), impl="triton")
+        ref = oracle(w, u, k, v)
+        assert y.dtype == torch.float32
+        assert ((y.double() - ref).abs().max() / ref.abs().max()).item() < 1e-5, (T, C)
+
+
 def _triton_checks(device):
     """Triton kernel vs oracle (values) and vs the reference (gradients).
 
@@ -159,6 +170,10 @@ def _run_interpreted(fn):
 def test_triton_kernel_in_interpreter_quick():
     """The Triton kernel (forward + backward) on CPU via TRITON_INTERPRET=1 (needs a fresh process)."""
     _run_interpreted("_triton_quick_check")
+
+
+def test_triton_kernel_in_interpreter_float32():
+    _run_interpreted("_triton_quick_check_float32")
 
 
 @pytest.mark.slow

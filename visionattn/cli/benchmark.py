@@ -2,7 +2,7 @@
 
     visionattn-benchmark MODEL_OR_OP [MODEL_OR_OP ...] [--impl a,b,...] [--official path.py:fn]
         [--batch 8] [--dtype float32|float16|bfloat16] [--device cpu|cuda] [--shape k=v ...]
-        [--mode infer|train] [--channels-last] [--compile [--compile-options k=v] | --cuda-graph] [--warmup 10] [--iters 50] [--out DIR]
+        [--mode infer|train|train-e2e] [--channels-last] [--compile [--compile-options k=v] | --cuda-graph] [--warmup 10] [--iters 50] [--out DIR]
         [--model-kwargs k=v ...] [--checkpoint PATH]
 
 - A target is an op when ``visionattn/ops/<name>.py`` exists (op-module contract: the function
@@ -10,7 +10,7 @@
   to ``example_inputs``. Otherwise it is a model name (``visionattn.list_models()`` or timm) run at
   its default input size (``--shape h=.. w=..`` overrides) under ``ops.dispatch.use_impl(impl)``.
 - ``--impl``/``--compare``: implementations to compare (ops: default all of ``IMPLS``; models:
-  ``auto``). ``--official path.py:fn`` adds an ``official`` row: for an op ``fn(**inputs)``, for a
+  ``auto``; for a model, ``op:impl[+op:impl]`` forces single ops, e.g. ``layer_norm:reference``). ``--official path.py:fn`` adds an ``official`` row: for an op ``fn(**inputs)``, for a
   model ``fn(**model_kwargs) -> nn.Module``, given our model's weights through the family converter
   so outputs compare; with ``--checkpoint`` (weights for our model, e.g. a trained state such as
   DGQA's group allocation) the official callable loads its own and nothing is shared. Official
@@ -27,6 +27,11 @@
   ``torch.cuda.max_memory_allocated`` above what the timed calls start from (CUDA only; with
   ``--cuda-graph`` from before the capture, so the graph's memory pool counts; one eager call
   runs first so that autotuning workspaces do not).
+- ``--mode train-e2e`` (models): ``tools/train.py``'s loop (the family's recipe: optimiser, EMA,
+  data loading, logging) on in-memory synthetic data, images/s over ``--iters`` iterations after
+  ``--warmup`` and the time of each part over ``--detail-iters`` more, beside the ``--mode train``
+  step of the same network (``visionattn.cli.benchmark_e2e``; ``--config``, ``--workers``,
+  ``--cfg-options`` adjust the run).
 - Results are printed as a table and saved as JSON under ``benchmarks/`` with the machine described.
 
 In a clone, ``python tools/benchmark.py`` is the same program.
@@ -243,15 +248,28 @@ def known_impls() -> set:
     return names
 
 
+def _scoped_impl_known(impl: str) -> bool:
+    """``op:impl[+op:impl...]`` (forces single ops, see ``use_impl``): each op exists and has the impl."""
+    if ":" not in impl:
+        return False
+    for pair in impl.split("+"):
+        op, _, name = pair.partition(":")
+        module = find_op(op)
+        if module is None or name not in (*module.IMPLS, "reference"):
+            return False
+    return True
+
+
 def model_cases(name: str, impls: List[str], official: Optional[Callable], args, device, dtype):
     """(impl, fn, batch, prime) for a model: one model and one input batch shared by every
     implementation; ``prime`` (graphed rows) is the same call without the graph."""
     import visionattn
     from visionattn.ops.dispatch import use_impl
 
-    unknown = sorted(set(impls) - known_impls() - {"official"})
+    unknown = sorted(i for i in set(impls) - known_impls() - {"official"} if not _scoped_impl_known(i))
     if unknown:
-        raise ValueError(f"no op of visionattn has implementation(s) {unknown}; choose from {sorted(known_impls())}")
+        raise ValueError(f"no op of visionattn has implementation(s) {unknown}; choose from {sorted(known_impls())} "
+                         f"or force single ops with op:impl (e.g. layer_norm:reference)")
     ours = visionattn.create_model(name, checkpoint=args.checkpoint, **args.model_kwargs)
     ours, inputs = _prepare(ours, name, args, device, dtype)
     cases = []
@@ -301,6 +319,22 @@ def model_cases(name: str, impls: List[str], official: Optional[Callable], args,
     return cases
 
 
+def _train_step(name: str, args, device, shape: Dict[str, Any]) -> Dict[str, Any]:
+    """The ``--mode train`` measurement of model ``name`` (impl auto) at input ``shape`` (train-e2e's
+    companion row): latency, peak memory, throughput."""
+    step_args = argparse.Namespace(**{**vars(args), "mode": "train", "impl": ["auto"], "shape": dict(shape)})
+    (_, fn, batch, prime), = model_cases(name, ["auto"], None, step_args, device, DTYPES[args.dtype])
+    since = None
+    if args.cuda_graph and device.type == "cuda":
+        prime()
+        torch.cuda.reset_peak_memory_stats(device)
+        since = torch.cuda.memory_allocated(device)
+    fn()
+    row = dict(measure(fn, device, args.warmup, args.iters, since=since), batch=batch)
+    row["throughput"], row["throughput_unit"] = batch * 1e3 / row["latency_ms"], "img/s"
+    return row
+
+
 # --- the run ----------------------------------------------------------------------------------
 
 def machine(device: torch.device) -> Dict[str, Any]:
@@ -337,6 +371,14 @@ def run(args) -> Dict[str, Any]:
     dtype = DTYPES[args.dtype]
     official = load_official(args.official) if args.official else None
     rows = []
+    if args.mode == "train-e2e":
+        from .benchmark_e2e import run_e2e
+
+        for target in args.targets:
+            if find_op(target) is not None:
+                raise ValueError(f"--mode train-e2e trains models; {target!r} is an op")
+            rows += run_e2e(target, args, device, lambda shape, target=target: _train_step(target, args, device, shape))
+        return {"machine": machine(device), "settings": _settings(args), "results": rows}
     for target in args.targets:
         op = find_op(target)
         impls = list(args.impl) if args.impl else (list(op.IMPLS) if op is not None else ["auto"])
@@ -397,7 +439,10 @@ def _compare(rows: List[Dict[str, Any]]) -> None:
 def _settings(args) -> Dict[str, Any]:
     keys = ("targets", "impl", "official", "batch", "dtype", "device", "shape", "mode", "channels_last",
             "compile", "compile_options", "cuda_graph", "warmup", "iters", "model_kwargs", "checkpoint")
-    return {k: getattr(args, k) for k in keys}
+    out = {k: getattr(args, k) for k in keys}
+    if args.mode == "train-e2e":
+        out.update({k: getattr(args, k) for k in ("config", "workers", "detail_iters", "cfg_options")})
+    return out
 
 
 def table(report: Dict[str, Any]) -> str:
@@ -411,7 +456,8 @@ def table(report: Dict[str, Any]) -> str:
         lines.append((r["target"], r["impl"], str(r["batch"] or "–"), f"{r['latency_ms']:.3f}",
                       f"{r['throughput']:.1f} {r['throughput_unit']}",
                       "–" if r["peak_mem_mib"] is None else f"{r['peak_mem_mib']:.1f}",
-                      f"{r['speedup']:.2f}x", f"{r['max_abs_diff']:.2e}" if "max_abs_diff" in r else "–"))
+                      f"{r['speedup']:.2f}x" if "speedup" in r else "–",
+                      f"{r['max_abs_diff']:.2e}" if "max_abs_diff" in r else "–"))
     widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head))]
     fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()  # noqa: E731
     m = report["machine"]
@@ -419,7 +465,12 @@ def table(report: Dict[str, Any]) -> str:
     title = (f"{m['gpu'] or m['cpu']} | torch {m['torch']} | {s['device']} {s['dtype']} {s['mode']}"
              f"{' channels_last' if s['channels_last'] else ''}{' compiled' if s['compile'] else ''}"
              f"{' cuda-graph' if s.get('cuda_graph') else ''}")
-    return "\n".join([title, fmt(head), fmt(tuple("-" * w for w in widths)), *map(fmt, lines)])
+    out = "\n".join([title, fmt(head), fmt(tuple("-" * w for w in widths)), *map(fmt, lines)])
+    if s["mode"] == "train-e2e":
+        from .benchmark_e2e import breakdown_table
+
+        out += "\n" + breakdown_table(report["results"])
+    return out
 
 
 def parse_args(argv=None):
@@ -434,7 +485,15 @@ def parse_args(argv=None):
     p.add_argument("--shape", nargs="*", default={}, action=DictAction, metavar="K=V", help="op sizes / model h=, w=")
     p.add_argument("--model-kwargs", nargs="*", default={}, action=DictAction, metavar="K=V", help="create_model kwargs")
     p.add_argument("--checkpoint", help="weights for our model(s): create_model(name, checkpoint=...)")
-    p.add_argument("--mode", choices=("infer", "train"), default="infer")
+    p.add_argument("--mode", choices=("infer", "train", "train-e2e"), default="infer",
+                   help="train: forward + backward; train-e2e: tools/train.py's loop on synthetic data "
+                        "(optimiser, EMA, loader, hooks), beside the train step")
+    p.add_argument("--config", help="train-e2e: the training recipe (default: the network family's)")
+    p.add_argument("--workers", type=int, help="train-e2e: data loader workers (default: the recipe's)")
+    p.add_argument("--detail-iters", type=int, default=30,
+                   help="train-e2e: iterations timed part by part after the end-to-end window")
+    p.add_argument("--cfg-options", nargs="*", default={}, action=DictAction, metavar="K=V",
+                   help="train-e2e: overrides of the timing run's config, e.g. optim_wrapper.optimizer.fused=False")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--compile-options", nargs="*", default={}, action=DictAction, metavar="K=V",
@@ -452,6 +511,12 @@ def parse_args(argv=None):
         p.error("--cuda-graph is for eager models (not with --compile)")
     if args.compile_options and not args.compile:
         p.error("--compile-options needs --compile")
+    if args.mode == "train-e2e" and (args.compile or args.official or args.impl or args.checkpoint):
+        p.error("--mode train-e2e runs a recipe as tools/train.py does: no --compile, --official, --impl or --checkpoint")
+    if args.mode != "train-e2e" and (args.config or args.workers is not None or args.cfg_options):
+        p.error("--config, --workers and --cfg-options are for --mode train-e2e")
+    if args.detail_iters < 0:
+        p.error("--detail-iters must be >= 0")
     return args
 
 

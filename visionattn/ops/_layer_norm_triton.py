@@ -3,8 +3,13 @@
 One program normalises ``BLOCK_M`` rows of ``D <= 8192`` channels in one pass (statistics in
 float32), reading the rows through a stride so that a channel slice of a wider tensor needs no
 copy. The backward is written with PyTorch ops and recomputes the statistics.
+
+``add_layer_norm_triton`` is the residual form ``s = x + r, y = LN(s)`` (both returned, with the row
+statistics); its backward ``layer_norm_bwd_triton`` is a Triton kernel that reads ``s`` and the
+statistics, adds the gradient of ``s`` to the input gradient in the same pass, and sums the
+weight/bias gradients per program (then over programs with ``torch.sum``).
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -80,3 +85,154 @@ if triton is not None:
         return gx.to(x.dtype), dweight, dbias, None
 
     layer_norm_triton.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --- LayerNorm of a residual sum: s = x + r, y = LN(s), both returned ---------------------------
+
+if triton is not None:
+
+    @triton.jit
+    def _add_layer_norm_fwd(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, s_ptr, mean_ptr, rstd_ptr, rows, stride_x, stride_r,
+                            eps, D: tl.constexpr, DP: tl.constexpr, BLOCK_M: tl.constexpr, HAS_BIAS: tl.constexpr):
+        offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, DP)
+        mask_m = offs_m < rows
+        mask_d = offs_d < D
+        mask = mask_m[:, None] & mask_d[None, :]
+        rows64 = offs_m.to(tl.int64)[:, None]
+        x = tl.load(x_ptr + rows64 * stride_x + offs_d[None, :], mask=mask, other=0.0)
+        r = tl.load(r_ptr + rows64 * stride_r + offs_d[None, :], mask=mask, other=0.0)
+        # the sum rounded to its storage dtype, then normalised: what ``LN(x + r)`` computes
+        s = (x.to(tl.float32) + r.to(tl.float32)).to(s_ptr.dtype.element_ty)
+        tl.store(s_ptr + rows64 * D + offs_d[None, :], s, mask=mask)
+        s = s.to(tl.float32)
+        mean = tl.sum(s, axis=1) / D
+        sc = tl.where(mask, s - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(sc * sc, axis=1) / D + eps)
+        y = sc * rstd[:, None] * tl.load(w_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+        if HAS_BIAS:
+            y += tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_ptr + rows64 * D + offs_d[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(mean_ptr + offs_m, mean, mask=mask_m)
+        tl.store(rstd_ptr + offs_m, rstd, mask=mask_m)
+
+    @triton.jit
+    def _layer_norm_bwd(s_ptr, w_ptr, mean_ptr, rstd_ptr, dy_ptr, ds_ptr, dx_ptr, dw_ptr, db_ptr, rows, tiles_per_prog,
+                        D: tl.constexpr, DP: tl.constexpr, BLOCK_M: tl.constexpr, HAS_DS: tl.constexpr):
+        """dx = rstd * (w dy - mean(w dy) - xhat * mean(xhat w dy)) (+ ds); per-program partial sums
+        of dw = sum(dy xhat) and db = sum(dy) over the rows of its tiles."""
+        pid = tl.program_id(0)
+        offs_d = tl.arange(0, DP)
+        mask_d = offs_d < D
+        w = tl.load(w_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        dw_acc = tl.zeros((DP,), dtype=tl.float32)
+        db_acc = tl.zeros((DP,), dtype=tl.float32)
+        for t in range(0, tiles_per_prog):
+            offs_m = (pid * tiles_per_prog + t) * BLOCK_M + tl.arange(0, BLOCK_M)
+            mask_m = offs_m < rows
+            mask = mask_m[:, None] & mask_d[None, :]
+            idx = offs_m.to(tl.int64)[:, None] * D + offs_d[None, :]
+            s = tl.load(s_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(dy_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+            mean = tl.load(mean_ptr + offs_m, mask=mask_m, other=0.0)
+            rstd = tl.load(rstd_ptr + offs_m, mask=mask_m, other=0.0)
+            xhat = tl.where(mask, (s - mean[:, None]) * rstd[:, None], 0.0)
+            wdy = dy * w[None, :]
+            c1 = tl.sum(xhat * wdy, axis=1) / D
+            c2 = tl.sum(wdy, axis=1) / D
+            dx = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
+            if HAS_DS:
+                dx += tl.load(ds_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+            tl.store(dx_ptr + idx, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+            dw_acc += tl.sum(dy * xhat, axis=0)
+            db_acc += tl.sum(dy, axis=0)
+        tl.store(dw_ptr + pid * DP + offs_d, dw_acc, mask=mask_d)
+        tl.store(db_ptr + pid * DP + offs_d, db_acc, mask=mask_d)
+
+    def _rows_view(t: torch.Tensor) -> torch.Tensor:
+        D = t.shape[-1]
+        return t.view(-1, D) if t.stride(-1) == 1 and rows_are_a_view(t) else t.reshape(-1, D).contiguous()
+
+    def _block_m(DP: int) -> int:
+        return max(1, min(64, 4096 // DP))
+
+    @torch.library.custom_op("visionattn::add_layer_norm_triton", mutates_args=())
+    def add_layer_norm_triton(x: torch.Tensor, r: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                              eps: float, y_dtype: torch.dtype
+                              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x, r (..., D) of one shape -> (y = LN(x + r) in ``y_dtype``, s = x + r, mean, rstd) with
+        y and s contiguous and the float32 row statistics (rows,) that the backward reads."""
+        D = x.shape[-1]
+        rows = x.numel() // D
+        s = torch.empty(x.shape, device=x.device, dtype=torch.promote_types(x.dtype, r.dtype))
+        y = torch.empty(x.shape, device=x.device, dtype=y_dtype)
+        mean = torch.empty(rows, device=x.device, dtype=torch.float32)
+        rstd = torch.empty(rows, device=x.device, dtype=torch.float32)
+        if rows == 0:
+            return y, s, mean, rstd
+        x2, r2 = _rows_view(x), _rows_view(r)
+        DP = triton.next_power_of_2(D)
+        block_m = _block_m(DP)
+        _add_layer_norm_fwd[(triton.cdiv(rows, block_m),)](
+            x2, r2, weight, bias if bias is not None else weight, y, s, mean, rstd, rows, x2.stride(0), r2.stride(0),
+            eps, D=D, DP=DP, BLOCK_M=block_m, HAS_BIAS=bias is not None, num_warps=4 if DP <= 512 else 8)
+        return y, s, mean, rstd
+
+    @add_layer_norm_triton.register_fake
+    def _(x, r, weight, bias, eps, y_dtype):
+        rows = x.numel() // x.shape[-1]
+        s = torch.empty(x.shape, device=x.device, dtype=torch.promote_types(x.dtype, r.dtype))
+        return (torch.empty(x.shape, device=x.device, dtype=y_dtype), s,
+                x.new_empty(rows, dtype=torch.float32), x.new_empty(rows, dtype=torch.float32))
+
+    @torch.library.custom_op("visionattn::layer_norm_bwd_triton", mutates_args=())
+    def layer_norm_bwd_triton(s: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
+                              dy: torch.Tensor, ds: Optional[torch.Tensor]
+                              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """LayerNorm backward from the saved input ``s`` (contiguous) and statistics: (ds_total in
+        float32, dweight, dbias in float32); ``ds`` (optional) is added to the input's gradient."""
+        D = s.shape[-1]
+        rows = s.numel() // D
+        dx = torch.empty(s.shape, device=s.device, dtype=torch.float32)
+        DP = triton.next_power_of_2(D)
+        block_m = _block_m(DP)
+        tiles = triton.cdiv(rows, block_m)
+        if s.is_cuda:
+            progs = min(tiles, 4 * torch.cuda.get_device_properties(s.device).multi_processor_count)
+        else:
+            progs = min(tiles, 4)
+        progs = max(progs, 1)
+        per_prog = triton.cdiv(tiles, progs)
+        progs = triton.cdiv(tiles, per_prog)
+        dw = torch.empty((progs, DP), device=s.device, dtype=torch.float32)
+        db = torch.empty((progs, DP), device=s.device, dtype=torch.float32)
+        dy = dy.contiguous()
+        ds = ds.contiguous() if ds is not None else None
+        _layer_norm_bwd[(progs,)](s, weight, mean, rstd, dy, ds if ds is not None else dy, dx, dw, db, rows, per_prog,
+                                  D=D, DP=DP, BLOCK_M=block_m, HAS_DS=ds is not None,
+                                  num_warps=4 if DP <= 512 else 8)
+        return dx, dw.sum(0)[:D], db.sum(0)[:D]
+
+    @layer_norm_bwd_triton.register_fake
+    def _(s, weight, mean, rstd, dy, ds):
+        D = s.shape[-1]
+        return (torch.empty(s.shape, device=s.device, dtype=torch.float32),
+                s.new_empty(D, dtype=torch.float32), s.new_empty(D, dtype=torch.float32))
+
+    def _add_setup_context(ctx, inputs, output):
+        x, r, weight, bias, eps, y_dtype = inputs
+        _, s, mean, rstd = output
+        ctx.save_for_backward(s, weight, mean, rstd)
+        ctx.mark_non_differentiable(mean, rstd)
+        ctx.has_bias, ctx.x_dtype, ctx.r_dtype = bias is not None, x.dtype, r.dtype
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+
+    def _add_backward(ctx, dy, ds, dmean, drstd):
+        s, weight, mean, rstd = ctx.saved_tensors
+        if dy is None:
+            dy = torch.zeros_like(s)
+        dx, dw, db = torch.ops.visionattn.layer_norm_bwd_triton(s, weight, mean, rstd, dy, ds)
+        return (dx.to(ctx.x_dtype), dx.to(ctx.r_dtype), dw.to(weight.dtype),
+                db.to(ctx.bias_dtype) if ctx.has_bias else None, None, None)
+
+    add_layer_norm_triton.register_autograd(_add_backward, setup_context=_add_setup_context)

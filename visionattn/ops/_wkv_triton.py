@@ -211,6 +211,40 @@ def _scan(x, v1, v2, w, reverse: bool, dist: bool):
 
 if triton is not None:
 
+    @triton.jit
+    def _combine_kernel(nf_ptr, df_ptr, rf_ptr, nb_ptr, db_ptr, rb_ptr, u_ptr, k_ptr, v_ptr, y_ptr, ld_ptr,
+                        n, C, BLOCK: tl.constexpr):
+        """y = (n_f e_f + n_b e_b + v e_s) / den, log_den = log(den) + r, with
+        den = d_f e_f + d_b e_b + e_s, e_x = exp(r_x - r), r_s = u + k, r = max(r_f, r_b, r_s)."""
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        r_f = tl.load(rf_ptr + offs, mask=mask, other=0.0)
+        r_b = tl.load(rb_ptr + offs, mask=mask, other=0.0)
+        r_s = tl.load(u_ptr + offs % C, mask=mask, other=0.0) + tl.load(k_ptr + offs, mask=mask, other=0.0).to(r_f.dtype)
+        r = tl.maximum(tl.maximum(r_f, r_b), r_s)
+        e_f, e_b, e_s = tl.exp(r_f - r), tl.exp(r_b - r), tl.exp(r_s - r)
+        den = (tl.load(df_ptr + offs, mask=mask, other=1.0) * e_f + tl.load(db_ptr + offs, mask=mask, other=1.0) * e_b
+               + e_s)
+        num = (tl.load(nf_ptr + offs, mask=mask, other=0.0) * e_f + tl.load(nb_ptr + offs, mask=mask, other=0.0) * e_b
+               + tl.load(v_ptr + offs, mask=mask, other=0.0).to(r_f.dtype) * e_s)
+        tl.store(y_ptr + offs, tl.math.div_rn(num, den), mask=mask)
+        tl.store(ld_ptr + offs, tl.log(den) + r, mask=mask)
+
+    def _combine(n_f, d_f, r_f, n_b, d_b, r_b, u, k, v):
+        """The forward's last step in one pass (float32); PyTorch ops for float64."""
+        if r_f.dtype != torch.float32:
+            r_s = u + k
+            r = torch.maximum(torch.maximum(r_f, r_b), r_s)
+            e_f, e_b, e_s = (r_f - r).exp(), (r_b - r).exp(), (r_s - r).exp()
+            den = d_f * e_f + d_b * e_b + e_s
+            return (n_f * e_f + n_b * e_b + v * e_s) / den, den.log() + r
+        y, log_den = torch.empty_like(r_f), torch.empty_like(r_f)
+        n = r_f.numel()
+        block = 1024
+        _combine_kernel[(triton.cdiv(n, block),)](n_f, d_f, r_f, n_b, d_b, r_b, u, k, v, y, log_den, n, r_f.shape[-1],
+                                                  BLOCK=block, num_warps=4)
+        return y, log_den
+
     @torch.library.custom_op("visionattn::bi_wkv", mutates_args=())
     def bi_wkv_triton(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                       ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -219,12 +253,7 @@ if triton is not None:
         w, u, k, v = (t.to(dt).contiguous() for t in (w, u, k, v))
         n_f, d_f, r_f = _scan(k, v, None, w, reverse=False, dist=False)
         n_b, d_b, r_b = _scan(k, v, None, w, reverse=True, dist=False)
-        r_s = u + k
-        r = torch.maximum(torch.maximum(r_f, r_b), r_s)
-        e_f, e_b, e_s = (r_f - r).exp(), (r_b - r).exp(), (r_s - r).exp()
-        den = d_f * e_f + d_b * e_b + e_s
-        y = (n_f * e_f + n_b * e_b + v * e_s) / den
-        return y, den.log() + r
+        return _combine(n_f, d_f, r_f, n_b, d_b, r_b, u, k, v)
 
     @bi_wkv_triton.register_fake
     def _(w, u, k, v):

@@ -29,6 +29,7 @@ from typing import Tuple
 import torch
 
 from . import _bilevel_routing_attention_triton  # noqa: F401 (registers the custom ops)
+from ._checks import check_int, check_number, check_tensors
 from ._triton import can_run
 from .dispatch import pick
 
@@ -40,6 +41,10 @@ IMPLS: Tuple[str, ...] = ("triton", "reference")
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_win: int, num_heads: int, topk: int) -> int:
     """Validate the inputs; return the number of regions the routing may pick (topk clamped)."""
+    op = "bilevel_routing_attention"
+    check_tensors(op, dict(q=q, k=k, v=v))
+    n_win, num_heads, topk = check_int(op, "n_win", n_win), check_int(op, "num_heads", num_heads), \
+        check_int(op, "topk", topk)
     if q.dim() != 4 or q.shape != k.shape or q.shape[:3] != v.shape[:3]:
         raise ValueError(
             f"bilevel_routing_attention: q, k, v must be (B, H, W, C) maps with equal B, H, W and q/k equal; "
@@ -150,6 +155,7 @@ def bilevel_routing_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         (B, H, W, Cv): per token, attention over the tokens of its region's ``topk`` routed regions.
     """
     topk = _check(q, k, v, n_win, num_heads, topk)
+    scale = check_number("bilevel_routing_attention", "scale", scale, positive=True)
     impl = pick("bilevel_routing_attention", impl, {"triton": _triton_supports(q, k, v), "reference": True})
     fn = _triton if impl == "triton" else _reference
     return fn(q, k, v, n_win, num_heads, topk, scale)

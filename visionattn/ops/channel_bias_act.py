@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _channel_bias_act_triton
+from ._checks import param_dtypes, check_params, check_tensors
 from ._triton import can_run, launch_directly, triton
 from .dispatch import pick
 
@@ -90,6 +91,11 @@ def channel_bias_act(y: torch.Tensor, bias: torch.Tensor, residual: Optional[tor
     Returns:
         (B, C, H, W), y's dtype (channels_last from the Triton path).
     """
+    op = "channel_bias_act"
+    check_tensors(op, dict(y=y, residual=residual))
+    check_params(op, y, dict(bias=bias, scale=scale), param_dtypes(y))
+    if bias is None:
+        raise TypeError("channel_bias_act: bias must be a (C,) tensor, got None")
     C = y.shape[1] if y.dim() == 4 else -1
     if (y.dim() != 4 or bias.shape != (C,) or (scale is not None and scale.shape != (C,))
             or (residual is not None and residual.shape != y.shape)):

@@ -16,7 +16,10 @@ def use_impl(impl: Optional[str]) -> Iterator[None]:
     """Make ``impl='auto'`` resolve to ``impl`` inside the block, wherever the op supports it.
 
     Used by benchmarks and tests to run a whole model on e.g. the reference path:
-    ``with use_impl("reference"): model(x)``. ``None`` restores plain auto-selection.
+    ``with use_impl("reference"): model(x)``. ``"op:impl"`` forces one op only, and several such
+    pairs join with ``+`` (``"layer_norm:reference+key_norm_allocation:reference"``): the other
+    ops keep their auto-selection (one op's fast path against its reference, inside a model).
+    ``None`` restores plain auto-selection.
     """
     previous = getattr(_state, "forced", None)
     _state.forced = impl
@@ -26,8 +29,13 @@ def use_impl(impl: Optional[str]) -> Iterator[None]:
         _state.forced = previous
 
 
-def forced_impl() -> Optional[str]:
-    return getattr(_state, "forced", None)
+def forced_impl(op: Optional[str] = None) -> Optional[str]:
+    """The implementation forced by :func:`use_impl` (for ``op``, when it names ops)."""
+    forced = getattr(_state, "forced", None)
+    if forced is None or ":" not in forced:
+        return forced
+    scoped = dict(pair.split(":", 1) for pair in forced.split("+") if ":" in pair)
+    return scoped.get(op)
 
 
 @contextlib.contextmanager
@@ -64,7 +72,7 @@ def pick(op: str, impl: str, supported: Dict[str, bool]) -> str:
         if not supported[impl]:
             raise ValueError(f"{op}: impl {impl!r} does not support these inputs (device/dtype/shape)")
         return impl
-    forced = forced_impl()
+    forced = forced_impl(op)
     if forced is not None and supported.get(forced):
         return forced
     for name, ok in supported.items():

@@ -33,6 +33,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from ._checks import check_int, check_number, check_params, check_tensors
 from . import _group_norm_act_triton
 from ._group_norm_act_triton import ACTIVATIONS, layout
 from ._triton import can_run, launch_directly, triton
@@ -55,6 +56,10 @@ def group_norm_act_reference(x: torch.Tensor, num_groups: int, weight: Optional[
 
 def _check(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
            act: Optional[str], input_bias: Optional[torch.Tensor]) -> None:
+    op = "group_norm_act"
+    check_tensors(op, dict(x=x))
+    check_params(op, x, dict(weight=weight, bias=bias, input_bias=input_bias))
+    num_groups = check_int(op, "num_groups", num_groups)
     if x.dim() != 4:
         raise ValueError(f"group_norm_act expects a (B, C, H, W) map; got shape {tuple(x.shape)}")
     C = x.shape[1]
@@ -124,6 +129,7 @@ def group_norm_act(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tens
         NCHW out; channels_last in, channels_last out).
     """
     _check(x, num_groups, weight, bias, act, input_bias)
+    eps = check_number("group_norm_act", "eps", eps, 0.0)
     supported = {"triton": _triton_supports(x, weight, bias, input_bias), "reference": True}
     if pick("group_norm_act", impl, supported) == "triton":
         args = (x, num_groups, weight, bias, float(eps), act, input_bias)

@@ -17,6 +17,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from ._checks import check_number, check_tensors
 from .dispatch import pick
 
 IMPLS = ("sdpa_gqa", "sdpa_index", "reference")
@@ -46,11 +47,16 @@ def _as_sizes(group_sizes: GroupSizes, device: torch.device) -> Optional[torch.T
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_sizes: Optional[torch.Tensor]) -> None:
+    op = "grouped_query_attention"
+    check_tensors(op, dict(q=q, k=k, v=v))
     if q.dim() != 4 or k.dim() != 4 or k.shape != v.shape:
         raise ValueError(f"grouped_query_attention: expected q (B, H, N, d) and k, v (B, G, M, d) of equal "
                          f"shape; got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     B, H, _, d = q.shape
     G = k.shape[1]
+    if G < 1 or H < 1:
+        raise ValueError(f"grouped_query_attention: q {tuple(q.shape)} and k/v {tuple(k.shape)} need at least one "
+                         f"head each (H = q.shape[1], G = k.shape[1])")
     if k.shape[0] != B or k.shape[-1] != d or G > H:
         raise ValueError(f"grouped_query_attention: k/v {tuple(k.shape)} do not fit q {tuple(q.shape)} "
                          f"(need the same batch and head dim, and G <= H)")
@@ -59,6 +65,10 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_sizes: Optio
             raise ValueError(f"grouped_query_attention: {H} query heads cannot be split uniformly over "
                              f"{G} KV heads; pass group_sizes")
         return
+    check_tensors(op, dict(q=q, group_sizes=group_sizes), floating=False, same_dtype=False)
+    if group_sizes.dtype.is_floating_point or group_sizes.dtype.is_complex or group_sizes.dtype == torch.bool:
+        raise ValueError(f"grouped_query_attention: group_sizes must hold integers, got {group_sizes.dtype}; "
+                         f"cast with group_sizes.long()")
     if group_sizes.shape[-1] != G or group_sizes.dim() not in (1, 2) or (
             group_sizes.dim() == 2 and group_sizes.shape[0] != B):
         raise ValueError(f"grouped_query_attention: group_sizes must have shape ({G},) or ({B}, {G}); "
@@ -134,9 +144,10 @@ def _sdpa_index(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_sizes: 
         idx = kv_head_index(group_sizes.to(q.device), H)
     if idx.dim() == 1:  # same assignment for every sample
         k, v = k.index_select(1, idx), v.index_select(1, idx)  # (B, H, M, d)
-    else:  # per-sample assignment (B, H)
-        gather_idx = idx[:, :, None, None].expand(B, H, k.shape[2], d)
-        k, v = k.gather(1, gather_idx), v.gather(1, gather_idx)
+    else:  # per-sample assignment (B, H): whole (M, d) heads copied by one (B, H) index, not
+        # torch.gather's index of every element (which reads 8 index bytes per copied value)
+        batch = torch.arange(B, device=q.device)[:, None]
+        k, v = k[batch, idx], v[batch, idx]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                                           scale=scale)
 
@@ -172,6 +183,14 @@ def grouped_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g
         (B, H, N, d) attention outputs, heads in query order.
     """
     given_list = group_sizes is not None and not isinstance(group_sizes, torch.Tensor)
+    if given_list and (isinstance(group_sizes, (str, bytes)) or not isinstance(group_sizes, Sequence)
+                       or not all(isinstance(n, int) and not isinstance(n, bool) for n in group_sizes)):
+        raise ValueError(f"grouped_query_attention: group_sizes must be None, a tensor or a list of integers, "
+                         f"got {group_sizes!r}")
+    dropout_p = check_number("grouped_query_attention", "dropout_p", dropout_p, 0.0, 1.0)
+    if scale is not None:
+        scale = check_number("grouped_query_attention", "scale", scale, positive=True)
+    check_tensors("grouped_query_attention", dict(q=q, k=k, v=v))
     group_sizes = _as_sizes(group_sizes, q.device)
     _check(q, k, v, group_sizes)
     if given_list:

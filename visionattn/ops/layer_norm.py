@@ -10,14 +10,23 @@ The Triton kernel normalises ``BLOCK_M`` rows per program in one pass, and reads
 stride, so a channel slice of a wider tensor needs no copy. Its backward is written with PyTorch
 ops (recomputing the statistics); inference is what it speeds up.
 
+With ``residual=r``, the op is a pre-norm transformer's residual step in one pass:
+``s = x + r`` and ``y = LayerNorm(s)``, both returned (``s`` is the residual stream the next
+block adds to). The fused kernel reads ``x`` and ``r`` and writes ``s`` and ``y`` once, where the
+add followed by PyTorch's LayerNorm reads and writes the stream five times; its backward is a
+Triton kernel too (from ``s`` and the row statistics saved by the forward, with the gradient of
+``s`` added in the same pass). Under autocast ``y`` comes out in the autocast dtype (autocast's
+LayerNorm gives float32, which the following autocast Linear rounds to that dtype anyway).
+
 Implementations: ``"triton"`` (CUDA, fp32/fp16/bf16; CPU under ``TRITON_INTERPRET=1``;
 :mod:`._layer_norm_triton`) and ``"reference"`` (``torch.nn.functional.layer_norm``).
 """
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
+from ._checks import param_dtypes, check_number, check_params, check_tensors
 from ._layer_norm_triton import rows_are_a_view  # importing it registers the custom op
 from ._triton import can_run, interpreting, triton_available  # noqa: F401 (the last two re-exported)
 from .dispatch import pick
@@ -33,23 +42,63 @@ def _triton_supports(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, eps: float = 1e-5,
-               impl: str = "auto") -> torch.Tensor:
+               impl: str = "auto", residual: Optional[torch.Tensor] = None
+               ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """LayerNorm of ``x (..., D)`` over ``D`` with ``weight (D,)`` and optional ``bias (D,)``.
 
-    Returns a contiguous ``(..., D)`` tensor in ``x``'s dtype (statistics in float32).
+    Returns a contiguous ``(..., D)`` tensor in ``x``'s dtype (statistics in float32). With
+    ``residual`` (same shape as ``x``): ``(LayerNorm(x + residual), x + residual)``.
     """
+    op = "layer_norm"
+    check_tensors(op, dict(x=x))
+    if weight is None:
+        raise TypeError("layer_norm: weight must be a (D,) tensor, got None")
+    check_params(op, x, dict(weight=weight, bias=bias), param_dtypes(x))
+    if x.dim() < 1 or x.shape[-1] < 1:
+        raise ValueError(f"layer_norm: x must be (..., D) with D >= 1, got {tuple(x.shape)}")
+    eps = check_number(op, "eps", eps, 0.0)
     if weight.dim() != 1 or weight.shape[0] != x.shape[-1]:
         raise ValueError(f"layer_norm: weight of shape {tuple(weight.shape)} does not match the last axis "
                          f"of x {tuple(x.shape)}")
+    if residual is not None:
+        return _add_layer_norm(x, residual, weight, bias, eps, impl)
     supported = {"triton": _triton_supports(x, weight, bias), "reference": True}
     if pick("layer_norm", impl, supported) == "triton":
         return torch.ops.visionattn.layer_norm_triton(x, weight, bias, float(eps))
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 
-def example_inputs(device="cpu", dtype=torch.float32, tokens: int = 2 * 96 * 312, dim: int = 42, **_) -> Dict:
-    """Typical call: ``norm0`` of MatchStereo-T at the 1/4 level of a 384x1248 pair (C + 2 + 2h = 42)."""
+def _add_supports(x: torch.Tensor, r: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """The fused kernel takes x and r of one shape, each read as (rows, D) through a row stride,
+    floating dtypes that may differ (as under autocast), on CUDA or the interpreter."""
+    floats = (torch.float32, torch.float16, torch.bfloat16)
+    return (can_run(x, dtypes=floats) and r.device == x.device and r.dtype in floats and weight.dtype in floats
+            and (bias is None or bias.dtype in floats) and x.dim() >= 1 and x.shape[-1] <= 8192
+            and x.stride(-1) == 1 and r.stride(-1) == 1 and rows_are_a_view(x) and rows_are_a_view(r))
+
+
+def _add_layer_norm(x, r, weight, bias, eps, impl):
+    if r.shape != x.shape:
+        raise ValueError(f"layer_norm: residual of shape {tuple(r.shape)} must have x's shape {tuple(x.shape)} "
+                         f"(broadcast it first)")
+    if pick("layer_norm", impl, {"triton": _add_supports(x, r, weight, bias), "reference": True}) == "triton":
+        s_dtype = torch.promote_types(x.dtype, r.dtype)
+        y_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else s_dtype
+        y, s, _, _ = torch.ops.visionattn.add_layer_norm_triton(x, r, weight, bias, float(eps), y_dtype)
+        return y, s
+    s = x + r
+    return F.layer_norm(s, (s.shape[-1],), weight, bias, eps), s
+
+
+def example_inputs(device="cpu", dtype=torch.float32, tokens: int = 2 * 96 * 312, dim: int = 42,
+                   residual: int = 0, **_) -> Dict:
+    """Typical call: ``norm0`` of MatchStereo-T at the 1/4 level of a 384x1248 pair (C + 2 + 2h = 42).
+    ``residual=1``: the fused residual form with a bias, e.g. ``tokens=401408 dim=64 residual=1`` for
+    BiFormer-S's stage 1 at batch 128."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(tokens, dim, generator=g).to(device, dtype)
     weight = (1 + 0.1 * torch.randn(dim, generator=g)).to(device, dtype)
-    return dict(x=x, weight=weight, eps=1e-5)
+    if not residual:
+        return dict(x=x, weight=weight, eps=1e-5)
+    bias = (0.1 * torch.randn(dim, generator=g)).to(device, dtype)
+    return dict(x=x, weight=weight, bias=bias, eps=1e-6, residual=torch.randn(tokens, dim, generator=g).to(device, dtype))

@@ -24,6 +24,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 
 from . import _match_attention_triton  # noqa: F401 (registers the custom ops)
+from ._checks import check_int, check_number, check_tensors
 from ._triton import can_run, interpreting, triton_available  # noqa: F401 (the last two re-exported)
 from .dispatch import pick
 
@@ -106,6 +107,10 @@ def _reference(q, k, v, centers, size, radius, scale):
 
 
 def _check(q, k, v, centers, size, radius):
+    op = "match_attention"
+    check_tensors(op, dict(q=q, k=k, v=v))
+    check_tensors(op, dict(q=q, centers=centers), same_dtype=False)
+    check_int(op, "radius", radius, 0)
     if q.dim() != 3 or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"match_attention: q, k, v must share one (B, N, C) shape, got "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
@@ -114,9 +119,14 @@ def _check(q, k, v, centers, size, radius):
         raise ValueError(f"match_attention: centers must be (B, N, heads, 2) = ({B}, {N}, h, 2), "
                          f"got {tuple(centers.shape)}")
     h = centers.shape[2]
+    if h < 1:
+        raise ValueError(f"match_attention: centers {tuple(centers.shape)} hold no head (heads = centers.shape[2] "
+                         f"must be >= 1)")
     if C % h:
         raise ValueError(f"match_attention: channels {C} are not divisible by {h} heads")
     H, W = size
+    if H < 1 or W < 1:
+        raise ValueError(f"match_attention: size must be (H, W) >= 1, got {tuple(size)}")
     if H * W != N:
         raise ValueError(f"match_attention: size {tuple(size)} does not hold N={N} tokens")
     side = 2 * radius + 2
@@ -153,9 +163,14 @@ def match_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, centers: 
         ``(B, N, C)`` output, and the attention weights when ``return_attn``. Gradients reach
         q, k, v and ``centers`` (through the bilinear weights and the clamp).
     """
-    size = (int(size[0]), int(size[1]))
-    radius = int(radius)
+    if not isinstance(size, Sequence) or len(size) != 2:
+        raise ValueError(f"match_attention: size must be (H, W), got {size!r}")
+    size = (check_int("match_attention", "size[0]", size[0]), check_int("match_attention", "size[1]", size[1]))
     _check(q, k, v, centers, size, radius)
+    radius = int(radius)
+    kv_batch_shift = check_int("match_attention", "kv_batch_shift", kv_batch_shift, None)
+    if scale is not None:
+        scale = check_number("match_attention", "scale", scale, positive=True)
     B, _, C = q.shape
     kv_batch_shift = int(kv_batch_shift) % B
     h = centers.shape[2]

@@ -22,12 +22,15 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from ._checks import check_int, check_number, check_tensors
 from .dispatch import pick
 
 IMPLS: Tuple[str, ...] = ("sdpa", "reference")
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> None:
+    check_tensors("multi_head_cross_attention", dict(q=q, k=k, v=v))
+    check_int("multi_head_cross_attention", "num_heads", num_heads)
     if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
         raise ValueError(f"multi_head_cross_attention: q, k, v must be (B, N, C) token tensors; got "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)} (flatten maps with "
@@ -83,6 +86,8 @@ def multi_head_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         (B, Nq, Cv): per query token, the softmax-weighted mean of the values, heads concatenated.
     """
     _check(q, k, v, num_heads)
+    if scale is not None:
+        scale = check_number("multi_head_cross_attention", "scale", scale, positive=True)
     if scale is None:
         scale = (q.shape[2] // num_heads) ** -0.5
     impl = pick("multi_head_cross_attention", impl, {"sdpa": True, "reference": True})

@@ -20,6 +20,7 @@ from typing import Tuple
 
 import torch
 
+from ._checks import check_tensors
 from .dispatch import pick
 
 IMPLS: Tuple[str, ...] = ("reference",)
@@ -28,6 +29,7 @@ _PAIRS_PER_CHUNK = 1 << 16  # candidate pairs per vectorised step (~30 MiB of fl
 
 
 def _check(name: str, boxes: torch.Tensor) -> None:
+    check_tensors(name, dict(boxes=boxes), floating=False)
     if boxes.dim() != 2 or boxes.shape[1] < 7 or not boxes.is_floating_point():
         raise ValueError(f"{name}: boxes must be (N, 7) floating tensors (x, y, z, dx, dy, dz, heading), "
                          f"extra columns ignored; got shape {tuple(boxes.shape)} and dtype {boxes.dtype}")
@@ -95,7 +97,7 @@ def _pairwise(name: str, boxes_a: torch.Tensor, boxes_b: torch.Tensor, measure) 
     """(N, M) matrix of ``measure(a, b, overlap)`` (float64 rows of paired boxes) over the near pairs, 0 elsewhere."""
     _check(name, boxes_a)
     _check(name, boxes_b)
-    boxes_b = boxes_b.to(boxes_a.device)
+    check_tensors(name, dict(boxes_a=boxes_a, boxes_b=boxes_b), same_dtype=False)
     out = boxes_a.new_zeros(boxes_a.shape[0], boxes_b.shape[0])
     if out.numel():
         ia, ib = _near_pairs(boxes_a, boxes_b)

@@ -10,11 +10,12 @@ suppressing one another; past 32 rounds the remaining pass runs box by box on th
 One implementation, ``"reference"`` (this PyTorch code, CPU and GPU); :func:`rotated_box_nms` takes
 ``impl`` for the op-module contract shared with :mod:`tools.benchmark`.
 """
-from numbers import Real
+from numbers import Integral, Real
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
+from ._checks import check_int, check_number, check_tensors
 from .dispatch import pick
 from .rotated_box_iou import boxes_iou_bev, detections
 
@@ -52,6 +53,10 @@ def nms_bev(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, pre
     Returns:
         (K,) int64 indices into ``boxes`` of the kept boxes, by descending score.
     """
+    check_tensors("nms_bev", dict(boxes=boxes, scores=scores), same_dtype=False)
+    _check_threshold(iou_threshold)
+    _check_size("pre_max_size", pre_max_size)
+    _check_size("post_max_size", post_max_size)
     if scores.dim() != 1 or boxes.dim() != 2 or scores.shape[0] != boxes.shape[0]:
         raise ValueError(f"nms_bev: boxes must be (N, 7) and scores (N,); got {tuple(boxes.shape)} and "
                          f"{tuple(scores.shape)}")
@@ -61,6 +66,26 @@ def nms_bev(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, pre
     selected = boxes[order]
     over = (boxes_iou_bev(selected, selected) > iou_threshold).triu(1)
     return order[_greedy(over)][:post_max_size]
+
+
+def _check_threshold(value) -> None:
+    values = [value] if isinstance(value, Real) else value
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+        raise ValueError(f"rotated_box_nms: iou_threshold must be a number in [0, 1] or one per class, got {value!r}")
+    for i, t in enumerate(values):
+        check_number("rotated_box_nms", "iou_threshold" if isinstance(value, Real) else f"iou_threshold[{i}]", t,
+                     0.0, 1.0)
+
+
+def _check_size(name: str, value) -> None:
+    if value is None:
+        return
+    values = [value] if isinstance(value, Integral) else value
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise ValueError(f"rotated_box_nms: {name} must be None, an integer >= 1 or one per class, got {value!r}")
+    for i, n in enumerate(values):
+        if n is not None:
+            check_int("rotated_box_nms", name if values is not value else f"{name}[{i}]", n, 1)
 
 
 def _per_class(value, k: int, name: str):
@@ -88,6 +113,12 @@ def class_nms_bev(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tenso
     Returns:
         (K,) int64 indices into ``boxes``: the kept boxes of class 0 by descending score, then class 1, ...
     """
+    check_tensors("class_nms_bev", dict(boxes=boxes, scores=scores, labels=labels), floating=False,
+                  same_dtype=False)
+    if labels.dtype.is_floating_point or labels.dtype.is_complex:
+        raise ValueError(f"class_nms_bev: labels must be integer class indices, got {labels.dtype}; cast with "
+                         f"labels.long()")
+    _check_threshold(iou_threshold)
     if labels.shape != scores.shape:
         raise ValueError(f"class_nms_bev: labels must be (N,) like scores; got {tuple(labels.shape)} and "
                          f"{tuple(scores.shape)}")

@@ -29,6 +29,7 @@ from typing import Tuple
 
 import torch
 
+from ._checks import check_tensors
 from ._scattered_linear_attention_triton import scattered_linear_attention_triton_autograd
 from ._triton import can_run
 from .dispatch import pick
@@ -40,6 +41,8 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor) -> None:
     name = "scattered_linear_attention"
+    check_tensors(name, dict(q=q, k=k, v=v))
+    check_tensors(name, dict(q=q, offsets=offsets), floating=False, same_dtype=False)
     if q.dim() != 3 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(f"{name}: q, k, v must be (N, heads, head_dim) tensors of one shape; "
                          f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")

@@ -31,6 +31,7 @@ from typing import Sequence, Tuple
 
 import torch
 
+from ._checks import param_dtypes, check_params, check_tensors
 from ._sparse_depthwise_conv_triton import sparse_depthwise_conv_triton_autograd
 from ._triton import can_run
 from .dispatch import pick
@@ -66,6 +67,7 @@ def submanifold_pairs(coords: torch.Tensor, spatial_shape: Sequence[int], kernel
         outside the grid. Coordinates are checked (range, uniqueness) when on CPU only: checking CUDA
         values would wait for the GPU.
     """
+    check_tensors("submanifold_pairs", dict(coords=coords), floating=False)
     shape = _triple("spatial_shape", spatial_shape)
     kernel = _triple("kernel_size", kernel_size)
     if any(k < 1 or k % 2 == 0 for k in kernel):
@@ -104,6 +106,9 @@ def submanifold_pairs(coords: torch.Tensor, spatial_shape: Sequence[int], kernel
 
 def _check(features: torch.Tensor, weight: torch.Tensor, pairs: torch.Tensor) -> None:
     name = "sparse_depthwise_conv"
+    check_tensors(name, dict(features=features))
+    check_params(name, features, dict(weight=weight), param_dtypes(features))
+    check_tensors(name, dict(features=features, pairs=pairs), floating=False, same_dtype=False)
     if features.dim() != 2 or weight.dim() != 2 or features.shape[1] != weight.shape[1]:
         raise ValueError(f"{name}: features must be (N, C) and weight (K, C) with one C; got {tuple(features.shape)} "
                          f"and {tuple(weight.shape)} (official (kz, ky, kx, C) weights: weight.reshape(-1, C))")

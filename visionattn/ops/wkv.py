@@ -23,6 +23,7 @@ from typing import Tuple
 
 import torch
 
+from ._checks import check_int, check_params, check_tensors
 from ._triton import FLOAT_DTYPES, can_run
 from ._wkv_triton import NEG, compute_dtype  # importing it registers the custom ops
 from .dispatch import pick
@@ -87,6 +88,8 @@ def bi_wkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i
     Returns:
         (B, T, C), dtype of ``k``.
     """
+    check_tensors("bi_wkv", dict(k=k, v=v))
+    check_params("bi_wkv", k, dict(w=w, u=u))
     if k.dim() != 3 or v.shape != k.shape or w.shape != (k.shape[-1],) or u.shape != (k.shape[-1],):
         raise ValueError(f"bi_wkv expects k, v: (B, T, C) and w, u: (C,); got k {tuple(k.shape)}, "
                          f"v {tuple(v.shape)}, w {tuple(w.shape)}, u {tuple(u.shape)}")
@@ -109,8 +112,16 @@ def re_wkv(k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, first: torch.T
     Returns:
         (B, T, C) in (h w) order.
     """
+    check_tensors("re_wkv", dict(k=k, v=v))
+    check_params("re_wkv", k, dict(decay=decay, first=first))
+    if k.dim() != 3 or v.shape != k.shape:
+        raise ValueError(f"re_wkv expects k, v: (B, T, C) of one shape; got k {tuple(k.shape)}, v {tuple(v.shape)}")
     B, T, C = k.shape
-    H, W = hw
+    if decay.dim() != 2 or decay.shape != first.shape or decay.shape[1] != C:
+        raise ValueError(f"re_wkv expects decay, first: (M, C={C}); got {tuple(decay.shape)}, {tuple(first.shape)}")
+    if not isinstance(hw, (tuple, list)) or len(hw) != 2:
+        raise ValueError(f"re_wkv: hw must be (H, W), got {hw!r}")
+    H, W = check_int("re_wkv", "hw[0]", hw[0]), check_int("re_wkv", "hw[1]", hw[1])
     if H * W != T:
         raise ValueError(f"re_wkv: hw={hw} does not match T={T} tokens")
     k_cols = None

@@ -10,5 +10,7 @@ model = dict(
     label_smoothing=0.1,
     data_preprocessor=dict(type="ClassificationDataPreprocessor", random_erasing=dict(probability=0.25, mode="pixel")),
 )
-# mmengine's EMAHook; validation and checkpoints' `state_dict` use the EMA weights.
-custom_hooks = [dict(type="EMAHook", momentum=4e-5, update_buffers=True, priority="ABOVE_NORMAL")]
+# mmengine's EMAHook; validation and checkpoints' `state_dict` use the EMA weights. The average is
+# visionattn.engine.ema.ForeachExponentialMovingAverage: mmengine's update in one multi-tensor op per step.
+custom_hooks = [dict(type="EMAHook", ema_type="ForeachExponentialMovingAverage", momentum=4e-5, update_buffers=True,
+                     priority="ABOVE_NORMAL")]

@@ -159,6 +159,21 @@ def test_out_indices_and_auto_equals_reference_on_cpu():
             assert torch.equal(model(x), ref)
 
 
+def test_block_fused_norms_keep_the_reference_numerics():
+    """The block's add + LayerNorm pairs go through the fused op; its reference path must give
+    exactly the unfused x += cpe(x); x += attn(norm1(x)); x += mlp(norm2(x))."""
+    torch.manual_seed(0)
+    block = _tiny(n_win=2).stages[1].blocks[0].eval()
+    x = torch.randn(2, block.norm1.normalized_shape[0], 8, 8).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        h = x + block.cpe(x)
+        h = h.permute(0, 2, 3, 1)
+        h = h + block.attn(block.norm1(h))
+        h = h + block.mlp(block.norm2(h))
+        with use_impl("reference"):
+            assert torch.equal(block(x), h.permute(0, 3, 1, 2))
+
+
 @pytest.mark.cuda
 def test_triton_model_matches_reference_model_cuda():
     """The whole model (channels_last trunk, strided qkv views into the kernel, padded dense sizes),

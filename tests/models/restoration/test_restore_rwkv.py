@@ -57,7 +57,7 @@ def test_forward_contract_and_channels():
 
 
 def test_bad_input_raises():
-    with pytest.raises(ValueError, match="expects"):
+    with pytest.raises(ValueError, match="1 channel"):
         tiny()(torch.rand(1, 3, 8, 8))
     with pytest.raises(ValueError, match="multiples of 8.*restore_image"):
         tiny()(torch.rand(1, 1, 13, 16))

@@ -3,8 +3,9 @@ from .gt_sampling_off import GTSamplingOffHook
 from .random_state import RandomStateHook
 from .safe_checkpoint import SafeCheckpointHook, latest_complete_checkpoint
 from .show_predictions import ShowPredictionsHook
+from .train_breakdown import TrainBreakdownHook
 from .train_speed import TrainSpeedHook
 from .training_curves import TrainingCurvesHook
 
-__all__ = ["GTSamplingOffHook", "RandomStateHook", "SafeCheckpointHook", "ShowPredictionsHook", "TrainSpeedHook",
-           "TrainingCurvesHook", "latest_complete_checkpoint"]
+__all__ = ["GTSamplingOffHook", "RandomStateHook", "SafeCheckpointHook", "ShowPredictionsHook", "TrainBreakdownHook",
+           "TrainSpeedHook", "TrainingCurvesHook", "latest_complete_checkpoint"]

@@ -33,7 +33,10 @@ from timm.models._features import feature_take_indices
 from ...hub import build_timm_model, extract_state_dict
 from ...registry import register_converter
 from .stage_classifier import StageClassifier
+from ...ops.bilevel_routing_attention import IMPLS as BRA_IMPLS
 from ...ops.bilevel_routing_attention import bilevel_routing_attention, bilevel_routing_attention_reference
+from ...ops.layer_norm import layer_norm
+from ..input_contract import check_choice, check_int, check_ints, check_num_classes, check_rate
 
 __all__ = ["BiFormer", "BiLevelRoutingAttention", "checkpoint_filter_fn"]
 
@@ -128,10 +131,14 @@ class BiFormerBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.cpe(x)
-        x = x.permute(0, 2, 3, 1)  # NHWC
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        # x += cpe(x); x += attn(norm1(x)); x += mlp(norm2(x)). The first two adds are fused with
+        # the LayerNorm that follows them (visionattn.ops.layer_norm with residual=: one pass that
+        # returns the sum and its norm; the reference path is the add, then F.layer_norm).
+        n1, n2 = self.norm1, self.norm2
+        pos = self.cpe(x).permute(0, 2, 3, 1)  # NHWC views of channels_last maps
+        y, x = layer_norm(x.permute(0, 2, 3, 1), n1.weight, n1.bias, n1.eps, residual=pos)
+        y, x = layer_norm(x, n2.weight, n2.bias, n2.eps, residual=self.drop_path(self.attn(y)))
+        x = x + self.drop_path(self.mlp(y))
         return x.permute(0, 3, 1, 2)
 
 
@@ -154,6 +161,39 @@ class BiFormerStage(nn.Module):
         return self.blocks(x)
 
 
+def _check_args(depths, dims, topks, head_dim, n_win, mlp_ratio, num_classes, in_chans, drop_rate,
+                drop_path_rate, attn_impl) -> None:
+    """Constructor arguments, each with its name, value and allowed range."""
+    owner = "BiFormer"
+    check_ints(owner, "depths", depths, minimum=0)
+    stages = len(list(depths))
+    check_ints(owner, "dims", dims, minimum=2, length=stages)
+    check_int(owner, "head_dim", head_dim, 1)
+    check_int(owner, "n_win", n_win, 1)
+    check_int(owner, "in_chans", in_chans, 1)
+    check_num_classes(owner, num_classes)
+    check_rate(owner, "drop_rate", drop_rate)
+    check_rate(owner, "drop_path_rate", drop_path_rate)
+    check_choice(owner, "attn_impl", attn_impl, ("auto",) + BRA_IMPLS)
+    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
+        raise ValueError(f"{owner}: mlp_ratio={mlp_ratio!r} is out of range; it must be a number > 0")
+    topks = list(topks)
+    if len(topks) != stages:
+        raise ValueError(f"{owner}: topks must have {stages} entries (one per stage), got {len(topks)}: {topks}")
+    if dims[0] % 2:
+        raise ValueError(f"{owner}: dims[0]={dims[0]} must be even (the stem's first conv has dims[0] // 2 channels)")
+    for i, (dim, topk) in enumerate(zip(dims, topks)):
+        if isinstance(topk, bool) or not isinstance(topk, int) or not (topk == -1 or 1 <= topk):
+            raise ValueError(f"{owner}: topks[{i}]={topk!r} is out of range; it must be -1 (global attention) or "
+                             f"an integer in [1, n_win**2={n_win * n_win}]")
+        heads = 8 if topk == -1 else dim // head_dim  # the global stage has 8 heads (official)
+        if topk != -1 and dim % head_dim:
+            raise ValueError(f"{owner}: dims[{i}]={dim} is not divisible by head_dim={head_dim}; heads = dim // "
+                             f"head_dim must be a whole number")
+        if heads < 1 or dim % heads:
+            raise ValueError(f"{owner}: dims[{i}]={dim} is not divisible by its {heads} heads")
+
+
 class BiFormer(StageClassifier):
     """BiFormer classifier / backbone. Input (B, 3, H, W) -> logits (B, num_classes).
 
@@ -173,6 +213,9 @@ class BiFormer(StageClassifier):
         super().__init__()
         if global_pool not in ("avg", ""):
             raise ValueError(f"BiFormer: global_pool must be 'avg' or '' (none), got {global_pool!r}")
+        _check_args(depths, dims, topks, head_dim, n_win, mlp_ratio, num_classes, in_chans, drop_rate,
+                    drop_path_rate, attn_impl)
+        self.in_chans = in_chans
         self.num_classes, self.global_pool, self.n_win = num_classes, global_pool, n_win
         self.num_features = self.head_hidden_size = dims[-1]
         self.stem = nn.Sequential(
@@ -206,6 +249,7 @@ class BiFormer(StageClassifier):
         ``out_norms`` LayerNorm2d when the model has them; ``norm`` applies the final BN to stage 4."""
         if output_fmt != "NCHW":
             raise ValueError(f"BiFormer.forward_intermediates: output_fmt must be 'NCHW', got {output_fmt!r}")
+        self.check_input(x)
         take, max_index = feature_take_indices(len(self.stages), indices)
         x = self.stem(x.contiguous(memory_format=torch.channels_last))
         feats = []
@@ -234,6 +278,7 @@ class BiFormer(StageClassifier):
 
         The trunk runs channels_last: the convolutions then produce NHWC memory, so the blocks'
         NCHW <-> NHWC permutes are free views instead of copies."""
+        self.check_input(x)
         return self.norm(self.stages(self.stem(x.contiguous(memory_format=torch.channels_last))))
 
 

@@ -49,6 +49,8 @@ from ...registry import register_converter
 from .stage_classifier import StageClassifier
 from ..derived_tensor import DerivedTensor
 from ...ops import channel_bias_act as cba
+from ...ops.channel_bias_act import IMPLS as CBA_IMPLS
+from ..input_contract import check_choice, check_int, check_ints, check_num_classes, check_rate
 
 __all__ = ["FFNet", "MetaMixer", "ConvBN", "RepDWConv", "BNConvSkip", "PatchMerging", "FFNetBlock", "PointwiseConv",
            "ConvFFN"]
@@ -357,6 +359,30 @@ class FFNetStage(nn.Module):
         return self.blocks(x)
 
 
+def _check_args(depths, dims, kernels, mlp_ratio, stem_chs, layer_scale_init_value, in_chans, num_classes,
+                global_pool, drop_rate, drop_path_rate, epilogue_impl) -> None:
+    """Constructor arguments, each with its name, value and allowed range."""
+    owner = "FFNet"
+    check_ints(owner, "depths", depths, minimum=1)
+    check_ints(owner, "dims", dims, minimum=1)
+    for arg, values in zip(("ffn_kernels", "token_kernels1", "token_kernels2"), kernels):
+        check_ints(owner, arg, values, minimum=1)
+        for i, k in enumerate(values):
+            if k % 2 == 0:
+                raise ValueError(f"{owner}: {arg}[{i}]={k} must be odd (depthwise convs keep the map size)")
+    check_int(owner, "stem_chs", stem_chs, 1)
+    check_int(owner, "in_chans", in_chans, 1)
+    check_num_classes(owner, num_classes)
+    check_choice(owner, "global_pool", global_pool, ("avg", ""))
+    check_rate(owner, "drop_rate", drop_rate)
+    check_rate(owner, "drop_path_rate", drop_path_rate)
+    check_choice(owner, "epilogue_impl", epilogue_impl, ("auto",) + CBA_IMPLS)
+    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
+        raise ValueError(f"{owner}: mlp_ratio={mlp_ratio!r} is out of range; it must be a number > 0")
+    if layer_scale_init_value is not None and not isinstance(layer_scale_init_value, (int, float)):
+        raise ValueError(f"{owner}: layer_scale_init_value must be a number or None, got {layer_scale_init_value!r}")
+
+
 class FFNet(StageClassifier):
     """FFNet classifier / backbone. Input (B, 3, H, W); features at strides 4, 8, 16, 32.
 
@@ -381,6 +407,10 @@ class FFNet(StageClassifier):
         super().__init__()
         if not len(depths) == len(dims) == len(ffn_kernels) == len(token_kernels1) == len(token_kernels2):
             raise ValueError("FFNet: depths, dims, ffn_kernels, token_kernels1/2 need one entry per stage")
+        _check_args(depths, dims, (ffn_kernels, token_kernels1, token_kernels2), mlp_ratio, stem_chs,
+                    layer_scale_init_value, in_chans, num_classes, global_pool, drop_rate, drop_path_rate,
+                    epilogue_impl)
+        self.in_chans = in_chans
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = dims[-1]
@@ -435,6 +465,7 @@ class FFNet(StageClassifier):
         """Stage outputs (B, C_i, H/2^(i+2), W/2^(i+2)), each through its stage LayerNorm if built with one."""
         if output_fmt != "NCHW":
             raise ValueError(f"FFNet: output_fmt {output_fmt!r} is not supported; use 'NCHW'")
+        self.check_input(x)
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         intermediates = []
         x = self.stem(x)
@@ -459,6 +490,7 @@ class FFNet(StageClassifier):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, C_3, H/32, W/32) after the final BatchNorm."""
+        self.check_input(x)
         return self.norm(self.stages(self.stem(x)))
 
 
@@ -529,6 +561,8 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Modul
         else:
             continue  # e.g. neck/head of a detector checkpoint
         if key not in target:
+            if ours and not key[len(prefix):].startswith(_PRUNABLE):
+                out[key] = value  # a key of our layout the model lacks: left for the strict load to name
             continue
         if value.shape != target[key].shape:
             if value.numel() != target[key].numel():
@@ -539,6 +573,11 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Modul
     if not any(".stage_norms." in f".{k}" for k in out):
         out.update({k: v for k, v in target.items() if ".stage_norms." in f".{k}"})
     return out
+
+
+# what a model may lack that a checkpoint of our layout has: the classifier (features_only), the final
+# norm (pruned) and the dense-only per-stage norms (a classifier)
+_PRUNABLE = ("head.", "norm.", "stage_norms.")
 
 
 @register_converter("ffnet")

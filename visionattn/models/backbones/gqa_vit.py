@@ -39,9 +39,13 @@ from timm.models.vision_transformer import checkpoint_filter_fn as timm_checkpoi
 from ...hub import extract_state_dict, read_checkpoint
 from ...registry import register_converter
 from ...ops.grouped_query_attention import grouped_query_attention, grouped_query_attention_sdpa, kv_head_index
+from ...ops.key_norm_allocation import allocate_queries, key_head_norms, key_norm_allocation
+from ..input_contract import check_divides, check_images, check_int, check_num_classes, check_rate
 
-# torch.fx (timm's FX feature extraction): the op is a single graph node (it reads shapes)
+# torch.fx (timm's FX feature extraction): the ops are single graph nodes (they read shapes)
 torch.fx.wrap("kv_head_index")
+torch.fx.wrap("allocate_queries")
+torch.fx.wrap("key_norm_allocation")
 
 
 @torch.fx.wrap  # one node under torch.fx (the op's checks read shapes)
@@ -53,55 +57,12 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sizes: Optiona
     return grouped_query_attention(q, k, v, sizes, impl=impl, dropout_p=dropout_p, attn_mask=attn_mask,
                                    is_causal=is_causal)
 
-__all__ = ["GroupedQueryAttention", "KeyDrivenGQA", "DynamicGQA", "PerturbedGQA", "allocate_queries",
+
+__all__ = ["GQAVisionTransformer", "GroupedQueryAttention", "KeyDrivenGQA", "DynamicGQA", "PerturbedGQA", "allocate_queries",
            "key_head_norms", "checkpoint_filter_fn", "convert_mha_to_gqa", "convert_official", "ATTENTIONS"]
 
 
 # --- query allocation -------------------------------------------------------------------------
-
-def key_head_norms(k: torch.Tensor) -> torch.Tensor:
-    """Frobenius norm of each key head. k: (B, G, N, d) -> (B, G) float32."""
-    return torch.linalg.vector_norm(k.detach(), dim=(2, 3), dtype=torch.float32)
-
-
-@torch.fx.wrap
-def allocate_queries(scores: torch.Tensor, num_heads: int, min_queries: int = 1) -> torch.Tensor:
-    """Split ``num_heads`` query heads over G KV heads in proportion to ``scores`` (largest remainder).
-
-    Every KV head first gets ``min_queries``; the other heads are shared in proportion to the
-    scores, the leftover ones going to the largest fractional parts (lower index first on ties).
-    Scores that sum to zero or are not finite give the most uniform split. Tensor ops only.
-
-    Args:
-        scores: (..., G) non-negative weights.
-    Returns:
-        long (..., G), each row summing to ``num_heads``.
-    """
-    G = scores.shape[-1]
-    if min_queries * G > num_heads:
-        raise ValueError(f"min_queries={min_queries} per KV head needs {min_queries * G} query heads; "
-                         f"only {num_heads} exist (lower min_queries or use fewer KV heads)")
-    free = num_heads - min_queries * G
-    scores = scores.detach().float()
-    total = scores.sum(-1, keepdim=True)
-    valid = torch.isfinite(total) & (total > 0)
-    share = torch.where(valid, scores / torch.where(valid, total, torch.ones_like(total)),
-                        torch.full_like(scores, 1.0 / G))
-    quota = share * free
-    base = quota.floor()
-    leftover = free - base.sum(-1, keepdim=True)
-    order = torch.argsort(quota - base, dim=-1, descending=True, stable=True)
-    rank = torch.argsort(order, dim=-1)  # position of each KV head in that order
-    return (base + (rank < leftover).float()).long() + min_queries
-
-
-def min_max_normalise(norms: torch.Tensor) -> torch.Tensor:
-    """(..., G) -> (..., G) in [0, 1]; all ones where the norms are tied (incl. G = 1)."""
-    low, high = norms.amin(-1, keepdim=True), norms.amax(-1, keepdim=True)
-    spread = high - low
-    tied = spread <= 0
-    return torch.where(tied, torch.ones_like(norms), (norms - low) / torch.where(tied, torch.ones_like(spread), spread))
-
 
 def _uniform_sizes(num_heads: int, num_kv_heads: int) -> torch.Tensor:
     sizes = torch.full((num_kv_heads,), num_heads // num_kv_heads, dtype=torch.long)
@@ -220,10 +181,10 @@ class KeyDrivenGQA(GroupedQueryAttention):
         allocate_queries(torch.ones(self.num_kv_heads), self.num_heads, self.min_queries_per_kv)
 
     def group_sizes(self, k: torch.Tensor) -> torch.Tensor:
-        norms = key_head_norms(k)  # (B, G)
         if self.faithful:
-            return _official_kdgqa_sizes(norms.sum(0), self.num_heads)
-        return allocate_queries(min_max_normalise(norms), self.num_heads, self.min_queries_per_kv)
+            return _official_kdgqa_sizes(key_head_norms(k).sum(0), self.num_heads)
+        # per image: min-max normalised key-head norms -> largest-remainder allocation (one kernel)
+        return key_norm_allocation(k, self.num_heads, self.min_queries_per_kv)
 
 
 class DynamicGQA(GroupedQueryAttention):
@@ -353,6 +314,51 @@ class GroupedQueryBlock(Block):
         super().__init__(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop, **kwargs)
         self.attn = attn_cls(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop,
                              **(attn_kwargs or {}))
+
+
+class GQAVisionTransformer(VisionTransformer):
+    """timm's ``VisionTransformer`` (same modules, keys and behaviour) with the library's input check at
+    its entry points: (B >= 1, in_chans, H, W) floats in the model's dtype and device, and H x W the
+    model's ``img_size`` unless it was built with ``dynamic_img_size=True`` (position embeddings
+    interpolated; then H and W multiples of the patch size, or any size with ``dynamic_img_pad=True``).
+    """
+
+    def check_input(self, x: torch.Tensor) -> None:
+        pe = self.patch_embed
+        fixed = tuple(pe.img_size) if pe.img_size is not None and pe.strict_img_size else None
+        multiple = 1 if pe.dynamic_img_pad or fixed else pe.patch_size[0]
+        check_images(x, network=f"{type(self).__name__} ({getattr(self, 'pretrained_cfg', {}).get('architecture', 'ViT')})",
+                     channels=pe.proj.in_channels, like=pe.proj.weight, fixed_size=fixed, multiple=multiple,
+                     min_size=1 if pe.dynamic_img_pad else pe.patch_size[0],
+                     size_hint="or build the model with dynamic_img_size=True (position embeddings are then "
+                               "interpolated to the input size)",
+                     pad_hint="resize to a multiple of the patch size, or build with dynamic_img_pad=True")
+
+    def forward_features(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        self.check_input(x)
+        return super().forward_features(x, *args, **kwargs)
+
+    def forward_intermediates(self, x: torch.Tensor, *args, **kwargs):
+        self.check_input(x)
+        return super().forward_intermediates(x, *args, **kwargs)
+
+
+def _check_vit_args(kwargs: Dict) -> None:
+    """The ViT constructor arguments timm does not check, with name, value and range."""
+    owner = "GQA ViT"
+    for arg, minimum in (("in_chans", 1), ("depth", 1), ("embed_dim", 1), ("num_heads", 1), ("patch_size", 1)):
+        if arg in kwargs and not isinstance(kwargs[arg], (tuple, list)):
+            check_int(owner, arg, kwargs[arg], minimum)
+    if "num_classes" in kwargs:
+        check_num_classes(owner, kwargs["num_classes"])
+    for arg in ("drop_rate", "drop_path_rate", "attn_drop_rate", "proj_drop_rate", "pos_drop_rate", "patch_drop_rate"):
+        if arg in kwargs:
+            check_rate(owner, arg, kwargs[arg])
+    if "embed_dim" in kwargs or "num_heads" in kwargs:
+        check_divides(owner, "num_heads", kwargs["num_heads"], "embed_dim", kwargs["embed_dim"])
+    img, patch = kwargs.get("img_size"), kwargs.get("patch_size")
+    if isinstance(img, int) and isinstance(patch, int) and (img < patch or img % patch):
+        raise ValueError(f"{owner}: img_size={img} must be a multiple of patch_size={patch}")
 
 
 # --- checkpoints -------------------------------------------------------------------------------
@@ -500,9 +506,16 @@ def _create(size: str, attn: str, pretrained: bool = False, **kwargs) -> VisionT
     else:
         attn_kwargs.setdefault("num_kv_heads", _DEFAULT_KV_HEADS[size])
     out_indices = kwargs.pop("out_indices", 3)
+    _check_vit_args({"patch_size": 16, "img_size": 224, **_ARCH[size], **kwargs})
+    depth = kwargs.get("depth", _ARCH[size]["depth"])
+    if kwargs.get("features_only") and isinstance(out_indices, int) and not 0 < out_indices <= depth:
+        raise ValueError(f"vit_{size}_patch16_224_{attn}: out_indices={out_indices} (the last n blocks) must be in "
+                         f"[1, depth={depth}]")
+    heads_kv = attn_kwargs["num_kv_heads"]
+    check_int(f"vit_{size}_patch16_224_{attn}", "num_kv_heads", heads_kv, 1, heads)
     block_fn = partial(GroupedQueryBlock, attn_cls=ATTENTIONS[attn], attn_kwargs=attn_kwargs)
     return build_model_with_cfg(
-        VisionTransformer, f"vit_{size}_patch16_224_{attn}", pretrained,
+        GQAVisionTransformer, f"vit_{size}_patch16_224_{attn}", pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
         **{"patch_size": 16, "img_size": 224, **_ARCH[size], **kwargs, "block_fn": block_fn},

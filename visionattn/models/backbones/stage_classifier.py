@@ -5,12 +5,22 @@ from typing import Dict, Optional
 import torch
 import torch.nn as nn
 
+from ..input_contract import check_images, check_num_classes
+
 
 class StageClassifier(nn.Module):
     """Base of a stem -> ``stages`` (each with ``downsample`` and ``blocks``) -> ``norm`` -> pooled
     ``head`` network. Subclasses set ``stages``, ``norm``, ``head_drop``, ``head``,
     ``num_features``, ``num_classes`` and ``global_pool`` (``'avg'`` or ``''``), and define
-    ``forward_features``; each stage has a ``grad_checkpointing`` flag."""
+    ``forward_features``; each stage has a ``grad_checkpointing`` flag. ``forward_features`` and
+    ``forward_intermediates`` start with :meth:`check_input` (``in_chans`` and ``stem`` set)."""
+
+    in_chans = 3
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """The input check at the network boundary: (B >= 1, in_chans, H, W) floats in the network's
+        dtype on its device (:func:`visionattn.models.input_contract.check_images`)."""
+        check_images(x, network=type(self).__name__, channels=self.in_chans, like=next(self.stem.parameters(), None))
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict:
@@ -32,6 +42,7 @@ class StageClassifier(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, reset_other: bool = False):
         """A new head for ``num_classes`` (0: none); ``reset_other`` also drops the final norm."""
+        check_num_classes(type(self).__name__, num_classes)
         self.num_classes = num_classes
         if global_pool is not None:
             if global_pool not in ("avg", ""):

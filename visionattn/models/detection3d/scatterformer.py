@@ -18,7 +18,10 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from ...ops.scattered_linear_attention import IMPLS as SLA_IMPLS
+from ...ops.sparse_depthwise_conv import IMPLS as SDC_IMPLS
 from ...registry import register_converter, register_network
+from ..input_contract import FLOAT_DTYPES, check_choice, check_divides, check_int, tracing
 from .center_head import CenterDecoder, CenterHead
 from .ded_backbone import CascadeDEDBackbone
 from .dynamic_voxel_vfe import DynamicVoxelVFE, grid_size
@@ -50,6 +53,35 @@ KITTI = dict(
 )
 
 
+def _check_args(point_cloud_range, voxel_size, num_point_features, class_names, dim, num_heads, num_layers,
+                window, bev_layers, head_channels, max_objects, score_threshold, nms_pre_max_size,
+                attn_impl, conv_impl) -> None:
+    """Constructor arguments, each with its name, value and allowed range."""
+    owner = "ScatterFormer"
+    pcr, vs = list(point_cloud_range), list(voxel_size)
+    if len(pcr) != 6 or not all(isinstance(v, (int, float)) for v in pcr):
+        raise ValueError(f"{owner}: point_cloud_range must be 6 numbers (x0, y0, z0, x1, y1, z1), got {point_cloud_range!r}")
+    if len(vs) != 3 or not all(isinstance(v, (int, float)) and v > 0 for v in vs):
+        raise ValueError(f"{owner}: voxel_size must be 3 numbers > 0 (metres along x, y, z), got {voxel_size!r}")
+    for i, axis in enumerate("xyz"):
+        if not pcr[i + 3] - pcr[i] >= vs[i]:
+            raise ValueError(f"{owner}: point_cloud_range {axis} extent [{pcr[i]}, {pcr[i + 3]}] must be at least "
+                             f"one voxel ({vs[i]} m) long, with max > min")
+    check_int(owner, "num_point_features", num_point_features, 3)
+    if isinstance(class_names, str) or not list(class_names):
+        raise ValueError(f"{owner}: class_names must be a non-empty sequence of names, got {class_names!r}")
+    for arg, value in (("dim", dim), ("num_layers", num_layers), ("window", window), ("bev_layers", bev_layers),
+                       ("head_channels", head_channels), ("max_objects", max_objects),
+                       ("nms_pre_max_size", nms_pre_max_size)):
+        check_int(owner, arg, value, 1)
+    check_divides(owner, "num_heads", num_heads, "dim", dim)
+    if isinstance(score_threshold, bool) or not isinstance(score_threshold, (int, float)) \
+            or not 0 <= score_threshold <= 1:
+        raise ValueError(f"{owner}: score_threshold={score_threshold!r} is out of range; it must be in [0, 1]")
+    check_choice(owner, "attn_impl", attn_impl, ("auto",) + SLA_IMPLS)
+    check_choice(owner, "conv_impl", conv_impl, ("auto",) + SDC_IMPLS)
+
+
 class ScatterFormer(nn.Module):
     """ScatterFormer detector.
 
@@ -79,6 +111,9 @@ class ScatterFormer(nn.Module):
                  iou_rectifier: Optional[Sequence[float]] = None, nms_thresholds: Sequence[float] = (),
                  nms_pre_max_size: int = 4096, attn_impl: str = "auto", conv_impl: str = "auto"):
         super().__init__()
+        _check_args(point_cloud_range, voxel_size, num_point_features, class_names, dim, num_heads, num_layers,
+                    window, bev_layers, head_channels, max_objects, score_threshold, nms_pre_max_size,
+                    attn_impl, conv_impl)
         self.point_cloud_range = tuple(float(v) for v in point_cloud_range)
         self.voxel_size = tuple(float(v) for v in voxel_size)
         self.num_point_features = num_point_features
@@ -102,11 +137,25 @@ class ScatterFormer(nn.Module):
                                      nms_thresholds=nms_thresholds, nms_pre_max_size=nms_pre_max_size)
 
     def _check(self, points: torch.Tensor) -> None:
+        """The input contract: (N, 1 + num_point_features) floats (float64 refused: cast with
+        ``points.float()``) on the network's device; N = 0 is an empty point cloud."""
+        if tracing(points):
+            return
+        if not isinstance(points, torch.Tensor):
+            raise TypeError(f"ScatterFormer takes points as a torch.Tensor (N, 1 + {self.num_point_features}), got "
+                            f"{type(points).__name__}; convert with torch.from_numpy(array).float()")
         if points.dim() != 2 or points.shape[1] != 1 + self.num_point_features:
             raise ValueError(f"points must be (N, 1 + {self.num_point_features}) [batch, x, y, z, ...], got "
                              f"{tuple(points.shape)}")
         if not points.is_floating_point():
-            raise ValueError(f"points must be floating point, got {points.dtype}")
+            raise ValueError(f"points must be floating point, got {points.dtype}; convert with points.float()")
+        if points.dtype not in FLOAT_DTYPES:
+            raise ValueError(f"ScatterFormer takes float32 points (float16/bfloat16 accepted), got "
+                             f"{str(points.dtype).replace('torch.', '')}; cast with points.float()")
+        like = next(self.parameters(), None)
+        if like is not None and not like.is_meta and points.device != like.device:
+            raise ValueError(f"ScatterFormer is on {like.device} but got points on {points.device}; move them with "
+                             f"points.to('{like.device}')")
 
     def bev_features(self, points: torch.Tensor, batch_size: Optional[int] = None) -> torch.Tensor:
         """The BEV feature map (B, dim, H, W) entering the 2-D backbone (after height compression)."""

@@ -15,7 +15,9 @@ import torch.nn.functional as F
 from ...hub import extract_state_dict
 from ...ops.wkv import re_wkv
 from ..derived_tensor import DerivedTensor
+from ...ops.wkv import IMPLS as WKV_IMPLS
 from ...registry import register_converter, register_network
+from ..input_contract import check_choice, check_images, check_int, check_ints
 
 
 class OmniShift(nn.Module):
@@ -171,8 +173,17 @@ class RestoreRWKV(nn.Module):
                              "visionattn.inference.restore_image(model, x, tile=..., overlap=...)")
         if removed:
             raise TypeError(f"RestoreRWKV got unexpected arguments {sorted(removed)}")
+        owner = "RestoreRWKV"
+        check_int(owner, "in_chans", in_chans, 1)
+        check_int(owner, "out_chans", out_chans, 1)
+        check_int(owner, "dim", dim, 2)
         if dim % 2:
-            raise ValueError(f"dim must be even (downsampling halves it before PixelUnshuffle); got {dim}")
+            raise ValueError(f"{owner}: dim must be even (downsampling halves it before PixelUnshuffle); got {dim}")
+        check_ints(owner, "num_blocks", num_blocks, minimum=0, length=4)
+        check_int(owner, "num_refinement_blocks", num_refinement_blocks, 0)
+        check_int(owner, "recurrence", recurrence, 1)
+        check_int(owner, "hidden_rate", hidden_rate, 1)
+        check_choice(owner, "wkv_impl", wkv_impl, ("auto",) + WKV_IMPLS)
         self.in_chans, self.out_chans = in_chans, out_chans
 
         def stage(n, c):
@@ -199,12 +210,9 @@ class RestoreRWKV(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W), H and W multiples of 8 -> (B, out_chans, H, W)."""
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"RestoreRWKV expects (B, {self.in_chans}, H, W) images; got {tuple(x.shape)}")
-        H, W = x.shape[-2:]
-        if H % self.size_multiple or W % self.size_multiple:
-            raise ValueError(f"RestoreRWKV takes H and W that are multiples of {self.size_multiple}, got {H}x{W}; "
-                             "visionattn.inference.restore_image(model, x) pads any size and crops back")
+        check_images(x, network="RestoreRWKV", channels=self.in_chans, like=self.patch_embed.weight,
+                     multiple=self.size_multiple,
+                     pad_hint="visionattn.inference.restore_image(model, x) pads any size and crops back")
         e1 = self.encoder_level1(self.patch_embed(x))
         e2 = self.encoder_level2(self.down1_2(e1))
         e3 = self.encoder_level3(self.down2_3(e2))

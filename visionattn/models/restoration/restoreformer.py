@@ -36,6 +36,7 @@ from ...ops.group_norm_act import group_norm_act
 from ...ops.group_norm_act import resolve_impl as group_norm_impl
 from ...ops.multi_head_cross_attention import multi_head_cross_attention
 from ...registry import register_converter, register_network
+from ..input_contract import check_divides, check_images, check_int, check_ints
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -307,6 +308,28 @@ class VectorQuantizer(nn.Module):
         return z_q, loss, indices.view(b, h, w)
 
 
+def _check_args(num_heads, ch, ch_mult, num_res_blocks, resolution, in_channels, out_channels, z_channels,
+                embed_dim, n_embed, beta) -> None:
+    """Constructor arguments, each with its name, value and allowed range."""
+    owner = "RestoreFormer"
+    check_int(owner, "ch", ch, 1)
+    check_ints(owner, "ch_mult", ch_mult, minimum=1)
+    if not list(ch_mult):
+        raise ValueError(f"{owner}: ch_mult must have at least one level, got {ch_mult!r}")
+    for i, width in enumerate([ch] + [ch * m for m in ch_mult]):
+        if width % 32:
+            raise ValueError(f"{owner}: level width {width} (ch={ch} x ch_mult) is not divisible by 32, the "
+                             f"GroupNorm groups; pick ch and ch_mult so every width is a multiple of 32")
+    widest = ch * list(ch_mult)[-1]
+    check_divides(owner, "num_heads", num_heads, "the middle block's width (ch * ch_mult[-1])", widest)
+    for arg, value, minimum in (("num_res_blocks", num_res_blocks, 1), ("resolution", resolution, 1),
+                                ("in_channels", in_channels, 1), ("out_channels", out_channels, 1),
+                                ("z_channels", z_channels, 1), ("embed_dim", embed_dim, 1), ("n_embed", n_embed, 1)):
+        check_int(owner, arg, value, minimum)
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or beta < 0:
+        raise ValueError(f"{owner}: beta={beta!r} is out of range; it must be a number >= 0")
+
+
 class RestoreFormer(nn.Module):
     """RestoreFormer / RestoreFormer++ network: (B, 3, H, W) RGB in [-1, 1] -> same shape and range.
 
@@ -331,6 +354,8 @@ class RestoreFormer(nn.Module):
                  out_channels: int = 3, z_channels: int = 256, embed_dim: int = 256, n_embed: int = 1024,
                  beta: float = 0.25):
         super().__init__()
+        _check_args(num_heads, ch, ch_mult, num_res_blocks, resolution, in_channels, out_channels, z_channels,
+                    embed_dim, n_embed, beta)
         self.num_heads = num_heads
         self.in_channels = in_channels
         self.size_multiple = 2 ** (len(ch_mult) - 1)
@@ -354,10 +379,10 @@ class RestoreFormer(nn.Module):
         """x: (B, 3, H, W) RGB in [-1, 1], H and W multiples of 32 -> restored (B, 3, H, W) in [-1, 1]
         (not clamped). With ``return_info=True``: ``(image, info)``, info = dict(``vq_loss`` (scalar),
         ``indices`` (B, H/32, W/32) codebook indices, ``features`` (every encoder feature, official names))."""
-        if x.dim() != 4 or x.shape[1] != self.in_channels or x.shape[-2] % self.size_multiple or x.shape[-1] % self.size_multiple:
-            raise ValueError(f"RestoreFormer expects (B, {self.in_channels}, H, W) images with H and W multiples of "
-                             f"{self.size_multiple}; got {tuple(x.shape)}. Pad the image first (e.g. reflect) and "
-                             f"crop the output back.")
+        check_images(x, network="RestoreFormer", channels=self.in_channels, like=self.encoder.conv_in.weight,
+                     multiple=self.size_multiple,
+                     pad_hint="visionattn.inference.restore_image(model, x) pads any size (reflect) and crops the "
+                              "output back")
         feats = self.encoder(x, keep=None if return_info else self.decoder.needed_features())
         z_q, vq_loss, indices = self.quantize(self.quant_conv(feats["out"]), with_loss=return_info)
         out = self.decoder(self.post_quant_conv(z_q), feats)

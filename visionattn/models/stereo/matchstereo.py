@@ -19,11 +19,15 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 
 from ...ops.layer_norm import layer_norm
+from ...ops.match_attention import IMPLS as MATCH_IMPLS
 from ...ops.match_attention import match_attention
+from ..input_contract import (FLOAT_DTYPES, check_choice, check_divides, check_images, check_ints, check_rate,
+                              tracing)
 from ...registry import register_converter, register_network
 
 MIN_SIZE = 192  # the 1/32 map must hold the 6x6 window of radius 2
 PAD_MULTIPLE = 32  # H and W of the network's input (visionattn.inference pads other sizes)
+INPUT_DTYPES = (torch.uint8,) + FLOAT_DTYPES + (torch.float64,)  # values in [0, 255], cast to the network's dtype
 
 
 def _linspace(end: float, n: int) -> List[float]:
@@ -454,6 +458,24 @@ def _mask_head(dim: int, hidden: int, factor: int) -> nn.Sequential:
                          nn.Conv2d(hidden, 9 * factor * factor, 1))
 
 
+def _check_args(dims, depths, num_layers, radii, num_heads, drop_path_rate, consistency_threshold, attn_impl):
+    """Constructor arguments, each with its name, value and allowed range (four levels each)."""
+    owner = "MatchStereo"
+    check_ints(owner, "dims", dims, minimum=1, length=4)
+    check_ints(owner, "depths", depths, minimum=1, length=4)
+    check_ints(owner, "num_layers", num_layers, minimum=1, length=4)
+    check_ints(owner, "radii", radii, minimum=0, length=4)
+    check_ints(owner, "num_heads", num_heads, minimum=1, length=4)
+    for i, (dim, heads) in enumerate(zip(list(dims)[::-1], num_heads)):
+        check_divides(owner, f"num_heads[{i}]", heads, f"dims[{3 - i}] (the level's channels)", dim)
+    check_rate(owner, "drop_path_rate", drop_path_rate)
+    if isinstance(consistency_threshold, bool) or not isinstance(consistency_threshold, (int, float)) \
+            or not consistency_threshold > 0:
+        raise ValueError(f"{owner}: consistency_threshold={consistency_threshold!r} is out of range; it must be a "
+                         f"number of pixels > 0")
+    check_choice(owner, "attn_impl", attn_impl, ("auto",) + MATCH_IMPLS)
+
+
 class MatchStereo(nn.Module):
     """MatchStereo (``task='stereo'``) / MatchFlow (``task='flow'``).
 
@@ -487,6 +509,7 @@ class MatchStereo(nn.Module):
         super().__init__()
         if task not in ("stereo", "flow"):
             raise ValueError(f"task must be 'stereo' or 'flow', got {task!r}")
+        _check_args(dims, depths, num_layers, radii, num_heads, drop_path_rate, consistency_threshold, attn_impl)
         self.task = task
         self.consistency_threshold = consistency_threshold
         self.encoder = ConvFormerEncoder(dims, depths)
@@ -510,17 +533,16 @@ class MatchStereo(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def _check_shapes(self, left: torch.Tensor, right: torch.Tensor) -> None:
-        """Shape contract only (no host synchronisation): values and padding are inference's job."""
-        for name, img in (("left", left), ("right", right)):
-            if img.dim() != 4 or img.shape[1] != 3:
-                raise ValueError(f"{name} image must be (B, 3, H, W) RGB, got shape {tuple(img.shape)}")
-        if left.shape != right.shape:
-            raise ValueError(f"left {tuple(left.shape)} and right {tuple(right.shape)} images differ in shape")
-        H, W = left.shape[-2:]
-        if H % self.size_multiple or W % self.size_multiple or min(H, W) < self.min_size:
-            raise ValueError(f"MatchStereo takes H and W that are multiples of {self.size_multiple} and at least "
-                             f"{self.min_size}, got {H}x{W}; visionattn.inference.predict_stereo(model, left, right) "
-                             "pads any size and crops the outputs back")
+        """The input contract (shapes, dtypes, device; no host synchronisation): values and padding are
+        inference's job."""
+        like = self.encoder.downsample_layers[0][0].weight
+        for name, img in (("left RGB images", left), ("right RGB images", right)):
+            check_images(img, network="MatchStereo", channels=3, like=like, casts=True, dtypes=INPUT_DTYPES,
+                         multiple=self.size_multiple, min_size=self.min_size, name=name,
+                         pad_hint="visionattn.inference.predict_stereo(model, left, right) pads any size and crops "
+                                  "the outputs back")
+            if img is left and isinstance(right, torch.Tensor) and not tracing(left) and left.shape != right.shape:
+                raise ValueError(f"left {tuple(left.shape)} and right {tuple(right.shape)} images differ in shape")
 
     def forward(self, left: torch.Tensor, right: torch.Tensor,
                 init_field: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
@@ -582,6 +604,9 @@ def _register(name: str, variant: str, task: str, checkpoint: str):
                       paper="arXiv 2510.14260", official_params=OFFICIAL_PARAM_COUNTS[variant],
                       official_checkpoint=checkpoint)
     def build(**kwargs) -> MatchStereo:
+        if "task" in kwargs or "dims" in kwargs:
+            raise ValueError(f"{name} fixes task={task!r} and dims={VARIANT_DIMS[variant]}; pick the network of "
+                             f"the task and size you want (`visionattn.list_models('match*')`)")
         return MatchStereo(VARIANT_DIMS[variant], task=task, **kwargs)
 
     build.__name__ = name
