@@ -38,6 +38,8 @@ from ...ops.bilevel_routing_attention import bilevel_routing_attention, bilevel_
 from ...ops.layer_norm import layer_norm
 from ..input_contract import check_choice, check_int, check_ints, check_num_classes, check_rate
 
+torch.fx.wrap("layer_norm")  # one node under torch.fx: the op checks its inputs
+
 __all__ = ["BiFormer", "BiLevelRoutingAttention", "checkpoint_filter_fn"]
 
 
