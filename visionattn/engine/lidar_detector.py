@@ -15,13 +15,11 @@ import torch
 import torch.nn as nn
 from mmengine.model import BaseDataPreprocessor
 
-from ..extras import require_extra
 from ..inference import predict_boxes_3d
+from ..models.detection3d import sparse_backend  # noqa: F401  (raises the 3d-extra message without a sparse library)
 from ..models.detection3d.center_head_loss import CenterHeadLoss
 from ..registry import MODELS
 from .task_model import MODES, TaskModel
-
-require_extra("spconv.pytorch")  # the networks this model trains run sparse convolutions
 
 
 def collate_frames(frames: Sequence[Mapping]) -> Dict:
