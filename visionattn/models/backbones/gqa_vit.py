@@ -45,7 +45,6 @@ from ..input_contract import check_divides, check_images, check_int, check_num_c
 # torch.fx (timm's FX feature extraction): the ops are single graph nodes (they read shapes)
 torch.fx.wrap("kv_head_index")
 torch.fx.wrap("allocate_queries")
-torch.fx.wrap("key_norm_allocation")
 
 
 @torch.fx.wrap  # one node under torch.fx (the op's checks read shapes)
@@ -56,6 +55,15 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sizes: Optiona
         return grouped_query_attention_sdpa(q, k, v, sizes, dropout_p, attn_mask, is_causal)
     return grouped_query_attention(q, k, v, sizes, impl=impl, dropout_p=dropout_p, attn_mask=attn_mask,
                                    is_causal=is_causal)
+
+
+@torch.fx.wrap  # one node under torch.fx (the op's checks read shapes)
+def _key_norm_allocation(k: torch.Tensor, num_heads: int, min_queries: int) -> torch.Tensor:
+    """:func:`key_norm_allocation`; under TorchScript (also of an FX graph), which cannot compile the op's
+    checks, its reference, undispatched."""
+    if torch.jit.is_scripting():
+        return allocate_queries(min_max_normalise(key_head_norms(k)), num_heads, min_queries)
+    return key_norm_allocation(k, num_heads, min_queries)
 
 
 __all__ = ["GQAVisionTransformer", "GroupedQueryAttention", "KeyDrivenGQA", "DynamicGQA", "PerturbedGQA", "allocate_queries",
@@ -184,9 +192,7 @@ class KeyDrivenGQA(GroupedQueryAttention):
         if self.faithful:
             return _official_kdgqa_sizes(key_head_norms(k).sum(0), self.num_heads)
         # per image: min-max normalised key-head norms -> largest-remainder allocation (one kernel)
-        if torch.jit.is_scripting():  # TorchScript cannot compile the op's checks: its reference, undispatched
-            return allocate_queries(min_max_normalise(key_head_norms(k)), self.num_heads, self.min_queries_per_kv)
-        return key_norm_allocation(k, self.num_heads, self.min_queries_per_kv)
+        return _key_norm_allocation(k, self.num_heads, self.min_queries_per_kv)
 
 
 class DynamicGQA(GroupedQueryAttention):
