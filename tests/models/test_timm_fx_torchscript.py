@@ -100,7 +100,7 @@ def test_gqa_attention_takes_attn_mask_like_timm_attention():
             attn.attn_impl = "auto"
 
 
-@pytest.mark.parametrize("name", ["biformer_tiny", "vit_small_patch16_224_dgqa"])
+@pytest.mark.parametrize("name", ["biformer_tiny", "ffnet_1", "vit_small_patch16_224_kdgqa", "vit_small_patch16_224_dgqa"])
 def test_fx_graph_scripts(name):
     """timm's test_model_forward_fx_torchscript: the FX graph's leaf calls compile under TorchScript."""
     with timm.set_scriptable(True):

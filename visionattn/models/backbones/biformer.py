@@ -20,7 +20,7 @@ FLOPs quoted in :data:`PAPER_FLOPS` count one multiply-add as one FLOP (the pape
 ``torch.utils.flop_counter.FlopCounterMode`` total at 224x224 divided by 2.
 """
 import re
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -38,9 +38,18 @@ from ...ops.bilevel_routing_attention import bilevel_routing_attention, bilevel_
 from ...ops.layer_norm import layer_norm
 from ..input_contract import check_choice, check_int, check_ints, check_num_classes, check_rate
 
-torch.fx.wrap("layer_norm")  # one node under torch.fx: the op checks its inputs
-
 __all__ = ["BiFormer", "BiLevelRoutingAttention", "checkpoint_filter_fn"]
+
+
+@torch.fx.wrap  # one node under torch.fx: the op checks its inputs
+def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                   eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(LayerNorm(x + residual), x + residual)`` by :func:`layer_norm`; under TorchScript (also of an
+    FX graph) its reference path (the add, then ``F.layer_norm``), undispatched."""
+    if torch.jit.is_scripting():
+        s = x + residual
+        return F.layer_norm(s, (s.shape[-1],), weight, bias, eps), s
+    return layer_norm(x, weight, bias, eps, residual=residual)
 
 
 @torch.fx.wrap  # one node under torch.fx (timm's FX feature extraction): the op's checks read shapes
@@ -136,10 +145,10 @@ class BiFormerBlock(nn.Module):
         # x += cpe(x); x += attn(norm1(x)); x += mlp(norm2(x)). The first two adds are fused with
         # the LayerNorm that follows them (visionattn.ops.layer_norm with residual=: one pass that
         # returns the sum and its norm; the reference path is the add, then F.layer_norm).
-        n1, n2 = self.norm1, self.norm2
+        # (the norms are read as self.norm1 / self.norm2: TorchScript loses a submodule's eps through an alias)
         pos = self.cpe(x).permute(0, 2, 3, 1)  # NHWC views of channels_last maps
-        y, x = layer_norm(x.permute(0, 2, 3, 1), n1.weight, n1.bias, n1.eps, residual=pos)
-        y, x = layer_norm(x, n2.weight, n2.bias, n2.eps, residual=self.drop_path(self.attn(y)))
+        y, x = add_layer_norm(x.permute(0, 2, 3, 1), pos, self.norm1.weight, self.norm1.bias, self.norm1.eps)
+        y, x = add_layer_norm(x, self.drop_path(self.attn(y)), self.norm2.weight, self.norm2.bias, self.norm2.eps)
         x = x + self.drop_path(self.mlp(y))
         return x.permute(0, 3, 1, 2)
 

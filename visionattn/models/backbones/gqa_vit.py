@@ -39,13 +39,12 @@ from timm.models.vision_transformer import checkpoint_filter_fn as timm_checkpoi
 from ...hub import extract_state_dict, read_checkpoint
 from ...registry import register_converter
 from ...ops.grouped_query_attention import grouped_query_attention, grouped_query_attention_sdpa, kv_head_index
-from ...ops.key_norm_allocation import allocate_queries, key_head_norms, key_norm_allocation
+from ...ops.key_norm_allocation import allocate_queries, key_head_norms, key_norm_allocation, min_max_normalise
 from ..input_contract import check_divides, check_images, check_int, check_num_classes, check_rate
 
 # torch.fx (timm's FX feature extraction): the ops are single graph nodes (they read shapes)
 torch.fx.wrap("kv_head_index")
 torch.fx.wrap("allocate_queries")
-torch.fx.wrap("key_norm_allocation")
 
 
 @torch.fx.wrap  # one node under torch.fx (the op's checks read shapes)
@@ -56,6 +55,15 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sizes: Optiona
         return grouped_query_attention_sdpa(q, k, v, sizes, dropout_p, attn_mask, is_causal)
     return grouped_query_attention(q, k, v, sizes, impl=impl, dropout_p=dropout_p, attn_mask=attn_mask,
                                    is_causal=is_causal)
+
+
+@torch.fx.wrap  # one node under torch.fx (the op's checks read shapes)
+def _key_norm_allocation(k: torch.Tensor, num_heads: int, min_queries: int) -> torch.Tensor:
+    """:func:`key_norm_allocation`; under TorchScript (also of an FX graph), which cannot compile the op's
+    checks, its reference, undispatched."""
+    if torch.jit.is_scripting():
+        return allocate_queries(min_max_normalise(key_head_norms(k)), num_heads, min_queries)
+    return key_norm_allocation(k, num_heads, min_queries)
 
 
 __all__ = ["GQAVisionTransformer", "GroupedQueryAttention", "KeyDrivenGQA", "DynamicGQA", "PerturbedGQA", "allocate_queries",
@@ -184,7 +192,7 @@ class KeyDrivenGQA(GroupedQueryAttention):
         if self.faithful:
             return _official_kdgqa_sizes(key_head_norms(k).sum(0), self.num_heads)
         # per image: min-max normalised key-head norms -> largest-remainder allocation (one kernel)
-        return key_norm_allocation(k, self.num_heads, self.min_queries_per_kv)
+        return _key_norm_allocation(k, self.num_heads, self.min_queries_per_kv)
 
 
 class DynamicGQA(GroupedQueryAttention):
@@ -334,9 +342,20 @@ class GQAVisionTransformer(VisionTransformer):
                                "interpolated to the input size)",
                      pad_hint="resize to a multiple of the patch size, or build with dynamic_img_pad=True")
 
-    def forward_features(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        self.check_input(x)
-        return super().forward_features(x, *args, **kwargs)
+    def forward_features(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+                         is_causal: bool = False) -> torch.Tensor:
+        """timm's ``forward_features`` (same signature) after :meth:`check_input`."""
+        if not torch.jit.is_scripting():
+            self.check_input(x)
+            return super().forward_features(x, attn_mask, is_causal)
+        # TorchScript compiles neither the check nor ``super()``: timm's body, written out
+        x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
+        if attn_mask is not None or is_causal:
+            for blk in self.blocks:
+                x = blk(x, attn_mask=attn_mask, is_causal=is_causal)
+        else:
+            x = self.blocks(x)
+        return self.norm(x)
 
     def forward_intermediates(self, x: torch.Tensor, *args, **kwargs):
         self.check_input(x)

@@ -19,8 +19,11 @@ class StageClassifier(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         """The input check at the network boundary: (B >= 1, in_chans, H, W) floats in the network's
-        dtype on its device (:func:`visionattn.models.input_contract.check_images`)."""
-        check_images(x, network=type(self).__name__, channels=self.in_chans, like=next(self.stem.parameters(), None))
+        dtype on its device (:func:`visionattn.models.input_contract.check_images`); skipped under
+        TorchScript, which cannot compile it."""
+        if not torch.jit.is_scripting():
+            check_images(x, network=type(self).__name__, channels=self.in_chans,
+                         like=next(self.stem.parameters(), None))
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict:
