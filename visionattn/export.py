@@ -27,6 +27,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
+from .extras import require_extra
 from .ops.dispatch import portable_ops
 
 FORMATS = ("onnx", "export", "torchscript")
@@ -63,7 +64,7 @@ def unsupported_reason(family: str, fmt: str) -> Optional[str]:
 # --- ONNX translations of ATen ops the standard ONNX exporter lacks ---------------------------
 
 def _onnx_translations() -> Dict[Callable, Callable]:
-    from onnxscript import opset18 as op
+    op = require_extra("onnxscript").opset18
 
     def sort_stable(self, stable=None, dim: int = -1, descending: bool = False):
         # ONNX TopK returns equal values in index order (spec): the stable sort when k = the size.
@@ -170,10 +171,9 @@ def export_model(model: nn.Module, inputs: Sequence[torch.Tensor], fmt: str, out
 def _require_onnx() -> None:
     for module in ("onnx", "onnxscript"):
         try:
-            __import__(module)
+            require_extra(module)
         except ImportError as err:
-            raise ExportError(f"ONNX export needs the {module!r} package: pip install 'visionattn[dev]' "
-                              f"-c constraints.txt (or pip install {module})") from err
+            raise ExportError(str(err)) from err
 
 
 def run_exported(path: Union[str, Path], fmt: str, inputs: Sequence[torch.Tensor]) -> List[torch.Tensor]:
@@ -182,9 +182,9 @@ def run_exported(path: Union[str, Path], fmt: str, inputs: Sequence[torch.Tensor
     inputs = tuple(inputs)
     if fmt == "onnx":
         try:
-            import onnxruntime as ort
+            ort = require_extra("onnxruntime")
         except ImportError as err:
-            raise ExportError("checking an ONNX file needs onnxruntime: pip install 'visionattn[dev]'") from err
+            raise ExportError(str(err)) from err
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         feed = {i.name: t.detach().cpu().numpy() for i, t in zip(session.get_inputs(), inputs)}
         return [torch.from_numpy(o) for o in session.run(None, feed)]

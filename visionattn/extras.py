@@ -16,6 +16,9 @@ _EXTRAS = {
     "pytorch_fid": ("face", "the FID metric (pytorch-fid's Inception network)"),
     "lmdb": ("face", "reading and writing BasicSR LMDB image databases"),
     "facexlib": ("face-detect", "detecting and aligning faces in photos (RetinaFace)"),
+    "onnx": ("dev", "writing ONNX files (tools/export.py --format onnx)"),
+    "onnxscript": ("dev", "translating ops to ONNX (tools/export.py --format onnx)"),
+    "onnxruntime": ("dev", "running an exported ONNX file to check it against PyTorch"),
 }
 
 

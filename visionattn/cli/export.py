@@ -19,6 +19,7 @@ from mmengine.config import DictAction
 from .. import create_model
 from ..export import FORMATS, SUFFIXES, ExportError, compare, export_model, unsupported_reason
 from .benchmark import model_inputs
+from .console import ArgumentParser, UsageError, cli_main
 
 
 def _family(name: str) -> str:
@@ -33,7 +34,7 @@ def _family(name: str) -> str:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--format", required=True, choices=FORMATS)
     weights = p.add_mutually_exclusive_group()
@@ -62,23 +63,22 @@ def _architecture(name: str, pretrained: bool) -> str:
     return hub.get_entry(name).model if pretrained and hub.has_entry(name) else name
 
 
+@cli_main
 def main(argv=None) -> int:
     args = parse_args(argv)
     arch = _architecture(args.model, args.pretrained)
     family = _family(arch)
     reason = unsupported_reason(family, args.format)
     if reason:  # before building (the network may need an extra that is not installed)
-        print(f"error: {args.model} ({family}) cannot be exported to {args.format}: {reason}", file=sys.stderr)
-        return 2
+        raise UsageError(f"{args.model} ({family}) cannot be exported to {args.format}: {reason}")
     out = args.out or args.model.replace("/", "_") + SUFFIXES[args.format]
     try:
         model = create_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint,
                              **dict(args.model_kwargs)).eval()
         inputs = model_inputs(arch, model, args.batch, dict(args.shape), "cpu", torch.float32)
         path = export_model(model, inputs, args.format, out, family=family, opset=args.opset)
-    except (ExportError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except ExportError as err:
+        raise UsageError(str(err)) from err
     shapes = ", ".join(str(tuple(t.shape)) for t in inputs if isinstance(t, torch.Tensor))
     print(f"wrote {path} ({args.format}, inputs {shapes})")
     if args.no_check:
