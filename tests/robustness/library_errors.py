@@ -9,12 +9,13 @@ them) fails, and so does a call that raises nothing.
 import linecache
 import traceback
 from pathlib import Path
-from typing import Callable, Tuple, Type
+from typing import Callable, Iterable, Tuple, Type
 
 import visionattn
 
 PACKAGE = Path(visionattn.__file__).resolve().parent
 INPUT_ERRORS: Tuple[Type[BaseException], ...] = (ValueError, TypeError)
+ANY_ERROR: Tuple[Type[BaseException], ...] = (Exception,)  # readers: the file's name in the message is the check
 
 
 def raised_by_library(err: BaseException) -> Tuple[bool, str]:
@@ -27,12 +28,14 @@ def raised_by_library(err: BaseException) -> Tuple[bool, str]:
     where = f"{path}:{lineno}"
     if PACKAGE not in path.parents:
         return False, where
-    lines = [linecache.getline(str(path), n).strip() for n in range(max(1, lineno - 4), lineno + 1)]
+    lines = [linecache.getline(str(path), n).strip() for n in range(max(1, lineno - 6), lineno + 1)]
     return any(line.startswith("raise ") or line == "raise" for line in lines), where
 
 
-def expect_library_error(call: Callable[[], object], types: Tuple[Type[BaseException], ...] = INPUT_ERRORS) -> BaseException:
-    """Run ``call``; fail unless it raises one of ``types`` from a visionattn ``raise`` with a message."""
+def expect_library_error(call: Callable[[], object], types: Tuple[Type[BaseException], ...] = INPUT_ERRORS,
+                         names: Iterable[str] = ()) -> BaseException:
+    """Run ``call``; fail unless it raises one of ``types`` from a visionattn ``raise`` with a message
+    that contains every string of ``names`` (e.g. the damaged file's path)."""
     try:
         call()
     except BaseException as err:  # noqa: B902 (everything is inspected, nothing swallowed silently)
@@ -42,6 +45,8 @@ def expect_library_error(call: Callable[[], object], types: Tuple[Type[BaseExcep
             f"expected the library's {'/'.join(t.__name__ for t in types)}, got {type(err).__name__} raised at "
             f"{where}: {message[:300]}")
         assert ok, f"{type(err).__name__} escaped from {where} without the library's message: {message[:300]}"
+        missing = [n for n in names if n not in message]
+        assert not missing, f"the message does not name {missing}: {message[:400]}"
         assert len(message) > 20, f"the library's message is too short to name the problem: {message!r}"
         return err
     raise AssertionError("no error: the bad input was accepted")

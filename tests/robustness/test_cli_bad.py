@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from io_library_errors import raised_by_library
+from library_errors import raised_by_library
 from visionattn.cli.console import program_name
 
 REPO = Path(__file__).resolve().parents[2]

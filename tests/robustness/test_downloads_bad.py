@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from io_library_errors import expect_library_error
+from library_errors import ANY_ERROR, expect_library_error
 from visionattn import hub
 
 BUF = io.BytesIO()
