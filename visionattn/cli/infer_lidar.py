@@ -12,6 +12,9 @@ float array used as given. C must be the network's point features (4 for ``scatt
 Weights: ``--checkpoint`` (ours or an OpenPCDet checkpoint, local path or URL, loaded strictly through
 ``visionattn.create_model``) or ``--pretrained`` (the model zoo). Without either the program stops;
 ``--random-weights`` runs an untrained network (to check the pipeline only: its boxes mean nothing).
+A checkpoint trained with a config that changes the network's settings (a smaller ``point_cloud_range``,
+other classes) needs that config: ``--config CONFIG`` builds the network its ``model.network`` describes
+(name and settings) instead of ``--model`` with its defaults.
 
 Writes, for ``FRAME``:
 
@@ -56,6 +59,8 @@ def parse_args(argv=None):
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", help="a KITTI velodyne .bin or a .npy point cloud")
     p.add_argument("--model", default="scatterformer_kitti", help="scatterformer_kitti or scatterformer_waymo")
+    p.add_argument("--config", help="a training config whose model.network (name and settings, e.g. "
+                                    "point_cloud_range) builds the network instead of --model")
     p.add_argument("--checkpoint", help="weights: local path or URL, ours or an OpenPCDet checkpoint")
     p.add_argument("--pretrained", action="store_true", help="load the model-zoo weights of --model")
     p.add_argument("--random-weights", action="store_true",
@@ -95,6 +100,20 @@ def lidar_lines(names, boxes: np.ndarray, scores: np.ndarray) -> str:
     return "".join(f"{n} " + " ".join(f"{v:.4f}" for v in b) + f" {s:.4f}\n" for n, b, s in zip(names, boxes, scores))
 
 
+def network_from_config(path: str) -> Tuple[str, dict]:
+    """(model name, constructor settings) of a training config's ``model.network``."""
+    from visionattn.engine import load_config  # mmengine only when a config is given
+
+    network = load_config(path).model.get("network")
+    if isinstance(network, str):
+        network = dict(name=network)
+    if not (isinstance(network, dict) and isinstance(network.get("name"), str)):
+        raise UsageError(f"--config {path}: model.network must be dict(name='scatterformer_...', ...) or a "
+                         f"model name; got {network!r}")
+    settings = {k: v for k, v in network.items() if k != "name"}
+    return network["name"], {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}
+
+
 @cli_main
 def main(argv=None) -> int:
     args = parse_args(argv)
@@ -106,7 +125,8 @@ def main(argv=None) -> int:
     if not 0 <= args.score_thr <= 1:
         raise UsageError(f"--score-thr must be in [0, 1], got {args.score_thr}")
     calib = read_kitti_calib(args.calib) if args.calib else None
-    model = visionattn.create_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint)
+    name, settings = network_from_config(args.config) if args.config else (args.model, {})
+    model = visionattn.create_model(name, pretrained=args.pretrained, checkpoint=args.checkpoint, **settings)
     if getattr(model, "task", None) != "detection3d" and not hasattr(model, "num_point_features"):
         raise ValueError(f"{args.model!r} is not a LiDAR detector (task {getattr(model, 'task', None)!r})")
     model = model.to(args.device).eval()

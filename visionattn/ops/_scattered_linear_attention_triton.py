@@ -16,8 +16,9 @@ Per head, with Q = relu(q), K = relu(k), window w:
 * forward ``apply``: KV_w, s_w = the window's first slot + its overflow slots (only windows longer
   than ``CHUNK`` have any; every program of the window sums them in the same order), then
   o_n = Q_n KV_w / (Q_n . s_w + eps).
-* backward ``state`` (z_n = Q_n . s_w + eps, num_n = Q_n KV_w recomputed, g = dL/do):
-  dnum_n = g_n / z_n, dz_n = -(g_n . num_n) / z_n^2; writes dq_n = (dnum_n KV_w^T + dz_n s_w)
+* backward ``state`` (z_n = Q_n . s_w + eps recomputed, o the saved output, g = dL/do):
+  dnum_n = g_n / z_n, dz_n = -(g_n . o_n) / z_n (= -(g_n . num_n) / z_n^2, without recomputing
+  num_n = Q_n KV_w; FlashAttention's trick with its saved output); writes dq_n = (dnum_n KV_w^T + dz_n s_w)
   relu'(q_n) and stores its part of dKV_w = sum Q_n^T dnum_n, ds_w = sum dz_n Q_n in its slot.
 * backward ``apply``: dKV_w, ds_w summed like KV_w; dk_n = (v_n dKV_w^T + ds_w) relu'(k_n),
   dv_n = K_n dKV_w.
@@ -42,10 +43,10 @@ import torch
 from ._triton import interpreting, tl, triton, unit_last_stride
 
 EPS = 1e-6
-# Rows per program (bounds the work of one program), rows per tile, warps, precision of fp32 dots.
+# Rows per program (bounds the work of one program; shared by the four kernels: it fixes the state
+# slots), then per kernel the rows per tile and warps; precision of fp32 dots.
 CHUNK = 64
-SUB = 16
-NUM_WARPS = 2
+TILES = dict(fwd_state=(16, 2), fwd_apply=(16, 2), bwd_state=(16, 2), bwd_apply=(16, 2))  # (SUB, num_warps)
 FP32_DOT = "ieee"
 FP32_DOT_BACKWARD = "tf32x3"  # sm80+; IEEE elsewhere
 
@@ -163,10 +164,10 @@ if triton is not None:
                 _put(O, rows, ok, heads, head, num / z[:, None], D, BLOCK_D)
 
     @triton.jit(do_not_specialize=_VARYING)
-    def _sla_bwd_state_kernel(Q, G, OFFSETS, KV, S, DKV, DS, DQ, n_windows, n_steps, heads, sq_n, sq_h,
+    def _sla_bwd_state_kernel(Q, G, O, OFFSETS, KV, S, DKV, DS, DQ, n_windows, n_steps, heads, sq_n, sq_h,
                               D: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr,
                               EPS: tl.constexpr, PRECISION: tl.constexpr):
-        """dq, and this program's part of dKV = sum Q^T dnum, ds = sum dz Q. G and DQ are contiguous."""
+        """dq, and this program's part of dKV = sum Q^T dnum, ds = sum dz Q. G, O and DQ are contiguous."""
         head = tl.program_id(1)
         w, start, end, lo, hi = _program_rows(OFFSETS, n_windows, n_steps, CHUNK)
         if hi > lo:
@@ -180,10 +181,10 @@ if triton is not None:
                 q_raw = _tile(Q, rows, ok, sq_n, head * sq_h, D, BLOCK_D).to(tl.float32)
                 q = tl.maximum(q_raw, 0.0)
                 g = _tile(G, rows, ok, heads * D, head * D, D, BLOCK_D).to(tl.float32)
-                num = tl.dot(q, kv, input_precision=PRECISION)  # recomputed: only the state is saved
+                o = _tile(O, rows, ok, heads * D, head * D, D, BLOCK_D).to(tl.float32)
                 z = tl.sum(q * s[None, :], 1) + EPS
                 dnum = g / z[:, None]
-                dz = -tl.sum(g * num, 1) / (z * z)
+                dz = -tl.sum(g * o, 1) / z  # -(g . num) / z^2 with num = o z: the saved output spares a dot
                 dq = tl.dot(dnum, kv_t, input_precision=PRECISION) + dz[:, None] * s[None, :]
                 _put(DQ, rows, ok, heads, head, tl.where(q_raw > 0, dq, 0.0), D, BLOCK_D)  # relu'
                 dkv += tl.dot(tl.trans(q), dnum, input_precision=PRECISION)
@@ -220,12 +221,17 @@ def _fp32_dot(backward: bool, device: torch.device) -> str:
 
 
 def _launch(n: int, offsets: torch.Tensor, q: torch.Tensor, backward: bool = False):
-    """Grid (programs, heads), window count, binary-search depth and compile-time settings."""
+    """Grid (programs, heads), window count, binary-search depth and a kernel name -> compile-time
+    settings function."""
     heads, d = q.shape[1:]
     n_windows = offsets.shape[0] - 1
     precision = "ieee" if interpreting() else _fp32_dot(backward, q.device)
-    meta = dict(D=d, BLOCK_D=max(16, triton.next_power_of_2(d)), CHUNK=CHUNK, SUB=SUB,
-                PRECISION=precision, num_warps=NUM_WARPS)
+    common = dict(D=d, BLOCK_D=max(16, triton.next_power_of_2(d)), CHUNK=CHUNK, PRECISION=precision)
+
+    def meta(kernel: str) -> dict:
+        sub, warps = TILES[kernel]
+        return dict(common, SUB=sub, num_warps=warps)
+
     return (n_windows + triton.cdiv(n, CHUNK), heads), n_windows, max(n_windows - 1, 0).bit_length(), meta
 
 
@@ -252,13 +258,13 @@ def _forward(q, k, v, offsets):
     kv, s = _slot_views(state, heads, d)
     grid, n_windows, n_steps, meta = _launch(n, offsets, q)
     _sla_fwd_state_kernel[grid](k, v, offsets, kv, s, n_windows, n_steps, heads,
-                                k.stride(0), k.stride(1), v.stride(0), v.stride(1), **meta)
+                                k.stride(0), k.stride(1), v.stride(0), v.stride(1), **meta("fwd_state"))
     _sla_fwd_apply_kernel[grid](q, offsets, kv, s, out, n_windows, n_steps, heads, q.stride(0), q.stride(1),
-                                EPS=EPS, **meta)
+                                EPS=EPS, **meta("fwd_apply"))
     return out, state
 
 
-def _backward(q, k, v, offsets, state, grad_out):
+def _backward(q, k, v, offsets, state, out, grad_out):
     q, k, v = (unit_last_stride(t) for t in (q, k, v))
     grad_out = grad_out.contiguous()
     n, heads, d = q.shape
@@ -270,10 +276,10 @@ def _backward(q, k, v, offsets, state, grad_out):
     kv, s = _slot_views(state, heads, d)
     dkv, ds = _slot_views(torch.empty_like(state), heads, d)
     grid, n_windows, n_steps, meta = _launch(n, offsets, q, backward=True)
-    _sla_bwd_state_kernel[grid](q, grad_out, offsets, kv, s, dkv, ds, dq, n_windows, n_steps, heads,
-                                q.stride(0), q.stride(1), EPS=EPS, **meta)
+    _sla_bwd_state_kernel[grid](q, grad_out, out, offsets, kv, s, dkv, ds, dq, n_windows, n_steps, heads,
+                                q.stride(0), q.stride(1), EPS=EPS, **meta("bwd_state"))
     _sla_bwd_apply_kernel[grid](k, v, offsets, dkv, ds, dk, dv, n_windows, n_steps, heads,
-                                k.stride(0), k.stride(1), v.stride(0), v.stride(1), **meta)
+                                k.stride(0), k.stride(1), v.stride(0), v.stride(1), **meta("bwd_apply"))
     return dq, dk, dv
 
 
@@ -283,7 +289,7 @@ class _SLAFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, offsets):
         out, state = _forward(q, k, v, offsets)
-        ctx.save_for_backward(q, k, v, offsets, state)
+        ctx.save_for_backward(q, k, v, offsets, state, out)
         return out
 
     @staticmethod
@@ -310,19 +316,19 @@ if triton is not None:
     @torch.library.custom_op("visionattn::scattered_linear_attention_triton_backward", mutates_args=())
     def scattered_linear_attention_triton_backward(
             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor, state: torch.Tensor,
-            grad_out: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _backward(q, k, v, offsets, state, grad_out)
+            out: torch.Tensor, grad_out: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _backward(q, k, v, offsets, state, out, grad_out)
 
     @scattered_linear_attention_triton_backward.register_fake
-    def _(q, k, v, offsets, state, grad_out):
+    def _(q, k, v, offsets, state, out, grad_out):
         return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
 
     def _setup_context(ctx, inputs, output):
         q, k, v, offsets = inputs
-        _, state = output
+        out, state = output
         ctx.mark_non_differentiable(state)
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(q, k, v, offsets, state)
+        ctx.save_for_backward(q, k, v, offsets, state, out)
 
     def _autograd_backward(ctx, grad_out, _grad_state):
         if grad_out is None:
