@@ -63,3 +63,17 @@ def test_one_iteration_through_the_tools(samples_root, tmp_path):
     assert runner.iter == 1 and (tmp_path / "train" / "epoch_1.pth").is_file()
     assert not runner.train_dataloader.dataset.pipeline.transforms[0].enabled  # GTSamplingOffHook (last 5 of 1 epoch)
     assert all(torch.isfinite(p).all() for p in runner.model.parameters())
+    # the checkpoint (one-cycle scheduler state, MessageHub) is read back weights-only: resumed for a
+    # second epoch, evaluated by tools/test.py, and loaded by the inference tool with the training config
+    resumed = train_cli.main([CONFIG, "--work-dir", str(tmp_path / "train"), "--resume", "--cfg-options",
+                              *[o.replace("max_epochs=1", "max_epochs=2") for o in options]])
+    assert resumed.iter == 2 and (tmp_path / "train" / "epoch_2.pth").is_file()
+    metrics = test_cli.main([CONFIG, str(tmp_path / "train" / "epoch_2.pth"), "--work-dir", str(tmp_path / "test"),
+                             "--cfg-options", *options])
+    assert isinstance(metrics, dict) and "kitti/Car_BEV_AP40_moderate" in metrics
+    from visionattn.cli import infer_lidar
+
+    frame = split / "training" / "velodyne" / "000016.bin"
+    assert infer_lidar.main([str(frame), "--config", CONFIG, "--checkpoint", str(tmp_path / "train" / "epoch_2.pth"),
+                             "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    assert (tmp_path / "out" / "000016_bev.png").is_file()
