@@ -72,23 +72,28 @@ def _cached(cache: Optional[dict], key, build):
     return cache[key]
 
 
-def offset_pairs(table: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Tensor]]:
-    """Per offset k, the (output rows, input rows) pairs that exist: ``table[k, o] >= 0``, o increasing.
-    One nonzero and one count transfer for all offsets (each a host sync on a GPU)."""
-    offset_of, rows = (table >= 0).nonzero(as_tuple=True)  # ordered by offset, then output row
-    counts = torch.bincount(offset_of, minlength=table.shape[0]).tolist()
-    return [(o, table[k, o]) for k, o in enumerate(rows.split(counts))]
+def offset_pairs(table: torch.Tensor, cache: Optional[dict] = None) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """Per offset k, the (output rows, input rows) pairs that exist: ``table[k, o] >= 0``, o increasing
+    (kept in ``cache`` when given: the reference reads them from there). One nonzero and one count
+    transfer for all offsets (each a host sync on a GPU)."""
+
+    def build():
+        offset_of, rows = (table >= 0).nonzero(as_tuple=True)  # ordered by offset, then output row
+        counts = torch.bincount(offset_of, minlength=table.shape[0]).tolist()
+        return [(o, table[k, o]) for k, o in enumerate(rows.split(counts))]
+
+    return _cached(cache, "pairs", build)
 
 
 def _reference(features, weight, table, bias, cache):
     acc = torch.float64 if features.dtype == torch.float64 else torch.float32
     x, w = features.to(acc), weight.to(acc)
     out = x.new_zeros(table.shape[1], weight.shape[0])
-    for k, (o, i) in enumerate(_cached(cache, "pairs", lambda: offset_pairs(table))):
-        if o.numel():
-            # outputs are unique within an offset: index_add sums deterministically; in place, as no
-            # product's backward needs ``out``
-            out.index_add_(0, o, x[i] @ w[:, k].t())
+    for k, (o, i) in enumerate(offset_pairs(table, cache)):
+        # outputs are unique within an offset: index_add sums deterministically; in place, as no
+        # product's backward needs ``out``; empty offsets too (no cost), so that ``out`` always
+        # depends on the weight and a backward gives it zeros
+        out.index_add_(0, o, x[i] @ w[:, k].t())
     if bias is not None:
         out = out + bias.to(acc)
     return out.to(features.dtype)
