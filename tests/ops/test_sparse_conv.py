@@ -155,6 +155,14 @@ def test_empty_input_and_rows_without_neighbours_reference():
     assert torch.autograd.grad(out.sum(), weight)[0].abs().sum() == 0
 
 
+def test_autocast_runs_in_its_dtype():
+    kwargs = example_inputs(n_voxels=300, channels=8)
+    ref = sparse_conv(**kwargs, impl="reference")
+    with torch.autocast("cpu", torch.bfloat16):
+        out = sparse_conv(**kwargs, impl="reference")
+    assert out.dtype == torch.bfloat16 and _rel(out, ref) < 1e-2
+
+
 def test_cache_keeps_the_pairs():
     kwargs = example_inputs(n_voxels=300, channels=4)
     cache = {}

@@ -45,8 +45,13 @@ import torch
 
 from ._triton import interpreting, tl, triton, unit_last_stride
 
-# (BLOCK_M rows, largest BLOCK_N, BLOCK_K, num_warps) per kernel; fp32 dot precision.
-TILES = dict(gemm=(64, 128, 32, 4), weight_grad=(64, 64, 64, 4))
+# Tiles per kernel and input element size (4: fp32, 2: fp16/bf16): (BLOCK_M rows, largest BLOCK_N,
+# largest BLOCK_K, num_warps, num_stages). ``benchmarks/sparse_conv_tiles.py`` times alternatives.
+# A BLOCK_K of 32 fp32 / 64 half channels reads one 128-byte line per gathered row.
+TILES = {
+    "gemm": {4: (64, 128, 32, 4, 3), 2: (64, 128, 64, 4, 3)},
+    "weight_grad": {4: (64, 64, 64, 4, 3), 2: (64, 128, 64, 8, 3)},
+}
 DW_PROGRAMS = 1024  # weight gradient: rows split so that about this many programs run
 FP32_DOT = "tf32x3"  # sm80+; "ieee" elsewhere
 _MASK_BITS = 62  # offsets beyond this many do not enter the sort key (K = 27 and 13 fit)
@@ -149,13 +154,13 @@ def _gather_gemm(x, weight, bias, table, order):
         return out
     if x.shape[0] == 0 or n_offsets == 0:  # no input rows: every neighbour is absent
         return out.copy_(bias.expand(m, c_out)) if bias is not None else out.zero_()
-    block_m, block_n, block_k, warps = TILES["gemm"]
+    block_m, block_n, block_k, warps, stages = TILES["gemm"][x.element_size()]
     block_n, block_k = _block(c_out, block_n), _block(c_in, block_k)
     grid = (triton.cdiv(c_out, block_n), triton.cdiv(m, block_m))
     _gather_gemm_kernel[grid](x, weight, bias if bias is not None else x, table, order, out, m, n_offsets, c_in,
                               c_out, x.stride(0), *weight.stride(), table.stride(0), HAS_BIAS=bias is not None,
                               BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PRECISION=_precision(x),
-                              num_warps=warps)
+                              num_warps=warps, num_stages=stages)
     return out
 
 
@@ -171,7 +176,7 @@ def _weight_grad(grad, x, table, order, weight_dtype, n_offsets: int):
     c_in = x.shape[1]
     if m == 0 or x.shape[0] == 0 or n_offsets == 0:
         return torch.zeros(c_out, n_offsets, c_in, device=x.device, dtype=weight_dtype)
-    block_m, block_n, block_k, warps = TILES["weight_grad"]
+    block_m, block_n, block_k, warps, stages = TILES["weight_grad"][x.element_size()]
     block_n, block_k = _block(c_out, block_n), _block(c_in, block_k)
     tiles = n_offsets * triton.cdiv(c_out, block_n) * triton.cdiv(c_in, block_k)
     splits = _n_splits(m, tiles, block_m)
@@ -181,7 +186,7 @@ def _weight_grad(grad, x, table, order, weight_dtype, n_offsets: int):
     _weight_grad_kernel[(tiles, splits)](grad, x, table, order, part, m, n_offsets, c_in, c_out, grad.stride(0),
                                          x.stride(0), table.stride(0), rows_per_split, BLOCK_M=block_m,
                                          BLOCK_N=block_n, BLOCK_K=block_k, PRECISION=_precision(x),
-                                         num_warps=warps)
+                                         num_warps=warps, num_stages=stages)
     return part.sum(0).to(weight_dtype)
 
 

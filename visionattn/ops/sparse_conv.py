@@ -92,8 +92,8 @@ def _reference(features, weight, table, bias, cache):
     for k, (o, i) in enumerate(offset_pairs(table, cache)):
         # outputs are unique within an offset: index_add sums deterministically; in place, as no
         # product's backward needs ``out``; empty offsets too (no cost), so that ``out`` always
-        # depends on the weight and a backward gives it zeros
-        out.index_add_(0, o, x[i] @ w[:, k].t())
+        # depends on the weight and a backward gives it zeros (under autocast the product comes in its dtype)
+        out.index_add_(0, o, (x[i] @ w[:, k].t()).to(acc))
     if bias is not None:
         out = out + bias.to(acc)
     return out.to(features.dtype)
