@@ -274,7 +274,8 @@ def test_triton_empty_inputs_and_isolated_rows_interpreter():
     ref = sparse_conv(features, weight, table, bias, impl="reference")
     got = sparse_conv(features, weight, table, bias, impl="triton")
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
-    for a, b in zip(torch.autograd.grad(got.sum(), (features, weight)), torch.autograd.grad(ref.sum(), (features, weight))):
+    grads = zip(torch.autograd.grad(got.sum(), (features, weight)), torch.autograd.grad(ref.sum(), (features, weight)))
+    for a, b in grads:
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 

@@ -63,10 +63,12 @@ if triton is not None:
                             st_k, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                             BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
         """OUT[o, n] = B[n] + sum_k sum_c W[n, k, c] X[TABLE[k, o], c] for the tile's rows o = ORDER[slots]."""
-        # axis 0 runs over the channel tiles so that the programs sharing rows (and their gathered
-        # inputs, in L2) run side by side
-        cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        slots = tl.program_id(1).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+        # one grid axis (no 65,535 limit), channel tiles fastest: the programs sharing rows (and their
+        # gathered inputs, in L2) run side by side
+        tiles_n = tl.cdiv(c_out, BLOCK_N)
+        pid = tl.program_id(0)
+        cols = pid % tiles_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        slots = (pid // tiles_n).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = slots < m
         col_ok = cols < c_out
         rows = tl.load(ORDER + slots, mask=row_ok, other=0)
@@ -156,7 +158,7 @@ def _gather_gemm(x, weight, bias, table, order):
         return out.copy_(bias.expand(m, c_out)) if bias is not None else out.zero_()
     block_m, block_n, block_k, warps, stages = TILES["gemm"][x.element_size()]
     block_n, block_k = _block(c_out, block_n), _block(c_in, block_k)
-    grid = (triton.cdiv(c_out, block_n), triton.cdiv(m, block_m))
+    grid = (triton.cdiv(c_out, block_n) * triton.cdiv(m, block_m),)
     _gather_gemm_kernel[grid](x, weight, bias if bias is not None else x, table, order, out, m, n_offsets, c_in,
                               c_out, x.stride(0), *weight.stride(), table.stride(0), HAS_BIAS=bias is not None,
                               BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PRECISION=_precision(x),

@@ -48,8 +48,8 @@ def _check(features, weight, table, bias, cache) -> None:
     check_tensors(_NAME, dict(features=features, table=table), floating=False, same_dtype=False)
     if features.dim() != 2 or weight.dim() != 3 or weight.shape[2] != features.shape[1]:
         raise ValueError(f"{_NAME}: features must be (N, Cin) and weight (Cout, K, Cin) with one Cin; got "
-                         f"{tuple(features.shape)} and {tuple(weight.shape)} (an spconv weight (Cout, kz, ky, kx, Cin): "
-                         f"weight.reshape(Cout, -1, Cin))")
+                         f"{tuple(features.shape)} and {tuple(weight.shape)} (an spconv weight (Cout, kz, ky, kx, "
+                         f"Cin): weight.reshape(Cout, -1, Cin))")
     if table.dtype != torch.int64 or table.dim() != 2 or table.shape[0] != weight.shape[1]:
         raise ValueError(f"{_NAME}: table must be a (K, M) int64 tensor with K = weight.shape[1] = {weight.shape[1]} "
                          f"kernel offsets; got shape {tuple(table.shape)} and dtype {table.dtype} (use table.long())")
@@ -133,7 +133,7 @@ def sparse_conv(features: torch.Tensor, weight: torch.Tensor, table: torch.Tenso
         (M, Cout) in the features' dtype.
     """
     device = features.device.type if isinstance(features, torch.Tensor) else None
-    if device is not None and torch.is_autocast_enabled(device) and isinstance(weight, torch.Tensor):
+    if device in ("cuda", "cpu") and torch.is_autocast_enabled(device) and isinstance(weight, torch.Tensor):
         dtype = torch.get_autocast_dtype(device)  # like nn.Linear under autocast
         features, weight = features.to(dtype), weight.to(dtype)
     _check(features, weight, table, bias, cache)
