@@ -84,7 +84,7 @@ if triton is not None:
                     a = tl.load(X + src[:, None] * sx_n + c[None, :], mask=has[:, None] & c_ok[None, :], other=0.0)
                     b = tl.load(W + cols[None, :] * sw_n + k * sw_k + c[:, None] * sw_c,
                                 mask=c_ok[:, None] & col_ok[None, :], other=0.0)
-                    acc += tl.dot(a, b, input_precision=PRECISION)
+                    acc = tl.dot(a, b, acc, input_precision=PRECISION)
         if HAS_BIAS:
             acc += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         tl.store(OUT + rows[:, None] * c_out + cols[None, :], acc.to(OUT.dtype.element_ty),
@@ -117,7 +117,7 @@ if triton is not None:
                 dy = tl.load(DY + rows[:, None] * sdy_m + cols_n[None, :], mask=has[:, None] & n_ok[None, :],
                              other=0.0)
                 x = tl.load(X + src[:, None] * sx_n + cols_c[None, :], mask=has[:, None] & c_ok[None, :], other=0.0)
-                acc += tl.dot(tl.trans(dy), x, input_precision=PRECISION)
+                acc = tl.dot(tl.trans(dy), x, acc, input_precision=PRECISION)
         part = PART + split * (c_out * n_offsets * c_in) + k * c_in
         tl.store(part + cols_n[:, None] * (n_offsets * c_in) + cols_c[None, :], acc,
                  mask=n_ok[:, None] & c_ok[None, :])

@@ -24,7 +24,7 @@ Backends (the ``3d`` extra installs spconv and spconv-triton):
   mode. On CUDA tensors ``spconv`` means spconv's own CUDA build.
 - ``torch``: the index pairs from sorting and binary search in PyTorch (:func:`torch_pairs`), the
   same :func:`~visionattn.ops.sparse_conv.sparse_conv`: its Triton gather-GEMM on CUDA (one kernel
-  per convolution, no host syncs), its PyTorch reference on CPU; nothing to install.
+  per convolution, no host syncs), its PyTorch reference on CPU; nothing to install, no autotuning.
 - ``spconv_triton``: pure Triton with spconv's API and numerics, CUDA only. Its kernels autotune
   over a few dozen tile configurations per layer shape at first use (minutes on a fresh machine;
   Triton caches the choice on disk).
