@@ -39,6 +39,19 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+def _batch_size(data_batch) -> int:
+    """Samples in a collated batch: one data sample per sample (inputs may be a dict, e.g. LiDAR points
+    with ``batch_size``), else the length of the inputs."""
+    if not isinstance(data_batch, dict):
+        return 0
+    samples, inputs = data_batch.get("data_samples"), data_batch.get("inputs")
+    if isinstance(samples, (list, tuple)):
+        return len(samples)
+    if isinstance(inputs, dict):
+        return int(inputs.get("batch_size", 0))
+    return len(inputs) if inputs is not None else 0
+
+
 @HOOKS.register_module()
 class TrainBreakdownHook(Hook):
     """End-to-end training throughput and a per-part time breakdown (module docstring).
@@ -119,8 +132,7 @@ class TrainBreakdownHook(Hook):
                 self._parts["data_loader_wait"] = self._parts.get("data_loader_wait", 0.0) + loaded - self._last_end
             run_iter(data_batch)
             if first <= i < last:
-                inputs = data_batch.get("inputs") if isinstance(data_batch, dict) else None
-                self._samples += len(inputs) if inputs is not None else 0
+                self._samples += _batch_size(data_batch)
             if self._detail or i in (first - 1, last - 1):
                 _sync()
             end = time.perf_counter()
