@@ -1,5 +1,6 @@
-"""Scattered linear attention, fp32 forward+backward on CUDA: the backward's dot precision (IEEE or
-three-TF32 products), wall time, kernel times and the error against the float64 reference.
+"""Scattered linear attention, fp32 forward+backward on CUDA: the backward kernels' dot precision (IEEE
+or three-TF32 products; the default is ``TILES`` of the kernel module), wall time, kernel times and the
+error against the float64 reference.
 
     python benchmarks/sla_precision.py
 """
@@ -12,8 +13,10 @@ for n in (30000, 150000):
     ref_in = [x[t].double().requires_grad_() for t in "qkv"]
     ref = scattered_linear_attention(*ref_in, x["offsets"], impl="reference")
     ref_grads = torch.autograd.grad(ref, ref_in, g.double())
-    for prec in ("ieee", "tf32x3"):
-        K.FP32_DOT_BACKWARD = prec
+    default = dict(K.TILES)
+    for prec in ("default", "ieee", "tf32x3"):
+        K.TILES = {k: (t[0], t[1], t[2] if prec == "default" or k.startswith("fwd") else prec)
+                   for k, t in default.items()}
         ins = [x[t].clone().requires_grad_() for t in "qkv"]
         def step():
             out = scattered_linear_attention(*ins, x["offsets"], impl="triton")

@@ -543,3 +543,32 @@ def test_timm_pretrained_tags_are_the_zoo_entries():
         cfg = get_pretrained_cfg(tag)
         if arch in ours and cfg.url and not cfg.hf_hub_id:
             assert tag in zoo, f"timm tag {tag} has a URL but no zoo entry"
+
+
+def test_checkpoints_written_by_the_trainer_load_without_the_engine(tmp_path):
+    """A tools/train.py checkpoint (MessageHub HistoryBuffers, the one-cycle scheduler's state, optimizer
+    state, ``network.``-prefixed weights) is read by the hub alone, as the inference tools read it: in a
+    fresh process that never imports visionattn.engine (which registers mmengine's classes for the Runner)."""
+    import subprocess
+    import sys
+
+    from mmengine.logging import HistoryBuffer
+
+    from visionattn.engine.schedulers import OneCycleLR
+
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(net.parameters(), lr=0.1)
+    sched = OneCycleLR(opt, eta_max=0.1, total_steps=20, by_epoch=False)
+    opt.step()
+    sched.step()
+    loss = HistoryBuffer()
+    loss.update(1.5)
+    path = tmp_path / "epoch_1.pth"
+    torch.save(dict(meta=dict(epoch=1, iter=1), state_dict={f"network.{k}": v for k, v in net.state_dict().items()},
+                    optimizer=opt.state_dict(), param_schedulers=[sched.state_dict()],
+                    message_hub=dict(log_scalars={"train/loss": loss}, runtime_info={"iter": 1})), path)
+    code = ("import sys, visionattn.hub as h; c = h.read_checkpoint(sys.argv[1]); "
+            "assert 'visionattn.engine' not in sys.modules; print(sorted(c['state_dict']))")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "network.weight" in proc.stdout

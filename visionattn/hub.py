@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from .resources import data_dir
-from .safe_pickle import numpy_globals
+from .safe_pickle import mmengine_globals, numpy_globals
 from .registry import CONVERTERS, register_converter  # noqa: F401  (hub.register_converter is public)
 
 # Containers official releases and mmengine wrap a state dict in, most specific first.
@@ -48,10 +48,12 @@ _LIGHTNING_CALLBACKS = ("pytorch_lightning.callbacks.model_checkpoint.ModelCheck
 
 
 def _safe_globals() -> List[Any]:
-    """Non-tensor classes official checkpoints pickle next to their weights (training args, numpy
-    metrics, Lightning 1.x callback keys as :class:`LightningCallbackKey`), allowed by
-    ``torch.load(weights_only=True)``. Nothing here can run code on load."""
-    return [argparse.Namespace, *numpy_globals(), *((LightningCallbackKey, name) for name in _LIGHTNING_CALLBACKS)]
+    """Non-tensor classes checkpoints pickle next to their weights (training args, numpy metrics,
+    Lightning 1.x callback keys as :class:`LightningCallbackKey`, the MessageHub of checkpoints
+    written by ``tools/train.py``), allowed by ``torch.load(weights_only=True)``. Nothing here can
+    run code on load."""
+    return [argparse.Namespace, *numpy_globals(), *mmengine_globals(),
+            *((LightningCallbackKey, name) for name in _LIGHTNING_CALLBACKS)]
 
 
 def read_checkpoint(source: Union[str, Path], map_location="cpu", trusted: bool = False) -> Mapping:

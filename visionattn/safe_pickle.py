@@ -3,6 +3,8 @@
 Two readers use it: ``torch.load(weights_only=True)`` (checkpoints; :func:`numpy_globals` is passed
 to its allowlist) and :func:`load_arrays_only` (data files such as CIFAR batches, which are plain
 pickles). Neither can construct anything but numpy arrays, numpy scalars and Python containers.
+Checkpoints written by mmengine's Runner (``tools/train.py``) also hold its MessageHub:
+:func:`mmengine_globals` adds exactly what that needs.
 """
 import io
 import pickle
@@ -60,3 +62,25 @@ def load_arrays_only(file: BinaryIO, what: str = "file", encoding: str = "ASCII"
         kind = "is truncated" if isinstance(err, EOFError) or "truncated" in str(err) else "is damaged"
         raise pickle.UnpicklingError(f"{what} {kind}: unpickling {len(data)} bytes failed with "
                                      f"{type(err).__name__}: {err}") from None
+
+
+def history_buffer_getattr(obj, name: str):
+    """``getattr`` as the weights-only unpickler sees it: only ``HistoryBuffer.<statistics method>``."""
+    from mmengine.logging import HistoryBuffer
+
+    if obj is HistoryBuffer and name in {"min", "max", "current", "mean", *HistoryBuffer._statistics_methods}:
+        return getattr(obj, name)
+    raise pickle.UnpicklingError(f"weights-only load refuses getattr({obj!r}, {name!r}): only "
+                                 "mmengine HistoryBuffer statistics methods are allowed")
+
+
+def mmengine_globals() -> List[Any]:
+    """What mmengine 0.10 pickles into every checkpoint besides tensors, for torch's weights-only
+    allowlist: its MessageHub's HistoryBuffer objects (numpy arrays inside) and references to their
+    statistics methods written as ``getattr(HistoryBuffer, 'mean')``, resolved by
+    :func:`history_buffer_getattr` and nothing else. Empty without mmengine."""
+    try:
+        from mmengine.logging import HistoryBuffer
+    except ImportError:
+        return []
+    return [HistoryBuffer, (history_buffer_getattr, "builtins.getattr")]

@@ -43,6 +43,7 @@ def test_demo_training_beats_an_untrained_model(samples_root, tmp_path):
     train_cli.main([CONFIG, "--work-dir", str(tmp_path / "train"), "--cfg-options", *options])
     checkpoint = (tmp_path / "train" / "last_checkpoint").read_text().strip()
     trained = test_cli.main([CONFIG, checkpoint, "--work-dir", str(tmp_path / "test"), "--cfg-options", *options])
+    assert isinstance(trained, dict), f"tools/test.py failed (status {trained})"
     print("\nuntrained:", {k: round(untrained[k], 2) for k in KEYS})
     print("trained:  ", {k: round(trained[k], 2) for k in KEYS})
     assert _mean(trained) > _mean(untrained) + 20, (untrained, trained)

@@ -25,17 +25,21 @@ Per head, with Q = relu(q), K = relu(k), window w:
 
 No atomics and no zero-filled buffers: results are deterministic. Dots: K^T v runs in the input
 dtype (fp16/bf16 tensor cores with fp32 accumulation); dots with an fp32 operand (KV, dKV, the
-1/z-scaled rows) run in fp32: IEEE FMA in the forward (``FP32_DOT``), and in the backward on GPUs with
-TF32 tensor cores three TF32 products per dot (``FP32_DOT_BACKWARD = "tf32x3"``, fp32-level error:
-1.0e-6 relative against the float64 reference, as IEEE; H200, 150k voxels: backward kernels 645 us
-against 817 us; in the forward it was slower). Plain TF32 everywhere when
-``torch.backends.cuda.matmul.allow_tf32`` is set.
+1/z-scaled rows) run in fp32, by kernel (``TILES``): IEEE FMA, except the backward ``apply`` kernel,
+which on GPUs with TF32 tensor cores takes three TF32 products per dot (fp32-level error: 2e-7
+relative against the float64 reference at 30k voxels; H200, 150k voxels: 191 us against 363 us with
+IEEE; in the other kernels it was not faster). Plain TF32 everywhere when
+``torch.backends.cuda.matmul.allow_tf32`` is set. Settings from a sweep of rows per program (64, 128),
+rows per tile (16, 32), warps (1, 2, 4) and dot precision on an H200, fp32, kernel times at 30k /
+150k voxels: 26 / 103 (forward state), 31 / 113 (forward apply), 104 / 415 (backward state), 47 / 191
+(backward apply) us.
 
 The op is registered as ``torch.ops.visionattn.scattered_linear_attention_triton`` (fake and autograd
 formulas), which ``torch.compile``/``torch.export`` trace as one node. Eager calls go through an
 ``autograd.Function`` running the same kernels: the custom-op dispatch layers cost about twice
 its Python time per forward+backward, a large share of this op at ScatterFormer sizes.
 """
+import functools
 from typing import Tuple
 
 import torch
@@ -44,11 +48,12 @@ from ._triton import interpreting, tl, triton, unit_last_stride
 
 EPS = 1e-6
 # Rows per program (bounds the work of one program; shared by the four kernels: it fixes the state
-# slots), then per kernel the rows per tile and warps; precision of fp32 dots.
-CHUNK = 64
-TILES = dict(fwd_state=(16, 2), fwd_apply=(16, 2), bwd_state=(16, 2), bwd_apply=(16, 2))  # (SUB, num_warps)
-FP32_DOT = "ieee"
-FP32_DOT_BACKWARD = "tf32x3"  # sm80+; IEEE elsewhere
+# slots), then per kernel (rows per tile, warps, precision of its fp32 dots: "ieee" FMA or "tf32x3",
+# three TF32 tensor-core products per dot with fp32-level error on sm80+). Chosen by a sweep on an
+# H200 (module docstring).
+CHUNK = 128
+TILES = dict(fwd_state=(16, 2, "ieee"), fwd_apply=(16, 2, "ieee"), bwd_state=(16, 2, "ieee"),
+             bwd_apply=(16, 2, "tf32x3"))
 
 if triton is not None:
 
@@ -97,38 +102,39 @@ if triton is not None:
                  mask=row_ok[:, None] & (cols[None, :] < D))
 
     @triton.jit
-    def _slot_ptrs(KV, S, slot, head, heads, D: tl.constexpr, BLOCK_D: tl.constexpr):
-        """Pointers and masks of a slot's (D, D) matrix and (D,) vector for ``head``."""
+    def _slot_ptrs(STATE, slot, head, heads, D: tl.constexpr, BLOCK_D: tl.constexpr):
+        """Pointers and masks of a slot's (D, D) matrix and (D,) vector for ``head`` in the flat state:
+        all (slots, h, D, D) matrices, then all (slots, h, D) vectors; slots = programs along axis 0."""
         i = tl.arange(0, BLOCK_D)
         base = (slot * heads + head).to(tl.int64)
-        kv_ptr = KV + base * (D * D) + i[:, None] * D + i[None, :]
-        s_ptr = S + base * D + i
+        kv_ptr = STATE + base * (D * D) + i[:, None] * D + i[None, :]
+        s_ptr = STATE + tl.num_programs(0).to(tl.int64) * heads * (D * D) + base * D + i
         return kv_ptr, (i[:, None] < D) & (i[None, :] < D), s_ptr, i < D
 
     @triton.jit
-    def _put_slot(KV, S, head, heads, kv, s, D: tl.constexpr, BLOCK_D: tl.constexpr):
-        kv_ptr, kv_mask, s_ptr, s_mask = _slot_ptrs(KV, S, tl.program_id(0), head, heads, D, BLOCK_D)
+    def _put_slot(STATE, head, heads, kv, s, D: tl.constexpr, BLOCK_D: tl.constexpr):
+        kv_ptr, kv_mask, s_ptr, s_mask = _slot_ptrs(STATE, tl.program_id(0), head, heads, D, BLOCK_D)
         tl.store(kv_ptr, kv, mask=kv_mask)
         tl.store(s_ptr, s, mask=s_mask)
 
     @triton.jit
-    def _window_state(KV, S, w, start, end, n_windows, head, heads, D: tl.constexpr, BLOCK_D: tl.constexpr,
+    def _window_state(STATE, w, start, end, n_windows, head, heads, D: tl.constexpr, BLOCK_D: tl.constexpr,
                       CHUNK: tl.constexpr):
         """A window's whole state: its first slot plus, for a window longer than CHUNK, the overflow slots
         of the blocks holding its rows past the first CHUNK ((start + CHUNK) // CHUNK ... (end - 1) // CHUNK)."""
-        kv_ptr, kv_mask, s_ptr, s_mask = _slot_ptrs(KV, S, w, head, heads, D, BLOCK_D)
+        kv_ptr, kv_mask, s_ptr, s_mask = _slot_ptrs(STATE, w, head, heads, D, BLOCK_D)
         kv = tl.load(kv_ptr, mask=kv_mask, other=0.0)
         s = tl.load(s_ptr, mask=s_mask, other=0.0)
         first = (start + CHUNK) // CHUNK
         last = tl.where(end - start > CHUNK, (end - 1) // CHUNK, first - 1)  # no overflow rows: no slots
         for j in range(first, last + 1):
-            kv_ptr, kv_mask, s_ptr, s_mask = _slot_ptrs(KV, S, n_windows + j, head, heads, D, BLOCK_D)
+            kv_ptr, kv_mask, s_ptr, s_mask = _slot_ptrs(STATE, n_windows + j, head, heads, D, BLOCK_D)
             kv += tl.load(kv_ptr, mask=kv_mask, other=0.0)
             s += tl.load(s_ptr, mask=s_mask, other=0.0)
         return kv, s
 
     @triton.jit(do_not_specialize=_VARYING)
-    def _sla_fwd_state_kernel(K, V, OFFSETS, KV, S, n_windows, n_steps, heads, sk_n, sk_h, sv_n, sv_h,
+    def _sla_fwd_state_kernel(K, V, OFFSETS, STATE, n_windows, n_steps, heads, sk_n, sk_h, sv_n, sv_h,
                               D: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr,
                               PRECISION: tl.constexpr):
         head = tl.program_id(1)
@@ -144,16 +150,16 @@ if triton is not None:
                 v = _tile(V, rows, ok, sv_n, head * sv_h, D, BLOCK_D)
                 kv += tl.dot(tl.trans(k), v, input_precision=PRECISION)
                 s += tl.sum(k.to(tl.float32), 0)
-            _put_slot(KV, S, head, heads, kv, s, D, BLOCK_D)
+            _put_slot(STATE, head, heads, kv, s, D, BLOCK_D)
 
     @triton.jit(do_not_specialize=_VARYING)
-    def _sla_fwd_apply_kernel(Q, OFFSETS, KV, S, O, n_windows, n_steps, heads, sq_n, sq_h,
+    def _sla_fwd_apply_kernel(Q, OFFSETS, STATE, O, n_windows, n_steps, heads, sq_n, sq_h,
                               D: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr,
                               EPS: tl.constexpr, PRECISION: tl.constexpr):
         head = tl.program_id(1)
         w, start, end, lo, hi = _program_rows(OFFSETS, n_windows, n_steps, CHUNK)
         if hi > lo:
-            kv, s = _window_state(KV, S, w, start, end, n_windows, head, heads, D, BLOCK_D, CHUNK)
+            kv, s = _window_state(STATE, w, start, end, n_windows, head, heads, D, BLOCK_D, CHUNK)
             for r0 in range(lo, hi, SUB):
                 rows = r0 + tl.arange(0, SUB)
                 ok = rows < hi
@@ -164,14 +170,14 @@ if triton is not None:
                 _put(O, rows, ok, heads, head, num / z[:, None], D, BLOCK_D)
 
     @triton.jit(do_not_specialize=_VARYING)
-    def _sla_bwd_state_kernel(Q, G, O, OFFSETS, KV, S, DKV, DS, DQ, n_windows, n_steps, heads, sq_n, sq_h,
+    def _sla_bwd_state_kernel(Q, G, O, OFFSETS, STATE, DSTATE, DQ, n_windows, n_steps, heads, sq_n, sq_h,
                               D: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr,
                               EPS: tl.constexpr, PRECISION: tl.constexpr):
         """dq, and this program's part of dKV = sum Q^T dnum, ds = sum dz Q. G, O and DQ are contiguous."""
         head = tl.program_id(1)
         w, start, end, lo, hi = _program_rows(OFFSETS, n_windows, n_steps, CHUNK)
         if hi > lo:
-            kv, s = _window_state(KV, S, w, start, end, n_windows, head, heads, D, BLOCK_D, CHUNK)
+            kv, s = _window_state(STATE, w, start, end, n_windows, head, heads, D, BLOCK_D, CHUNK)
             kv_t = tl.trans(kv)
             dkv = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)
             ds = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -189,17 +195,17 @@ if triton is not None:
                 _put(DQ, rows, ok, heads, head, tl.where(q_raw > 0, dq, 0.0), D, BLOCK_D)  # relu'
                 dkv += tl.dot(tl.trans(q), dnum, input_precision=PRECISION)
                 ds += tl.sum(q * dz[:, None], 0)
-            _put_slot(DKV, DS, head, heads, dkv, ds, D, BLOCK_D)
+            _put_slot(DSTATE, head, heads, dkv, ds, D, BLOCK_D)
 
     @triton.jit(do_not_specialize=_VARYING)
-    def _sla_bwd_apply_kernel(K, V, OFFSETS, DKV, DS, DK, DV, n_windows, n_steps, heads, sk_n, sk_h, sv_n, sv_h,
+    def _sla_bwd_apply_kernel(K, V, OFFSETS, DSTATE, DK, DV, n_windows, n_steps, heads, sk_n, sk_h, sv_n, sv_h,
                               D: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr,
                               PRECISION: tl.constexpr):
         """dk = (v dKV^T + ds) relu'(k), dv = relu(k) dKV. DK and DV are contiguous (N, h, D)."""
         head = tl.program_id(1)
         w, start, end, lo, hi = _program_rows(OFFSETS, n_windows, n_steps, CHUNK)
         if hi > lo:
-            dkv, ds = _window_state(DKV, DS, w, start, end, n_windows, head, heads, D, BLOCK_D, CHUNK)
+            dkv, ds = _window_state(DSTATE, w, start, end, n_windows, head, heads, D, BLOCK_D, CHUNK)
             dkv_t = tl.trans(dkv)
             for r0 in range(lo, hi, SUB):
                 rows = r0 + tl.arange(0, SUB)
@@ -212,38 +218,41 @@ if triton is not None:
                 _put(DV, rows, ok, heads, head, tl.dot(k, dkv, input_precision=PRECISION), D, BLOCK_D)
 
 
-def _fp32_dot(backward: bool, device: torch.device) -> str:
+@functools.lru_cache(maxsize=None)
+def _major_capability(index: int) -> int:
+    return torch.cuda.get_device_capability(index)[0]
+
+
+def _precision(wanted: str, device: torch.device) -> str:
+    """Precision of a kernel's fp32 dots: its setting, IEEE where three-TF32 products are not available
+    (before sm80, the CPU interpreter), plain TF32 when ``torch.backends.cuda.matmul.allow_tf32`` is set."""
+    if interpreting():
+        return "ieee"
     if torch.backends.cuda.matmul.allow_tf32:
         return "tf32"
-    if backward and FP32_DOT_BACKWARD != "ieee" and torch.cuda.get_device_capability(device)[0] >= 8:
-        return FP32_DOT_BACKWARD
-    return FP32_DOT
+    if wanted == "tf32x3" and _major_capability(device.index if device.index is not None else
+                                                torch.cuda.current_device()) < 8:
+        return "ieee"
+    return wanted
 
 
-def _launch(n: int, offsets: torch.Tensor, q: torch.Tensor, backward: bool = False):
+def _launch(n: int, offsets: torch.Tensor, q: torch.Tensor):
     """Grid (programs, heads), window count, binary-search depth and a kernel name -> compile-time
     settings function."""
     heads, d = q.shape[1:]
     n_windows = offsets.shape[0] - 1
-    precision = "ieee" if interpreting() else _fp32_dot(backward, q.device)
-    common = dict(D=d, BLOCK_D=max(16, triton.next_power_of_2(d)), CHUNK=CHUNK, PRECISION=precision)
+    block_d = max(16, triton.next_power_of_2(d))
 
     def meta(kernel: str) -> dict:
-        sub, warps = TILES[kernel]
-        return dict(common, SUB=sub, num_warps=warps)
+        sub, warps, precision = TILES[kernel]
+        return dict(D=d, BLOCK_D=block_d, CHUNK=CHUNK, SUB=sub, num_warps=warps,
+                    PRECISION=_precision(precision, q.device))
 
     return (n_windows + triton.cdiv(n, CHUNK), heads), n_windows, max(n_windows - 1, 0).bit_length(), meta
 
 
 def _n_slots(n: int, n_windows: int) -> int:
     return n_windows + (n + CHUNK - 1) // CHUNK
-
-
-def _slot_views(state: torch.Tensor, heads: int, d: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The (slots, h, d, d) matrices and (slots, h, d) vectors held in one flat fp32 buffer."""
-    slots = state.shape[0] // (heads * d * (d + 1))
-    split = slots * heads * d * d
-    return state[:split].view(slots, heads, d, d), state[split:].view(slots, heads, d)
 
 
 def _forward(q, k, v, offsets):
@@ -255,11 +264,10 @@ def _forward(q, k, v, offsets):
                         dtype=torch.float32)
     if n == 0:
         return out, state
-    kv, s = _slot_views(state, heads, d)
     grid, n_windows, n_steps, meta = _launch(n, offsets, q)
-    _sla_fwd_state_kernel[grid](k, v, offsets, kv, s, n_windows, n_steps, heads,
+    _sla_fwd_state_kernel[grid](k, v, offsets, state, n_windows, n_steps, heads,
                                 k.stride(0), k.stride(1), v.stride(0), v.stride(1), **meta("fwd_state"))
-    _sla_fwd_apply_kernel[grid](q, offsets, kv, s, out, n_windows, n_steps, heads, q.stride(0), q.stride(1),
+    _sla_fwd_apply_kernel[grid](q, offsets, state, out, n_windows, n_steps, heads, q.stride(0), q.stride(1),
                                 EPS=EPS, **meta("fwd_apply"))
     return out, state
 
@@ -273,12 +281,11 @@ def _backward(q, k, v, offsets, state, out, grad_out):
     dv = torch.empty_like(dq)
     if n == 0:
         return dq, dk, dv
-    kv, s = _slot_views(state, heads, d)
-    dkv, ds = _slot_views(torch.empty_like(state), heads, d)
-    grid, n_windows, n_steps, meta = _launch(n, offsets, q, backward=True)
-    _sla_bwd_state_kernel[grid](q, grad_out, out, offsets, kv, s, dkv, ds, dq, n_windows, n_steps, heads,
+    dstate = torch.empty_like(state)
+    grid, n_windows, n_steps, meta = _launch(n, offsets, q)
+    _sla_bwd_state_kernel[grid](q, grad_out, out, offsets, state, dstate, dq, n_windows, n_steps, heads,
                                 q.stride(0), q.stride(1), EPS=EPS, **meta("bwd_state"))
-    _sla_bwd_apply_kernel[grid](k, v, offsets, dkv, ds, dk, dv, n_windows, n_steps, heads,
+    _sla_bwd_apply_kernel[grid](k, v, offsets, dstate, dk, dv, n_windows, n_steps, heads,
                                 k.stride(0), k.stride(1), v.stride(0), v.stride(1), **meta("bwd_apply"))
     return dq, dk, dv
 

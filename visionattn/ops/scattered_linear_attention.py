@@ -12,7 +12,7 @@ id, ``offsets``) live in the ScatterFormer network; all layers of a stage share 
 
 Implementations (``impl=``):
 
-- ``"triton"``: kernels whose programs each take at most 64 rows of one window, whatever the window
+- ``"triton"``: kernels whose programs each take at most 128 rows of one window, whatever the window
   sizes (forward and backward, fp32/fp16/bf16 inputs with fp32 accumulation, deterministic,
   :mod:`._scattered_linear_attention_triton`). Saves the per-window state (KV, s) and the output for the
   backward, which recomputes the rest. CUDA (on CPU only under ``TRITON_INTERPRET=1``, for the tests).
