@@ -2,6 +2,11 @@
 step (forward + backward of a stand-in loss), peak memory and the time of each stage.
 
     python benchmarks/scatterformer_frame.py [--backend torch|spconv_triton|spconv] [--points 160000] [--train]
+        [--impl sparse_conv:reference]
+
+``--impl`` forces ops' implementations inside the network (:func:`visionattn.ops.dispatch.use_impl`);
+``sparse_conv:reference`` runs the ``torch`` backend's convolutions as per-offset gather / matmul /
+index_add (the path before the Triton gather-GEMM), for a before/after comparison in one checkout.
 
 Stage times come from CUDA events around each top-level module of the network (fp32, eval); the
 first-call time includes cuDNN autotuning and, for spconv-triton, its kernel autotuning.
@@ -30,8 +35,16 @@ def main() -> None:
     p.add_argument("--backend", default="torch", help="sparse backend (VISIONATTN_SPARSE_BACKEND)")
     p.add_argument("--points", type=int, default=160000)
     p.add_argument("--train", action="store_true", help="also time a training step")
+    p.add_argument("--impl", default=None, help="force op implementations, e.g. sparse_conv:reference")
     args = p.parse_args()
     os.environ["VISIONATTN_SPARSE_BACKEND"] = args.backend
+    from visionattn.ops.dispatch import use_impl
+
+    with use_impl(args.impl):
+        run(args)
+
+
+def run(args) -> None:
     import visionattn
     from visionattn.registry import NETWORKS
 
@@ -39,7 +52,7 @@ def main() -> None:
     model = visionattn.create_model("scatterformer_waymo").cuda().eval()
     (points,) = NETWORKS["scatterformer_waymo"].example_inputs(batch_size=1, points=args.points)
     points = points.cuda()
-    tag = f"[{args.backend}, {args.points} points]"
+    tag = f"[{args.backend}{', ' + args.impl if args.impl else ''}, {args.points} points]"
     with torch.no_grad():
         t0 = time.time()
         model(points)

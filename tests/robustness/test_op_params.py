@@ -21,7 +21,8 @@ from library_errors import expect_library_error  # noqa: E402
 from visionattn.ops import (bilevel_routing_attention as bra, channel_bias_act as cba, group_norm_act as gna,  # noqa: E402
                             grouped_query_attention as gqa, layer_norm as ln, match_attention as ma,
                             multi_head_cross_attention as mhca, rotated_box_iou as iou, rotated_box_nms as nms,
-                            scattered_linear_attention as sla, sparse_depthwise_conv as sdc, wkv)
+                            scattered_linear_attention as sla, sparse_conv as spc, sparse_depthwise_conv as sdc,
+                            wkv)
 
 
 @dataclass
@@ -131,6 +132,12 @@ SPECS: List[OpSpec] = [
            same_dtype=("features", "weight"), index_args=("pairs",),
            bad={"pairs (K-1, N)": lambda d: dict(pairs=d["pairs"][:-1]),
                 "weight of other channels": lambda d: dict(weight=d["weight"][:, :2])}),
+    OpSpec("sparse_conv", spc.sparse_conv, lambda: spc.example_inputs(n_voxels=64, channels=4),
+           same_dtype=("features", "weight"), index_args=("table",),
+           bad={"table (K-1, M)": lambda d: dict(table=d["table"][:-1]),
+                "table entry past N": lambda d: dict(table=d["table"].clamp(min=64)),
+                "weight of other Cin": lambda d: dict(weight=d["weight"][..., :2]),
+                "bias (Cout+1,)": lambda d: dict(bias=torch.zeros(5)), "cache=[]": lambda d: dict(cache=[])}),
     OpSpec("submanifold_pairs", sdc.submanifold_pairs, _pairs_inputs, index_args=("coords",),
            bad={"kernel_size=(2, 3, 3)": lambda d: dict(kernel_size=(2, 3, 3)),
                 "kernel_size=(3, 3)": lambda d: dict(kernel_size=(3, 3)),

@@ -15,14 +15,16 @@ Model code imports only this module. It exposes the few spconv-API pieces the ne
 Backends (the ``3d`` extra installs spconv and spconv-triton):
 
 - ``spconv`` on CPU tensors: spconv's CPU wheel generates the index pairs (cached per ``indice_key``
-  as spconv caches them; its output order is the official code's) and the convolution is computed
-  in PyTorch here (:func:`_conv_pairs`), with PyTorch's autograd. The wheel's own CPU compute is not
+  as spconv caches them; its output order is the official code's) and the convolution is the
+  library's :func:`~visionattn.ops.sparse_conv.sparse_conv` on that neighbour table (:func:`_conv_pairs`;
+  on CPU its PyTorch reference, with PyTorch's autograd). The wheel's own CPU compute is not
   used: with more than one CPU thread its gather/scatter loop returns wrong rows now and then
   (measured with spconv 2.3.8: 3 of 12 identical calls off by up to 0.49 on unit-scale features),
   its backward asks for a CUDA stream (upstream spconv issue #366) and it refuses a bias in eval
   mode. On CUDA tensors ``spconv`` means spconv's own CUDA build.
 - ``torch``: the index pairs from sorting and binary search in PyTorch (:func:`torch_pairs`), the
-  same PyTorch convolution; any device, nothing compiled, no warm-up.
+  same :func:`~visionattn.ops.sparse_conv.sparse_conv`: its Triton gather-GEMM on CUDA (one kernel
+  per convolution, no host syncs), its PyTorch reference on CPU; nothing to install, no autotuning.
 - ``spconv_triton``: pure Triton with spconv's API and numerics, CUDA only. Its kernels autotune
   over a few dozen tile configurations per layer shape at first use (minutes on a fresh machine;
   Triton caches the choice on disk).
@@ -38,6 +40,7 @@ import torch
 import torch.nn as nn
 
 from ...extras import require_extra
+from ...ops.sparse_conv import offset_pairs, sparse_conv
 
 BACKENDS = ("spconv", "torch", "spconv_triton")
 _ENV = "VISIONATTN_SPARSE_BACKEND"
@@ -161,25 +164,38 @@ class _SparseConv(nn.Module):
                 f"indice_key={self.indice_key!r}")
 
 
+class NeighbourTable:
+    """A convolution's (K, M) neighbour table (``table[k, o]`` = input row of output ``o`` at kernel offset
+    ``k``, or -1) and ``cache``, the dict in which :func:`~visionattn.ops.sparse_conv.sparse_conv` keeps
+    what it derives from the table (per-offset pairs, row orders, the inverse table) at first use.
+    Iterating gives per offset the ``(output rows, input rows)`` pairs that exist."""
+
+    def __init__(self, table: torch.Tensor):
+        self.table = table
+        self.cache: Dict[object, object] = {}
+
+    def __len__(self) -> int:
+        return self.table.shape[0]
+
+    def __iter__(self):
+        return iter(offset_pairs(self.table, self.cache))
+
+
 def _cached(conv: _SparseConv, x, backend: str, make):
-    """Index pairs of ``conv`` on ``x``, cached in ``x.indice_dict`` under the conv's ``indice_key``."""
+    """``(out_indices, out_shape, NeighbourTable)`` of ``conv`` on ``x``, cached in ``x.indice_dict`` under
+    the conv's ``indice_key`` (the layers of one key share the table and what is derived from it)."""
     key = f"visionattn_{backend}/{conv.indice_key}" if conv.indice_key is not None else None
     if key is not None and key in x.indice_dict:
         return x.indice_dict[key]
     out_indices, out_shape, table = make()
-    # per kernel offset, the (output row, input row) pairs that exist: the convolution touches only these
-    # (one nonzero and one count transfer for all offsets: each is a host sync on a GPU)
-    offset_of, rows = (table >= 0).nonzero(as_tuple=True)  # ordered by offset
-    counts = torch.bincount(offset_of, minlength=table.shape[0]).tolist()
-    result = (out_indices, list(out_shape),
-              [(o, table[k, o]) for k, o in enumerate(rows.split(counts))])
+    result = (out_indices, list(out_shape), NeighbourTable(table))
     if key is not None:
         x.indice_dict[key] = result
     return result
 
 
 def _spconv_pairs(conv: _SparseConv, x):
-    """Pairs from spconv's CPU pair generation (the official code's output order)."""
+    """The table from spconv's CPU pair generation (the official code's output order)."""
 
     def make():
         ops = importlib.import_module("spconv.pytorch.ops")
@@ -207,7 +223,7 @@ def _spconv_pairs(conv: _SparseConv, x):
 
 
 def _torch_pairs(conv: _SparseConv, x):
-    """Pairs from :func:`torch_pairs` (any device)."""
+    """The table from :func:`torch_pairs` (any device)."""
     return _cached(conv, x, "torch", lambda: torch_pairs(x.indices, x.spatial_shape, conv.kernel_size,
                                                          conv.stride, conv.padding, conv.subm))
 
@@ -264,28 +280,12 @@ def torch_pairs(indices: torch.Tensor, spatial_shape: Sequence[int], kernel_size
     return out_indices, out_shape.tolist(), table
 
 
-def _conv_pairs(conv: _SparseConv, x, out_indices, out_shape, pairs):
-    """``out[o] = bias + sum_k W_k x[i]`` over the pairs ``(o, i)`` of each kernel offset ``k``
-    (W (out, K, in) from the KRSC weight): per offset one gather, one matrix product and one
-    ``index_add`` (outputs are unique within an offset, so the sum is deterministic)."""
-    feats = x.features
+def _conv_pairs(conv: _SparseConv, x, out_indices, out_shape, neighbours: NeighbourTable):
+    """``out[o] = bias + sum_k W_k x[table[k, o]]`` (W (out, K, in) from the KRSC weight) with the
+    library's :func:`~visionattn.ops.sparse_conv.sparse_conv`: its Triton gather-GEMM on CUDA, its
+    reference (per offset a gather, a matrix product and an ``index_add``) on CPU."""
     weight = conv.weight.reshape(conv.out_channels, -1, conv.in_channels)  # (out, K, in)
-    n_out = out_indices.shape[0]
-    out = None
-    if conv.subm:  # the centre offset pairs every voxel with itself: no gather
-        centre = weight.shape[1] // 2
-        out = feats @ weight[:, centre].t()
-    for k, (o, i) in enumerate(pairs):
-        if (conv.subm and k == weight.shape[1] // 2) or o.numel() == 0:
-            continue
-        part = feats[i] @ weight[:, k].t()
-        if out is None:
-            out = part.new_zeros(n_out, conv.out_channels)
-        out.index_add_(0, o, part)  # in place: no product's backward needs ``out``
-    if out is None:  # no pairs at all
-        out = (feats[:0] @ weight[:, 0].t()).new_zeros(n_out, conv.out_channels)
-    if conv.bias is not None:
-        out = out + conv.bias
+    out = sparse_conv(x.features, weight, neighbours.table, conv.bias, cache=neighbours.cache)
     result = x.replace_feature(out)
     result.indices, result.spatial_shape = out_indices, out_shape
     return result
