@@ -5,7 +5,7 @@ _base_ = ["scatterformer_kitti.py"]
 data_root = "datasets/samples/kitti3d"
 class_names = ("Car", "Pedestrian", "Cyclist")
 point_cloud_range = (0.0, -12.8, -3.0, 25.6, 12.8, 1.0)
-max_epochs = 60
+max_epochs = 240  # 16 training frames, 8 a batch: 480 iterations
 train_pipeline = [
     dict(type="GTSampling", root=data_root, db_info="kitti_dbinfos_train.pkl",
          sample_groups=dict(Car=6, Pedestrian=4, Cyclist=4), class_names=class_names, num_point_features=4,
@@ -19,7 +19,7 @@ train_pipeline = [
 ]
 test_pipeline = [dict(type="PointsRangeFilter", point_cloud_range=point_cloud_range)]
 train_dataloader = dict(
-    batch_size=2, num_workers=0,
+    batch_size=8, num_workers=0,
     dataset=dict(root=data_root, point_cloud_range=point_cloud_range, pipeline=train_pipeline))
 val_dataloader = dict(
     batch_size=2, num_workers=0,
@@ -30,6 +30,6 @@ param_scheduler = [
     dict(type="OneCycleLR", eta_max=0.003, pct_start=0.1, div_factor=10, final_div_factor=100,
          anneal_strategy="cos", by_epoch=True, begin=0, end=max_epochs, convert_to_iter_based=True),
 ]
-train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=max_epochs, val_interval=20)
-default_hooks = dict(checkpoint=dict(interval=10, max_keep_ckpts=1), logger=dict(interval=4))
-custom_hooks = [dict(type="GTSamplingOffHook", last_epochs=5)]
+train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=max_epochs, val_interval=80)
+default_hooks = dict(checkpoint=dict(interval=40, max_keep_ckpts=1), logger=dict(interval=2))
+custom_hooks = [dict(type="GTSamplingOffHook", last_epochs=20)]
