@@ -24,6 +24,8 @@ from . import register_sample_writer
 SHAPES = {"car": ((3.9, 1.6, 1.56), 0.1, 0.8), "pedestrian": ((0.8, 0.6, 1.73), 0.08, 0.45),
           "cyclist": ((1.76, 0.6, 1.73), 0.08, 0.6), "van": ((5.1, 1.9, 2.2), 0.05, 0.7),
           "sign": ((0.2, 0.6, 0.6), 0.05, 0.95)}
+SYMMETRIC = ("pedestrian", "sign")  # kinds without a front (make_scene)
+HOOD, HOOD_HEIGHT = 0.3, 0.55  # fractions of a vehicle's length and height
 # a KITTI frame's calibration (typical values of the KITTI object benchmark)
 KITTI_CALIB = dict(
     P2=np.array([[721.5377, 0.0, 609.5593, 44.85728], [0.0, 721.5377, 172.854, 0.2163791], [0.0, 0.0, 1.0, 0.002745884]]),
@@ -41,7 +43,10 @@ def make_scene(rng: np.random.Generator, kinds: Sequence[str], ground_z: float, 
 
     Boxes are placed without BEV overlap, their centres within ``max_bearing`` of the +x axis (a kind
     that does not fit after 50 tries is left out);
-    each box gets ``density / distance`` points (at least 12) on its sides and top."""
+    each box gets ``density / distance`` points (at least 12) on its sides and top. Vehicles (all but
+    pedestrians and signs) have a front: over the front ``HOOD`` of their length the top is a hood at
+    ``HOOD_HEIGHT`` of the box height, so the heading (not only its axis) can be read from the points,
+    as on a real car; a plain box looks the same under heading + pi, which no detector can learn."""
     boxes, placed = [], []
     for kind in kinds:
         (l, w, h), jitter, _ = SHAPES[kind]
@@ -70,6 +75,11 @@ def make_scene(rng: np.random.Generator, kinds: Sequence[str], ground_z: float, 
         axis = np.where(face[side] < 2, 0, 1)
         local[np.nonzero(side)[0], axis] = np.where(face[side] % 2 == 0, 0.5, -0.5)
         local[~side, 2] = 0.5
+        if kind not in SYMMETRIC:  # the hood: front part lower (top and front face cut at the hood's height)
+            hood = local[:, 0] > 0.5 - HOOD
+            hood_top = -0.5 + HOOD_HEIGHT
+            local[hood & ~side, 2] = hood_top
+            local[:, 2] = np.where(hood, np.minimum(local[:, 2], hood_top), local[:, 2])
         local *= box[3:6] * 0.92  # inside the faces (labels are rounded to 1 cm)
         c, s = math.cos(box[6]), math.sin(box[6])
         xyz = np.stack([local[:, 0] * c - local[:, 1] * s + box[0], local[:, 0] * s + local[:, 1] * c + box[1],
