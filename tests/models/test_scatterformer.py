@@ -112,6 +112,16 @@ def test_bad_inputs_raise_clear_errors(small_model):
         small_model(cloud(), mode="loss")
     with pytest.raises(ValueError, match="batch index 1 but batch_size is 1"):
         small_model(cloud(batch_size=2), batch_size=1)
+    with pytest.raises(ValueError, match=r"float64 only for a float64 model.*points.float\(\)"):
+        small_model(cloud().double())
+
+
+def test_a_float64_network_takes_float64_points():
+    """What the float64 parity run against the official code does (tools/parity_scatterformer.py)."""
+    torch.manual_seed(0)
+    model = sf.ScatterFormer(**SMALL).eval().double()
+    maps = model(cloud().double())
+    assert all(v.dtype == torch.float64 for group in maps for v in group.values())
 
 
 def test_empty_and_out_of_range_point_clouds(small_model):

@@ -138,8 +138,8 @@ class ScatterFormer(nn.Module):
                                      nms_thresholds=nms_thresholds, nms_pre_max_size=nms_pre_max_size)
 
     def _check(self, points: torch.Tensor) -> None:
-        """The input contract: (N, 1 + num_point_features) floats (float64 refused: cast with
-        ``points.float()``) on the network's device; N = 0 is an empty point cloud."""
+        """The input contract: (N, 1 + num_point_features) floats (float64 only for a float64 network:
+        cast with ``points.float()``) on the network's device; N = 0 is an empty point cloud."""
         if tracing(points):
             return
         if not isinstance(points, torch.Tensor):
@@ -150,10 +150,12 @@ class ScatterFormer(nn.Module):
                              f"{tuple(points.shape)}")
         if not points.is_floating_point():
             raise ValueError(f"points must be floating point, got {points.dtype}; convert with points.float()")
-        if points.dtype not in FLOAT_DTYPES:
-            raise ValueError(f"ScatterFormer takes float32 points (float16/bfloat16 accepted), got "
-                             f"{str(points.dtype).replace('torch.', '')}; cast with points.float()")
         like = next(self.parameters(), None)
+        double_model = like is not None and like.dtype == torch.float64
+        if points.dtype not in FLOAT_DTYPES and not (points.dtype == torch.float64 and double_model):
+            raise ValueError(f"ScatterFormer takes float32 points (float16/bfloat16 accepted; float64 only for a "
+                             f"float64 model, model.double()), got {str(points.dtype).replace('torch.', '')}; "
+                             f"cast with points.float()")
         if like is not None and not like.is_meta and points.device != like.device:
             raise ValueError(f"ScatterFormer is on {like.device} but got points on {points.device}; move them with "
                              f"points.to('{like.device}')")
