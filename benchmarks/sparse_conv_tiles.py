@@ -15,24 +15,18 @@ import torch
 from visionattn.ops import _sparse_conv_triton as kernels
 from visionattn.ops.sparse_conv import example_inputs, sparse_conv
 
+from scatterformer_frame import median_ms  # benchmarks/ is the script's folder
+
+
+def _median_ms(fn, n: int = 20) -> float:
+    fn()  # compile and build the derived tables outside the timing
+    torch.cuda.synchronize()
+    return median_ms(fn, n)
+
 GEMM = [None, (64, 64, 32, 4, 3), (128, 128, 32, 8, 3), (128, 64, 32, 4, 3), (32, 128, 32, 4, 3),
         (64, 128, 64, 4, 2), (64, 128, 64, 8, 3), (128, 128, 64, 8, 2)]
 WEIGHT_GRAD = [None, (64, 128, 128, 8, 3), (64, 128, 64, 8, 3), (128, 64, 64, 4, 3), (32, 64, 64, 4, 3),
                (64, 64, 64, 4, 2), (128, 128, 128, 8, 2)]
-
-
-def median_ms(fn, n: int = 20) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(n):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[n // 2]
 
 
 def main() -> None:
@@ -55,8 +49,8 @@ def main() -> None:
         for setting in GEMM:
             kernels.TILES["gemm"][size] = setting or default["gemm"]
             try:
-                fwd = median_ms(lambda: kernels._gather_gemm(x, w, b, table, order))
-                dx = median_ms(lambda: kernels._input_grad(grad, w, inverse, inverse_order))
+                fwd = _median_ms(lambda: kernels._gather_gemm(x, w, b, table, order))
+                dx = _median_ms(lambda: kernels._input_grad(grad, w, inverse, inverse_order))
                 print(f"  gemm {kernels.TILES['gemm'][size]}: forward {fwd:.3f} ms, input grad {dx:.3f} ms")
             except Exception as e:  # e.g. a setting needing more shared memory than the GPU has
                 print(f"  gemm {kernels.TILES['gemm'][size]}: failed ({type(e).__name__}: {str(e)[:100]})")
@@ -64,7 +58,7 @@ def main() -> None:
         for setting in WEIGHT_GRAD:
             kernels.TILES["weight_grad"][size] = setting or default["weight_grad"]
             try:
-                dw = median_ms(lambda: kernels._weight_grad(grad, x, table, order, w.dtype, w.shape[1]))
+                dw = _median_ms(lambda: kernels._weight_grad(grad, x, table, order, w.dtype, w.shape[1]))
                 print(f"  weight_grad {kernels.TILES['weight_grad'][size]}: {dw:.3f} ms")
             except Exception as e:
                 print(f"  weight_grad {kernels.TILES['weight_grad'][size]}: failed ({type(e).__name__}: "
@@ -78,7 +72,7 @@ def main() -> None:
                 out = sparse_conv(*leaves[:2], table, leaves[2], impl=impl, cache=cache)
                 torch.autograd.grad(out, leaves, grad)
 
-            print(f"  {impl}: forward + backward {median_ms(step, 10):.3f} ms (derived tables cached)")
+            print(f"  {impl}: forward + backward {_median_ms(step, 10):.3f} ms (derived tables cached)")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from visionattn.ops import sparse_conv as sc_mod
 from visionattn.ops.dispatch import use_impl
 from visionattn.ops.sparse_conv import IMPLS, example_inputs, offset_pairs, sparse_conv
 from visionattn.ops.sparse_depthwise_conv import submanifold_pairs, voxel_coords
+from test_sparse_depthwise_conv import _random_coords as _coords  # the sparse-grid generator of the ops tests
 
 try:
     from visionattn.models.detection3d.sparse_backend import torch_pairs
@@ -30,13 +31,6 @@ CONVS = {
 }
 
 
-def _coords(n, shape, batches=2, seed=0):
-    """Unique (b, z, y, x) coordinates, some on the grid border, some isolated."""
-    g = torch.Generator().manual_seed(seed)
-    b = torch.randint(0, batches, (4 * n,), generator=g)
-    zyx = torch.stack([torch.randint(0, s, (4 * n,), generator=g) for s in shape], 1)
-    coords = torch.unique(torch.cat([b[:, None], zyx], 1), dim=0)
-    return coords[torch.randperm(coords.shape[0], generator=g)[:n]]
 
 
 def _table(coords, shape, conv):
