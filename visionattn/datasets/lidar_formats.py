@@ -84,16 +84,22 @@ def points_in_boxes(points: np.ndarray, boxes: np.ndarray, eps: float = 1e-5) ->
 
 # --- KITTI -----------------------------------------------------------------------------------------
 
-def read_kitti_points(path: PathLike, num_features: int = 4) -> np.ndarray:
-    """``velodyne/<id>.bin`` -> float32 (N, num_features)."""
+def _float32_points(path: PathLike, num_features: int, what: str, fault) -> np.ndarray:
+    """A raw float32 file -> (N, num_features); ``fault(path, floats)`` words the error of a partial point."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"KITTI point cloud {str(path)!r} does not exist")
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
     raw = np.fromfile(path, dtype=np.float32)
     if raw.size % num_features:
-        raise LidarFormatError(f"{path}: {raw.size * 4} bytes is not a whole number of {num_features}-float32 "
-                               f"points (x, y, z, reflectance); truncated or not a KITTI velodyne file")
+        raise LidarFormatError(fault(path, raw.size))
     return raw.reshape(-1, num_features)
+
+
+def read_kitti_points(path: PathLike, num_features: int = 4) -> np.ndarray:
+    """``velodyne/<id>.bin`` -> float32 (N, num_features)."""
+    return _float32_points(path, num_features, "KITTI point cloud", lambda p, n: (
+        f"{p}: {n * 4} bytes is not a whole number of {num_features}-float32 points (x, y, z, reflectance); "
+        f"truncated or not a KITTI velodyne file"))
 
 
 def read_kitti_calib(path: PathLike) -> Dict[str, np.ndarray]:
@@ -369,11 +375,6 @@ def read_db_infos(path: PathLike) -> Dict[str, List[dict]]:
 
 def read_db_points(path: PathLike, num_features: int) -> np.ndarray:
     """A GT-database ``.bin`` (float32 object points relative to the box centre) -> (K, num_features)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"GT database object file {str(path)!r} does not exist")
-    raw = np.fromfile(path, dtype=np.float32)
-    if raw.size % num_features:
-        raise LidarFormatError(f"{path}: {raw.size} floats are not whole {num_features}-feature points "
-                               f"(num_point_features of the GT database: KITTI 4, Waymo 5)")
-    return raw.reshape(-1, num_features)
+    return _float32_points(path, num_features, "GT database object file", lambda p, n: (
+        f"{p}: {n} floats are not whole {num_features}-feature points (num_point_features of the GT "
+        f"database: KITTI 4, Waymo 5)"))

@@ -215,6 +215,20 @@ def _predictions(sample: Mapping) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
             _np(pred["labels_3d"], np.int64).reshape(-1))
 
 
+def _frame_row(sample: Mapping) -> Dict:
+    """One frame's predictions and ground truth as arrays (what both metrics keep per frame)."""
+    boxes, scores, labels = _predictions(sample)
+    gt_boxes = _np(sample.get("gt_boxes"), np.float64, (7,))
+    row = dict(frame_id=sample.get("frame_id"), class_names=(sample.get("metainfo") or {}).get("class_names"),
+               boxes=boxes, scores=scores, labels=labels, gt_boxes=gt_boxes,
+               gt_labels=_np(sample.get("gt_labels"), np.int64).reshape(-1),
+               gt_difficulty=_np(sample.get("gt_difficulty"), np.int64).reshape(-1))
+    if len(row["gt_labels"]) != len(gt_boxes) or len(row["gt_difficulty"]) != len(gt_boxes):
+        raise ValueError(f"frame {row['frame_id']!r}: {len(gt_boxes)} gt_boxes but "
+                         f"{len(row['gt_labels'])} gt_labels and {len(row['gt_difficulty'])} gt_difficulty")
+    return row
+
+
 def _class_names(given: Optional[Sequence[str]], results: List[Dict], metric: str) -> Tuple[str, ...]:
     names = given or next((r["class_names"] for r in results if r.get("class_names")), None)
     if not names:
@@ -248,21 +262,13 @@ class KittiMetric3D(BaseMetric):
 
     def process(self, data_batch, data_samples: Sequence[Mapping]) -> None:
         for s in data_samples:
-            boxes, scores, labels = _predictions(s)
-            gt_boxes = _np(s.get("gt_boxes"), np.float64, (7,))
-            row = dict(frame_id=s.get("frame_id"), class_names=(s.get("metainfo") or {}).get("class_names"),
-                       boxes=boxes, scores=scores, labels=labels, gt_boxes=gt_boxes,
-                       gt_labels=_np(s.get("gt_labels"), np.int64).reshape(-1),
-                       gt_difficulty=_np(s.get("gt_difficulty"), np.int64).reshape(-1),
-                       other_names=[str(n) for n in (s.get("other_names") or [])],
+            row = _frame_row(s)
+            row.update(other_names=[str(n) for n in (s.get("other_names") or [])],
                        other_boxes=_np(s.get("other_boxes"), np.float64, (7,)),
                        other_difficulty=_np(s.get("other_difficulty"), np.int64).reshape(-1))
-            if len(row["gt_difficulty"]) != len(gt_boxes) or len(row["gt_labels"]) != len(gt_boxes):
-                raise ValueError(f"frame {row['frame_id']!r}: {len(gt_boxes)} gt_boxes but "
-                                 f"{len(row['gt_labels'])} gt_labels and {len(row['gt_difficulty'])} gt_difficulty")
             calib, shape = s.get("calib"), s.get("image_shape")
             if calib is not None and shape is not None:
-                row["pred_bbox_2d"] = boxes_to_image_bbox(boxes, calib, shape)[0]
+                row["pred_bbox_2d"] = boxes_to_image_bbox(row["boxes"], calib, shape)[0]
                 if s.get("gt_bbox_2d") is not None:
                     row["gt_bbox_2d"] = _np(s["gt_bbox_2d"], np.float64, (4,))
                     row["other_bbox_2d"] = _np(s.get("other_bbox_2d"), np.float64, (4,))
@@ -439,21 +445,13 @@ class WaymoStyleMetric(BaseMetric):
 
     def process(self, data_batch, data_samples: Sequence[Mapping]) -> None:
         for s in data_samples:
-            boxes, scores, labels = _predictions(s)
-            gt_boxes = _np(s.get("gt_boxes"), np.float64, (7,))
-            row = dict(frame_id=s.get("frame_id"), class_names=(s.get("metainfo") or {}).get("class_names"),
-                       boxes=boxes, scores=scores, labels=labels, gt_boxes=gt_boxes,
-                       gt_labels=_np(s.get("gt_labels"), np.int64).reshape(-1),
-                       gt_difficulty=_np(s.get("gt_difficulty"), np.int64).reshape(-1))
-            if len(row["gt_labels"]) != len(gt_boxes) or len(row["gt_difficulty"]) != len(gt_boxes):
-                raise ValueError(f"frame {row['frame_id']!r}: {len(gt_boxes)} gt_boxes but "
-                                 f"{len(row['gt_labels'])} gt_labels and {len(row['gt_difficulty'])} gt_difficulty")
-            keep = np.linalg.norm(gt_boxes[:, :2], axis=1) < self.distance_thresh + 0.5
+            row = _frame_row(s)
+            keep = np.linalg.norm(row["gt_boxes"][:, :2], axis=1) < self.distance_thresh + 0.5
             if s.get("gt_num_points") is not None:
                 keep &= _np(s["gt_num_points"], np.int64).reshape(-1) > 0
             for key in ("gt_boxes", "gt_labels", "gt_difficulty"):
                 row[key] = row[key][keep]
-            near = np.linalg.norm(boxes[:, :2], axis=1) < self.distance_thresh + 0.5
+            near = np.linalg.norm(row["boxes"][:, :2], axis=1) < self.distance_thresh + 0.5
             for key in ("boxes", "scores", "labels"):
                 row[key] = row[key][near]
             self.results.append(row)
