@@ -149,14 +149,20 @@ NONFINITE_POLICIES = ("raise", "skip")
 
 
 def _defer_runtime_scalars(cfg: Config) -> None:
-    """mmengine's implicit RuntimeInfoHook -> :class:`DeferredRuntimeInfoHook`: the same scalars without
-    a device synchronisation after every training iteration (``type='mmengine.RuntimeInfoHook'``
-    in ``default_hooks.runtime_info`` keeps mmengine's)."""
+    """mmengine's implicit RuntimeInfoHook -> :class:`DeferredRuntimeInfoHook` and mmengine's
+    (Amp)OptimWrapper -> visionattn's NoSync ones: the same scalars without a device synchronisation
+    in every training iteration (``type='mmengine.RuntimeInfoHook'`` in
+    ``default_hooks.runtime_info`` keeps mmengine's behaviour)."""
     hooks = dict(cfg.get("default_hooks") or {})
     info = hooks.get("runtime_info", dict(type="RuntimeInfoHook"))
     if isinstance(info, Mapping) and info.get("type") == "RuntimeInfoHook":
         hooks["runtime_info"] = dict(info, type="visionattn.DeferredRuntimeInfoHook")
         cfg.default_hooks = hooks
+        # and the clipped gradient norm, logged through that hook (visionattn.engine.optim_wrappers)
+        wrapper = cfg.get("optim_wrapper")
+        swap = {"OptimWrapper": "visionattn.NoSyncOptimWrapper", "AmpOptimWrapper": "visionattn.NoSyncAmpOptimWrapper"}
+        if isinstance(wrapper, Mapping) and "optimizer" in wrapper and wrapper.get("type", "OptimWrapper") in swap:
+            cfg.optim_wrapper = dict(wrapper, type=swap[wrapper.get("type", "OptimWrapper")])
 
 
 def _use_safe_checkpoints(cfg: Config) -> None:

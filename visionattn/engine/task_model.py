@@ -32,7 +32,7 @@ write three methods, ``loss``, ``predict`` and ``_forward``; the rest is done he
 from collections import OrderedDict
 from collections.abc import Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -323,12 +323,20 @@ class TaskModel(BaseModel):
 
     def _update(self, wrapper: OptimWrapper, total: torch.Tensor, logs: Dict[str, torch.Tensor],
                 optimizer: Optional[str] = None) -> Dict[str, torch.Tensor]:
-        """``wrapper.update_params(total)`` when the loss is finite. Otherwise, by ``nonfinite_loss``:
-        raise FloatingPointError naming the iteration and the non-finite terms (before any update,
-        so the weights and the checkpoints saved so far stay good), or skip the update and count it."""
-        if bool(torch.isfinite(total.detach()).all()):
-            wrapper.update_params(total)
+        """``wrapper.update_params(total)`` (mmengine's steps, in its order), the update made only when
+        the loss is finite. The finiteness is copied to the host before the backward is launched and
+        read after: the host waits for the forward alone while the GPU already runs the backward.
+        A non-finite loss, by ``nonfinite_loss``: its gradients are dropped, then FloatingPointError
+        names the iteration and the non-finite terms (no update made, so the weights and the
+        checkpoints saved so far stay good), or the update is skipped and counted."""
+        finite = _finite_later(total)
+        wrapper.backward(wrapper.scale_loss(total))
+        if finite():
+            if wrapper.should_update():
+                wrapper.step()
+                wrapper.zero_grad()
             return logs
+        wrapper.zero_grad()
         bad = {k: float(v.detach().float().mean()) for k, v in logs.items() if "loss" in k
                and isinstance(v, torch.Tensor) and not bool(torch.isfinite(v.detach()).all())}
         if len(bad) > 1:  # name the terms; the total (``loss``) is non-finite because of them
@@ -385,6 +393,24 @@ class TaskModel(BaseModel):
                 logs[f"loss_{name}"] = logs.pop("loss")
             log_vars.update(logs)
         return log_vars
+
+
+def _finite_later(t: torch.Tensor) -> Callable[[], bool]:
+    """Whether every element of ``t`` is finite, as a call that reads the answer later: on CUDA the
+    flag goes to pinned host memory behind an event, so reading it waits for the work that made
+    ``t``, not for what was queued after it."""
+    flag = torch.isfinite(t.detach()).all()
+    if not flag.is_cuda:
+        return lambda: bool(flag)
+    host = torch.empty((), dtype=torch.bool, pin_memory=True)
+    host.copy_(flag, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+
+    def read() -> bool:
+        copied.synchronize()
+        return bool(host)
+    return read
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()

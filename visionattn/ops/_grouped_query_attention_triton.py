@@ -89,12 +89,12 @@ if triton is not None:
         return out.view(B, -1, N, D).to(grad.dtype)
 
     def _backward(ctx, gk, gv):
-        from .grouped_query_attention import kv_head_index
-
         (sizes,) = ctx.saved_tensors
-        idx = kv_head_index(sizes, ctx.num_heads).expand(ctx.batch, ctx.num_heads)
-        # fp32 one-hot: 0/1 weights, so each sum is exact up to one rounding into the gradient dtype
-        onehot = torch.nn.functional.one_hot(idx, ctx.num_kv_heads).to(torch.float32)
+        # (B, H, G) one-hot of each query head's group: heads [end_{g-1}, end_g) belong to group g;
+        # fp32 0/1 weights, so each sum is exact up to one rounding into the gradient dtype
+        ends = sizes.expand(ctx.batch, ctx.num_kv_heads).cumsum(-1)
+        heads = torch.arange(ctx.num_heads, device=sizes.device)[None, :, None]
+        onehot = ((heads < ends[:, None, :]) & (heads >= (ends - sizes)[:, None, :])).to(torch.float32)
         if gk.dtype == torch.float64:
             onehot = onehot.double()
         return _sum_shared(gk, onehot), _sum_shared(gv, onehot), None, None

@@ -1,4 +1,5 @@
 """mmengine's RuntimeInfoHook without a device synchronisation in every training iteration."""
+import weakref
 from typing import List, Optional, Tuple
 
 import torch
@@ -6,6 +7,20 @@ from mmengine.hooks import LoggerHook, RuntimeInfoHook
 from mmengine.utils import apply_to
 
 from ...registry import HOOKS
+
+
+# message hub -> the hook that defers its training scalars (while a training run with it is on)
+_DEFERRING: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def update_scalar_later(message_hub, key: str, value) -> None:
+    """``message_hub.update_scalar(key, value)``, deferred like the loss terms when a
+    :class:`DeferredRuntimeInfoHook` trains with this hub (e.g. the clipped gradient norm)."""
+    hook = _DEFERRING.get(message_hub)
+    if hook is not None and isinstance(value, torch.Tensor) and value.numel() == 1:
+        hook.defer(key, value)
+    else:
+        message_hub.update_scalar(key, float(value) if isinstance(value, torch.Tensor) else value)
 
 
 @HOOKS.register_module()
@@ -16,7 +31,8 @@ class DeferredRuntimeInfoHook(RuntimeInfoHook):
     the host then waits for the GPU to finish the step before it fetches and uploads the next
     batch, and the GPU idles meanwhile (about a tenth of a BiFormer-S step on an H200). This hook
     keeps the terms as device tensors and hands them to the message hub, one transfer for all,
-    whenever something reads them: on the logger's iterations, at the end of an epoch, before
+    whenever something reads them (the clipped gradient norm of :mod:`visionattn.engine.optim_wrappers`
+    too): on the logger's iterations, at the end of an epoch, before
     validation, at the end of training and when a checkpoint is saved (whose ``message_hub``
     state is then refreshed). Logs, curves and checkpoints hold exactly the values mmengine's
     hook would have written. ``tools/train.py`` uses it in place of ``RuntimeInfoHook`` unless a
@@ -34,6 +50,7 @@ class DeferredRuntimeInfoHook(RuntimeInfoHook):
 
     def before_train(self, runner) -> None:
         super().before_train(runner)
+        _DEFERRING[runner.message_hub] = self
         if self.interval is None:
             loggers = [h for h in runner.hooks if isinstance(h, LoggerHook)]
             self.interval = loggers[0].interval if loggers else 1
@@ -41,7 +58,7 @@ class DeferredRuntimeInfoHook(RuntimeInfoHook):
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs: Optional[dict] = None) -> None:
         for key, value in (outputs or {}).items():
             if isinstance(value, torch.Tensor) and value.numel() == 1:
-                self._pending.append((f"train/{key}", value.detach().reshape(())))
+                self.defer(f"train/{key}", value)
             else:  # mmengine's own handling (and its error for a bad value), in order
                 self.flush(runner)
                 runner.message_hub.update_scalar(f"train/{key}", value)
@@ -49,6 +66,10 @@ class DeferredRuntimeInfoHook(RuntimeInfoHook):
         if (self.every_n_train_iters(runner, interval) or self.every_n_inner_iters(batch_idx, interval)
                 or self.end_of_epoch(runner.train_dataloader, batch_idx) or self.is_last_train_iter(runner)):
             self.flush(runner)
+
+    def defer(self, key: str, value: torch.Tensor) -> None:
+        """Queue a one-element tensor for ``message_hub.update_scalar(key, ...)`` at the next flush."""
+        self._pending.append((key, value.detach().reshape(())))
 
     def flush(self, runner) -> None:
         """Hand the pending scalars to the message hub (one device-to-host transfer per device)."""
@@ -75,6 +96,7 @@ class DeferredRuntimeInfoHook(RuntimeInfoHook):
 
     def after_train(self, runner) -> None:
         self.flush(runner)
+        _DEFERRING.pop(runner.message_hub, None)
         super().after_train(runner)
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
