@@ -3,7 +3,9 @@
 Both passes are built from one causal scan, run forwards and backwards over the sequence: for
 sources ``s`` it computes ``sum_{i<t} e^{-(t-1-i) w + x_i} s_i`` with a log-scale per position, so
 it is exact for any ``w``/``k`` range (no denominator epsilon, no chunk-boundary approximation).
-Long sequences are split into segments that scan in parallel and then exchange carries.
+Long sequences are split into segments that scan in parallel and then exchange carries. A scan can
+also run down the columns of an (h w)-ordered grid in place (``cols_h``): every step of the forward
+and backward but the scan is elementwise, so Re-WKV's vertical recurrences need no transposed copies.
 """
 from typing import Tuple
 
@@ -38,12 +40,16 @@ if triton is not None:
 
     @triton.jit
     def _causal_scan_kernel(x_ptr, v1_ptr, v2_ptr, w_ptr, o1_ptr, o2_ptr, od1_ptr, od2_ptr, rho_ptr,
-                            state_ptr, T, C, SEG_LEN, NSEG,
-                            REVERSE: tl.constexpr, V2_ONES: tl.constexpr, DIST: tl.constexpr,
+                            state_ptr, T, C, SEG_LEN, NSEG, H, W,
+                            REVERSE: tl.constexpr, COLS: tl.constexpr, V2_ONES: tl.constexpr, DIST: tl.constexpr,
                             SUMMARY: tl.constexpr, HAS_CARRY: tl.constexpr,
                             BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
         """For s in {v1, v2}: S_t = sum_{i<t} e^{-(t-1-i) w + x_i} s_i = o_t * e^{rho_t} (in scan order),
         and with DIST also sum_{i<t} (t-1-i) e^{...} s_i = od_t * e^{rho_t}.
+
+        With COLS the tokens are stored in row-major (h w) order of an H x W grid and the scan runs
+        down the columns, (w h) order: scan position t reads and writes memory row
+        (t % H) * W + t // H, so column scans need no transposed copies.
 
         One program per (batch, channel block, segment of SEG_LEN tokens) walks its segment in
         chunks of BLOCK_T. A chunk loads the sources shifted by one (i = t - 1), so an inclusive
@@ -88,6 +94,11 @@ if triton is not None:
             else:
                 rows_out = tt
                 rows_src = src
+            if COLS:  # scan position -> memory row of the (h w)-ordered grid (masked positions stay in range)
+                rows_out = tl.minimum(tl.maximum(rows_out, 0), T - 1)
+                rows_src = tl.minimum(tl.maximum(rows_src, 0), T - 1)
+                rows_out = (rows_out % H) * W + rows_out // H
+                rows_src = (rows_src % H) * W + rows_src // H
             smask = ((src >= 0) & (src < T))[:, None] & cmask[None, :]
             omask = (tt < seg_end)[:, None] & cmask[None, :]
             soff = base + rows_src.to(tl.int64)[:, None] * C + cs[None, :]
@@ -181,31 +192,63 @@ if triton is not None:
 
 _FORCE_SEG_LEN = None  # tests set it to exercise segment carries on tiny sequences
 
+# Launch settings of the scan kernel per pass ("fwd": the forward's sums; "bwd": the backward's,
+# with the distance-weighted sums) and channel count C: the first row whose bound is >= C applies
+# (None: any C). Each setting is (BLOCK_C, BLOCK_T, num_warps, programs): BLOCK_C 0 puts all
+# channels in one program (next power of two of C); programs is how many programs the segment
+# split aims at (B * channel blocks * segments). ``benchmarks/wkv_tiles.py`` times alternatives.
+TILES = {
+    "fwd": [(64, (16, 128, 4, 1024)), (None, (32, 128, 4, 1024))],
+    "bwd": [(64, (16, 64, 4, 1024)), (None, (32, 64, 4, 1024))],
+}
 
-def _scan(x, v1, v2, w, reverse: bool, dist: bool):
-    """Launch the causal scan over (B, T, C) (anti-causal when ``reverse``); returns (o1, o2, rho[, od1, od2])."""
+
+def scan_tile(dist: bool, C: int) -> Tuple[int, int, int, int]:
+    """The TILES setting (BLOCK_C, BLOCK_T, num_warps, programs) of one scan pass over C channels."""
+    for bound, setting in TILES["bwd" if dist else "fwd"]:
+        if bound is None or C <= bound:
+            return setting
+    raise ValueError(f"wkv TILES has no setting for C={C}: end each list with a (None, setting) row")
+
+
+def _scan(x, v1, v2, w, reverse: bool, dist: bool, cols_h: int = 0, tile=None):
+    """Launch the causal scan over (B, T, C) (anti-causal when ``reverse``); returns (o1, o2, rho[, od1, od2]).
+
+    ``cols_h`` > 0: the tokens are an (h w)-ordered grid of ``cols_h`` rows and the scan runs in
+    (w h) order (outputs stay in (h w) order). ``tile``: a (BLOCK_C, BLOCK_T, num_warps, programs)
+    setting instead of :func:`scan_tile`'s (benchmarks). Outputs are in ``w``'s dtype (the
+    compute dtype); ``x``, ``v1``, ``v2`` may be narrower (converted on load).
+    """
     B, T, C = x.shape
-    o1, o2, rho = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
-    od1, od2 = (torch.empty_like(x), torch.empty_like(x)) if dist else (o1, o2)
-    block_c = 16 if C <= 64 else 32
-    block_t = (64 if dist else 128) if x.is_cuda else 8  # tiny chunks on the CPU interpreter: carries get tested
+    if cols_h and T % cols_h:
+        raise ValueError(f"wkv scan: cols_h={cols_h} does not divide T={T}")
+    new = lambda: torch.empty(x.shape, device=x.device, dtype=w.dtype)  # noqa: E731
+    o1, o2, rho = new(), new(), new()
+    od1, od2 = (new(), new()) if dist else (o1, o2)
+    block_c, block_t, warps, programs = tile or scan_tile(dist, C)
+    if block_c == 0:
+        block_c = triton.next_power_of_2(C)
+    if not x.is_cuda:
+        block_t = 8  # tiny chunks on the CPU interpreter: carries get tested
     n_cb = triton.cdiv(C, block_c)
     # split T into segments so that enough programs run in parallel (each walks its segment)
     if _FORCE_SEG_LEN is not None:
         seg_len = _FORCE_SEG_LEN
     else:
-        nseg = max(1, min(triton.cdiv(1024, B * n_cb), T // (4 * block_t)))
+        nseg = max(1, min(triton.cdiv(programs, B * n_cb), T // (4 * block_t)))
         seg_len = triton.cdiv(triton.cdiv(T, nseg), block_t) * block_t
     nseg = triton.cdiv(T, seg_len)
     v2_arg = x if v2 is None else v2
-    flags = dict(REVERSE=reverse, V2_ONES=v2 is None, DIST=dist, BLOCK_T=block_t, BLOCK_C=block_c)
-    state = x.new_empty(5, B, nseg, C) if nseg > 1 else x.new_empty(1)
+    H = cols_h if cols_h else 1
+    flags = dict(REVERSE=reverse, COLS=bool(cols_h), V2_ONES=v2 is None, DIST=dist, BLOCK_T=block_t,
+                 BLOCK_C=block_c, num_warps=warps)
+    state = x.new_empty(5, B, nseg, C, dtype=w.dtype) if nseg > 1 else x.new_empty(1, dtype=w.dtype)
     if nseg > 1:
         _causal_scan_kernel[(B, n_cb, nseg)](x, v1, v2_arg, w, o1, o2, od1, od2, rho, state, T, C, seg_len, nseg,
-                                             SUMMARY=True, HAS_CARRY=False, **flags)
+                                             H, T // H, SUMMARY=True, HAS_CARRY=False, **flags)
         _segment_carry_kernel[(B, n_cb)](state, w, C, seg_len, nseg, BLOCK_C=block_c)
     _causal_scan_kernel[(B, n_cb, nseg)](x, v1, v2_arg, w, o1, o2, od1, od2, rho, state, T, C, seg_len, nseg,
-                                         SUMMARY=False, HAS_CARRY=nseg > 1, **flags)
+                                         H, T // H, SUMMARY=False, HAS_CARRY=nseg > 1, **flags)
     return (o1, o2, rho, od1, od2) if dist else (o1, o2, rho)
 
 
@@ -246,23 +289,29 @@ if triton is not None:
         return y, log_den
 
     @torch.library.custom_op("visionattn::bi_wkv", mutates_args=())
-    def bi_wkv_triton(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    def bi_wkv_triton(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cols_h: int = 0
                       ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Returns (y, log of the denominator), both (B, T, C) in the compute dtype."""
+        """Returns (y, log of the denominator), both (B, T, C) in the compute dtype.
+
+        ``cols_h`` = 0: tokens in scan order. ``cols_h`` = H > 0: tokens are the (h w)-ordered grid
+        of H rows, the scan runs in (w h) order, and the outputs are in (h w) order.
+        k and v are read in their own dtype (float16/bfloat16 are widened on load, not copied).
+        """
         dt = compute_dtype(k)
-        w, u, k, v = (t.to(dt).contiguous() for t in (w, u, k, v))
-        n_f, d_f, r_f = _scan(k, v, None, w, reverse=False, dist=False)
-        n_b, d_b, r_b = _scan(k, v, None, w, reverse=True, dist=False)
+        w, u = w.to(dt).contiguous(), u.to(dt).contiguous()
+        k, v = k.contiguous(), v.contiguous()
+        n_f, d_f, r_f = _scan(k, v, None, w, reverse=False, dist=False, cols_h=cols_h)
+        n_b, d_b, r_b = _scan(k, v, None, w, reverse=True, dist=False, cols_h=cols_h)
         return _combine(n_f, d_f, r_f, n_b, d_b, r_b, u, k, v)
 
     @bi_wkv_triton.register_fake
-    def _(w, u, k, v):
+    def _(w, u, k, v, cols_h=0):
         dt = compute_dtype(k)
         return k.new_empty(k.shape, dtype=dt), k.new_empty(k.shape, dtype=dt)
 
     @torch.library.custom_op("visionattn::bi_wkv_backward", mutates_args=())
     def bi_wkv_triton_backward(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                               y: torch.Tensor, log_den: torch.Tensor, gy: torch.Tensor
+                               y: torch.Tensor, log_den: torch.Tensor, gy: torch.Tensor, cols_h: int = 0
                                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Gradients (gw, gu, gk, gv) of Bi-WKV.
 
@@ -270,13 +319,15 @@ if triton is not None:
         forward, keyed by -logD) and Gd its (|t-i|-1)-weighted version:
           gv = e^k [G(gy) + e^{u - logD} gy],   gk = v gv - e^k [G(gy y) + e^{u - logD} gy y],
           gw = -sum e^k [v Gd(gy) - Gd(gy y)],  gu = sum e^{u + k - logD} gy (v - y).
+        Everything but the scans is elementwise, so ``cols_h`` (the forward's scan order) only
+        reaches the scans.
         """
         dt = compute_dtype(k)
         w, u, k, v, y, log_den, gy = (t.to(dt).contiguous() for t in (w, u, k, v, y, log_den, gy))
         x = (-log_den).contiguous()
         gyy = (gy * y).contiguous()
-        f1, f2, rf, fd1, fd2 = _scan(x, gy, gyy, w, reverse=False, dist=True)
-        b1, b2, rb, bd1, bd2 = _scan(x, gy, gyy, w, reverse=True, dist=True)
+        f1, f2, rf, fd1, fd2 = _scan(x, gy, gyy, w, reverse=False, dist=True, cols_h=cols_h)
+        b1, b2, rb, bd1, bd2 = _scan(x, gy, gyy, w, reverse=True, dist=True, cols_h=cols_h)
         ef, eb = (rf + k).exp(), (rb + k).exp()  # e^{k_i} times each part's scale: bounded
         es = (u + k - log_den).exp()
         gv = f1 * ef + b1 * eb + es * gy
@@ -286,20 +337,21 @@ if triton is not None:
         return gw, gu, gk, gv
 
     @bi_wkv_triton_backward.register_fake
-    def _(w, u, k, v, y, log_den, gy):
+    def _(w, u, k, v, y, log_den, gy, cols_h=0):
         dt = compute_dtype(k)
         return (w.new_empty(w.shape, dtype=dt), u.new_empty(u.shape, dtype=dt),
                 k.new_empty(k.shape, dtype=dt), v.new_empty(v.shape, dtype=dt))
 
     def _setup_context(ctx, inputs, output):
-        w, u, k, v = inputs
+        w, u, k, v, cols_h = inputs
         y, log_den = output
         ctx.save_for_backward(w, u, k, v, y, log_den)
+        ctx.cols_h = cols_h
         ctx.mark_non_differentiable(log_den)
 
     def _backward(ctx, gy, _g_log_den):
         w, u, k, v, y, log_den = ctx.saved_tensors
-        gw, gu, gk, gv = bi_wkv_triton_backward(w, u, k, v, y, log_den, gy)
-        return gw.to(w.dtype), gu.to(u.dtype), gk.to(k.dtype), gv.to(v.dtype)
+        gw, gu, gk, gv = bi_wkv_triton_backward(w, u, k, v, y, log_den, gy, ctx.cols_h)
+        return gw.to(w.dtype), gu.to(u.dtype), gk.to(k.dtype), gv.to(v.dtype), None
 
     bi_wkv_triton.register_autograd(_backward, setup_context=_setup_context)
