@@ -198,8 +198,10 @@ _FORCE_SEG_LEN = None  # tests set it to exercise segment carries on tiny sequen
 # channels in one program (next power of two of C); programs is how many programs the segment
 # split aims at (B * channel blocks * segments). ``benchmarks/wkv_tiles.py`` times alternatives.
 TILES = {
-    "fwd": [(64, (16, 128, 4, 1024)), (None, (32, 128, 4, 1024))],
-    "bwd": [(64, (16, 64, 4, 1024)), (None, (32, 64, 4, 1024))],
+    "fwd": [(64, (16, 128, 4, 1024)), (128, (32, 128, 4, 1024)), (256, (32, 128, 4, 1024)),
+            (None, (32, 128, 4, 1024))],
+    "bwd": [(64, (16, 64, 4, 1024)), (128, (32, 64, 4, 1024)), (256, (32, 64, 4, 1024)),
+            (None, (32, 64, 4, 1024))],
 }
 
 
