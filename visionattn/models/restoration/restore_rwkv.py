@@ -99,14 +99,30 @@ class ChannelMix(nn.Module):
         return torch.sigmoid(self.receptance(xs)) * self.value(torch.relu(self.key(xs)).square())
 
 
+def _tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H*W, C) tokens in (h w) order: a view when ``x`` is channels_last."""
+    B, C, H, W = x.shape
+    return x.permute(0, 2, 3, 1).reshape(B, H * W, C)
+
+
+def _image(t: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+    """(B, H*W, C) tokens -> (B, C, H, W): a channels_last view of contiguous tokens."""
+    B, T, C = t.shape
+    return t.reshape(B, hw[0], hw[1], C).permute(0, 3, 1, 2)
+
+
 def _shift_tokens(shift: OmniShift, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
-    B, T, C = x.shape
-    img = x.transpose(1, 2).reshape(B, C, *hw)
-    return shift(img).flatten(2).transpose(1, 2)
+    # the depth-wise convolutions run on the channels_last view of the tokens, and their
+    # channels_last output is again (B, T, C) tokens: no transposed copies
+    return _tokens(shift(_image(x, hw)))
 
 
 class Block(nn.Module):
-    """RWKV block on (B, C, H, W): x += g1 * SpatialMix(LN(x)); x += g2 * ChannelMix(LN(x))."""
+    """RWKV block on (B, C, H, W): x += g1 * SpatialMix(LN(x)); x += g2 * ChannelMix(LN(x)).
+
+    Works on channels_last images: their (B, T, C) tokens are views, and the output is the
+    channels_last view of the result tokens (an NCHW-contiguous input costs one copy).
+    """
 
     def __init__(self, dim: int, hidden_rate: int = 4, recurrence: int = 2, wkv_impl: str = "auto"):
         super().__init__()
@@ -119,10 +135,10 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
-        t = x.flatten(2).transpose(1, 2)  # (B, T, C)
+        t = _tokens(x).contiguous()  # (B, T, C); a copy only if x is not channels_last
         t = t + self.gamma1 * self.att(self.ln1(t), (H, W))
         t = t + self.gamma2 * self.ffn(self.ln2(t), (H, W))
-        return t.transpose(1, 2).reshape(B, C, H, W)
+        return _image(t, (H, W))
 
 
 class Downsample(nn.Module):
@@ -213,7 +229,9 @@ class RestoreRWKV(nn.Module):
         check_images(x, network="RestoreRWKV", channels=self.in_chans, like=self.patch_embed.weight,
                      multiple=self.size_multiple,
                      pad_hint="visionattn.inference.restore_image(model, x) pads any size and crops back")
-        e1 = self.encoder_level1(self.patch_embed(x))
+        # the blocks' tokens are views of channels_last images: convert once here, the convolutions,
+        # pixel (un)shuffles and concatenations keep the format
+        e1 = self.encoder_level1(self.patch_embed(x).contiguous(memory_format=torch.channels_last))
         e2 = self.encoder_level2(self.down1_2(e1))
         e3 = self.encoder_level3(self.down2_3(e2))
         d = self.latent(self.down3_4(e3))
@@ -221,7 +239,8 @@ class RestoreRWKV(nn.Module):
         d = self.decoder_level2(self.reduce_chan_level2(torch.cat([self.up3_2(d), e2], 1)))
         d = self.decoder_level1(torch.cat([self.up2_1(d), e1], 1))
         out = self.output(self.refinement(d))
-        return out + x if self.in_chans == self.out_chans else out
+        out = out + x if self.in_chans == self.out_chans else out
+        return out.contiguous()  # the blocks run channels_last; the output is NCHW-contiguous
 
 
 # --------------------------------------------------------------------------------------------
