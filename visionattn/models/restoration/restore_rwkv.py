@@ -6,13 +6,14 @@ converter only drops derived or unused tensors). The network takes (B, in_chans,
 multiples of 8; ``visionattn.inference.restore_image`` runs it on any size (reflect padding, cropped
 back) and, with ``tile=``, on overlapping tiles blended with linear ramps (bounded memory).
 """
-from typing import Dict, Mapping, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ...hub import extract_state_dict
+from ...ops.layer_norm import layer_norm
 from ...ops.wkv import re_wkv
 from ..derived_tensor import DerivedTensor
 from ...ops.wkv import IMPLS as WKV_IMPLS
@@ -117,11 +118,24 @@ def _shift_tokens(shift: OmniShift, x: torch.Tensor, hw: Tuple[int, int]) -> tor
     return _tokens(shift(_image(x, hw)))
 
 
+def _layer_norm(x: torch.Tensor, norm: nn.LayerNorm, residual: Optional[torch.Tensor] = None):
+    """``norm(x)``, or with ``residual`` ``(norm(x + residual), x + residual)``, by
+    :func:`visionattn.ops.layer_norm` (one-pass Triton kernel on CUDA; the sum and its norm in one
+    pass); under TorchScript its reference path (``F.layer_norm``), undispatched."""
+    if torch.jit.is_scripting():
+        if residual is None:
+            return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        s = x + residual
+        return F.layer_norm(s, norm.normalized_shape, norm.weight, norm.bias, norm.eps), s
+    return layer_norm(x, norm.weight, norm.bias, norm.eps, residual=residual)
+
+
 class Block(nn.Module):
     """RWKV block on (B, C, H, W): x += g1 * SpatialMix(LN(x)); x += g2 * ChannelMix(LN(x)).
 
     Works on channels_last images: their (B, T, C) tokens are views, and the output is the
-    channels_last view of the result tokens (an NCHW-contiguous input costs one copy).
+    channels_last view of the result tokens (an NCHW-contiguous input costs one copy). The first
+    residual add and the second LayerNorm run as one pass (``_layer_norm(..., residual=)``).
     """
 
     def __init__(self, dim: int, hidden_rate: int = 4, recurrence: int = 2, wkv_impl: str = "auto"):
@@ -136,8 +150,8 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         t = _tokens(x).contiguous()  # (B, T, C); a copy only if x is not channels_last
-        t = t + self.gamma1 * self.att(self.ln1(t), (H, W))
-        t = t + self.gamma2 * self.ffn(self.ln2(t), (H, W))
+        y, t = _layer_norm(t, self.ln2, residual=self.gamma1 * self.att(_layer_norm(t, self.ln1), (H, W)))
+        t = t + self.gamma2 * self.ffn(y, (H, W))
         return _image(t, (H, W))
 
 
