@@ -54,8 +54,8 @@ if triton is not None:
         One program per (batch, channel block, segment of SEG_LEN tokens) walks its segment in
         chunks of BLOCK_T. A chunk loads the sources shifted by one (i = t - 1), so an inclusive
         log-sum-exp scan over the chunk gives the exclusive sums; the carry is the result at the
-        chunk's last position. Segments run in parallel: a SUMMARY pass (zero carry) stores each
-        segment's final state in ``state_ptr`` (5, B, NSEG, C) = (p, s1, s2, sd1, sd2); after
+        chunk's last position. Segments run in parallel: a SUMMARY pass (zero carry; per chunk a
+        max-shifted reduction instead of the scan) stores each segment's final state in ``state_ptr`` (5, B, NSEG, C) = (p, s1, s2, sd1, sd2); after
         :func:`_segment_carry_kernel` turned those into incoming carries, the HAS_CARRY pass starts
         every segment from its carry and stores the outputs.
         """
@@ -103,44 +103,60 @@ if triton is not None:
             omask = (tt < seg_end)[:, None] & cmask[None, :]
             soff = base + rows_src.to(tl.int64)[:, None] * C + cs[None, :]
             x = tl.load(x_ptr + soff, mask=smask, other=_NEG_TL).to(dt)
-            z = x + (jf - 1.0)[:, None] * w[None, :]
-            # element j stands for value * e^{z_j}; the scan keeps a per-position log-scale m
-            m0 = tl.where(smask, z, _NEG_TL)
             a = tl.load(v1_ptr + soff, mask=smask, other=0.0).to(dt)
             if V2_ONES:
                 bb = tl.where(smask, 1.0, 0.0).to(dt)
             else:
                 bb = tl.load(v2_ptr + soff, mask=smask, other=0.0).to(dt)
-            if DIST:
-                m, a, bb, c, d = tl.associative_scan((m0, a, bb, a * jf[:, None], bb * jf[:, None]), 0, _combine5)
+            if SUMMARY:
+                # only the state at the chunk's last position is needed: a reduction, not a scan.
+                # Source j is BLOCK_T - 1 - j steps before that position's newest source; the
+                # carry moves BLOCK_T steps. Any log-scale p represents the state (value s e^p).
+                back = (BLOCK_T - 1.0 - jf)[:, None]
+                zl = tl.where(smask, x - back * w[None, :], _NEG_TL)
+                pc = p - BLOCK_T * w
+                pn = tl.maximum(pc, tl.max(zl, axis=0))
+                ec = tl.exp(pc - pn)
+                e = tl.exp(zl - pn[None, :])
+                if DIST:
+                    sd1 = (sd1 + BLOCK_T * s1) * ec + tl.sum(back * e * a, axis=0)
+                    sd2 = (sd2 + BLOCK_T * s2) * ec + tl.sum(back * e * bb, axis=0)
+                s1 = s1 * ec + tl.sum(e * a, axis=0)
+                s2 = s2 * ec + tl.sum(e * bb, axis=0)
+                p = pn
             else:
-                m, a, bb = tl.associative_scan((m0, a, bb), 0, _combine3)
-            # local sums use exponent m - (tau-1) w, the carry e^{p - (tau+1) w}
-            ll = m - (jf - 1.0)[:, None] * w[None, :]
-            lc = p[None, :] - (jf + 1.0)[:, None] * w[None, :]
-            rho = tl.maximum(ll, lc)
-            el = tl.exp(ll - rho)
-            ec = tl.exp(lc - rho)
-            o1 = a * el + s1[None, :] * ec
-            o2 = bb * el + s2[None, :] * ec
-            ooff = base + rows_out.to(tl.int64)[:, None] * C + cs[None, :]
-            if not SUMMARY:
+                z = x + (jf - 1.0)[:, None] * w[None, :]
+                # element j stands for value * e^{z_j}; the scan keeps a per-position log-scale m
+                m0 = tl.where(smask, z, _NEG_TL)
+                if DIST:
+                    m, a, bb, c, d = tl.associative_scan((m0, a, bb, a * jf[:, None], bb * jf[:, None]), 0,
+                                                         _combine5)
+                else:
+                    m, a, bb = tl.associative_scan((m0, a, bb), 0, _combine3)
+                # local sums use exponent m - (tau-1) w, the carry e^{p - (tau+1) w}
+                ll = m - (jf - 1.0)[:, None] * w[None, :]
+                lc = p[None, :] - (jf + 1.0)[:, None] * w[None, :]
+                rho = tl.maximum(ll, lc)
+                el = tl.exp(ll - rho)
+                ec = tl.exp(lc - rho)
+                o1 = a * el + s1[None, :] * ec
+                o2 = bb * el + s2[None, :] * ec
+                ooff = base + rows_out.to(tl.int64)[:, None] * C + cs[None, :]
                 tl.store(o1_ptr + ooff, o1, mask=omask)
                 tl.store(o2_ptr + ooff, o2, mask=omask)
                 tl.store(rho_ptr + ooff, rho, mask=omask)
-            last = (j == BLOCK_T - 1)[:, None]
-            if DIST:
-                tau = jf[:, None]
-                od1 = (tau * a - c) * el + (sd1[None, :] + (tau + 1.0) * s1[None, :]) * ec
-                od2 = (tau * bb - d) * el + (sd2[None, :] + (tau + 1.0) * s2[None, :]) * ec
-                if not SUMMARY:
+                last = (j == BLOCK_T - 1)[:, None]
+                if DIST:
+                    tau = jf[:, None]
+                    od1 = (tau * a - c) * el + (sd1[None, :] + (tau + 1.0) * s1[None, :]) * ec
+                    od2 = (tau * bb - d) * el + (sd2[None, :] + (tau + 1.0) * s2[None, :]) * ec
                     tl.store(od1_ptr + ooff, od1, mask=omask)
                     tl.store(od2_ptr + ooff, od2, mask=omask)
-                sd1 = tl.sum(tl.where(last, od1, 0.0), axis=0)
-                sd2 = tl.sum(tl.where(last, od2, 0.0), axis=0)
-            s1 = tl.sum(tl.where(last, o1, 0.0), axis=0)
-            s2 = tl.sum(tl.where(last, o2, 0.0), axis=0)
-            p = tl.sum(tl.where(last, rho, 0.0), axis=0)
+                    sd1 = tl.sum(tl.where(last, od1, 0.0), axis=0)
+                    sd2 = tl.sum(tl.where(last, od2, 0.0), axis=0)
+                s1 = tl.sum(tl.where(last, o1, 0.0), axis=0)
+                s2 = tl.sum(tl.where(last, o2, 0.0), axis=0)
+                p = tl.sum(tl.where(last, rho, 0.0), axis=0)
         if SUMMARY:  # state at the segment's last position (full chunks: SEG_LEN is a multiple of BLOCK_T)
             tl.store(state_ptr + soff_state, p, mask=cmask)
             tl.store(state_ptr + plane + soff_state, s1, mask=cmask)
