@@ -77,11 +77,13 @@ class SpatialMix(nn.Module):
         self.spatial_decay = nn.Parameter(torch.randn(recurrence, dim))
         self.spatial_first = nn.Parameter(torch.randn(recurrence, dim))
 
-    def forward(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, hw: Tuple[int, int], output_weight: Optional[torch.Tensor] = None
+                ) -> torch.Tensor:
+        """``output_weight``: used instead of ``output.weight`` (a block folds its layer scale into it)."""
         xs = _shift_tokens(self.omni_shift, x, hw)
         k, v, r = self.key(xs), self.value(xs), torch.sigmoid(self.receptance(xs))
         v = re_wkv(k, v, self.spatial_decay, self.spatial_first, hw, impl=self.wkv_impl)
-        return self.output(r * v)
+        return F.linear(r * v, self.output.weight if output_weight is None else output_weight)
 
 
 class ChannelMix(nn.Module):
@@ -95,9 +97,12 @@ class ChannelMix(nn.Module):
         self.receptance = nn.Linear(dim, dim, bias=False)
         self.value = nn.Linear(hidden, dim, bias=False)
 
-    def forward(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, hw: Tuple[int, int], value_weight: Optional[torch.Tensor] = None
+                ) -> torch.Tensor:
+        """``value_weight``: used instead of ``value.weight`` (a block folds its layer scale into it)."""
         xs = _shift_tokens(self.omni_shift, x, hw)
-        return torch.sigmoid(self.receptance(xs)) * self.value(torch.relu(self.key(xs)).square())
+        h = torch.relu(self.key(xs)).square()
+        return torch.sigmoid(self.receptance(xs)) * F.linear(h, self.value.weight if value_weight is None else value_weight)
 
 
 def _tokens(x: torch.Tensor) -> torch.Tensor:
@@ -134,8 +139,11 @@ class Block(nn.Module):
     """RWKV block on (B, C, H, W): x += g1 * SpatialMix(LN(x)); x += g2 * ChannelMix(LN(x)).
 
     Works on channels_last images: their (B, T, C) tokens are views, and the output is the
-    channels_last view of the result tokens (an NCHW-contiguous input costs one copy). The first
-    residual add and the second LayerNorm run as one pass (``_layer_norm(..., residual=)``).
+    channels_last view of the result tokens (an NCHW-contiguous input costs one copy). Each
+    residual add runs in the pass of the LayerNorm that follows it (``_layer_norm(..., residual=)``;
+    in a :class:`Stage` also the next block's ln1). In eval mode without autograd the layer scales
+    g1, g2 are folded into the output / value projections (derived weights, recomputed whenever a
+    parameter changes), which equals the product up to rounding.
     """
 
     def __init__(self, dim: int, hidden_rate: int = 4, recurrence: int = 2, wkv_impl: str = "auto"):
@@ -146,13 +154,45 @@ class Block(nn.Module):
         self.ffn = ChannelMix(dim, hidden_rate)
         self.gamma1 = nn.Parameter(torch.ones(dim))
         self.gamma2 = nn.Parameter(torch.ones(dim))
+        self._att_weight = DerivedTensor()  # gamma1[:, None] * att.output.weight
+        self._ffn_weight = DerivedTensor()  # gamma2[:, None] * ffn.value.weight
+
+    def tokens(self, t: torch.Tensor, pending: Optional[torch.Tensor], hw: Tuple[int, int]
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """On contiguous (B, T, C) tokens ``t + pending`` (``pending`` None: nothing to add):
+        returns ``(t', r)`` with the block's output ``t' + r`` (the last add is left to the caller)."""
+        if pending is None:
+            y = _layer_norm(t, self.ln1)
+        else:
+            y, t = _layer_norm(t, self.ln1, residual=pending)
+        if self.training or torch.is_grad_enabled():
+            y, t = _layer_norm(t, self.ln2, residual=self.gamma1 * self.att(y, hw))
+            return t, self.gamma2 * self.ffn(y, hw)
+        att_w = self._att_weight.get((self.gamma1, self.att.output.weight),
+                                     lambda: self.gamma1[:, None] * self.att.output.weight)
+        ffn_w = self._ffn_weight.get((self.gamma2, self.ffn.value.weight),
+                                     lambda: self.gamma2[:, None] * self.ffn.value.weight)
+        y, t = _layer_norm(t, self.ln2, residual=self.att(y, hw, output_weight=att_w))
+        return t, self.ffn(y, hw, value_weight=ffn_w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
-        t = _tokens(x).contiguous()  # (B, T, C); a copy only if x is not channels_last
-        y, t = _layer_norm(t, self.ln2, residual=self.gamma1 * self.att(_layer_norm(t, self.ln1), (H, W)))
-        t = t + self.gamma2 * self.ffn(y, (H, W))
-        return _image(t, (H, W))
+        t, r = self.tokens(_tokens(x).contiguous(), None, (H, W))  # a copy only if x is not channels_last
+        return _image(t + r, (H, W))
+
+
+class Stage(nn.Sequential):
+    """Blocks applied in turn to (B, C, H, W), on one set of tokens: each block's last residual add
+    runs in the next block's ln1 pass. Parameter names are those of ``nn.Sequential``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self) == 0:
+            return x
+        B, C, H, W = x.shape
+        t, pending = _tokens(x).contiguous(), None
+        for block in self:
+            t, pending = block.tokens(t, pending, (H, W))
+        return _image(t + pending, (H, W))
 
 
 class Downsample(nn.Module):
@@ -217,7 +257,7 @@ class RestoreRWKV(nn.Module):
         self.in_chans, self.out_chans = in_chans, out_chans
 
         def stage(n, c):
-            return nn.Sequential(*[Block(c, hidden_rate, recurrence, wkv_impl) for _ in range(n)])
+            return Stage(*[Block(c, hidden_rate, recurrence, wkv_impl) for _ in range(n)])
 
         self.patch_embed = nn.Conv2d(in_chans, dim, 3, padding=1, bias=True)
         self.encoder_level1 = stage(num_blocks[0], dim)
