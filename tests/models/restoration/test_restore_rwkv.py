@@ -141,6 +141,23 @@ def test_model_triton_matches_reference_cuda(dtype):
         assert (a - b).abs().max() <= 10 * tol * b.abs().max().clamp_min(1e-12)
 
 
+@pytest.mark.cuda
+def test_model_bfloat16_eval_cuda():
+    """bfloat16 eval on the fast paths (Bi-WKV column scans reading bf16 k/v, Triton LayerNorm and
+    depth-wise conv on channels_last) against the float64 reference network."""
+    from visionattn.ops.dispatch import use_impl
+
+    m = tiny(dim=16).cuda().eval()
+    x = torch.rand(1, 1, 64, 48, device="cuda")
+    with torch.no_grad():
+        with use_impl("reference"):
+            ref = m.double()(x.double())
+        out = m.bfloat16()(x.bfloat16())
+    assert out.dtype == torch.bfloat16 and out.is_contiguous()
+    err = ((out.double() - ref).norm() / ref.norm()).item()
+    assert err < 2e-2, err
+
+
 def official_state_dict(july_2024=False):
     """Random tensors with the official names/shapes from the key listing (July-2024: + att.dwconv)."""
     g = torch.Generator().manual_seed(0)

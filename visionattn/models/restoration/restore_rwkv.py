@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...hub import extract_state_dict
+from ...ops.depthwise_conv2d import depthwise_conv2d
 from ...ops.layer_norm import layer_norm
 from ...ops.wkv import re_wkv
 from ..derived_tensor import DerivedTensor
@@ -54,7 +55,7 @@ class OmniShift(nn.Module):
             a = self.alpha
             return a[0] * x + a[1] * self.conv1x1(x) + a[2] * self.conv3x3(x) + a[3] * self.conv5x5(x)
         weight = self.fused_weight() if torch.is_grad_enabled() else self._cached_fused_weight()
-        return F.conv2d(x, weight, padding=2, groups=x.shape[1])
+        return depthwise_conv2d(x, weight)  # Triton on channels_last CUDA maps, else F.conv2d
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # official state dicts carry the derived fused kernel; it is recomputed, never loaded
