@@ -20,5 +20,6 @@ optim_wrapper = dict(
     _delete_=True,
     type='AmpOptimWrapper',
     loss_scale=512.0,
+    constructor='GroupedOptimWrapperConstructor',  # one group per distinct setting, not per tensor
     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
     paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.0)}))

@@ -24,6 +24,7 @@ train_dataloader = dict(batch_size=2)
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
+    constructor='GroupedOptimWrapperConstructor',  # one group per distinct setting, not per tensor
     optimizer=dict(type='AdamW', lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01),
     paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.0)}))
 param_scheduler = [

@@ -1,7 +1,12 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from visionattn.ops import grouped_query_attention as gqa_mod
+from visionattn.ops._triton import triton_available
 from visionattn.ops.dispatch import use_impl
 from visionattn.ops.grouped_query_attention import IMPLS, example_inputs, grouped_query_attention, kv_head_index
 
@@ -19,7 +24,7 @@ def _mha(q, k, v, sizes):
 
 
 def test_contract():
-    assert IMPLS[-1] == "reference" and set(IMPLS) == {"sdpa_gqa", "sdpa_index", "reference"}
+    assert IMPLS[-1] == "reference" and set(IMPLS) == {"sdpa_gqa", "sdpa_expand", "sdpa_index", "reference"}
     out = grouped_query_attention(**example_inputs())
     assert out.shape == (2, 12, 197, 64)
 
@@ -89,6 +94,55 @@ def test_bad_inputs():
         grouped_query_attention(q, k, k, [2, 2])
     with pytest.raises(ValueError, match="does not support"):
         grouped_query_attention(q, k, k, [2, 1, 1], impl="sdpa_gqa")
+
+
+def _check_expand(device, dtype):
+    """sdpa_expand against the reference: per-image and shared sizes (empty groups included), K/V
+    as strided views into one fused projection (as the ViTs pass them), forward and gradients."""
+    torch.manual_seed(0)
+    B, H, G, N, d = 3, 6, 3, 11, 16
+    tol = dict(atol=2e-5, rtol=2e-5) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
+    for sizes in (torch.tensor([[2, 2, 2], [1, 0, 5], [4, 1, 1]]), torch.tensor([0, 6, 0])):
+        outs, grads = {}, {}
+        data = torch.randn(B, N, (H + 2 * G) * d, device=device).to(dtype)
+        for impl in ("sdpa_expand", "reference"):
+            qkv = data.clone().requires_grad_()
+            q, k, v = qkv.split([H * d, G * d, G * d], dim=-1)
+            q, k, v = (t.view(B, N, -1, d).transpose(1, 2) for t in (q, k, v))
+            if impl == "reference":  # the reference runs in fp32
+                q, k, v = q.float(), k.float(), v.float()
+            out = grouped_query_attention(q, k, v, sizes.to(device), impl=impl)
+            out.float().square().sum().backward()
+            outs[impl], grads[impl] = out.float(), qkv.grad.float()
+        torch.testing.assert_close(outs["sdpa_expand"], outs["reference"], **tol)
+        torch.testing.assert_close(grads["sdpa_expand"], grads["reference"], **tol)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="run by test_triton_interpreter")
+def test_triton_interpreter_cases():
+    _check_expand("cpu", torch.float32)
+
+
+@pytest.mark.skipif(not triton_available(), reason="triton not installed")
+def test_triton_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
+                           "-k", "test_triton_interpreter_cases"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_expand_matches_reference(dtype):
+    _check_expand("cuda", dtype)
+    inputs = example_inputs(device="cuda", dtype=dtype, batch=4)
+    per_sample = torch.stack([inputs["group_sizes"], inputs["group_sizes"].flip(0)] * 2)
+    args = {**inputs, "group_sizes": per_sample}
+    torch.testing.assert_close(grouped_query_attention(**args, impl="sdpa_expand"),
+                               grouped_query_attention(**args, impl="sdpa_index"), atol=0, rtol=0)
+    f = torch.compile(lambda q, k, v, s: grouped_query_attention(q, k, v, s, impl="sdpa_expand"), fullgraph=True)
+    torch.testing.assert_close(f(**{"q": args["q"], "k": args["k"], "v": args["v"], "s": per_sample}),
+                               grouped_query_attention(**args, impl="sdpa_index"), atol=0, rtol=0)
 
 
 @pytest.mark.cuda

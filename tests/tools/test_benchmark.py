@@ -53,6 +53,27 @@ def test_models_in_one_run(load_tool, capsys, tmp_path):
     assert "test_vit" in out and "speed-up" in out and "img/s" in out
 
 
+def test_rounds_take_turns(load_tool, capsys, tmp_path, monkeypatch):
+    tool = load_tool("benchmark")
+    order = []
+    timed_calls = tool.timed_calls
+
+    def spy(fn, device, iters):
+        order.append(fn)
+        return timed_calls(fn, device, iters)
+    monkeypatch.setattr(tool, "timed_calls", spy)
+    rc, out, report = _run(lambda name: tool, capsys, tmp_path, ["test_vit", "resnet10t", "--batch", "2", "--shape",
+                                                                 "h=32", "w=32", "--rounds", "3"])
+    assert rc == 0, out
+    a, b = order[0], order[1]
+    assert a is not b and order == [a, b] * 3  # first pass, then two rounds taking turns
+    for r in report["results"]:
+        assert len(r["rounds_ms"]) == 3 and "times_ms" not in r
+        assert r["latency_ms_min"] <= min(r["rounds_ms"]) and r["latency_ms"] <= r["latency_ms_max"]
+        assert r["throughput"] == pytest.approx(2e3 / r["latency_ms"])
+    assert report["settings"]["rounds"] == 3
+
+
 def test_train_mode_and_bad_target(load_tool, capsys, tmp_path):
     rc, out, report = _run(load_tool, capsys, tmp_path, ["test_vit", "--batch", "1", "--mode", "train",
                                                           "--shape", "h=32", "w=32"])

@@ -2,7 +2,7 @@
 
     visionattn-benchmark MODEL_OR_OP [MODEL_OR_OP ...] [--impl a,b,...] [--official path.py:fn]
         [--batch 8] [--dtype float32|float16|bfloat16] [--device cpu|cuda] [--shape k=v ...]
-        [--mode infer|train|train-e2e] [--channels-last] [--compile [--compile-options k=v] | --cuda-graph] [--warmup 10] [--iters 50] [--out DIR]
+        [--mode infer|train|train-e2e] [--channels-last] [--compile [--compile-options k=v] | --cuda-graph] [--warmup 10] [--iters 50] [--rounds 1] [--out DIR]
         [--model-kwargs k=v ...] [--checkpoint PATH]
 
 - A target is an op when ``visionattn/ops/<name>.py`` exists (op-module contract: the function
@@ -22,6 +22,10 @@
   (``visionattn.cuda_graph.TrainingGraph``); an ``official`` row stays eager, as released.
   ``--compile-options k=v`` passes inductor options to ``torch.compile``. ``first_call_s`` in the
   JSON is the wall time of the first call (compile or capture included).
+- ``--rounds R``: every row is timed R times (``--iters`` calls each), the rows taking turns, and its
+  latency is the median over all rounds (``rounds_ms`` in the JSON holds each round's median); the
+  models of all rows stay loaded. One row after another, a machine that drifts (clocks, temperature,
+  host load) favours one of them; taking turns spreads the drift over all.
 - Latency is the median over ``--iters`` timed calls after ``--warmup`` calls; CUDA is timed with
   events and synchronised, with ``cudnn.benchmark`` on (as timm's benchmark); peak memory is
   ``torch.cuda.max_memory_allocated`` above what the timed calls start from (CUDA only; with
@@ -94,6 +98,15 @@ def measure(fn: Callable[[], Any], device: torch.device, warmup: int, iters: int
         if since is None:
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
+    times = timed_calls(fn, device, iters)
+    result = dict(_latency(times), peak_mem_mib=None, times_ms=times)
+    if device.type == "cuda":
+        result["peak_mem_mib"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    return result
+
+
+def timed_calls(fn: Callable[[], Any], device: torch.device, iters: int) -> List[float]:
+    """Milliseconds of each of ``iters`` calls of ``fn()`` (CUDA events on CUDA)."""
     times = []
     for _ in range(iters):
         if device.type == "cuda":
@@ -107,11 +120,27 @@ def measure(fn: Callable[[], Any], device: torch.device, warmup: int, iters: int
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
-    result = {"latency_ms": statistics.median(times), "latency_ms_min": min(times),
-              "latency_ms_max": max(times), "peak_mem_mib": None}
-    if device.type == "cuda":
-        result["peak_mem_mib"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    return result
+    return times
+
+
+def _latency(times: List[float]) -> Dict[str, float]:
+    return {"latency_ms": statistics.median(times), "latency_ms_min": min(times), "latency_ms_max": max(times)}
+
+
+def interleave_rounds(timed: List[tuple], device: torch.device, rounds: int, iters: int) -> None:
+    """``rounds - 1`` more rounds of ``iters`` calls per row, the rows taking turns, so that a slow
+    drift of the machine (clocks, temperature, the host) reaches every row alike; each row's
+    latency becomes the median over all its rounds (``rounds_ms``: the median of each round)."""
+    for row, _ in timed:
+        row["rounds_ms"] = [statistics.median(row["times_ms"])]
+    for _ in range(rounds - 1):
+        for row, fn in timed:
+            times = timed_calls(fn, device, iters)
+            row["rounds_ms"].append(statistics.median(times))
+            row["times_ms"] += times
+    for row, _ in timed:
+        row.update(_latency(row["times_ms"]))
+        row["throughput"] = (row["batch"] or 1) * 1e3 / row["latency_ms"]
 
 
 # --- targets ----------------------------------------------------------------------------------
@@ -331,6 +360,7 @@ def _train_step(name: str, args, device, shape: Dict[str, Any]) -> Dict[str, Any
         since = torch.cuda.memory_allocated(device)
     fn()
     row = dict(measure(fn, device, args.warmup, args.iters, since=since), batch=batch)
+    row.pop("times_ms")
     row["throughput"], row["throughput_unit"] = batch * 1e3 / row["latency_ms"], "img/s"
     return row
 
@@ -379,6 +409,7 @@ def run(args) -> Dict[str, Any]:
                 raise ValueError(f"--mode train-e2e trains models; {target!r} is an op")
             rows += run_e2e(target, args, device, lambda shape, target=target: _train_step(target, args, device, shape))
         return {"machine": machine(device), "settings": _settings(args), "results": rows}
+    timed = []  # (row, fn) of every measured row: --rounds times them again, taking turns
     for target in args.targets:
         op = find_op(target)
         impls = list(args.impl) if args.impl else (list(op.IMPLS) if op is not None else ["auto"])
@@ -407,6 +438,7 @@ def run(args) -> Dict[str, Any]:
                 unit = _network_info(target).get("throughput_unit", "img/s") if kind == "model" else "calls/s"
                 row["throughput"] = (batch or 1) * 1e3 / row["latency_ms"]
                 row["throughput_unit"] = unit
+                timed.append((row, fn))
             except Exception as err:  # one failing impl must not hide the others' numbers
                 msg = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
                 # impls taken by default from IMPLS may not run here (e.g. a CUDA kernel on CPU)
@@ -415,6 +447,10 @@ def run(args) -> Dict[str, Any]:
                 first = None
             row["_out"] = first.detach().float() if first is not None else None
             rows.append(row)
+    if args.rounds > 1:
+        interleave_rounds(timed, device, args.rounds, args.iters)
+    for row in rows:
+        row.pop("times_ms", None)
     _compare(rows)
     return {"machine": machine(device), "settings": _settings(args), "results": rows}
 
@@ -438,7 +474,7 @@ def _compare(rows: List[Dict[str, Any]]) -> None:
 
 def _settings(args) -> Dict[str, Any]:
     keys = ("targets", "impl", "official", "batch", "dtype", "device", "shape", "mode", "channels_last",
-            "compile", "compile_options", "cuda_graph", "warmup", "iters", "model_kwargs", "checkpoint")
+            "compile", "compile_options", "cuda_graph", "warmup", "iters", "rounds", "model_kwargs", "checkpoint")
     out = {k: getattr(args, k) for k in keys}
     if args.mode == "train-e2e":
         out.update({k: getattr(args, k) for k in ("config", "workers", "detail_iters", "cfg_options")})
@@ -503,10 +539,15 @@ def parse_args(argv=None):
                         "captured CUDA graphs; an --official row stays eager")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="time every row this many times, the rows taking turns (all models stay loaded); "
+                        "the latency is the median over the rounds: fairer ratios of rows of one run")
     p.add_argument("--out", default="benchmarks", help="folder for the JSON result ('' to skip saving)")
     args = p.parse_args(argv)
-    if args.warmup < 0 or args.iters < 1:
-        p.error("--warmup must be >= 0 and --iters >= 1")
+    if args.warmup < 0 or args.iters < 1 or args.rounds < 1:
+        p.error("--warmup must be >= 0, --iters and --rounds >= 1")
+    if args.rounds > 1 and args.mode == "train-e2e":
+        p.error("--rounds interleaves rows of --mode infer/train; a train-e2e run is timed once")
     if args.cuda_graph and args.compile:
         p.error("--cuda-graph is for eager models (not with --compile)")
     if args.compile_options and not args.compile:

@@ -7,6 +7,9 @@ key-norm driven allocation computed per image needs, and a KV head may get zero 
 
 Implementations (fastest first):
 - ``sdpa_gqa``: uniform groups only; one ``F.scaled_dot_product_attention(..., enable_gqa=True)``.
+- ``sdpa_expand``: any group sizes (CUDA; CPU under ``TRITON_INTERPRET=1``); one Triton pass
+  reads K and V through their strides and writes them expanded to H heads, then one SDPA call
+  (:mod:`._grouped_query_attention_triton`). The same numbers as ``sdpa_index``.
 - ``sdpa_index``: any group sizes; the KV head each query head reads is computed with tensor
   ops (no host sync, no data-dependent shapes), K/V are expanded to H heads by index and one
   SDPA call runs all heads. Mathematically equal to the per-group loop.
@@ -17,10 +20,12 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from . import _grouped_query_attention_triton  # noqa: F401  (importing it registers the custom op)
 from ._checks import check_number, check_tensors
+from ._triton import can_run
 from .dispatch import pick
 
-IMPLS = ("sdpa_gqa", "sdpa_index", "reference")
+IMPLS = ("sdpa_gqa", "sdpa_expand", "sdpa_index", "reference")
 
 GroupSizes = Optional[Union[torch.Tensor, Sequence[int]]]
 
@@ -152,6 +157,20 @@ def _sdpa_index(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_sizes: 
                                           scale=scale)
 
 
+def _sdpa_expand(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_sizes: Optional[torch.Tensor],
+                 scale: Optional[float], dropout_p: float, attn_mask: Optional[torch.Tensor] = None,
+                 is_causal: bool = False) -> torch.Tensor:
+    B, H = q.shape[:2]
+    idx = kv_head_index(group_sizes.to(q.device), H).expand(B, H).to(torch.int32)
+    k_exp, v_exp = torch.ops.visionattn.expand_kv_heads(k, v, idx)  # (B, N, H, d) each
+    return F.scaled_dot_product_attention(q, k_exp.transpose(1, 2), v_exp.transpose(1, 2), attn_mask=attn_mask,
+                                          dropout_p=dropout_p, is_causal=is_causal, scale=scale)
+
+
+def _expand_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    return can_run(q, k, v) and k.stride(-1) == 1 and v.stride(-1) == 1
+
+
 def grouped_query_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                  group_sizes: Optional[torch.Tensor], dropout_p: float = 0.0,
                                  attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False) -> torch.Tensor:
@@ -197,11 +216,14 @@ def grouped_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g
         _check_sums(group_sizes, q.shape[1])
     impl = pick("grouped_query_attention", impl, {
         "sdpa_gqa": group_sizes is None,
+        "sdpa_expand": group_sizes is not None and _expand_supported(q, k, v),
         "sdpa_index": True,
         "reference": True,
     })
     if impl == "sdpa_gqa":
         return _sdpa_gqa(q, k, v, scale, dropout_p, attn_mask, is_causal)
+    if impl == "sdpa_expand":
+        return _sdpa_expand(q, k, v, group_sizes, scale, dropout_p, attn_mask, is_causal)
     if impl == "sdpa_index":
         return _sdpa_index(q, k, v, group_sizes, scale, dropout_p, attn_mask, is_causal)
     return _reference(q, k, v, group_sizes, scale, dropout_p, attn_mask, is_causal)

@@ -5,6 +5,8 @@
 total_batch_size = 1024
 optim_wrapper = dict(
     type="OptimWrapper",
+    # one optimiser group per distinct setting, not per tensor (see visionattn.engine.grouped_optim)
+    constructor="GroupedOptimWrapperConstructor",
     optimizer=dict(type="AdamW", lr=1e-3, weight_decay=0.05, betas=(0.9, 0.999), eps=1e-8),
     paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0, flat_decay_mult=0.0),
 )
