@@ -93,6 +93,8 @@ def _from_columns(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
 def _check_columns(op: str, columns, T: int) -> Tuple[int, int]:
     if not isinstance(columns, (tuple, list)) or len(columns) != 2:
         raise ValueError(f"{op}: columns/hw must be (H, W), got {columns!r}")
+    if torch.jit.is_tracing():  # torch.jit.trace hands sizes over as 0-dim tensors; a trace is of one size
+        columns = tuple(int(c) if isinstance(c, torch.Tensor) and c.dim() == 0 else c for c in columns)
     H, W = check_int(op, "hw[0]", columns[0]), check_int(op, "hw[1]", columns[1])
     if H * W != T:
         raise ValueError(f"{op}: hw={tuple(columns)} does not match T={T} tokens (H*W must equal T)")
