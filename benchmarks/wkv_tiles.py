@@ -9,7 +9,8 @@ row order) through CUDA-graph replay (median over samples of ``--reps`` replays,
 in three stages so that it stays within ``--budget`` seconds (compiling dominates):
 
 1. BLOCK_C in {16, 32, 64, all channels} x BLOCK_T in {32, 64, 128, 256} (tiles of 1k-16k
-   elements) at 4 warps and 1024 programs;
+   elements) at 4 warps and 1024 programs, and each BLOCK_C with BLOCK_T = 1 (the
+   one-token-per-step kernel) at 1024 and 4096 programs;
 2. num_warps in {1, 2, 4, 8} for each shape's best tile;
 3. programs in {512, 1024, 2048, 4096} for each shape's best tile and warps;
 
@@ -116,9 +117,12 @@ def main() -> None:
             run(shape, defaults[shape])
         for shape in SHAPES:  # stage 1: tile shape (at the default warps and programs)
             for bc in BLOCK_C:
+                width = bc or 1 << (shape[1] - 1).bit_length()
                 for bt in BLOCK_T:
-                    if 1024 <= (bc or 1 << (shape[1] - 1).bit_length()) * bt <= 16384:
+                    if 1024 <= width * bt <= 16384:
                         run(shape, (bc, bt, 4, 1024))
+                for prog in (1024, 4096):  # one token per step: a warp per 32-64 channels, more segments
+                    run(shape, (bc, 1, max(1, min(4, width // 64)), prog))
         for shape in SHAPES:  # stage 2: warps
             (bc, bt, _, prog) = best(shape)[1]
             for warps in WARPS:

@@ -148,6 +148,14 @@ def _triton_column_check(device="cpu", dtypes=(torch.float64,)):
         torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
 
 
+def _triton_sequential_check():
+    """The one-token-per-step scan kernel (a TILES BLOCK_T of 1): the quick, float32 and column checks."""
+    _wkv_triton.TILES = {"fwd": [(None, (4, 1, 1, 1024))], "bwd": [(None, (2, 1, 1, 1024))]}
+    _triton_quick_check()
+    _triton_quick_check_float32()
+    _triton_column_check()
+
+
 def _triton_checks(device):
     """Triton kernel vs oracle (values) and vs the reference (gradients).
 
@@ -200,6 +208,10 @@ def test_triton_kernel_in_interpreter_quick():
 
 def test_triton_kernel_in_interpreter_float32():
     _run_interpreted("_triton_quick_check_float32")
+
+
+def test_triton_sequential_scan_in_interpreter():
+    _run_interpreted("_triton_sequential_check")
 
 
 def test_triton_column_order_in_interpreter():

@@ -165,6 +165,85 @@ if triton is not None:
             tl.store(state_ptr + 4 * plane + soff_state, sd2, mask=cmask)
 
     @triton.jit
+    def _sequential_scan_kernel(x_ptr, v1_ptr, v2_ptr, w_ptr, o1_ptr, o2_ptr, od1_ptr, od2_ptr, rho_ptr,
+                                state_ptr, T, C, SEG_LEN, NSEG, H, W,
+                                REVERSE: tl.constexpr, COLS: tl.constexpr, V2_ONES: tl.constexpr,
+                                DIST: tl.constexpr, SUMMARY: tl.constexpr, HAS_CARRY: tl.constexpr,
+                                BLOCK_C: tl.constexpr):
+        """The same sums, outputs and segment states as :func:`_causal_scan_kernel`, one token per
+        step: the state (p, s1, s2[, sd1, sd2]) at position t moves to t + 1 by
+        p' = max(p - w, x_t), s' = s e^{p - w - p'} + v_t e^{x_t - p'} (sd' = (sd + s) e^{p - w - p'}),
+        so every position keeps its own log-scale with two exponentials per element (the chunked
+        scan spends a tree of combines per element). Selected by a BLOCK_T of 1 in ``TILES``.
+        """
+        b = tl.program_id(0)
+        g = tl.program_id(2)
+        cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = cs < C
+        w = tl.load(w_ptr + cs, mask=cmask, other=0.0)
+        dt = w.dtype
+        base = b.to(tl.int64) * T * C
+        plane = NSEG * C * tl.num_programs(0)
+        soff_state = (b.to(tl.int64) * NSEG + g) * C + cs
+        if HAS_CARRY:
+            p = tl.load(state_ptr + soff_state, mask=cmask, other=_NEG_TL).to(dt)
+            s1 = tl.load(state_ptr + plane + soff_state, mask=cmask, other=0.0).to(dt)
+            s2 = tl.load(state_ptr + 2 * plane + soff_state, mask=cmask, other=0.0).to(dt)
+            sd1 = tl.load(state_ptr + 3 * plane + soff_state, mask=cmask, other=0.0).to(dt)
+            sd2 = tl.load(state_ptr + 4 * plane + soff_state, mask=cmask, other=0.0).to(dt)
+        else:
+            p = tl.full([BLOCK_C], _NEG_TL, dt)
+            s1 = tl.zeros([BLOCK_C], dt)
+            s2 = tl.zeros([BLOCK_C], dt)
+            sd1 = tl.zeros([BLOCK_C], dt)
+            sd2 = tl.zeros([BLOCK_C], dt)
+        seg_start = g * SEG_LEN
+        seg_end = tl.minimum(seg_start + SEG_LEN, T)
+        for t in range(seg_start, seg_end):
+            src = tl.maximum(t - 1, 0)  # position 0 has no source: masked below
+            if REVERSE:
+                row_out = T - 1 - t
+                row_src = T - 1 - src
+            else:
+                row_out = t
+                row_src = src
+            if COLS:
+                row_out = (row_out % H) * W + row_out // H
+                row_src = (row_src % H) * W + row_src // H
+            smask = cmask & (t > 0)
+            soff = base + row_src.to(tl.int64) * C + cs
+            x = tl.load(x_ptr + soff, mask=smask, other=_NEG_TL).to(dt)
+            a = tl.load(v1_ptr + soff, mask=smask, other=0.0).to(dt)
+            if V2_ONES:
+                bb = tl.where(smask, 1.0, 0.0).to(dt)
+            else:
+                bb = tl.load(v2_ptr + soff, mask=smask, other=0.0).to(dt)
+            pd = p - w
+            pn = tl.maximum(pd, x)
+            eo = tl.exp(pd - pn)
+            en = tl.exp(x - pn)
+            if DIST:
+                sd1 = (sd1 + s1) * eo
+                sd2 = (sd2 + s2) * eo
+            s1 = s1 * eo + a * en
+            s2 = s2 * eo + bb * en
+            p = pn
+            if not SUMMARY:
+                ooff = base + row_out.to(tl.int64) * C + cs
+                tl.store(o1_ptr + ooff, s1, mask=cmask)
+                tl.store(o2_ptr + ooff, s2, mask=cmask)
+                tl.store(rho_ptr + ooff, p, mask=cmask)
+                if DIST:
+                    tl.store(od1_ptr + ooff, sd1, mask=cmask)
+                    tl.store(od2_ptr + ooff, sd2, mask=cmask)
+        if SUMMARY:  # state at the segment's last position
+            tl.store(state_ptr + soff_state, p, mask=cmask)
+            tl.store(state_ptr + plane + soff_state, s1, mask=cmask)
+            tl.store(state_ptr + 2 * plane + soff_state, s2, mask=cmask)
+            tl.store(state_ptr + 3 * plane + soff_state, sd1, mask=cmask)
+            tl.store(state_ptr + 4 * plane + soff_state, sd2, mask=cmask)
+
+    @triton.jit
     def _segment_carry_kernel(state_ptr, w_ptr, C, SEG_LEN, NSEG, BLOCK_C: tl.constexpr):
         """In place over (5, B, NSEG, C): segment summaries -> incoming carries.
 
@@ -211,8 +290,9 @@ _FORCE_SEG_LEN = None  # tests set it to exercise segment carries on tiny sequen
 # Launch settings of the scan kernel per pass ("fwd": the forward's sums; "bwd": the backward's,
 # with the distance-weighted sums) and channel count C: the first row whose bound is >= C applies
 # (None: any C). Each setting is (BLOCK_C, BLOCK_T, num_warps, programs): BLOCK_C 0 puts all
-# channels in one program (next power of two of C); programs is how many programs the segment
-# split aims at (B * channel blocks * segments). ``benchmarks/wkv_tiles.py`` times alternatives.
+# channels in one program (next power of two of C); BLOCK_T 1 selects the one-token-per-step
+# kernel (_sequential_scan_kernel) instead of the chunked scan; programs is how many programs the
+# segment split aims at (B * channel blocks * segments). ``benchmarks/wkv_tiles.py`` times alternatives.
 TILES = {
     "fwd": [(64, (16, 128, 4, 1024)), (128, (32, 128, 4, 1024)), (256, (32, 128, 4, 1024)),
             (None, (32, 128, 4, 1024))],
@@ -246,7 +326,7 @@ def _scan(x, v1, v2, w, reverse: bool, dist: bool, cols_h: int = 0, tile=None):
     block_c, block_t, warps, programs = tile or scan_tile(dist, C)
     if block_c == 0:
         block_c = triton.next_power_of_2(C)
-    if not x.is_cuda:
+    if not x.is_cuda and block_t > 1:
         block_t = 8  # tiny chunks on the CPU interpreter: carries get tested
     n_cb = triton.cdiv(C, block_c)
     # split T into segments so that enough programs run in parallel (each walks its segment)
@@ -261,12 +341,17 @@ def _scan(x, v1, v2, w, reverse: bool, dist: bool, cols_h: int = 0, tile=None):
     flags = dict(REVERSE=reverse, COLS=bool(cols_h), V2_ONES=v2 is None, DIST=dist, BLOCK_T=block_t,
                  BLOCK_C=block_c, num_warps=warps)
     state = x.new_empty(5, B, nseg, C, dtype=w.dtype) if nseg > 1 else x.new_empty(1, dtype=w.dtype)
+    if block_t == 1:
+        kernel = _sequential_scan_kernel
+        del flags["BLOCK_T"]
+    else:
+        kernel = _causal_scan_kernel
     if nseg > 1:
-        _causal_scan_kernel[(B, n_cb, nseg)](x, v1, v2_arg, w, o1, o2, od1, od2, rho, state, T, C, seg_len, nseg,
-                                             H, T // H, SUMMARY=True, HAS_CARRY=False, **flags)
+        kernel[(B, n_cb, nseg)](x, v1, v2_arg, w, o1, o2, od1, od2, rho, state, T, C, seg_len, nseg,
+                                H, T // H, SUMMARY=True, HAS_CARRY=False, **flags)
         _segment_carry_kernel[(B, n_cb)](state, w, C, seg_len, nseg, BLOCK_C=block_c)
-    _causal_scan_kernel[(B, n_cb, nseg)](x, v1, v2_arg, w, o1, o2, od1, od2, rho, state, T, C, seg_len, nseg,
-                                         H, T // H, SUMMARY=False, HAS_CARRY=nseg > 1, **flags)
+    kernel[(B, n_cb, nseg)](x, v1, v2_arg, w, o1, o2, od1, od2, rho, state, T, C, seg_len, nseg,
+                            H, T // H, SUMMARY=False, HAS_CARRY=nseg > 1, **flags)
     return (o1, o2, rho, od1, od2) if dist else (o1, o2, rho)
 
 
