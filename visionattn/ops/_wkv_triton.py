@@ -41,7 +41,7 @@ if triton is not None:
     @triton.jit
     def _causal_scan_kernel(x_ptr, v1_ptr, v2_ptr, w_ptr, o1_ptr, o2_ptr, od1_ptr, od2_ptr, rho_ptr,
                             state_ptr, T, C, SEG_LEN, NSEG, H, W,
-                            REVERSE: tl.constexpr, COLS: tl.constexpr, V2_ONES: tl.constexpr, DIST: tl.constexpr,
+                            COLS: tl.constexpr, V2_ONES: tl.constexpr, DIST: tl.constexpr,
                             SUMMARY: tl.constexpr, HAS_CARRY: tl.constexpr,
                             BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
         """For s in {v1, v2}: S_t = sum_{i<t} e^{-(t-1-i) w + x_i} s_i = o_t * e^{rho_t} (in scan order),
@@ -51,26 +51,34 @@ if triton is not None:
         down the columns, (w h) order: scan position t reads and writes memory row
         (t % H) * W + t // H, so column scans need no transposed copies.
 
-        One program per (batch, channel block, segment of SEG_LEN tokens) walks its segment in
-        chunks of BLOCK_T. A chunk loads the sources shifted by one (i = t - 1), so an inclusive
-        log-sum-exp scan over the chunk gives the exclusive sums; the carry is the result at the
-        chunk's last position. Segments run in parallel: a SUMMARY pass (zero carry; per chunk a
-        max-shifted reduction instead of the scan) stores each segment's final state in ``state_ptr`` (5, B, NSEG, C) = (p, s1, s2, sd1, sd2); after
-        :func:`_segment_carry_kernel` turned those into incoming carries, the HAS_CARRY pass starts
-        every segment from its carry and stores the outputs.
+        One launch runs both directions: the reverse (anti-causal) scan of sequence b is the causal
+        scan of its reversed rows, and its outputs go to the second half of the (2, B, T, C) outputs.
+        One program per (direction and batch, channel block, segment of SEG_LEN tokens) walks its
+        segment in chunks of BLOCK_T. A chunk loads the sources shifted by one (i = t - 1), so an
+        inclusive log-sum-exp scan over the chunk gives the exclusive sums; the carry is the result
+        at the chunk's last position. Segments run in parallel: a SUMMARY pass (zero carry; per
+        chunk a max-shifted reduction instead of the scan) stores each segment's final state in
+        ``state_ptr`` (5, 2, B, NSEG, C) = (p, s1, s2, sd1, sd2); after :func:`_segment_carry_kernel`
+        turned those into incoming carries, the HAS_CARRY pass starts every segment from its carry
+        and stores the outputs.
         """
-        b = tl.program_id(0)
+        # program axis 0: direction-major (forward scans of the B sequences, then the reverse
+        # ones); outputs and states are (2, B, ...) with that index, inputs (B, ...)
+        pid = tl.program_id(0)
+        nb = tl.num_programs(0) // 2
+        rev = (pid >= nb).to(tl.int32)
         g = tl.program_id(2)
         cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
         cmask = cs < C
         w = tl.load(w_ptr + cs, mask=cmask, other=0.0)
         dt = w.dtype
-        base = b.to(tl.int64) * T * C
+        base = (pid % nb).to(tl.int64) * T * C
+        obase = pid.to(tl.int64) * T * C
         j = tl.arange(0, BLOCK_T)
         jf = j.to(dt)
         # carry: sums for position t0 - 1 of the current chunk, log-scale p
-        plane = NSEG * C * tl.num_programs(0)  # one (B, NSEG, C) plane of state_ptr
-        soff_state = (b.to(tl.int64) * NSEG + g) * C + cs
+        plane = NSEG * C * tl.num_programs(0)  # one (2, B, NSEG, C) plane of state_ptr
+        soff_state = (pid.to(tl.int64) * NSEG + g) * C + cs
         if HAS_CARRY:
             p = tl.load(state_ptr + soff_state, mask=cmask, other=_NEG_TL).to(dt)
             s1 = tl.load(state_ptr + plane + soff_state, mask=cmask, other=0.0).to(dt)
@@ -88,12 +96,8 @@ if triton is not None:
         for t0 in range(seg_start, seg_end, BLOCK_T):
             tt = t0 + j
             src = tt - 1
-            if REVERSE:
-                rows_out = T - 1 - tt
-                rows_src = T - 1 - src
-            else:
-                rows_out = tt
-                rows_src = src
+            rows_out = tt + rev * (T - 1 - 2 * tt)  # reverse scans: position t is row T - 1 - t
+            rows_src = src + rev * (T - 1 - 2 * src)
             if COLS:  # scan position -> memory row of the (h w)-ordered grid (masked positions stay in range)
                 rows_out = tl.minimum(tl.maximum(rows_out, 0), T - 1)
                 rows_src = tl.minimum(tl.maximum(rows_src, 0), T - 1)
@@ -141,7 +145,7 @@ if triton is not None:
                 ec = tl.exp(lc - rho)
                 o1 = a * el + s1[None, :] * ec
                 o2 = bb * el + s2[None, :] * ec
-                ooff = base + rows_out.to(tl.int64)[:, None] * C + cs[None, :]
+                ooff = obase + rows_out.to(tl.int64)[:, None] * C + cs[None, :]
                 tl.store(o1_ptr + ooff, o1, mask=omask)
                 tl.store(o2_ptr + ooff, o2, mask=omask)
                 tl.store(rho_ptr + ooff, rho, mask=omask)
@@ -167,8 +171,7 @@ if triton is not None:
     @triton.jit
     def _sequential_scan_kernel(x_ptr, v1_ptr, v2_ptr, w_ptr, o1_ptr, o2_ptr, od1_ptr, od2_ptr, rho_ptr,
                                 state_ptr, T, C, SEG_LEN, NSEG, H, W,
-                                REVERSE: tl.constexpr, COLS: tl.constexpr, V2_ONES: tl.constexpr,
-                                DIST: tl.constexpr, SUMMARY: tl.constexpr, HAS_CARRY: tl.constexpr,
+                                COLS: tl.constexpr, V2_ONES: tl.constexpr, DIST: tl.constexpr, SUMMARY: tl.constexpr, HAS_CARRY: tl.constexpr,
                                 BLOCK_C: tl.constexpr):
         """The same sums, outputs and segment states as :func:`_causal_scan_kernel`, one token per
         step: the state (p, s1, s2[, sd1, sd2]) at position t moves to t + 1 by
@@ -176,15 +179,20 @@ if triton is not None:
         so every position keeps its own log-scale with two exponentials per element (the chunked
         scan spends a tree of combines per element). Selected by a BLOCK_T of 1 in ``TILES``.
         """
-        b = tl.program_id(0)
+        # program axis 0: direction-major (forward scans of the B sequences, then the reverse
+        # ones); outputs and states are (2, B, ...) with that index, inputs (B, ...)
+        pid = tl.program_id(0)
+        nb = tl.num_programs(0) // 2
+        rev = (pid >= nb).to(tl.int32)
         g = tl.program_id(2)
         cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
         cmask = cs < C
         w = tl.load(w_ptr + cs, mask=cmask, other=0.0)
         dt = w.dtype
-        base = b.to(tl.int64) * T * C
+        base = (pid % nb).to(tl.int64) * T * C
+        obase = pid.to(tl.int64) * T * C
         plane = NSEG * C * tl.num_programs(0)
-        soff_state = (b.to(tl.int64) * NSEG + g) * C + cs
+        soff_state = (pid.to(tl.int64) * NSEG + g) * C + cs
         if HAS_CARRY:
             p = tl.load(state_ptr + soff_state, mask=cmask, other=_NEG_TL).to(dt)
             s1 = tl.load(state_ptr + plane + soff_state, mask=cmask, other=0.0).to(dt)
@@ -201,12 +209,8 @@ if triton is not None:
         seg_end = tl.minimum(seg_start + SEG_LEN, T)
         for t in range(seg_start, seg_end):
             src = tl.maximum(t - 1, 0)  # position 0 has no source: masked below
-            if REVERSE:
-                row_out = T - 1 - t
-                row_src = T - 1 - src
-            else:
-                row_out = t
-                row_src = src
+            row_out = t + rev * (T - 1 - 2 * t)
+            row_src = src + rev * (T - 1 - 2 * src)
             if COLS:
                 row_out = (row_out % H) * W + row_out // H
                 row_src = (row_src % H) * W + row_src // H
@@ -229,7 +233,7 @@ if triton is not None:
             s2 = s2 * eo + bb * en
             p = pn
             if not SUMMARY:
-                ooff = base + row_out.to(tl.int64) * C + cs
+                ooff = obase + row_out.to(tl.int64) * C + cs
                 tl.store(o1_ptr + ooff, s1, mask=cmask)
                 tl.store(o2_ptr + ooff, s2, mask=cmask)
                 tl.store(rho_ptr + ooff, p, mask=cmask)
@@ -245,7 +249,7 @@ if triton is not None:
 
     @triton.jit
     def _segment_carry_kernel(state_ptr, w_ptr, C, SEG_LEN, NSEG, BLOCK_C: tl.constexpr):
-        """In place over (5, B, NSEG, C): segment summaries -> incoming carries.
+        """In place over (5, 2B, NSEG, C) (both directions): segment summaries -> incoming carries.
 
         carry_0 = 0; carry_{g+1} = summary_g + e^{-SEG_LEN w} carry_g (each at the last position of
         segment g); the distance-weighted sums also gain SEG_LEN * carry_g.
@@ -309,8 +313,9 @@ def scan_tile(dist: bool, C: int) -> Tuple[int, int, int, int]:
     raise ValueError(f"wkv TILES has no setting for C={C}: end each list with a (None, setting) row")
 
 
-def _scan(x, v1, v2, w, reverse: bool, dist: bool, cols_h: int = 0, tile=None):
-    """Launch the causal scan over (B, T, C) (anti-causal when ``reverse``); returns (o1, o2, rho[, od1, od2]).
+def _scan(x, v1, v2, w, dist: bool, cols_h: int = 0, tile=None):
+    """Launch the causal and the anti-causal scan over (B, T, C) together; returns two tuples
+    (forward, reverse), each (o1, o2, rho[, od1, od2]).
 
     ``cols_h`` > 0: the tokens are an (h w)-ordered grid of ``cols_h`` rows and the scan runs in
     (w h) order (outputs stay in (h w) order). ``tile``: a (BLOCK_C, BLOCK_T, num_warps, programs)
@@ -320,7 +325,7 @@ def _scan(x, v1, v2, w, reverse: bool, dist: bool, cols_h: int = 0, tile=None):
     B, T, C = x.shape
     if cols_h and T % cols_h:
         raise ValueError(f"wkv scan: cols_h={cols_h} does not divide T={T}")
-    new = lambda: torch.empty(x.shape, device=x.device, dtype=w.dtype)  # noqa: E731
+    new = lambda: torch.empty((2,) + tuple(x.shape), device=x.device, dtype=w.dtype)  # noqa: E731
     o1, o2, rho = new(), new(), new()
     od1, od2 = (new(), new()) if dist else (o1, o2)
     block_c, block_t, warps, programs = tile or scan_tile(dist, C)
@@ -329,7 +334,7 @@ def _scan(x, v1, v2, w, reverse: bool, dist: bool, cols_h: int = 0, tile=None):
     if not x.is_cuda and block_t > 1:
         block_t = 8  # tiny chunks on the CPU interpreter: carries get tested
     n_cb = triton.cdiv(C, block_c)
-    # split T into segments so that enough programs run in parallel (each walks its segment)
+    # split T into segments so that enough programs run in parallel per direction (each walks its segment)
     if _FORCE_SEG_LEN is not None:
         seg_len = _FORCE_SEG_LEN
     else:
@@ -338,21 +343,22 @@ def _scan(x, v1, v2, w, reverse: bool, dist: bool, cols_h: int = 0, tile=None):
     nseg = triton.cdiv(T, seg_len)
     v2_arg = x if v2 is None else v2
     H = cols_h if cols_h else 1
-    flags = dict(REVERSE=reverse, COLS=bool(cols_h), V2_ONES=v2 is None, DIST=dist, BLOCK_T=block_t,
-                 BLOCK_C=block_c, num_warps=warps)
-    state = x.new_empty(5, B, nseg, C, dtype=w.dtype) if nseg > 1 else x.new_empty(1, dtype=w.dtype)
+    flags = dict(COLS=bool(cols_h), V2_ONES=v2 is None, DIST=dist, BLOCK_C=block_c, num_warps=warps)
     if block_t == 1:
         kernel = _sequential_scan_kernel
-        del flags["BLOCK_T"]
     else:
         kernel = _causal_scan_kernel
+        flags["BLOCK_T"] = block_t
+    state = x.new_empty(5, 2, B, nseg, C, dtype=w.dtype) if nseg > 1 else x.new_empty(1, dtype=w.dtype)
+    grid = (2 * B, n_cb, nseg)
     if nseg > 1:
-        kernel[(B, n_cb, nseg)](x, v1, v2_arg, w, o1, o2, od1, od2, rho, state, T, C, seg_len, nseg,
-                                H, T // H, SUMMARY=True, HAS_CARRY=False, **flags)
-        _segment_carry_kernel[(B, n_cb)](state, w, C, seg_len, nseg, BLOCK_C=block_c)
-    kernel[(B, n_cb, nseg)](x, v1, v2_arg, w, o1, o2, od1, od2, rho, state, T, C, seg_len, nseg,
-                            H, T // H, SUMMARY=False, HAS_CARRY=nseg > 1, **flags)
-    return (o1, o2, rho, od1, od2) if dist else (o1, o2, rho)
+        kernel[grid](x, v1, v2_arg, w, o1, o2, od1, od2, rho, state, T, C, seg_len, nseg, H, T // H,
+                     SUMMARY=True, HAS_CARRY=False, **flags)
+        _segment_carry_kernel[(2 * B, n_cb)](state, w, C, seg_len, nseg, BLOCK_C=block_c)
+    kernel[grid](x, v1, v2_arg, w, o1, o2, od1, od2, rho, state, T, C, seg_len, nseg, H, T // H,
+                 SUMMARY=False, HAS_CARRY=nseg > 1, **flags)
+    outs = (o1, o2, rho, od1, od2) if dist else (o1, o2, rho)
+    return tuple(t[0] for t in outs), tuple(t[1] for t in outs)
 
 
 if triton is not None:
@@ -403,8 +409,7 @@ if triton is not None:
         dt = compute_dtype(k)
         w, u = w.to(dt).contiguous(), u.to(dt).contiguous()
         k, v = k.contiguous(), v.contiguous()
-        n_f, d_f, r_f = _scan(k, v, None, w, reverse=False, dist=False, cols_h=cols_h)
-        n_b, d_b, r_b = _scan(k, v, None, w, reverse=True, dist=False, cols_h=cols_h)
+        (n_f, d_f, r_f), (n_b, d_b, r_b) = _scan(k, v, None, w, dist=False, cols_h=cols_h)
         return _combine(n_f, d_f, r_f, n_b, d_b, r_b, u, k, v)
 
     @bi_wkv_triton.register_fake
@@ -429,8 +434,7 @@ if triton is not None:
         w, u, k, v, y, log_den, gy = (t.to(dt).contiguous() for t in (w, u, k, v, y, log_den, gy))
         x = (-log_den).contiguous()
         gyy = (gy * y).contiguous()
-        f1, f2, rf, fd1, fd2 = _scan(x, gy, gyy, w, reverse=False, dist=True, cols_h=cols_h)
-        b1, b2, rb, bd1, bd2 = _scan(x, gy, gyy, w, reverse=True, dist=True, cols_h=cols_h)
+        (f1, f2, rf, fd1, fd2), (b1, b2, rb, bd1, bd2) = _scan(x, gy, gyy, w, dist=True, cols_h=cols_h)
         ef, eb = (rf + k).exp(), (rb + k).exp()  # e^{k_i} times each part's scale: bounded
         es = (u + k - log_den).exp()
         gv = f1 * ef + b1 * eb + es * gy
