@@ -397,8 +397,7 @@ if triton is not None:
                                                   BLOCK=block, num_warps=4)
         return y, log_den
 
-    @torch.library.custom_op("visionattn::bi_wkv", mutates_args=())
-    def bi_wkv_triton(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cols_h: int = 0
+    def bi_wkv_launch(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cols_h: int = 0
                       ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Returns (y, log of the denominator), both (B, T, C) in the compute dtype.
 
@@ -411,6 +410,8 @@ if triton is not None:
         k, v = k.contiguous(), v.contiguous()
         (n_f, d_f, r_f), (n_b, d_b, r_b) = _scan(k, v, None, w, dist=False, cols_h=cols_h)
         return _combine(n_f, d_f, r_f, n_b, d_b, r_b, u, k, v)
+
+    bi_wkv_triton = torch.library.custom_op("visionattn::bi_wkv", mutates_args=())(bi_wkv_launch)
 
     @bi_wkv_triton.register_fake
     def _(w, u, k, v, cols_h=0):

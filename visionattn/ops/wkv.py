@@ -24,7 +24,8 @@ from typing import Optional, Tuple
 import torch
 
 from ._checks import check_int, check_params, check_tensors
-from ._triton import FLOAT_DTYPES, can_run
+from . import _wkv_triton
+from ._triton import FLOAT_DTYPES, can_run, launch_directly
 from ._wkv_triton import NEG, compute_dtype  # importing it registers the custom ops
 from .dispatch import pick
 
@@ -123,6 +124,8 @@ def bi_wkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i
     H, W = _check_columns("bi_wkv", columns, k.shape[1]) if columns is not None else (0, 0)
     choice = pick("bi_wkv", impl, {"triton": _triton_supports(k), "reference": True})
     if choice == "triton":
+        if launch_directly(w, u, k, v):  # eager inference: no custom-op dispatch on the host
+            return _wkv_triton.bi_wkv_launch(w, u, k, v, H)[0].to(k.dtype)
         return torch.ops.visionattn.bi_wkv(w, u, k, v, H)[0].to(k.dtype)
     dt = compute_dtype(k)
     w, u, k_, v_ = w.to(dt), u.to(dt), k.to(dt), v.to(dt)
