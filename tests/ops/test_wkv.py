@@ -139,7 +139,8 @@ def _triton_column_check(device="cpu", dtypes=(torch.float64,)):
         gy = torch.randn_like(y_r)
         grads = torch.autograd.grad(y, args, gy.to(dtype))
         for name, a, b in zip("wukv", grads, torch.autograd.grad(y_r, args_r, gy)):
-            torch.testing.assert_close(a.double(), b, rtol=10 * tol, atol=10 * tol, msg=lambda m: f"{name} {(H, W)}: {m}")
+            torch.testing.assert_close(a.double(), b, rtol=10 * tol, atol=10 * tol,
+                                       msg=lambda m: f"{name} {(H, W)}: {m}")
         # re_wkv: horizontal then vertical recurrence
         decay, first = (torch.randn(2, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(H)).to(device)
                         for _ in range(2))

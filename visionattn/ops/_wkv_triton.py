@@ -171,7 +171,8 @@ if triton is not None:
     @triton.jit
     def _sequential_scan_kernel(x_ptr, v1_ptr, v2_ptr, w_ptr, o1_ptr, o2_ptr, od1_ptr, od2_ptr, rho_ptr,
                                 state_ptr, T, C, SEG_LEN, NSEG, H, W,
-                                COLS: tl.constexpr, V2_ONES: tl.constexpr, DIST: tl.constexpr, SUMMARY: tl.constexpr, HAS_CARRY: tl.constexpr,
+                                COLS: tl.constexpr, V2_ONES: tl.constexpr, DIST: tl.constexpr,
+                                SUMMARY: tl.constexpr, HAS_CARRY: tl.constexpr,
                                 BLOCK_C: tl.constexpr):
         """The same sums, outputs and segment states as :func:`_causal_scan_kernel`, one token per
         step: the state (p, s1, s2[, sd1, sd2]) at position t moves to t + 1 by

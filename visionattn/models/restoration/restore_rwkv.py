@@ -103,7 +103,8 @@ class ChannelMix(nn.Module):
         """``value_weight``: used instead of ``value.weight`` (a block folds its layer scale into it)."""
         xs = _shift_tokens(self.omni_shift, x, hw)
         h = torch.relu(self.key(xs)).square()
-        return torch.sigmoid(self.receptance(xs)) * F.linear(h, self.value.weight if value_weight is None else value_weight)
+        weight = self.value.weight if value_weight is None else value_weight
+        return torch.sigmoid(self.receptance(xs)) * F.linear(h, weight)
 
 
 def _tokens(x: torch.Tensor) -> torch.Tensor:
@@ -184,7 +185,8 @@ class Block(nn.Module):
 
 class Stage(nn.Sequential):
     """Blocks applied in turn to (B, C, H, W), on one set of tokens: each block's last residual add
-    runs in the next block's ln1 pass. Parameter names are those of ``nn.Sequential``."""
+    runs in the next block's ln1 pass. Parameter names are those of ``nn.Sequential``; the blocks'
+    own ``forward`` is not called (hooks on a block do not fire; hook the stage)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if len(self) == 0:
@@ -284,8 +286,8 @@ class RestoreRWKV(nn.Module):
         check_images(x, network="RestoreRWKV", channels=self.in_chans, like=self.patch_embed.weight,
                      multiple=self.size_multiple,
                      pad_hint="visionattn.inference.restore_image(model, x) pads any size and crops back")
-        # the blocks' tokens are views of channels_last images: convert once here, the convolutions,
-        # pixel (un)shuffles and concatenations keep the format
+        # the blocks' tokens are views of channels_last images: convert once here; the convolutions
+        # and concatenations keep the format (a stage given an NCHW map copies its tokens once)
         e1 = self.encoder_level1(self.patch_embed(x).contiguous(memory_format=torch.channels_last))
         e2 = self.encoder_level2(self.down1_2(e1))
         e3 = self.encoder_level3(self.down2_3(e2))
