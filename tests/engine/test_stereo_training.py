@@ -20,6 +20,36 @@ def test_occlusion_from_disparity():
     assert occ[0, 0, 0].tolist() == [False, False, True, True, True] + [False] * 5
 
 
+def test_sequence_loss_equals_its_formula():
+    """The sequence loss (fields of one resolution batched, block sums) equals its definition written
+    field by field with average pooling, for uneven validity, both views and repeated resolutions."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    B, H, W = 2, 64, 96
+    disp, disp_r = torch.rand(B, 1, H, W, generator=g) * 40, torch.rand(B, 1, H, W, generator=g) * 40
+    valid, valid_r = torch.rand(B, 1, H, W, generator=g) > 0.3, torch.rand(B, 1, H, W, generator=g) > 0.5
+    strides = [8, 8, 8, 4, 4, 2, 1]
+    fields = [torch.randn(2 * B, H // s, W // s, 2, generator=g) * 5 for s in strides]
+    out = dict(fields=fields[:-1], field_up=fields[-1], init_cost_volume=None)
+    loss = MatchStereoLoss(gamma=0.8, cv_weight=0.0, occ_weight=0.0)
+    got = loss(out, disp, valid, disp_r, valid_r)["loss_seq"]
+
+    def down(d, v, s):  # the definition: masked average over s x s blocks, valid where over half is valid
+        if s == 1:
+            return d, v
+        num, den = F.avg_pool2d(d * v.float(), s), F.avg_pool2d(v.float(), s)
+        return num / den.clamp(min=1e-6), den > 0.5
+
+    want = 0.0
+    for k, (s, f) in enumerate(zip(strides, fields)):
+        for gt, ok, sign, rows in ((disp, valid, -1.0, slice(0, B)), (disp_r, valid_r, 1.0, slice(B, 2 * B))):
+            gt_s, ok_s = down(gt, ok, s)
+            err = (sign * f[rows, :, :, 0].unsqueeze(1) * s - gt_s).abs()
+            want += 0.8 ** (len(strides) - 1 - k) * (err * ok_s).sum() / ok_s.sum().clamp(min=1)
+    torch.testing.assert_close(got, torch.as_tensor(want, dtype=got.dtype), rtol=1e-5, atol=1e-5)
+
+
 def test_metric_definitions():
     gt = torch.tensor([10.0, 10.0, 100.0, 100.0, 50.0])
     pred = torch.tensor([10.4, 13.5, 104.0, 106.0, 50.0])

@@ -116,6 +116,10 @@ def _check_expand(device, dtype):
             outs[impl], grads[impl] = out.float(), qkv.grad.float()
         torch.testing.assert_close(outs["sdpa_expand"], outs["reference"], **tol)
         torch.testing.assert_close(grads["sdpa_expand"], grads["reference"], **tol)
+        with torch.no_grad():  # inference launches the kernel without the op dispatcher
+            q, k, v = (t.view(B, N, -1, d).transpose(1, 2) for t in data.split([H * d, G * d, G * d], dim=-1))
+            out = grouped_query_attention(q, k, v, sizes.to(device), impl="sdpa_expand")
+        torch.testing.assert_close(out.float(), outs["sdpa_expand"], atol=0, rtol=0)
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="run by test_triton_interpreter")

@@ -74,3 +74,25 @@ def test_cli_errors(train, test, tiny_config, tmp_path, capsys):
     assert "missing.pth" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="missing.pth"):  # --debug: the exception itself
         test.main([str(tiny_config()), str(tmp_path / "missing.pth"), "--debug"])
+
+
+def test_deferred_scalars_match_mmengine(train, tiny_config, tmp_path):
+    """tools/train.py reads the loss terms off the device only when something needs them; the logged
+    history and the checkpoint's message hub equal those of mmengine's RuntimeInfoHook."""
+    from mmengine.hooks import RuntimeInfoHook
+    from visionattn.engine.hooks import DeferredRuntimeInfoHook
+
+    common = ("train_cfg = dict(max_iters=6, val_interval=100)\n"
+              "default_hooks = dict(checkpoint=dict(interval=5, max_keep_ckpts=3), logger=dict(interval=4){})\n")
+    history, hooks = {}, {}
+    for name, extra in (("deferred", ""), ("mmengine", ", runtime_info=dict(type='mmengine.RuntimeInfoHook')")):
+        work = tmp_path / name
+        runner = train.main([str(tiny_config(common.format(extra), name=f"{name}.py")), "--work-dir", str(work)])
+        hooks[name] = [type(h) for h in runner.hooks]
+        # iteration 5's checkpoint was written between two of the logger's flushes (iterations 4 and 8)
+        hub = torch.load(work / "iter_5.pth")["message_hub"]
+        history[name] = {k: list(v.data[0]) for k, v in hub["log_scalars"].items() if k.startswith("train/loss")}
+    assert DeferredRuntimeInfoHook in hooks["deferred"] and RuntimeInfoHook in hooks["mmengine"]
+    assert DeferredRuntimeInfoHook not in hooks["mmengine"]
+    assert len(history["deferred"]["train/loss"]) == 5
+    assert history["deferred"] == history["mmengine"]

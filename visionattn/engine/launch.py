@@ -131,6 +131,7 @@ def build_runner(cfg: Config) -> Runner:
                                    "(RANK/WORLD_SIZE unset); use --launcher none for one process")
             dist.init_process_group(backend="gloo")
     _use_safe_checkpoints(cfg)
+    _defer_runtime_scalars(cfg)
     policy = cfg.get("nonfinite_loss", "raise")
     if policy not in NONFINITE_POLICIES:
         raise ValueError(f"config key nonfinite_loss must be one of {NONFINITE_POLICIES}, got {policy!r}")
@@ -145,6 +146,17 @@ def build_runner(cfg: Config) -> Runner:
 
 
 NONFINITE_POLICIES = ("raise", "skip")
+
+
+def _defer_runtime_scalars(cfg: Config) -> None:
+    """mmengine's implicit RuntimeInfoHook -> :class:`DeferredRuntimeInfoHook`: the same scalars without
+    a device synchronisation after every training iteration (``type='mmengine.RuntimeInfoHook'``
+    in ``default_hooks.runtime_info`` keeps mmengine's)."""
+    hooks = dict(cfg.get("default_hooks") or {})
+    info = hooks.get("runtime_info", dict(type="RuntimeInfoHook"))
+    if isinstance(info, Mapping) and info.get("type") == "RuntimeInfoHook":
+        hooks["runtime_info"] = dict(info, type="visionattn.DeferredRuntimeInfoHook")
+        cfg.default_hooks = hooks
 
 
 def _use_safe_checkpoints(cfg: Config) -> None:

@@ -211,7 +211,9 @@ class TaskModel(BaseModel):
                  step_schedule: Optional[Mapping[str, Mapping]] = None, task_kwargs: Optional[Mapping] = None):
         preprocessor = self.default_data_preprocessor if data_preprocessor is None else data_preprocessor
         if isinstance(preprocessor, Mapping):  # our registry (falls back to mmengine's), whatever scope is current
-            preprocessor = MODELS.build({"_scope_": "visionattn", **preprocessor})
+            # non_blocking: batches come from pinned loader memory, so the upload to the device does
+            # not wait for the previous step to finish (mmengine's default waits); False restores that
+            preprocessor = MODELS.build({"_scope_": "visionattn", "non_blocking": True, **preprocessor})
         super().__init__(data_preprocessor=preprocessor, init_cfg=init_cfg)
         self.network = build_network(network, network_kwargs, pretrained=pretrained, checkpoint=checkpoint,
                                      **(task_kwargs or {}))

@@ -20,7 +20,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from . import _grouped_query_attention_triton  # noqa: F401  (importing it registers the custom op)
+from . import _grouped_query_attention_triton as _expand_triton  # importing it registers the custom op
 from ._checks import check_number, check_tensors
 from ._triton import can_run
 from .dispatch import pick
@@ -160,15 +160,18 @@ def _sdpa_index(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_sizes: 
 def _sdpa_expand(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_sizes: Optional[torch.Tensor],
                  scale: Optional[float], dropout_p: float, attn_mask: Optional[torch.Tensor] = None,
                  is_causal: bool = False) -> torch.Tensor:
-    B, H = q.shape[:2]
-    idx = kv_head_index(group_sizes.to(q.device), H).expand(B, H).to(torch.int32)
-    k_exp, v_exp = torch.ops.visionattn.expand_kv_heads(k, v, idx)  # (B, N, H, d) each
+    H = q.shape[1]
+    if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad) or torch.compiler.is_compiling():
+        k_exp, v_exp = torch.ops.visionattn.expand_kv_heads(k, v, group_sizes, H)  # (B, N, H, d) each
+    else:  # inference: the kernel without the op dispatcher (host time a KDGQA forward would wait on)
+        k_exp, v_exp = _expand_triton.expand_kv_heads_eager(k, v, group_sizes, H)
     return F.scaled_dot_product_attention(q, k_exp.transpose(1, 2), v_exp.transpose(1, 2), attn_mask=attn_mask,
                                           dropout_p=dropout_p, is_causal=is_causal, scale=scale)
 
 
-def _expand_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    return can_run(q, k, v) and k.stride(-1) == 1 and v.stride(-1) == 1
+def _expand_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_sizes: torch.Tensor) -> bool:
+    return (can_run(q, k, v) and k.stride(-1) == 1 and v.stride(-1) == 1 and group_sizes.device == q.device
+            and not group_sizes.dtype.is_floating_point)
 
 
 def grouped_query_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -216,7 +219,7 @@ def grouped_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g
         _check_sums(group_sizes, q.shape[1])
     impl = pick("grouped_query_attention", impl, {
         "sdpa_gqa": group_sizes is None,
-        "sdpa_expand": group_sizes is not None and _expand_supported(q, k, v),
+        "sdpa_expand": group_sizes is not None and _expand_supported(q, k, v, group_sizes),
         "sdpa_index": True,
         "reference": True,
     })

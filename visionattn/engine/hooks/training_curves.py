@@ -2,6 +2,7 @@
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+import torch
 from mmengine.dist import master_only
 from mmengine.hooks import Hook
 
@@ -34,10 +35,11 @@ class TrainingCurvesHook(Hook):
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs: Optional[dict] = None) -> None:
         if outputs and "loss" in outputs:
             loss = outputs["loss"]
-            self._sum += float(loss.detach() if hasattr(loss, "detach") else loss)
+            # summed where it lives: a device loss is read once per interval, not every iteration
+            self._sum = self._sum + (loss.detach().float() if isinstance(loss, torch.Tensor) else float(loss))
             self._count += 1
         if self._count and (self.every_n_train_iters(runner, self.interval) or self.is_last_train_iter(runner)):
-            self.loss.append((runner.iter + 1, self._sum / self._count))
+            self.loss.append((runner.iter + 1, float(self._sum) / self._count))
             self._sum, self._count = 0.0, 0
 
     def after_val_epoch(self, runner, metrics: Optional[Dict[str, float]] = None) -> None:
