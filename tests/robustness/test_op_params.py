@@ -18,6 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from library_errors import expect_library_error  # noqa: E402
 
+from visionattn.ops import depthwise_conv2d as dwc  # noqa: E402
 from visionattn.ops import (bilevel_routing_attention as bra, channel_bias_act as cba, group_norm_act as gna,  # noqa: E402
                             grouped_query_attention as gqa, layer_norm as ln, match_attention as ma,
                             multi_head_cross_attention as mhca, rotated_box_iou as iou, rotated_box_nms as nms,
@@ -84,6 +85,11 @@ SPECS: List[OpSpec] = [
            same_dtype=("y", "residual", "bias", "scale"),
            bad={"bias (C+1,)": lambda d: dict(bias=torch.zeros(5)), "bias=None": lambda d: dict(bias=None),
                 "y 3-D": lambda d: dict(y=d["y"][0], residual=None)}),
+    OpSpec("depthwise_conv2d", dwc.depthwise_conv2d, lambda: dwc.example_inputs(channels=4, height=5, width=6),
+           same_dtype=("x", "weight"),
+           bad={"weight (C, 1, 4, 4)": lambda d: dict(weight=torch.zeros(4, 1, 4, 4)),
+                "weight (C+1, 1, 5, 5)": lambda d: dict(weight=torch.zeros(5, 1, 5, 5)),
+                "x 3-D": lambda d: dict(x=d["x"][0])}),
     OpSpec("group_norm_act", gna.group_norm_act,
            lambda: gna.example_inputs(batch=1, channels=8, height=4, width=4, num_groups=2),
            bad={"num_groups=0": lambda d: dict(num_groups=0), "num_groups=3 (8 channels)": lambda d: dict(num_groups=3),
@@ -144,7 +150,8 @@ SPECS: List[OpSpec] = [
                 "spatial_shape=(0, 16, 16)": lambda d: dict(spatial_shape=(0, 16, 16)),
                 "coords outside the grid": lambda d: dict(spatial_shape=(2, 2, 2))}),
     OpSpec("bi_wkv", wkv.bi_wkv, _wkv_inputs, same_dtype=("k", "v"),
-           bad={"w (C+1,)": lambda d: dict(w=torch.zeros(d["k"].shape[-1] + 1)), "k 2-D": lambda d: dict(k=d["k"][0])}),
+           bad={"w (C+1,)": lambda d: dict(w=torch.zeros(d["k"].shape[-1] + 1)), "k 2-D": lambda d: dict(k=d["k"][0]),
+                "columns=(5, 4) (T=16)": lambda d: dict(columns=(5, 4)), "columns=4": lambda d: dict(columns=4)}),
     OpSpec("re_wkv", wkv.re_wkv, _re_wkv_inputs, same_dtype=("k", "v"),
            bad={"hw=(4, 4) (T=12)": lambda d: dict(hw=(4, 4)), "hw=(3.0, 4)": lambda d: dict(hw=(3.0, 4)),
                 "decay (2, C+1)": lambda d: dict(decay=torch.zeros(2, 5))}),

@@ -19,12 +19,13 @@ Implementations (``impl=``):
   exact for any ``w``/``k`` range (no 1e-6 denominator epsilon, no chunk-boundary approximation).
   CUDA default (CPU under ``TRITON_INTERPRET=1``).
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
 from ._checks import check_int, check_params, check_tensors
-from ._triton import FLOAT_DTYPES, can_run
+from . import _wkv_triton
+from ._triton import FLOAT_DTYPES, can_run, launch_directly
 from ._wkv_triton import NEG, compute_dtype  # importing it registers the custom ops
 from .dispatch import pick
 
@@ -78,13 +79,40 @@ def _triton_supports(k: torch.Tensor) -> bool:
     return can_run(k, dtypes=FLOAT_DTYPES + (torch.float64,))
 
 
-def bi_wkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+def _to_columns(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """(B, H*W, C) tokens in (h w) order -> the same tokens in (w h) order (a copy)."""
+    B, T, C = x.shape
+    return x.view(B, H, W, C).transpose(1, 2).reshape(B, T, C)
+
+
+def _from_columns(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """Inverse of :func:`_to_columns`."""
+    B, T, C = x.shape
+    return x.view(B, W, H, C).transpose(1, 2).reshape(B, T, C)
+
+
+def _check_columns(op: str, columns, T: int) -> Tuple[int, int]:
+    if not isinstance(columns, (tuple, list)) or len(columns) != 2:
+        raise ValueError(f"{op}: columns/hw must be (H, W), got {columns!r}")
+    if torch.jit.is_tracing():  # torch.jit.trace hands sizes over as 0-dim tensors; a trace is of one size
+        columns = tuple(int(c) if isinstance(c, torch.Tensor) and c.dim() == 0 else c for c in columns)
+    H, W = check_int(op, "hw[0]", columns[0]), check_int(op, "hw[1]", columns[1])
+    if H * W != T:
+        raise ValueError(f"{op}: hw={tuple(columns)} does not match T={T} tokens (H*W must equal T)")
+    return H, W
+
+
+def bi_wkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str = "auto",
+           columns: Optional[Tuple[int, int]] = None) -> torch.Tensor:
     """Bi-WKV (formula in the module docstring).
 
     Args:
         w, u: (C,) decay and bonus, used as given (Restore-RWKV passes decay/T, first/T).
         k, v: (B, T, C) keys and values, T = tokens in scan order.
         impl: "auto", "triton" or "reference".
+        columns: (H, W) to scan down the columns: k and v are then an H x W grid in row-major
+            (h w) order, the scan runs in (w h) order, and the output is in (h w) order. The
+            Triton kernel addresses the grid directly; the reference transposes copies.
     Returns:
         (B, T, C), dtype of ``k``.
     """
@@ -93,11 +121,18 @@ def bi_wkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i
     if k.dim() != 3 or v.shape != k.shape or w.shape != (k.shape[-1],) or u.shape != (k.shape[-1],):
         raise ValueError(f"bi_wkv expects k, v: (B, T, C) and w, u: (C,); got k {tuple(k.shape)}, "
                          f"v {tuple(v.shape)}, w {tuple(w.shape)}, u {tuple(u.shape)}")
+    H, W = _check_columns("bi_wkv", columns, k.shape[1]) if columns is not None else (0, 0)
     choice = pick("bi_wkv", impl, {"triton": _triton_supports(k), "reference": True})
     if choice == "triton":
-        return torch.ops.visionattn.bi_wkv(w, u, k, v)[0].to(k.dtype)
+        if launch_directly(w, u, k, v):  # eager inference: no custom-op dispatch on the host
+            return _wkv_triton.bi_wkv_launch(w, u, k, v, H)[0].to(k.dtype)
+        return torch.ops.visionattn.bi_wkv(w, u, k, v, H)[0].to(k.dtype)
     dt = compute_dtype(k)
-    return bi_wkv_reference(w.to(dt), u.to(dt), k.to(dt), v.to(dt)).to(k.dtype)
+    w, u, k_, v_ = w.to(dt), u.to(dt), k.to(dt), v.to(dt)
+    if columns is None:
+        return bi_wkv_reference(w, u, k_, v_).to(k.dtype)
+    y = bi_wkv_reference(w, u, _to_columns(k_, H, W), _to_columns(v_, H, W))
+    return _from_columns(y, H, W).to(k.dtype)
 
 
 def re_wkv(k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, first: torch.Tensor, hw: Tuple[int, int],
@@ -107,7 +142,8 @@ def re_wkv(k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, first: torch.T
     Args:
         k, v: (B, T, C) tokens in row-major (h w) order, T = H*W.
         decay, first: (M, C); recurrence j uses w = decay[j]/T, u = first[j]/T, scanning in
-            (h w) order for even j and (w h) order for odd j.
+            (h w) order for even j and (w h) order for odd j (``bi_wkv(..., columns=hw)``: the
+            tokens stay in (h w) order in memory).
         hw: (H, W).
     Returns:
         (B, T, C) in (h w) order.
@@ -119,21 +155,9 @@ def re_wkv(k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, first: torch.T
     B, T, C = k.shape
     if decay.dim() != 2 or decay.shape != first.shape or decay.shape[1] != C:
         raise ValueError(f"re_wkv expects decay, first: (M, C={C}); got {tuple(decay.shape)}, {tuple(first.shape)}")
-    if not isinstance(hw, (tuple, list)) or len(hw) != 2:
-        raise ValueError(f"re_wkv: hw must be (H, W), got {hw!r}")
-    H, W = check_int("re_wkv", "hw[0]", hw[0]), check_int("re_wkv", "hw[1]", hw[1])
-    if H * W != T:
-        raise ValueError(f"re_wkv: hw={hw} does not match T={T} tokens")
-    k_cols = None
+    H, W = _check_columns("re_wkv", hw, T)
     for j in range(decay.shape[0]):
-        if j % 2 == 0:
-            v = bi_wkv(decay[j] / T, first[j] / T, k, v, impl=impl)
-        else:
-            if k_cols is None:  # (w h) order, computed once
-                k_cols = k.view(B, H, W, C).transpose(1, 2).reshape(B, T, C)
-            v_cols = v.view(B, H, W, C).transpose(1, 2).reshape(B, T, C)
-            v = bi_wkv(decay[j] / T, first[j] / T, k_cols, v_cols, impl=impl)
-            v = v.view(B, W, H, C).transpose(1, 2).reshape(B, T, C)
+        v = bi_wkv(decay[j] / T, first[j] / T, k, v, impl=impl, columns=(H, W) if j % 2 else None)
     return v
 
 

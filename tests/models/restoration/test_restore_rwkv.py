@@ -8,7 +8,7 @@ import torch
 
 import visionattn
 from visionattn.hub import load_checkpoint
-from visionattn.models.restoration.restore_rwkv import OmniShift, RestoreRWKV
+from visionattn.models.restoration.restore_rwkv import Block, OmniShift, RestoreRWKV, Stage
 
 KEYS = Path("/work/shared/reference/keys/restore_rwkv.txt")
 TINY = dict(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1)
@@ -68,6 +68,48 @@ def test_bad_input_raises():
         tiny(tiles=32)
 
 
+def _block_formula(b, x):
+    """The block as the paper writes it, on (B, T, C) transposed views of an NCHW image."""
+    B, C, H, W = x.shape
+    t = x.flatten(2).transpose(1, 2)
+    t = t + b.gamma1 * b.att(b.ln1(t), (H, W))
+    t = t + b.gamma2 * b.ffn(b.ln2(t), (H, W))
+    return t.transpose(1, 2).reshape(B, C, H, W)
+
+
+def test_stage_fusions_equal_the_block_formula():
+    """Stage (residual adds fused into the next LayerNorm, tokens as channels_last views) and the
+    eval-mode layer scales folded into the projections: the paper's block formula, in float64."""
+    torch.manual_seed(0)
+    stage = Stage(*[Block(6) for _ in range(3)]).double()
+    for p in stage.parameters():
+        p.data.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64)
+    expected = x
+    for b in stage:
+        expected = _block_formula(b, expected)
+    for train in (True, False):
+        stage.train(train)
+        with torch.set_grad_enabled(train):
+            out = stage(x)
+            torch.testing.assert_close(out, expected.detach(), rtol=1e-12, atol=1e-12)
+            assert out.is_contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(stage[0](x), _block_formula(stage[0], x).detach(), rtol=1e-12, atol=1e-12)
+    with torch.no_grad():  # the folded weights follow in-place parameter changes
+        stage[1].gamma1.mul_(2.0)
+        stage[2].gamma2.add_(0.5)
+        expected = x
+        for b in stage:
+            expected = _block_formula(b, expected)
+        torch.testing.assert_close(stage(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_output_is_nchw_contiguous():
+    m = tiny(in_chans=3, out_chans=3).eval()
+    with torch.no_grad():
+        assert m(torch.rand(1, 3, 16, 16)).is_contiguous()
+
+
 def test_train_step_gradients_flow():
     m = tiny().train()
     x = torch.rand(2, 1, 16, 16)
@@ -97,6 +139,23 @@ def test_model_triton_matches_reference_cuda(dtype):
     assert (outs["triton"] - outs["reference"]).abs().max() <= tol * scale
     for a, b in zip(grads["triton"], grads["reference"]):
         assert (a - b).abs().max() <= 10 * tol * b.abs().max().clamp_min(1e-12)
+
+
+@pytest.mark.cuda
+def test_model_bfloat16_eval_cuda():
+    """bfloat16 eval on the fast paths (Bi-WKV column scans reading bf16 k/v, Triton LayerNorm and
+    depth-wise conv on channels_last) against the float64 reference network."""
+    from visionattn.ops.dispatch import use_impl
+
+    m = tiny(dim=16).cuda().eval()
+    x = torch.rand(1, 1, 64, 48, device="cuda")
+    with torch.no_grad():
+        with use_impl("reference"):
+            ref = m.double()(x.double())
+        out = m.bfloat16()(x.bfloat16())
+    assert out.dtype == torch.bfloat16 and out.is_contiguous()
+    err = ((out.double() - ref).norm() / ref.norm()).item()
+    assert err < 2e-2, err
 
 
 def official_state_dict(july_2024=False):

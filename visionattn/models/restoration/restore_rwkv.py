@@ -6,13 +6,15 @@ converter only drops derived or unused tensors). The network takes (B, in_chans,
 multiples of 8; ``visionattn.inference.restore_image`` runs it on any size (reflect padding, cropped
 back) and, with ``tile=``, on overlapping tiles blended with linear ramps (bounded memory).
 """
-from typing import Dict, Mapping, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ...hub import extract_state_dict
+from ...ops.depthwise_conv2d import depthwise_conv2d
+from ...ops.layer_norm import layer_norm
 from ...ops.wkv import re_wkv
 from ..derived_tensor import DerivedTensor
 from ...ops.wkv import IMPLS as WKV_IMPLS
@@ -53,7 +55,7 @@ class OmniShift(nn.Module):
             a = self.alpha
             return a[0] * x + a[1] * self.conv1x1(x) + a[2] * self.conv3x3(x) + a[3] * self.conv5x5(x)
         weight = self.fused_weight() if torch.is_grad_enabled() else self._cached_fused_weight()
-        return F.conv2d(x, weight, padding=2, groups=x.shape[1])
+        return depthwise_conv2d(x, weight)  # Triton on channels_last CUDA maps, else F.conv2d
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # official state dicts carry the derived fused kernel; it is recomputed, never loaded
@@ -76,11 +78,13 @@ class SpatialMix(nn.Module):
         self.spatial_decay = nn.Parameter(torch.randn(recurrence, dim))
         self.spatial_first = nn.Parameter(torch.randn(recurrence, dim))
 
-    def forward(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, hw: Tuple[int, int], output_weight: Optional[torch.Tensor] = None
+                ) -> torch.Tensor:
+        """``output_weight``: used instead of ``output.weight`` (a block folds its layer scale into it)."""
         xs = _shift_tokens(self.omni_shift, x, hw)
         k, v, r = self.key(xs), self.value(xs), torch.sigmoid(self.receptance(xs))
         v = re_wkv(k, v, self.spatial_decay, self.spatial_first, hw, impl=self.wkv_impl)
-        return self.output(r * v)
+        return F.linear(r * v, self.output.weight if output_weight is None else output_weight)
 
 
 class ChannelMix(nn.Module):
@@ -94,19 +98,55 @@ class ChannelMix(nn.Module):
         self.receptance = nn.Linear(dim, dim, bias=False)
         self.value = nn.Linear(hidden, dim, bias=False)
 
-    def forward(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, hw: Tuple[int, int], value_weight: Optional[torch.Tensor] = None
+                ) -> torch.Tensor:
+        """``value_weight``: used instead of ``value.weight`` (a block folds its layer scale into it)."""
         xs = _shift_tokens(self.omni_shift, x, hw)
-        return torch.sigmoid(self.receptance(xs)) * self.value(torch.relu(self.key(xs)).square())
+        h = torch.relu(self.key(xs)).square()
+        weight = self.value.weight if value_weight is None else value_weight
+        return torch.sigmoid(self.receptance(xs)) * F.linear(h, weight)
+
+
+def _tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H*W, C) tokens in (h w) order: a view when ``x`` is channels_last."""
+    B, C, H, W = x.shape
+    return x.permute(0, 2, 3, 1).reshape(B, H * W, C)
+
+
+def _image(t: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+    """(B, H*W, C) tokens -> (B, C, H, W): a channels_last view of contiguous tokens."""
+    B, T, C = t.shape
+    return t.reshape(B, hw[0], hw[1], C).permute(0, 3, 1, 2)
 
 
 def _shift_tokens(shift: OmniShift, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
-    B, T, C = x.shape
-    img = x.transpose(1, 2).reshape(B, C, *hw)
-    return shift(img).flatten(2).transpose(1, 2)
+    # the depth-wise convolutions run on the channels_last view of the tokens, and their
+    # channels_last output is again (B, T, C) tokens: no transposed copies
+    return _tokens(shift(_image(x, hw)))
+
+
+def _layer_norm(x: torch.Tensor, norm: nn.LayerNorm, residual: Optional[torch.Tensor] = None):
+    """``norm(x)``, or with ``residual`` ``(norm(x + residual), x + residual)``, by
+    :func:`visionattn.ops.layer_norm` (one-pass Triton kernel on CUDA; the sum and its norm in one
+    pass); under TorchScript its reference path (``F.layer_norm``), undispatched."""
+    if torch.jit.is_scripting():
+        if residual is None:
+            return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        s = x + residual
+        return F.layer_norm(s, norm.normalized_shape, norm.weight, norm.bias, norm.eps), s
+    return layer_norm(x, norm.weight, norm.bias, norm.eps, residual=residual)
 
 
 class Block(nn.Module):
-    """RWKV block on (B, C, H, W): x += g1 * SpatialMix(LN(x)); x += g2 * ChannelMix(LN(x))."""
+    """RWKV block on (B, C, H, W): x += g1 * SpatialMix(LN(x)); x += g2 * ChannelMix(LN(x)).
+
+    Works on channels_last images: their (B, T, C) tokens are views, and the output is the
+    channels_last view of the result tokens (an NCHW-contiguous input costs one copy). Each
+    residual add runs in the pass of the LayerNorm that follows it (``_layer_norm(..., residual=)``;
+    in a :class:`Stage` also the next block's ln1). In eval mode without autograd the layer scales
+    g1, g2 are folded into the output / value projections (derived weights, recomputed whenever a
+    parameter changes), which equals the product up to rounding.
+    """
 
     def __init__(self, dim: int, hidden_rate: int = 4, recurrence: int = 2, wkv_impl: str = "auto"):
         super().__init__()
@@ -116,13 +156,46 @@ class Block(nn.Module):
         self.ffn = ChannelMix(dim, hidden_rate)
         self.gamma1 = nn.Parameter(torch.ones(dim))
         self.gamma2 = nn.Parameter(torch.ones(dim))
+        self._att_weight = DerivedTensor()  # gamma1[:, None] * att.output.weight
+        self._ffn_weight = DerivedTensor()  # gamma2[:, None] * ffn.value.weight
+
+    def tokens(self, t: torch.Tensor, pending: Optional[torch.Tensor], hw: Tuple[int, int]
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """On contiguous (B, T, C) tokens ``t + pending`` (``pending`` None: nothing to add):
+        returns ``(t', r)`` with the block's output ``t' + r`` (the last add is left to the caller)."""
+        if pending is None:
+            y = _layer_norm(t, self.ln1)
+        else:
+            y, t = _layer_norm(t, self.ln1, residual=pending)
+        if self.training or torch.is_grad_enabled():
+            y, t = _layer_norm(t, self.ln2, residual=self.gamma1 * self.att(y, hw))
+            return t, self.gamma2 * self.ffn(y, hw)
+        att_w = self._att_weight.get((self.gamma1, self.att.output.weight),
+                                     lambda: self.gamma1[:, None] * self.att.output.weight)
+        ffn_w = self._ffn_weight.get((self.gamma2, self.ffn.value.weight),
+                                     lambda: self.gamma2[:, None] * self.ffn.value.weight)
+        y, t = _layer_norm(t, self.ln2, residual=self.att(y, hw, output_weight=att_w))
+        return t, self.ffn(y, hw, value_weight=ffn_w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
-        t = x.flatten(2).transpose(1, 2)  # (B, T, C)
-        t = t + self.gamma1 * self.att(self.ln1(t), (H, W))
-        t = t + self.gamma2 * self.ffn(self.ln2(t), (H, W))
-        return t.transpose(1, 2).reshape(B, C, H, W)
+        t, r = self.tokens(_tokens(x).contiguous(), None, (H, W))  # a copy only if x is not channels_last
+        return _image(t + r, (H, W))
+
+
+class Stage(nn.Sequential):
+    """Blocks applied in turn to (B, C, H, W), on one set of tokens: each block's last residual add
+    runs in the next block's ln1 pass. Parameter names are those of ``nn.Sequential``; the blocks'
+    own ``forward`` is not called (hooks on a block do not fire; hook the stage)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self) == 0:
+            return x
+        B, C, H, W = x.shape
+        t, pending = _tokens(x).contiguous(), None
+        for block in self:
+            t, pending = block.tokens(t, pending, (H, W))
+        return _image(t + pending, (H, W))
 
 
 class Downsample(nn.Module):
@@ -187,7 +260,7 @@ class RestoreRWKV(nn.Module):
         self.in_chans, self.out_chans = in_chans, out_chans
 
         def stage(n, c):
-            return nn.Sequential(*[Block(c, hidden_rate, recurrence, wkv_impl) for _ in range(n)])
+            return Stage(*[Block(c, hidden_rate, recurrence, wkv_impl) for _ in range(n)])
 
         self.patch_embed = nn.Conv2d(in_chans, dim, 3, padding=1, bias=True)
         self.encoder_level1 = stage(num_blocks[0], dim)
@@ -213,7 +286,9 @@ class RestoreRWKV(nn.Module):
         check_images(x, network="RestoreRWKV", channels=self.in_chans, like=self.patch_embed.weight,
                      multiple=self.size_multiple,
                      pad_hint="visionattn.inference.restore_image(model, x) pads any size and crops back")
-        e1 = self.encoder_level1(self.patch_embed(x))
+        # the blocks' tokens are views of channels_last images: convert once here; the convolutions
+        # and concatenations keep the format (a stage given an NCHW map copies its tokens once)
+        e1 = self.encoder_level1(self.patch_embed(x).contiguous(memory_format=torch.channels_last))
         e2 = self.encoder_level2(self.down1_2(e1))
         e3 = self.encoder_level3(self.down2_3(e2))
         d = self.latent(self.down3_4(e3))
@@ -221,7 +296,8 @@ class RestoreRWKV(nn.Module):
         d = self.decoder_level2(self.reduce_chan_level2(torch.cat([self.up3_2(d), e2], 1)))
         d = self.decoder_level1(torch.cat([self.up2_1(d), e1], 1))
         out = self.output(self.refinement(d))
-        return out + x if self.in_chans == self.out_chans else out
+        out = out + x if self.in_chans == self.out_chans else out
+        return out.contiguous()  # the blocks run channels_last; the output is NCHW-contiguous
 
 
 # --------------------------------------------------------------------------------------------
