@@ -1,7 +1,5 @@
 """Bi-level routing attention: reference vs an independent dense formula, triton path vs reference."""
 import os
-import subprocess
-import sys
 import warnings
 
 import pytest
@@ -10,6 +8,7 @@ import torch
 from visionattn.ops import bilevel_routing_attention as bra_mod
 from visionattn.ops.bilevel_routing_attention import IMPLS, bilevel_routing_attention, example_inputs, route
 from visionattn.ops.dispatch import use_impl
+from triton_interpreter import run_interpreted
 
 # (batch, H, W, C, heads, n_win, topk): square, non-square, batch 1, one region per side, 1-token regions.
 GRID = [
@@ -89,11 +88,7 @@ def test_triton_half_precision_interpreter():
 def test_triton_interpreter():
     """The Triton kernels on CPU (fp32 grid + fp16) in a fresh process: Triton reads TRITON_INTERPRET
     when the kernels are defined."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
-                           "-k", "interpreter and not test_triton_interpreter"], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0 and "7 passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_interpreted(__file__, "-k", "interpreter and not test_triton_interpreter", expect="7 passed")
 
 
 def test_topk_above_regions_clamps_with_warning_to_global_attention():

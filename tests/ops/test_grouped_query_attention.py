@@ -1,6 +1,4 @@
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -9,6 +7,7 @@ from visionattn.ops import grouped_query_attention as gqa_mod
 from visionattn.ops._triton import triton_available
 from visionattn.ops.dispatch import use_impl
 from visionattn.ops.grouped_query_attention import IMPLS, example_inputs, grouped_query_attention, kv_head_index
+from triton_interpreter import run_interpreted
 
 
 def _mha(q, k, v, sizes):
@@ -129,10 +128,7 @@ def test_triton_interpreter_cases():
 
 @pytest.mark.skipif(not triton_available(), reason="triton not installed")
 def test_triton_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
-                           "-k", "test_triton_interpreter_cases"], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and "passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_interpreted(__file__, "-k", "test_triton_interpreter_cases")
 
 
 @pytest.mark.cuda

@@ -1,13 +1,12 @@
 """key_norm_allocation: the one-launch Triton kernel (interpreter on CPU, CUDA) against the PyTorch reference."""
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from visionattn.ops import key_norm_allocation as kna
 from visionattn.ops._triton import triton_available
+from triton_interpreter import run_interpreted
 
 
 def _cases(device, dtype):
@@ -40,10 +39,7 @@ def test_triton_interpreter_cases():
 
 @pytest.mark.skipif(not triton_available(), reason="triton not installed")
 def test_triton_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
-                           "-k", "test_triton_interpreter_cases"], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and "passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_interpreted(__file__, "-k", "test_triton_interpreter_cases")
 
 
 def test_reference_and_contract():

@@ -1,12 +1,11 @@
 """LayerNorm op: the Triton path (interpreter on CPU, CUDA) against torch.nn.functional.layer_norm."""
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from visionattn.ops import layer_norm as ln
+from triton_interpreter import run_interpreted
 
 # (shape, channel slice end or None, bias): odd widths, strided channel slices, rows not a multiple of the block
 CASES = [((3, 5, 42), None, False), ((2, 4, 7, 36), 34, False), ((37, 130), 128, True), ((6, 522), None, True)]
@@ -88,10 +87,7 @@ def test_add_reference_is_the_add_then_layer_norm():
 
 @pytest.mark.skipif(not ln.triton_available(), reason="triton not installed")
 def test_triton_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
-                           "-k", "test_triton_interpreter_cases or test_triton_interpreter_add_cases"], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and "passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_interpreted(__file__, "-k", "test_triton_interpreter_cases or test_triton_interpreter_add_cases")
 
 
 def test_reference_and_contract():

@@ -1,13 +1,12 @@
 """MatchAttention op: reference vs a per-query loop, gradients, and the Triton path vs the reference."""
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from visionattn.ops import match_attention as ma
 from visionattn.ops.dispatch import use_impl
+from triton_interpreter import run_interpreted
 
 
 def _inputs(B, H, W, h, d, dtype=torch.float32, device="cpu", seed=0, spread=3.0):
@@ -170,11 +169,7 @@ def test_triton_interpreter_fused_layout(case):
 @pytest.mark.skipif(not ma.triton_available(), reason="triton not installed")
 def test_triton_interpreter():
     # Triton reads TRITON_INTERPRET when the kernels are defined, hence a fresh interpreter.
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
-                           "-k", "test_triton_interpreter_grid or test_triton_interpreter_fused_layout"], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0 and "passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_interpreted(__file__, "-k", "test_triton_interpreter_grid or test_triton_interpreter_fused_layout")
 
 
 @pytest.mark.cuda

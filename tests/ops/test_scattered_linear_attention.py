@@ -1,7 +1,5 @@
 """Scattered linear attention: reference vs a per-window loop and gradcheck; triton path vs reference."""
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -11,6 +9,7 @@ from visionattn.ops import scattered_linear_attention as sla_mod
 from visionattn.ops.dispatch import use_impl
 from visionattn.ops.scattered_linear_attention import (IMPLS, example_inputs, scattered_linear_attention,
                                                        window_sizes)
+from triton_interpreter import run_interpreted
 
 
 def _offsets(sizes, device="cpu"):
@@ -208,11 +207,8 @@ def test_triton_window_of_10000_interpreter():
 
 def _run_interpreter_tests(marker: str, expected: str):
     """The Triton kernels on CPU in a fresh process: Triton reads TRITON_INTERPRET when the kernels are defined."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
-                           "-m", marker, "-k", "interpreter and not test_triton_interpreter"], env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0 and expected in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_interpreted(__file__, "-m", marker, "-k", "interpreter and not test_triton_interpreter", expect=expected,
+                    timeout=900)
 
 
 def test_triton_interpreter():

@@ -1,8 +1,6 @@
 """Sparse convolution through a neighbour table: reference vs a dense conv3d (submanifold, 1x1x13,
 strided), gradcheck, the inverse-table claim; triton path vs reference (interpreter and CUDA)."""
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,6 +12,7 @@ from visionattn.ops.dispatch import use_impl
 from visionattn.ops.sparse_conv import IMPLS, example_inputs, offset_pairs, sparse_conv
 from visionattn.ops.sparse_depthwise_conv import submanifold_pairs, voxel_coords
 from test_sparse_depthwise_conv import _random_coords as _coords  # the sparse-grid generator of the ops tests
+from triton_interpreter import run_interpreted
 
 try:
     from visionattn.models.detection3d.sparse_backend import torch_pairs
@@ -307,12 +306,8 @@ def test_custom_op_forward_backward_interpreter():
 
 def test_triton_interpreter():
     """The Triton kernels on CPU in a fresh process: Triton reads TRITON_INTERPRET when the kernels are defined."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
-                           "-m", "not slow and not cuda", "-k", "interpreter and not test_triton_interpreter"],
-                          env=env, capture_output=True, text=True, timeout=900)
-    expected = "9 passed" if torch_pairs is not None else "4 passed"
-    assert proc.returncode == 0 and expected in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_interpreted(__file__, "-m", "not slow and not cuda", "-k", "interpreter and not test_triton_interpreter",
+                    expect="9 passed" if torch_pairs is not None else "4 passed", timeout=900)
 
 
 # --- CUDA: real sizes ---------------------------------------------------------------------------------

@@ -1,8 +1,6 @@
 """Submanifold depth-wise sparse convolution: pairs vs a brute-force lookup, reference vs a dense
 depth-wise conv3d, gradcheck; triton path vs reference."""
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,6 +10,7 @@ from visionattn.ops import sparse_depthwise_conv as dw_mod
 from visionattn.ops.dispatch import use_impl
 from visionattn.ops.sparse_depthwise_conv import (IMPLS, example_inputs, kernel_offsets, sparse_depthwise_conv,
                                                   submanifold_pairs, voxel_coords)
+from triton_interpreter import run_interpreted
 
 KERNELS = [(3, 3, 3), (1, 1, 13), (1, 13, 1), (1, 1, 1), (3, 1, 5)]
 
@@ -223,11 +222,7 @@ def test_custom_op_forward_backward_interpreter():
 
 def test_triton_interpreter():
     """The Triton kernels on CPU in a fresh process: Triton reads TRITON_INTERPRET when the kernels are defined."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
-                           "-k", "interpreter and not test_triton_interpreter"], env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0 and "6 passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_interpreted(__file__, "-k", "interpreter and not test_triton_interpreter", expect="6 passed", timeout=600)
 
 
 # --- CUDA ----------------------------------------------------------------------------------------------
