@@ -1,7 +1,6 @@
 """channel_bias_act: residual + scale * act(y + bias) in one pass (FFNet token-mixer epilogue)."""
 import copy
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 
 from visionattn.ops import channel_bias_act as cba
 from visionattn.ops.dispatch import use_impl
+from triton_interpreter import run_interpreted
 
 CASES = [dict(gelu=True), dict(residual=True, scale=True), dict(residual=True), dict(gelu=True, residual=True, scale=True)]
 
@@ -82,13 +82,15 @@ def _triton_checks(device):
     torch.testing.assert_close(program.module()(x), out, atol=1e-5, rtol=0)
 
 
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="run by test_triton_kernel_in_interpreter")
+def test_triton_interpreter_cases():
+    _triton_checks("cpu")
+
+
 def test_triton_kernel_in_interpreter():
     """Kernel, autograd and the FFNet token mixer on CPU via TRITON_INTERPRET=1 (a fresh process)."""
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    code = f"import runpy; runpy.run_path({str(Path(__file__))!r})['_triton_checks']('cpu')"
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_interpreted(__file__, "-k", "test_triton_interpreter_cases", expect="1 passed", timeout=600)
 
 
 @pytest.mark.cuda

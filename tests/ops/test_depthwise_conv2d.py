@@ -1,14 +1,12 @@
 """depthwise_conv2d: the channels_last Triton kernel (interpreter on CPU, CUDA) against F.conv2d."""
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from visionattn.ops import depthwise_conv2d as dw
+from triton_interpreter import run_interpreted
 
 # (B, C, H, W, K): maps narrower/shorter than the kernel, channels not a multiple of the block
 CASES = [(2, 5, 7, 9, 5), (1, 3, 2, 3, 5), (1, 70, 6, 5, 3), (2, 4, 5, 11, 1)]
@@ -30,17 +28,15 @@ def _compare(device, dtype, B, C, H, W, K, tol):
         torch.testing.assert_close(a, b)
 
 
-def _interpreted():
-    for case in CASES:
-        _compare("cpu", torch.float32, *case, 1e-5)
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="run by test_triton_interpreter")
+@pytest.mark.parametrize("case", CASES)
+def test_triton_interpreter_cases(case):
+    _compare("cpu", torch.float32, *case, 1e-5)
 
 
 def test_triton_interpreter():
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    code = f"import runpy; runpy.run_path({str(Path(__file__))!r})['_interpreted']()"
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_interpreted(__file__, "-k", "test_triton_interpreter_cases", expect=f"{len(CASES)} passed", timeout=600)
 
 
 def test_reference_dispatch_and_contract():

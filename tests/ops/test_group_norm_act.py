@@ -1,10 +1,7 @@
 """group_norm_act: act(GroupNorm(x + input_bias)) — the Triton path (CPU interpreter, CUDA) against
 F.group_norm + F.silu, NCHW and channels_last, and RestoreFormer's blocks on the fused path."""
 import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +10,7 @@ import torch.nn.functional as F
 from visionattn.ops import group_norm_act as gna
 from visionattn.ops._triton import interpreting
 from visionattn.ops.dispatch import use_impl
+from triton_interpreter import run_interpreted
 
 # (shape, groups): odd sizes, channels per group not a power of two (96 / 32 = 3), one pixel, C == G,
 # groups larger than one tile (several tiles and splits per group under the interpreter's small tiles)
@@ -141,13 +139,15 @@ def _restoreformer_blocks_checks(device, size=(5, 6), dtype=torch.float32, atol=
         assert (fused.float() - ref.float()).abs().max().item() <= atol * scale, channels_last
 
 
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="run by test_triton_in_interpreter")
+def test_triton_interpreter_cases():
+    _interpreter_checks()
+
+
 def test_triton_in_interpreter():
     """Kernels, custom-op contract and RestoreFormer's blocks on CPU via TRITON_INTERPRET=1 (fresh process)."""
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    code = f"import runpy; runpy.run_path({str(Path(__file__))!r})['_interpreter_checks']()"
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, res.stderr[-4000:]
+    run_interpreted(__file__, "-k", "test_triton_interpreter_cases", expect="1 passed", timeout=900)
 
 
 # --------------------------------------------------------------------------------------------
