@@ -178,17 +178,21 @@ def test_training_backward_reaches_every_parameter():
 # --- pieces -----------------------------------------------------------------------------------------
 
 def test_window_grouping_matches_unique_over_windows():
+    """Offsets over every window of the grid: the occupied ones are the official ``torch.unique`` windows
+    in its order; the others are empty."""
     g = torch.Generator().manual_seed(0)
     idx = torch.cat([torch.randint(0, 3, (500, 1), generator=g), torch.randint(0, 8, (500, 1), generator=g),
                      torch.randint(0, 50, (500, 2), generator=g)], 1)
     idx = torch.unique(idx, dim=0)
     idx = idx[torch.randperm(len(idx), generator=g)]
-    perm, offsets = group_by_window(idx, (8, 50, 50), 12)
+    perm, offsets = group_by_window(idx, (8, 50, 50), 12, batch_size=3)
+    assert offsets.shape == (3 * 5 * 5 + 1,) and offsets[0] == 0 and offsets[-1] == len(idx)
     win = torch.cat([idx[:, :1], idx[:, 2:] // 12], 1)[perm]
     ref, counts = torch.unique(win, dim=0, return_counts=True)  # sorted (b, wy, wx), the official order
-    assert torch.equal(offsets, torch.nn.functional.pad(counts.cumsum(0), (1, 0)))
-    for w in range(len(ref)):
-        assert (win[offsets[w]:offsets[w + 1]] == ref[w]).all()
+    assert torch.equal(torch.unique_consecutive(offsets), torch.nn.functional.pad(counts.cumsum(0), (1, 0)))
+    for w in range(3 * 5 * 5):
+        b, wy, wx = w // 25, w // 5 % 5, w % 5
+        assert (win[offsets[w]:offsets[w + 1]] == torch.tensor([b, wy, wx])).all()
     assert torch.equal(torch.sort(perm)[0], torch.arange(len(idx)))
 
 
@@ -469,6 +473,7 @@ def test_gpu_backend_matches_the_cpu_path(backend, monkeypatch):
         pytest.skip("needs CUDA")
     if backend not in sp.available_backends():
         pytest.skip(f"{backend} is not installed")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 convolutions, sparse and dense
     g = torch.Generator().manual_seed(0)
     shape = (17, 40, 40)
     idx = torch.unique(torch.stack([torch.randint(0, 2, (3000,), generator=g)] +

@@ -328,17 +328,37 @@ def _cuda_case(conv="subm333", n_voxels=100000, channels=128):
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("conv", ["subm333", "strided311", "strided333"])
-def test_triton_matches_reference_cuda(conv, dtype):
-    """100k voxels of a LiDAR-like frame, 128 channels: fp32 within 1e-4 relative of the fp64 reference,
-    half precision within 1e-2; output and all gradients."""
+def test_triton_matches_reference_cuda(conv, dtype, monkeypatch):
+    """100k voxels of a LiDAR-like frame, 128 channels: fp32 with TF32 off within 1e-4 relative of the
+    fp64 reference, half precision within 1e-2; output and all gradients."""
     if conv != "subm333" and torch_pairs is None:
         pytest.skip("sparse_backend needs the 3d extra")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     for got, ref in _triton_vs_reference(*_cuda_case(conv), dtype=dtype, device="cuda", cache={}):
         assert _rel(got, ref) < (1e-4 if dtype == torch.float32 else 1e-2), (_rel(got, ref))
 
 
 @pytest.mark.cuda
-def test_triton_odd_channels_and_deterministic_cuda():
+def test_triton_fp32_follows_the_convolution_tf32_flag_cuda(monkeypatch):
+    """fp32 runs TF32 dots under ``torch.backends.cudnn.allow_tf32`` (PyTorch's default for convolutions):
+    within 5e-3 of the reference, and not equal to the strict fp32 result."""
+    features, weight, bias, table, grad = _cuda_case(n_voxels=20000, channels=64)
+    g = torch.Generator().manual_seed(1)  # full-mantissa values (TF32 is exact on few-bit ones)
+    features = torch.randn(features.shape, generator=g, dtype=torch.float64)
+    weight = torch.randn(weight.shape, generator=g, dtype=torch.float64) / (weight.shape[1] * weight.shape[2]) ** 0.5
+    case = (features, weight, bias, table, grad)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    tf32 = _triton_vs_reference(*case, device="cuda")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    strict = _triton_vs_reference(*case, device="cuda")
+    for (a, ref), (b, _) in zip(tf32, strict):
+        assert _rel(a, ref) < 5e-3
+        assert _rel(b, ref) < 1e-4 and not torch.equal(a, b)
+
+
+@pytest.mark.cuda
+def test_triton_odd_channels_and_deterministic_cuda(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     case = _cuda_case(n_voxels=20000, channels=40)
     case = (case[0][:, :37].contiguous(), case[1][:24, :, :37].contiguous(), case[2][:24], case[3],
             case[4][:, :24].contiguous())

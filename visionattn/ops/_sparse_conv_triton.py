@@ -31,9 +31,10 @@ channels) are then summed in a fixed order. A Triton kernel rather than batched 
 need the per-offset pairs (a nonzero, i.e. a host sync, and a gathered copy of x per offset) or a
 (K, M, Cin) gathered tensor (1.4 GB in fp32 at 100k voxels x 128 channels).
 
-Precision: fp16/bf16 inputs run on tensor cores with fp32 accumulation; fp32 inputs use ``FP32_DOT``
-(three TF32 products per dot on sm80+, fp32-level error) or plain TF32 when
-``torch.backends.cuda.matmul.allow_tf32`` is set (as cuBLAS would).
+Precision: fp16/bf16 inputs run on tensor cores with fp32 accumulation. fp32 inputs follow PyTorch's
+flag for convolutions, ``torch.backends.cudnn.allow_tf32`` (on by default), as a dense ``nn.Conv3d``
+would: TF32 tensor-core dots when it is set (about 1e-3 relative error, 2-3x faster), otherwise
+``FP32_DOT`` (three TF32 products per dot on sm80+, fp32-level error).
 
 Registered as ``torch.ops.visionattn.sparse_conv_triton`` and ``..._weight_grad`` (fake and autograd
 formulas) for ``torch.compile``/``torch.export``; eager calls use an ``autograd.Function`` running the
@@ -128,7 +129,7 @@ if triton is not None:
 def _precision(x: torch.Tensor) -> str:
     if interpreting() or x.dtype != torch.float32:
         return "ieee"  # (half inputs ignore it: tensor cores with fp32 accumulation)
-    if torch.backends.cuda.matmul.allow_tf32:
+    if torch.backends.cudnn.allow_tf32:  # the convolution flag, as for cuDNN's convolutions
         return "tf32"
     if FP32_DOT != "ieee" and torch.cuda.get_device_capability(x.device)[0] >= 8:
         return FP32_DOT

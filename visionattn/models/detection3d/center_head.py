@@ -12,13 +12,10 @@ import torch
 import torch.nn as nn
 
 from ...ops.rotated_box_nms import rotated_box_nms
+from .norms import bn2d as _bn2d
 
 # regression maps in the order they form a box (+ the iou map, which only rescores)
 HEAD_CHANNELS = {"center": 2, "center_z": 1, "dim": 3, "rot": 2, "iou": 1}
-
-
-def _bn2d(dim: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(dim, eps=1e-3, momentum=0.01)
 
 
 class SeparateHead(nn.Module):

@@ -10,9 +10,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-
-def _bn2d(dim: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(dim, eps=1e-3, momentum=0.01)
+from .norms import bn2d as _bn2d
 
 
 class BasicBlock(nn.Module):

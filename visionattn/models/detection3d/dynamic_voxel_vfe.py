@@ -11,6 +11,8 @@ from typing import Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from .norms import bn1d
+
 
 def scatter_max(x: torch.Tensor, index: torch.Tensor, num: int) -> torch.Tensor:
     """Per-group maximum: out[g] = max over rows i with index[i] == g of x[i] (x (N, C) -> (num, C))."""
@@ -33,7 +35,7 @@ class PFNLayer(nn.Module):
         self.last_layer = last_layer
         width = out_channels if last_layer else out_channels // 2
         self.linear = nn.Linear(in_channels, width, bias=False)
-        self.norm = nn.BatchNorm1d(width, eps=1e-3, momentum=0.01)
+        self.norm = bn1d(width)
         self.relu = nn.ReLU()
 
     def forward(self, x: torch.Tensor, voxel_of_point: torch.Tensor, num_voxels: int) -> torch.Tensor:

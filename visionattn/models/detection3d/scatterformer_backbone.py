@@ -11,7 +11,7 @@ attention and the depth-wise convolutions run on the library's ops
 :func:`visionattn.ops.sparse_depthwise_conv.sparse_depthwise_conv`).
 """
 import math
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -20,21 +20,7 @@ import torch.nn.functional as F
 from ...ops.scattered_linear_attention import scattered_linear_attention
 from ...ops.sparse_depthwise_conv import sparse_depthwise_conv, submanifold_pairs
 from . import sparse_backend as sp
-
-
-class _BatchNorm1d(nn.BatchNorm1d):
-    """BatchNorm1d over voxel features (N, C); in eval mode one fused multiply-add with the folded
-    statistics (cuDNN's batch-norm kernel takes about 3x as long on (N, C) inputs of 100k voxels)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or x.dim() != 2 or not self.track_running_stats:
-            return super().forward(x)
-        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
-        return torch.addcmul((self.bias - self.running_mean * scale).to(x.dtype), x, scale.to(x.dtype))
-
-
-def _bn1d(dim: int) -> nn.BatchNorm1d:
-    return _BatchNorm1d(dim, eps=1e-3, momentum=0.01)
+from .norms import bn1d as _bn1d
 
 
 # --- convolutional position encoding (CPE) --------------------------------------------------------
@@ -74,21 +60,22 @@ def conv_position_encoding(in_channels: int, dim: int) -> sp.SparseSequential:
 
 # --- window grouping ---------------------------------------------------------------------------------
 
-def group_by_window(indices: torch.Tensor, spatial_shape: Sequence[int], window: int
+def group_by_window(indices: torch.Tensor, spatial_shape: Sequence[int], window: int, batch_size: int
                     ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Sort voxels by BEV window: (permutation (N,), offsets (M + 1,) int64).
+    """Sort voxels by BEV window: (permutation (N,), offsets (batch_size * ny * nx + 1,) int64).
 
     The window of voxel ``[b, z, y, x]`` is ``(b, y // window, x // window)``: windows span the whole
-    height and are not shifted. Windows come in (b, wy, wx) order, as ``torch.unique`` orders them in
-    the official code; inside a window voxels keep their input order (a stable sort; the official
-    unstable sort orders them differently, which changes rows, not per-voxel results).
+    height and are not shifted. Offsets cover every window of the grid in (b, wy, wx) order, empty ones
+    included (they hold no rows, so the attention is that of the official code's occupied windows from
+    ``torch.unique``); a fixed count keeps the GPU from waiting for the number of occupied windows.
+    Inside a window voxels keep their input order (a stable sort; the official unstable sort orders
+    them differently, which changes rows, not per-voxel results).
     """
     idx = indices.long()
     ny, nx = math.ceil(spatial_shape[1] / window), math.ceil(spatial_shape[2] / window)
     key = (idx[:, 0] * ny + idx[:, 2] // window) * nx + idx[:, 3] // window
     key, perm = torch.sort(key, stable=True)
-    counts = torch.unique_consecutive(key, return_counts=True)[1]
-    offsets = F.pad(torch.cumsum(counts, 0), (1, 0))
+    offsets = torch.searchsorted(key, torch.arange(int(batch_size) * ny * nx + 1, device=key.device))
     return perm, offsets
 
 
@@ -184,7 +171,7 @@ class ScatterFormerBlock(nn.Module):
 
     def forward(self, x):
         shape = [int(s) for s in x.spatial_shape]
-        perm, offsets = group_by_window(x.indices, shape, self.window)
+        perm, offsets = group_by_window(x.indices, shape, self.window, x.batch_size)
         feats, indices = x.features[perm], x.indices[perm]
         sizes = {k for layer in self.cffn_layers for k in layer.kernel_sizes()}
         pairs = {k: submanifold_pairs(indices, shape, k) for k in sorted(sizes)}
@@ -215,10 +202,15 @@ class AttnPillarPool(nn.Module):
         self.pos_embedding = nn.Embedding(height, dim)
         nn.init.normal_(self.pos_embedding.weight, std=0.01)
 
-    def forward(self, features: torch.Tensor, indices: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, features: torch.Tensor, indices: torch.Tensor, spatial_shape: Optional[Sequence[int]] = None
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
         idx = indices.long()
-        # pillars sorted by (b, y, x): unique over one int64 key (much faster than unique over rows)
-        ny, nx = (int(idx[:, 2].max()) + 1, int(idx[:, 3].max()) + 1) if idx.shape[0] else (1, 1)
+        # pillars sorted by (b, y, x): unique over one int64 key (much faster than unique over rows); the
+        # grid's (Y, X) when given, else read from the indices (which waits for the GPU)
+        if spatial_shape is not None:
+            ny, nx = int(spatial_shape[1]), int(spatial_shape[2])
+        else:
+            ny, nx = (int(idx[:, 2].max()) + 1, int(idx[:, 3].max()) + 1) if idx.shape[0] else (1, 1)
         keys, pillar_of_voxel = torch.unique((idx[:, 0] * ny + idx[:, 2]) * nx + idx[:, 3], return_inverse=True)
         pillars = torch.stack([keys // (ny * nx), keys // nx % ny, keys % nx], 1)  # (P, 3)
         P, C = pillars.shape[0], features.shape[1]
@@ -288,4 +280,4 @@ class ScatterFormerBackbone3d(nn.Module):
         x = self.cpe(x)
         x = self.stage1(x)
         x = self.stage2(x)
-        return self.app(x.features, x.indices)
+        return self.app(x.features, x.indices, x.spatial_shape)

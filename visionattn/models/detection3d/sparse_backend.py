@@ -238,21 +238,22 @@ def torch_pairs(indices: torch.Tensor, spatial_shape: Sequence[int], kernel_size
     in their order; a strided convolution's outputs are the sites whose receptive field holds an input
     voxel, sorted by (batch, z, y, x). Cross-correlation: output ``p`` reads input ``p * stride - padding + k``.
     """
-    shape = torch.tensor([int(s) for s in spatial_shape], device=indices.device)
-    ksize = torch.tensor([int(k) for k in kernel_size], device=indices.device)
-    stride_t = torch.tensor([int(s) for s in stride], device=indices.device)
-    pad = torch.tensor([int(p) for p in padding], device=indices.device)
-    out_shape = shape if subm else (shape + 2 * pad - ksize) // stride_t + 1
+    shape_l, ksize_l = [int(s) for s in spatial_shape], [int(k) for k in kernel_size]
+    stride_l, pad_l = [int(s) for s in stride], [int(p) for p in padding]
+    out_l = shape_l if subm else [(s + 2 * p - k) // t + 1 for s, p, k, t in zip(shape_l, pad_l, ksize_l, stride_l)]
+    # sizes as Python ints (a shape read back from the GPU would wait for it), as tensors for the comparisons
+    shape, ksize, stride_t, pad, out_shape = (torch.tensor(v, device=indices.device)
+                                              for v in (shape_l, ksize_l, stride_l, pad_l, out_l))
     axes = [torch.arange(int(k), device=indices.device) for k in kernel_size]
     offsets = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)  # (K, 3)
     idx = indices.long()
     batch, zyx = idx[:, 0], idx[:, 1:]
 
     def linear(b, p):  # row-major key over (batch, Z', Y', X')
-        return ((b * out_shape[0] + p[..., 0]) * out_shape[1] + p[..., 1]) * out_shape[2] + p[..., 2]
+        return ((b * out_l[0] + p[..., 0]) * out_l[1] + p[..., 1]) * out_l[2] + p[..., 2]
 
     if idx.shape[0] == 0:
-        return indices[:0], out_shape.tolist(), torch.empty(len(offsets), 0, dtype=torch.int64, device=indices.device)
+        return indices[:0], out_l, torch.empty(len(offsets), 0, dtype=torch.int64, device=indices.device)
     if subm:
         out_indices = indices
         # output o reads input o + (k - centre): look each neighbour up among the sorted input keys
@@ -263,21 +264,25 @@ def torch_pairs(indices: torch.Tensor, spatial_shape: Sequence[int], kernel_size
         pos = torch.searchsorted(keys, wanted).clamp_(max=len(keys) - 1)
         found = inside & (keys[pos] == wanted)
         table = torch.where(found, order[pos], torch.full_like(pos, -1))
-        return out_indices, out_shape.tolist(), table
+        return out_indices, out_l, table
     # input q reaches output p = (q + padding - k) / stride through offset k, when that divides and lies inside
     shifted = zyx[None] + pad - offsets[:, None]  # (K, N, 3)
     p = torch.div(shifted, stride_t, rounding_mode="floor")
     valid = ((shifted - p * stride_t) == 0).all(-1) & ((p >= 0) & (p < out_shape)).all(-1)  # (K, N)
     keys = linear(batch[None], p)
     out_keys = torch.unique(keys[valid])  # sorted
-    table = torch.full((len(offsets), len(out_keys)), -1, dtype=torch.int64, device=indices.device)
-    k_of, n_of = valid.nonzero(as_tuple=True)
-    table[k_of, torch.searchsorted(out_keys, keys[k_of, n_of])] = n_of  # one input per (offset, output)
-    rest, x_ = torch.div(out_keys, out_shape[2], rounding_mode="floor"), out_keys % out_shape[2]
-    rest, y_ = torch.div(rest, out_shape[1], rounding_mode="floor"), rest % out_shape[1]
-    b_, z_ = torch.div(rest, out_shape[0], rounding_mode="floor"), rest % out_shape[0]
+    m = len(out_keys)
+    # one input per (offset, output); pairs that do not exist go to a spare last column (no nonzero,
+    # which would wait for the GPU)
+    column = torch.where(valid, torch.searchsorted(out_keys, keys), m)  # (K, N)
+    table = torch.full((len(offsets), m + 1), -1, dtype=torch.int64, device=indices.device)
+    table.scatter_(1, column, torch.arange(idx.shape[0], device=indices.device).expand_as(column))
+    table = table[:, :m].contiguous()
+    rest, x_ = torch.div(out_keys, out_l[2], rounding_mode="floor"), out_keys % out_l[2]
+    rest, y_ = torch.div(rest, out_l[1], rounding_mode="floor"), rest % out_l[1]
+    b_, z_ = torch.div(rest, out_l[0], rounding_mode="floor"), rest % out_l[0]
     out_indices = torch.stack([b_, z_, y_, x_], 1).int()
-    return out_indices, out_shape.tolist(), table
+    return out_indices, out_l, table
 
 
 def _conv_pairs(conv: _SparseConv, x, out_indices, out_shape, neighbours: NeighbourTable):
