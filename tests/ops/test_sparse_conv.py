@@ -351,7 +351,7 @@ def test_triton_fp32_follows_the_convolution_tf32_flag_cuda(monkeypatch):
     tf32 = _triton_vs_reference(*case, device="cuda")
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     strict = _triton_vs_reference(*case, device="cuda")
-    for (a, ref), (b, _) in zip(tf32, strict):
+    for (a, ref), (b, _) in list(zip(tf32, strict))[:3]:  # out, d features, d weight (d bias is a plain sum)
         assert _rel(a, ref) < 5e-3
         assert _rel(b, ref) < 1e-4 and not torch.equal(a, b)
 
