@@ -19,7 +19,7 @@ NUM_WARPS = 4
 
 if triton is not None:
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["n", "steps"])  # one compilation for every frame size
     def _subm_pairs_kernel(COORDS, SORTED_KEY, ORDER, TABLE, n, steps, size_z, size_y, size_x,
                            kernel_y, kernel_x, half_z, half_y, half_x, BLOCK: tl.constexpr):
         """COORDS (N, 4) int64 contiguous; SORTED_KEY, ORDER (N,) int64; TABLE (K, N) int64."""
