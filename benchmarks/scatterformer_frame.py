@@ -1,5 +1,6 @@
-"""ScatterFormer-Waymo on one synthetic Waymo-sized frame (CUDA): forward fp32/bf16, predict, a training
-step (forward + backward of a stand-in loss), peak memory and the time of each stage.
+"""ScatterFormer-Waymo on one synthetic Waymo-sized frame (CUDA): forward fp32/bf16 (eager, and with the
+dense part replayed from a CUDA graph: ``cuda_graph=True``), predict, a training step (forward + backward
+of a stand-in loss), peak memory and the time of each stage.
 
     python benchmarks/scatterformer_frame.py [--backend torch|spconv_triton|spconv] [--points 160000] [--train]
         [--impl sparse_conv:reference]
@@ -60,9 +61,14 @@ def run(args) -> None:
         print(f"{tag} first forward {time.time() - t0:.2f} s")
         print(f"{tag} forward fp32 {median_ms(lambda: model(points), 10):.2f} ms")
         print(f"{tag} predict fp32 {median_ms(lambda: model(points, None, 'predict'), 10):.2f} ms")
+        model(points, cuda_graph=True)
+        print(f"{tag} forward fp32, dense part from a CUDA graph {median_ms(lambda: model(points, cuda_graph=True), 10):.2f} ms")
         with torch.autocast("cuda", torch.bfloat16):
             model(points)
             print(f"{tag} forward bf16 autocast {median_ms(lambda: model(points), 10):.2f} ms")
+            model(points, cuda_graph=True)
+            print(f"{tag} forward bf16 autocast, dense part from a CUDA graph "
+                  f"{median_ms(lambda: model(points, cuda_graph=True), 10):.2f} ms")
         torch.cuda.reset_peak_memory_stats()
         model(points)
         torch.cuda.synchronize()

@@ -366,8 +366,8 @@ def restore_image(model: nn.Module, x: torch.Tensor, *, tile: Optional[int] = No
 # --- LiDAR 3-D detection -----------------------------------------------------------------------
 
 @torch.no_grad()
-def predict_boxes_3d(model: nn.Module, points: torch.Tensor, *, batch_size: Optional[int] = None
-                     ) -> List[Dict[str, torch.Tensor]]:
+def predict_boxes_3d(model: nn.Module, points: torch.Tensor, *, batch_size: Optional[int] = None,
+                     cuda_graph: bool = False) -> List[Dict[str, torch.Tensor]]:
     """Detections of a LiDAR detector (``scatterformer_*``) per frame.
 
     Args:
@@ -378,11 +378,13 @@ def predict_boxes_3d(model: nn.Module, points: torch.Tensor, *, batch_size: Opti
 
     Returns one dict per frame: ``boxes`` (n, 7) ``[x, y, z, dx, dy, dz, heading]``, ``scores``
     (n,), ``labels`` (n,) int64 indexing ``model.class_names``; decoding, score rectification and
-    NMS as configured on the network (``model(points, mode='predict')``).
+    NMS as configured on the network (``model(points, mode='predict')``). ``cuda_graph`` (CUDA) replays
+    the network's fixed-shape dense part (BEV backbone and head) from a CUDA graph; the voxel part,
+    whose sizes depend on the points, runs eagerly.
     """
     if not points.is_floating_point():
         raise ValueError(f"points must be a floating-point (N, 1 + C) tensor, got {points.dtype}")
-    return model(points, batch_size, mode="predict")
+    return model(points, batch_size, mode="predict", cuda_graph=cuda_graph)
 
 
 # --- compatibility -------------------------------------------------------------------------------

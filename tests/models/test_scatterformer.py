@@ -503,3 +503,40 @@ def test_gpu_backend_matches_the_cpu_path(backend, monkeypatch):
     for k in ref:
         torch.testing.assert_close(out[k].cpu(), ref[k], atol=2e-3, rtol=1e-3)
     assert len(dets) == 2 and dets[0]["boxes"].is_cuda
+
+
+def test_cuda_graph_needs_cuda_inference():
+    model = sf.ScatterFormer(**SMALL)
+    with pytest.raises(ValueError, match="CUDA device"), torch.no_grad():
+        model.eval()(cloud(), cuda_graph=True)
+    with pytest.raises(ValueError, match="CUDA device"):
+        predict_boxes_3d(model, cloud(), cuda_graph=True)
+
+
+@pytest.mark.cuda
+def test_cuda_graph_replays_the_dense_part_with_live_weights():
+    """``cuda_graph=True``: the same maps as eager, refused in training, and a captured graph follows
+    ``load_state_dict`` (in-place weights) and a batch-size change (a new capture)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    torch.manual_seed(0)
+    model = sf.ScatterFormer(**SMALL).cuda().eval()
+    points = cloud(3000, batch_size=2).cuda()
+    with pytest.raises(ValueError, match="inference"):
+        model(points, cuda_graph=True)  # grad enabled
+    with torch.no_grad():
+        for step in range(3):
+            if step == 2:  # new weights, copied in place: the graph must read them
+                state = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v
+                         for k, v in model.state_dict().items()}
+                model.load_state_dict(state)
+            eager, graphed = model(points), model(points, cuda_graph=True)
+            for a, b in zip(eager, graphed):
+                for k in a:
+                    torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-5)
+        one = cloud(2000, batch_size=1).cuda()
+        for a, b in zip(model(one), model(one, cuda_graph=True)):
+            for k in a:
+                torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-5)
+        dets = predict_boxes_3d(model, points, cuda_graph=True)
+    assert len(dets) == 2 and dets[0]["boxes"].is_cuda

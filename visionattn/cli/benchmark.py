@@ -19,7 +19,9 @@
   absolute difference of the first output tensor from the baseline's (infer mode).
 - ``--cuda-graph`` (our models, CUDA): infer mode replays the forward from a CUDA graph
   (``visionattn.cuda_graph.CUDAGraphRunner``), train mode the forward and backward
-  (``visionattn.cuda_graph.TrainingGraph``); an ``official`` row stays eager, as released.
+  (``visionattn.cuda_graph.TrainingGraph``); an ``official`` row stays eager, as released. A network
+  whose forward takes ``cuda_graph`` (ScatterFormer: data-dependent voxel counts) is called with
+  ``cuda_graph=True`` and replays its fixed-shape part itself.
   ``--compile-options k=v`` passes inductor options to ``torch.compile``. ``first_call_s`` in the
   JSON is the wall time of the first call (compile or capture included).
 - ``--rounds R``: every row is timed R times (``--iters`` calls each), the rows taking turns, and its
@@ -44,6 +46,7 @@ import argparse
 import datetime as dt
 import importlib
 import importlib.util
+import inspect
 import json
 import platform
 import re
@@ -316,6 +319,10 @@ def model_cases(name: str, impls: List[str], official: Optional[Callable], args,
         if graph and args.mode == "train":
             from visionattn.cuda_graph import TrainingGraph
             forward = TrainingGraph(model)
+        elif graph and "cuda_graph" in inspect.signature(model.forward).parameters:
+            # a network with data-dependent shapes (ScatterFormer) replays its fixed-shape part itself
+            def forward(*xs, model=model):
+                return model(*xs, cuda_graph=True)
         elif graph:
             from visionattn.cuda_graph import CUDAGraphRunner
 

@@ -71,14 +71,24 @@ class DynamicVoxelVFE(nn.Module):
         self.point_cloud_range = tuple(float(v) for v in point_cloud_range)
         self.grid_size = grid_size(voxel_size, point_cloud_range)  # (X, Y, Z)
         self.num_out_features = num_filters[-1]
+        self._constant_cache = {}
+
+    def _constants(self, like: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """(range minimum, voxel size, voxel centre offset) in ``like``'s dtype and the grid size (int64), on its
+        device; made once per (device, dtype): a tensor built from Python numbers is a host-to-device copy,
+        after which PyTorch waits for the GPU."""
+        key = (like.device, like.dtype)
+        if key not in self._constant_cache:
+            centre = [v / 2 + lo for v, lo in zip(self.voxel_size, self.point_cloud_range)]
+            self._constant_cache[key] = tuple(torch.tensor(v, device=like.device, dtype=like.dtype) for v in (
+                self.point_cloud_range[:3], self.voxel_size, centre)) + (torch.tensor(self.grid_size, device=like.device),)
+        return self._constant_cache[key]
 
     def voxelize(self, points: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(points in range (n, 1 + 3 + C) float32, their (x, y, z) voxel (n, 3), voxel of each point (n,),
         unique voxel keys (M,))."""
         pts = points.to(torch.promote_types(points.dtype, torch.float32))  # fp16/bf16 cannot hold coordinates
-        lo = pts.new_tensor(self.point_cloud_range[:3])
-        size = pts.new_tensor(self.voxel_size)
-        grid = torch.tensor(self.grid_size, device=pts.device)
+        lo, size, _, grid = self._constants(pts)
         coords = torch.floor((pts[:, 1:4] - lo) / size).long()  # (N, 3) x, y, z
         inside = ((coords >= 0) & (coords < grid)).all(dim=1)
         pts, coords = pts[inside], coords[inside]
@@ -92,8 +102,7 @@ class DynamicVoxelVFE(nn.Module):
         num_voxels = keys.numel()
         xyz = pts[:, 1:4]
         f_cluster = xyz - scatter_mean(xyz, voxel_of_point, num_voxels)[voxel_of_point]
-        size = xyz.new_tensor(self.voxel_size)
-        centre_offset = xyz.new_tensor([v / 2 + lo for v, lo in zip(self.voxel_size, self.point_cloud_range)])
+        _, size, centre_offset, _ = self._constants(xyz)
         f_center = xyz - (coords.to(xyz.dtype) * size + centre_offset)
         x = torch.cat([pts[:, 1:], f_cluster, f_center], dim=1)  # (n, 3 + C + 6)
         x = x.to(self.pfn_layers[0].linear.weight.dtype)

@@ -18,6 +18,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from ...cuda_graph import graph_runner
 from ...ops.scattered_linear_attention import IMPLS as SLA_IMPLS
 from ...ops.sparse_depthwise_conv import IMPLS as SDC_IMPLS
 from ...registry import register_converter, register_network
@@ -180,12 +181,35 @@ class ScatterFormer(nn.Module):
         bev[pillars[:, 0], pillars[:, 1] * W + pillars[:, 2]] = pillar_features
         return bev.view(batch_size, H, W, dim).permute(0, 3, 1, 2)
 
-    def forward(self, points: torch.Tensor, batch_size: Optional[int] = None, mode: str = "tensor"
-                ) -> List[Dict[str, torch.Tensor]]:
+    def forward(self, points: torch.Tensor, batch_size: Optional[int] = None, mode: str = "tensor",
+                cuda_graph: bool = False) -> List[Dict[str, torch.Tensor]]:
+        """Raw head maps (``mode='tensor'``) or detections per frame (``'predict'``).
+
+        ``cuda_graph=True`` (CUDA inference: eval mode, no grad) replays the dense part, the 2-D
+        backbone and the head, from a CUDA graph captured at the first call per batch size, dtype
+        and autocast setting: its shapes are fixed by the BEV grid, and eagerly its ~200 small
+        launches keep the GPU waiting on Python. The voxel part has data-dependent sizes and runs
+        eagerly. Outputs equal the eager ones (same kernels).
+        """
         if mode not in ("tensor", "predict"):
             raise ValueError(f"mode must be 'tensor' (raw head maps) or 'predict' (boxes), got {mode!r}")
-        maps = self.dense_head(self.backbone_2d(self.bev_features(points, batch_size)))
+        bev = self.bev_features(points, batch_size)
+        maps = self._dense_graphed(bev) if cuda_graph else self._dense(self, bev)
         return maps if mode == "tensor" else self.decoder(maps)
+
+    @staticmethod
+    def _dense(model: "ScatterFormer", bev: torch.Tensor) -> List[Dict[str, torch.Tensor]]:
+        return model.dense_head(model.backbone_2d(bev))
+
+    def _dense_graphed(self, bev: torch.Tensor) -> List[Dict[str, torch.Tensor]]:
+        if not bev.is_cuda:
+            raise ValueError(f"cuda_graph=True needs the network and points on a CUDA device, got {bev.device}; "
+                             f"move them with .cuda() or leave cuda_graph False")
+        if self.training or torch.is_grad_enabled():
+            raise ValueError("cuda_graph=True is for inference: call model.eval() and run under torch.no_grad() "
+                             "(training steps run eagerly)")
+        autocast = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+        return graph_runner(self, f"bev_to_maps/{autocast}", self._dense)(bev)
 
 
 # --- synthetic inputs (tests, benchmark) -------------------------------------------------------
