@@ -1,5 +1,5 @@
-"""Submanifold depth-wise sparse convolution: pairs vs a brute-force lookup, reference vs a dense
-depth-wise conv3d, gradcheck; triton path vs reference."""
+"""Submanifold depth-wise sparse convolution: reference vs a dense depth-wise conv3d, gradcheck; triton
+path vs reference. The neighbour table's own tests are in test_submanifold_pairs.py."""
 import os
 
 import pytest
@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from visionattn.ops import sparse_depthwise_conv as dw_mod
 from visionattn.ops.dispatch import use_impl
-from visionattn.ops.sparse_depthwise_conv import (IMPLS, example_inputs, kernel_offsets, sparse_depthwise_conv,
-                                                  submanifold_pairs, voxel_coords)
+from visionattn.ops.sparse_depthwise_conv import (IMPLS, example_inputs, sparse_depthwise_conv, submanifold_pairs,
+                                                  voxel_coords)
 from triton_interpreter import run_interpreted
 
 KERNELS = [(3, 3, 3), (1, 1, 13), (1, 13, 1), (1, 1, 1), (3, 1, 5)]
@@ -22,54 +22,6 @@ def _random_coords(n, shape, batches=2, seed=0):
     zyx = torch.stack([torch.randint(0, s, (4 * n,), generator=g) for s in shape], 1)
     coords = torch.unique(torch.cat([b[:, None], zyx], 1), dim=0)
     return coords[torch.randperm(coords.shape[0], generator=g)[:n]]
-
-
-def _brute_force_pairs(coords, shape, kernel):
-    where = {tuple(c): i for i, c in enumerate(coords.tolist())}
-    pairs = torch.full((len(kernel_offsets(kernel)), coords.shape[0]), -1, dtype=torch.int64)
-    for k, (dz, dy, dx) in enumerate(kernel_offsets(kernel).tolist()):
-        for o, (b, z, y, x) in enumerate(coords.tolist()):
-            pairs[k, o] = where.get((b, z + dz, y + dy, x + dx), -1)
-    return pairs
-
-
-@pytest.mark.parametrize("kernel", KERNELS)
-def test_pairs_equal_brute_force_lookup(kernel):
-    shape = (4, 6, 7)
-    coords = _random_coords(60, shape)
-    pairs = submanifold_pairs(coords.int(), shape, kernel)
-    assert pairs.dtype == torch.int64 and pairs.shape == (kernel[0] * kernel[1] * kernel[2], 60)
-    assert torch.equal(pairs, _brute_force_pairs(coords, shape, kernel))
-
-
-def test_pairs_are_symmetric_and_centre_is_identity():
-    coords = _random_coords(80, (5, 6, 6))
-    pairs = submanifold_pairs(coords, (5, 6, 6), (3, 3, 3))
-    assert torch.equal(pairs[13], torch.arange(80))  # centre offset: the voxel itself
-    for k in range(27):  # pairs[k, o] = i  <=>  pairs[26 - k, i] = o
-        o = torch.nonzero(pairs[k] >= 0).flatten()
-        assert torch.equal(pairs[26 - k, pairs[k, o]], o)
-
-
-def test_pairs_of_empty_input_and_offsets_order():
-    assert submanifold_pairs(torch.zeros(0, 4, dtype=torch.int64), (2, 3, 4), (1, 3, 5)).shape == (15, 0)
-    assert kernel_offsets((1, 3, 5))[:3].tolist() == [[0, -1, -2], [0, -1, -1], [0, -1, 0]]  # x fastest
-
-
-@pytest.mark.parametrize("bad,match", [
-    (dict(kernel_size=(3, 2, 3)), "odd"),
-    (dict(kernel_size=(3, 3)), "3 entries"),
-    (dict(coords=torch.zeros(3, 3, dtype=torch.int64)), r"\(N, 4\) integer"),
-    (dict(coords=torch.zeros(3, 4)), r"\(N, 4\) integer"),
-    (dict(coords=torch.tensor([[0, 0, 0, 0], [0, 0, 0, 0]])), "duplicate"),
-    (dict(coords=torch.tensor([[0, 4, 0, 0]])), "outside the grid"),
-    (dict(coords=torch.tensor([[-1, 0, 0, 0]])), "outside the grid"),
-])
-def test_pairs_bad_inputs_raise_clear_errors(bad, match):
-    kwargs = dict(coords=torch.tensor([[0, 1, 2, 3]]), spatial_shape=(4, 5, 6), kernel_size=(3, 3, 3))
-    kwargs.update(bad)
-    with pytest.raises(ValueError, match=match):
-        submanifold_pairs(**kwargs)
 
 
 def _dense_depthwise(features, weight, coords, shape, kernel, batches):
@@ -235,14 +187,6 @@ def test_triton_interpreter():
 def test_triton_matches_reference_cuda(dtype, weight_dtype, kernel, n):
     for got, ref in _triton_vs_reference(n, 32, kernel, dtype, "cuda", weight_dtype, sliced=True):
         assert _rel(got, ref) < (1e-5 if dtype == torch.float32 else 1e-2)
-
-
-@pytest.mark.cuda
-def test_pairs_on_cuda_equal_cpu():
-    coords = voxel_coords(20000)
-    for kernel in [(3, 3, 3), (1, 13, 1)]:
-        assert torch.equal(submanifold_pairs(coords.cuda(), (32, 480, 480), kernel).cpu(),
-                           submanifold_pairs(coords, (32, 480, 480), kernel))
 
 
 @pytest.mark.cuda

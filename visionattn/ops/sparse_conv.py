@@ -7,7 +7,7 @@ kernel offset ``k`` and output ``o``, the input row that ``o`` sees through that
 
 Offsets are row-major over (kz, ky, kx), so an spconv KRSC weight (Cout, kz, ky, kx, Cin) is
 ``weight.reshape(Cout, -1, Cin)``. The table of a submanifold convolution comes from
-:func:`.sparse_depthwise_conv.submanifold_pairs`; the voxel networks build theirs (strided
+:func:`.submanifold_pairs.submanifold_pairs`; the voxel networks build theirs (strided
 convolutions too) in ``visionattn.models.detection3d.sparse_backend``.
 
 Implementations (``impl=``):
@@ -35,7 +35,7 @@ from . import _sparse_conv_triton as _kernels
 from ._checks import check_params, check_tensors, param_dtypes
 from ._triton import can_run
 from .dispatch import pick
-from .sparse_depthwise_conv import submanifold_pairs, voxel_coords
+from .submanifold_pairs import submanifold_pairs, voxel_coords
 
 IMPLS: Tuple[str, ...] = ("triton", "reference")
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -145,7 +145,7 @@ def sparse_conv(features: torch.Tensor, weight: torch.Tensor, table: torch.Tenso
 def example_inputs(device="cpu", dtype=torch.float32, n_voxels: int = 100000, channels: int = 128,
                    kernel_size: Sequence[int] = (3, 3, 3), seed: int = 0) -> dict:
     """A ScatterFormer CPE convolution: ~100k voxels of a synthetic LiDAR frame on the Waymo grid
-    (32, 480, 480) (:func:`.sparse_depthwise_conv.voxel_coords`), 128 -> 128 channels, a 3x3x3
+    (32, 480, 480) (:func:`.submanifold_pairs.voxel_coords`), 128 -> 128 channels, a 3x3x3
     submanifold kernel, with bias."""
     coords = voxel_coords(n_voxels, seed=seed)
     table = submanifold_pairs(coords, (32, 480, 480), kernel_size).to(device)

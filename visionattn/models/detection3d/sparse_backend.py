@@ -22,7 +22,8 @@ Backends (the ``3d`` extra installs spconv and spconv-triton):
   (measured with spconv 2.3.8: 3 of 12 identical calls off by up to 0.49 on unit-scale features),
   its backward asks for a CUDA stream (upstream spconv issue #366) and it refuses a bias in eval
   mode. On CUDA tensors ``spconv`` means spconv's own CUDA build.
-- ``torch``: the index pairs from sorting and binary search in PyTorch (:func:`torch_pairs`), the
+- ``torch``: the index pairs from sorting and binary search (:func:`torch_pairs`; submanifold tables
+  from :func:`~visionattn.ops.submanifold_pairs.submanifold_pairs`, its Triton kernel on CUDA), the
   same :func:`~visionattn.ops.sparse_conv.sparse_conv`: its Triton gather-GEMM on CUDA (one kernel
   per convolution, no host syncs), its PyTorch reference on CPU; nothing to install, no autotuning.
 - ``spconv_triton``: pure Triton with spconv's API and numerics, CUDA only. Its kernels autotune
@@ -41,6 +42,7 @@ import torch.nn as nn
 
 from ...extras import require_extra
 from ...ops.sparse_conv import offset_pairs, sparse_conv
+from ...ops.submanifold_pairs import submanifold_pairs
 
 BACKENDS = ("spconv", "torch", "spconv_triton")
 _ENV = "VISIONATTN_SPARSE_BACKEND"
@@ -240,41 +242,30 @@ def torch_pairs(indices: torch.Tensor, spatial_shape: Sequence[int], kernel_size
     """
     shape_l, ksize_l = [int(s) for s in spatial_shape], [int(k) for k in kernel_size]
     stride_l, pad_l = [int(s) for s in stride], [int(p) for p in padding]
-    out_l = shape_l if subm else [(s + 2 * p - k) // t + 1 for s, p, k, t in zip(shape_l, pad_l, ksize_l, stride_l)]
-    # sizes as Python ints (a shape read back from the GPU would wait for it), as tensors for the comparisons
-    shape, ksize, stride_t, pad, out_shape = (torch.tensor(v, device=indices.device)
-                                              for v in (shape_l, ksize_l, stride_l, pad_l, out_l))
-    axes = [torch.arange(int(k), device=indices.device) for k in kernel_size]
+    if subm:  # outputs = inputs, in their order: the submanifold neighbour table op
+        return indices, shape_l, submanifold_pairs(indices, shape_l, ksize_l)
+    # sizes as Python ints, per axis: a shape read back from the GPU would wait for it, and a tensor made
+    # from a Python list is a host-to-device copy at each call
+    out_l = [(s + 2 * p - k) // t + 1 for s, p, k, t in zip(shape_l, pad_l, ksize_l, stride_l)]
+    axes = [torch.arange(k, device=indices.device) for k in ksize_l]
     offsets = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)  # (K, 3)
     idx = indices.long()
     batch, zyx = idx[:, 0], idx[:, 1:]
-
-    def linear(b, p):  # row-major key over (batch, Z', Y', X')
-        return ((b * out_l[0] + p[..., 0]) * out_l[1] + p[..., 1]) * out_l[2] + p[..., 2]
-
     if idx.shape[0] == 0:
         return indices[:0], out_l, torch.empty(len(offsets), 0, dtype=torch.int64, device=indices.device)
-    if subm:
-        out_indices = indices
-        # output o reads input o + (k - centre): look each neighbour up among the sorted input keys
-        keys, order = torch.sort(linear(batch, zyx))
-        neighbour = zyx[None] + (offsets - ksize // 2)[:, None]  # (K, N, 3)
-        inside = ((neighbour >= 0) & (neighbour < shape)).all(-1)
-        wanted = linear(batch[None], neighbour)
-        pos = torch.searchsorted(keys, wanted).clamp_(max=len(keys) - 1)
-        found = inside & (keys[pos] == wanted)
-        table = torch.where(found, order[pos], torch.full_like(pos, -1))
-        return out_indices, out_l, table
     # input q reaches output p = (q + padding - k) / stride through offset k, when that divides and lies inside
-    shifted = zyx[None] + pad - offsets[:, None]  # (K, N, 3)
-    p = torch.div(shifted, stride_t, rounding_mode="floor")
-    valid = ((shifted - p * stride_t) == 0).all(-1) & ((p >= 0) & (p < out_shape)).all(-1)  # (K, N)
-    keys = linear(batch[None], p)
-    out_keys = torch.unique(keys[valid])  # sorted
+    valid = torch.ones(len(offsets), idx.shape[0], dtype=torch.bool, device=indices.device)  # (K, N)
+    key = batch[None]  # (1, N), then the row-major key over (batch, Z', Y', X') of p, (K, N)
+    for axis in range(3):
+        shifted = zyx[None, :, axis] + pad_l[axis] - offsets[:, axis, None]  # (K, N)
+        p = torch.div(shifted, stride_l[axis], rounding_mode="floor")
+        valid = valid & (shifted - p * stride_l[axis] == 0) & (p >= 0) & (p < out_l[axis])
+        key = key * out_l[axis] + p
+    out_keys = torch.unique(key[valid])  # sorted
     m = len(out_keys)
     # one input per (offset, output); pairs that do not exist go to a spare last column (no nonzero,
     # which would wait for the GPU)
-    column = torch.where(valid, torch.searchsorted(out_keys, keys), m)  # (K, N)
+    column = torch.where(valid, torch.searchsorted(out_keys, key), m)  # (K, N)
     table = torch.full((len(offsets), m + 1), -1, dtype=torch.int64, device=indices.device)
     table.scatter_(1, column, torch.arange(idx.shape[0], device=indices.device).expand_as(column))
     table = table[:, :m].contiguous()
