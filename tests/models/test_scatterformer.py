@@ -516,29 +516,37 @@ def test_cuda_graph_needs_cuda_inference():
 
 
 @pytest.mark.cuda
-def test_cuda_graph_replays_the_dense_part_with_live_weights():
+def test_cuda_graph_replays_the_dense_part_with_live_weights(monkeypatch):
     """``cuda_graph=True``: the same maps as eager, refused in training, and a captured graph follows
-    ``load_state_dict`` (in-place weights) and a batch-size change (a new capture)."""
+    ``load_state_dict`` (in-place weights) and a batch-size change (a new capture). TF32 off and a
+    tolerance of 2e-3: cuDNN may pick other convolution algorithms while capturing, and the VFE's
+    scatter-mean sums in a varying order; fp32 maps of the random-weight network then differ by ~1e-4."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     torch.manual_seed(0)
     model = sf.ScatterFormer(**SMALL).cuda().eval()
     points = cloud(3000, batch_size=2).cuda()
+
+    def assert_same(got, want):
+        for a, b in zip(got, want):
+            for k in a:
+                torch.testing.assert_close(a[k], b[k], atol=2e-3, rtol=2e-3)
+
     with pytest.raises(ValueError, match="inference"):
         model(points, cuda_graph=True)  # grad enabled
     with torch.no_grad():
-        for step in range(3):
-            if step == 2:  # new weights, copied in place: the graph must read them
-                state = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v
-                         for k, v in model.state_dict().items()}
-                model.load_state_dict(state)
-            eager, graphed = model(points), model(points, cuda_graph=True)
-            for a, b in zip(eager, graphed):
-                for k in a:
-                    torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-5)
+        first = model(points, cuda_graph=True)
+        assert_same(first, model(points))
+        assert_same(model(points, cuda_graph=True), model(points))  # replay
+        # new weights of the dense part, copied in place: the captured graph must read them
+        state = {k: v * 1.5 if v.is_floating_point() and k.startswith(("backbone_2d.", "dense_head.")) else v
+                 for k, v in model.state_dict().items()}
+        model.load_state_dict(state)
+        again = model(points, cuda_graph=True)
+        assert_same(again, model(points))
+        assert max(float((a[k] - b[k]).abs().max()) for a, b in zip(again, first) for k in a) > 0.1
         one = cloud(2000, batch_size=1).cuda()
-        for a, b in zip(model(one), model(one, cuda_graph=True)):
-            for k in a:
-                torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-5)
+        assert_same(model(one, cuda_graph=True), model(one))
         dets = predict_boxes_3d(model, points, cuda_graph=True)
     assert len(dets) == 2 and dets[0]["boxes"].is_cuda

@@ -189,7 +189,7 @@ class ScatterFormer(nn.Module):
         backbone and the head, from a CUDA graph captured at the first call per batch size, dtype
         and autocast setting: its shapes are fixed by the BEV grid, and eagerly its ~200 small
         launches keep the GPU waiting on Python. The voxel part has data-dependent sizes and runs
-        eagerly. Outputs equal the eager ones (same kernels).
+        eagerly. Outputs equal the eager ones up to the convolution algorithms cuDNN picks while capturing.
         """
         if mode not in ("tensor", "predict"):
             raise ValueError(f"mode must be 'tensor' (raw head maps) or 'predict' (boxes), got {mode!r}")
