@@ -18,7 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...ops.scattered_linear_attention import scattered_linear_attention
-from ...ops.sparse_depthwise_conv import sparse_depthwise_conv, submanifold_pairs
+from ...ops.sparse_depthwise_conv import sparse_depthwise_conv
+from ...ops.submanifold_pairs import submanifold_pairs
 from . import sparse_backend as sp
 from .norms import bn1d as _bn1d
 
