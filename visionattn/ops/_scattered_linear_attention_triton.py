@@ -34,6 +34,13 @@ rows per tile (16, 32), warps (1, 2, 4) and dot precision on an H200, fp32, kern
 150k voxels: 26 / 103 (forward state), 31 / 113 (forward apply), 104 / 415 (backward state), 47 / 191
 (backward apply) us.
 
+Candidate kernels of the same op, selectable by ``VARIANT`` (names in ``VARIANTS``; ``"default"`` is the
+kernels above with ``TILES``) and timed side by side by ``python benchmarks/sla_variants.py``: the
+backward state pass split in two (dq shaped like the forward apply, then the dKV/ds slots shaped like
+the forward state, each with fewer registers than the fused pass: compiled for sm90 at d = 32, fp32,
+2 warps, 92 and 80 registers against 139), the fused pass rearranged, transposed loads in place of
+``tl.trans``, and other warp, tile and pipelining settings.
+
 The op is registered as ``torch.ops.visionattn.scattered_linear_attention_triton`` (fake and autograd
 formulas), which ``torch.compile``/``torch.export`` trace as one node. Eager calls go through an
 ``autograd.Function`` running the same kernels: the custom-op dispatch layers cost about twice
