@@ -22,7 +22,7 @@ from visionattn.inference import predict_boxes_3d  # noqa: E402
 from visionattn.models.detection3d import scatterformer as sf  # noqa: E402
 from visionattn.models.detection3d import sparse_backend as sp  # noqa: E402
 from visionattn.models.detection3d.scatterformer_backbone import (  # noqa: E402
-    STEM, AttnPillarPool, group_by_window, pad_rows, padded_rows)
+    AttnPillarPool, group_by_window, pad_rows, padded_rows)
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SMALL = dict(sf.WAYMO, point_cloud_range=(-3.84, -3.84, -2.0, 3.84, 3.84, 4.0))  # grid 24 x 24 x 32, BEV 12 x 12
@@ -326,7 +326,7 @@ def test_torch_pairs_equal_spconv_pairs():
     feats = torch.randn(len(idx), 2, generator=g)
     for conv in (sp.SubMConv3d(2, 2, 3, padding=1, indice_key="a"), sp.SubMConv3d(2, 2, (1, 1, 5), padding=(0, 0, 2)),
                  sp.SparseConv3d(2, 2, (3, 1, 1), stride=(2, 1, 1)), sp.SparseConv3d(2, 2, 3, stride=2, padding=1)):
-        ours = sp._torch_pairs(conv, sp.SparseTensor(feats, idx, shape, 2))
+        ours = sp.neighbour_table(conv, sp.SparseTensor(feats, idx, shape, 2))
         theirs = sp._spconv_pairs(conv, sp.sparse_tensor(feats, idx, shape, 2))
         assert ours[1] == [int(s) for s in theirs[1]]
 
@@ -516,6 +516,24 @@ def test_cuda_graph_needs_cuda_inference():
         predict_boxes_3d(model, cloud(), cuda_graph=True)
 
 
+def test_index_work_first_gives_the_same_maps(small_model, two_samples, monkeypatch):
+    """The ``torch`` backend builds every table, window grouping and the pillars before the feature work
+    (``ScatterFormerBackbone3d.plan``); the spconv backend builds them where each module needs them.
+    Same maps."""
+    pytest.importorskip("spconv")
+    points, want = two_samples
+    monkeypatch.setenv("VISIONATTN_SPARSE_BACKEND", "torch")
+    calls = []
+    monkeypatch.setattr(type(small_model.backbone_3d), "plan",
+                        lambda self, x, _plan=type(small_model.backbone_3d).plan: calls.append(1) or _plan(self, x))
+    with torch.no_grad():
+        got = small_model(points)
+    assert calls == [1]
+    for a, b in zip(got, want):
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-4)
+
+
 def test_padded_row_counts():
     """Graph sizes: at least N rows, at most 12.5 % (or 255 rows) more, multiples of 256, non-decreasing."""
     sizes = [padded_rows(n) for n in range(1, 300000, 397)]
@@ -535,20 +553,17 @@ def test_padding_rows_changes_no_real_row(small_model, monkeypatch):
         x = sp.sparse_tensor(feats, coords, backbone.sparse_shape, 2)
         n = feats.shape[0]
         n_pad = padded_rows(n) + 37  # any padding, also one that is not a bucket
-        tables = sp.submanifold_tables(backbone.cpe[:STEM], x)
-        stem = backbone.cpe[:STEM](x).features
-        torch.testing.assert_close(backbone.cpe_stem(*pad_rows(n_pad, [x.features, x.indices], tables))[:n], stem,
-                                   atol=1e-5, rtol=1e-5)
+        tables = sp.submanifold_tables(backbone.cpe.submanifold_part(), x)
+        stem = backbone.cpe.submanifold_part()(x).features
+        padded = backbone.cpe.stem(x.spatial_shape, *pad_rows(n_pad, [x.features, x.indices], tables))
+        torch.testing.assert_close(padded[:n], stem, atol=1e-5, rtol=1e-5)
         x = backbone.cpe(x)
         block = backbone.stage1[0]
-        shape = x.spatial_shape
-        perm, offsets = group_by_window(x.indices, shape, block.window, x.batch_size)
-        feats, indices = x.features[perm], x.indices[perm]
-        from visionattn.ops.submanifold_pairs import submanifold_pairs
-        tables = [submanifold_pairs(indices, shape, k) for k in block.kernel_sizes]
+        g = block.group(x)
+        feats = x.features[g.perm]
         m = feats.shape[0]
-        want = block.layers(feats, offsets, *tables)
-        got = block.layers(*pad_rows(m + 300, [feats], tables, offsets))
+        want = block.layers(feats, g.offsets, *g.tables)
+        got = block.layers(*pad_rows(m + 300, [feats], g.tables, g.offsets))
         assert got.shape == (m + 300, feats.shape[1]) and torch.isfinite(got).all()
         torch.testing.assert_close(got[:m], want, atol=1e-5, rtol=1e-5)
 
@@ -581,16 +596,17 @@ def test_cuda_graph_replays_with_live_weights(monkeypatch):
         first = model(points, cuda_graph=True)
         assert_same(first, model(points))
         assert_same(model(points, cuda_graph=True), model(points))  # replay
-        graphs = [graph_runners(m)[name] for m, name in ((model, "bev_to_maps/None"),
-                                                         (model.backbone_3d, "cpe_stem/None"),
-                                                         (model.backbone_3d.stage1[0], "layers/None"),
-                                                         (model.backbone_3d.stage2[0], "layers/None"))]
-        assert [len(g) for g in graphs] == [1, 1, 1, 1]
+        captured = {m: {name: len(runner) for name, runner in graph_runners(m).items()}
+                    for m in (model, model.backbone_3d.cpe, model.backbone_3d.stage1[0], model.backbone_3d.stage2[0])}
+        assert list(captured.values()) == [{"bev_to_maps/None": 1}, {"stem[33, 24, 24]/None": 1},
+                                           {"layers/None": 1}, {"layers/None": 1}]
         fewer = points[points[:, 0] == 0]  # fewer voxels, the same batch size
         fewer = torch.cat([fewer, points[points[:, 0] == 1][:2500]])
         assert_same(model(fewer, cuda_graph=True), model(fewer))
-        # new weights everywhere, copied in place: the captured graphs must read them
-        state = {k: v * 1.5 if v.is_floating_point() and not k.startswith("vfe.") else v
+        # new weights in every graph, copied in place: the captured graphs must read them
+        scaled = ("backbone_2d.", "dense_head.", "backbone_3d.cpe.1.conv2.weight",
+                  "backbone_3d.stage1.0.cffn_layers.2.fc2.weight", "backbone_3d.stage2.0.attn_layers.0.proj.weight")
+        state = {k: v * 1.5 if v.is_floating_point() and k.startswith(scaled) else v
                  for k, v in model.state_dict().items()}
         model.load_state_dict(state)
         again = model(points, cuda_graph=True)

@@ -11,7 +11,7 @@ attention and the depth-wise convolutions run on the library's ops
 :func:`visionattn.ops.sparse_depthwise_conv.sparse_depthwise_conv`).
 """
 import math
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -50,17 +50,46 @@ class SparseBasicBlock(nn.Module):
 STEM = 4  # the CPE's first four modules are submanifold: they keep the voxels' rows
 
 
-def conv_position_encoding(in_channels: int, dim: int) -> sp.SparseSequential:
+class ConvPositionEncoding(sp.SparseSequential):
     """SubMConv 3x3x3 in->dim, three SparseBasicBlocks, then a (3, 1, 1) stride-(2, 1, 1) convolution
-    that halves the height (Waymo: z 33 -> 16)."""
-    return sp.SparseSequential(
-        sp.SparseSequential(sp.SubMConv3d(in_channels, dim, 3, bias=False, indice_key="subm1"), _bn1d(dim), nn.ReLU()),
-        SparseBasicBlock(dim, indice_key="stem"),
-        SparseBasicBlock(dim, indice_key="stem"),
-        SparseBasicBlock(dim, indice_key="stem"),
-        sp.SparseSequential(sp.SparseConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1), padding=0, bias=False,
-                                            indice_key="spconv1"), _bn1d(dim), nn.ReLU()),
-    )
+    that halves the height (Waymo: z 33 -> 16).
+
+    ``cuda_graph=True`` (CUDA inference, ``torch`` sparse backend) replays the submanifold part from a
+    CUDA graph per padded voxel count (:func:`replay_rows`), its neighbour tables built eagerly."""
+
+    def __init__(self, in_channels: int, dim: int):
+        super().__init__(
+            sp.SparseSequential(sp.SubMConv3d(in_channels, dim, 3, bias=False, indice_key="subm1"), _bn1d(dim),
+                                nn.ReLU()),
+            SparseBasicBlock(dim, indice_key="stem"),
+            SparseBasicBlock(dim, indice_key="stem"),
+            SparseBasicBlock(dim, indice_key="stem"),
+            sp.SparseSequential(sp.SparseConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1), padding=0, bias=False,
+                                                indice_key="spconv1"), _bn1d(dim), nn.ReLU()),
+        )
+
+    def forward(self, x, cuda_graph: bool = False):
+        if not (cuda_graph and isinstance(x, sp.SparseTensor)):
+            return super().forward(x)
+        tables = sp.submanifold_tables(self.submanifold_part(), x)
+        shape = tuple(x.spatial_shape)
+        feats = replay_rows(self, f"stem{list(shape)}", lambda cpe, *args: cpe.stem(shape, *args),
+                            [x.features, x.indices], tables)
+        x = x.replace_feature(feats)
+        for module in list(self)[STEM:]:
+            x = self.apply_module(module, x)
+        return x
+
+    def submanifold_part(self) -> sp.SparseSequential:
+        return sp.SparseSequential(*list(self)[:STEM])
+
+    def stem(self, spatial_shape: Sequence[int], features: torch.Tensor, indices: torch.Tensor,
+             *tables: torch.Tensor) -> torch.Tensor:
+        """Features after the submanifold part, its convolutions reading the given (K, N) tables (in the
+        order of ``sparse_backend.submanifold_keys``); the batch size is not read there."""
+        stem = self.submanifold_part()
+        x = sp.with_tables(features, indices, spatial_shape, 1, dict(zip(sp.submanifold_keys(stem), tables)))
+        return stem(x).features
 
 
 # --- CUDA-graph replay of the voxel part -------------------------------------------------------------
@@ -195,6 +224,15 @@ class CWIFFNLayer(nn.Module):
         return u + self.fc2(self.act(self.fc1(self.bn2(u))))
 
 
+class WindowGrouping(NamedTuple):
+    """What a block's layers need of one voxel set besides the features (:meth:`ScatterFormerBlock.group`)."""
+    perm: torch.Tensor  # (N,) the input rows in window order
+    offsets: torch.Tensor  # (M + 1,) window boundaries in that order
+    indices: torch.Tensor  # (N, 4) the voxels in that order: the block's output voxels
+    tables: Tuple[torch.Tensor, ...]  # the depth-wise convolutions' (K, N) tables, one per kernel size
+    indice_dict: dict  # index pairs already built for the output voxels (for the convolutions after the block)
+
+
 class ScatterFormerBlock(nn.Module):
     """``num_layers`` x (x <- x + SLA(BN(x)); x <- CWI-FFN(x)) on one window grouping.
 
@@ -213,19 +251,27 @@ class ScatterFormerBlock(nn.Module):
         self.cffn_layers = nn.ModuleList(CWIFFNLayer(dim, window + 1, conv_impl) for _ in range(num_layers))
         self.kernel_sizes = tuple(sorted({k for layer in self.cffn_layers for k in layer.kernel_sizes()}))
 
-    def forward(self, x, cuda_graph: bool = False):
-        """``cuda_graph=True`` (CUDA inference) replays the layers from a graph per padded voxel count
-        (:func:`replay_rows`); the grouping and the neighbour tables are built eagerly."""
+    def group(self, x) -> WindowGrouping:
+        """The window grouping of the voxels of ``x`` (only its indices, shape and batch size are read)."""
         shape = [int(s) for s in x.spatial_shape]
         perm, offsets = group_by_window(x.indices, shape, self.window, x.batch_size)
-        feats, indices = x.features[perm], x.indices[perm]
-        tables = [submanifold_pairs(indices, shape, k) for k in self.kernel_sizes]
+        indices = x.indices[perm]
+        return WindowGrouping(perm, offsets, indices,
+                              tuple(submanifold_pairs(indices, shape, k) for k in self.kernel_sizes), {})
+
+    def forward(self, x, cuda_graph: bool = False, grouping: Optional[WindowGrouping] = None):
+        """``grouping``: :meth:`group` of ``x`` when made ahead. ``cuda_graph=True`` (CUDA inference)
+        replays the layers from a graph per padded voxel count (:func:`replay_rows`)."""
+        g = self.group(x) if grouping is None else grouping
+        feats = x.features[g.perm]
         if cuda_graph:
-            feats = replay_rows(self, "layers", ScatterFormerBlock.layers, [feats], tables, offsets)
+            feats = replay_rows(self, "layers", ScatterFormerBlock.layers, [feats], g.tables, g.offsets)
         else:
-            feats = self.layers(feats, offsets, *tables)
+            feats = self.layers(feats, g.offsets, *g.tables)
         # a fresh tensor: index pairs cached for the old row order must not be reused
-        return type(x)(feats, indices, x.spatial_shape, x.batch_size)
+        out = type(x)(feats, g.indices, x.spatial_shape, x.batch_size)
+        out.indice_dict.update(g.indice_dict)
+        return out
 
     def layers(self, feats: torch.Tensor, offsets: torch.Tensor, *tables: torch.Tensor) -> torch.Tensor:
         """The layers on voxels sorted by window: (N, C) features, window boundaries, the depth-wise
@@ -235,6 +281,18 @@ class ScatterFormerBlock(nn.Module):
             feats = feats + attn(norm(feats), offsets)
             feats = cffn(feats, pairs)
         return feats
+
+
+class ScatterFormerStage(sp.SparseSequential):
+    """A :class:`ScatterFormerBlock` then BatchNorm (and a strided convolution): ``SparseSequential``
+    with the block's ``cuda_graph`` and ``grouping`` passed on."""
+
+    def forward(self, x, cuda_graph: bool = False, grouping: Optional[WindowGrouping] = None):
+        block, *rest = self
+        x = block(x, cuda_graph=cuda_graph, grouping=grouping)
+        for module in rest:
+            x = self.apply_module(module, x)
+        return x
 
 
 # --- voxels -> pillars -------------------------------------------------------------------------------
@@ -257,17 +315,26 @@ class AttnPillarPool(nn.Module):
         self.pos_embedding = nn.Embedding(height, dim)
         nn.init.normal_(self.pos_embedding.weight, std=0.01)
 
-    def forward(self, features: torch.Tensor, indices: torch.Tensor, spatial_shape: Optional[Sequence[int]] = None
+    @staticmethod
+    def pillars(indices: torch.Tensor, spatial_shape: Optional[Sequence[int]] = None
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The pillars ``[b, y, x]`` (P, 3) of voxels (N, 4), sorted, and each voxel's pillar (N,). Counting
+        the pillars waits for the GPU."""
         idx = indices.long()
-        # pillars sorted by (b, y, x): unique over one int64 key (much faster than unique over rows); the
-        # grid's (Y, X) when given, else read from the indices (which waits for the GPU)
+        # unique over one int64 key (much faster than unique over rows); the grid's (Y, X) when given, else
+        # read from the indices (which waits for the GPU once more)
         if spatial_shape is not None:
             ny, nx = int(spatial_shape[1]), int(spatial_shape[2])
         else:
             ny, nx = (int(idx[:, 2].max()) + 1, int(idx[:, 3].max()) + 1) if idx.shape[0] else (1, 1)
         keys, pillar_of_voxel = torch.unique((idx[:, 0] * ny + idx[:, 2]) * nx + idx[:, 3], return_inverse=True)
-        pillars = torch.stack([keys // (ny * nx), keys // nx % ny, keys % nx], 1)  # (P, 3)
+        return torch.stack([keys // (ny * nx), keys // nx % ny, keys % nx], 1), pillar_of_voxel
+
+    def forward(self, features: torch.Tensor, indices: torch.Tensor, spatial_shape: Optional[Sequence[int]] = None,
+                pillars: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``pillars``: :meth:`pillars` of ``indices`` when made ahead."""
+        idx = indices.long()
+        pillars, pillar_of_voxel = self.pillars(indices, spatial_shape) if pillars is None else pillars
         P, C = pillars.shape[0], features.shape[1]
         # spconv's max-pool starts its maximum at 0 (CPU and GPU), so a channel whose voxels are all
         # negative pools to 0: include_self=True on a zero tensor does the same
@@ -313,13 +380,13 @@ class ScatterFormerBackbone3d(nn.Module):
                  num_layers: int = 3, window: int = 12, attn_impl: str = "auto", conv_impl: str = "auto"):
         super().__init__()
         self.sparse_shape = tuple(int(s) for s in sparse_shape)
-        self.cpe = conv_position_encoding(in_channels, dim)
+        self.cpe = ConvPositionEncoding(in_channels, dim)
         block = dict(num_heads=num_heads, num_layers=num_layers, window=window, attn_impl=attn_impl,
                      conv_impl=conv_impl)
-        self.stage1 = sp.SparseSequential(ScatterFormerBlock(dim, **block), _bn1d(dim),
-                                          sp.SparseConv3d(dim, dim, 3, stride=2, padding=1, bias=False,
-                                                          indice_key="down"))
-        self.stage2 = sp.SparseSequential(ScatterFormerBlock(dim, **block), _bn1d(dim))
+        self.stage1 = ScatterFormerStage(ScatterFormerBlock(dim, **block), _bn1d(dim),
+                                         sp.SparseConv3d(dim, dim, 3, stride=2, padding=1, bias=False,
+                                                         indice_key="down"))
+        self.stage2 = ScatterFormerStage(ScatterFormerBlock(dim, **block), _bn1d(dim))
         Z, Y, X = self.sparse_shape
         height = ((Z - 3) // 2 + 1 - 1) // 2 + 1  # after the CPE's (3,1,1)/2 and stage 1's 3/2 (pad 1) convs
         if height != Z // 4:  # the official pillar size is Z // 4; both must agree for its z-stack
@@ -331,28 +398,30 @@ class ScatterFormerBackbone3d(nn.Module):
 
     def forward(self, voxel_features: torch.Tensor, voxel_coords: torch.Tensor, batch_size: int,
                 cuda_graph: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``cuda_graph=True`` (CUDA inference): the CPE's submanifold part (``torch`` sparse backend) and the
-        blocks' layers replay from CUDA graphs per padded voxel count (:func:`replay_rows`); the strided
-        convolutions, whose output sites the host must count, and the pillar pool run eagerly."""
+        """With the ``torch`` sparse backend the index work of the whole backbone comes first
+        (:meth:`plan`), so the feature computations are queued without waiting for the GPU.
+        ``cuda_graph=True`` (CUDA inference) replays the CPE's submanifold part and the blocks' layers from
+        CUDA graphs per padded voxel count (:func:`replay_rows`)."""
         x = sp.sparse_tensor(voxel_features, voxel_coords, self.sparse_shape, batch_size)
-        if cuda_graph and isinstance(x, sp.SparseTensor):
-            tables = sp.submanifold_tables(self.cpe[:STEM], x)
-            x = x.replace_feature(replay_rows(self, "cpe_stem", ScatterFormerBackbone3d.cpe_stem,
-                                              [x.features, x.indices], tables))
-            for module in list(self.cpe)[STEM:]:
-                x = sp.SparseSequential.apply_module(module, x)
-        else:
-            x = self.cpe(x)
-        for stage in (self.stage1, self.stage2):
-            block, *rest = stage
-            x = block(x, cuda_graph=cuda_graph)
-            for module in rest:
-                x = sp.SparseSequential.apply_module(module, x)
-        return self.app(x.features, x.indices, x.spatial_shape)
+        group1, group2, pillars = self.plan(x) if isinstance(x, sp.SparseTensor) else (None, None, None)
+        x = self.cpe(x, cuda_graph=cuda_graph)
+        x = self.stage1(x, cuda_graph=cuda_graph, grouping=group1)
+        x = self.stage2(x, cuda_graph=cuda_graph, grouping=group2)
+        return self.app(x.features, x.indices, x.spatial_shape, pillars=pillars)
 
-    def cpe_stem(self, features: torch.Tensor, indices: torch.Tensor, *tables: torch.Tensor) -> torch.Tensor:
-        """Features after the CPE's submanifold part, its convolutions reading the given (K, N) tables (in the
-        order of ``sparse_backend.submanifold_keys``). The batch size is not read there."""
-        stem = self.cpe[:STEM]
-        x = sp.with_tables(features, indices, self.sparse_shape, 1, dict(zip(sp.submanifold_keys(stem), tables)))
-        return stem(x).features
+    def plan(self, x: "sp.SparseTensor") -> Tuple[WindowGrouping, WindowGrouping, Tuple[torch.Tensor, torch.Tensor]]:
+        """The index work on the input voxels ``x`` (``torch`` backend): both strided convolutions' output
+        voxels and tables (kept in the tensors' ``indice_dict``, where the convolutions find them), both
+        blocks' window groupings and the pillars. Counting the output voxels of a strided convolution and
+        the pillars waits for the GPU; done before any feature work is queued, those waits are short and
+        the rest of the forward never waits."""
+        batch = x.batch_size
+        indices, shape, _ = sp.neighbour_table(self.cpe[STEM][0], x)
+        cpe_out = sp.SparseTensor(None, indices, shape, batch)
+        cpe_out.indice_dict = x.indice_dict  # a convolution's output shares its input's index pairs (spconv)
+        group1 = self.stage1[0].group(cpe_out)
+        block1_out = sp.SparseTensor(None, group1.indices, shape, batch)
+        indices, shape, _ = sp.neighbour_table(self.stage1[2], block1_out)
+        down = sp.SparseTensor(None, indices, shape, batch)
+        group2 = self.stage2[0].group(down)
+        return group1._replace(indice_dict=block1_out.indice_dict), group2, self.app.pillars(group2.indices, shape)

@@ -155,7 +155,7 @@ class _SparseConv(nn.Module):
     def forward(self, x):
         name = _backend_of(x)
         if name == "torch" or (name == "spconv" and not x.features.is_cuda):
-            return _conv_pairs(self, x, *(_torch_pairs if name == "torch" else _spconv_pairs)(self, x))
+            return _conv_pairs(self, x, *(neighbour_table if name == "torch" else _spconv_pairs)(self, x))
         impl = self._impl(name)
         impl.training = self.training  # pair generation keeps the backward tables only in training
         return impl._conv_forward(self.training, x, self.weight, self.bias)
@@ -228,8 +228,11 @@ def _spconv_pairs(conv: _SparseConv, x):
     return _cached(conv, x, "spconv", make)
 
 
-def _torch_pairs(conv: _SparseConv, x):
-    """The table from :func:`torch_pairs` (any device)."""
+def neighbour_table(conv: _SparseConv, x):
+    """``(out_indices, out_shape, NeighbourTable)`` of ``conv`` on the ``torch``-backend tensor ``x`` from
+    :func:`torch_pairs` (any device), built once per ``indice_key`` and kept in ``x.indice_dict``, where
+    the convolution finds it: calling this ahead of the convolution moves its index work (and, for a
+    strided convolution, its wait for the GPU to count the output sites) earlier."""
     return _cached(conv, x, "torch", lambda: torch_pairs(x.indices, x.spatial_shape, conv.kernel_size,
                                                          conv.stride, conv.padding, conv.subm))
 
@@ -297,7 +300,7 @@ def submanifold_tables(module: nn.Module, x: SparseTensor) -> Tuple[torch.Tensor
     """The (K, N) neighbour tables of ``module``'s convolutions on the ``torch``-backend tensor ``x``, in the
     order of :func:`submanifold_keys` (built now and cached in ``x``, as the convolutions would)."""
     by_key = {conv.indice_key: conv for conv in module.modules() if isinstance(conv, _SparseConv)}
-    return tuple(_torch_pairs(by_key[key], x)[2].table for key in submanifold_keys(module))
+    return tuple(neighbour_table(by_key[key], x)[2].table for key in submanifold_keys(module))
 
 
 def with_tables(features: torch.Tensor, indices: torch.Tensor, spatial_shape: Sequence[int], batch_size: int,
