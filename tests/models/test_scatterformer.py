@@ -585,10 +585,10 @@ def test_cuda_graph_replays_with_live_weights(monkeypatch):
     model = sf.ScatterFormer(**SMALL).cuda().eval()
     points = cloud(3000, batch_size=2).cuda()
 
-    def assert_same(got, want):
+    def assert_same(got, want):  # relative to each map's scale: the weights scaled below make maps of ~1e6
         for a, b in zip(got, want):
             for k in a:
-                torch.testing.assert_close(a[k], b[k], atol=2e-3, rtol=2e-3)
+                torch.testing.assert_close(a[k], b[k], atol=2e-3 * max(1.0, float(b[k].abs().max())), rtol=2e-3)
 
     with pytest.raises(ValueError, match="inference"):
         model(points, cuda_graph=True)  # grad enabled
