@@ -9,8 +9,9 @@ shape but mixes tokens with depthwise convolutions:
     channel mixer  Y = Conv1x1_{3C->C}( GELU( Conv1x1_{C->3C}( DW_k(X) ) ) )
 
 Both are :class:`MetaMixer` instances. Where the math lives: the mixers are standard
-convolutions that cuDNN already runs well, so they live once, here; the only kernel of their own
-is the generic conv epilogue ``visionattn/ops/channel_bias_act.py``. The main fast path is
+convolutions that cuDNN already runs well, so they live once, here; the kernels of their own are
+the generic ops ``visionattn/ops/channel_bias_act.py`` (conv epilogue) and, optionally,
+``visionattn/ops/depthwise_conv2d.py`` (depthwise conv with that epilogue fused). The main fast path is
 structural re-parameterisation: :meth:`FFNet.fuse` (also reached through timm's
 ``reparameterize_model``) folds every BatchNorm and the RepVGG 3x3 branches into single
 convolutions; the unfused training form is the reference.
@@ -26,6 +27,10 @@ the parameters, cached between no-grad calls), (3) layer scale and residual add 
 mixer's depthwise biases, which cannot be folded (zero padding makes a constant non-constant at
 borders), are added with the GELU, and with layer scale + residual, by one ``channel_bias_act`` pass
 each (:class:`FFNifiedAttention`; Triton on CUDA, ``epilogue_impl="reference"`` turns it off).
+Optional (``depthwise_impl="auto"``, off by default): the blocks' stride-1 depthwise convs run as the
+``depthwise_conv2d`` op's Triton kernel, the token mixer's with (4)'s epilogues fused into the conv
+(one pass per conv instead of two), the channel mixer's without bias (folded as in (2)); measured by
+``benchmarks/ffnet_depthwise.py``.
 
 Official parity notes: a token-mixer depthwise conv is RepVGG-style (7x7 + 3x3, both with BN)
 only when its kernel is 7, otherwise a plain depthwise conv with bias and no BN; the channel
