@@ -96,6 +96,15 @@ def _tiny_ffnet_checks(device):
         ref, ref_current = model(x), current(x)
     assert (out - ref).abs().max() <= 1e-5
     assert (out - ref_current).abs().max() <= 1e-5
+    # the custom op traces: torch.compile without graph breaks; torch.export keeps one node per conv (CPU:
+    # on CUDA export's fake convolutions report NCHW strides, see test_channel_bias_act, so the graph
+    # takes the reference branch there)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(fused, backend="aot_eager", fullgraph=True)(x), out, atol=1e-5, rtol=0)
+    program = torch.export.export(fused, (x,), strict=False)
+    if device == "cpu":
+        assert sum(n.target == torch.ops.visionattn.depthwise_conv2d.default for n in program.graph.nodes) == 15
+    torch.testing.assert_close(program.module()(x), out, atol=1e-5, rtol=0)
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="run by test_triton_interpreter")
