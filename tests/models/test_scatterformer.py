@@ -21,7 +21,8 @@ from visionattn import hub  # noqa: E402
 from visionattn.inference import predict_boxes_3d  # noqa: E402
 from visionattn.models.detection3d import scatterformer as sf  # noqa: E402
 from visionattn.models.detection3d import sparse_backend as sp  # noqa: E402
-from visionattn.models.detection3d.scatterformer_backbone import AttnPillarPool, group_by_window  # noqa: E402
+from visionattn.models.detection3d.scatterformer_backbone import (  # noqa: E402
+    STEM, AttnPillarPool, group_by_window, pad_rows, padded_rows)
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SMALL = dict(sf.WAYMO, point_cloud_range=(-3.84, -3.84, -2.0, 3.84, 3.84, 4.0))  # grid 24 x 24 x 32, BEV 12 x 12
@@ -515,12 +516,53 @@ def test_cuda_graph_needs_cuda_inference():
         predict_boxes_3d(model, cloud(), cuda_graph=True)
 
 
+def test_padded_row_counts():
+    """Graph sizes: at least N rows, at most 12.5 % (or 255 rows) more, multiples of 256, non-decreasing."""
+    sizes = [padded_rows(n) for n in range(1, 300000, 397)]
+    for n, m in zip(range(1, 300000, 397), sizes):
+        assert n <= m <= n + max(n // 8, 255) and m % 256 == 0
+    assert sizes == sorted(sizes) and len({padded_rows(n) for n in range(2**16 + 1, 2**17 + 1)}) == 8
+
+
+def test_padding_rows_changes_no_real_row(small_model, monkeypatch):
+    """What the CUDA graphs of the voxel part run: the CPE's submanifold part and a stage's layers on
+    inputs padded with rows that no real row sees (zero features, no neighbours, their own window)
+    give the real rows' unpadded results."""
+    monkeypatch.setenv("VISIONATTN_SPARSE_BACKEND", "torch")
+    backbone = small_model.backbone_3d
+    with torch.no_grad():
+        feats, coords = small_model.vfe(cloud(batch_size=2))
+        x = sp.sparse_tensor(feats, coords, backbone.sparse_shape, 2)
+        n = feats.shape[0]
+        n_pad = padded_rows(n) + 37  # any padding, also one that is not a bucket
+        tables = sp.submanifold_tables(backbone.cpe[:STEM], x)
+        stem = backbone.cpe[:STEM](x).features
+        torch.testing.assert_close(backbone.cpe_stem(*pad_rows(n_pad, [x.features, x.indices], tables))[:n], stem,
+                                   atol=1e-5, rtol=1e-5)
+        x = backbone.cpe(x)
+        block = backbone.stage1[0]
+        shape = x.spatial_shape
+        perm, offsets = group_by_window(x.indices, shape, block.window, x.batch_size)
+        feats, indices = x.features[perm], x.indices[perm]
+        from visionattn.ops.submanifold_pairs import submanifold_pairs
+        tables = [submanifold_pairs(indices, shape, k) for k in block.kernel_sizes]
+        m = feats.shape[0]
+        want = block.layers(feats, offsets, *tables)
+        got = block.layers(*pad_rows(m + 300, [feats], tables, offsets))
+        assert got.shape == (m + 300, feats.shape[1]) and torch.isfinite(got).all()
+        torch.testing.assert_close(got[:m], want, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.cuda
-def test_cuda_graph_replays_the_dense_part_with_live_weights(monkeypatch):
-    """``cuda_graph=True``: the same maps as eager, refused in training, and a captured graph follows
-    ``load_state_dict`` (in-place weights) and a batch-size change (a new capture). TF32 off and a
-    tolerance of 2e-3: cuDNN may pick other convolution algorithms while capturing, and the VFE's
-    scatter-mean sums in a varying order; fp32 maps of the random-weight network then differ by ~1e-4."""
+def test_cuda_graph_replays_with_live_weights(monkeypatch):
+    """``cuda_graph=True``: the same maps as eager, refused in training, and the captured graphs (the
+    dense part, the CPE's submanifold part, each stage's layers) follow ``load_state_dict`` (in-place
+    weights), another voxel count (replayed from the padded size's graph) and a batch-size change.
+    TF32 off and a tolerance of 2e-3: cuDNN may pick other convolution algorithms while capturing, and
+    the VFE's scatter-mean sums in a varying order; fp32 maps of the random-weight network then differ
+    by ~1e-4."""
+    from visionattn.cuda_graph import graph_runners
+
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
@@ -539,8 +581,16 @@ def test_cuda_graph_replays_the_dense_part_with_live_weights(monkeypatch):
         first = model(points, cuda_graph=True)
         assert_same(first, model(points))
         assert_same(model(points, cuda_graph=True), model(points))  # replay
-        # new weights of the dense part, copied in place: the captured graph must read them
-        state = {k: v * 1.5 if v.is_floating_point() and k.startswith(("backbone_2d.", "dense_head.")) else v
+        graphs = [graph_runners(m)[name] for m, name in ((model, "bev_to_maps/None"),
+                                                         (model.backbone_3d, "cpe_stem/None"),
+                                                         (model.backbone_3d.stage1[0], "layers/None"),
+                                                         (model.backbone_3d.stage2[0], "layers/None"))]
+        assert [len(g) for g in graphs] == [1, 1, 1, 1]
+        fewer = points[points[:, 0] == 0]  # fewer voxels, the same batch size
+        fewer = torch.cat([fewer, points[points[:, 0] == 1][:2500]])
+        assert_same(model(fewer, cuda_graph=True), model(fewer))
+        # new weights everywhere, copied in place: the captured graphs must read them
+        state = {k: v * 1.5 if v.is_floating_point() and not k.startswith("vfe.") else v
                  for k, v in model.state_dict().items()}
         model.load_state_dict(state)
         again = model(points, cuda_graph=True)

@@ -11,12 +11,13 @@ attention and the depth-wise convolutions run on the library's ops
 :func:`visionattn.ops.sparse_depthwise_conv.sparse_depthwise_conv`).
 """
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...cuda_graph import graph_runner
 from ...ops.scattered_linear_attention import scattered_linear_attention
 from ...ops.sparse_depthwise_conv import sparse_depthwise_conv
 from ...ops.submanifold_pairs import submanifold_pairs
@@ -46,6 +47,9 @@ class SparseBasicBlock(nn.Module):
         return out.replace_feature(self.relu(self.bn2(out.features) + x.features))
 
 
+STEM = 4  # the CPE's first four modules are submanifold: they keep the voxels' rows
+
+
 def conv_position_encoding(in_channels: int, dim: int) -> sp.SparseSequential:
     """SubMConv 3x3x3 in->dim, three SparseBasicBlocks, then a (3, 1, 1) stride-(2, 1, 1) convolution
     that halves the height (Waymo: z 33 -> 16)."""
@@ -57,6 +61,44 @@ def conv_position_encoding(in_channels: int, dim: int) -> sp.SparseSequential:
         sp.SparseSequential(sp.SparseConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1), padding=0, bias=False,
                                             indice_key="spconv1"), _bn1d(dim), nn.ReLU()),
     )
+
+
+# --- CUDA-graph replay of the voxel part -------------------------------------------------------------
+
+def padded_rows(n: int) -> int:
+    """The row count a graph of ``n`` voxels is captured for: ``n`` rounded up to a multiple of
+    ``2 ** (bit_length(n) - 4)`` (at least 256), so one graph serves every count within 1/8 of an octave
+    (at most 12.5 % padding, eight graphs per doubling of the voxel count)."""
+    step = max(256, 1 << max(int(n).bit_length() - 4, 0))
+    return -(-int(n) // step) * step
+
+
+def pad_rows(n_pad: int, rows: Sequence[torch.Tensor], tables: Sequence[torch.Tensor],
+             offsets: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+    """``[*rows, offsets, *tables]`` padded from N to ``n_pad`` rows: (N, ...) tensors with zero rows, the
+    (K, N) neighbour tables with columns that have no neighbour (-1), and the (M+1,) window boundaries
+    with one more window that holds the padding rows. No real row reads a padding row (no table points
+    at one, no real window holds one), so the real rows compute what they compute unpadded."""
+    p = n_pad - rows[0].shape[0]
+    out = [F.pad(r, (0, 0) * (r.dim() - 1) + (0, p)) for r in rows]
+    if offsets is not None:
+        out.append(F.pad(offsets, (0, 1), value=n_pad))
+    return out + [F.pad(t, (0, p), value=-1) for t in tables]
+
+
+def replay_rows(owner: nn.Module, name: str, fn: Callable[..., torch.Tensor], rows: Sequence[torch.Tensor],
+                tables: Sequence[torch.Tensor], offsets: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``fn(owner, *rows, [offsets], *tables)[:N]`` (an (N', C) result per row), replayed from a CUDA graph.
+
+    The voxel part runs hundreds of small kernels whose sizes follow the voxel count N, so eagerly the
+    GPU waits on Python, and a graph captured for one N would rarely serve again. The inputs are padded
+    to :func:`padded_rows` (:func:`pad_rows`) and graphs are kept per padded count and autocast dtype
+    (eight per ``owner`` and ``name``, sharing one memory pool). Inference only (eval, no grad)."""
+    n = rows[0].shape[0]
+    args = pad_rows(padded_rows(n), rows, tables, offsets)
+    autocast = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+    runner = graph_runner(owner, f"{name}/{autocast}", fn, max_graphs=8, clone_outputs=False, share_pool=True)
+    return runner(*args)[:n].clone()  # the graph's output buffer is overwritten by its next replay
 
 
 # --- window grouping ---------------------------------------------------------------------------------
@@ -169,18 +211,30 @@ class ScatterFormerBlock(nn.Module):
         self.norm_layers = nn.ModuleList(_bn1d(dim) for _ in range(num_layers))
         self.attn_layers = nn.ModuleList(SLALayer(dim, num_heads, attn_impl) for _ in range(num_layers))
         self.cffn_layers = nn.ModuleList(CWIFFNLayer(dim, window + 1, conv_impl) for _ in range(num_layers))
+        self.kernel_sizes = tuple(sorted({k for layer in self.cffn_layers for k in layer.kernel_sizes()}))
 
-    def forward(self, x):
+    def forward(self, x, cuda_graph: bool = False):
+        """``cuda_graph=True`` (CUDA inference) replays the layers from a graph per padded voxel count
+        (:func:`replay_rows`); the grouping and the neighbour tables are built eagerly."""
         shape = [int(s) for s in x.spatial_shape]
         perm, offsets = group_by_window(x.indices, shape, self.window, x.batch_size)
         feats, indices = x.features[perm], x.indices[perm]
-        sizes = {k for layer in self.cffn_layers for k in layer.kernel_sizes()}
-        pairs = {k: submanifold_pairs(indices, shape, k) for k in sorted(sizes)}
+        tables = [submanifold_pairs(indices, shape, k) for k in self.kernel_sizes]
+        if cuda_graph:
+            feats = replay_rows(self, "layers", ScatterFormerBlock.layers, [feats], tables, offsets)
+        else:
+            feats = self.layers(feats, offsets, *tables)
+        # a fresh tensor: index pairs cached for the old row order must not be reused
+        return type(x)(feats, indices, x.spatial_shape, x.batch_size)
+
+    def layers(self, feats: torch.Tensor, offsets: torch.Tensor, *tables: torch.Tensor) -> torch.Tensor:
+        """The layers on voxels sorted by window: (N, C) features, window boundaries, the depth-wise
+        convolutions' (K, N) neighbour tables in the order of ``kernel_sizes``."""
+        pairs = dict(zip(self.kernel_sizes, tables))
         for norm, attn, cffn in zip(self.norm_layers, self.attn_layers, self.cffn_layers):
             feats = feats + attn(norm(feats), offsets)
             feats = cffn(feats, pairs)
-        # a fresh tensor: index pairs cached for the old row order must not be reused
-        return type(x)(feats, indices, x.spatial_shape, x.batch_size)
+        return feats
 
 
 # --- voxels -> pillars -------------------------------------------------------------------------------
@@ -275,10 +329,30 @@ class ScatterFormerBackbone3d(nn.Module):
         self.bev_shape = ((Y - 1) // 2 + 1, (X - 1) // 2 + 1)
         self.num_out_features = dim
 
-    def forward(self, voxel_features: torch.Tensor, voxel_coords: torch.Tensor, batch_size: int
-                ) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, voxel_features: torch.Tensor, voxel_coords: torch.Tensor, batch_size: int,
+                cuda_graph: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``cuda_graph=True`` (CUDA inference): the CPE's submanifold part (``torch`` sparse backend) and the
+        blocks' layers replay from CUDA graphs per padded voxel count (:func:`replay_rows`); the strided
+        convolutions, whose output sites the host must count, and the pillar pool run eagerly."""
         x = sp.sparse_tensor(voxel_features, voxel_coords, self.sparse_shape, batch_size)
-        x = self.cpe(x)
-        x = self.stage1(x)
-        x = self.stage2(x)
+        if cuda_graph and isinstance(x, sp.SparseTensor):
+            tables = sp.submanifold_tables(self.cpe[:STEM], x)
+            x = x.replace_feature(replay_rows(self, "cpe_stem", ScatterFormerBackbone3d.cpe_stem,
+                                              [x.features, x.indices], tables))
+            for module in list(self.cpe)[STEM:]:
+                x = sp.SparseSequential.apply_module(module, x)
+        else:
+            x = self.cpe(x)
+        for stage in (self.stage1, self.stage2):
+            block, *rest = stage
+            x = block(x, cuda_graph=cuda_graph)
+            for module in rest:
+                x = sp.SparseSequential.apply_module(module, x)
         return self.app(x.features, x.indices, x.spatial_shape)
+
+    def cpe_stem(self, features: torch.Tensor, indices: torch.Tensor, *tables: torch.Tensor) -> torch.Tensor:
+        """Features after the CPE's submanifold part, its convolutions reading the given (K, N) tables (in the
+        order of ``sparse_backend.submanifold_keys``). The batch size is not read there."""
+        stem = self.cpe[:STEM]
+        x = sp.with_tables(features, indices, self.sparse_shape, 1, dict(zip(sp.submanifold_keys(stem), tables)))
+        return stem(x).features

@@ -183,10 +183,14 @@ class NeighbourTable:
         return iter(offset_pairs(self.table, self.cache))
 
 
+def _cache_key(backend: str, indice_key: str) -> str:
+    return f"visionattn_{backend}/{indice_key}"
+
+
 def _cached(conv: _SparseConv, x, backend: str, make):
     """``(out_indices, out_shape, NeighbourTable)`` of ``conv`` on ``x``, cached in ``x.indice_dict`` under
     the conv's ``indice_key`` (the layers of one key share the table and what is derived from it)."""
-    key = f"visionattn_{backend}/{conv.indice_key}" if conv.indice_key is not None else None
+    key = _cache_key(backend, conv.indice_key) if conv.indice_key is not None else None
     if key is not None and key in x.indice_dict:
         return x.indice_dict[key]
     out_indices, out_shape, table = make()
@@ -276,6 +280,37 @@ def torch_pairs(indices: torch.Tensor, spatial_shape: Sequence[int], kernel_size
     return out_indices, out_l, table
 
 
+def submanifold_keys(module: nn.Module) -> Tuple[str, ...]:
+    """The ``indice_key`` of every sparse convolution in ``module``, in order, each once; all must be keyed
+    submanifold convolutions (which keep their input's rows)."""
+    keys = []
+    for conv in module.modules():
+        if isinstance(conv, _SparseConv):
+            if not conv.subm or conv.indice_key is None:
+                raise ValueError(f"{conv!r}: expected keyed submanifold convolutions only (they keep the rows)")
+            if conv.indice_key not in keys:
+                keys.append(conv.indice_key)
+    return tuple(keys)
+
+
+def submanifold_tables(module: nn.Module, x: SparseTensor) -> Tuple[torch.Tensor, ...]:
+    """The (K, N) neighbour tables of ``module``'s convolutions on the ``torch``-backend tensor ``x``, in the
+    order of :func:`submanifold_keys` (built now and cached in ``x``, as the convolutions would)."""
+    by_key = {conv.indice_key: conv for conv in module.modules() if isinstance(conv, _SparseConv)}
+    return tuple(_torch_pairs(by_key[key], x)[2].table for key in submanifold_keys(module))
+
+
+def with_tables(features: torch.Tensor, indices: torch.Tensor, spatial_shape: Sequence[int], batch_size: int,
+                tables: Dict[str, torch.Tensor]) -> SparseTensor:
+    """A ``torch``-backend sparse tensor whose submanifold convolutions read ``tables`` (``indice_key`` ->
+    (K, N) table) instead of building them: how their features are recomputed from given tables (e.g.
+    row-padded copies replayed from a CUDA graph)."""
+    x = SparseTensor(features, indices, spatial_shape, batch_size)
+    for key, table in tables.items():
+        x.indice_dict[_cache_key("torch", key)] = (indices, x.spatial_shape, NeighbourTable(table))
+    return x
+
+
 def _conv_pairs(conv: _SparseConv, x, out_indices, out_shape, neighbours: NeighbourTable):
     """``out[o] = bias + sum_k W_k x[table[k, o]]`` (W (out, K, in) from the KRSC weight) with the
     library's :func:`~visionattn.ops.sparse_conv.sparse_conv`: its Triton gather-GEMM on CUDA, its
@@ -308,8 +343,12 @@ class SparseSequential(nn.Sequential):
 
     def forward(self, x):
         for module in self:
-            if isinstance(module, _SparseConv) or getattr(module, "sparse_input", False):
-                x = module(x)
-            else:
-                x = x.replace_feature(module(x.features))
+            x = self.apply_module(module, x)
         return x
+
+    @staticmethod
+    def apply_module(module: nn.Module, x):
+        """One step: a sparse module takes the tensor, a dense one its features."""
+        if isinstance(module, _SparseConv) or getattr(module, "sparse_input", False):
+            return module(x)
+        return x.replace_feature(module(x.features))
