@@ -87,9 +87,9 @@ def run(args) -> None:
         torch.cuda.synchronize()
         print(f"{tag} training peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
         model.eval()
-    stages = {"vfe": model.vfe, "cpe": model.backbone_3d.cpe, "stage1": model.backbone_3d.stage1,
-              "stage2": model.backbone_3d.stage2, "app": model.backbone_3d.app, "backbone_2d": model.backbone_2d,
-              "dense_head": model.dense_head}
+    b3d = model.backbone_3d
+    stages = {"vfe": model.vfe, "cpe": (b3d.cpe[0], b3d.cpe[-1]), "stage1": b3d.stage1, "stage2": b3d.stage2,
+              "app": b3d.app, "backbone_2d": model.backbone_2d, "dense_head": model.dense_head}
     events = {}
 
     def mark(key):
@@ -98,9 +98,10 @@ def run(args) -> None:
             events[key].record()
         return hook
 
-    for name, module in stages.items():
-        module.register_forward_pre_hook(mark(name))
-        module.register_forward_hook(mark(name + "/end"))
+    for name, module in stages.items():  # a module, or the (first, last) modules of a stage
+        first, last = module if isinstance(module, tuple) else (module, module)
+        first.register_forward_pre_hook(mark(name))
+        last.register_forward_hook(mark(name + "/end"))
     with torch.no_grad():
         for _ in range(3):
             model(points)

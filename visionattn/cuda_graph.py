@@ -45,14 +45,19 @@ class CUDAGraphRunner:
         warmup: eager calls on a side stream before capture (autotuning, lazy init).
         clone_outputs: return copies (safe to keep across calls). ``False`` returns the graph's
             own output tensors, overwritten by the next replay of the same signature.
+        share_pool: capture every signature into one memory pool, so that many signatures (e.g. row
+            counts rounded up to buckets) cost about the memory of the largest. Safe because replays
+            run one at a time on one stream and a replay's outputs are used (copied) before the next
+            one; with ``clone_outputs=False`` the caller must do that copy.
     """
 
     def __init__(self, fn: Callable, key: Optional[Callable[[], Hashable]] = None, max_graphs: int = 4,
-                 warmup: int = 2, clone_outputs: bool = True):
+                 warmup: int = 2, clone_outputs: bool = True, share_pool: bool = False):
         if max_graphs < 1 or warmup < 1:
             raise ValueError(f"max_graphs ({max_graphs}) and warmup ({warmup}) must be >= 1")
         self.fn, self.key, self.max_graphs, self.warmup = fn, key, max_graphs, warmup
-        self.clone_outputs = clone_outputs
+        self.clone_outputs, self.share_pool = clone_outputs, share_pool
+        self._pool = None
         self._graphs: "OrderedDict[Hashable, _Captured]" = OrderedDict()
 
     def _signature(self, args) -> Hashable:
@@ -73,7 +78,9 @@ class CUDAGraphRunner:
                 self.fn(*static_inputs)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        if self.share_pool and self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(graph, pool=self._pool):
             static_outputs = self.fn(*static_inputs)
         return _Captured(graph, static_inputs, static_outputs)
 
@@ -101,6 +108,7 @@ class CUDAGraphRunner:
     def clear(self) -> None:
         """Drop every captured graph and its memory."""
         self._graphs.clear()
+        self._pool = None
 
 
 def module_key(module: nn.Module) -> Hashable:

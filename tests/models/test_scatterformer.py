@@ -21,7 +21,8 @@ from visionattn import hub  # noqa: E402
 from visionattn.inference import predict_boxes_3d  # noqa: E402
 from visionattn.models.detection3d import scatterformer as sf  # noqa: E402
 from visionattn.models.detection3d import sparse_backend as sp  # noqa: E402
-from visionattn.models.detection3d.scatterformer_backbone import AttnPillarPool, group_by_window  # noqa: E402
+from visionattn.models.detection3d.scatterformer_backbone import (  # noqa: E402
+    AttnPillarPool, group_by_window, pad_rows, padded_rows)
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SMALL = dict(sf.WAYMO, point_cloud_range=(-3.84, -3.84, -2.0, 3.84, 3.84, 4.0))  # grid 24 x 24 x 32, BEV 12 x 12
@@ -325,7 +326,7 @@ def test_torch_pairs_equal_spconv_pairs():
     feats = torch.randn(len(idx), 2, generator=g)
     for conv in (sp.SubMConv3d(2, 2, 3, padding=1, indice_key="a"), sp.SubMConv3d(2, 2, (1, 1, 5), padding=(0, 0, 2)),
                  sp.SparseConv3d(2, 2, (3, 1, 1), stride=(2, 1, 1)), sp.SparseConv3d(2, 2, 3, stride=2, padding=1)):
-        ours = sp._torch_pairs(conv, sp.SparseTensor(feats, idx, shape, 2))
+        ours = sp.neighbour_table(conv, sp.SparseTensor(feats, idx, shape, 2))
         theirs = sp._spconv_pairs(conv, sp.sparse_tensor(feats, idx, shape, 2))
         assert ours[1] == [int(s) for s in theirs[1]]
 
@@ -515,12 +516,80 @@ def test_cuda_graph_needs_cuda_inference():
         predict_boxes_3d(model, cloud(), cuda_graph=True)
 
 
+def test_index_work_first_gives_the_same_maps(small_model, two_samples, monkeypatch):
+    """The ``torch`` backend builds every table, window grouping and the pillars before the feature work
+    (``ScatterFormerBackbone3d.plan``); the spconv backend builds them where each module needs them.
+    Same maps."""
+    pytest.importorskip("spconv")
+    points, want = two_samples
+    monkeypatch.setenv("VISIONATTN_SPARSE_BACKEND", "torch")
+    calls = []
+    monkeypatch.setattr(type(small_model.backbone_3d), "plan",
+                        lambda self, x, _plan=type(small_model.backbone_3d).plan: calls.append(1) or _plan(self, x))
+    with torch.no_grad():
+        got = small_model(points)
+    assert calls == [1]
+    for a, b in zip(got, want):
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-4)
+
+
+def test_keys_are_sorted_as_int32_when_the_grid_allows():
+    from visionattn.models.detection3d.voxel_keys import narrowed
+    key = torch.tensor([5, 2**31 - 1, 0])
+    assert narrowed(key, 2**31).dtype == torch.int32 and narrowed(key, 2**31 + 1).dtype == torch.int64
+    torch.manual_seed(0)
+    idx = torch.cat([torch.randint(0, 2, (300, 1)), torch.randint(0, 9, (300, 3))], 1).unique(dim=0).int()
+    for args in (((3, 1, 1), (2, 1, 1), (0, 0, 0)), ((3, 3, 3), (2, 2, 2), (1, 1, 1))):
+        wide = sp.torch_pairs(idx, (9, 9, 9), *args, subm=False)
+        narrow = sp.torch_pairs(idx, (9, 9, 9), *args, subm=False, batch_size=2)
+        assert all(torch.equal(a, b) for a, b in zip((wide[0], wide[2]), (narrow[0], narrow[2])))
+
+
+def test_padded_row_counts():
+    """Graph sizes: at least N rows, at most 12.5 % (or 255 rows) more, multiples of 256, non-decreasing."""
+    sizes = [padded_rows(n) for n in range(1, 300000, 397)]
+    for n, m in zip(range(1, 300000, 397), sizes):
+        assert n <= m <= n + max(n // 8, 255) and m % 256 == 0
+    assert sizes == sorted(sizes) and len({padded_rows(n) for n in range(2**16 + 1, 2**17 + 1)}) == 8
+
+
+def test_padding_rows_changes_no_real_row(small_model, monkeypatch):
+    """What the CUDA graphs of the voxel part run: the CPE's submanifold part and a stage's layers on
+    inputs padded with rows that no real row sees (zero features, no neighbours, their own window)
+    give the real rows' unpadded results."""
+    monkeypatch.setenv("VISIONATTN_SPARSE_BACKEND", "torch")
+    backbone = small_model.backbone_3d
+    with torch.no_grad():
+        feats, coords = small_model.vfe(cloud(batch_size=2))
+        x = sp.sparse_tensor(feats, coords, backbone.sparse_shape, 2)
+        n = feats.shape[0]
+        n_pad = padded_rows(n) + 37  # any padding, also one that is not a bucket
+        tables = sp.submanifold_tables(backbone.cpe.submanifold_part(), x)
+        stem = backbone.cpe.submanifold_part()(x).features
+        padded = backbone.cpe.stem(x.spatial_shape, *pad_rows(n_pad, [x.features, x.indices], tables))
+        torch.testing.assert_close(padded[:n], stem, atol=1e-5, rtol=1e-5)
+        x = backbone.cpe(x)
+        block = backbone.stage1[0]
+        g = block.group(x)
+        feats = x.features[g.perm]
+        m = feats.shape[0]
+        want = block.layers(feats, g.offsets, *g.tables)
+        got = block.layers(*pad_rows(m + 300, [feats], g.tables, g.offsets))
+        assert got.shape == (m + 300, feats.shape[1]) and torch.isfinite(got).all()
+        torch.testing.assert_close(got[:m], want, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.cuda
-def test_cuda_graph_replays_the_dense_part_with_live_weights(monkeypatch):
-    """``cuda_graph=True``: the same maps as eager, refused in training, and a captured graph follows
-    ``load_state_dict`` (in-place weights) and a batch-size change (a new capture). TF32 off and a
-    tolerance of 2e-3: cuDNN may pick other convolution algorithms while capturing, and the VFE's
-    scatter-mean sums in a varying order; fp32 maps of the random-weight network then differ by ~1e-4."""
+def test_cuda_graph_replays_with_live_weights(monkeypatch):
+    """``cuda_graph=True``: the same maps as eager, refused in training, and the captured graphs (the
+    dense part, the CPE's submanifold part, each stage's layers) follow ``load_state_dict`` (in-place
+    weights), another voxel count (replayed from the padded size's graph) and a batch-size change.
+    TF32 off and a tolerance of 2e-3: cuDNN may pick other convolution algorithms while capturing, and
+    the VFE's scatter-mean sums in a varying order; fp32 maps of the random-weight network then differ
+    by ~1e-4."""
+    from visionattn.cuda_graph import graph_runners
+
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
@@ -528,10 +597,10 @@ def test_cuda_graph_replays_the_dense_part_with_live_weights(monkeypatch):
     model = sf.ScatterFormer(**SMALL).cuda().eval()
     points = cloud(3000, batch_size=2).cuda()
 
-    def assert_same(got, want):
+    def assert_same(got, want):  # relative to each map's scale: the weights scaled below make maps of ~1e6
         for a, b in zip(got, want):
             for k in a:
-                torch.testing.assert_close(a[k], b[k], atol=2e-3, rtol=2e-3)
+                torch.testing.assert_close(a[k], b[k], atol=2e-3 * max(1.0, float(b[k].abs().max())), rtol=2e-3)
 
     with pytest.raises(ValueError, match="inference"):
         model(points, cuda_graph=True)  # grad enabled
@@ -539,8 +608,17 @@ def test_cuda_graph_replays_the_dense_part_with_live_weights(monkeypatch):
         first = model(points, cuda_graph=True)
         assert_same(first, model(points))
         assert_same(model(points, cuda_graph=True), model(points))  # replay
-        # new weights of the dense part, copied in place: the captured graph must read them
-        state = {k: v * 1.5 if v.is_floating_point() and k.startswith(("backbone_2d.", "dense_head.")) else v
+        captured = {m: {name: len(runner) for name, runner in graph_runners(m).items()}
+                    for m in (model, model.backbone_3d.cpe, model.backbone_3d.stage1[0], model.backbone_3d.stage2[0])}
+        assert list(captured.values()) == [{"bev_to_maps/None": 1}, {"stem[33, 24, 24]/None": 1},
+                                           {"layers/None": 1}, {"layers/None": 1}]
+        fewer = points[points[:, 0] == 0]  # fewer voxels, the same batch size
+        fewer = torch.cat([fewer, points[points[:, 0] == 1][:2500]])
+        assert_same(model(fewer, cuda_graph=True), model(fewer))
+        # new weights in every graph, copied in place: the captured graphs must read them
+        scaled = ("backbone_2d.", "dense_head.", "backbone_3d.cpe.1.conv2.weight",
+                  "backbone_3d.stage1.0.cffn_layers.2.fc2.weight", "backbone_3d.stage2.0.attn_layers.0.proj.weight")
+        state = {k: v * 1.5 if v.is_floating_point() and k.startswith(scaled) else v
                  for k, v in model.state_dict().items()}
         model.load_state_dict(state)
         again = model(points, cuda_graph=True)

@@ -161,21 +161,25 @@ class ScatterFormer(nn.Module):
             raise ValueError(f"ScatterFormer is on {like.device} but got points on {points.device}; move them with "
                              f"points.to('{like.device}')")
 
-    def bev_features(self, points: torch.Tensor, batch_size: Optional[int] = None) -> torch.Tensor:
-        """The BEV feature map (B, dim, H, W) entering the 2-D backbone (after height compression)."""
+    def bev_features(self, points: torch.Tensor, batch_size: Optional[int] = None, cuda_graph: bool = False
+                     ) -> torch.Tensor:
+        """The BEV feature map (B, dim, H, W) entering the 2-D backbone (after height compression);
+        ``cuda_graph`` as in :meth:`forward`."""
         self._check(points)
+        if cuda_graph:
+            self._check_graphable(points)
         last = int(points[:, 0].max().item()) if points.shape[0] else 0
         if batch_size is None:
             batch_size = last + 1
         elif last >= batch_size:
             raise ValueError(f"points hold batch index {last} but batch_size is {batch_size}; pass batch_size > {last} "
                              f"or leave it None")
-        voxel_features, voxel_coords = self.vfe(points)
+        voxel_features, voxel_coords = self.vfe(points, batch_size)
         dim = self.backbone_3d.num_out_features
         H, W = self.bev_shape
         if voxel_coords.shape[0] == 0:  # nothing in range: the BEV map is empty
             return voxel_features.new_zeros(batch_size, dim, H, W)
-        pillar_features, pillars = self.backbone_3d(voxel_features, voxel_coords, batch_size)
+        pillar_features, pillars = self.backbone_3d(voxel_features, voxel_coords, batch_size, cuda_graph=cuda_graph)
         pillars = pillars.long()
         bev = pillar_features.new_zeros(batch_size, H * W, dim)
         bev[pillars[:, 0], pillars[:, 1] * W + pillars[:, 2]] = pillar_features
@@ -185,15 +189,23 @@ class ScatterFormer(nn.Module):
                 cuda_graph: bool = False) -> List[Dict[str, torch.Tensor]]:
         """Raw head maps (``mode='tensor'``) or detections per frame (``'predict'``).
 
-        ``cuda_graph=True`` (CUDA inference: eval mode, no grad) replays the dense part, the 2-D
-        backbone and the head, from a CUDA graph captured at the first call per batch size, dtype
-        and autocast setting: its shapes are fixed by the BEV grid, and eagerly its ~200 small
-        launches keep the GPU waiting on Python. The voxel part has data-dependent sizes and runs
-        eagerly. Outputs equal the eager ones up to the convolution algorithms cuDNN picks while capturing.
+        ``cuda_graph=True`` (CUDA inference: eval mode, no grad) replays most kernels from CUDA graphs,
+        where eagerly the GPU would wait on Python to launch them (hundreds of small kernels):
+
+        - the dense part (2-D backbone and head), whose shapes the BEV grid fixes: one graph per batch
+          size, dtype and autocast setting;
+        - the voxel part's CPE submanifold convolutions and each stage's ScatterFormer layers, whose
+          sizes follow the voxel count: graphs per voxel count rounded up to 1/8 of an octave, the
+          rows padded with voxels that no real voxel sees
+          (:func:`~.scatterformer_backbone.replay_rows`).
+
+        The voxelisation, the neighbour tables, the strided convolutions and the pillar pool run
+        eagerly. Outputs equal the eager ones up to the kernels cuDNN and cuBLAS pick for the captured
+        (padded) sizes; the first call per size captures (a few eager runs).
         """
         if mode not in ("tensor", "predict"):
             raise ValueError(f"mode must be 'tensor' (raw head maps) or 'predict' (boxes), got {mode!r}")
-        bev = self.bev_features(points, batch_size)
+        bev = self.bev_features(points, batch_size, cuda_graph=cuda_graph)
         maps = self._dense_graphed(bev) if cuda_graph else self._dense(self, bev)
         return maps if mode == "tensor" else self.decoder(maps)
 
@@ -201,13 +213,15 @@ class ScatterFormer(nn.Module):
     def _dense(model: "ScatterFormer", bev: torch.Tensor) -> List[Dict[str, torch.Tensor]]:
         return model.dense_head(model.backbone_2d(bev))
 
-    def _dense_graphed(self, bev: torch.Tensor) -> List[Dict[str, torch.Tensor]]:
-        if not bev.is_cuda:
-            raise ValueError(f"cuda_graph=True needs the network and points on a CUDA device, got {bev.device}; "
+    def _check_graphable(self, points: torch.Tensor) -> None:
+        if not points.is_cuda:
+            raise ValueError(f"cuda_graph=True needs the network and points on a CUDA device, got {points.device}; "
                              f"move them with .cuda() or leave cuda_graph False")
         if self.training or torch.is_grad_enabled():
             raise ValueError("cuda_graph=True is for inference: call model.eval() and run under torch.no_grad() "
                              "(training steps run eagerly)")
+
+    def _dense_graphed(self, bev: torch.Tensor) -> List[Dict[str, torch.Tensor]]:
         autocast = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
         return graph_runner(self, f"bev_to_maps/{autocast}", self._dense)(bev)
 

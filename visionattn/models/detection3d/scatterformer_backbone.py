@@ -11,17 +11,19 @@ attention and the depth-wise convolutions run on the library's ops
 :func:`visionattn.ops.sparse_depthwise_conv.sparse_depthwise_conv`).
 """
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...cuda_graph import graph_runner
 from ...ops.scattered_linear_attention import scattered_linear_attention
 from ...ops.sparse_depthwise_conv import sparse_depthwise_conv
 from ...ops.submanifold_pairs import submanifold_pairs
 from . import sparse_backend as sp
 from .norms import bn1d as _bn1d
+from .voxel_keys import narrowed
 
 
 # --- convolutional position encoding (CPE) --------------------------------------------------------
@@ -46,17 +48,96 @@ class SparseBasicBlock(nn.Module):
         return out.replace_feature(self.relu(self.bn2(out.features) + x.features))
 
 
-def conv_position_encoding(in_channels: int, dim: int) -> sp.SparseSequential:
+STEM = 4  # the CPE's first four modules are submanifold: they keep the voxels' rows
+
+
+class ConvPositionEncoding(sp.SparseSequential):
     """SubMConv 3x3x3 in->dim, three SparseBasicBlocks, then a (3, 1, 1) stride-(2, 1, 1) convolution
-    that halves the height (Waymo: z 33 -> 16)."""
-    return sp.SparseSequential(
-        sp.SparseSequential(sp.SubMConv3d(in_channels, dim, 3, bias=False, indice_key="subm1"), _bn1d(dim), nn.ReLU()),
-        SparseBasicBlock(dim, indice_key="stem"),
-        SparseBasicBlock(dim, indice_key="stem"),
-        SparseBasicBlock(dim, indice_key="stem"),
-        sp.SparseSequential(sp.SparseConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1), padding=0, bias=False,
-                                            indice_key="spconv1"), _bn1d(dim), nn.ReLU()),
-    )
+    that halves the height (Waymo: z 33 -> 16).
+
+    ``cuda_graph=True`` (CUDA inference, ``torch`` sparse backend) replays the submanifold part from a
+    CUDA graph per padded voxel count (:func:`replay_rows`), its neighbour tables built eagerly."""
+
+    def __init__(self, in_channels: int, dim: int):
+        super().__init__(
+            sp.SparseSequential(sp.SubMConv3d(in_channels, dim, 3, bias=False, indice_key="subm1"), _bn1d(dim),
+                                nn.ReLU()),
+            SparseBasicBlock(dim, indice_key="stem"),
+            SparseBasicBlock(dim, indice_key="stem"),
+            SparseBasicBlock(dim, indice_key="stem"),
+            sp.SparseSequential(sp.SparseConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1), padding=0, bias=False,
+                                                indice_key="spconv1"), _bn1d(dim), nn.ReLU()),
+        )
+
+    def forward(self, x, cuda_graph: bool = False):
+        return self.down(self.submanifold(x, cuda_graph))
+
+    def submanifold(self, x, cuda_graph: bool = False):
+        """The submanifold part (the first ``STEM`` modules): the voxels keep their rows."""
+        if not (cuda_graph and isinstance(x, sp.SparseTensor)):
+            for module in list(self)[:STEM]:
+                x = self.apply_module(module, x)
+            return x
+        tables = sp.submanifold_tables(self.submanifold_part(), x)
+        shape = tuple(x.spatial_shape)
+        feats = replay_rows(self, f"stem{list(shape)}", lambda cpe, *args: cpe.stem(shape, *args),
+                            [x.features, x.indices], tables)
+        return x.replace_feature(feats)
+
+    def down(self, x):
+        """The strided convolution, BatchNorm and ReLU."""
+        for module in list(self)[STEM:]:
+            x = self.apply_module(module, x)
+        return x
+
+    def submanifold_part(self) -> sp.SparseSequential:
+        return sp.SparseSequential(*list(self)[:STEM])
+
+    def stem(self, spatial_shape: Sequence[int], features: torch.Tensor, indices: torch.Tensor,
+             *tables: torch.Tensor) -> torch.Tensor:
+        """Features after the submanifold part, its convolutions reading the given (K, N) tables (in the
+        order of ``sparse_backend.submanifold_keys``); the batch size is not read there."""
+        stem = self.submanifold_part()
+        x = sp.with_tables(features, indices, spatial_shape, 1, dict(zip(sp.submanifold_keys(stem), tables)))
+        return stem(x).features
+
+
+# --- CUDA-graph replay of the voxel part -------------------------------------------------------------
+
+def padded_rows(n: int) -> int:
+    """The row count a graph of ``n`` voxels is captured for: ``n`` rounded up to a multiple of
+    ``2 ** (bit_length(n) - 4)`` (at least 256), so one graph serves every count within 1/8 of an octave
+    (at most 12.5 % padding, eight graphs per doubling of the voxel count)."""
+    step = max(256, 1 << max(int(n).bit_length() - 4, 0))
+    return -(-int(n) // step) * step
+
+
+def pad_rows(n_pad: int, rows: Sequence[torch.Tensor], tables: Sequence[torch.Tensor],
+             offsets: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+    """``[*rows, offsets, *tables]`` padded from N to ``n_pad`` rows: (N, ...) tensors with zero rows, the
+    (K, N) neighbour tables with columns that have no neighbour (-1), and the (M+1,) window boundaries
+    with one more window that holds the padding rows. No real row reads a padding row (no table points
+    at one, no real window holds one), so the real rows compute what they compute unpadded."""
+    p = n_pad - rows[0].shape[0]
+    out = [F.pad(r, (0, 0) * (r.dim() - 1) + (0, p)) for r in rows]
+    if offsets is not None:
+        out.append(F.pad(offsets, (0, 1), value=n_pad))
+    return out + [F.pad(t, (0, p), value=-1) for t in tables]
+
+
+def replay_rows(owner: nn.Module, name: str, fn: Callable[..., torch.Tensor], rows: Sequence[torch.Tensor],
+                tables: Sequence[torch.Tensor], offsets: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``fn(owner, *rows, [offsets], *tables)[:N]`` (an (N', C) result per row), replayed from a CUDA graph.
+
+    The voxel part runs hundreds of small kernels whose sizes follow the voxel count N, so eagerly the
+    GPU waits on Python, and a graph captured for one N would rarely serve again. The inputs are padded
+    to :func:`padded_rows` (:func:`pad_rows`) and graphs are kept per padded count and autocast dtype
+    (eight per ``owner`` and ``name``, sharing one memory pool). Inference only (eval, no grad)."""
+    n = rows[0].shape[0]
+    args = pad_rows(padded_rows(n), rows, tables, offsets)
+    autocast = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+    runner = graph_runner(owner, f"{name}/{autocast}", fn, max_graphs=8, clone_outputs=False, share_pool=True)
+    return runner(*args)[:n].clone()  # the graph's output buffer is overwritten by its next replay
 
 
 # --- window grouping ---------------------------------------------------------------------------------
@@ -74,9 +155,10 @@ def group_by_window(indices: torch.Tensor, spatial_shape: Sequence[int], window:
     """
     idx = indices.long()
     ny, nx = math.ceil(spatial_shape[1] / window), math.ceil(spatial_shape[2] / window)
-    key = (idx[:, 0] * ny + idx[:, 2] // window) * nx + idx[:, 3] // window
+    n_windows = int(batch_size) * ny * nx
+    key = narrowed((idx[:, 0] * ny + idx[:, 2] // window) * nx + idx[:, 3] // window, n_windows)
     key, perm = torch.sort(key, stable=True)
-    offsets = torch.searchsorted(key, torch.arange(int(batch_size) * ny * nx + 1, device=key.device))
+    offsets = torch.searchsorted(key, torch.arange(n_windows + 1, device=key.device, dtype=key.dtype))
     return perm, offsets
 
 
@@ -153,6 +235,15 @@ class CWIFFNLayer(nn.Module):
         return u + self.fc2(self.act(self.fc1(self.bn2(u))))
 
 
+class WindowGrouping(NamedTuple):
+    """What a block's layers need of one voxel set besides the features (:meth:`ScatterFormerBlock.group`)."""
+    perm: torch.Tensor  # (N,) the input rows in window order
+    offsets: torch.Tensor  # (M + 1,) window boundaries in that order
+    indices: torch.Tensor  # (N, 4) the voxels in that order: the block's output voxels
+    tables: Tuple[torch.Tensor, ...]  # the depth-wise convolutions' (K, N) tables, one per kernel size
+    indice_dict: dict  # index pairs already built for the output voxels (for the convolutions after the block)
+
+
 class ScatterFormerBlock(nn.Module):
     """``num_layers`` x (x <- x + SLA(BN(x)); x <- CWI-FFN(x)) on one window grouping.
 
@@ -169,18 +260,50 @@ class ScatterFormerBlock(nn.Module):
         self.norm_layers = nn.ModuleList(_bn1d(dim) for _ in range(num_layers))
         self.attn_layers = nn.ModuleList(SLALayer(dim, num_heads, attn_impl) for _ in range(num_layers))
         self.cffn_layers = nn.ModuleList(CWIFFNLayer(dim, window + 1, conv_impl) for _ in range(num_layers))
+        self.kernel_sizes = tuple(sorted({k for layer in self.cffn_layers for k in layer.kernel_sizes()}))
 
-    def forward(self, x):
+    def group(self, x) -> WindowGrouping:
+        """The window grouping of the voxels of ``x`` (only its indices, shape and batch size are read)."""
         shape = [int(s) for s in x.spatial_shape]
         perm, offsets = group_by_window(x.indices, shape, self.window, x.batch_size)
-        feats, indices = x.features[perm], x.indices[perm]
-        sizes = {k for layer in self.cffn_layers for k in layer.kernel_sizes()}
-        pairs = {k: submanifold_pairs(indices, shape, k) for k in sorted(sizes)}
+        indices = x.indices[perm]
+        return WindowGrouping(perm, offsets, indices,
+                              tuple(submanifold_pairs(indices, shape, k) for k in self.kernel_sizes), {})
+
+    def forward(self, x, cuda_graph: bool = False, grouping: Optional[WindowGrouping] = None):
+        """``grouping``: :meth:`group` of ``x`` when made ahead. ``cuda_graph=True`` (CUDA inference)
+        replays the layers from a graph per padded voxel count (:func:`replay_rows`)."""
+        g = self.group(x) if grouping is None else grouping
+        feats = x.features[g.perm]
+        if cuda_graph:
+            feats = replay_rows(self, "layers", ScatterFormerBlock.layers, [feats], g.tables, g.offsets)
+        else:
+            feats = self.layers(feats, g.offsets, *g.tables)
+        # a fresh tensor: index pairs cached for the old row order must not be reused
+        out = type(x)(feats, g.indices, x.spatial_shape, x.batch_size)
+        out.indice_dict.update(g.indice_dict)
+        return out
+
+    def layers(self, feats: torch.Tensor, offsets: torch.Tensor, *tables: torch.Tensor) -> torch.Tensor:
+        """The layers on voxels sorted by window: (N, C) features, window boundaries, the depth-wise
+        convolutions' (K, N) neighbour tables in the order of ``kernel_sizes``."""
+        pairs = dict(zip(self.kernel_sizes, tables))
         for norm, attn, cffn in zip(self.norm_layers, self.attn_layers, self.cffn_layers):
             feats = feats + attn(norm(feats), offsets)
             feats = cffn(feats, pairs)
-        # a fresh tensor: index pairs cached for the old row order must not be reused
-        return type(x)(feats, indices, x.spatial_shape, x.batch_size)
+        return feats
+
+
+class ScatterFormerStage(sp.SparseSequential):
+    """A :class:`ScatterFormerBlock` then BatchNorm (and a strided convolution): ``SparseSequential``
+    with the block's ``cuda_graph`` and ``grouping`` passed on."""
+
+    def forward(self, x, cuda_graph: bool = False, grouping: Optional[WindowGrouping] = None):
+        block, *rest = self
+        x = block(x, cuda_graph=cuda_graph, grouping=grouping)
+        for module in rest:
+            x = self.apply_module(module, x)
+        return x
 
 
 # --- voxels -> pillars -------------------------------------------------------------------------------
@@ -203,17 +326,30 @@ class AttnPillarPool(nn.Module):
         self.pos_embedding = nn.Embedding(height, dim)
         nn.init.normal_(self.pos_embedding.weight, std=0.01)
 
-    def forward(self, features: torch.Tensor, indices: torch.Tensor, spatial_shape: Optional[Sequence[int]] = None
-                ) -> Tuple[torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def pillars(indices: torch.Tensor, spatial_shape: Optional[Sequence[int]] = None,
+                batch_size: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The pillars ``[b, y, x]`` (P, 3) of voxels (N, 4), sorted, and each voxel's pillar (N,). Counting
+        the pillars waits for the GPU."""
         idx = indices.long()
-        # pillars sorted by (b, y, x): unique over one int64 key (much faster than unique over rows); the
-        # grid's (Y, X) when given, else read from the indices (which waits for the GPU)
+        # unique over one key (much faster than unique over rows); the grid's (Y, X) when given, else read
+        # from the indices (which waits for the GPU once more); int32 when the batch size bounds it
         if spatial_shape is not None:
             ny, nx = int(spatial_shape[1]), int(spatial_shape[2])
         else:
             ny, nx = (int(idx[:, 2].max()) + 1, int(idx[:, 3].max()) + 1) if idx.shape[0] else (1, 1)
-        keys, pillar_of_voxel = torch.unique((idx[:, 0] * ny + idx[:, 2]) * nx + idx[:, 3], return_inverse=True)
-        pillars = torch.stack([keys // (ny * nx), keys // nx % ny, keys % nx], 1)  # (P, 3)
+        key = (idx[:, 0] * ny + idx[:, 2]) * nx + idx[:, 3]
+        if batch_size is not None:
+            key = narrowed(key, int(batch_size) * ny * nx)
+        keys, pillar_of_voxel = torch.unique(key, return_inverse=True)
+        keys = keys.long()
+        return torch.stack([keys // (ny * nx), keys // nx % ny, keys % nx], 1), pillar_of_voxel
+
+    def forward(self, features: torch.Tensor, indices: torch.Tensor, spatial_shape: Optional[Sequence[int]] = None,
+                pillars: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``pillars``: :meth:`pillars` of ``indices`` when made ahead."""
+        idx = indices.long()
+        pillars, pillar_of_voxel = self.pillars(indices, spatial_shape) if pillars is None else pillars
         P, C = pillars.shape[0], features.shape[1]
         # spconv's max-pool starts its maximum at 0 (CPU and GPU), so a channel whose voxels are all
         # negative pools to 0: include_self=True on a zero tensor does the same
@@ -247,6 +383,15 @@ class AttnPillarPool(nn.Module):
         return attn.out_proj(out)
 
 
+_SIDE_STREAMS: Dict[torch.device, "torch.cuda.Stream"] = {}
+
+
+def _side_stream(device: torch.device) -> "torch.cuda.Stream":
+    if device not in _SIDE_STREAMS:
+        _SIDE_STREAMS[device] = torch.cuda.Stream(device)
+    return _SIDE_STREAMS[device]
+
+
 class ScatterFormerBackbone3d(nn.Module):
     """Voxel features (M, in_channels) at ``[b, z, y, x]`` of a ``sparse_shape`` (Z, Y, X) grid ->
     pillar features (P, dim) at ``[b, y, x]`` on the (Y/2, X/2) BEV grid.
@@ -259,13 +404,13 @@ class ScatterFormerBackbone3d(nn.Module):
                  num_layers: int = 3, window: int = 12, attn_impl: str = "auto", conv_impl: str = "auto"):
         super().__init__()
         self.sparse_shape = tuple(int(s) for s in sparse_shape)
-        self.cpe = conv_position_encoding(in_channels, dim)
+        self.cpe = ConvPositionEncoding(in_channels, dim)
         block = dict(num_heads=num_heads, num_layers=num_layers, window=window, attn_impl=attn_impl,
                      conv_impl=conv_impl)
-        self.stage1 = sp.SparseSequential(ScatterFormerBlock(dim, **block), _bn1d(dim),
-                                          sp.SparseConv3d(dim, dim, 3, stride=2, padding=1, bias=False,
-                                                          indice_key="down"))
-        self.stage2 = sp.SparseSequential(ScatterFormerBlock(dim, **block), _bn1d(dim))
+        self.stage1 = ScatterFormerStage(ScatterFormerBlock(dim, **block), _bn1d(dim),
+                                         sp.SparseConv3d(dim, dim, 3, stride=2, padding=1, bias=False,
+                                                         indice_key="down"))
+        self.stage2 = ScatterFormerStage(ScatterFormerBlock(dim, **block), _bn1d(dim))
         Z, Y, X = self.sparse_shape
         height = ((Z - 3) // 2 + 1 - 1) // 2 + 1  # after the CPE's (3,1,1)/2 and stage 1's 3/2 (pad 1) convs
         if height != Z // 4:  # the official pillar size is Z // 4; both must agree for its z-stack
@@ -275,10 +420,49 @@ class ScatterFormerBackbone3d(nn.Module):
         self.bev_shape = ((Y - 1) // 2 + 1, (X - 1) // 2 + 1)
         self.num_out_features = dim
 
-    def forward(self, voxel_features: torch.Tensor, voxel_coords: torch.Tensor, batch_size: int
-                ) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, voxel_features: torch.Tensor, voxel_coords: torch.Tensor, batch_size: int,
+                cuda_graph: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+        """With the ``torch`` sparse backend the index work of the whole backbone (:meth:`plan`) is done
+        while the GPU computes the CPE's submanifold part, and the feature computations after it are queued
+        without waiting for the GPU. ``cuda_graph=True`` (CUDA inference) replays the CPE's submanifold
+        part and the blocks' layers from CUDA graphs per padded voxel count (:func:`replay_rows`)."""
         x = sp.sparse_tensor(voxel_features, voxel_coords, self.sparse_shape, batch_size)
-        x = self.cpe(x)
-        x = self.stage1(x)
-        x = self.stage2(x)
-        return self.app(x.features, x.indices, x.spatial_shape)
+        if not isinstance(x, sp.SparseTensor):  # spconv's tensors: its modules build their index pairs
+            x = self.stage2(self.stage1(self.cpe(x), cuda_graph=cuda_graph), cuda_graph=cuda_graph)
+            return self.app(x.features, x.indices, x.spatial_shape)
+        x = self.cpe.submanifold(x, cuda_graph=cuda_graph)
+        group1, group2, pillars = self._plan_beside(x)
+        x = self.stage1(self.cpe.down(x), cuda_graph=cuda_graph, grouping=group1)
+        x = self.stage2(x, cuda_graph=cuda_graph, grouping=group2)
+        return self.app(x.features, x.indices, x.spatial_shape, pillars=pillars)
+
+    def _plan_beside(self, x: "sp.SparseTensor"):
+        """:meth:`plan`, on CUDA on a side stream: its waits (the host counting output voxels and pillars)
+        then wait for the index work only, while the CPE's features queued before keep the GPU busy."""
+        if not x.indices.is_cuda:
+            return self.plan(x)
+        main = torch.cuda.current_stream(x.indices.device)
+        side = _side_stream(x.indices.device)
+        side.wait_stream(main)  # also orders the side stream's reuse of memory after the main stream's last use
+        with torch.cuda.stream(side):
+            plan = self.plan(x)
+        main.wait_stream(side)
+        return plan
+
+    def plan(self, x: "sp.SparseTensor") -> Tuple[WindowGrouping, WindowGrouping, Tuple[torch.Tensor, torch.Tensor]]:
+        """The index work on the input voxels ``x`` (``torch`` backend): both strided convolutions' output
+        voxels and tables (kept in the tensors' ``indice_dict``, where the convolutions find them), both
+        blocks' window groupings and the pillars. Counting the output voxels of a strided convolution and
+        the pillars waits for the GPU; done before any feature work is queued, those waits are short and
+        the rest of the forward never waits."""
+        batch = x.batch_size
+        indices, shape, _ = sp.neighbour_table(self.cpe[STEM][0], x)
+        cpe_out = sp.SparseTensor(None, indices, shape, batch)
+        cpe_out.indice_dict = x.indice_dict  # a convolution's output shares its input's index pairs (spconv)
+        group1 = self.stage1[0].group(cpe_out)
+        block1_out = sp.SparseTensor(None, group1.indices, shape, batch)
+        indices, shape, _ = sp.neighbour_table(self.stage1[2], block1_out)
+        down = sp.SparseTensor(None, indices, shape, batch)
+        group2 = self.stage2[0].group(down)
+        return (group1._replace(indice_dict=block1_out.indice_dict), group2,
+                self.app.pillars(group2.indices, shape, batch))

@@ -43,6 +43,7 @@ import torch.nn as nn
 from ...extras import require_extra
 from ...ops.sparse_conv import offset_pairs, sparse_conv
 from ...ops.submanifold_pairs import submanifold_pairs
+from .voxel_keys import narrowed
 
 BACKENDS = ("spconv", "torch", "spconv_triton")
 _ENV = "VISIONATTN_SPARSE_BACKEND"
@@ -155,7 +156,7 @@ class _SparseConv(nn.Module):
     def forward(self, x):
         name = _backend_of(x)
         if name == "torch" or (name == "spconv" and not x.features.is_cuda):
-            return _conv_pairs(self, x, *(_torch_pairs if name == "torch" else _spconv_pairs)(self, x))
+            return _conv_pairs(self, x, *(neighbour_table if name == "torch" else _spconv_pairs)(self, x))
         impl = self._impl(name)
         impl.training = self.training  # pair generation keeps the backward tables only in training
         return impl._conv_forward(self.training, x, self.weight, self.bias)
@@ -183,10 +184,14 @@ class NeighbourTable:
         return iter(offset_pairs(self.table, self.cache))
 
 
+def _cache_key(backend: str, indice_key: str) -> str:
+    return f"visionattn_{backend}/{indice_key}"
+
+
 def _cached(conv: _SparseConv, x, backend: str, make):
     """``(out_indices, out_shape, NeighbourTable)`` of ``conv`` on ``x``, cached in ``x.indice_dict`` under
     the conv's ``indice_key`` (the layers of one key share the table and what is derived from it)."""
-    key = f"visionattn_{backend}/{conv.indice_key}" if conv.indice_key is not None else None
+    key = _cache_key(backend, conv.indice_key) if conv.indice_key is not None else None
     if key is not None and key in x.indice_dict:
         return x.indice_dict[key]
     out_indices, out_shape, table = make()
@@ -224,14 +229,17 @@ def _spconv_pairs(conv: _SparseConv, x):
     return _cached(conv, x, "spconv", make)
 
 
-def _torch_pairs(conv: _SparseConv, x):
-    """The table from :func:`torch_pairs` (any device)."""
+def neighbour_table(conv: _SparseConv, x):
+    """``(out_indices, out_shape, NeighbourTable)`` of ``conv`` on the ``torch``-backend tensor ``x`` from
+    :func:`torch_pairs` (any device), built once per ``indice_key`` and kept in ``x.indice_dict``, where
+    the convolution finds it: calling this ahead of the convolution moves its index work (and, for a
+    strided convolution, its wait for the GPU to count the output sites) earlier."""
     return _cached(conv, x, "torch", lambda: torch_pairs(x.indices, x.spatial_shape, conv.kernel_size,
-                                                         conv.stride, conv.padding, conv.subm))
+                                                         conv.stride, conv.padding, conv.subm, x.batch_size))
 
 
 def torch_pairs(indices: torch.Tensor, spatial_shape: Sequence[int], kernel_size: Sequence[int],
-                stride: Sequence[int], padding: Sequence[int], subm: bool):
+                stride: Sequence[int], padding: Sequence[int], subm: bool, batch_size: Optional[int] = None):
     """Index pairs of a sparse convolution (dilation 1) in PyTorch.
 
     Returns ``(out_indices (M, 4) int32, out_shape [Z', Y', X'], table (K, M) int64)`` where
@@ -239,6 +247,7 @@ def torch_pairs(indices: torch.Tensor, spatial_shape: Sequence[int], kernel_size
     (kz, ky, kx), the KRSC weight's order), or -1. A submanifold convolution's outputs are its inputs
     in their order; a strided convolution's outputs are the sites whose receptive field holds an input
     voxel, sorted by (batch, z, y, x). Cross-correlation: output ``p`` reads input ``p * stride - padding + k``.
+    ``batch_size`` (optional) bounds the output keys, which are then sorted as int32 when they fit.
     """
     shape_l, ksize_l = [int(s) for s in spatial_shape], [int(k) for k in kernel_size]
     stride_l, pad_l = [int(s) for s in stride], [int(p) for p in padding]
@@ -261,6 +270,8 @@ def torch_pairs(indices: torch.Tensor, spatial_shape: Sequence[int], kernel_size
         p = torch.div(shifted, stride_l[axis], rounding_mode="floor")
         valid = valid & (shifted - p * stride_l[axis] == 0) & (p >= 0) & (p < out_l[axis])
         key = key * out_l[axis] + p
+    if batch_size is not None:  # keys of sites outside the grid (not valid) stay within one grid of the range
+        key = narrowed(key, 2 * (int(batch_size) + 1) * out_l[0] * out_l[1] * out_l[2])
     out_keys = torch.unique(key[valid])  # sorted
     m = len(out_keys)
     # one input per (offset, output); pairs that do not exist go to a spare last column (no nonzero,
@@ -274,6 +285,37 @@ def torch_pairs(indices: torch.Tensor, spatial_shape: Sequence[int], kernel_size
     b_, z_ = torch.div(rest, out_l[0], rounding_mode="floor"), rest % out_l[0]
     out_indices = torch.stack([b_, z_, y_, x_], 1).int()
     return out_indices, out_l, table
+
+
+def submanifold_keys(module: nn.Module) -> Tuple[str, ...]:
+    """The ``indice_key`` of every sparse convolution in ``module``, in order, each once; all must be keyed
+    submanifold convolutions (which keep their input's rows)."""
+    keys = []
+    for conv in module.modules():
+        if isinstance(conv, _SparseConv):
+            if not conv.subm or conv.indice_key is None:
+                raise ValueError(f"{conv!r}: expected keyed submanifold convolutions only (they keep the rows)")
+            if conv.indice_key not in keys:
+                keys.append(conv.indice_key)
+    return tuple(keys)
+
+
+def submanifold_tables(module: nn.Module, x: SparseTensor) -> Tuple[torch.Tensor, ...]:
+    """The (K, N) neighbour tables of ``module``'s convolutions on the ``torch``-backend tensor ``x``, in the
+    order of :func:`submanifold_keys` (built now and cached in ``x``, as the convolutions would)."""
+    by_key = {conv.indice_key: conv for conv in module.modules() if isinstance(conv, _SparseConv)}
+    return tuple(neighbour_table(by_key[key], x)[2].table for key in submanifold_keys(module))
+
+
+def with_tables(features: torch.Tensor, indices: torch.Tensor, spatial_shape: Sequence[int], batch_size: int,
+                tables: Dict[str, torch.Tensor]) -> SparseTensor:
+    """A ``torch``-backend sparse tensor whose submanifold convolutions read ``tables`` (``indice_key`` ->
+    (K, N) table) instead of building them: how their features are recomputed from given tables (e.g.
+    row-padded copies replayed from a CUDA graph)."""
+    x = SparseTensor(features, indices, spatial_shape, batch_size)
+    for key, table in tables.items():
+        x.indice_dict[_cache_key("torch", key)] = (indices, x.spatial_shape, NeighbourTable(table))
+    return x
 
 
 def _conv_pairs(conv: _SparseConv, x, out_indices, out_shape, neighbours: NeighbourTable):
@@ -308,8 +350,12 @@ class SparseSequential(nn.Sequential):
 
     def forward(self, x):
         for module in self:
-            if isinstance(module, _SparseConv) or getattr(module, "sparse_input", False):
-                x = module(x)
-            else:
-                x = x.replace_feature(module(x.features))
+            x = self.apply_module(module, x)
         return x
+
+    @staticmethod
+    def apply_module(module: nn.Module, x):
+        """One step: a sparse module takes the tensor, a dense one its features."""
+        if isinstance(module, _SparseConv) or getattr(module, "sparse_input", False):
+            return module(x)
+        return x.replace_feature(module(x.features))
