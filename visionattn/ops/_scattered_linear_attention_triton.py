@@ -34,13 +34,6 @@ rows per tile (16, 32), warps (1, 2, 4) and dot precision on an H200, fp32, kern
 150k voxels: 26 / 103 (forward state), 31 / 113 (forward apply), 104 / 415 (backward state), 47 / 191
 (backward apply) us.
 
-Candidate kernels of the same op, selectable by ``VARIANT`` (names in ``VARIANTS``; ``"default"`` is the
-kernels above with ``TILES``) and timed side by side by ``python benchmarks/sla_variants.py``: the
-backward state pass split in two (dq shaped like the forward apply, then the dKV/ds slots shaped like
-the forward state, each with fewer registers than the fused pass: compiled for sm90 at d = 32, fp32,
-2 warps, 92 and 80 registers against 139), the fused pass rearranged, transposed loads in place of
-``tl.trans``, and other warp, tile and pipelining settings.
-
 The op is registered as ``torch.ops.visionattn.scattered_linear_attention_triton`` (fake and autograd
 formulas), which ``torch.compile``/``torch.export`` trace as one node. Eager calls go through an
 ``autograd.Function`` running the same kernels: the custom-op dispatch layers cost about twice
@@ -61,38 +54,6 @@ EPS = 1e-6
 CHUNK = 128
 TILES = dict(fwd_state=(16, 2, "ieee"), fwd_apply=(16, 2, "ieee"), bwd_state=(16, 2, "ieee"),
              bwd_apply=(16, 2, "tf32x3"))
-
-# Candidate settings, timed side by side by benchmarks/sla_variants.py (GPU); ``VARIANT`` picks one
-# ("default": ``TILES``). A variant maps the kernels it runs to (rows per tile, warps, precision[, extra
-# launch settings as (name, value) pairs: ``num_stages`` of the kernel, ``STAGES`` of its row loop,
-# ``TRANSPOSED`` loads]). Kernels: forward ``fwd_state`` or ``fwd_state2`` (K^T by a transposed load),
-# ``fwd_apply`` or ``fwd_apply2``; backward ``bwd_state`` (dq and the dKV/ds slots in one pass) or
-# ``bwd_state2`` (the same pass rearranged: KV^T loaded transposed, (Q / z)^T g), or the split
-# ``bwd_dq`` + ``bwd_dstate`` (dq shaped like the forward apply, then the slots shaped like the forward
-# state: q, g, o read twice, fewer registers per pass); then ``bwd_apply`` or ``bwd_apply2``.
-_FWD = dict(fwd_state=TILES["fwd_state"], fwd_apply=TILES["fwd_apply"])
-_T = (("TRANSPOSED", True),)
-VARIANTS = {
-    "default": TILES,
-    "stages1": dict(TILES, bwd_state=(16, 2, "ieee", (("num_stages", 1),))),
-    "fused_w4": dict(TILES, bwd_state=(16, 4, "ieee")),
-    "fused_s32w4": dict(TILES, bwd_state=(32, 4, "ieee")),
-    "fused2": dict(_FWD, bwd_state2=(16, 2, "ieee"), bwd_apply=TILES["bwd_apply"]),
-    "fused2_t": dict(_FWD, bwd_state2=(16, 2, "ieee", _T), bwd_apply=TILES["bwd_apply"]),
-    "fused2_w4": dict(_FWD, bwd_state2=(16, 4, "ieee"), bwd_apply=TILES["bwd_apply"]),
-    "split": dict(_FWD, bwd_dq=(16, 2, "ieee"), bwd_dstate=(16, 2, "ieee"), bwd_apply=TILES["bwd_apply"]),
-    "split_t": dict(_FWD, bwd_dq=(16, 2, "ieee"), bwd_dstate=(16, 2, "ieee", _T), bwd_apply=TILES["bwd_apply"]),
-    "split_s1": dict(_FWD, bwd_dq=(16, 2, "ieee", (("num_stages", 1),)),
-                     bwd_dstate=(16, 2, "ieee", (("num_stages", 1),)), bwd_apply=TILES["bwd_apply"]),
-    "split_w4": dict(_FWD, bwd_dq=(16, 4, "ieee"), bwd_dstate=(16, 4, "ieee"), bwd_apply=TILES["bwd_apply"]),
-    "split_s32w4": dict(_FWD, bwd_dq=(32, 4, "ieee"), bwd_dstate=(32, 4, "ieee"), bwd_apply=TILES["bwd_apply"]),
-    "split_tf32x3": dict(_FWD, bwd_dq=(16, 2, "tf32x3"), bwd_dstate=(16, 2, "tf32x3"), bwd_apply=TILES["bwd_apply"]),
-    "split_tf32x3_w4": dict(_FWD, bwd_dq=(16, 4, "tf32x3"), bwd_dstate=(16, 4, "tf32x3"),
-                            bwd_apply=TILES["bwd_apply"]),
-    "split_all2": dict(fwd_state2=(16, 2, "ieee", _T), fwd_apply2=TILES["fwd_apply"], bwd_dq=(16, 2, "ieee"),
-                       bwd_dstate=(16, 2, "ieee", _T), bwd_apply2=TILES["bwd_apply"]),
-}
-VARIANT = "default"
 
 if triton is not None:
 
@@ -141,16 +102,12 @@ if triton is not None:
                  mask=row_ok[:, None] & (cols[None, :] < D))
 
     @triton.jit
-    def _slot_ptrs(STATE, slot, head, heads, D: tl.constexpr, BLOCK_D: tl.constexpr, TRANS: tl.constexpr = False):
+    def _slot_ptrs(STATE, slot, head, heads, D: tl.constexpr, BLOCK_D: tl.constexpr):
         """Pointers and masks of a slot's (D, D) matrix and (D,) vector for ``head`` in the flat state:
-        all (slots, h, D, D) matrices, then all (slots, h, D) vectors; slots = programs along axis 0.
-        ``TRANS``: pointers of the matrix's transpose (loaded transposed: no ``tl.trans`` in registers)."""
+        all (slots, h, D, D) matrices, then all (slots, h, D) vectors; slots = programs along axis 0."""
         i = tl.arange(0, BLOCK_D)
         base = (slot * heads + head).to(tl.int64)
-        if TRANS:
-            kv_ptr = STATE + base * (D * D) + i[:, None] + i[None, :] * D
-        else:
-            kv_ptr = STATE + base * (D * D) + i[:, None] * D + i[None, :]
+        kv_ptr = STATE + base * (D * D) + i[:, None] * D + i[None, :]
         s_ptr = STATE + tl.num_programs(0).to(tl.int64) * heads * (D * D) + base * D + i
         return kv_ptr, (i[:, None] < D) & (i[None, :] < D), s_ptr, i < D
 
@@ -162,16 +119,16 @@ if triton is not None:
 
     @triton.jit
     def _window_state(STATE, w, start, end, n_windows, head, heads, D: tl.constexpr, BLOCK_D: tl.constexpr,
-                      CHUNK: tl.constexpr, TRANS: tl.constexpr = False):
+                      CHUNK: tl.constexpr):
         """A window's whole state: its first slot plus, for a window longer than CHUNK, the overflow slots
         of the blocks holding its rows past the first CHUNK ((start + CHUNK) // CHUNK ... (end - 1) // CHUNK)."""
-        kv_ptr, kv_mask, s_ptr, s_mask = _slot_ptrs(STATE, w, head, heads, D, BLOCK_D, TRANS)
+        kv_ptr, kv_mask, s_ptr, s_mask = _slot_ptrs(STATE, w, head, heads, D, BLOCK_D)
         kv = tl.load(kv_ptr, mask=kv_mask, other=0.0)
         s = tl.load(s_ptr, mask=s_mask, other=0.0)
         first = (start + CHUNK) // CHUNK
         last = tl.where(end - start > CHUNK, (end - 1) // CHUNK, first - 1)  # no overflow rows: no slots
         for j in range(first, last + 1):
-            kv_ptr, kv_mask, s_ptr, s_mask = _slot_ptrs(STATE, n_windows + j, head, heads, D, BLOCK_D, TRANS)
+            kv_ptr, kv_mask, s_ptr, s_mask = _slot_ptrs(STATE, n_windows + j, head, heads, D, BLOCK_D)
             kv += tl.load(kv_ptr, mask=kv_mask, other=0.0)
             s += tl.load(s_ptr, mask=s_mask, other=0.0)
         return kv, s
@@ -260,187 +217,6 @@ if triton is not None:
                 _put(DK, rows, ok, heads, head, tl.where(k_raw > 0, dk, 0.0), D, BLOCK_D)  # relu'
                 _put(DV, rows, ok, heads, head, tl.dot(k, dkv, input_precision=PRECISION), D, BLOCK_D)
 
-    # --- Candidate kernels (``VARIANTS``): the same results, other loop shapes. ---------------------------
-
-    @triton.jit
-    def _tile_t(ptr, rows, row_ok, s_n, head_off, D: tl.constexpr, BLOCK_D: tl.constexpr):
-        """(BLOCK_D, SUB) transposed tile of a (N, h, D) tensor (pointer arithmetic, no ``tl.trans``)."""
-        cols = tl.arange(0, BLOCK_D)
-        return tl.load(ptr + rows[None, :] * s_n + head_off + cols[:, None],
-                       mask=row_ok[None, :] & (cols[:, None] < D), other=0.0)
-
-    @triton.jit
-    def _window_s(STATE, w, start, end, n_windows, head, heads, D: tl.constexpr, BLOCK_D: tl.constexpr,
-                  CHUNK: tl.constexpr):
-        """A window's s alone (first slot plus overflow slots, summed in ``_window_state``'s order)."""
-        _, _, s_ptr, s_mask = _slot_ptrs(STATE, w, head, heads, D, BLOCK_D)
-        s = tl.load(s_ptr, mask=s_mask, other=0.0)
-        first = (start + CHUNK) // CHUNK
-        last = tl.where(end - start > CHUNK, (end - 1) // CHUNK, first - 1)
-        for j in range(first, last + 1):
-            _, _, s_ptr, s_mask = _slot_ptrs(STATE, n_windows + j, head, heads, D, BLOCK_D)
-            s += tl.load(s_ptr, mask=s_mask, other=0.0)
-        return s
-
-    @triton.jit(do_not_specialize=_VARYING)
-    def _sla_fwd_state2_kernel(K, V, OFFSETS, STATE, n_windows, n_steps, heads, sk_n, sk_h, sv_n, sv_h,
-                               D: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr,
-                               PRECISION: tl.constexpr, TRANSPOSED: tl.constexpr = False, STAGES: tl.constexpr = None):
-        """``_sla_fwd_state_kernel`` with K^T loaded transposed (``TRANSPOSED``) and a loop pipelined in
-        ``STAGES`` stages (None: the kernel's ``num_stages``)."""
-        head = tl.program_id(1)
-        w, start, end, lo, hi = _program_rows(OFFSETS, n_windows, n_steps, CHUNK)
-        if hi > lo:
-            kv = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)
-            s = tl.zeros([BLOCK_D], dtype=tl.float32)
-            for r0 in tl.range(lo, hi, SUB, num_stages=STAGES):
-                rows = r0 + tl.arange(0, SUB)
-                ok = rows < hi
-                v = _tile(V, rows, ok, sv_n, head * sv_h, D, BLOCK_D)
-                if TRANSPOSED:
-                    k_t = _tile_t(K, rows, ok, sk_n, head * sk_h, D, BLOCK_D)
-                    k_t = tl.where(k_t > 0, k_t, tl.zeros_like(k_t))
-                    kv += tl.dot(k_t, v, input_precision=PRECISION)
-                    s += tl.sum(k_t.to(tl.float32), 1)
-                else:
-                    k = _tile(K, rows, ok, sk_n, head * sk_h, D, BLOCK_D)
-                    k = tl.where(k > 0, k, tl.zeros_like(k))
-                    kv += tl.dot(tl.trans(k), v, input_precision=PRECISION)
-                    s += tl.sum(k.to(tl.float32), 0)
-            _put_slot(STATE, head, heads, kv, s, D, BLOCK_D)
-
-    @triton.jit(do_not_specialize=_VARYING)
-    def _sla_fwd_apply2_kernel(Q, OFFSETS, STATE, O, n_windows, n_steps, heads, sq_n, sq_h,
-                               D: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr,
-                               EPS: tl.constexpr, PRECISION: tl.constexpr, STAGES: tl.constexpr = None):
-        """``_sla_fwd_apply_kernel`` with the loop pipelined in ``STAGES`` stages."""
-        head = tl.program_id(1)
-        w, start, end, lo, hi = _program_rows(OFFSETS, n_windows, n_steps, CHUNK)
-        if hi > lo:
-            kv, s = _window_state(STATE, w, start, end, n_windows, head, heads, D, BLOCK_D, CHUNK)
-            for r0 in tl.range(lo, hi, SUB, num_stages=STAGES):
-                rows = r0 + tl.arange(0, SUB)
-                ok = rows < hi
-                q = _tile(Q, rows, ok, sq_n, head * sq_h, D, BLOCK_D).to(tl.float32)
-                q = tl.maximum(q, 0.0)
-                num = tl.dot(q, kv, input_precision=PRECISION)
-                z = tl.sum(q * s[None, :], 1) + EPS
-                _put(O, rows, ok, heads, head, num / z[:, None], D, BLOCK_D)
-
-    @triton.jit(do_not_specialize=_VARYING)
-    def _sla_bwd_state2_kernel(Q, G, O, OFFSETS, STATE, DSTATE, DQ, n_windows, n_steps, heads, sq_n, sq_h,
-                               D: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr,
-                               EPS: tl.constexpr, PRECISION: tl.constexpr, TRANSPOSED: tl.constexpr = False,
-                               STAGES: tl.constexpr = None):
-        """One pass like ``_sla_bwd_state_kernel``, rearranged: KV^T loaded transposed, g the dots' operand
-        (dq = (g KV^T - (g . o) s) / z, dKV = (Q / z)^T g, ds = -(Q / z)^T (g . o)), and with
-        ``TRANSPOSED`` (Q / z)^T from a transposed load of q (no ``tl.trans`` in the loop)."""
-        head = tl.program_id(1)
-        w, start, end, lo, hi = _program_rows(OFFSETS, n_windows, n_steps, CHUNK)
-        if hi > lo:
-            kv_t, s = _window_state(STATE, w, start, end, n_windows, head, heads, D, BLOCK_D, CHUNK, True)
-            dkv = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)
-            ds = tl.zeros([BLOCK_D], dtype=tl.float32)
-            for r0 in tl.range(lo, hi, SUB, num_stages=STAGES):
-                rows = r0 + tl.arange(0, SUB)
-                ok = rows < hi
-                q_raw = _tile(Q, rows, ok, sq_n, head * sq_h, D, BLOCK_D).to(tl.float32)
-                q = tl.maximum(q_raw, 0.0)
-                g = _tile(G, rows, ok, heads * D, head * D, D, BLOCK_D).to(tl.float32)
-                o = _tile(O, rows, ok, heads * D, head * D, D, BLOCK_D).to(tl.float32)
-                z = tl.sum(q * s[None, :], 1) + EPS
-                go = tl.sum(g * o, 1)
-                dq = (tl.dot(g, kv_t, input_precision=PRECISION) - go[:, None] * s[None, :]) / z[:, None]
-                _put(DQ, rows, ok, heads, head, tl.where(q_raw > 0, dq, 0.0), D, BLOCK_D)  # relu'
-                if TRANSPOSED:
-                    q_t = tl.maximum(_tile_t(Q, rows, ok, sq_n, head * sq_h, D, BLOCK_D).to(tl.float32), 0.0)
-                    g_t = _tile_t(G, rows, ok, heads * D, head * D, D, BLOCK_D).to(tl.float32)
-                    o_t = _tile_t(O, rows, ok, heads * D, head * D, D, BLOCK_D).to(tl.float32)
-                    qz_t = q_t / (tl.sum(q_t * s[:, None], 0) + EPS)[None, :]
-                    dkv += tl.dot(qz_t, g, input_precision=PRECISION)
-                    ds += tl.sum(qz_t * tl.sum(g_t * o_t, 0)[None, :], 1)
-                else:
-                    qz = q / z[:, None]
-                    dkv += tl.dot(tl.trans(qz), g, input_precision=PRECISION)
-                    ds += tl.sum(qz * go[:, None], 0)
-            _put_slot(DSTATE, head, heads, dkv, -ds, D, BLOCK_D)
-
-    @triton.jit(do_not_specialize=_VARYING)
-    def _sla_bwd_dq_kernel(Q, G, O, OFFSETS, STATE, DQ, n_windows, n_steps, heads, sq_n, sq_h,
-                           D: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr,
-                           EPS: tl.constexpr, PRECISION: tl.constexpr, STAGES: tl.constexpr = None):
-        """Split backward, pass 1 (shaped like the forward apply): dq = (g KV^T - (g . o) s) / z relu'(q)."""
-        head = tl.program_id(1)
-        w, start, end, lo, hi = _program_rows(OFFSETS, n_windows, n_steps, CHUNK)
-        if hi > lo:
-            kv_t, s = _window_state(STATE, w, start, end, n_windows, head, heads, D, BLOCK_D, CHUNK, True)
-            for r0 in tl.range(lo, hi, SUB, num_stages=STAGES):
-                rows = r0 + tl.arange(0, SUB)
-                ok = rows < hi
-                q_raw = _tile(Q, rows, ok, sq_n, head * sq_h, D, BLOCK_D).to(tl.float32)
-                g = _tile(G, rows, ok, heads * D, head * D, D, BLOCK_D).to(tl.float32)
-                o = _tile(O, rows, ok, heads * D, head * D, D, BLOCK_D).to(tl.float32)
-                z = tl.sum(tl.maximum(q_raw, 0.0) * s[None, :], 1) + EPS
-                dq = (tl.dot(g, kv_t, input_precision=PRECISION) - tl.sum(g * o, 1)[:, None] * s[None, :]) / z[:, None]
-                _put(DQ, rows, ok, heads, head, tl.where(q_raw > 0, dq, 0.0), D, BLOCK_D)  # relu'
-
-    @triton.jit(do_not_specialize=_VARYING)
-    def _sla_bwd_dstate_kernel(Q, G, O, OFFSETS, STATE, DSTATE, n_windows, n_steps, heads, sq_n, sq_h,
-                               D: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr,
-                               EPS: tl.constexpr, PRECISION: tl.constexpr, TRANSPOSED: tl.constexpr = False,
-                               STAGES: tl.constexpr = None):
-        """Split backward, pass 2 (shaped like the forward state, needs only s of the state): this program's
-        part of dKV = (Q / z)^T g and ds = -(Q / z)^T (g . o); ``TRANSPOSED``: (Q / z)^T from transposed loads."""
-        head = tl.program_id(1)
-        w, start, end, lo, hi = _program_rows(OFFSETS, n_windows, n_steps, CHUNK)
-        if hi > lo:
-            s = _window_s(STATE, w, start, end, n_windows, head, heads, D, BLOCK_D, CHUNK)
-            dkv = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)
-            ds = tl.zeros([BLOCK_D], dtype=tl.float32)
-            for r0 in tl.range(lo, hi, SUB, num_stages=STAGES):
-                rows = r0 + tl.arange(0, SUB)
-                ok = rows < hi
-                g = _tile(G, rows, ok, heads * D, head * D, D, BLOCK_D).to(tl.float32)
-                if TRANSPOSED:
-                    q_t = tl.maximum(_tile_t(Q, rows, ok, sq_n, head * sq_h, D, BLOCK_D).to(tl.float32), 0.0)
-                    g_t = _tile_t(G, rows, ok, heads * D, head * D, D, BLOCK_D).to(tl.float32)
-                    o_t = _tile_t(O, rows, ok, heads * D, head * D, D, BLOCK_D).to(tl.float32)
-                    qz_t = q_t / (tl.sum(q_t * s[:, None], 0) + EPS)[None, :]
-                    dkv += tl.dot(qz_t, g, input_precision=PRECISION)
-                    ds += tl.sum(qz_t * tl.sum(g_t * o_t, 0)[None, :], 1)
-                else:
-                    q = tl.maximum(_tile(Q, rows, ok, sq_n, head * sq_h, D, BLOCK_D).to(tl.float32), 0.0)
-                    o = _tile(O, rows, ok, heads * D, head * D, D, BLOCK_D).to(tl.float32)
-                    qz = q / (tl.sum(q * s[None, :], 1) + EPS)[:, None]
-                    dkv += tl.dot(tl.trans(qz), g, input_precision=PRECISION)
-                    ds += tl.sum(qz * tl.sum(g * o, 1)[:, None], 0)
-            _put_slot(DSTATE, head, heads, dkv, -ds, D, BLOCK_D)
-
-    @triton.jit(do_not_specialize=_VARYING)
-    def _sla_bwd_apply2_kernel(K, V, OFFSETS, DSTATE, DK, DV, n_windows, n_steps, heads, sk_n, sk_h, sv_n, sv_h,
-                               D: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr,
-                               PRECISION: tl.constexpr, STAGES: tl.constexpr = None):
-        """``_sla_bwd_apply_kernel`` with dKV^T loaded transposed and the loop pipelined in ``STAGES`` stages."""
-        head = tl.program_id(1)
-        w, start, end, lo, hi = _program_rows(OFFSETS, n_windows, n_steps, CHUNK)
-        if hi > lo:
-            dkv_t, ds = _window_state(DSTATE, w, start, end, n_windows, head, heads, D, BLOCK_D, CHUNK, True)
-            dkv = _window_state(DSTATE, w, start, end, n_windows, head, heads, D, BLOCK_D, CHUNK)[0]
-            for r0 in tl.range(lo, hi, SUB, num_stages=STAGES):
-                rows = r0 + tl.arange(0, SUB)
-                ok = rows < hi
-                k_raw = _tile(K, rows, ok, sk_n, head * sk_h, D, BLOCK_D).to(tl.float32)
-                v = _tile(V, rows, ok, sv_n, head * sv_h, D, BLOCK_D).to(tl.float32)
-                dk = tl.dot(v, dkv_t, input_precision=PRECISION) + ds[None, :]
-                _put(DK, rows, ok, heads, head, tl.where(k_raw > 0, dk, 0.0), D, BLOCK_D)  # relu'
-                _put(DV, rows, ok, heads, head, tl.dot(tl.maximum(k_raw, 0.0), dkv, input_precision=PRECISION),
-                     D, BLOCK_D)
-
-    _KERNELS = dict(fwd_state=_sla_fwd_state_kernel, fwd_apply=_sla_fwd_apply_kernel, bwd_state=_sla_bwd_state_kernel,
-                    bwd_apply=_sla_bwd_apply_kernel, fwd_state2=_sla_fwd_state2_kernel,
-                    fwd_apply2=_sla_fwd_apply2_kernel, bwd_state2=_sla_bwd_state2_kernel,
-                    bwd_dq=_sla_bwd_dq_kernel, bwd_dstate=_sla_bwd_dstate_kernel, bwd_apply2=_sla_bwd_apply2_kernel)
-
 
 @functools.lru_cache(maxsize=None)
 def _major_capability(index: int) -> int:
@@ -460,35 +236,19 @@ def _precision(wanted: str, device: torch.device) -> str:
     return wanted
 
 
-_META = {}  # (settings, CHUNK, d, device, TF32 flag) -> kernel name -> launch settings
-
-
-def _settings() -> dict:
-    """The kernel settings of the selected variant (``TILES`` for ``"default"``)."""
-    return TILES if VARIANT == "default" else VARIANTS[VARIANT]
-
-
-def _metas(d: int, device: torch.device) -> dict:
-    """Launch settings of every kernel the selected variant names, built once per settings, CHUNK, head
-    dim, device and TF32 flag (the key holds the settings' values: reassigned or edited, they are re-read)."""
-    settings = _settings()
-    key = (tuple(settings.items()), CHUNK, d, device, torch.backends.cuda.matmul.allow_tf32)
-    metas = _META.get(key)
-    if metas is None:
-        block_d = max(16, triton.next_power_of_2(d))
-        metas = {}
-        for kernel, (sub, warps, precision, *extra) in settings.items():
-            metas[kernel] = dict(D=d, BLOCK_D=block_d, CHUNK=CHUNK, SUB=sub, num_warps=warps,
-                                 PRECISION=_precision(precision, device), **dict(*extra))
-        _META[key] = metas
-    return metas
-
-
 def _launch(n: int, offsets: torch.Tensor, q: torch.Tensor):
-    """Grid (programs, heads), window count, binary-search depth and kernel name -> launch settings."""
+    """Grid (programs, heads), window count, binary-search depth and a kernel name -> compile-time
+    settings function."""
+    heads, d = q.shape[1:]
     n_windows = offsets.shape[0] - 1
-    return ((n_windows + (n + CHUNK - 1) // CHUNK, q.shape[1]), n_windows, max(n_windows - 1, 0).bit_length(),
-            _metas(q.shape[2], q.device))
+    block_d = max(16, triton.next_power_of_2(d))
+
+    def meta(kernel: str) -> dict:
+        sub, warps, precision = TILES[kernel]
+        return dict(D=d, BLOCK_D=block_d, CHUNK=CHUNK, SUB=sub, num_warps=warps,
+                    PRECISION=_precision(precision, q.device))
+
+    return (n_windows + triton.cdiv(n, CHUNK), heads), n_windows, max(n_windows - 1, 0).bit_length(), meta
 
 
 def _n_slots(n: int, n_windows: int) -> int:
@@ -505,12 +265,10 @@ def _forward(q, k, v, offsets):
     if n == 0:
         return out, state
     grid, n_windows, n_steps, meta = _launch(n, offsets, q)
-    name = "fwd_state2" if "fwd_state2" in meta else "fwd_state"
-    _KERNELS[name][grid](k, v, offsets, state, n_windows, n_steps, heads,
-                         k.stride(0), k.stride(1), v.stride(0), v.stride(1), **meta[name])
-    name = "fwd_apply2" if "fwd_apply2" in meta else "fwd_apply"
-    _KERNELS[name][grid](q, offsets, state, out, n_windows, n_steps, heads, q.stride(0), q.stride(1),
-                         EPS=EPS, **meta[name])
+    _sla_fwd_state_kernel[grid](k, v, offsets, state, n_windows, n_steps, heads,
+                                k.stride(0), k.stride(1), v.stride(0), v.stride(1), **meta("fwd_state"))
+    _sla_fwd_apply_kernel[grid](q, offsets, state, out, n_windows, n_steps, heads, q.stride(0), q.stride(1),
+                                EPS=EPS, **meta("fwd_apply"))
     return out, state
 
 
@@ -525,18 +283,10 @@ def _backward(q, k, v, offsets, state, out, grad_out):
         return dq, dk, dv
     dstate = torch.empty_like(state)
     grid, n_windows, n_steps, meta = _launch(n, offsets, q)
-    if "bwd_dq" in meta:  # split: dq, then the dKV/ds slots
-        _sla_bwd_dq_kernel[grid](q, grad_out, out, offsets, state, dq, n_windows, n_steps, heads,
-                                 q.stride(0), q.stride(1), EPS=EPS, **meta["bwd_dq"])
-        _sla_bwd_dstate_kernel[grid](q, grad_out, out, offsets, state, dstate, n_windows, n_steps, heads,
-                                     q.stride(0), q.stride(1), EPS=EPS, **meta["bwd_dstate"])
-    else:
-        name = "bwd_state2" if "bwd_state2" in meta else "bwd_state"
-        _KERNELS[name][grid](q, grad_out, out, offsets, state, dstate, dq, n_windows, n_steps, heads,
-                             q.stride(0), q.stride(1), EPS=EPS, **meta[name])
-    name = "bwd_apply2" if "bwd_apply2" in meta else "bwd_apply"
-    _KERNELS[name][grid](k, v, offsets, dstate, dk, dv, n_windows, n_steps, heads,
-                         k.stride(0), k.stride(1), v.stride(0), v.stride(1), **meta[name])
+    _sla_bwd_state_kernel[grid](q, grad_out, out, offsets, state, dstate, dq, n_windows, n_steps, heads,
+                                q.stride(0), q.stride(1), EPS=EPS, **meta("bwd_state"))
+    _sla_bwd_apply_kernel[grid](k, v, offsets, dstate, dk, dv, n_windows, n_steps, heads,
+                                k.stride(0), k.stride(1), v.stride(0), v.stride(1), **meta("bwd_apply"))
     return dq, dk, dv
 
 
