@@ -534,18 +534,6 @@ def test_index_work_first_gives_the_same_maps(small_model, two_samples, monkeypa
             torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-4)
 
 
-def test_keys_are_sorted_as_int32_when_the_grid_allows():
-    from visionattn.models.detection3d.voxel_keys import narrowed
-    key = torch.tensor([5, 2**31 - 1, 0])
-    assert narrowed(key, 2**31).dtype == torch.int32 and narrowed(key, 2**31 + 1).dtype == torch.int64
-    torch.manual_seed(0)
-    idx = torch.cat([torch.randint(0, 2, (300, 1)), torch.randint(0, 9, (300, 3))], 1).unique(dim=0).int()
-    for args in (((3, 1, 1), (2, 1, 1), (0, 0, 0)), ((3, 3, 3), (2, 2, 2), (1, 1, 1))):
-        wide = sp.torch_pairs(idx, (9, 9, 9), *args, subm=False)
-        narrow = sp.torch_pairs(idx, (9, 9, 9), *args, subm=False, batch_size=2)
-        assert all(torch.equal(a, b) for a, b in zip((wide[0], wide[2]), (narrow[0], narrow[2])))
-
-
 def test_padded_row_counts():
     """Graph sizes: at least N rows, at most 12.5 % (or 255 rows) more, multiples of 256, non-decreasing."""
     sizes = [padded_rows(n) for n in range(1, 300000, 397)]

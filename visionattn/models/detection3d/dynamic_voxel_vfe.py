@@ -6,13 +6,12 @@ its offset from the mean of its voxel's points, its offset from the voxel centre
 PointNet layers with a max over each voxel turn these into one feature vector per voxel.
 Pure PyTorch; runs on any device.
 """
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
 from .norms import bn1d
-from .voxel_keys import narrowed
 
 
 def scatter_max(x: torch.Tensor, index: torch.Tensor, num: int) -> torch.Tensor:
@@ -85,11 +84,9 @@ class DynamicVoxelVFE(nn.Module):
                 self.point_cloud_range[:3], self.voxel_size, centre)) + (torch.tensor(self.grid_size, device=like.device),)
         return self._constant_cache[key]
 
-    def voxelize(self, points: torch.Tensor, batch_size: Optional[int] = None
-                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def voxelize(self, points: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(points in range (n, 1 + 3 + C) float32, their (x, y, z) voxel (n, 3), voxel of each point (n,),
-        unique voxel keys (M,)). ``batch_size`` (optional; the points' batch indices must lie below it)
-        lets the keys be sorted as int32."""
+        unique voxel keys (M,))."""
         pts = points.to(torch.promote_types(points.dtype, torch.float32))  # fp16/bf16 cannot hold coordinates
         lo, size, _, grid = self._constants(pts)
         coords = torch.floor((pts[:, 1:4] - lo) / size).long()  # (N, 3) x, y, z
@@ -97,14 +94,11 @@ class DynamicVoxelVFE(nn.Module):
         pts, coords = pts[inside], coords[inside]
         X, Y, Z = self.grid_size
         key = ((pts[:, 0].long() * X + coords[:, 0]) * Y + coords[:, 1]) * Z + coords[:, 2]
-        if batch_size is not None:
-            key = narrowed(key, int(batch_size) * X * Y * Z)
         unique_keys, voxel_of_point = torch.unique(key, return_inverse=True)
-        unique_keys = unique_keys.long()
         return pts, coords, voxel_of_point, unique_keys
 
-    def forward(self, points: torch.Tensor, batch_size: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        pts, coords, voxel_of_point, keys = self.voxelize(points, batch_size)
+    def forward(self, points: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        pts, coords, voxel_of_point, keys = self.voxelize(points)
         num_voxels = keys.numel()
         xyz = pts[:, 1:4]
         f_cluster = xyz - scatter_mean(xyz, voxel_of_point, num_voxels)[voxel_of_point]

@@ -174,7 +174,7 @@ class ScatterFormer(nn.Module):
         elif last >= batch_size:
             raise ValueError(f"points hold batch index {last} but batch_size is {batch_size}; pass batch_size > {last} "
                              f"or leave it None")
-        voxel_features, voxel_coords = self.vfe(points, batch_size)
+        voxel_features, voxel_coords = self.vfe(points)
         dim = self.backbone_3d.num_out_features
         H, W = self.bev_shape
         if voxel_coords.shape[0] == 0:  # nothing in range: the BEV map is empty

@@ -23,7 +23,6 @@ from ...ops.sparse_depthwise_conv import sparse_depthwise_conv
 from ...ops.submanifold_pairs import submanifold_pairs
 from . import sparse_backend as sp
 from .norms import bn1d as _bn1d
-from .voxel_keys import narrowed
 
 
 # --- convolutional position encoding (CPE) --------------------------------------------------------
@@ -155,10 +154,9 @@ def group_by_window(indices: torch.Tensor, spatial_shape: Sequence[int], window:
     """
     idx = indices.long()
     ny, nx = math.ceil(spatial_shape[1] / window), math.ceil(spatial_shape[2] / window)
-    n_windows = int(batch_size) * ny * nx
-    key = narrowed((idx[:, 0] * ny + idx[:, 2] // window) * nx + idx[:, 3] // window, n_windows)
+    key = (idx[:, 0] * ny + idx[:, 2] // window) * nx + idx[:, 3] // window
     key, perm = torch.sort(key, stable=True)
-    offsets = torch.searchsorted(key, torch.arange(n_windows + 1, device=key.device, dtype=key.dtype))
+    offsets = torch.searchsorted(key, torch.arange(int(batch_size) * ny * nx + 1, device=key.device))
     return perm, offsets
 
 
@@ -327,22 +325,18 @@ class AttnPillarPool(nn.Module):
         nn.init.normal_(self.pos_embedding.weight, std=0.01)
 
     @staticmethod
-    def pillars(indices: torch.Tensor, spatial_shape: Optional[Sequence[int]] = None,
-                batch_size: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def pillars(indices: torch.Tensor, spatial_shape: Optional[Sequence[int]] = None
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
         """The pillars ``[b, y, x]`` (P, 3) of voxels (N, 4), sorted, and each voxel's pillar (N,). Counting
         the pillars waits for the GPU."""
         idx = indices.long()
-        # unique over one key (much faster than unique over rows); the grid's (Y, X) when given, else read
-        # from the indices (which waits for the GPU once more); int32 when the batch size bounds it
+        # unique over one int64 key (much faster than unique over rows); the grid's (Y, X) when given, else
+        # read from the indices (which waits for the GPU once more)
         if spatial_shape is not None:
             ny, nx = int(spatial_shape[1]), int(spatial_shape[2])
         else:
             ny, nx = (int(idx[:, 2].max()) + 1, int(idx[:, 3].max()) + 1) if idx.shape[0] else (1, 1)
-        key = (idx[:, 0] * ny + idx[:, 2]) * nx + idx[:, 3]
-        if batch_size is not None:
-            key = narrowed(key, int(batch_size) * ny * nx)
-        keys, pillar_of_voxel = torch.unique(key, return_inverse=True)
-        keys = keys.long()
+        keys, pillar_of_voxel = torch.unique((idx[:, 0] * ny + idx[:, 2]) * nx + idx[:, 3], return_inverse=True)
         return torch.stack([keys // (ny * nx), keys // nx % ny, keys % nx], 1), pillar_of_voxel
 
     def forward(self, features: torch.Tensor, indices: torch.Tensor, spatial_shape: Optional[Sequence[int]] = None,
@@ -464,5 +458,4 @@ class ScatterFormerBackbone3d(nn.Module):
         indices, shape, _ = sp.neighbour_table(self.stage1[2], block1_out)
         down = sp.SparseTensor(None, indices, shape, batch)
         group2 = self.stage2[0].group(down)
-        return (group1._replace(indice_dict=block1_out.indice_dict), group2,
-                self.app.pillars(group2.indices, shape, batch))
+        return group1._replace(indice_dict=block1_out.indice_dict), group2, self.app.pillars(group2.indices, shape)

@@ -43,7 +43,6 @@ import torch.nn as nn
 from ...extras import require_extra
 from ...ops.sparse_conv import offset_pairs, sparse_conv
 from ...ops.submanifold_pairs import submanifold_pairs
-from .voxel_keys import narrowed
 
 BACKENDS = ("spconv", "torch", "spconv_triton")
 _ENV = "VISIONATTN_SPARSE_BACKEND"
@@ -235,11 +234,11 @@ def neighbour_table(conv: _SparseConv, x):
     the convolution finds it: calling this ahead of the convolution moves its index work (and, for a
     strided convolution, its wait for the GPU to count the output sites) earlier."""
     return _cached(conv, x, "torch", lambda: torch_pairs(x.indices, x.spatial_shape, conv.kernel_size,
-                                                         conv.stride, conv.padding, conv.subm, x.batch_size))
+                                                         conv.stride, conv.padding, conv.subm))
 
 
 def torch_pairs(indices: torch.Tensor, spatial_shape: Sequence[int], kernel_size: Sequence[int],
-                stride: Sequence[int], padding: Sequence[int], subm: bool, batch_size: Optional[int] = None):
+                stride: Sequence[int], padding: Sequence[int], subm: bool):
     """Index pairs of a sparse convolution (dilation 1) in PyTorch.
 
     Returns ``(out_indices (M, 4) int32, out_shape [Z', Y', X'], table (K, M) int64)`` where
@@ -247,7 +246,6 @@ def torch_pairs(indices: torch.Tensor, spatial_shape: Sequence[int], kernel_size
     (kz, ky, kx), the KRSC weight's order), or -1. A submanifold convolution's outputs are its inputs
     in their order; a strided convolution's outputs are the sites whose receptive field holds an input
     voxel, sorted by (batch, z, y, x). Cross-correlation: output ``p`` reads input ``p * stride - padding + k``.
-    ``batch_size`` (optional) bounds the output keys, which are then sorted as int32 when they fit.
     """
     shape_l, ksize_l = [int(s) for s in spatial_shape], [int(k) for k in kernel_size]
     stride_l, pad_l = [int(s) for s in stride], [int(p) for p in padding]
@@ -270,8 +268,6 @@ def torch_pairs(indices: torch.Tensor, spatial_shape: Sequence[int], kernel_size
         p = torch.div(shifted, stride_l[axis], rounding_mode="floor")
         valid = valid & (shifted - p * stride_l[axis] == 0) & (p >= 0) & (p < out_l[axis])
         key = key * out_l[axis] + p
-    if batch_size is not None:  # keys of sites outside the grid (not valid) stay within one grid of the range
-        key = narrowed(key, 2 * (int(batch_size) + 1) * out_l[0] * out_l[1] * out_l[2])
     out_keys = torch.unique(key[valid])  # sorted
     m = len(out_keys)
     # one input per (offset, output); pairs that do not exist go to a spare last column (no nonzero,
