@@ -9,9 +9,8 @@ shape but mixes tokens with depthwise convolutions:
     channel mixer  Y = Conv1x1_{3C->C}( GELU( Conv1x1_{C->3C}( DW_k(X) ) ) )
 
 Both are :class:`MetaMixer` instances. Where the math lives: the mixers are standard
-convolutions that cuDNN already runs well, so they live once, here; the kernels of their own are
-the generic ops ``visionattn/ops/channel_bias_act.py`` (conv epilogue) and, optionally,
-``visionattn/ops/depthwise_conv2d.py`` (depthwise conv with that epilogue fused). The main fast path is
+convolutions that cuDNN already runs well, so they live once, here; the only kernel of their own
+is the generic conv epilogue ``visionattn/ops/channel_bias_act.py``. The main fast path is
 structural re-parameterisation: :meth:`FFNet.fuse` (also reached through timm's
 ``reparameterize_model``) folds every BatchNorm and the RepVGG 3x3 branches into single
 convolutions; the unfused training form is the reference.
@@ -27,10 +26,6 @@ the parameters, cached between no-grad calls), (3) layer scale and residual add 
 mixer's depthwise biases, which cannot be folded (zero padding makes a constant non-constant at
 borders), are added with the GELU, and with layer scale + residual, by one ``channel_bias_act`` pass
 each (:class:`FFNifiedAttention`; Triton on CUDA, ``epilogue_impl="reference"`` turns it off).
-Optional (``depthwise_impl="auto"``, off by default): the blocks' stride-1 depthwise convs run as the
-``depthwise_conv2d`` op's Triton kernel, the token mixer's with (4)'s epilogues fused into the conv
-(one pass per conv instead of two), the channel mixer's without bias (folded as in (2)); measured by
-``benchmarks/ffnet_depthwise.py``.
 
 Official parity notes: a token-mixer depthwise conv is RepVGG-style (7x7 + 3x3, both with BN)
 only when its kernel is 7, otherwise a plain depthwise conv with bias and no BN; the channel
@@ -54,9 +49,7 @@ from ...registry import register_converter
 from .stage_classifier import StageClassifier
 from ..derived_tensor import DerivedTensor
 from ...ops import channel_bias_act as cba
-from ...ops import depthwise_conv2d as dwc
 from ...ops.channel_bias_act import IMPLS as CBA_IMPLS
-from ...ops.depthwise_conv2d import IMPLS as DW_IMPLS
 from ..input_contract import check_choice, check_int, check_ints, check_num_classes, check_rate
 
 __all__ = ["FFNet", "MetaMixer", "ConvBN", "RepDWConv", "BNConvSkip", "PatchMerging", "FFNetBlock", "PointwiseConv",
@@ -94,37 +87,16 @@ def _conv_no_bias(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
-def _same_depthwise(conv: nn.Module) -> bool:
-    """A stride-1, zero "same"-padded depth-wise ``nn.Conv2d`` with an odd square kernel (what the
-    ``depthwise_conv2d`` op computes)."""
-    k = conv.kernel_size[0]
-    return (type(conv) is nn.Conv2d and conv.groups == conv.in_channels == conv.out_channels and k % 2 == 1
-            and conv.kernel_size == (k, k) and conv.stride == (1, 1) and conv.padding == (k // 2, k // 2)
-            and conv.dilation == (1, 1) and conv.padding_mode == "zeros")
-
-
-def _depthwise_kernel(conv: nn.Module, x: torch.Tensor, residual: Optional[torch.Tensor], impl: str) -> bool:
-    """Whether ``conv`` runs as the ``depthwise_conv2d`` op's Triton kernel (with its fused epilogue)
-    for ``x``: ``impl`` (the model's ``depthwise_impl``) is not "reference" and resolves to "triton"."""
-    return impl != "reference" and _same_depthwise(conv) and dwc.resolve_impl(x, conv.weight, residual, impl) == "triton"
-
-
-def conv_then_pointwise(x: torch.Tensor, conv: nn.Conv2d, pw: PointwiseConv,
-                        depthwise_impl: str = "reference") -> torch.Tensor:
+def conv_then_pointwise(x: torch.Tensor, conv: nn.Conv2d, pw: PointwiseConv) -> torch.Tensor:
     """``pw(conv(x))`` with ``conv``'s bias folded into ``pw``'s: W(y + b) + c = Wy + (Wb + c).
 
     Exact because a 1x1 conv has no padding (the bias is the same at every pixel), and it saves a
     full pass over ``conv``'s output. The folded bias is a (C_out,) matrix-vector product derived
     from the parameters (recomputed at each call under autograd, cached between no-grad calls until
     a parameter changes), so the parameters, the state dict and gradients stay those of the
-    published fused model. (B, C_in, H, W) -> (B, C_pw, H', W'). ``depthwise_impl`` other than
-    "reference": a same-padded depth-wise ``conv`` runs as the ``depthwise_conv2d`` op's Triton kernel
-    where that op resolves to it.
+    published fused model. (B, C_in, H, W) -> (B, C_pw, H', W').
     """
-    if _depthwise_kernel(conv, x, None, depthwise_impl):
-        y = dwc.depthwise_conv2d(x, conv.weight, impl=depthwise_impl)
-    else:
-        y = _conv_no_bias(conv, x)
+    y = _conv_no_bias(conv, x)
     if conv.bias is None:
         return pw(y)
 
@@ -267,29 +239,19 @@ class FFNifiedAttention(MetaMixer):
     """FFNified attention token mixer: value(GELU(key(query(X)))) with depthwise key/value convs;
     (B, C, H, W) in and out. ``forward(x, residual, scale)`` returns ``residual + scale * mixer(x)``.
 
-    When key and value are biased convs (fused model; stages with plain depthwise convs):
-    with ``depthwise_impl`` not "reference" and the ``depthwise_conv2d`` op resolving to its Triton
-    kernel (CUDA, channels_last), each conv is one kernel with the epilogue fused (bias + GELU; bias +
-    layer scale + residual); else, when the ``channel_bias_act`` op (``impl``) resolves to its Triton
-    kernel, the convs run without bias (cuDNN) and that op adds the epilogues in one pass each.
+    When key and value are biased convs (fused model; stages with plain depthwise convs) and the
+    ``channel_bias_act`` op resolves to its Triton kernel (CUDA, channels_last), the convs run
+    without bias and the op adds bias + GELU, and bias + layer scale + residual, in one pass each.
     """
 
-    def __init__(self, query: nn.Module, key: nn.Module, act: nn.Module, value: nn.Module, impl: str = "auto",
-                 depthwise_impl: str = "reference"):
+    def __init__(self, query: nn.Module, key: nn.Module, act: nn.Module, value: nn.Module, impl: str = "auto"):
         super().__init__(query, key, act, value)
         self.impl = impl
-        self.depthwise_impl = depthwise_impl
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
                 scale: Optional[torch.Tensor] = None) -> torch.Tensor:
         q = self.query(x)
         if not torch.jit.is_scripting():  # (TorchScript compiles neither the condition nor the kernel path)
-            if (_biased_conv(self.key) and _biased_conv(self.value) and type(self.act) is nn.GELU
-                    and self.act.approximate == "none" and _depthwise_kernel(self.key, q, None, self.depthwise_impl)
-                    and _depthwise_kernel(self.value, q, residual, self.depthwise_impl)):
-                a = dwc.depthwise_conv2d(q, self.key.weight, self.key.bias, gelu=True, impl=self.depthwise_impl)
-                return dwc.depthwise_conv2d(a, self.value.weight, self.value.bias, residual, scale,
-                                            impl=self.depthwise_impl)
             if (_biased_conv(self.key) and _biased_conv(self.value) and type(self.act) is nn.GELU
                     and self.act.approximate == "none" and cba.resolve_impl(q, residual, self.impl) == "triton"):
                 a = cba.channel_bias_act(_conv_no_bias(self.key, q), self.key.bias, gelu=True, impl=self.impl)
@@ -301,11 +263,10 @@ class FFNifiedAttention(MetaMixer):
         return y + residual if scale is None else torch.addcmul(residual, y, scale.view(1, -1, 1, 1))
 
 
-def ffnified_attention(dim: int, k1: int, k2: int, impl: str = "auto",
-                       depthwise_impl: str = "reference") -> FFNifiedAttention:
+def ffnified_attention(dim: int, k1: int, k2: int, impl: str = "auto") -> FFNifiedAttention:
     """FFNified attention token mixer: DW_k2(GELU(DW_k1(BN(Conv1x1(X))))), (B, C, H, W) in and out."""
     return FFNifiedAttention(ConvBN(dim, dim, 1), dw_conv(dim, k1, with_bn=False), nn.GELU(),
-                             dw_conv(dim, k2, with_bn=False), impl=impl, depthwise_impl=depthwise_impl)
+                             dw_conv(dim, k2, with_bn=False), impl=impl)
 
 
 class ConvFFN(MetaMixer):
@@ -313,27 +274,21 @@ class ConvFFN(MetaMixer):
     key/value 1x1 convs; (B, C, H, W) in and out.
 
     Once fused (``query`` a biased conv) the depthwise bias is folded into the first 1x1 conv's
-    (:func:`conv_then_pointwise`), which removes one pass over the activations; ``depthwise_impl``
-    not "reference" runs that conv as the ``depthwise_conv2d`` op's Triton kernel where it resolves to it.
+    (:func:`conv_then_pointwise`), which removes one pass over the activations.
     """
-
-    def __init__(self, query: nn.Module, key: nn.Module, act: nn.Module, value: nn.Module,
-                 depthwise_impl: str = "reference"):
-        super().__init__(query, key, act, value)
-        self.depthwise_impl = depthwise_impl
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
             if type(self.query) is nn.Conv2d and isinstance(self.key, PointwiseConv):
-                return self.value(self.act(conv_then_pointwise(x, self.query, self.key, self.depthwise_impl)))
+                return self.value(self.act(conv_then_pointwise(x, self.query, self.key)))
         return self.value(self.act(self.key(self.query(x))))  # MetaMixer's forward (keys/values are weights)
 
 
-def convnext_ffn(dim: int, kernel_size: int, mlp_ratio: float, depthwise_impl: str = "reference") -> ConvFFN:
+def convnext_ffn(dim: int, kernel_size: int, mlp_ratio: float) -> ConvFFN:
     """ConvNeXt-like channel mixer: Conv1x1(GELU(Conv1x1(DW_k(X)))), (B, C, H, W) in and out."""
     hidden = int(dim * mlp_ratio)
     return ConvFFN(dw_conv(dim, kernel_size, with_bn=True), PointwiseConv(dim, hidden), nn.GELU(),
-                   PointwiseConv(hidden, dim), depthwise_impl=depthwise_impl)
+                   PointwiseConv(hidden, dim))
 
 
 # --- network ----------------------------------------------------------------------------------
@@ -342,12 +297,11 @@ class FFNetBlock(nn.Module):
     """X + DropPath(γ1·TokenMixer(X)), then + DropPath(γ2·ChannelMixer(·)); (B, C, H, W)."""
 
     def __init__(self, dim: int, token_kernels: Tuple[int, int], ffn_kernel: int, mlp_ratio: float = 3.0,
-                 drop_path: float = 0.0, layer_scale_init_value: Optional[float] = None, epilogue_impl: str = "auto",
-                 depthwise_impl: str = "reference"):
+                 drop_path: float = 0.0, layer_scale_init_value: Optional[float] = None, epilogue_impl: str = "auto"):
         super().__init__()
-        self.token_mixer = ffnified_attention(dim, *token_kernels, impl=epilogue_impl, depthwise_impl=depthwise_impl)
+        self.token_mixer = ffnified_attention(dim, *token_kernels, impl=epilogue_impl)
         self.ls1 = LayerScale2d(dim, layer_scale_init_value) if layer_scale_init_value else nn.Identity()
-        self.channel_mixer = convnext_ffn(dim, ffn_kernel, mlp_ratio, depthwise_impl=depthwise_impl)
+        self.channel_mixer = convnext_ffn(dim, ffn_kernel, mlp_ratio)
         self.ls2 = LayerScale2d(dim, layer_scale_init_value) if layer_scale_init_value else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -406,7 +360,7 @@ class FFNetStage(nn.Module):
 
 
 def _check_args(depths, dims, kernels, mlp_ratio, stem_chs, layer_scale_init_value, in_chans, num_classes,
-                global_pool, drop_rate, drop_path_rate, epilogue_impl, depthwise_impl="reference") -> None:
+                global_pool, drop_rate, drop_path_rate, epilogue_impl) -> None:
     """Constructor arguments, each with its name, value and allowed range."""
     owner = "FFNet"
     check_ints(owner, "depths", depths, minimum=1)
@@ -423,7 +377,6 @@ def _check_args(depths, dims, kernels, mlp_ratio, stem_chs, layer_scale_init_val
     check_rate(owner, "drop_rate", drop_rate)
     check_rate(owner, "drop_path_rate", drop_path_rate)
     check_choice(owner, "epilogue_impl", epilogue_impl, ("auto",) + CBA_IMPLS)
-    check_choice(owner, "depthwise_impl", depthwise_impl, ("auto",) + DW_IMPLS)
     if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
         raise ValueError(f"{owner}: mlp_ratio={mlp_ratio!r} is out of range; it must be a number > 0")
     if layer_scale_init_value is not None and not isinstance(layer_scale_init_value, (int, float)):
@@ -443,12 +396,6 @@ class FFNet(StageClassifier):
             backbones do; applied by :meth:`forward_intermediates`.
         epilogue_impl: ``impl`` of the ``channel_bias_act`` op after the token mixers' depthwise
             convs ("auto": its Triton kernel on CUDA channels_last maps; "reference": PyTorch ops).
-        depthwise_impl: ``impl`` of the ``depthwise_conv2d`` op for the blocks' (stride-1) depthwise
-            convs of the fused model. "reference" (default): cuDNN convs, epilogues by
-            ``channel_bias_act``. "auto"/"triton": the op's Triton kernel with the token mixers'
-            epilogues fused (bias + GELU; bias + layer scale + residual) and the channel mixer's conv
-            without bias (folded into the 1x1 conv), on CUDA channels_last maps; elsewhere, or when
-            ``ops.dispatch.use_impl`` forces the op to "reference", the default path.
     """
 
     def __init__(self, depths: Sequence[int] = (2, 2, 8, 2), dims: Sequence[int] = (80, 160, 320, 640),
@@ -456,13 +403,13 @@ class FFNet(StageClassifier):
                  token_kernels2: Sequence[int] = (3, 3, 7, 7), mlp_ratio: float = 3.0, stem_chs: int = 64,
                  layer_scale_init_value: Optional[float] = None, in_chans: int = 3, num_classes: int = 1000,
                  global_pool: str = "avg", drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                 stage_norm: bool = False, epilogue_impl: str = "auto", depthwise_impl: str = "reference"):
+                 stage_norm: bool = False, epilogue_impl: str = "auto"):
         super().__init__()
         if not len(depths) == len(dims) == len(ffn_kernels) == len(token_kernels1) == len(token_kernels2):
             raise ValueError("FFNet: depths, dims, ffn_kernels, token_kernels1/2 need one entry per stage")
         _check_args(depths, dims, (ffn_kernels, token_kernels1, token_kernels2), mlp_ratio, stem_chs,
                     layer_scale_init_value, in_chans, num_classes, global_pool, drop_rate, drop_path_rate,
-                    epilogue_impl, depthwise_impl)
+                    epilogue_impl)
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -477,8 +424,7 @@ class FFNet(StageClassifier):
             self.stages.append(FFNetStage(
                 dims[max(i - 1, 0)], dims[i], depth, downsample=i > 0, drop_path=dpr[i].tolist(),
                 token_kernels=(token_kernels1[i], token_kernels2[i]), ffn_kernel=ffn_kernels[i],
-                mlp_ratio=mlp_ratio, layer_scale_init_value=layer_scale_init_value, epilogue_impl=epilogue_impl,
-                depthwise_impl=depthwise_impl))
+                mlp_ratio=mlp_ratio, layer_scale_init_value=layer_scale_init_value, epilogue_impl=epilogue_impl))
             self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"stages.{i}"))
         self.stage_norms = nn.ModuleList([LayerNorm2d(d, eps=1e-6) for d in dims]) if stage_norm else None
         self.norm = nn.BatchNorm2d(dims[-1])
