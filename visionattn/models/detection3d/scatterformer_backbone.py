@@ -377,15 +377,6 @@ class AttnPillarPool(nn.Module):
         return attn.out_proj(out)
 
 
-_SIDE_STREAMS: Dict[torch.device, "torch.cuda.Stream"] = {}
-
-
-def _side_stream(device: torch.device) -> "torch.cuda.Stream":
-    if device not in _SIDE_STREAMS:
-        _SIDE_STREAMS[device] = torch.cuda.Stream(device)
-    return _SIDE_STREAMS[device]
-
-
 class ScatterFormerBackbone3d(nn.Module):
     """Voxel features (M, in_channels) at ``[b, z, y, x]`` of a ``sparse_shape`` (Z, Y, X) grid ->
     pillar features (P, dim) at ``[b, y, x]`` on the (Y/2, X/2) BEV grid.
@@ -416,32 +407,19 @@ class ScatterFormerBackbone3d(nn.Module):
 
     def forward(self, voxel_features: torch.Tensor, voxel_coords: torch.Tensor, batch_size: int,
                 cuda_graph: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-        """With the ``torch`` sparse backend the index work of the whole backbone (:meth:`plan`) is done
-        while the GPU computes the CPE's submanifold part, and the feature computations after it are queued
-        without waiting for the GPU. ``cuda_graph=True`` (CUDA inference) replays the CPE's submanifold
-        part and the blocks' layers from CUDA graphs per padded voxel count (:func:`replay_rows`)."""
+        """With the ``torch`` sparse backend the index work of the whole backbone comes first (:meth:`plan`),
+        so the feature computations are queued without waiting for the GPU. ``cuda_graph=True`` (CUDA
+        inference) replays the CPE's submanifold part and the blocks' layers from CUDA graphs per padded
+        voxel count (:func:`replay_rows`)."""
         x = sp.sparse_tensor(voxel_features, voxel_coords, self.sparse_shape, batch_size)
         if not isinstance(x, sp.SparseTensor):  # spconv's tensors: its modules build their index pairs
             x = self.stage2(self.stage1(self.cpe(x), cuda_graph=cuda_graph), cuda_graph=cuda_graph)
             return self.app(x.features, x.indices, x.spatial_shape)
-        x = self.cpe.submanifold(x, cuda_graph=cuda_graph)
-        group1, group2, pillars = self._plan_beside(x)
-        x = self.stage1(self.cpe.down(x), cuda_graph=cuda_graph, grouping=group1)
+        group1, group2, pillars = self.plan(x)
+        x = self.cpe(x, cuda_graph=cuda_graph)
+        x = self.stage1(x, cuda_graph=cuda_graph, grouping=group1)
         x = self.stage2(x, cuda_graph=cuda_graph, grouping=group2)
         return self.app(x.features, x.indices, x.spatial_shape, pillars=pillars)
-
-    def _plan_beside(self, x: "sp.SparseTensor"):
-        """:meth:`plan`, on CUDA on a side stream: its waits (the host counting output voxels and pillars)
-        then wait for the index work only, while the CPE's features queued before keep the GPU busy."""
-        if not x.indices.is_cuda:
-            return self.plan(x)
-        main = torch.cuda.current_stream(x.indices.device)
-        side = _side_stream(x.indices.device)
-        side.wait_stream(main)  # also orders the side stream's reuse of memory after the main stream's last use
-        with torch.cuda.stream(side):
-            plan = self.plan(x)
-        main.wait_stream(side)
-        return plan
 
     def plan(self, x: "sp.SparseTensor") -> Tuple[WindowGrouping, WindowGrouping, Tuple[torch.Tensor, torch.Tensor]]:
         """The index work on the input voxels ``x`` (``torch`` backend): both strided convolutions' output
