@@ -516,24 +516,6 @@ def test_cuda_graph_needs_cuda_inference():
         predict_boxes_3d(model, cloud(), cuda_graph=True)
 
 
-def test_index_work_first_gives_the_same_maps(small_model, two_samples, monkeypatch):
-    """The ``torch`` backend builds every table, window grouping and the pillars before the feature work
-    (``ScatterFormerBackbone3d.plan``); the spconv backend builds them where each module needs them.
-    Same maps."""
-    pytest.importorskip("spconv")
-    points, want = two_samples
-    monkeypatch.setenv("VISIONATTN_SPARSE_BACKEND", "torch")
-    calls = []
-    monkeypatch.setattr(type(small_model.backbone_3d), "plan",
-                        lambda self, x, _plan=type(small_model.backbone_3d).plan: calls.append(1) or _plan(self, x))
-    with torch.no_grad():
-        got = small_model(points)
-    assert calls == [1]
-    for a, b in zip(got, want):
-        for k in a:
-            torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-4)
-
-
 def test_padded_row_counts():
     """Graph sizes: at least N rows, at most 12.5 % (or 255 rows) more, multiples of 256, non-decreasing."""
     sizes = [padded_rows(n) for n in range(1, 300000, 397)]

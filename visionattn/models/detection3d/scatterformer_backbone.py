@@ -239,7 +239,6 @@ class WindowGrouping(NamedTuple):
     offsets: torch.Tensor  # (M + 1,) window boundaries in that order
     indices: torch.Tensor  # (N, 4) the voxels in that order: the block's output voxels
     tables: Tuple[torch.Tensor, ...]  # the depth-wise convolutions' (K, N) tables, one per kernel size
-    indice_dict: dict  # index pairs already built for the output voxels (for the convolutions after the block)
 
 
 class ScatterFormerBlock(nn.Module):
@@ -266,21 +265,19 @@ class ScatterFormerBlock(nn.Module):
         perm, offsets = group_by_window(x.indices, shape, self.window, x.batch_size)
         indices = x.indices[perm]
         return WindowGrouping(perm, offsets, indices,
-                              tuple(submanifold_pairs(indices, shape, k) for k in self.kernel_sizes), {})
+                              tuple(submanifold_pairs(indices, shape, k) for k in self.kernel_sizes))
 
-    def forward(self, x, cuda_graph: bool = False, grouping: Optional[WindowGrouping] = None):
-        """``grouping``: :meth:`group` of ``x`` when made ahead. ``cuda_graph=True`` (CUDA inference)
-        replays the layers from a graph per padded voxel count (:func:`replay_rows`)."""
-        g = self.group(x) if grouping is None else grouping
+    def forward(self, x, cuda_graph: bool = False):
+        """``cuda_graph=True`` (CUDA inference) replays the layers from a graph per padded voxel count
+        (:func:`replay_rows`); the grouping and its neighbour tables are built eagerly."""
+        g = self.group(x)
         feats = x.features[g.perm]
         if cuda_graph:
             feats = replay_rows(self, "layers", ScatterFormerBlock.layers, [feats], g.tables, g.offsets)
         else:
             feats = self.layers(feats, g.offsets, *g.tables)
         # a fresh tensor: index pairs cached for the old row order must not be reused
-        out = type(x)(feats, g.indices, x.spatial_shape, x.batch_size)
-        out.indice_dict.update(g.indice_dict)
-        return out
+        return type(x)(feats, g.indices, x.spatial_shape, x.batch_size)
 
     def layers(self, feats: torch.Tensor, offsets: torch.Tensor, *tables: torch.Tensor) -> torch.Tensor:
         """The layers on voxels sorted by window: (N, C) features, window boundaries, the depth-wise
@@ -294,11 +291,11 @@ class ScatterFormerBlock(nn.Module):
 
 class ScatterFormerStage(sp.SparseSequential):
     """A :class:`ScatterFormerBlock` then BatchNorm (and a strided convolution): ``SparseSequential``
-    with the block's ``cuda_graph`` and ``grouping`` passed on."""
+    with the block's ``cuda_graph`` passed on."""
 
-    def forward(self, x, cuda_graph: bool = False, grouping: Optional[WindowGrouping] = None):
+    def forward(self, x, cuda_graph: bool = False):
         block, *rest = self
-        x = block(x, cuda_graph=cuda_graph, grouping=grouping)
+        x = block(x, cuda_graph=cuda_graph)
         for module in rest:
             x = self.apply_module(module, x)
         return x
@@ -327,8 +324,7 @@ class AttnPillarPool(nn.Module):
     @staticmethod
     def pillars(indices: torch.Tensor, spatial_shape: Optional[Sequence[int]] = None
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The pillars ``[b, y, x]`` (P, 3) of voxels (N, 4), sorted, and each voxel's pillar (N,). Counting
-        the pillars waits for the GPU."""
+        """The pillars ``[b, y, x]`` (P, 3) of voxels (N, 4), sorted, and each voxel's pillar (N,)."""
         idx = indices.long()
         # unique over one int64 key (much faster than unique over rows); the grid's (Y, X) when given, else
         # read from the indices (which waits for the GPU once more)
@@ -339,11 +335,10 @@ class AttnPillarPool(nn.Module):
         keys, pillar_of_voxel = torch.unique((idx[:, 0] * ny + idx[:, 2]) * nx + idx[:, 3], return_inverse=True)
         return torch.stack([keys // (ny * nx), keys // nx % ny, keys % nx], 1), pillar_of_voxel
 
-    def forward(self, features: torch.Tensor, indices: torch.Tensor, spatial_shape: Optional[Sequence[int]] = None,
-                pillars: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``pillars``: :meth:`pillars` of ``indices`` when made ahead."""
+    def forward(self, features: torch.Tensor, indices: torch.Tensor, spatial_shape: Optional[Sequence[int]] = None
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
         idx = indices.long()
-        pillars, pillar_of_voxel = self.pillars(indices, spatial_shape) if pillars is None else pillars
+        pillars, pillar_of_voxel = self.pillars(indices, spatial_shape)
         P, C = pillars.shape[0], features.shape[1]
         # spconv's max-pool starts its maximum at 0 (CPU and GPU), so a channel whose voxels are all
         # negative pools to 0: include_self=True on a zero tensor does the same
@@ -407,33 +402,10 @@ class ScatterFormerBackbone3d(nn.Module):
 
     def forward(self, voxel_features: torch.Tensor, voxel_coords: torch.Tensor, batch_size: int,
                 cuda_graph: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-        """With the ``torch`` sparse backend the index work of the whole backbone comes first (:meth:`plan`),
-        so the feature computations are queued without waiting for the GPU. ``cuda_graph=True`` (CUDA
-        inference) replays the CPE's submanifold part and the blocks' layers from CUDA graphs per padded
-        voxel count (:func:`replay_rows`)."""
+        """``cuda_graph=True`` (CUDA inference) replays the CPE's submanifold part (``torch`` sparse backend)
+        and the blocks' layers from CUDA graphs per padded voxel count (:func:`replay_rows`)."""
         x = sp.sparse_tensor(voxel_features, voxel_coords, self.sparse_shape, batch_size)
-        if not isinstance(x, sp.SparseTensor):  # spconv's tensors: its modules build their index pairs
-            x = self.stage2(self.stage1(self.cpe(x), cuda_graph=cuda_graph), cuda_graph=cuda_graph)
-            return self.app(x.features, x.indices, x.spatial_shape)
-        group1, group2, pillars = self.plan(x)
         x = self.cpe(x, cuda_graph=cuda_graph)
-        x = self.stage1(x, cuda_graph=cuda_graph, grouping=group1)
-        x = self.stage2(x, cuda_graph=cuda_graph, grouping=group2)
-        return self.app(x.features, x.indices, x.spatial_shape, pillars=pillars)
-
-    def plan(self, x: "sp.SparseTensor") -> Tuple[WindowGrouping, WindowGrouping, Tuple[torch.Tensor, torch.Tensor]]:
-        """The index work on the input voxels ``x`` (``torch`` backend): both strided convolutions' output
-        voxels and tables (kept in the tensors' ``indice_dict``, where the convolutions find them), both
-        blocks' window groupings and the pillars. Counting the output voxels of a strided convolution and
-        the pillars waits for the GPU; done before any feature work is queued, those waits are short and
-        the rest of the forward never waits."""
-        batch = x.batch_size
-        indices, shape, _ = sp.neighbour_table(self.cpe[STEM][0], x)
-        cpe_out = sp.SparseTensor(None, indices, shape, batch)
-        cpe_out.indice_dict = x.indice_dict  # a convolution's output shares its input's index pairs (spconv)
-        group1 = self.stage1[0].group(cpe_out)
-        block1_out = sp.SparseTensor(None, group1.indices, shape, batch)
-        indices, shape, _ = sp.neighbour_table(self.stage1[2], block1_out)
-        down = sp.SparseTensor(None, indices, shape, batch)
-        group2 = self.stage2[0].group(down)
-        return group1._replace(indice_dict=block1_out.indice_dict), group2, self.app.pillars(group2.indices, shape)
+        x = self.stage1(x, cuda_graph=cuda_graph)
+        x = self.stage2(x, cuda_graph=cuda_graph)
+        return self.app(x.features, x.indices, x.spatial_shape)

@@ -230,9 +230,7 @@ def _spconv_pairs(conv: _SparseConv, x):
 
 def neighbour_table(conv: _SparseConv, x):
     """``(out_indices, out_shape, NeighbourTable)`` of ``conv`` on the ``torch``-backend tensor ``x`` from
-    :func:`torch_pairs` (any device), built once per ``indice_key`` and kept in ``x.indice_dict``, where
-    the convolution finds it: calling this ahead of the convolution moves its index work (and, for a
-    strided convolution, its wait for the GPU to count the output sites) earlier."""
+    :func:`torch_pairs` (any device), built once per ``indice_key`` and kept in ``x.indice_dict``."""
     return _cached(conv, x, "torch", lambda: torch_pairs(x.indices, x.spatial_shape, conv.kernel_size,
                                                          conv.stride, conv.padding, conv.subm))
 
