@@ -138,6 +138,22 @@ def test_model_with_official_and_checkpoint(load_tool, capsys, tmp_path):
     assert load_tool("benchmark").main([*argv, "--checkpoint", str(tmp_path / "bad.pth"), "--out", ""]) == 2
 
 
+def test_profile_counts_each_operator_per_call(load_tool, capsys, tmp_path, toy_op):
+    rc, out, report = _run(load_tool, capsys, tmp_path, [toy_op, "--impl", "reference", "--profile"])
+    assert rc == 0, out
+    prof = report["results"][0]["profile"]
+    assert report["settings"]["profile"] is True
+    per_call = {t["name"]: t["per_call"] for t in prof["top"]}
+    # the reference softmax runs max, sub, exp, sum and div once per call
+    assert per_call.get("aten::exp") == 1 and per_call.get("aten::div") == 1, prof["top"]
+    assert prof["device_ms"] > 0 and prof["queued_ms"] > 0 and prof["launches"] >= 5
+    assert sum(t["share"] for t in prof["top"]) <= 1 + 1e-9
+    assert "profile, per call (operators" in out and "aten::exp" in out
+    with pytest.raises(SystemExit):
+        load_tool("benchmark").main(["test_vit", "--mode", "train-e2e", "--profile", "--out", ""])
+    assert "or --profile" in capsys.readouterr().err
+
+
 def _real_ops():
     return [m.name for m in pkgutil.iter_modules(visionattn.ops.__path__)
             if m.name not in ("dispatch",) and not m.name.startswith("_")]
@@ -172,6 +188,17 @@ def test_every_op_benchmarks_on_cuda(load_tool, capsys, tmp_path, op):
     assert rc == 0, out
     ran = [r for r in report["results"] if "skipped" not in r]  # e.g. sdpa_gqa needs uniform groups
     assert ran and all("error" not in r and r["peak_mem_mib"] is not None for r in ran), out
+
+
+@pytest.mark.cuda
+def test_cuda_profile_sees_kernels_in_graph_replays(load_tool, capsys, tmp_path):
+    rc, out, report = _run(load_tool, capsys, tmp_path, ["resnet10t", "--device", "cuda", "--batch", "8",
+                                                          "--cuda-graph", "--profile"])
+    assert rc == 0, out
+    prof = report["results"][0]["profile"]
+    # resnet10t: 11 convolutions at least, each a kernel, replayed from the graph
+    assert prof["launches"] >= 11 and 0 < prof["device_ms"] and prof["top"][0]["ms"] > 0, prof
+    assert "profile, per call (kernels" in out
 
 
 @pytest.mark.cuda

@@ -3,7 +3,7 @@
     visionattn-benchmark MODEL_OR_OP [MODEL_OR_OP ...] [--impl a,b,...] [--official path.py:fn]
         [--batch 8] [--dtype float32|float16|bfloat16] [--device cpu|cuda] [--shape k=v ...]
         [--mode infer|train|train-e2e] [--channels-last] [--compile [--compile-options k=v] | --cuda-graph] [--warmup 10] [--iters 50] [--rounds 1] [--out DIR]
-        [--model-kwargs k=v ...] [--checkpoint PATH]
+        [--model-kwargs k=v ...] [--checkpoint PATH] [--profile]
 
 - A target is an op when ``visionattn/ops/<name>.py`` exists (op-module contract: the function
   ``<name>(..., impl=)``, ``IMPLS``, ``example_inputs(device, dtype, **sizes)``); ``--shape`` sizes go
@@ -38,6 +38,12 @@
   ``--warmup`` and the time of each part over ``--detail-iters`` more, beside the ``--mode train``
   step of the same network (``visionattn.cli.benchmark_e2e``; ``--config``, ``--workers``,
   ``--cfg-options`` adjust the run).
+- ``--profile``: where each row's time goes, from ``torch.profiler`` over ``--iters`` more calls:
+  ``device_ms`` per call (CUDA: time in GPU kernels and copies; CPU: self time in operators),
+  ``launches`` per call, the ten costliest kernels or operators, and ``queued_ms``: the pace of
+  ``--iters`` calls issued back to back with one sync at the end. Beside the latency (one call,
+  synchronised) these tell a host-bound call (latency and queued pace well above the kernels) from a
+  device-bound one. CUDA graph replays are profiled kernel by kernel.
 - Results are printed as a table and saved as JSON under ``benchmarks/`` with the machine described.
 
 In a clone, ``python tools/benchmark.py`` is the same program.
@@ -144,6 +150,40 @@ def interleave_rounds(timed: List[tuple], device: torch.device, rounds: int, ite
     for row, _ in timed:
         row.update(_latency(row["times_ms"]))
         row["throughput"] = (row["batch"] or 1) * 1e3 / row["latency_ms"]
+
+
+def profile_calls(fn: Callable[[], Any], device: torch.device, iters: int, top: int = 10) -> Dict[str, Any]:
+    """Where the time of ``fn()`` goes (see ``--profile``): ``queued_ms``, then ``device_ms``,
+    ``launches`` and the ``top`` costliest kernels (CUDA) or operators (CPU) per call."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    _sync(device)
+    queued = (time.perf_counter() - t0) * 1e3 / iters
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        for _ in range(iters):
+            fn()
+        _sync(device)
+    entries = []
+    for e in prof.key_averages():
+        if cuda and e.device_type != DeviceType.CUDA:
+            continue
+        # the profiler's time fields are in microseconds; named *device* since torch 2.4
+        us = getattr(e, "self_device_time_total", None) if cuda else e.self_cpu_time_total
+        if cuda and us is None:
+            us = e.self_cuda_time_total
+        if us > 0 or not cuda:
+            entries.append((e.key, us / 1e3 / iters, e.count / iters))
+    entries.sort(key=lambda x: -x[1])
+    total = sum(ms for _, ms, _ in entries)
+    return {"device_ms": total, "launches": sum(n for _, _, n in entries), "queued_ms": queued,
+            "top": [{"name": name, "ms": ms, "share": ms / total if total else 0.0, "per_call": n}
+                    for name, ms, n in entries[:top]]}
 
 
 # --- targets ----------------------------------------------------------------------------------
@@ -456,6 +496,9 @@ def run(args) -> Dict[str, Any]:
             rows.append(row)
     if args.rounds > 1:
         interleave_rounds(timed, device, args.rounds, args.iters)
+    if args.profile:
+        for row, fn in timed:
+            row["profile"] = profile_calls(fn, device, args.iters)
     for row in rows:
         row.pop("times_ms", None)
     _compare(rows)
@@ -481,7 +524,8 @@ def _compare(rows: List[Dict[str, Any]]) -> None:
 
 def _settings(args) -> Dict[str, Any]:
     keys = ("targets", "impl", "official", "batch", "dtype", "device", "shape", "mode", "channels_last",
-            "compile", "compile_options", "cuda_graph", "warmup", "iters", "rounds", "model_kwargs", "checkpoint")
+            "compile", "compile_options", "cuda_graph", "warmup", "iters", "rounds", "model_kwargs", "checkpoint",
+            "profile")
     out = {k: getattr(args, k) for k in keys}
     if args.mode == "train-e2e":
         out.update({k: getattr(args, k) for k in ("config", "workers", "detail_iters", "cfg_options")})
@@ -509,6 +553,16 @@ def table(report: Dict[str, Any]) -> str:
              f"{' channels_last' if s['channels_last'] else ''}{' compiled' if s['compile'] else ''}"
              f"{' cuda-graph' if s.get('cuda_graph') else ''}")
     out = "\n".join([title, fmt(head), fmt(tuple("-" * w for w in widths)), *map(fmt, lines)])
+    profiled = [r for r in report["results"] if "profile" in r]
+    if profiled:
+        what = "kernels" if s["device"].startswith("cuda") else "operators"
+        out += f"\nprofile, per call ({what}; queued = calls back to back, one sync at the end):"
+        for r in profiled:
+            p = r["profile"]
+            out += (f"\n  {r['target']} {r['impl']}: latency {r['latency_ms']:.3f} ms, queued {p['queued_ms']:.3f} ms, "
+                    f"{what} {p['device_ms']:.3f} ms in {p['launches']:.0f}")
+            for t in p["top"][:5]:
+                out += f"\n    {t['share']:6.1%}  {t['ms']:.3f} ms  x{t['per_call']:g}  {t['name'][:90]}"
     if s["mode"] == "train-e2e":
         from .benchmark_e2e import breakdown_table
 
@@ -549,6 +603,9 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=1,
                    help="time every row this many times, the rows taking turns (all models stay loaded); "
                         "the latency is the median over the rounds: fairer ratios of rows of one run")
+    p.add_argument("--profile", action="store_true",
+                   help="also record where each row's time goes: kernel (CUDA) or operator (CPU) time per call, "
+                        "launches, the costliest ten, and the pace of calls issued back to back")
     p.add_argument("--out", default="benchmarks", help="folder for the JSON result ('' to skip saving)")
     args = p.parse_args(argv)
     if args.warmup < 0 or args.iters < 1 or args.rounds < 1:
@@ -559,8 +616,9 @@ def parse_args(argv=None):
         p.error("--cuda-graph is for eager models (not with --compile)")
     if args.compile_options and not args.compile:
         p.error("--compile-options needs --compile")
-    if args.mode == "train-e2e" and (args.compile or args.official or args.impl or args.checkpoint):
-        p.error("--mode train-e2e runs a recipe as tools/train.py does: no --compile, --official, --impl or --checkpoint")
+    if args.mode == "train-e2e" and (args.compile or args.official or args.impl or args.checkpoint or args.profile):
+        p.error("--mode train-e2e runs a recipe as tools/train.py does: no --compile, --official, --impl, --checkpoint "
+                "or --profile")
     if args.mode != "train-e2e" and (args.config or args.workers is not None or args.cfg_options):
         p.error("--config, --workers and --cfg-options are for --mode train-e2e")
     if args.detail_iters < 0:
