@@ -7,7 +7,8 @@ import torch
 
 from visionattn.ops import submanifold_pairs as sp_mod
 from visionattn.ops.dispatch import use_impl
-from visionattn.ops.submanifold_pairs import IMPLS, example_inputs, kernel_offsets, submanifold_pairs, voxel_coords
+from visionattn.ops.submanifold_pairs import (IMPLS, example_inputs, kernel_offsets, submanifold_pairs,
+                                              submanifold_pairs_many, voxel_coords)
 from test_sparse_depthwise_conv import _random_coords  # the sparse-grid generator of the ops tests
 from triton_interpreter import run_interpreted
 
@@ -46,6 +47,20 @@ def test_reference_equals_brute_force_lookup(kernel):
     pairs = submanifold_pairs(coords.int(), SHAPE, kernel, impl="reference")
     assert pairs.dtype == torch.int64 and pairs.shape == (kernel[0] * kernel[1] * kernel[2], 60)
     assert torch.equal(pairs, _brute_force_pairs(coords, SHAPE, kernel))
+
+
+def test_many_tables_sort_the_keys_once(monkeypatch):
+    coords = _border_coords(60)
+    sorts = []
+    real_sort = torch.sort
+    monkeypatch.setattr(torch, "sort", lambda *a, **k: sorts.append(1) or real_sort(*a, **k))
+    tables = submanifold_pairs_many(coords, SHAPE, KERNELS[:3])
+    assert len(sorts) == 1 and len(tables) == 3
+    for kernel, table in zip(KERNELS[:3], tables):
+        assert torch.equal(table, _brute_force_pairs(coords, SHAPE, kernel))
+    assert [t.shape for t in submanifold_pairs_many(coords[:0], SHAPE, [(3, 3, 3), (1, 1, 13)])] == [(27, 0), (13, 0)]
+    with pytest.raises(ValueError, match="must be odd"):
+        submanifold_pairs_many(coords, SHAPE, [(3, 3, 3), (1, 1, 2)])
 
 
 def test_pairs_are_symmetric_and_centre_is_identity():
@@ -125,6 +140,8 @@ def test_triton_equals_reference_interpreter(kernel, n):
         assert torch.equal(got, _brute_force_pairs(coords, SHAPE, kernel))
     if n == 200:
         assert (got >= 0).sum() > n and (got < 0).any()  # neighbours found and missing both tested
+    many = submanifold_pairs_many(coords, SHAPE, [kernel, (3, 3, 3)], impl="triton")
+    assert torch.equal(many[0], got) and torch.equal(many[1], submanifold_pairs(coords, SHAPE, (3, 3, 3)))
 
 
 @interpreter

@@ -108,28 +108,35 @@ def submanifold_pairs(coords: torch.Tensor, spatial_shape: Sequence[int], kernel
         outside the grid. Coordinates are checked (range, uniqueness) when on CPU only: checking CUDA
         values would wait for the GPU.
     """
+    return submanifold_pairs_many(coords, spatial_shape, [kernel_size], impl)[0]
+
+
+def submanifold_pairs_many(coords: torch.Tensor, spatial_shape: Sequence[int],
+                           kernel_sizes: Sequence[Sequence[int]], impl: str = "auto") -> Tuple[torch.Tensor, ...]:
+    """:func:`submanifold_pairs` of one set of voxels for each of ``kernel_sizes``, in that order: the
+    voxels' keys are sorted once for all the tables (ScatterFormer's depth-wise convolutions use three
+    kernel shapes on the same voxels)."""
     check_tensors("submanifold_pairs", dict(coords=coords), floating=False)
     shape = _triple("spatial_shape", spatial_shape)
-    kernel = _triple("kernel_size", kernel_size)
-    if any(k < 1 or k % 2 == 0 for k in kernel):
-        raise ValueError(f"submanifold_pairs: kernel_size must be odd and positive (a centred submanifold kernel); "
-                         f"got {kernel}")
+    kernels = [_triple("kernel_size", k) for k in kernel_sizes]
+    for kernel in kernels:
+        if any(k < 1 or k % 2 == 0 for k in kernel):
+            raise ValueError(f"submanifold_pairs: kernel_size must be odd and positive (a centred submanifold "
+                             f"kernel); got {kernel}")
     if any(s < 1 for s in shape):
         raise ValueError(f"submanifold_pairs: spatial_shape must be positive; got {shape}")
     if coords.dim() != 2 or coords.shape[1] != 4 or coords.dtype not in _INDEX_DTYPES:
         raise ValueError(f"submanifold_pairs: coords must be an (N, 4) integer tensor (batch, z, y, x); "
                          f"got shape {tuple(coords.shape)} and dtype {coords.dtype}")
     impl = pick("submanifold_pairs", impl, {"triton": _triton_supports(coords, impl), "reference": True})
-    n = coords.shape[0]
-    if n == 0:
-        return torch.empty(kernel[0] * kernel[1] * kernel[2], 0, dtype=torch.int64, device=coords.device)
+    if coords.shape[0] == 0:
+        return tuple(torch.empty(k[0] * k[1] * k[2], 0, dtype=torch.int64, device=coords.device) for k in kernels)
     c = coords.long()
     sorted_key, order = torch.sort(_linear(c[:, 0], c[:, 1:], shape), stable=True)  # (N,), (N,)
     if c.device.type == "cpu" and not torch.compiler.is_compiling():
         _check_values(c, sorted_key, shape)
-    if impl == "triton":
-        return submanifold_pairs_triton(c, sorted_key, order, shape, kernel)
-    return _reference(c, sorted_key, order, shape, kernel)
+    table = submanifold_pairs_triton if impl == "triton" else _reference
+    return tuple(table(c, sorted_key, order, shape, kernel) for kernel in kernels)
 
 
 def voxel_coords(n_voxels: int, spatial_shape: Sequence[int] = (32, 480, 480), seed: int = 0) -> torch.Tensor:

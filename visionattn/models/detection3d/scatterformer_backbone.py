@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ...cuda_graph import graph_runner
 from ...ops.scattered_linear_attention import scattered_linear_attention
 from ...ops.sparse_depthwise_conv import sparse_depthwise_conv
-from ...ops.submanifold_pairs import submanifold_pairs
+from ...ops.submanifold_pairs import submanifold_pairs_many
 from . import sparse_backend as sp
 from .norms import bn1d as _bn1d
 
@@ -265,7 +265,7 @@ class ScatterFormerBlock(nn.Module):
         perm, offsets = group_by_window(x.indices, shape, self.window, x.batch_size)
         indices = x.indices[perm]
         return WindowGrouping(perm, offsets, indices,
-                              tuple(submanifold_pairs(indices, shape, k) for k in self.kernel_sizes))
+                              submanifold_pairs_many(indices, shape, self.kernel_sizes))
 
     def forward(self, x, cuda_graph: bool = False):
         """``cuda_graph=True`` (CUDA inference) replays the layers from a graph per padded voxel count
