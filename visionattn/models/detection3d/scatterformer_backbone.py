@@ -338,7 +338,7 @@ class AttnPillarPool(nn.Module):
     def forward(self, features: torch.Tensor, indices: torch.Tensor, spatial_shape: Optional[Sequence[int]] = None
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
         idx = indices.long()
-        pillars, pillar_of_voxel = self.pillars(indices, spatial_shape)
+        pillars, pillar_of_voxel = self.pillars(idx, spatial_shape)  # .long() of a long tensor is itself
         P, C = pillars.shape[0], features.shape[1]
         # spconv's max-pool starts its maximum at 0 (CPU and GPU), so a channel whose voxels are all
         # negative pools to 0: include_self=True on a zero tensor does the same
