@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from library_errors import expect_library_error  # noqa: E402
 
 from visionattn.ops import depthwise_conv2d as dwc  # noqa: E402
-from visionattn.ops import (bilevel_routing_attention as bra, channel_bias_act as cba, group_norm_act as gna,  # noqa: E402
-                            grouped_query_attention as gqa, layer_norm as ln, match_attention as ma,
+from visionattn.ops import (batch_norm_act as bna, bilevel_routing_attention as bra, channel_bias_act as cba,  # noqa: E402
+                            group_norm_act as gna, grouped_query_attention as gqa, layer_norm as ln, match_attention as ma,
                             multi_head_cross_attention as mhca, rotated_box_iou as iou, rotated_box_nms as nms,
                             scattered_linear_attention as sla, sparse_conv as spc, sparse_depthwise_conv as sdc,
                             wkv)
@@ -80,6 +80,11 @@ SPECS: List[OpSpec] = [
                 "size=(0, 36)": lambda d: dict(size=(0, 36)), "size=6": lambda d: dict(size=6),
                 "scale=-1": lambda d: dict(scale=-1.0), "kv_batch_shift=0.5": lambda d: dict(kv_batch_shift=0.5),
                 "centers (B, N, 2)": lambda d: dict(centers=d["centers"][:, :, 0])}),
+    OpSpec("batch_norm_act", bna.batch_norm_act, lambda: bna.example_inputs(channels=4, voxels=6),
+           same_dtype=("x", "residual"),
+           bad={"running_var (C+1,)": lambda d: dict(running_var=torch.ones(5)), "weight=None": lambda d: dict(weight=None),
+                "x 3-D": lambda d: dict(x=d["x"][None], residual=None), "act='gelu'": lambda d: dict(act="gelu"),
+                "eps=-1": lambda d: dict(eps=-1.0)}),
     OpSpec("channel_bias_act", cba.channel_bias_act,
            lambda: cba.example_inputs(batch=1, channels=4, height=4, width=4, residual=True, scale=True),
            same_dtype=("y", "residual", "bias", "scale"),

@@ -26,7 +26,7 @@ class SeparateHead(nn.Module):
         super().__init__()
         self.names = list(outputs)
         for name, out_channels in outputs.items():
-            layers = [nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False), _bn2d(channels), nn.ReLU())
+            layers = [nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False), _bn2d(channels, relu=True))
                       for _ in range(num_conv - 1)]
             layers.append(nn.Conv2d(channels, out_channels, 3, padding=1, bias=True))
             branch = nn.Sequential(*layers)
@@ -63,7 +63,7 @@ class CenterHead(nn.Module):
             raise ValueError(f"class_groups {groups} must hold each of {self.class_names} exactly once")
         self.class_groups = groups
         self.shared_conv = nn.Sequential(nn.Conv2d(in_channels, shared_channels, 3, padding=1, bias=False),
-                                         _bn2d(shared_channels), nn.ReLU())
+                                         _bn2d(shared_channels, relu=True))
         self.heads_list = nn.ModuleList(
             SeparateHead(shared_channels, {**HEAD_CHANNELS, "hm": len(g)}, num_conv) for g in groups)
 

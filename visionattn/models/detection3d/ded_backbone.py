@@ -20,11 +20,9 @@ class BasicBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, downsample: bool = False):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = _bn2d(out_channels)
-        self.relu1 = nn.ReLU()
+        self.bn1 = _bn2d(out_channels, relu=True)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
-        self.bn2 = _bn2d(out_channels)
-        self.relu2 = nn.ReLU()
+        self.bn2 = _bn2d(out_channels, relu=True)  # relu(bn2(conv2(.)) + identity): the add inside the norm
         self.downsample = downsample
         if downsample:
             self.downsample_layer = nn.Sequential(
@@ -32,9 +30,8 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = self.downsample_layer(x) if self.downsample else x
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu2(out + identity)
+        out = self.bn1(self.conv1(x))
+        return self.bn2(self.conv2(out), residual=identity)
 
 
 class DEDBackbone(nn.Module):
@@ -57,8 +54,8 @@ class DEDBackbone(nn.Module):
         self.decoder_norm = nn.ModuleList()
         for i in range(len(down_strides) - 1, 0, -1):
             s = down_strides[i]
-            self.decoder.append(nn.Sequential(nn.ConvTranspose2d(dim, dim, s, stride=s, bias=False), _bn2d(dim),
-                                              nn.ReLU()))
+            self.decoder.append(nn.Sequential(nn.ConvTranspose2d(dim, dim, s, stride=s, bias=False),
+                                              _bn2d(dim, relu=True)))
             self.decoder_norm.append(_bn2d(dim))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

@@ -35,11 +35,10 @@ class PFNLayer(nn.Module):
         self.last_layer = last_layer
         width = out_channels if last_layer else out_channels // 2
         self.linear = nn.Linear(in_channels, width, bias=False)
-        self.norm = bn1d(width)
-        self.relu = nn.ReLU()
+        self.norm = bn1d(width, relu=True)
 
     def forward(self, x: torch.Tensor, voxel_of_point: torch.Tensor, num_voxels: int) -> torch.Tensor:
-        x = self.relu(self.norm(self.linear(x)))  # (N, width)
+        x = self.norm(self.linear(x))  # ReLU(BN(linear(x))), (N, width)
         x_max = scatter_max(x, voxel_of_point, num_voxels)  # (M, width)
         if self.last_layer:
             return x_max

@@ -35,16 +35,15 @@ class SparseBasicBlock(nn.Module):
     def __init__(self, dim: int, indice_key: str):
         super().__init__()
         self.conv1 = sp.SubMConv3d(dim, dim, 3, padding=1, bias=True, indice_key=indice_key)
-        self.bn1 = _bn1d(dim)
+        self.bn1 = _bn1d(dim, relu=True)
         self.conv2 = sp.SubMConv3d(dim, dim, 3, padding=1, bias=True, indice_key=indice_key)
-        self.bn2 = _bn1d(dim)
-        self.relu = nn.ReLU()
+        self.bn2 = _bn1d(dim, relu=True)  # relu(bn2(.) + x): the add inside the norm
 
     def forward(self, x):
         out = self.conv1(x)
-        out = out.replace_feature(self.relu(self.bn1(out.features)))
+        out = out.replace_feature(self.bn1(out.features))
         out = self.conv2(out)
-        return out.replace_feature(self.relu(self.bn2(out.features) + x.features))
+        return out.replace_feature(self.bn2(out.features, residual=x.features))
 
 
 STEM = 4  # the CPE's first four modules are submanifold: they keep the voxels' rows
@@ -59,13 +58,13 @@ class ConvPositionEncoding(sp.SparseSequential):
 
     def __init__(self, in_channels: int, dim: int):
         super().__init__(
-            sp.SparseSequential(sp.SubMConv3d(in_channels, dim, 3, bias=False, indice_key="subm1"), _bn1d(dim),
-                                nn.ReLU()),
+            sp.SparseSequential(sp.SubMConv3d(in_channels, dim, 3, bias=False, indice_key="subm1"),
+                                _bn1d(dim, relu=True)),
             SparseBasicBlock(dim, indice_key="stem"),
             SparseBasicBlock(dim, indice_key="stem"),
             SparseBasicBlock(dim, indice_key="stem"),
             sp.SparseSequential(sp.SparseConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1), padding=0, bias=False,
-                                                indice_key="spconv1"), _bn1d(dim), nn.ReLU()),
+                                                indice_key="spconv1"), _bn1d(dim, relu=True)),
         )
 
     def forward(self, x, cuda_graph: bool = False):
