@@ -202,6 +202,21 @@ def test_cuda_profile_sees_kernels_in_graph_replays(load_tool, capsys, tmp_path)
 
 
 @pytest.mark.cuda
+def test_cuda_graph_rows_of_a_self_graphing_network_capture_their_own(load_tool, capsys, tmp_path):
+    # ScatterFormer keeps its graphs inside the module: a row forcing an op's reference must not replay
+    # the graphs the first row captured with the op's kernel
+    rc, out, report = _run(load_tool, capsys, tmp_path, [
+        "scatterformer_waymo", "--device", "cuda", "--batch", "1", "--cuda-graph", "--profile", "--warmup", "2",
+        "--iters", "3", "--shape", "points=3000", "--impl", "auto,batch_norm_act:reference",
+        "--model-kwargs", "point_cloud_range=[-7.68,-7.68,-2.0,7.68,7.68,4.0]"])
+    assert rc == 0, out
+    auto, forced = (row["profile"] for row in report["results"])
+    assert "_batch_norm_act_kernel" not in {t["name"] for t in forced["top"]}, forced
+    # about a hundred norms, each one kernel in the first row and two or three (norm, add, ReLU) in the second
+    assert forced["launches"] >= auto["launches"] + 100, (auto["launches"], forced["launches"])
+
+
+@pytest.mark.cuda
 def test_cuda_graph_rows_count_the_graph_memory(load_tool, capsys, tmp_path):
     # the graph's pool is allocated at capture, before the timed replays: it must still show up
     rc, out, report = _run(load_tool, capsys, tmp_path, ["resnet10t", "--device", "cuda", "--batch", "8",

@@ -49,6 +49,7 @@
 In a clone, ``python tools/benchmark.py`` is the same program.
 """
 import argparse
+import copy
 import datetime as dt
 import importlib
 import importlib.util
@@ -345,8 +346,11 @@ def model_cases(name: str, impls: List[str], official: Optional[Callable], args,
     ours = visionattn.create_model(name, checkpoint=args.checkpoint, **args.model_kwargs)
     ours, inputs = _prepare(ours, name, args, device, dtype)
     cases = []
+    graphs_inside = args.cuda_graph and "cuda_graph" in inspect.signature(ours.forward).parameters
     for impl in impls:
         model = ours
+        if graphs_inside and cases and impl != "official":
+            model = copy.deepcopy(ours)  # the network keeps its captured graphs: each row captures its own
         if impl == "official":
             model, _ = _prepare(official(**args.model_kwargs), name, args, device, dtype)
             if args.checkpoint is None and not _share_weights(model, ours, name):
@@ -359,7 +363,7 @@ def model_cases(name: str, impls: List[str], official: Optional[Callable], args,
         if graph and args.mode == "train":
             from visionattn.cuda_graph import TrainingGraph
             forward = TrainingGraph(model)
-        elif graph and "cuda_graph" in inspect.signature(model.forward).parameters:
+        elif graph and graphs_inside:
             # a network with data-dependent shapes (ScatterFormer) replays its fixed-shape part itself
             def forward(*xs, model=model):
                 return model(*xs, cuda_graph=True)
