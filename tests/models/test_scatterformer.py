@@ -316,6 +316,26 @@ def test_backend_choice(monkeypatch):
         sp.backend_for("cpu")
 
 
+def test_library_convolutions_get_the_autocast_precision(monkeypatch):
+    """Under autocast a library's convolution (spconv, spconv-triton) gets its weights in the features'
+    precision, as a dense convolution does; spconv-triton's kernels take one dtype only."""
+    conv = sp.SubMConv3d(4, 8, 3, bias=True, indice_key="a")
+    seen = []
+
+    class Library:
+        def _conv_forward(self, training, x, weight, bias):
+            seen.append((weight.dtype, bias.dtype))
+            return x
+
+    monkeypatch.setattr(sp, "_backend_of", lambda x: "spconv_triton")
+    monkeypatch.setattr(conv, "_impl", lambda name: Library())
+    x = sp.SparseTensor(torch.zeros(3, 4, dtype=torch.bfloat16), torch.zeros(3, 4, dtype=torch.int32), (3, 3, 3), 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        conv(x)
+    conv(x)  # outside autocast the parameters go as they are
+    assert seen == [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32)]
+
+
 def test_torch_pairs_equal_spconv_pairs():
     """The PyTorch pair generation finds spconv's pairs: the same output sites and, per output site
     and kernel offset, the same input voxel (strided convolutions order their outputs differently)."""

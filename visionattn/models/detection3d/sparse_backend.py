@@ -158,7 +158,14 @@ class _SparseConv(nn.Module):
             return _conv_pairs(self, x, *(neighbour_table if name == "torch" else _spconv_pairs)(self, x))
         impl = self._impl(name)
         impl.training = self.training  # pair generation keeps the backward tables only in training
-        return impl._conv_forward(self.training, x, self.weight, self.bias)
+        weight, bias = self.weight, self.bias
+        features = x.features
+        if features.dtype != weight.dtype and torch.is_autocast_enabled(features.device.type):
+            # as autocast does for a dense convolution: the weights in the activations' precision
+            # (spconv-triton's kernels take one dtype and fail to compile on bf16 features and fp32 weights)
+            weight = weight.to(features.dtype)
+            bias = None if bias is None else bias.to(features.dtype)
+        return impl._conv_forward(self.training, x, weight, bias)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={tuple(self.kernel_size)}, "
