@@ -27,8 +27,9 @@ Backends (the ``3d`` extra installs spconv and spconv-triton):
   same :func:`~visionattn.ops.sparse_conv.sparse_conv`: its Triton gather-GEMM on CUDA (one kernel
   per convolution, no host syncs), its PyTorch reference on CPU; nothing to install, no autotuning.
 - ``spconv_triton``: pure Triton with spconv's API and numerics, CUDA only. Its kernels autotune
-  over a few dozen tile configurations per layer shape at first use (minutes on a fresh machine;
-  Triton caches the choice on disk).
+  over a few dozen tile configurations per layer shape at first use (a minute to minutes on a fresh
+  machine; Triton caches the choice on disk). Slower than ``torch`` on the Waymo network (measured
+  in docs/scatterformer.md).
 
 Default: ``spconv`` on CPU, ``torch`` on CUDA. ``VISIONATTN_SPARSE_BACKEND=spconv|torch|spconv_triton``
 forces one.
