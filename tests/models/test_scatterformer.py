@@ -487,16 +487,25 @@ def test_official_checkpoint_errors_name_the_key(damage, named):
 
 # --- GPU ----------------------------------------------------------------------------------------------
 
-@pytest.mark.cuda
-@pytest.mark.parametrize("backend", ["torch", "spconv_triton"])
-def test_gpu_backend_matches_the_cpu_path(backend, monkeypatch):
-    """A GPU backend against our CPU path: sparse convolutions per output coordinate, then the whole
-    network's maps and detections."""
+GPU_BACKENDS = pytest.mark.parametrize("backend", ["torch", "spconv_triton"])
+
+
+def _on_gpu_backend(backend, monkeypatch):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     if backend not in sp.available_backends():
         pytest.skip(f"{backend} is not installed")
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 convolutions, sparse and dense
+
+
+# Two tests, so that a backend that autotunes at first use (spconv_triton: a minute or more per set of
+# layer shapes on a fresh machine) can be checked convolution first, network second, in calls of their own.
+@pytest.mark.cuda
+@GPU_BACKENDS
+def test_gpu_backend_convolutions_match_the_cpu_path(backend, monkeypatch):
+    """A GPU backend's sparse convolutions (submanifold with bias, strided) against our CPU path, per
+    output coordinate."""
+    _on_gpu_backend(backend, monkeypatch)
     g = torch.Generator().manual_seed(0)
     shape = (17, 40, 40)
     idx = torch.unique(torch.stack([torch.randint(0, 2, (3000,), generator=g)] +
@@ -515,6 +524,13 @@ def test_gpu_backend_matches_the_cpu_path(backend, monkeypatch):
         rows = list(kc)
         torch.testing.assert_close(gpu.features.cpu()[[kg[r] for r in rows]], cpu.features[[kc[r] for r in rows]],
                                    atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.cuda
+@GPU_BACKENDS
+def test_gpu_backend_network_matches_the_cpu_path(backend, monkeypatch):
+    """The whole network's maps and detections on a GPU backend against our CPU path."""
+    _on_gpu_backend(backend, monkeypatch)
     torch.manual_seed(0)
     model = sf.ScatterFormer(**SMALL).eval()
     points = cloud(3000, batch_size=2)
