@@ -182,6 +182,26 @@ def test_training_logs_to_mmengine_vis_backends(trained, tmp_path):
     assert list((vis / "vis_image").glob("training_curves_*.png"))
 
 
+def test_runs_of_one_config_in_one_process_keep_their_own_logs(load_tool, tiny_config, tmp_path, monkeypatch):
+    """Two runs of the same config started in the same second by one process: mmengine would give both
+    the same logger and visualizer (named after the config and the second); each must write its own."""
+    import time
+    from types import SimpleNamespace
+
+    import mmengine.runner.runner as mm_runner
+
+    # both runs start in the same second (the Runner reads its start time from this module's time.time)
+    clock = SimpleNamespace(time=lambda: 1.8e9, localtime=time.localtime, strftime=time.strftime)
+    monkeypatch.setattr(mm_runner, "time", clock)
+    cfg = tiny_config("train_cfg = dict(max_iters=1, val_interval=100)\n")
+    train = load_tool("train")
+    runners = [train.main([str(cfg), "--work-dir", str(tmp_path / w)]) for w in ("a", "b")]
+    assert runners[0].experiment_name != runners[1].experiment_name
+    for runner, w in zip(runners, ("a", "b")):
+        assert Path(runner.logger.log_file).is_relative_to(tmp_path / w)
+        assert list((tmp_path / w).glob("*/vis_data/scalars.json")), w
+
+
 def test_optional_tensorboard_backend(tmp_path, monkeypatch):
     from visionattn.engine.vis_backends import OptionalTensorboardVisBackend
 

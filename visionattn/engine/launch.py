@@ -115,6 +115,22 @@ def _scope_collate_functions(cfg: Config) -> None:
             collate["type"] = f"{FUNCTIONS.scope}.{collate['type']}"
 
 
+_runs_built = 0  # Runners built by this process
+
+
+def _name_the_experiment(cfg: Config) -> None:
+    """mmengine names a run's logger, visualizer and message hub, instances shared by the whole
+    process, after the config file and the second the run starts. A second run of the same config in
+    the same process and second would take over the first run's instances, and with them its log and
+    ``vis_data`` folders. Every run after a process's first gets a numbered name (``<config>-2``...)
+    unless the config names its experiment."""
+    global _runs_built
+    _runs_built += 1
+    if _runs_built > 1 and cfg.get("experiment_name") is None:
+        stem = Path(cfg.filename).stem if cfg.filename else "run"
+        cfg.experiment_name = f"{stem}-{_runs_built}"
+
+
 def build_runner(cfg: Config) -> Runner:
     """The mmengine Runner of ``cfg``, with visionattn's modules registered."""
     from .. import datasets, evaluation  # noqa: F401  (register datasets, transforms, metrics)
@@ -135,6 +151,7 @@ def build_runner(cfg: Config) -> Runner:
     policy = cfg.get("nonfinite_loss", "raise")
     if policy not in NONFINITE_POLICIES:
         raise ValueError(f"config key nonfinite_loss must be one of {NONFINITE_POLICIES}, got {policy!r}")
+    _name_the_experiment(cfg)
     runner = Runner.from_cfg(cfg)
     model = runner.model.module if hasattr(runner.model, "module") else runner.model
     if hasattr(model, "nonfinite_loss"):
