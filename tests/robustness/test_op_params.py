@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from library_errors import expect_library_error  # noqa: E402
 
 from visionattn.ops import depthwise_conv2d as dwc  # noqa: E402
-from visionattn.ops import (batch_norm_act as bna, bilevel_routing_attention as bra, channel_bias_act as cba,  # noqa: E402
+from visionattn.ops import (batch_norm_act as bna, bias_grad as bg, bilevel_routing_attention as bra, channel_bias_act as cba,  # noqa: E402
                             group_norm_act as gna, grouped_query_attention as gqa, layer_norm as ln, match_attention as ma,
                             multi_head_cross_attention as mhca, rotated_box_iou as iou, rotated_box_nms as nms,
                             scattered_linear_attention as sla, sparse_conv as spc, sparse_depthwise_conv as sdc,
@@ -85,6 +85,9 @@ SPECS: List[OpSpec] = [
            bad={"running_var (C+1,)": lambda d: dict(running_var=torch.ones(5)), "weight=None": lambda d: dict(weight=None),
                 "x 3-D": lambda d: dict(x=d["x"][None], residual=None), "act='gelu'": lambda d: dict(act="gelu"),
                 "eps=-1": lambda d: dict(eps=-1.0)}),
+    OpSpec("bias_grad", bg.bias_grad, lambda: bg.example_inputs(dtype=torch.float32, batch=1, size=3, channels=4),
+           bad={"dim=4": lambda d: dict(dim=4), "dim=-5": lambda d: dict(dim=-5), "dim=1.0": lambda d: dict(dim=1.0),
+                "dim=True": lambda d: dict(dim=True)}),
     OpSpec("channel_bias_act", cba.channel_bias_act,
            lambda: cba.example_inputs(batch=1, channels=4, height=4, width=4, residual=True, scale=True),
            same_dtype=("y", "residual", "bias", "scale"),

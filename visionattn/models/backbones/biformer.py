@@ -26,12 +26,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, LayerNorm2d, Mlp, trunc_normal_
+from timm.layers import DropPath, LayerNorm2d, trunc_normal_
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from ...hub import build_timm_model, extract_state_dict
 from ...registry import register_converter
+from ..bias_grad_layers import Conv2d, Linear
 from .stage_classifier import StageClassifier
 from ...ops.bilevel_routing_attention import IMPLS as BRA_IMPLS
 from ...ops.bilevel_routing_attention import bilevel_routing_attention, bilevel_routing_attention_reference
@@ -89,9 +90,9 @@ class BiLevelRoutingAttention(nn.Module):
         super().__init__()
         self.num_heads, self.n_win, self.topk, self.attn_impl = num_heads, n_win, topk, attn_impl
         self.scale = dim ** -0.5  # official: full qk width, not the head width
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.lepe = nn.Conv2d(dim, dim, lepe_kernel, padding=lepe_kernel // 2, groups=dim)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim)
+        self.lepe = Conv2d(dim, dim, lepe_kernel, padding=lepe_kernel // 2, groups=dim)
+        self.proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         padded = pad_to_multiple(x, self.n_win)
@@ -112,8 +113,8 @@ class GlobalAttention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.lepe = nn.Conv2d(dim, dim, lepe_kernel, padding=lepe_kernel // 2, groups=dim)
-        self.proj = nn.Linear(dim, dim)
+        self.lepe = Conv2d(dim, dim, lepe_kernel, padding=lepe_kernel // 2, groups=dim)
+        self.proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, height, width, c = x.shape
@@ -125,20 +126,33 @@ class GlobalAttention(nn.Module):
         return self.proj(out + lepe)
 
 
+class Mlp(nn.Module):
+    """fc1 -> GELU -> fc2 (timm's ``Mlp`` without dropout, on the bias-gradient layers). (..., C) -> (..., C)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
 class BiFormerBlock(nn.Module):
     """(B, C, H, W) -> (B, C, H, W): x += DWConv3x3(x); x += Attn(LN(x)); x += MLP(LN(x))."""
 
     def __init__(self, dim: int, num_heads: int, topk: int, n_win: int, mlp_ratio: float = 3.0,
                  drop_path: float = 0.0, attn_impl: str = "auto"):
         super().__init__()
-        self.cpe = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.cpe = Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         if topk > 0:
             self.attn = BiLevelRoutingAttention(dim, num_heads, n_win, topk, attn_impl=attn_impl)
         else:
             self.attn = GlobalAttention(dim)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(mlp_ratio * dim), act_layer=nn.GELU)
+        self.mlp = Mlp(dim, int(mlp_ratio * dim))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
