@@ -6,8 +6,8 @@ A column sum over the ``(M, C)`` rows of a row-major view in two launches:
    float32 (a (BLOCK_M, BLOCK_C) accumulator, reduced once at the end) into row i of a
    (programs, C) float32 table. R is chosen so that a few programs per SM cover the rows: the reduction
    has only C outputs, so the rows must be split for the GPU to read at full bandwidth.
-2. ``_sum_table_kernel``: each program sums its channels' column of the table and rounds once to
-   the output dtype.
+2. ``_sum_table_kernel`` (:func:`sum_table`): each program sums its channels' column of the table and
+   rounds once to the output dtype.
 
 The split depends only on the shape and the GPU, so the result is the same on every call.
 """
@@ -34,15 +34,26 @@ if triton is not None:
         tl.store(table_ptr + tl.program_id(0) * C + cols, tl.sum(acc, axis=0), mask=cmask)
 
     @triton.jit
-    def _sum_table_kernel(table_ptr, out_ptr, S, C, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
-        cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-        cmask = cols < C
-        acc = tl.zeros((BLOCK_S, BLOCK_C), dtype=tl.float32)
+    def _sum_table_kernel(table_ptr, out_ptr, S, N, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr):
+        cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        cmask = cols < N
+        acc = tl.zeros((BLOCK_S, BLOCK_N), dtype=tl.float32)
         for start in range(0, S, BLOCK_S):
             rows = start + tl.arange(0, BLOCK_S)
             mask = (rows < S)[:, None] & cmask[None, :]
-            acc += tl.load(table_ptr + rows[:, None] * C + cols[None, :], mask=mask, other=0.0)
+            acc += tl.load(table_ptr + rows.to(tl.int64)[:, None] * N + cols[None, :], mask=mask, other=0.0)
         tl.store(out_ptr + cols, tl.sum(acc, axis=0).to(out_ptr.dtype.element_ty), mask=cmask)
+
+    def sum_table(table: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """A contiguous float32 (S, N) table of per-program partial sums -> its (N,) column sums, rounded once to
+        ``dtype``: one launch where ``table.sum(0).to(dtype)`` takes two or three (also the LayerNorm backward's
+        weight and bias gradients)."""
+        S, N = table.shape
+        out = torch.empty(N, device=table.device, dtype=dtype)
+        if N:
+            block_s = 64 if table.is_cuda else 2
+            _sum_table_kernel[(triton.cdiv(N, 32),)](table, out, S, N, BLOCK_S=block_s, BLOCK_N=32)
+        return out
 
     @functools.lru_cache(maxsize=None)
     def _programs_wanted(device: torch.device) -> int:
@@ -57,9 +68,8 @@ if triton is not None:
         sums in grad's dtype."""
         C = channels
         M = grad.numel() // C if C else 0
-        out = grad.new_empty((C,))
         if M == 0 or C == 0:
-            return out.zero_()
+            return grad.new_zeros((C,))
         on_gpu = grad.is_cuda
         block_c = min(triton.next_power_of_2(C), 64)  # 128-byte row segments in bf16
         block_m = max(4096 // block_c, 1) if on_gpu else 4  # tiny tiles on the CPU interpreter: masks get tested
@@ -70,9 +80,7 @@ if triton is not None:
         table = torch.empty((splits, C), device=grad.device, dtype=torch.float32)
         _partial_sums_kernel[(splits, col_tiles)](grad, table, M, C, rows_per_program,
                                                   BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4)
-        block_s = 64 if on_gpu else 2
-        _sum_table_kernel[(triton.cdiv(C, 32),)](table, out, splits, C, BLOCK_S=block_s, BLOCK_C=32)
-        return out
+        return sum_table(table, grad.dtype)
 
     bias_grad_triton = torch.library.custom_op("visionattn::bias_grad", mutates_args=())(bias_grad_launch)
 

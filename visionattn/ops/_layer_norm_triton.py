@@ -7,7 +7,7 @@ copy. The backward is written with PyTorch ops and recomputes the statistics.
 ``add_layer_norm_triton`` is the residual form ``s = x + r, y = LN(s)`` (both returned, with the row
 statistics); its backward ``layer_norm_bwd_triton`` is a Triton kernel that reads ``s`` and the
 statistics, adds the gradient of ``s`` to the input gradient in the same pass, and sums the
-weight/bias gradients per program (then over programs with ``torch.sum``).
+weight/bias gradients per program (then over programs in one launch, ``_bias_grad_triton.sum_table``).
 """
 from typing import Optional, Tuple
 
@@ -90,6 +90,7 @@ if triton is not None:
 # --- LayerNorm of a residual sum: s = x + r, y = LN(s), both returned ---------------------------
 
 if triton is not None:
+    from ._bias_grad_triton import sum_table
 
     @triton.jit
     def _add_layer_norm_fwd(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, s_ptr, mean_ptr, rstd_ptr, rows, stride_x, stride_r,
@@ -120,7 +121,8 @@ if triton is not None:
     def _layer_norm_bwd(s_ptr, w_ptr, mean_ptr, rstd_ptr, dy_ptr, ds_ptr, dx_ptr, dw_ptr, db_ptr, rows, tiles_per_prog,
                         D: tl.constexpr, DP: tl.constexpr, BLOCK_M: tl.constexpr, HAS_DS: tl.constexpr):
         """dx = rstd * (w dy - mean(w dy) - xhat * mean(xhat w dy)) (+ ds); per-program partial sums
-        of dw = sum(dy xhat) and db = sum(dy) over the rows of its tiles."""
+        of dw = sum(dy xhat) and db = sum(dy) over the rows of its tiles (rows 2 * DP apart: the two
+        halves of one table)."""
         pid = tl.program_id(0)
         offs_d = tl.arange(0, DP)
         mask_d = offs_d < D
@@ -146,8 +148,8 @@ if triton is not None:
             tl.store(dx_ptr + idx, dx.to(dx_ptr.dtype.element_ty), mask=mask)
             dw_acc += tl.sum(dy * xhat, axis=0)
             db_acc += tl.sum(dy, axis=0)
-        tl.store(dw_ptr + pid * DP + offs_d, dw_acc, mask=mask_d)
-        tl.store(db_ptr + pid * DP + offs_d, db_acc, mask=mask_d)
+        tl.store(dw_ptr + pid * 2 * DP + offs_d, dw_acc, mask=mask_d)
+        tl.store(db_ptr + pid * 2 * DP + offs_d, db_acc, mask=mask_d)
 
     def _rows_view(t: torch.Tensor) -> torch.Tensor:
         D = t.shape[-1]
@@ -187,13 +189,15 @@ if triton is not None:
 
     @torch.library.custom_op("visionattn::layer_norm_bwd_triton", mutates_args=())
     def layer_norm_bwd_triton(s: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
-                              dy: torch.Tensor, ds: Optional[torch.Tensor]
-                              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                              dy: torch.Tensor, ds: Optional[torch.Tensor], dx_dtype: torch.dtype
+                              ) -> Tuple[torch.Tensor, torch.Tensor]:
         """LayerNorm backward from the saved input ``s`` (contiguous) and statistics: (ds_total in
-        float32, dweight, dbias in float32); ``ds`` (optional) is added to the input's gradient."""
+        ``dx_dtype``, sums), sums (2 * DP,) in the weight's dtype holding dweight at ``[:D]`` and dbias at
+        ``[DP:DP + D]`` (DP = D rounded up to a power of two); each rounded once from float32. ``ds``
+        (optional) is added to the input's gradient."""
         D = s.shape[-1]
         rows = s.numel() // D
-        dx = torch.empty(s.shape, device=s.device, dtype=torch.float32)
+        dx = torch.empty(s.shape, device=s.device, dtype=dx_dtype)
         DP = triton.next_power_of_2(D)
         block_m = _block_m(DP)
         tiles = triton.cdiv(rows, block_m)
@@ -204,20 +208,18 @@ if triton is not None:
         progs = max(progs, 1)
         per_prog = triton.cdiv(tiles, progs)
         progs = triton.cdiv(tiles, per_prog)
-        dw = torch.empty((progs, DP), device=s.device, dtype=torch.float32)
-        db = torch.empty((progs, DP), device=s.device, dtype=torch.float32)
+        table = torch.empty((progs, 2, DP), device=s.device, dtype=torch.float32)  # dw and db partial sums
         dy = dy.contiguous()
         ds = ds.contiguous() if ds is not None else None
-        _layer_norm_bwd[(progs,)](s, weight, mean, rstd, dy, ds if ds is not None else dy, dx, dw, db, rows, per_prog,
-                                  D=D, DP=DP, BLOCK_M=block_m, HAS_DS=ds is not None,
+        _layer_norm_bwd[(progs,)](s, weight, mean, rstd, dy, ds if ds is not None else dy, dx, table, table[:, 1],
+                                  rows, per_prog, D=D, DP=DP, BLOCK_M=block_m, HAS_DS=ds is not None,
                                   num_warps=4 if DP <= 512 else 8)
-        return dx, dw.sum(0)[:D], db.sum(0)[:D]
+        return dx, sum_table(table.view(progs, 2 * DP), weight.dtype)  # both gradients in one launch
 
     @layer_norm_bwd_triton.register_fake
-    def _(s, weight, mean, rstd, dy, ds):
+    def _(s, weight, mean, rstd, dy, ds, dx_dtype):
         D = s.shape[-1]
-        return (torch.empty(s.shape, device=s.device, dtype=torch.float32),
-                s.new_empty(D, dtype=torch.float32), s.new_empty(D, dtype=torch.float32))
+        return torch.empty(s.shape, device=s.device, dtype=dx_dtype), weight.new_empty(2 * triton.next_power_of_2(D))
 
     def _add_setup_context(ctx, inputs, output):
         x, r, weight, bias, eps, y_dtype = inputs
@@ -231,8 +233,13 @@ if triton is not None:
         s, weight, mean, rstd = ctx.saved_tensors
         if dy is None:
             dy = torch.zeros_like(s)
-        dx, dw, db = torch.ops.visionattn.layer_norm_bwd_triton(s, weight, mean, rstd, dy, ds)
-        return (dx.to(ctx.x_dtype), dx.to(ctx.r_dtype), dw.to(weight.dtype),
-                db.to(ctx.bias_dtype) if ctx.has_bias else None, None, None)
+        # one gradient for both addends when they share a dtype (written once, in it); else float32, cast to each
+        one_dtype = ctx.x_dtype == ctx.r_dtype
+        dx, sums = torch.ops.visionattn.layer_norm_bwd_triton(s, weight, mean, rstd, dy, ds,
+                                                              ctx.x_dtype if one_dtype else torch.float32)
+        D = s.shape[-1]
+        DP = triton.next_power_of_2(D)
+        return (dx.to(ctx.x_dtype), dx.to(ctx.r_dtype), sums[:D],
+                sums[DP:DP + D].to(ctx.bias_dtype) if ctx.has_bias else None, None, None)
 
     add_layer_norm_triton.register_autograd(_add_backward, setup_context=_add_setup_context)
