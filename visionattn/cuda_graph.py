@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from .ops.dispatch import recording_graph
+
 
 class _Captured:
     def __init__(self, graph: "torch.cuda.CUDAGraph", inputs, outputs):
@@ -212,7 +214,7 @@ class TrainingGraph:
             # the graph records autocast's casts; its weight-cast cache must be off while capturing
             # (mmengine's AmpOptimWrapper leaves it on): same numbers, the casts are recomputed
             amp_ctx = torch.autocast("cuda", dtype=amp, cache_enabled=False) if amp else nullcontext()
-            with amp_ctx, warnings.catch_warnings():
+            with amp_ctx, warnings.catch_warnings(), recording_graph():
                 # parameters that already took an eager step own AccumulateGrad nodes made on the
                 # default stream; the capture's side-stream warm-up then triggers torch's stream-
                 # mismatch warning, which is harmless here (make_graphed_callables syncs the streams)

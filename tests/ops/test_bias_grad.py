@@ -9,6 +9,7 @@ import torch.nn as nn
 from visionattn.models import bias_grad_layers as layers
 from visionattn.ops import bias_grad as bg
 from visionattn.ops._triton import interpreting
+from visionattn.ops.dispatch import recording_graph
 from triton_interpreter import run_interpreted
 
 # (shape, channel axis): channels not a power of two, more than one 64-channel tile (200), one row,
@@ -52,6 +53,14 @@ def test_auto_takes_the_kernel_for_rows_only():
     assert not bg._triton_supports(_grad((2, 13, 5, 3), 1).contiguous(), 1)  # NCHW: the reference
     assert not bg._triton_supports(_grad((4, 6), -1).t(), -1)  # channels not innermost
     assert not bg._triton_supports(_grad((2, 5, 3, 13), -1), 2)  # an inner axis of a contiguous map
+    # the layers take the kernel only while a CUDA graph records them (eagerly: PyTorch's reduction)
+    x, b = torch.ones(2, 3, requires_grad=True), torch.zeros(3, requires_grad=True)
+    assert not layers._routes_bias_grad(x, b)
+    with recording_graph():
+        assert layers._routes_bias_grad(x, b) == expected
+        assert not layers._routes_bias_grad(x, None) and not layers._routes_bias_grad(x, b.detach())
+        with torch.no_grad():
+            assert not layers._routes_bias_grad(x, b)
 
 
 def _layers_match_torch(device, dtype=torch.float32, autocast=None, atol=1e-5, rtol=1e-5):
@@ -100,9 +109,10 @@ def _triton_checks(device):
     compiled = torch.compile(lambda t: bg.bias_grad(t, impl="triton"), backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(g), bg.bias_grad_reference(g), atol=1e-5, rtol=1e-5)
     # the layers on the fast path: equal to PyTorch's in fp32, and under bf16 autocast
-    assert layers._routes_bias_grad(g.requires_grad_(), torch.zeros(13, device=device, requires_grad=True))
-    _layers_match_torch(device)
-    _layers_match_torch(device, autocast=torch.bfloat16, atol=2e-2, rtol=2e-2)
+    with recording_graph():
+        assert layers._routes_bias_grad(g.requires_grad_(), torch.zeros(13, device=device, requires_grad=True))
+        _layers_match_torch(device)
+        _layers_match_torch(device, autocast=torch.bfloat16, atol=2e-2, rtol=2e-2)
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="run by test_triton_kernel_in_interpreter")
@@ -124,3 +134,33 @@ def test_triton_cuda():
     assert bg._triton_supports(kw["grad"], -1)
     torch.testing.assert_close(bg.bias_grad(**kw).float(), bg.bias_grad_reference(kw["grad"].float(), -1),
                                rtol=2 ** -7, atol=2.0)  # |sums| of 200k unit normals reach ~1,500
+
+
+@pytest.mark.cuda
+def test_training_graph_takes_the_kernel_and_matches_eager():
+    """Inside TrainingGraph the layers route their bias gradients to the kernel; eagerly they do not;
+    the gradients agree."""
+    from unittest import mock
+
+    from visionattn.cuda_graph import TrainingGraph
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = layers.Conv2d(8, 8, 3, padding=1, groups=8)
+            self.fc = layers.Linear(8, 16)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).permute(0, 2, 3, 1))
+
+    torch.manual_seed(0)
+    eager, graphed = Net().cuda(), Net().cuda()
+    graphed.load_state_dict(eager.state_dict())
+    x = torch.randn(4, 8, 12, 12, device="cuda").contiguous(memory_format=torch.channels_last)
+    with mock.patch.object(layers, "bias_grad", wraps=layers.bias_grad) as spy:
+        eager(x).square().mean().backward()
+        assert spy.call_count == 0
+        TrainingGraph(graphed)(x)[0].square().mean().backward()
+        assert spy.call_count >= 2  # warm-up and capture ran the kernel path
+    for a, b in zip(eager.parameters(), graphed.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4)

@@ -57,6 +57,25 @@ def portable() -> bool:
     return getattr(_state, "portable", False)
 
 
+@contextlib.contextmanager
+def recording_graph() -> Iterator[None]:
+    """Mark the calls that a CUDA graph records: its warm-up runs and its capture
+    (:class:`visionattn.cuda_graph.TrainingGraph` sets it). There each kernel launch costs host time
+    once, not at every replay, so a path that adds launches from Python to save GPU time pays off
+    only inside this block; the code that makes such a trade asks :func:`graph_recording`."""
+    previous = getattr(_state, "recording", False)
+    _state.recording = True
+    try:
+        yield
+    finally:
+        _state.recording = previous
+
+
+def graph_recording() -> bool:
+    """Whether :func:`recording_graph` is active (in this thread)."""
+    return getattr(_state, "recording", False)
+
+
 def pick(op: str, impl: str, supported: Dict[str, bool]) -> str:
     """Resolve ``impl`` for ``op``.
 
