@@ -194,6 +194,9 @@ class TrainingGraph:
             raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
         self.module, self.max_graphs = module, max_graphs
         self._graphs: "OrderedDict[Hashable, _TensorLeaves]" = OrderedDict()
+        # the parameters, listed once per capture: walking the module tree for them took about 0.5 ms of
+        # host time per call for BiFormer-S on a development CPU (500 tensors, 419 modules), before the replay
+        self._params: Optional[list] = None
 
     def __call__(self, *args: torch.Tensor) -> Any:
         if not (self.module.training and torch.is_grad_enabled()
@@ -201,15 +204,18 @@ class TrainingGraph:
             return self.module(*args)
         # the replayed backward hands out its own gradient buffers, which autograd adopts as ``.grad``
         # when it is None; added to an existing ``.grad`` they would alias it and double it
-        if any(p.grad is not None for p in self.module.parameters()):
+        if self._params is None:
+            self._params = list(self.module.parameters())
+        if any(p.grad is not None for p in self._params):
             raise RuntimeError("TrainingGraph needs the gradients cleared before each step "
                                "(optimizer.zero_grad(set_to_none=True)); gradient accumulation is not supported")
-        params = next(self.module.parameters(), None)
+        params = self._params[0] if self._params else None
         amp = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
         sig = tuple((tuple(a.shape), a.stride(), a.dtype, a.device, a.requires_grad) for a in args) + (
             None if params is None else (params.data_ptr(), params.dtype), amp)
         graphed = self._graphs.get(sig)
         if graphed is None:
+            self._params = list(self.module.parameters())  # a new capture sees the module as it is now
             samples = tuple(a.detach().clone().requires_grad_(a.requires_grad) for a in args)
             # the graph records autocast's casts; its weight-cast cache must be off while capturing
             # (mmengine's AmpOptimWrapper leaves it on): same numbers, the casts are recomputed
@@ -235,3 +241,4 @@ class TrainingGraph:
     def clear(self) -> None:
         """Drop every captured graph and its memory (after replacing parameters, e.g. ``.to()``)."""
         self._graphs.clear()
+        self._params = None
