@@ -36,6 +36,7 @@ forces one.
 """
 import importlib
 import os
+import warnings
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -120,6 +121,19 @@ def sparse_tensor(features: torch.Tensor, indices: torch.Tensor, spatial_shape: 
     return cls(features, indices.int().contiguous(), [int(s) for s in spatial_shape], int(batch_size))
 
 
+_NOTICED = []
+
+
+def _notice_autotuning() -> None:
+    """Say once per process why the first spconv-triton frame is slow: it prints nothing while it
+    autotunes, so a first forward looks hung for a minute."""
+    if not _NOTICED:
+        _NOTICED.append(True)
+        warnings.warn("spconv_triton autotunes its kernels at the first use of each layer shape and precision: "
+                      "the first frame can take a minute or more (Triton keeps the choices on disk for later "
+                      "runs); the default GPU backend 'torch' does not autotune", stacklevel=3)
+
+
 class _SparseConv(nn.Module):
     """Weight (out, kz, ky, kx, in) and bias (out,) of one sparse convolution; runs the library's
     convolution of the input's device (see the module docstring)."""
@@ -157,6 +171,8 @@ class _SparseConv(nn.Module):
         name = _backend_of(x)
         if name == "torch" or (name == "spconv" and not x.features.is_cuda):
             return _conv_pairs(self, x, *(neighbour_table if name == "torch" else _spconv_pairs)(self, x))
+        if name == "spconv_triton":
+            _notice_autotuning()
         impl = self._impl(name)
         impl.training = self.training  # pair generation keeps the backward tables only in training
         weight, bias = self.weight, self.bias
