@@ -89,6 +89,37 @@ def test_training_graph_runs_eager_off_cuda():
         TrainingGraph(net, max_graphs=0)
 
 
+def test_training_graph_bookkeeping_without_a_gpu(monkeypatch):
+    """TrainingGraph's own logic (signatures, the cleared-gradient check over its cached parameter list,
+    clear()) with the capture replaced by the module itself, so that it runs on a CPU."""
+    from visionattn import cuda_graph
+
+    monkeypatch.setattr(cuda_graph, "_replays", lambda module, args: True)
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", lambda fn, samples, allow_unused_input: fn)
+    net = _Net()
+    graph = TrainingGraph(net)
+    x, y = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    _loss(graph(x, y)).backward()
+    assert len(graph) == 1 and net.conv.weight.grad is not None
+    with pytest.raises(RuntimeError, match="set_to_none"):  # gradients left from the last step
+        graph(x, y)
+    net.zero_grad(set_to_none=True)
+    net.unused.bias.grad = torch.zeros(2)  # any parameter's gradient counts, not only the first one's
+    with pytest.raises(RuntimeError, match="set_to_none"):
+        graph(x, y)
+    net.zero_grad(set_to_none=True)
+    graph(x, y)
+    assert len(graph) == 1  # same signature: no new capture
+    graph(x[:1], y[:1])
+    assert len(graph) == 2
+    net.double()  # same parameter objects, new memory: a new signature, captured anew
+    net.zero_grad(set_to_none=True)
+    graph(x.double(), y.double())
+    assert len(graph) == 2 and all(p.dtype == torch.float64 for p in graph._params)
+    graph.clear()
+    assert len(graph) == 0 and graph._params is None
+
+
 @pytest.mark.cuda
 def test_training_graph_equals_eager_over_optimizer_steps():
     torch.manual_seed(0)

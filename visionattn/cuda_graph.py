@@ -168,6 +168,12 @@ class _TensorLeaves(nn.Module):
                                      self.spec)
 
 
+def _replays(module: nn.Module, args) -> bool:
+    """Whether :class:`TrainingGraph` replays ``module(*args)``: a training call on CUDA tensors."""
+    return module.training and torch.is_grad_enabled() and all(isinstance(a, torch.Tensor) and a.is_cuda
+                                                               for a in args)
+
+
 class TrainingGraph:
     """Forward and backward of ``module`` replayed from CUDA graphs, one capture per input signature.
 
@@ -199,8 +205,7 @@ class TrainingGraph:
         self._params: Optional[list] = None
 
     def __call__(self, *args: torch.Tensor) -> Any:
-        if not (self.module.training and torch.is_grad_enabled()
-                and all(isinstance(a, torch.Tensor) and a.is_cuda for a in args)):
+        if not _replays(self.module, args):
             return self.module(*args)
         # the replayed backward hands out its own gradient buffers, which autograd adopts as ``.grad``
         # when it is None; added to an existing ``.grad`` they would alias it and double it
