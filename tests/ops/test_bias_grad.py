@@ -1,5 +1,6 @@
 """bias_grad: a layer's output gradient summed per channel — the Triton column sum (CPU interpreter,
 CUDA) against PyTorch's sum, and the Linear / Conv2d layers that use it against nn.Linear / nn.Conv2d."""
+import contextlib
 import os
 
 import pytest
@@ -113,6 +114,28 @@ def _triton_checks(device):
         assert layers._routes_bias_grad(g.requires_grad_(), torch.zeros(13, device=device, requires_grad=True))
         _layers_match_torch(device)
         _layers_match_torch(device, autocast=torch.bfloat16, atol=2e-2, rtol=2e-2)
+    _biformer_gradients_match(device)
+
+
+def _biformer_gradients_match(device):
+    """A small BiFormer's parameter gradients with the layers routed (as TrainingGraph records them)
+    equal its eager ones: every Linear / depthwise-conv bias of the block, the chunked qkv and the
+    permuted channels_last maps included. Its other ops stay on their references."""
+    from visionattn.models.backbones.biformer import BiFormer
+    from visionattn.ops.dispatch import use_impl
+
+    torch.manual_seed(0)
+    model = BiFormer(depths=(1, 1, 1, 1), dims=(32, 64, 96, 128), num_classes=10, n_win=2).to(device)
+    x = torch.randn(2, 3, 32, 32, device=device)
+    grads = []
+    for recording in (False, True):
+        model.zero_grad(set_to_none=True)
+        with use_impl("bilevel_routing_attention:reference+layer_norm:reference"), \
+                (recording_graph() if recording else contextlib.nullcontext()):
+            model(x).logsumexp(-1).sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="run by test_triton_kernel_in_interpreter")
