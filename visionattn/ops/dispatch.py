@@ -12,6 +12,17 @@ _state = threading.local()
 
 
 @contextlib.contextmanager
+def _setting(name: str, value) -> Iterator[None]:
+    """``_state.<name> = value`` inside the block (this thread), the previous value restored after it."""
+    previous = getattr(_state, name, None)
+    setattr(_state, name, value)
+    try:
+        yield
+    finally:
+        setattr(_state, name, previous)
+
+
+@contextlib.contextmanager
 def use_impl(impl: Optional[str]) -> Iterator[None]:
     """Make ``impl='auto'`` resolve to ``impl`` inside the block, wherever the op supports it.
 
@@ -21,12 +32,8 @@ def use_impl(impl: Optional[str]) -> Iterator[None]:
     ops keep their auto-selection (one op's fast path against its reference, inside a model).
     ``None`` restores plain auto-selection.
     """
-    previous = getattr(_state, "forced", None)
-    _state.forced = impl
-    try:
+    with _setting("forced", impl):
         yield
-    finally:
-        _state.forced = previous
 
 
 def forced_impl(op: Optional[str] = None) -> Optional[str]:
@@ -44,17 +51,13 @@ def portable_ops() -> Iterator[None]:
     (the reference, or e.g. an SDPA path). Used when exporting (ONNX, ``torch.export``,
     TorchScript), so the saved graph holds standard ATen ops that any runtime and device can run
     instead of ``visionattn::`` custom ops."""
-    previous = getattr(_state, "portable", False)
-    _state.portable = True
-    try:
+    with _setting("portable", True):
         yield
-    finally:
-        _state.portable = previous
 
 
 def portable() -> bool:
     """Whether :func:`portable_ops` is active (in this thread)."""
-    return getattr(_state, "portable", False)
+    return bool(getattr(_state, "portable", False))
 
 
 @contextlib.contextmanager
@@ -63,17 +66,13 @@ def recording_graph() -> Iterator[None]:
     (:class:`visionattn.cuda_graph.TrainingGraph` sets it). There each kernel launch costs host time
     once, not at every replay, so a path that adds launches from Python to save GPU time pays off
     only inside this block; the code that makes such a trade asks :func:`graph_recording`."""
-    previous = getattr(_state, "recording", False)
-    _state.recording = True
-    try:
+    with _setting("recording", True):
         yield
-    finally:
-        _state.recording = previous
 
 
 def graph_recording() -> bool:
     """Whether :func:`recording_graph` is active (in this thread)."""
-    return getattr(_state, "recording", False)
+    return bool(getattr(_state, "recording", False))
 
 
 def pick(op: str, impl: str, supported: Dict[str, bool]) -> str:
