@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from library_errors import expect_library_error  # noqa: E402
 
 from visionattn.ops import depthwise_conv2d as dwc  # noqa: E402
+from visionattn.ops import depthwise_glu as dwg  # noqa: E402
 from visionattn.ops import (batch_norm_act as bna, bias_grad as bg, bilevel_routing_attention as bra, channel_bias_act as cba,  # noqa: E402
                             group_norm_act as gna, grouped_query_attention as gqa, layer_norm as ln, match_attention as ma,
                             multi_head_cross_attention as mhca, rotated_box_iou as iou, rotated_box_nms as nms,
@@ -98,6 +99,12 @@ SPECS: List[OpSpec] = [
            bad={"weight (C, 1, 4, 4)": lambda d: dict(weight=torch.zeros(4, 1, 4, 4)),
                 "weight (C+1, 1, 5, 5)": lambda d: dict(weight=torch.zeros(5, 1, 5, 5)),
                 "x 3-D": lambda d: dict(x=d["x"][0])}),
+    OpSpec("depthwise_glu", dwg.depthwise_glu, lambda: dwg.example_inputs(batch=1, channels=4, height=5, width=6),
+           same_dtype=("h", "weight", "bias"),
+           bad={"weight (C, 1, 2, 2)": lambda d: dict(weight=torch.zeros(4, 1, 2, 2)),
+                "h with 2C+2 channels": lambda d: dict(h=torch.zeros(1, 5, 6, 10)),
+                "bias (C+1,)": lambda d: dict(bias=torch.zeros(5)), "h 3-D": lambda d: dict(h=d["h"][0]),
+                "inplace=True with autograd": lambda d: dict(h=d["h"].requires_grad_(), inplace=True)}),
     OpSpec("group_norm_act", gna.group_norm_act,
            lambda: gna.example_inputs(batch=1, channels=8, height=4, width=4, num_groups=2),
            bad={"num_groups=0": lambda d: dict(num_groups=0), "num_groups=3 (8 channels)": lambda d: dict(num_groups=3),

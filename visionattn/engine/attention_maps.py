@@ -113,7 +113,7 @@ def matchstereo_windows(model: nn.Module, left: torch.Tensor, right: torch.Tenso
     x, centers = seen["x"], seen["centers"]  # (2B, h, w, C), (2B, h*w, heads, 2)
     B, h, w, _ = x.shape
     stride = left.shape[-1] / w
-    flat = x.reshape(B, h * w, -1)
+    flat = x.reshape(B, h * w, -1)[..., :layer.q.in_features]  # the layer's input may carry zero padding
     q, k, v = (F.linear(flat, m.weight) for m in (layer.q, layer.k, layer.v))
     _, attn = match_attention(q, k, v, centers, (h, w), layer.radius, return_attn=True, impl="reference",
                               kv_batch_shift=B // 2)  # attn (2B, h*w, heads, M)

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 
+from ...ops.depthwise_glu import depthwise_glu
 from ...ops.layer_norm import layer_norm
 from ...ops.match_attention import IMPLS as MATCH_IMPLS
 from ...ops.match_attention import match_attention
@@ -49,6 +50,38 @@ class LayerNorm(nn.LayerNorm):
 def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     """``x`` in float32, or float64 if it is (positions need more mantissa than fp16/bf16 hold)."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+ROW_ALIGN = 8  # elements: 16-byte rows in half precision
+
+
+def aligned(n: int) -> int:
+    """``n`` rounded up to a multiple of ``ROW_ALIGN``."""
+    return -(-n // ROW_ALIGN) * ROW_ALIGN
+
+
+def cat_aligned(*parts: torch.Tensor) -> torch.Tensor:
+    """``torch.cat(parts, -1)`` with zero channels appended up to a multiple of ``ROW_ALIGN``.
+
+    The decoder's token widths (C+2, C+3+2h) are not multiples of 8; cuBLAS runs a GEMM whose rows
+    are not 16-byte aligned with slower kernels, so the GEMM inputs are padded with zeros (the
+    weights with zero columns, see :func:`linear_aligned`): the same products, aligned rows.
+    """
+    width = sum(p.shape[-1] for p in parts)
+    pad = aligned(width) - width
+    if pad:
+        parts = parts + (parts[0].new_zeros(()).expand(*parts[0].shape[:-1], pad),)
+    return torch.cat(parts, -1)
+
+
+def linear_aligned(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x[..., :in], weight)`` for an ``x`` zero-padded past the weight's ``in`` columns
+    (:func:`cat_aligned`); the output is computed ``aligned(out)`` wide (zero rows appended to the
+    weight) and returned as a view of its first ``out`` channels, so every GEMM operand has 16-byte rows."""
+    out_features, in_features = weight.shape
+    weight = F.pad(weight, (0, x.shape[-1] - in_features, 0, aligned(out_features) - out_features))
+    y = F.linear(x, weight)
+    return y[..., :out_features] if y.shape[-1] != out_features else y
 
 
 def pixel_grid(H: int, W: int, ref: torch.Tensor) -> torch.Tensor:
@@ -321,23 +354,25 @@ class MatchAttention(nn.Module):
             self.proj = nn.Linear(inner, out_dim, bias=False)
 
     def forward(self, x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
-        """x (2B, H, W, dim), centers (2B, H*W, heads, 2) -> (2B, H, W, out_dim)."""
-        B, H, W, _ = x.shape
-        x = x.reshape(B, H * W, -1)
+        """x (2B, H, W, dim), possibly zero-padded past ``dim`` (:func:`cat_aligned`), centers
+        (2B, H*W, heads, 2) -> (2B, H, W, out_dim) (a view of an aligned-width output)."""
+        B, H, W, width = x.shape
+        x = x.reshape(B, H * W, width)
         # one GEMM for q, k, v: the op reads them as column slices; cross
         # attention takes k/v of the other view through kv_batch_shift instead of a swapped copy
         # (k(swap(x)) == swap(k(x)): the projections act per token).
-        qkv = F.linear(x, torch.cat((self.q.weight, self.k.weight, self.v.weight)))
+        qkv = linear_aligned(x, torch.cat((self.q.weight, self.k.weight, self.v.weight)))
         q, k, v = qkv.split(self.q.out_features, dim=-1)
         del qkv
         if self.cross:
             out, attn = match_attention(q, k, v, centers, (H, W), self.radius, return_attn=True,
                                         impl=self.attn_impl, kv_batch_shift=B // 2)
             del q, k, v  # (without autograd) the fused projection is freed before the gate exists
-            out = torch.cat((self.g(x) * out, attn.reshape(B, H * W, -1)), dim=-1)
+            gate = self.g[1](linear_aligned(x, self.g[0].weight))
+            out = torch.cat((gate * out, attn.reshape(B, H * W, -1)), dim=-1)
         else:
             out = match_attention(q, k, v, centers, (H, W), self.radius, impl=self.attn_impl)
-        return self.proj(out).view(B, H, W, -1)
+        return linear_aligned(out, self.proj.weight).reshape(B, H, W, -1)
 
 
 class ConvGLU(nn.Module):
@@ -348,19 +383,18 @@ class ConvGLU(nn.Module):
         hidden = dim * ratio
         self.fc1 = nn.Linear(dim, 2 * hidden)
         self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
-        self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # fc1's two halves as two GEMMs: the conv branch is consumed before the gate exists,
-        # so at most two hidden-size tensors are alive (peak memory at high resolution).
-        hidden = self.dwconv.in_channels
-        w, b = self.fc1.weight, self.fc1.bias
-        y = self.dwconv(F.linear(x, w[:hidden], b[:hidden]).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        y = self.act(y)
-        gate = F.linear(x, w[hidden:], b[hidden:])
-        # without autograd, multiply in place: one hidden-size tensor less at the peak
-        return self.fc2(gate.mul_(y) if not torch.is_grad_enabled() else y * gate)
+        # the conv branch and the gate are fc1's two halves; one kernel (on CUDA) convolves the first,
+        # applies GELU and multiplies by the second, writing into the gate half when no gradient is
+        # needed (no hidden-size tensor besides fc1's output is allocated: peak memory at 4K)
+        h = self.fc1(x)
+        inplace = not (torch.is_grad_enabled() and h.requires_grad)
+        y = depthwise_glu(h, self.dwconv.weight, self.dwconv.bias, inplace=inplace)
+        # fc2 on the (tokens, hidden) rows: a 2-D input keeps the bias in the GEMM (F.linear adds it in
+        # a pass of its own for a strided N-D input such as the gate-half view)
+        return self.fc2(y.reshape(-1, y.shape[-1])).view(*y.shape[:-1], -1)
 
 
 class MatchAttentionLayer(nn.Module):
@@ -403,13 +437,13 @@ class MatchAttentionLayer(nn.Module):
         x = torch.cat((x, field * self.field_scale.to(field.dtype), self_rpos), dim=-1)
         # centres in float32 whatever the model dtype (positions need more than 8 mantissa bits)
         centers = (at_least_float32(self_rpos.view(B, H, W, h, 2)) + grid.unsqueeze(2)).view(B, H * W, h, 2)
-        x = x + self.drop_path(self.match_attention_self(torch.cat((self.norm0(x), noc), -1), centers))
+        x = x + self.drop_path(self.match_attention_self(cat_aligned(self.norm0(x), noc), centers))
         self_rpos = x[..., -2 * h:].contiguous()  # small copy; the wide tensor is freed after this layer
         x = x[..., :-2 * h]
         field = self._read_field(x, stereo)
         out = {"self": field}
         centers = (at_least_float32(field) + grid).view(B, H * W, 1, 2).expand(B, H * W, h, 2)
-        x = x + self.drop_path(self.match_attention_cross(self.norm1(x), centers))
+        x = x + self.drop_path(self.match_attention_cross(cat_aligned(self.norm1(x)), centers))
         field = self._read_field(x, stereo)
         out["cross"] = field
         x = x[..., :-2]
