@@ -18,6 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from library_errors import expect_library_error  # noqa: E402
 
+from visionattn.ops import convex_upsample as cvu  # noqa: E402
 from visionattn.ops import depthwise_conv2d as dwc  # noqa: E402
 from visionattn.ops import depthwise_glu as dwg  # noqa: E402
 from visionattn.ops import (batch_norm_act as bna, bias_grad as bg, bilevel_routing_attention as bra, channel_bias_act as cba,  # noqa: E402
@@ -94,6 +95,10 @@ SPECS: List[OpSpec] = [
            same_dtype=("y", "residual", "bias", "scale"),
            bad={"bias (C+1,)": lambda d: dict(bias=torch.zeros(5)), "bias=None": lambda d: dict(bias=None),
                 "y 3-D": lambda d: dict(y=d["y"][0], residual=None)}),
+    OpSpec("convex_upsample", cvu.convex_upsample, lambda: cvu.example_inputs(batch=1, height=3, width=4, factor=2),
+           bad={"factor=0": lambda d: dict(factor=0), "factor=2.0": lambda d: dict(factor=2.0),
+                "factor=4 (mask for 2)": lambda d: dict(factor=4), "field 3-D": lambda d: dict(field=d["field"][0]),
+                "mask of another size": lambda d: dict(mask=d["mask"][..., :2])}),
     OpSpec("depthwise_conv2d", dwc.depthwise_conv2d, lambda: dwc.example_inputs(channels=4, height=5, width=6),
            same_dtype=("x", "weight"),
            bad={"weight (C, 1, 4, 4)": lambda d: dict(weight=torch.zeros(4, 1, 4, 4)),

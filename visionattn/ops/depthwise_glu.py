@@ -17,7 +17,8 @@ Implementations (``impl=``):
 - ``"reference"``: ``F.conv2d`` + ``F.gelu`` + product (each its own pass), any device. CPU default.
 - ``"triton"``: float32 accumulation and epilogue, one rounding (the custom op
   ``visionattn::depthwise_glu`` with a fake kernel and the reference's gradients, recomputed;
-  :mod:`._depthwise_glu_triton`). CUDA default (CPU under ``TRITON_INTERPRET=1``).
+  :mod:`._depthwise_glu_triton`). CUDA default without autograd (CPU under ``TRITON_INTERPRET=1``);
+  under autograd ``"auto"`` takes the reference.
 """
 import torch
 import torch.nn.functional as F
@@ -90,7 +91,11 @@ def depthwise_glu(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, inp
         if not h.is_contiguous():
             raise ValueError(f"depthwise_glu(inplace=True) writes into h's gate half, so h must be contiguous; got "
                              f"strides {h.stride()} for shape {tuple(h.shape)} (pass h.contiguous() or inplace=False)")
-    if pick("depthwise_glu", impl, {"triton": can_run(h, weight, bias), "reference": True}) == "triton":
+    # "auto" takes the kernel only without autograd: its backward recomputes the reference's forward,
+    # so a training step would pay for both forwards (impl="triton" still differentiates)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (h, weight, bias))
+    triton_ok = can_run(h, weight, bias) and (impl == "triton" or not needs_grad)
+    if pick("depthwise_glu", impl, {"triton": triton_ok, "reference": True}) == "triton":
         if launch_directly(h, weight, bias):  # eager (always, when inplace)
             return _depthwise_glu_triton.depthwise_glu_launch(h.contiguous(), weight, bias, into_gate=inplace)
         return torch.ops.visionattn.depthwise_glu(h.contiguous(), weight, bias)

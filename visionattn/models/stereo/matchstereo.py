@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 
+from ...ops.convex_upsample import convex_upsample
 from ...ops.depthwise_glu import depthwise_glu
 from ...ops.layer_norm import layer_norm
 from ...ops.match_attention import IMPLS as MATCH_IMPLS
@@ -123,19 +124,6 @@ def consistency_mask(field: torch.Tensor, threshold: float, grid: Optional[torch
     field = at_least_float32(field)
     other = warp_by_field(swap_views(field).permute(0, 3, 1, 2), field, grid).permute(0, 2, 3, 1)
     return (torch.linalg.vector_norm(field + other, ord=1, dim=-1, keepdim=True) < threshold).to(field.dtype)
-
-
-def convex_upsample(field: torch.Tensor, mask: torch.Tensor, factor: int) -> torch.Tensor:
-    """RAFT-style convex upsampling of (B, h, w, D) displacements with logits (B, 9*f*f, h, w).
-
-    Each fine pixel is a softmax-weighted mix of the 3x3 coarse neighbours (scaled by ``f``).
-    Returns (B, f*h, f*w, D).
-    """
-    B, h, w, D = field.shape
-    weights = mask.view(B, 1, 9, factor, factor, h, w).softmax(dim=2)
-    neighbours = F.unfold(field.permute(0, 3, 1, 2) * factor, 3, padding=1).view(B, D, 9, 1, 1, h, w)
-    up = (weights * neighbours).sum(dim=2)  # (B, D, f, f, h, w)
-    return up.permute(0, 4, 2, 5, 3, 1).reshape(B, factor * h, factor * w, D)
 
 
 def field_outputs(field: torch.Tensor, task: str, threshold: float) -> Dict[str, torch.Tensor]:
@@ -596,8 +584,9 @@ class MatchStereo(nn.Module):
             else:
                 mask = self.up_masks[i](feats[i - 1].permute(0, 3, 1, 2))
                 feats[i] = self.up_decoders[i](feats[i - 1], feats[i])
-                self_rpos = convex_upsample(self_rpos, mask, 2)
-                field = convex_upsample(field, mask, 2)
+                # one mask for both: upsampled together as one 4-channel field
+                both = convex_upsample(torch.cat((self_rpos, field), -1), mask, 2)
+                self_rpos, field = both[..., :2], both[..., 2:]
                 fields.append(field)
             feats[i], self_rpos, field, layer_fields = self.match_attentions[i](feats[i], self_rpos, field, stereo)
             for f in layer_fields:
