@@ -376,10 +376,16 @@ def model_cases(name: str, impls: List[str], official: Optional[Callable], args,
             # outputs are the graph's own buffers (no copies timed); each impl gets its own graph
             forward = CUDAGraphRunner(graphed, clone_outputs=False, max_graphs=1)
 
-        def call(forward=forward, forced=forced, model=model):
+        # a training step clears the gradients as an optimizer does, through its own list of the
+        # parameters: nn.Module.zero_grad walks the module tree on every call (2.1 ms of host time for
+        # BiFormer-S on the H200 machine, with the GPU idle before a graphed step, against 0.05 ms)
+        params = list(model.parameters()) if args.mode == "train" else []
+
+        def call(forward=forward, forced=forced, params=params):
             with use_impl(forced):
                 if args.mode == "train":
-                    model.zero_grad(set_to_none=True)
+                    for p in params:
+                        p.grad = None
                     out = forward(*inputs)
                     _backward(out)
                     return out
