@@ -72,6 +72,11 @@ def unit_last_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def needs_grad(*tensors) -> bool:
+    """Whether autograd will differentiate through these tensors (``None`` entries are skipped)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def launch_directly(*tensors) -> bool:
     """Whether an op may call its Triton launcher itself instead of through its ``torch.library``
     custom op: in eager mode when no gradient is needed. A custom-op call costs tens of microseconds
@@ -79,4 +84,4 @@ def launch_directly(*tensors) -> bool:
     torch.export and autograd still see the registered op."""
     if torch.compiler.is_compiling():
         return False
-    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+    return not needs_grad(*tensors)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from . import _convex_upsample_triton
 from ._checks import check_int, check_tensors
-from ._triton import can_run, launch_directly, triton
+from ._triton import can_run, launch_directly, needs_grad, triton
 from .dispatch import pick
 
 IMPLS = ("triton", "reference")
@@ -77,9 +77,8 @@ def convex_upsample(field: torch.Tensor, mask: torch.Tensor, factor: int, impl: 
         raise ValueError(f"convex_upsample expects field: (B, h, w, D) and mask: (B, 9*factor**2, h, w) = "
                          f"({field.shape[0] if field.dim() else '?'}, {9 * factor * factor}, h, w) for factor "
                          f"{factor}; got field {tuple(field.shape)}, mask {tuple(mask.shape)}")
-    needs_grad = torch.is_grad_enabled() and (field.requires_grad or mask.requires_grad)
     triton_ok = (can_run(field, mask) and factor & (factor - 1) == 0 and field.shape[-1] >= 1
-                 and (impl == "triton" or not needs_grad))
+                 and (impl == "triton" or not needs_grad(field, mask)))
     if pick(op, impl, {"triton": triton_ok, "reference": True}) == "triton":
         if launch_directly(field, mask):
             return _convex_upsample_triton.convex_upsample_launch(field, mask, factor)

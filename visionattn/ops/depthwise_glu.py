@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from . import _depthwise_glu_triton
 from ._checks import check_params, check_tensors, param_dtypes
-from ._triton import can_run, launch_directly, triton
+from ._triton import can_run, launch_directly, needs_grad, triton
 from .dispatch import pick
 
 IMPLS = ("triton", "reference")
@@ -85,7 +85,7 @@ def depthwise_glu(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, inp
     """
     _check(h, weight, bias)
     if inplace:
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (h, weight, bias)):
+        if needs_grad(h, weight, bias):
             raise ValueError("depthwise_glu(inplace=True) overwrites h's gate half, which autograd would need; "
                              "call it under torch.no_grad() or with inplace=False")
         if not h.is_contiguous():
@@ -93,8 +93,7 @@ def depthwise_glu(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, inp
                              f"strides {h.stride()} for shape {tuple(h.shape)} (pass h.contiguous() or inplace=False)")
     # "auto" takes the kernel only without autograd: its backward recomputes the reference's forward,
     # so a training step would pay for both forwards (impl="triton" still differentiates)
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (h, weight, bias))
-    triton_ok = can_run(h, weight, bias) and (impl == "triton" or not needs_grad)
+    triton_ok = can_run(h, weight, bias) and (impl == "triton" or not needs_grad(h, weight, bias))
     if pick("depthwise_glu", impl, {"triton": triton_ok, "reference": True}) == "triton":
         if launch_directly(h, weight, bias):  # eager (always, when inplace)
             return _depthwise_glu_triton.depthwise_glu_launch(h.contiguous(), weight, bias, into_gate=inplace)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from . import _grouped_query_attention_triton as _expand_triton  # importing it registers the custom op
 from ._checks import check_number, check_tensors
-from ._triton import can_run
+from ._triton import can_run, launch_directly
 from .dispatch import pick
 
 IMPLS = ("sdpa_gqa", "sdpa_expand", "sdpa_index", "reference")
@@ -161,7 +161,7 @@ def _sdpa_expand(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_sizes:
                  scale: Optional[float], dropout_p: float, attn_mask: Optional[torch.Tensor] = None,
                  is_causal: bool = False) -> torch.Tensor:
     H = q.shape[1]
-    if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad) or torch.compiler.is_compiling():
+    if not launch_directly(k, v):  # autograd, torch.compile or export: the registered op
         k_exp, v_exp = torch.ops.visionattn.expand_kv_heads(k, v, group_sizes, H)  # (B, N, H, d) each
     else:  # inference: the kernel without the op dispatcher (host time a KDGQA forward would wait on)
         k_exp, v_exp = _expand_triton.expand_kv_heads_eager(k, v, group_sizes, H)
