@@ -25,17 +25,22 @@ if triton is not None:
     _NEG_TL = tl.constexpr(NEG)
 
     @triton.jit
+    def _rescale(m1, m2):
+        """(m, e1, e2) with m = max(m1, m2), e_i = e^{m_i - m}: one of the two is exactly 1, so one
+        exponential per combine does (the scan is bound by exponentials, not memory)."""
+        d = m1 - m2
+        e = tl.exp(-tl.abs(d))
+        first = d >= 0
+        return tl.maximum(m1, m2), tl.where(first, 1.0, e), tl.where(first, e, 1.0)
+
+    @triton.jit
     def _combine3(m1, a1, b1, m2, a2, b2):
-        m = tl.maximum(m1, m2)
-        e1 = tl.exp(m1 - m)
-        e2 = tl.exp(m2 - m)
+        m, e1, e2 = _rescale(m1, m2)
         return m, a1 * e1 + a2 * e2, b1 * e1 + b2 * e2
 
     @triton.jit
     def _combine5(m1, a1, b1, c1, d1, m2, a2, b2, c2, d2):
-        m = tl.maximum(m1, m2)
-        e1 = tl.exp(m1 - m)
-        e2 = tl.exp(m2 - m)
+        m, e1, e2 = _rescale(m1, m2)
         return m, a1 * e1 + a2 * e2, b1 * e1 + b2 * e2, c1 * e1 + c2 * e2, d1 * e1 + d2 * e2
 
     @triton.jit
