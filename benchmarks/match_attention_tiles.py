@@ -1,0 +1,102 @@
+"""Launch settings of the MatchAttention forward kernel at the shapes a MatchStereo forward calls it with.
+
+    python benchmarks/match_attention_tiles.py matchstereo_tiny                 # 4K pair, fp16, CUDA
+    python benchmarks/match_attention_tiles.py matchstereo_base --size 384 1248
+
+One eager forward of a random pair records every call of the kernel (q/k/v are the model's own
+views of its fused projections); each distinct shape is then timed with the current setting
+(``_launch_cfg``) and with others: queries per program (BLOCK_N) x warps. Latency is the median of
+20 calls (CUDA events); ``max|diff|`` compares each setting's output with the current one (the
+sums inside a tile may run in another order, so they differ by rounding only).
+"""
+import argparse
+import collections
+
+import torch
+
+import visionattn
+from visionattn.ops import _match_attention_triton as K
+from visionattn.ops._triton import triton
+
+
+def launch(args, block_n: int, warps: int):
+    q, k, v, c, H, W, r, scale, kv_shift = args
+    q, k, v, c = K._kernel_views(q, k, v, c)
+    B, N, C = q.shape
+    nh = c.shape[2]
+    MP, DP, _, _ = K._launch_cfg(r, C // nh)
+    out, attn = q.new_empty(B, N, C), q.new_empty(B, N, nh, (2 * r + 2) ** 2)
+    K._fwd_kernel[(triton.cdiv(N, block_n), B * nh)](
+        q, k, v, c, out, attn, *K._common_args(q, k, c, H, W, r, kv_shift), scale,
+        C=C, NH=nh, D=C // nh, DP=DP, R=r, MP=MP, BLOCK_N=block_n, num_warps=warps)
+    return out
+
+
+def median_ms(fn, n: int = 20) -> float:
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(n):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[n // 2]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("model", nargs="?", default="matchstereo_tiny")
+    p.add_argument("--size", type=int, nargs=2, default=(2176, 3840), metavar=("H", "W"))
+    p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
+    args = p.parse_args()
+    dtype = getattr(torch, args.dtype)
+
+    calls, counts = {}, collections.Counter()
+    forward = K._forward
+
+    def record(q, k, v, centers, H, W, radius, scale, kv_shift):
+        key = (tuple(q.shape), q.stride(), k.stride(), centers.stride(), H, W, radius, kv_shift)
+        counts[key] += 1
+        calls.setdefault(key, (q, k, v, centers, H, W, radius, scale, kv_shift))  # keeps the buffers alive
+        return forward(q, k, v, centers, H, W, radius, scale, kv_shift)
+
+    K._forward = record
+    model = visionattn.create_model(args.model).cuda().to(dtype).eval()
+    left = torch.rand(1, 3, *args.size, device="cuda", dtype=dtype) * 255
+    with torch.inference_mode():
+        model(left, torch.roll(left, -8, -1))
+    K._forward = forward
+
+    print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | {args.model} {args.size[0]}x{args.size[1]} "
+          f"{args.dtype}, eager forward kernel only")
+    now_total = best_total = 0.0
+    with torch.inference_mode():
+        for key, call in calls.items():
+            q, c, r = call[0], call[3], call[6]
+            D = q.shape[2] // c.shape[2]
+            MP, DP, bn0, w0 = K._launch_cfg(r, D)
+            ref = launch(call, bn0, w0)
+            now = median_ms(lambda: launch(call, bn0, w0))
+            rows = []
+            for bn in sorted({max(1, bn0 // 4), max(1, bn0 // 2), bn0, 2 * bn0}):
+                if not 256 <= bn * MP * DP <= 65536:
+                    continue
+                for warps in (1, 2, 4, 8):
+                    diff = (launch(call, bn, warps).float() - ref.float()).abs().max().item()
+                    rows.append((median_ms(lambda: launch(call, bn, warps)), bn, warps, diff))
+            rows.sort()
+            n = counts[key]
+            now_total += n * now
+            best_total += n * min(now, rows[0][0])
+            print(f"\nN={q.shape[1]} C={q.shape[2]} r={r} D={D} (tile {MP}x{DP}), {n} calls per forward; "
+                  f"current BLOCK_N={bn0} warps={w0}: {now:.3f} ms")
+            for t, bn, warps, diff in rows[:5]:
+                print(f"  BLOCK_N={bn:<4} warps={warps}  {t:.3f} ms  ({now / t:.2f}x)  max|diff| {diff:.1e}")
+    print(f"\nper forward: current settings {now_total:.2f} ms, fastest timed {best_total:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
