@@ -178,7 +178,7 @@ def _launch_cfg(radius: int, head_dim: int, backward: bool = False) -> Tuple[int
     """(MP, DP, BLOCK_N, num_warps): padded window, padded head dim, queries per program, warps.
 
     Forward: large [BLOCK_N, MP, DP] tiles on few warps (32K elements on 2 warps from MP * DP = 2048
-    up, else 16K on 4). Timed on an H200 at the 4K shapes of MatchStereo-T (fp16): 2-3x faster per
+    up, else 16K on 4). Timed on an H200 at the 4K shapes of MatchStereo-T (fp16): 1.6-2.8x faster per
     call than 8K-element tiles on 4 warps (``python benchmarks/match_attention_tiles.py`` times the settings).
     The backward keeps ~8K elements on 4 warps: it holds several more tiles (gradients, signs) live.
     """
