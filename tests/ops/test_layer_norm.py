@@ -43,7 +43,8 @@ ADD_CASES = [((3, 5, 42), None, True, torch.float32, "ys"), ((2, 4, 7, 36), 34, 
              ((70, 64), None, True, torch.float16, "ys")]
 
 
-def _compare_add(device, dtype, shape, cut, bias, r_dtype, use, atol):
+def _compare_add(device, dtype, shape, cut, bias, r_dtype, use, atol, rbias=False):
+    """Triton vs reference, outputs and gradients; ``rbias``: a per-channel residual bias (no gradient)."""
     g = torch.Generator().manual_seed(len(shape) + shape[-1])
     full = torch.randn(shape, generator=g).to(device, dtype)
     x = full[..., :cut] if cut else full
@@ -53,10 +54,12 @@ def _compare_add(device, dtype, shape, cut, bias, r_dtype, use, atol):
     b = (0.1 * torch.randn(D, generator=g)).to(device, dtype) if bias else None
     gy = torch.randn(x.shape, generator=g).to(device)
     gs = torch.randn(x.shape, generator=g).to(device)
+    rb = torch.randn(D, generator=g).to(device, r_dtype) if rbias else None
     outs = {}
     for impl in ("reference", "triton"):
         leaves = [t.detach().requires_grad_() for t in (x, r, w) + ((b,) if bias else ())]
-        y, s = ln.layer_norm(leaves[0], leaves[2], leaves[3] if bias else None, 1e-6, impl=impl, residual=leaves[1])
+        y, s = ln.layer_norm(leaves[0], leaves[2], leaves[3] if bias else None, 1e-6, impl=impl, residual=leaves[1],
+                             residual_bias=rb)
         loss = (y.float() * gy).sum() * ("y" in use) + (s.float() * gs).sum() * ("s" in use)
         outs[impl] = [y, s, *torch.autograd.grad(loss, leaves)]
     t = outs["triton"]
@@ -76,6 +79,12 @@ def test_triton_interpreter_add_cases(shape, cut, bias, r_dtype, use):
     _compare_add("cpu", torch.float32, shape, cut, bias, r_dtype, use, 2e-5)
 
 
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="run by test_triton_interpreter")
+@pytest.mark.parametrize("shape,cut,bias,r_dtype,use", ADD_CASES[:2])
+def test_triton_interpreter_add_cases_residual_bias(shape, cut, bias, r_dtype, use):
+    _compare_add("cpu", torch.float32, shape, cut, bias, r_dtype, use, 2e-5, rbias=True)
+
+
 def test_add_reference_is_the_add_then_layer_norm():
     kw = ln.example_inputs(tokens=10, dim=6, residual=1)
     y, s = ln.layer_norm(**kw, impl="reference")
@@ -83,6 +92,16 @@ def test_add_reference_is_the_add_then_layer_norm():
     assert torch.equal(y, torch.nn.functional.layer_norm(s, (6,), kw["weight"], kw["bias"], eps=1e-6))
     with pytest.raises(ValueError, match="residual of shape"):
         ln.layer_norm(kw["x"], kw["weight"], residual=kw["residual"][:5])
+    # a residual bias is added to the residual first; with a gradient it runs (and differentiates) as written
+    c = torch.randn(6, requires_grad=True)
+    y, s = ln.layer_norm(**kw, residual_bias=c)
+    assert torch.equal(s, kw["x"] + (kw["residual"] + c))
+    s.sum().backward()
+    torch.testing.assert_close(c.grad, torch.full((6,), 10.0))
+    with pytest.raises(ValueError, match="residual_bias of shape"):
+        ln.layer_norm(**kw, residual_bias=torch.randn(5))
+    with pytest.raises(ValueError, match="pass residual= too"):
+        ln.layer_norm(kw["x"], kw["weight"], residual_bias=torch.randn(6))
 
 
 @pytest.mark.skipif(not ln.triton_available(), reason="triton not installed")
@@ -123,6 +142,7 @@ def test_triton_cuda_add(shape, cut, bias, r_dtype, use, dtype, atol):
     # a residual of another dtype only with float32 x and weights: the reference (PyTorch's LayerNorm)
     # takes no float32 sum with half-precision weights
     _compare_add("cuda", dtype, shape, cut, bias, r_dtype if dtype == torch.float32 else dtype, use, atol)
+    _compare_add("cuda", dtype, shape, cut, bias, r_dtype if dtype == torch.float32 else dtype, use, atol, rbias=True)
 
 
 @pytest.mark.cuda

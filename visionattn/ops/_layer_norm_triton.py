@@ -93,8 +93,9 @@ if triton is not None:
     from ._bias_grad_triton import sum_table
 
     @triton.jit
-    def _add_layer_norm_fwd(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, s_ptr, mean_ptr, rstd_ptr, rows, stride_x, stride_r,
-                            eps, D: tl.constexpr, DP: tl.constexpr, BLOCK_M: tl.constexpr, HAS_BIAS: tl.constexpr):
+    def _add_layer_norm_fwd(x_ptr, r_ptr, rb_ptr, w_ptr, b_ptr, y_ptr, s_ptr, mean_ptr, rstd_ptr, rows, stride_x,
+                            stride_r, eps, D: tl.constexpr, DP: tl.constexpr, BLOCK_M: tl.constexpr,
+                            HAS_BIAS: tl.constexpr, HAS_RBIAS: tl.constexpr):
         offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, DP)
         mask_m = offs_m < rows
@@ -104,7 +105,10 @@ if triton is not None:
         x = tl.load(x_ptr + rows64 * stride_x + offs_d[None, :], mask=mask, other=0.0)
         r = tl.load(r_ptr + rows64 * stride_r + offs_d[None, :], mask=mask, other=0.0)
         # the sum rounded to its storage dtype, then normalised: what ``LN(x + r)`` computes
-        s = (x.to(tl.float32) + r.to(tl.float32)).to(s_ptr.dtype.element_ty)
+        r = r.to(tl.float32)
+        if HAS_RBIAS:  # a per-channel bias of the residual branch (a convolution's, added here instead)
+            r += tl.load(rb_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+        s = (x.to(tl.float32) + r).to(s_ptr.dtype.element_ty)
         tl.store(s_ptr + rows64 * D + offs_d[None, :], s, mask=mask)
         s = s.to(tl.float32)
         mean = tl.sum(s, axis=1) / D
@@ -160,10 +164,12 @@ if triton is not None:
 
     @torch.library.custom_op("visionattn::add_layer_norm_triton", mutates_args=())
     def add_layer_norm_triton(x: torch.Tensor, r: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                              eps: float, y_dtype: torch.dtype
+                              eps: float, y_dtype: torch.dtype, residual_bias: Optional[torch.Tensor] = None
                               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """x, r (..., D) of one shape -> (y = LN(x + r) in ``y_dtype``, s = x + r, mean, rstd) with
-        y and s contiguous and the float32 row statistics (rows,) that the backward reads."""
+        y and s contiguous and the float32 row statistics (rows,) that the backward reads.
+        ``residual_bias`` (D,): added to r first (its gradient is not computed: callers pass one
+        that needs none)."""
         D = x.shape[-1]
         rows = x.numel() // D
         s = torch.empty(x.shape, device=x.device, dtype=torch.promote_types(x.dtype, r.dtype))
@@ -176,12 +182,13 @@ if triton is not None:
         DP = triton.next_power_of_2(D)
         block_m = _block_m(DP)
         _add_layer_norm_fwd[(triton.cdiv(rows, block_m),)](
-            x2, r2, weight, bias if bias is not None else weight, y, s, mean, rstd, rows, x2.stride(0), r2.stride(0),
-            eps, D=D, DP=DP, BLOCK_M=block_m, HAS_BIAS=bias is not None, num_warps=4 if DP <= 512 else 8)
+            x2, r2, residual_bias if residual_bias is not None else weight, weight, bias if bias is not None else weight,
+            y, s, mean, rstd, rows, x2.stride(0), r2.stride(0), eps, D=D, DP=DP, BLOCK_M=block_m,
+            HAS_BIAS=bias is not None, HAS_RBIAS=residual_bias is not None, num_warps=4 if DP <= 512 else 8)
         return y, s, mean, rstd
 
     @add_layer_norm_triton.register_fake
-    def _(x, r, weight, bias, eps, y_dtype):
+    def _(x, r, weight, bias, eps, y_dtype, residual_bias=None):
         rows = x.numel() // x.shape[-1]
         s = torch.empty(x.shape, device=x.device, dtype=torch.promote_types(x.dtype, r.dtype))
         return (torch.empty(x.shape, device=x.device, dtype=y_dtype), s,
@@ -222,7 +229,7 @@ if triton is not None:
         return torch.empty(s.shape, device=s.device, dtype=dx_dtype), weight.new_empty(2 * triton.next_power_of_2(D))
 
     def _add_setup_context(ctx, inputs, output):
-        x, r, weight, bias, eps, y_dtype = inputs
+        x, r, weight, bias, eps, y_dtype, _ = inputs
         _, s, mean, rstd = output
         ctx.save_for_backward(s, weight, mean, rstd)
         ctx.mark_non_differentiable(mean, rstd)
@@ -240,6 +247,6 @@ if triton is not None:
         D = s.shape[-1]
         DP = triton.next_power_of_2(D)
         return (dx.to(ctx.x_dtype), dx.to(ctx.r_dtype), sums[:D],
-                sums[DP:DP + D].to(ctx.bias_dtype) if ctx.has_bias else None, None, None)
+                sums[DP:DP + D].to(ctx.bias_dtype) if ctx.has_bias else None, None, None, None)
 
     add_layer_norm_triton.register_autograd(_add_backward, setup_context=_add_setup_context)

@@ -17,6 +17,9 @@ add followed by PyTorch's LayerNorm reads and writes the stream five times; its 
 Triton kernel too (from ``s`` and the row statistics saved by the forward, with the gradient of
 ``s`` added in the same pass). Under autocast ``y`` comes out in the autocast dtype (autocast's
 LayerNorm gives float32, which the following autocast Linear rounds to that dtype anyway).
+``residual_bias=c`` (per channel) makes it ``s = x + (r + c)``: a convolution's bias added in the
+kernel rather than by PyTorch in a pass of its own after cuDNN's bias-free depth-wise kernel; the
+kernel takes it when ``c`` needs no gradient (otherwise the reference runs).
 
 Implementations: ``"triton"`` (CUDA, fp32/fp16/bf16; CPU under ``TRITON_INTERPRET=1``;
 :mod:`._layer_norm_triton`) and ``"reference"`` (``torch.nn.functional.layer_norm``).
@@ -28,7 +31,7 @@ import torch.nn.functional as F
 
 from ._checks import param_dtypes, check_number, check_params, check_tensors
 from ._layer_norm_triton import rows_are_a_view  # importing it registers the custom op
-from ._triton import can_run, interpreting, triton_available  # noqa: F401 (the last two re-exported)
+from ._triton import can_run, interpreting, needs_grad, triton_available  # noqa: F401 (the last two re-exported)
 from .dispatch import pick
 
 IMPLS = ("triton", "reference")
@@ -42,18 +45,19 @@ def _triton_supports(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, eps: float = 1e-5,
-               impl: str = "auto", residual: Optional[torch.Tensor] = None
-               ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+               impl: str = "auto", residual: Optional[torch.Tensor] = None,
+               residual_bias: Optional[torch.Tensor] = None) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """LayerNorm of ``x (..., D)`` over ``D`` with ``weight (D,)`` and optional ``bias (D,)``.
 
     Returns a contiguous ``(..., D)`` tensor in ``x``'s dtype (statistics in float32). With
-    ``residual`` (same shape as ``x``): ``(LayerNorm(x + residual), x + residual)``.
+    ``residual`` (same shape as ``x``): ``(LayerNorm(s), s)`` with ``s = x + residual``, or
+    ``s = x + (residual + residual_bias)`` with a ``(D,)`` ``residual_bias``.
     """
     op = "layer_norm"
     check_tensors(op, dict(x=x))
     if weight is None:
         raise TypeError("layer_norm: weight must be a (D,) tensor, got None")
-    check_params(op, x, dict(weight=weight, bias=bias), param_dtypes(x))
+    check_params(op, x, dict(weight=weight, bias=bias, residual_bias=residual_bias), param_dtypes(x))
     if x.dim() < 1 or x.shape[-1] < 1:
         raise ValueError(f"layer_norm: x must be (..., D) with D >= 1, got {tuple(x.shape)}")
     eps = check_number(op, "eps", eps, 0.0)
@@ -61,7 +65,9 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         raise ValueError(f"layer_norm: weight of shape {tuple(weight.shape)} does not match the last axis "
                          f"of x {tuple(x.shape)}")
     if residual is not None:
-        return _add_layer_norm(x, residual, weight, bias, eps, impl)
+        return _add_layer_norm(x, residual, weight, bias, eps, impl, residual_bias)
+    if residual_bias is not None:
+        raise ValueError("layer_norm: residual_bias is the bias of a residual branch; pass residual= too")
     supported = {"triton": _triton_supports(x, weight, bias), "reference": True}
     if pick("layer_norm", impl, supported) == "triton":
         return torch.ops.visionattn.layer_norm_triton(x, weight, bias, float(eps))
@@ -77,16 +83,20 @@ def _add_supports(x: torch.Tensor, r: torch.Tensor, weight: torch.Tensor, bias: 
             and x.stride(-1) == 1 and r.stride(-1) == 1 and rows_are_a_view(x) and rows_are_a_view(r))
 
 
-def _add_layer_norm(x, r, weight, bias, eps, impl):
+def _add_layer_norm(x, r, weight, bias, eps, impl, rb=None):
     if r.shape != x.shape:
         raise ValueError(f"layer_norm: residual of shape {tuple(r.shape)} must have x's shape {tuple(x.shape)} "
                          f"(broadcast it first)")
-    if pick("layer_norm", impl, {"triton": _add_supports(x, r, weight, bias), "reference": True}) == "triton":
+    if rb is not None and tuple(rb.shape) != (x.shape[-1],):
+        raise ValueError(f"layer_norm: residual_bias of shape {tuple(rb.shape)} must be ({x.shape[-1]},), one value "
+                         f"per channel of the last axis")
+    triton_ok = _add_supports(x, r, weight, bias) and (rb is None or (rb.dtype == r.dtype and not needs_grad(rb)))
+    if pick("layer_norm", impl, {"triton": triton_ok, "reference": True}) == "triton":
         s_dtype = torch.promote_types(x.dtype, r.dtype)
         y_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else s_dtype
-        y, s, _, _ = torch.ops.visionattn.add_layer_norm_triton(x, r, weight, bias, float(eps), y_dtype)
+        y, s, _, _ = torch.ops.visionattn.add_layer_norm_triton(x, r, weight, bias, float(eps), y_dtype, rb)
         return y, s
-    s = x + r
+    s = x + (r if rb is None else r + rb)
     return F.layer_norm(s, (s.shape[-1],), weight, bias, eps), s
 
 

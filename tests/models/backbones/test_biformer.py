@@ -174,6 +174,31 @@ def test_block_fused_norms_keep_the_reference_numerics():
             assert torch.equal(block(x), h.permute(0, 3, 1, 2))
 
 
+def test_conv_biases_folded_keep_outputs_and_gradients(monkeypatch):
+    """On CUDA LePE's bias joins the projection's bias (W b) and, without autograd, the positional conv's
+    joins the fused add + LayerNorm; the model computes the same function and hands the same gradients
+    to every parameter (here forced on CPU against the written formulas)."""
+    from visionattn.models.backbones import biformer
+
+    torch.manual_seed(0)
+    model = _tiny(n_win=2).eval()
+    x = torch.randn(2, 3, 64, 64)
+    results = []
+    for folded in (False, True):
+        monkeypatch.setattr(biformer, "folds_conv_bias", lambda t, folded=folded: folded)
+        model.zero_grad(set_to_none=True)
+        out = model(x)
+        out.logsumexp(-1).sum().backward()
+        results.append((out, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # without autograd the positional conv's bias goes into the add + LayerNorm too
+        torch.testing.assert_close(model(x), results[0][0], atol=1e-5, rtol=1e-5)
+    lepe_bias = [n for n in results[0][1] if n.endswith("attn.lepe.bias")]
+    assert len(lepe_bias) == 4  # one per block: three routed stages and the global one
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
 @pytest.mark.cuda
 def test_triton_model_matches_reference_model_cuda():
     """The whole model (channels_last trunk, strided qkv views into the kernel, padded dense sizes),

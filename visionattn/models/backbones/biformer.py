@@ -32,10 +32,11 @@ from timm.models._features import feature_take_indices
 
 from ...hub import build_timm_model, extract_state_dict
 from ...registry import register_converter
-from ..bias_grad_layers import Conv2d, Linear
+from ..bias_grad_layers import Conv2d, Linear, conv2d, linear
 from .stage_classifier import StageClassifier
 from ...ops.bilevel_routing_attention import IMPLS as BRA_IMPLS
 from ...ops.bilevel_routing_attention import bilevel_routing_attention, bilevel_routing_attention_reference
+from ...ops._triton import needs_grad
 from ...ops.layer_norm import layer_norm
 from ..input_contract import check_choice, check_int, check_ints, check_num_classes, check_rate
 
@@ -76,6 +77,55 @@ def crop_like(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return x[:, :height, :width].contiguous() if x.shape[1] != height or x.shape[2] != width else x
 
 
+def folds_conv_bias(x: torch.Tensor) -> bool:
+    """Whether the depth-wise convolutions' biases are added by the ops that follow them (on CUDA,
+    where cuDNN's depth-wise kernel has no bias epilogue and PyTorch adds a bias in a broadcast pass
+    over the whole map): LePE's joins the projection's bias, the positional conv's the fused add +
+    LayerNorm. Elsewhere the formulas run as written, so CPU results stay those of the official model."""
+    return x.is_cuda
+
+
+@torch.fx.wrap  # one node under torch.fx: it branches on the device and on autograd
+def add_positional_layer_norm(x: torch.Tensor, cpe_weight: torch.Tensor, cpe_bias: Optional[torch.Tensor],
+                              weight: torch.Tensor, bias: Optional[torch.Tensor], eps: float
+                              ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(LayerNorm(s), s)``, ``s = x + cpe(x)``, for a channels_last (B, C, H, W) ``x``; both (B, H, W, C).
+
+    The positional conv's bias goes into the fused add + LayerNorm (:func:`folds_conv_bias`) when the
+    model runs in one dtype without autograd on that bias (the kernel computes no gradient for it)."""
+    pad = cpe_weight.shape[-1] // 2
+    groups = x.shape[1]
+    if torch.jit.is_scripting():
+        s = x.permute(0, 2, 3, 1) + F.conv2d(x, cpe_weight, cpe_bias, 1, pad, 1, groups).permute(0, 2, 3, 1)
+        return F.layer_norm(s, (s.shape[-1],), weight, bias, eps), s
+    fold = (cpe_bias is not None and folds_conv_bias(x) and not needs_grad(cpe_bias)
+            and not torch.is_autocast_enabled(x.device.type) and cpe_bias.dtype == x.dtype)
+    pos = conv2d(x, cpe_weight, None if fold else cpe_bias, (1, 1), (pad, pad), (1, 1), groups)
+    return layer_norm(x.permute(0, 2, 3, 1), weight, bias, eps, residual=pos.permute(0, 2, 3, 1),
+                      residual_bias=cpe_bias if fold else None)
+
+
+@torch.fx.wrap  # one node under torch.fx: it branches on the device
+def lepe_projection(out: torch.Tensor, v: torch.Tensor, lepe_weight: torch.Tensor, lepe_bias: Optional[torch.Tensor],
+                    proj_weight: torch.Tensor, proj_bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``proj(out + lepe(v))`` for (B, H, W, C) ``out`` and ``v``, LePE a "same" depth-wise convolution.
+
+    Where :func:`folds_conv_bias`, LePE's bias joins the projection's:
+    ``proj(o + conv(v) + b) = proj(o + conv(v)) + W b``, one matrix-vector product of the weights in
+    place of a pass over the map (gradients flow through it as through the written formula).
+    """
+    pad = lepe_weight.shape[-1] // 2
+    groups = lepe_weight.shape[0]
+    if torch.jit.is_scripting():
+        lepe = F.conv2d(v.permute(0, 3, 1, 2), lepe_weight, lepe_bias, 1, pad, 1, groups)
+        return F.linear(out + lepe.permute(0, 2, 3, 1), proj_weight, proj_bias)
+    folded = lepe_bias is not None and proj_bias is not None and folds_conv_bias(out)
+    lepe = conv2d(v.permute(0, 3, 1, 2), lepe_weight, None if folded else lepe_bias, (1, 1), (pad, pad), (1, 1),
+                  groups).permute(0, 2, 3, 1)
+    bias = torch.addmv(proj_bias, proj_weight, lepe_bias) if folded else proj_bias
+    return linear(out + lepe, proj_weight, bias)
+
+
 class BiLevelRoutingAttention(nn.Module):
     """BRA layer (legacy official form). (B, H, W, C) -> (B, H, W, C), any H, W.
 
@@ -98,8 +148,7 @@ class BiLevelRoutingAttention(nn.Module):
         padded = pad_to_multiple(x, self.n_win)
         q, k, v = self.qkv(padded).chunk(3, dim=-1)  # (B, H', W', C) each
         out = routed_attention(q, k, v, self.n_win, self.num_heads, self.topk, self.scale, self.attn_impl)
-        lepe = self.lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return crop_like(self.proj(out + lepe), x)
+        return crop_like(lepe_projection(out, v, self.lepe.weight, self.lepe.bias, self.proj.weight, self.proj.bias), x)
 
 
 class GlobalAttention(nn.Module):
@@ -122,8 +171,7 @@ class GlobalAttention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, M, N, d) each
         out = F.scaled_dot_product_attention(q, k, v)  # scale d ** -0.5
         out = out.transpose(1, 2).reshape(b, height, width, c)
-        lepe = self.lepe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return self.proj(out + lepe)
+        return lepe_projection(out, x, self.lepe.weight, self.lepe.bias, self.proj.weight, self.proj.bias)
 
 
 class Mlp(nn.Module):
@@ -160,8 +208,8 @@ class BiFormerBlock(nn.Module):
         # the LayerNorm that follows them (visionattn.ops.layer_norm with residual=: one pass that
         # returns the sum and its norm; the reference path is the add, then F.layer_norm).
         # (the norms are read as self.norm1 / self.norm2: TorchScript loses a submodule's eps through an alias)
-        pos = self.cpe(x).permute(0, 2, 3, 1)  # NHWC views of channels_last maps
-        y, x = add_layer_norm(x.permute(0, 2, 3, 1), pos, self.norm1.weight, self.norm1.bias, self.norm1.eps)
+        y, x = add_positional_layer_norm(x, self.cpe.weight, self.cpe.bias, self.norm1.weight, self.norm1.bias,
+                                         self.norm1.eps)  # NHWC views of channels_last maps
         y, x = add_layer_norm(x, self.drop_path(self.attn(y)), self.norm2.weight, self.norm2.bias, self.norm2.eps)
         x = x + self.drop_path(self.mlp(y))
         return x.permute(0, 3, 1, 2)
