@@ -46,7 +46,7 @@ def label_parts(model) -> None:
     for i in range(1, 4):
         model.up_decoders[i].forward = _labelled(model.up_decoders[i].forward, f"up_decoder{i}")
     model.init_correlation_volume.forward = _labelled(model.init_correlation_volume.forward, "init_correlation")
-    for name in ("convex_upsample", "field_outputs", "consistency_mask"):
+    for name in ("stem_forward", "convex_upsample", "field_outputs", "consistency_mask"):
         setattr(M, name, _labelled(getattr(M, name), name))
 
 

@@ -45,6 +45,7 @@ def test_reference_is_the_formula():
     y = normed * kw["weight"].view(1, -1, 1, 1) + kw["bias"].view(1, -1, 1, 1)
     torch.testing.assert_close(gna.group_norm_act(**kw, act="silu", impl="reference"), y * torch.sigmoid(y))
     torch.testing.assert_close(gna.group_norm_act(**kw, impl="reference"), y)
+    torch.testing.assert_close(gna.group_norm_act(**kw, act="gelu", impl="reference"), torch.nn.functional.gelu(y))
     assert gna.IMPLS == ("triton", "reference")
     assert gna.resolve_impl(kw["x"]) == ("triton" if interpreting() else "reference")
 
@@ -57,8 +58,8 @@ def test_bad_inputs_name_the_value():
         gna.group_norm_act(x, 4, torch.ones(6))
     with pytest.raises(ValueError, match=r"input_bias must have shape"):
         gna.group_norm_act(x, 4, input_bias=torch.ones(3))
-    with pytest.raises(ValueError, match="act='gelu'"):
-        gna.group_norm_act(x, 4, act="gelu")
+    with pytest.raises(ValueError, match="act='relu'"):
+        gna.group_norm_act(x, 4, act="relu")
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         gna.group_norm_act(torch.randn(2, 12, 9), 4)
     if not interpreting():  # CPU tensors: the Triton path needs a GPU (or the interpreter)
@@ -93,11 +94,35 @@ def _interpreter_checks():
     for i, (shape, groups) in enumerate(CASES):
         for channels_last in (False, True):
             # rotate the options over the cases to keep the interpreter run short
-            act = ("silu", None)[i % 2]
+            act = ("silu", None, "gelu")[i % 3]
             _check_case("cpu", torch.float32, shape, groups, channels_last, act, affine=i != 3,
                         input_bias=i % 3 != 2, grads=i in (0, 1))
     _check_case("cpu", torch.bfloat16, (2, 64, 5, 6), 32, True, "silu", True, True)
     _check_case("cpu", torch.float16, (2, 12, 5, 7), 4, False, None, True, False)
+    # one group per channel, no affine, GELU: InstanceNorm2d + GELU (MatchStereo's stem)
+    _check_case("cpu", torch.float32, (2, 16, 9, 11), 16, False, "gelu", affine=False, input_bias=True, grads=True)
+    _matchstereo_stem_check()
+
+
+def _matchstereo_stem_check():
+    """MatchStereo-T's stem through the op (conv biases as input_bias) equals its modules; with autograd
+    the modules run."""
+    from unittest import mock
+
+    import visionattn
+    from visionattn.models.stereo.matchstereo import stem_forward
+
+    torch.manual_seed(0)
+    stem = visionattn.create_model("matchstereo_tiny").encoder.downsample_layers[0].eval()
+    x = torch.randn(2, 3, 20, 28) * 2
+    with mock.patch.object(gna._group_norm_act_triton, "group_norm_act_launch",
+                           side_effect=gna._group_norm_act_triton.group_norm_act_launch) as spy:
+        with torch.no_grad():
+            out, ref = stem_forward(stem, x), stem(x)
+        assert spy.call_count == 2
+        stem_forward(stem, x)  # parameters require gradients: the modules
+        assert spy.call_count == 2
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
     # a large mean over the spread (offset 300 x std): Welford keeps the variance where E[x^2] - E[x]^2 would not
     kw = _inputs((1, 8, 32, 33), 2, offset=600.0)
     exact = gna.group_norm_act(**_float64(kw), impl="reference")
@@ -163,7 +188,8 @@ def test_cuda_matches_reference(dtype, channels_last):
     shapes = [((1, 128, 512, 512), 32), ((1, 64, 512, 512), 32), ((8, 256, 128, 128), 32), ((2, 512, 16, 16), 32),
               ((3, 96, 37, 53), 32), ((2, 12, 1, 1), 4), ((1, 40, 257, 129), 8), ((5, 48, 7, 300), 16)]
     for shape, groups in shapes:
-        for act, affine, input_bias in (("silu", True, True), (None, True, False), ("silu", False, False)):
+        for act, affine, input_bias in (("silu", True, True), (None, True, False), ("silu", False, False),
+                                        ("gelu", False, True)):
             _check_case("cuda", dtype, shape, groups, channels_last, act, affine, input_bias,
                         grads=dtype == torch.float32 and shape[0] * shape[1] * shape[2] * shape[3] < 2 ** 20)
 
@@ -237,8 +263,9 @@ def test_kernels_compile_for_hopper():
 
     apply_sig = {"x_ptr": "*bf16", "xb_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "mean_ptr": "*fp32",
                  "rstd_ptr": "*fp32", "out_ptr": "*bf16", "HW": "i32", "C": "i32", "G": "i32", "CPG": "i32",
-                 "HAS_XB": "constexpr", "HAS_W": "constexpr", "HAS_B": "constexpr", "SILU": "constexpr"}
-    flags = {"HAS_XB": True, "HAS_W": True, "HAS_B": True, "SILU": True}
+                 "HAS_XB": "constexpr", "HAS_W": "constexpr", "HAS_B": "constexpr", "SILU": "constexpr",
+                 "GELU": "constexpr"}
+    flags = {"HAS_XB": True, "HAS_W": True, "HAS_B": True, "SILU": True, "GELU": True}  # both activations compile
     cases = [
         (kernels._stats_nchw_kernel, {"x_ptr": "*bf16", "part_ptr": "*fp32", "HW": "i32", "SPLITS": "i32",
                                       "chunk": "i32", "part_stride": "i32", "BLOCK": "constexpr"}, {"BLOCK": 2048}),

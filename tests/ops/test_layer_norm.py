@@ -157,3 +157,29 @@ def test_triton_cuda_add_autocast_and_compile():
     f = torch.compile(lambda **k: ln.layer_norm(**k, impl="triton"), fullgraph=True)
     for a, b in zip(f(**kw), ln.layer_norm(**kw, impl="reference")):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_add_kernel_compiles_for_hopper():
+    """The residual form's forward compiles to PTX for sm_90 without a GPU, with and without the residual bias."""
+    pytest.importorskip("triton")
+    if ln.interpreting():
+        pytest.skip("kernels are interpreted in this process")
+    import triton
+    from triton.compiler import ASTSource
+
+    try:
+        from triton.backends.compiler import GPUTarget
+    except ImportError:  # pragma: no cover - older triton
+        pytest.skip("this triton cannot compile for a target without a GPU")
+    from visionattn.ops import _layer_norm_triton as kernels
+
+    signature = {"x_ptr": "*bf16", "r_ptr": "*bf16", "rb_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16",
+                 "y_ptr": "*bf16", "s_ptr": "*bf16", "mean_ptr": "*fp32", "rstd_ptr": "*fp32", "rows": "i32",
+                 "stride_x": "i32", "stride_r": "i32", "eps": "fp32"}
+    for rbias in (False, True):
+        constexprs = dict(D=64, DP=64, BLOCK_M=64, HAS_BIAS=True, HAS_RBIAS=rbias)
+        compiled = triton.compile(ASTSource(fn=kernels._add_layer_norm_fwd,
+                                            signature={**signature, **{k: "constexpr" for k in constexprs}},
+                                            constexprs=constexprs),
+                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+        assert ".entry" in compiled.asm["ptx"]

@@ -29,7 +29,7 @@ import torch
 
 from ._triton import tl, triton
 
-ACTIVATIONS = (None, "silu")
+ACTIVATIONS = (None, "silu", "gelu")
 
 _SM_COUNT: Dict[int, int] = {}
 
@@ -171,14 +171,17 @@ if triton is not None:
         tl.store(rstd_ptr + r, tl.rsqrt(s / n + eps))
 
     @triton.jit
-    def _activate(y, SILU: tl.constexpr):
+    def _activate(y, SILU: tl.constexpr, GELU: tl.constexpr):
         if SILU:
             y = y * tl.sigmoid(y)
+        if GELU:  # the exact (erf) form, as nn.GELU()
+            y = 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
         return y
 
     @triton.jit
     def _apply_nchw_kernel(x_ptr, xb_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, out_ptr, HW, C, G, CPG,
                            HAS_XB: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, SILU: tl.constexpr,
+                           GELU: tl.constexpr,
                            BLOCK: tl.constexpr):
         """Program (row = b * C + c, tile): BLOCK pixels of one channel, one scale and shift."""
         row = tl.program_id(0)
@@ -196,12 +199,13 @@ if triton is not None:
         mask = offs < HW
         ptr = row.to(tl.int64) * HW + offs
         v = tl.load(x_ptr + ptr, mask=mask, other=0.0).to(tl.float32)
-        y = _activate(v * scale + shift, SILU)
+        y = _activate(v * scale + shift, SILU, GELU)
         tl.store(out_ptr + ptr, y.to(out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _apply_nhwc_kernel(x_ptr, xb_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, out_ptr, HW, C, G, CPG,
                            HAS_XB: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, SILU: tl.constexpr,
+                           GELU: tl.constexpr,
                            BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
         """Program (pixel tile, channel tile, b): a (BLOCK_HW, BLOCK_C) tile, per-channel scale and shift."""
         rows = tl.program_id(0) * BLOCK_HW + tl.arange(0, BLOCK_HW)
@@ -220,7 +224,7 @@ if triton is not None:
         mask = (rows < HW)[:, None] & cmask[None, :]
         ptr = b.to(tl.int64) * HW * C + rows.to(tl.int64)[:, None] * C + cols[None, :]
         v = tl.load(x_ptr + ptr, mask=mask, other=0.0).to(tl.float32)
-        y = _activate(v * scale[None, :] + shift[None, :], SILU)
+        y = _activate(v * scale[None, :] + shift[None, :], SILU, GELU)
         tl.store(out_ptr + ptr, y.to(out_ptr.dtype.element_ty), mask=mask)
 
     def _statistics(x: torch.Tensor, num_groups: int, eps: float, input_bias: Optional[torch.Tensor], fmt: str):
@@ -275,7 +279,7 @@ if triton is not None:
         mean, rstd = _statistics(x, num_groups, eps, input_bias, fmt)
         HW, cpg = H * W, C // num_groups
         flags = dict(HAS_XB=input_bias is not None, HAS_W=weight is not None, HAS_B=bias is not None,
-                     SILU=act == "silu")
+                     SILU=act == "silu", GELU=act == "gelu")
         ptrs = (x, x if input_bias is None else input_bias, x if weight is None else weight,
                 x if bias is None else bias, mean, rstd, out)
         if fmt == "nchw":

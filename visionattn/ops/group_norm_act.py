@@ -7,7 +7,8 @@ For ``x: (B, C, H, W)``, ``G`` groups of ``C / G`` consecutive channels, per-cha
     out = act((z - mean_bg) / sqrt(var_bg + eps) * weight + bias)
 
 with mean and (biased) variance over the ``C/G * H * W`` elements of each (batch, group), and
-``act`` = SiLU (``z * sigmoid(z)``, the "swish" of VQGAN-style networks) or none.
+``act`` = SiLU (``z * sigmoid(z)``, the "swish" of VQGAN-style networks), GELU (the exact erf form)
+or none. With one group per channel it is InstanceNorm (MatchStereo's stem: conv, InstanceNorm, GELU).
 
 Why: VQGAN-style autoencoders (RestoreFormer, taming-transformers, Stable Diffusion's VAE) run
 ``GroupNorm(32) -> swish`` before every 3x3 convolution. PyTorch computes it in three passes over
@@ -26,7 +27,7 @@ Implementations (``impl=``):
   fake kernel and autograd (backward: the reference's gradients, recomputed; the op targets
   inference). fp32/fp16/bf16 on CUDA (on CPU tensors under ``TRITON_INTERPRET=1``, for the tests),
   NCHW-contiguous or channels_last maps. CUDA default.
-- ``"reference"``: ``F.group_norm`` then ``F.silu``, any device, dtype and layout. CPU default.
+- ``"reference"``: ``F.group_norm`` then ``F.silu`` / ``F.gelu``, any device, dtype and layout. CPU default.
 """
 from typing import Optional, Tuple
 
@@ -51,6 +52,8 @@ def group_norm_act_reference(x: torch.Tensor, num_groups: int, weight: Optional[
     out = F.group_norm(x, num_groups, weight, bias, eps)  # (B, C, H, W)
     if act == "silu":
         out = F.silu(out)
+    elif act == "gelu":
+        out = F.gelu(out)
     return out
 
 
@@ -120,7 +123,7 @@ def group_norm_act(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tens
         num_groups: groups of C / num_groups consecutive channels (32 in VQGAN-style networks).
         weight, bias: (C,) affine parameters, or None (identity).
         eps: added to the variance (RestoreFormer: 1e-6).
-        act: ``"silu"`` (x * sigmoid(x)) or None.
+        act: ``"silu"`` (x * sigmoid(x)), ``"gelu"`` (erf form) or None.
         input_bias: (C,) added to x before the statistics (a producing convolution's bias), or None.
         impl: ``"auto"``, ``"triton"`` or ``"reference"``.
 
