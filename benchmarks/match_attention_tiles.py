@@ -15,6 +15,7 @@ import collections
 import torch
 
 import visionattn
+from visionattn.cli.benchmark import timed_calls
 from visionattn.ops import _match_attention_triton as K
 from visionattn.ops._triton import triton
 
@@ -33,17 +34,8 @@ def launch(args, block_n: int, warps: int):
 
 
 def median_ms(fn, n: int = 20) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(n):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[n // 2]
+    fn()  # compiles the setting
+    return sorted(timed_calls(fn, torch.device("cuda"), n))[n // 2]
 
 
 def main() -> None:
