@@ -11,7 +11,8 @@ from triton_interpreter import run_interpreted
 CASES = [((3, 5, 42), None, False), ((2, 4, 7, 36), 34, False), ((37, 130), 128, True), ((6, 522), None, True)]
 
 
-def _compare(device, dtype, shape, cut, bias, atol):
+def _compare(device, dtype, shape, cut, bias, atol, width=None):
+    """Triton vs reference, output and gradients; ``width``: rows padded with zeros to that width."""
     g = torch.Generator().manual_seed(len(shape) + shape[-1])
     full = torch.randn(shape, generator=g).to(device, dtype)
     x = full[..., :cut] if cut else full
@@ -21,7 +22,8 @@ def _compare(device, dtype, shape, cut, bias, atol):
     outs = {}
     for impl in ("reference", "triton"):
         leaves = [t.detach().requires_grad_() for t in (x, w) + ((b,) if bias else ())]
-        y = ln.layer_norm(leaves[0], leaves[1], leaves[2] if bias else None, 1e-5, impl=impl)
+        y = ln.layer_norm(leaves[0], leaves[1], leaves[2] if bias else None, 1e-5, impl=impl, width=width)
+        assert y.shape[-1] == (width or D)
         gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(device, dtype)
         grads = torch.autograd.grad((y.float() * gy.float()).sum(), leaves)
         outs[impl] = [y, *grads]
@@ -35,6 +37,12 @@ def _compare(device, dtype, shape, cut, bias, atol):
 @pytest.mark.parametrize("shape,cut,bias", CASES)
 def test_triton_interpreter_cases(shape, cut, bias):
     _compare("cpu", torch.float32, shape, cut, bias, 1e-5)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="run by test_triton_interpreter")
+@pytest.mark.parametrize("shape,cut,width", [((3, 5, 42), None, 48), ((2, 4, 7, 36), 34, 40), ((6, 5), None, 72)])
+def test_triton_interpreter_cases_width(shape, cut, width):
+    _compare("cpu", torch.float32, shape, cut, False, 1e-5, width=width)
 
 
 # fused residual form: (shape, slice end of x or None, bias, dtype of r, which outputs the loss uses)
@@ -102,6 +110,14 @@ def test_add_reference_is_the_add_then_layer_norm():
         ln.layer_norm(**kw, residual_bias=torch.randn(5))
     with pytest.raises(ValueError, match="pass residual= too"):
         ln.layer_norm(kw["x"], kw["weight"], residual_bias=torch.randn(6))
+    # width=: the norm, then zeros
+    y = ln.layer_norm(kw["x"], kw["weight"], kw["bias"], 1e-6, width=8)
+    assert torch.equal(y[..., 6:], torch.zeros(10, 2))
+    assert torch.equal(y[..., :6], torch.nn.functional.layer_norm(kw["x"], (6,), kw["weight"], kw["bias"], eps=1e-6))
+    with pytest.raises(ValueError, match="width"):
+        ln.layer_norm(kw["x"], kw["weight"], width=5)
+    with pytest.raises(ValueError, match="does not combine with residual"):
+        ln.layer_norm(**kw, width=8)
 
 
 @pytest.mark.skipif(not ln.triton_available(), reason="triton not installed")
@@ -159,8 +175,9 @@ def test_triton_cuda_add_autocast_and_compile():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_add_kernel_compiles_for_hopper():
-    """The residual form's forward compiles to PTX for sm_90 without a GPU, with and without the residual bias."""
+def test_kernels_compile_for_hopper():
+    """The forward kernels compile to PTX for sm_90 without a GPU: the plain form with padded rows, the residual
+    form with and without the residual bias."""
     pytest.importorskip("triton")
     if ln.interpreting():
         pytest.skip("kernels are interpreted in this process")
@@ -176,6 +193,12 @@ def test_add_kernel_compiles_for_hopper():
     signature = {"x_ptr": "*bf16", "r_ptr": "*bf16", "rb_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16",
                  "y_ptr": "*bf16", "s_ptr": "*bf16", "mean_ptr": "*fp32", "rstd_ptr": "*fp32", "rows": "i32",
                  "stride_x": "i32", "stride_r": "i32", "eps": "fp32"}
+    plain = {"x_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "y_ptr": "*bf16", "rows": "i32", "stride_x": "i32",
+             "eps": "fp32"}
+    constexprs = dict(D=42, DP=64, OUT_W=48, BLOCK_M=64, HAS_BIAS=False)
+    compiled = triton.compile(ASTSource(fn=kernels._layer_norm_fwd, signature={**plain, **dict.fromkeys(constexprs, "constexpr")},
+                                        constexprs=constexprs), target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    assert ".entry" in compiled.asm["ptx"]
     for rbias in (False, True):
         constexprs = dict(D=64, DP=64, BLOCK_M=64, HAS_BIAS=True, HAS_RBIAS=rbias)
         compiled = triton.compile(ASTSource(fn=kernels._add_layer_norm_fwd,

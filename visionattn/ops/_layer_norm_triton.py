@@ -29,7 +29,9 @@ if triton is not None:
 
     @triton.jit
     def _layer_norm_fwd(x_ptr, w_ptr, b_ptr, y_ptr, rows, stride_x, eps,
-                        D: tl.constexpr, DP: tl.constexpr, BLOCK_M: tl.constexpr, HAS_BIAS: tl.constexpr):
+                        D: tl.constexpr, DP: tl.constexpr, OUT_W: tl.constexpr, BLOCK_M: tl.constexpr,
+                        HAS_BIAS: tl.constexpr):
+        """Rows of D channels in, rows of OUT_W >= D channels out (the ones past D written as zeros)."""
         offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, DP)
         mask_d = offs_d < D
@@ -42,38 +44,44 @@ if triton is not None:
         y = xc * rstd[:, None] * tl.load(w_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
         if HAS_BIAS:
             y += tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
-        tl.store(y_ptr + offs_m.to(tl.int64)[:, None] * D + offs_d[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+        out_mask = (offs_m < rows)[:, None] & (offs_d < OUT_W)[None, :]  # y is 0 past D (x, w, b load as 0)
+        tl.store(y_ptr + offs_m.to(tl.int64)[:, None] * OUT_W + offs_d[None, :], y.to(y_ptr.dtype.element_ty),
+                 mask=out_mask)
 
     @torch.library.custom_op("visionattn::layer_norm_triton", mutates_args=())
     def layer_norm_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                          eps: float) -> torch.Tensor:
-        """x (..., D) with unit stride on the last axis and one row stride -> contiguous (..., D)."""
+                          eps: float, width: int = 0) -> torch.Tensor:
+        """x (..., D) with unit stride on the last axis and one row stride -> contiguous (..., D), or
+        (..., width) with zeros past D when ``width`` > 0."""
         D = x.shape[-1]
+        out_w = width or D
         rows = x.numel() // D
-        y = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+        y = torch.empty(x.shape[:-1] + (out_w,), device=x.device, dtype=x.dtype)
         if rows == 0:
             return y
         x2 = x.view(rows, D) if x.stride(-1) == 1 and rows_are_a_view(x) else x.reshape(rows, D).contiguous()
-        DP = triton.next_power_of_2(D)
+        DP = triton.next_power_of_2(out_w)
         block_m = max(1, min(64, 4096 // DP))
         _layer_norm_fwd[(triton.cdiv(rows, block_m),)](
             x2, weight, bias if bias is not None else weight, y, rows, x2.stride(0), eps,
-            D=D, DP=DP, BLOCK_M=block_m, HAS_BIAS=bias is not None, num_warps=4 if DP <= 512 else 8)
+            D=D, DP=DP, OUT_W=out_w, BLOCK_M=block_m, HAS_BIAS=bias is not None,
+            num_warps=4 if DP <= 512 else 8)
         return y
 
     @layer_norm_triton.register_fake
-    def _(x, weight, bias, eps):
-        return torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    def _(x, weight, bias, eps, width=0):
+        return torch.empty(x.shape[:-1] + (width or x.shape[-1],), device=x.device, dtype=x.dtype)
 
     def _setup_context(ctx, inputs, output):
-        x, weight, bias, eps = inputs
+        x, weight, bias, eps, _ = inputs
         ctx.save_for_backward(x, weight)
         ctx.eps, ctx.has_bias = eps, bias is not None
 
     def _backward(ctx, grad):
-        """Standard LayerNorm backward with the statistics recomputed, in float32."""
+        """Standard LayerNorm backward with the statistics recomputed, in float32 (the zero channels
+        past D, if any, take no gradient)."""
         x, weight = ctx.saved_tensors
-        xf, g = x.float(), grad.float()
+        xf, g = x.float(), grad[..., :x.shape[-1]].float()
         mean = xf.mean(-1, keepdim=True)
         rstd = torch.rsqrt((xf - mean).pow(2).mean(-1, keepdim=True) + ctx.eps)
         xhat = (xf - mean) * rstd
@@ -82,7 +90,7 @@ if triton is not None:
         dims = tuple(range(x.dim() - 1))
         dweight = (g * xhat).sum(dims).to(weight.dtype)
         dbias = g.sum(dims).to(weight.dtype) if ctx.has_bias else None
-        return gx.to(x.dtype), dweight, dbias, None
+        return gx.to(x.dtype), dweight, dbias, None, None
 
     layer_norm_triton.register_autograd(_backward, setup_context=_setup_context)
 

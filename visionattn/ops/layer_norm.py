@@ -17,6 +17,8 @@ add followed by PyTorch's LayerNorm reads and writes the stream five times; its 
 Triton kernel too (from ``s`` and the row statistics saved by the forward, with the gradient of
 ``s`` added in the same pass). Under autocast ``y`` comes out in the autocast dtype (autocast's
 LayerNorm gives float32, which the following autocast Linear rounds to that dtype anyway).
+``width=W`` (> D) returns rows of W channels, the norm in the first D and zeros after: a GEMM input
+padded to 16-byte rows (MatchStereo's odd widths) without a pad or concatenation pass of its own.
 ``residual_bias=c`` (per channel) makes it ``s = x + (r + c)``: a convolution's bias added in the
 kernel rather than by PyTorch in a pass of its own after cuDNN's bias-free depth-wise kernel; the
 kernel takes it when ``c`` needs no gradient (otherwise the reference runs).
@@ -29,7 +31,7 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from ._checks import param_dtypes, check_number, check_params, check_tensors
+from ._checks import param_dtypes, check_int, check_number, check_params, check_tensors
 from ._layer_norm_triton import rows_are_a_view  # importing it registers the custom op
 from ._triton import can_run, interpreting, needs_grad, triton_available  # noqa: F401 (the last two re-exported)
 from .dispatch import pick
@@ -46,12 +48,14 @@ def _triton_supports(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, eps: float = 1e-5,
                impl: str = "auto", residual: Optional[torch.Tensor] = None,
-               residual_bias: Optional[torch.Tensor] = None) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+               residual_bias: Optional[torch.Tensor] = None, width: Optional[int] = None
+               ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """LayerNorm of ``x (..., D)`` over ``D`` with ``weight (D,)`` and optional ``bias (D,)``.
 
     Returns a contiguous ``(..., D)`` tensor in ``x``'s dtype (statistics in float32). With
     ``residual`` (same shape as ``x``): ``(LayerNorm(s), s)`` with ``s = x + residual``, or
-    ``s = x + (residual + residual_bias)`` with a ``(D,)`` ``residual_bias``.
+    ``s = x + (residual + residual_bias)`` with a ``(D,)`` ``residual_bias``. ``width`` (> D, without
+    ``residual``): a ``(..., width)`` result, zeros past channel D.
     """
     op = "layer_norm"
     check_tensors(op, dict(x=x))
@@ -64,14 +68,20 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     if weight.dim() != 1 or weight.shape[0] != x.shape[-1]:
         raise ValueError(f"layer_norm: weight of shape {tuple(weight.shape)} does not match the last axis "
                          f"of x {tuple(x.shape)}")
+    if width is not None:
+        width = check_int(op, "width", width, minimum=x.shape[-1])
+        if residual is not None:
+            raise ValueError("layer_norm: width= pads the plain form's output; it does not combine with residual=")
     if residual is not None:
         return _add_layer_norm(x, residual, weight, bias, eps, impl, residual_bias)
     if residual_bias is not None:
         raise ValueError("layer_norm: residual_bias is the bias of a residual branch; pass residual= too")
     supported = {"triton": _triton_supports(x, weight, bias), "reference": True}
+    pad = 0 if width is None else width - x.shape[-1]
     if pick("layer_norm", impl, supported) == "triton":
-        return torch.ops.visionattn.layer_norm_triton(x, weight, bias, float(eps))
-    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+        return torch.ops.visionattn.layer_norm_triton(x, weight, bias, float(eps), width if pad else 0)
+    y = F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+    return F.pad(y, (0, pad)) if pad else y
 
 
 def _add_supports(x: torch.Tensor, r: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:

@@ -63,23 +63,26 @@ def aligned(n: int) -> int:
     return -(-n // ROW_ALIGN) * ROW_ALIGN
 
 
-def cat_aligned(*parts: torch.Tensor) -> torch.Tensor:
-    """``torch.cat(parts, -1)`` with zero channels appended up to a multiple of ``ROW_ALIGN``.
+def norm_aligned(norm: LayerNorm, x: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+    """``torch.cat((norm(x), *extra), -1)`` with zero channels appended up to a multiple of ``ROW_ALIGN``.
 
     The decoder's token widths (C+2, C+3+2h) are not multiples of 8; cuBLAS runs a GEMM whose rows
     are not 16-byte aligned with slower kernels, so the GEMM inputs are padded with zeros (the
-    weights with zero columns, see :func:`linear_aligned`): the same products, aligned rows.
+    weights with zero columns, see :func:`linear_aligned`): the same products, aligned rows. The
+    LayerNorm writes its rows at the aligned width directly (``layer_norm(..., width=)``), and the
+    extra channels are copied into them: no concatenation pass over the map.
     """
-    width = sum(p.shape[-1] for p in parts)
-    pad = aligned(width) - width
-    if pad:
-        parts = parts + (parts[0].new_zeros(()).expand(*parts[0].shape[:-1], pad),)
-    return torch.cat(parts, -1)
+    D = x.shape[-1]
+    y = layer_norm(x, norm.weight, norm.bias, norm.eps, width=aligned(D + sum(e.shape[-1] for e in extra)))
+    for e in extra:
+        y[..., D:D + e.shape[-1]] = e
+        D += e.shape[-1]
+    return y
 
 
 def linear_aligned(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``F.linear(x[..., :in], weight)`` for an ``x`` zero-padded past the weight's ``in`` columns
-    (:func:`cat_aligned`); the output is computed ``aligned(out)`` wide (zero rows appended to the
+    (:func:`norm_aligned`); the output is computed ``aligned(out)`` wide (zero rows appended to the
     weight) and returned as a view of its first ``out`` channels, so every GEMM operand has 16-byte rows."""
     out_features, in_features = weight.shape
     weight = F.pad(weight, (0, x.shape[-1] - in_features, 0, aligned(out_features) - out_features))
@@ -368,7 +371,7 @@ class MatchAttention(nn.Module):
             self.proj = nn.Linear(inner, out_dim, bias=False)
 
     def forward(self, x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
-        """x (2B, H, W, dim), possibly zero-padded past ``dim`` (:func:`cat_aligned`), centers
+        """x (2B, H, W, dim), possibly zero-padded past ``dim`` (:func:`norm_aligned`), centers
         (2B, H*W, heads, 2) -> (2B, H, W, out_dim) (a view of an aligned-width output)."""
         B, H, W, width = x.shape
         x = x.reshape(B, H * W, width)
@@ -451,13 +454,13 @@ class MatchAttentionLayer(nn.Module):
         x = torch.cat((x, field * self.field_scale.to(field.dtype), self_rpos), dim=-1)
         # centres in float32 whatever the model dtype (positions need more than 8 mantissa bits)
         centers = (at_least_float32(self_rpos.view(B, H, W, h, 2)) + grid.unsqueeze(2)).view(B, H * W, h, 2)
-        x = x + self.drop_path(self.match_attention_self(cat_aligned(self.norm0(x), noc), centers))
+        x = x + self.drop_path(self.match_attention_self(norm_aligned(self.norm0, x, noc), centers))
         self_rpos = x[..., -2 * h:].contiguous()  # small copy; the wide tensor is freed after this layer
         x = x[..., :-2 * h]
         field = self._read_field(x, stereo)
         out = {"self": field}
         centers = (at_least_float32(field) + grid).view(B, H * W, 1, 2).expand(B, H * W, h, 2)
-        x = x + self.drop_path(self.match_attention_cross(cat_aligned(self.norm1(x)), centers))
+        x = x + self.drop_path(self.match_attention_cross(norm_aligned(self.norm1, x), centers))
         field = self._read_field(x, stereo)
         out["cross"] = field
         x = x[..., :-2]
