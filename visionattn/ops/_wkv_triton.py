@@ -6,8 +6,6 @@ it is exact for any ``w``/``k`` range (no denominator epsilon, no chunk-boundary
 Long sequences are split into segments that scan in parallel and then exchange carries. A scan can
 also run down the columns of an (h w)-ordered grid in place (``cols_h``): every step of the forward
 and backward but the scan is elementwise, so Re-WKV's vertical recurrences need no transposed copies.
-In the forward the reverse scans finish the job: they read the forward scans' sums and write the
-output and log-denominator, so their own sums never go to memory.
 """
 from typing import Tuple
 
@@ -46,26 +44,10 @@ if triton is not None:
         return m, a1 * e1 + a2 * e2, b1 * e1 + b2 * e2, c1 * e1 + c2 * e2, d1 * e1 + d2 * e2
 
     @triton.jit
-    def _combine_store(f1_ptr, f2_ptr, frho_ptr, k_ptr, v_ptr, y_ptr, ld_ptr, off, mask, u, n_b, d_b, r_b):
-        """Bi-WKV's output at memory offsets ``off`` from the reverse scan's sums (n_b, d_b, r_b, in
-        registers), the forward scan's (stored at the same offsets) and the token's own term e^{u+k} v:
-        y = (n_f e_f + n_b e_b + v e_s) / den, log_den = log(den) + r, with r_s = u + k, r = max(r_f, r_b, r_s)."""
-        n_f = tl.load(f1_ptr + off, mask=mask, other=0.0)
-        d_f = tl.load(f2_ptr + off, mask=mask, other=1.0)
-        r_f = tl.load(frho_ptr + off, mask=mask, other=0.0)
-        r_s = u + tl.load(k_ptr + off, mask=mask, other=0.0).to(r_f.dtype)
-        r = tl.maximum(tl.maximum(r_f, r_b), r_s)
-        e_f, e_b, e_s = tl.exp(r_f - r), tl.exp(r_b - r), tl.exp(r_s - r)
-        den = d_f * e_f + d_b * e_b + e_s
-        num = n_f * e_f + n_b * e_b + tl.load(v_ptr + off, mask=mask, other=0.0).to(r_f.dtype) * e_s
-        tl.store(y_ptr + off, tl.math.div_rn(num, den), mask=mask)
-        tl.store(ld_ptr + off, tl.log(den) + r, mask=mask)
-
-    @triton.jit
     def _causal_scan_kernel(x_ptr, v1_ptr, v2_ptr, w_ptr, o1_ptr, o2_ptr, od1_ptr, od2_ptr, rho_ptr,
-                            state_ptr, u_ptr, y_ptr, ld_ptr, T, C, SEG_LEN, NSEG, H, W, NB, DIR0,
+                            state_ptr, T, C, SEG_LEN, NSEG, H, W,
                             COLS: tl.constexpr, V2_ONES: tl.constexpr, DIST: tl.constexpr,
-                            SUMMARY: tl.constexpr, HAS_CARRY: tl.constexpr, COMBINE: tl.constexpr,
+                            SUMMARY: tl.constexpr, HAS_CARRY: tl.constexpr,
                             BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
         """For s in {v1, v2}: S_t = sum_{i<t} e^{-(t-1-i) w + x_i} s_i = o_t * e^{rho_t} (in scan order),
         and with DIST also sum_{i<t} (t-1-i) e^{...} s_i = od_t * e^{rho_t}.
@@ -84,16 +66,11 @@ if triton is not None:
         ``state_ptr`` (5, 2, B, NSEG, C) = (p, s1, s2, sd1, sd2); after :func:`_segment_carry_kernel`
         turned those into incoming carries, the HAS_CARRY pass starts every segment from its carry
         and stores the outputs.
-
-        Direction index = program axis 0 + DIR0 (NB sequences): a launch of 2 NB programs runs both
-        directions, one of NB programs with DIR0 = NB the reverse ones only. With COMBINE (a reverse
-        launch after the forward one stored its sums in o1/o2/rho as (NB, T, C)) the reverse sums stay
-        in registers and the kernel writes Bi-WKV's y and log-denominator (:func:`_combine_store`).
         """
-        # direction-major: forward scans of the NB sequences, then the reverse ones; outputs and
-        # states are (2, NB, ...) with that index, inputs (NB, ...)
-        pid = tl.program_id(0) + DIR0
-        nb = NB
+        # program axis 0: direction-major (forward scans of the B sequences, then the reverse
+        # ones); outputs and states are (2, B, ...) with that index, inputs (B, ...)
+        pid = tl.program_id(0)
+        nb = tl.num_programs(0) // 2
         rev = (pid >= nb).to(tl.int32)
         g = tl.program_id(2)
         cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -102,12 +79,10 @@ if triton is not None:
         dt = w.dtype
         base = (pid % nb).to(tl.int64) * T * C
         obase = pid.to(tl.int64) * T * C
-        if COMBINE:
-            u = tl.load(u_ptr + cs, mask=cmask, other=0.0)[None, :]
         j = tl.arange(0, BLOCK_T)
         jf = j.to(dt)
         # carry: sums for position t0 - 1 of the current chunk, log-scale p
-        plane = NSEG * C * 2 * nb  # one (2, NB, NSEG, C) plane of state_ptr
+        plane = NSEG * C * tl.num_programs(0)  # one (2, B, NSEG, C) plane of state_ptr
         soff_state = (pid.to(tl.int64) * NSEG + g) * C + cs
         if HAS_CARRY:
             p = tl.load(state_ptr + soff_state, mask=cmask, other=_NEG_TL).to(dt)
@@ -175,14 +150,10 @@ if triton is not None:
                 ec = tl.exp(lc - rho)
                 o1 = a * el + s1[None, :] * ec
                 o2 = bb * el + s2[None, :] * ec
-                if COMBINE:
-                    off = base + rows_out.to(tl.int64)[:, None] * C + cs[None, :]
-                    _combine_store(o1_ptr, o2_ptr, rho_ptr, x_ptr, v1_ptr, y_ptr, ld_ptr, off, omask, u, o1, o2, rho)
-                else:
-                    ooff = obase + rows_out.to(tl.int64)[:, None] * C + cs[None, :]
-                    tl.store(o1_ptr + ooff, o1, mask=omask)
-                    tl.store(o2_ptr + ooff, o2, mask=omask)
-                    tl.store(rho_ptr + ooff, rho, mask=omask)
+                ooff = obase + rows_out.to(tl.int64)[:, None] * C + cs[None, :]
+                tl.store(o1_ptr + ooff, o1, mask=omask)
+                tl.store(o2_ptr + ooff, o2, mask=omask)
+                tl.store(rho_ptr + ooff, rho, mask=omask)
                 last = (j == BLOCK_T - 1)[:, None]
                 if DIST:
                     tau = jf[:, None]
@@ -204,9 +175,9 @@ if triton is not None:
 
     @triton.jit
     def _sequential_scan_kernel(x_ptr, v1_ptr, v2_ptr, w_ptr, o1_ptr, o2_ptr, od1_ptr, od2_ptr, rho_ptr,
-                                state_ptr, u_ptr, y_ptr, ld_ptr, T, C, SEG_LEN, NSEG, H, W, NB, DIR0,
+                                state_ptr, T, C, SEG_LEN, NSEG, H, W,
                                 COLS: tl.constexpr, V2_ONES: tl.constexpr, DIST: tl.constexpr,
-                                SUMMARY: tl.constexpr, HAS_CARRY: tl.constexpr, COMBINE: tl.constexpr,
+                                SUMMARY: tl.constexpr, HAS_CARRY: tl.constexpr,
                                 BLOCK_C: tl.constexpr):
         """The same sums, outputs and segment states as :func:`_causal_scan_kernel`, one token per
         step: the state (p, s1, s2[, sd1, sd2]) at position t moves to t + 1 by
@@ -214,9 +185,10 @@ if triton is not None:
         so every position keeps its own log-scale with two exponentials per element (the chunked
         scan spends a tree of combines per element). Selected by a BLOCK_T of 1 in ``TILES``.
         """
-        # direction index = program axis 0 + DIR0, as in _causal_scan_kernel (COMBINE too)
-        pid = tl.program_id(0) + DIR0
-        nb = NB
+        # program axis 0: direction-major (forward scans of the B sequences, then the reverse
+        # ones); outputs and states are (2, B, ...) with that index, inputs (B, ...)
+        pid = tl.program_id(0)
+        nb = tl.num_programs(0) // 2
         rev = (pid >= nb).to(tl.int32)
         g = tl.program_id(2)
         cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -225,9 +197,7 @@ if triton is not None:
         dt = w.dtype
         base = (pid % nb).to(tl.int64) * T * C
         obase = pid.to(tl.int64) * T * C
-        if COMBINE:
-            u = tl.load(u_ptr + cs, mask=cmask, other=0.0)
-        plane = NSEG * C * 2 * nb
+        plane = NSEG * C * tl.num_programs(0)
         soff_state = (pid.to(tl.int64) * NSEG + g) * C + cs
         if HAS_CARRY:
             p = tl.load(state_ptr + soff_state, mask=cmask, other=_NEG_TL).to(dt)
@@ -268,10 +238,7 @@ if triton is not None:
             s1 = s1 * eo + a * en
             s2 = s2 * eo + bb * en
             p = pn
-            if COMBINE:
-                off = base + row_out.to(tl.int64) * C + cs
-                _combine_store(o1_ptr, o2_ptr, rho_ptr, x_ptr, v1_ptr, y_ptr, ld_ptr, off, cmask, u, s1, s2, p)
-            elif not SUMMARY:
+            if not SUMMARY:
                 ooff = obase + row_out.to(tl.int64) * C + cs
                 tl.store(o1_ptr + ooff, s1, mask=cmask)
                 tl.store(o2_ptr + ooff, s2, mask=cmask)
@@ -352,7 +319,7 @@ def scan_tile(dist: bool, C: int) -> Tuple[int, int, int, int]:
     raise ValueError(f"wkv TILES has no setting for C={C}: end each list with a (None, setting) row")
 
 
-def _scan(x, v1, v2, w, dist: bool, cols_h: int = 0, tile=None, combine_u=None):
+def _scan(x, v1, v2, w, dist: bool, cols_h: int = 0, tile=None):
     """Launch the causal and the anti-causal scan over (B, T, C) together; returns two tuples
     (forward, reverse), each (o1, o2, rho[, od1, od2]).
 
@@ -360,19 +327,13 @@ def _scan(x, v1, v2, w, dist: bool, cols_h: int = 0, tile=None, combine_u=None):
     (w h) order (outputs stay in (h w) order). ``tile``: a (BLOCK_C, BLOCK_T, num_warps, programs)
     setting instead of :func:`scan_tile`'s (benchmarks). Outputs are in ``w``'s dtype (the
     compute dtype); ``x``, ``v1``, ``v2`` may be narrower (converted on load).
-
-    ``combine_u`` (the forward's bonus ``u``; x = k, v1 = v, no v2): the forward scans run first and
-    store their sums, then the reverse scans combine them with their own in registers and return
-    Bi-WKV's ``(y, log_den)`` directly: the reverse sums are never stored and no combine pass reads
-    six (B, T, C) tensors back.
     """
     B, T, C = x.shape
     if cols_h and T % cols_h:
         raise ValueError(f"wkv scan: cols_h={cols_h} does not divide T={T}")
-    new = lambda *lead: torch.empty(lead + tuple(x.shape), device=x.device, dtype=w.dtype)  # noqa: E731
-    directions = 1 if combine_u is not None else 2  # stored directions
-    o1, o2, rho = new(directions), new(directions), new(directions)
-    od1, od2 = (new(2), new(2)) if dist else (o1, o2)
+    new = lambda: torch.empty((2,) + tuple(x.shape), device=x.device, dtype=w.dtype)  # noqa: E731
+    o1, o2, rho = new(), new(), new()
+    od1, od2 = (new(), new()) if dist else (o1, o2)
     block_c, block_t, warps, programs = tile or scan_tile(dist, C)
     if block_c == 0:
         block_c = triton.next_power_of_2(C)
@@ -395,34 +356,52 @@ def _scan(x, v1, v2, w, dist: bool, cols_h: int = 0, tile=None, combine_u=None):
         kernel = _causal_scan_kernel
         flags["BLOCK_T"] = block_t
     state = x.new_empty(5, 2, B, nseg, C, dtype=w.dtype) if nseg > 1 else x.new_empty(1, dtype=w.dtype)
-    y, log_den = (new(), new()) if combine_u is not None else (w, w)
-    u = combine_u if combine_u is not None else w
-
-    def launch(programs0, dir0, **pass_flags):
-        kernel[(programs0, n_cb, nseg)](x, v1, v2_arg, w, o1, o2, od1, od2, rho, state, u, y, log_den,
-                                        T, C, seg_len, nseg, H, T // H, B, dir0, **pass_flags, **flags)
-
+    grid = (2 * B, n_cb, nseg)
     if nseg > 1:
-        launch(2 * B, 0, SUMMARY=True, HAS_CARRY=False, COMBINE=False)
+        kernel[grid](x, v1, v2_arg, w, o1, o2, od1, od2, rho, state, T, C, seg_len, nseg, H, T // H,
+                     SUMMARY=True, HAS_CARRY=False, **flags)
         _segment_carry_kernel[(2 * B, n_cb)](state, w, C, seg_len, nseg, BLOCK_C=block_c)
-    if combine_u is not None:
-        launch(B, 0, SUMMARY=False, HAS_CARRY=nseg > 1, COMBINE=False)  # forward sums -> o1, o2, rho
-        launch(B, B, SUMMARY=False, HAS_CARRY=nseg > 1, COMBINE=True)  # reverse sums + combine -> y
-        return y, log_den
-    launch(2 * B, 0, SUMMARY=False, HAS_CARRY=nseg > 1, COMBINE=False)
+    kernel[grid](x, v1, v2_arg, w, o1, o2, od1, od2, rho, state, T, C, seg_len, nseg, H, T // H,
+                 SUMMARY=False, HAS_CARRY=nseg > 1, **flags)
     outs = (o1, o2, rho, od1, od2) if dist else (o1, o2, rho)
     return tuple(t[0] for t in outs), tuple(t[1] for t in outs)
 
 
 if triton is not None:
 
+    @triton.jit
+    def _combine_kernel(nf_ptr, df_ptr, rf_ptr, nb_ptr, db_ptr, rb_ptr, u_ptr, k_ptr, v_ptr, y_ptr, ld_ptr,
+                        n, C, BLOCK: tl.constexpr):
+        """y = (n_f e_f + n_b e_b + v e_s) / den, log_den = log(den) + r, with
+        den = d_f e_f + d_b e_b + e_s, e_x = exp(r_x - r), r_s = u + k, r = max(r_f, r_b, r_s)."""
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        r_f = tl.load(rf_ptr + offs, mask=mask, other=0.0)
+        r_b = tl.load(rb_ptr + offs, mask=mask, other=0.0)
+        r_s = tl.load(u_ptr + offs % C, mask=mask, other=0.0) + tl.load(k_ptr + offs, mask=mask, other=0.0).to(r_f.dtype)
+        r = tl.maximum(tl.maximum(r_f, r_b), r_s)
+        e_f, e_b, e_s = tl.exp(r_f - r), tl.exp(r_b - r), tl.exp(r_s - r)
+        den = (tl.load(df_ptr + offs, mask=mask, other=1.0) * e_f + tl.load(db_ptr + offs, mask=mask, other=1.0) * e_b
+               + e_s)
+        num = (tl.load(nf_ptr + offs, mask=mask, other=0.0) * e_f + tl.load(nb_ptr + offs, mask=mask, other=0.0) * e_b
+               + tl.load(v_ptr + offs, mask=mask, other=0.0).to(r_f.dtype) * e_s)
+        tl.store(y_ptr + offs, tl.math.div_rn(num, den), mask=mask)
+        tl.store(ld_ptr + offs, tl.log(den) + r, mask=mask)
+
     def _combine(n_f, d_f, r_f, n_b, d_b, r_b, u, k, v):
-        """The forward's last step for float64 (float32 combines inside the reverse scans)."""
-        r_s = u + k
-        r = torch.maximum(torch.maximum(r_f, r_b), r_s)
-        e_f, e_b, e_s = (r_f - r).exp(), (r_b - r).exp(), (r_s - r).exp()
-        den = d_f * e_f + d_b * e_b + e_s
-        return (n_f * e_f + n_b * e_b + v * e_s) / den, den.log() + r
+        """The forward's last step in one pass (float32); PyTorch ops for float64."""
+        if r_f.dtype != torch.float32:
+            r_s = u + k
+            r = torch.maximum(torch.maximum(r_f, r_b), r_s)
+            e_f, e_b, e_s = (r_f - r).exp(), (r_b - r).exp(), (r_s - r).exp()
+            den = d_f * e_f + d_b * e_b + e_s
+            return (n_f * e_f + n_b * e_b + v * e_s) / den, den.log() + r
+        y, log_den = torch.empty_like(r_f), torch.empty_like(r_f)
+        n = r_f.numel()
+        block = 1024
+        _combine_kernel[(triton.cdiv(n, block),)](n_f, d_f, r_f, n_b, d_b, r_b, u, k, v, y, log_den, n, r_f.shape[-1],
+                                                  BLOCK=block, num_warps=4)
+        return y, log_den
 
     def bi_wkv_launch(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cols_h: int = 0
                       ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -435,8 +414,6 @@ if triton is not None:
         dt = compute_dtype(k)
         w, u = w.to(dt).contiguous(), u.to(dt).contiguous()
         k, v = k.contiguous(), v.contiguous()
-        if dt == torch.float32:  # the reverse scans combine in registers (see _scan)
-            return _scan(k, v, None, w, dist=False, cols_h=cols_h, combine_u=u)
         (n_f, d_f, r_f), (n_b, d_b, r_b) = _scan(k, v, None, w, dist=False, cols_h=cols_h)
         return _combine(n_f, d_f, r_f, n_b, d_b, r_b, u, k, v)
 
