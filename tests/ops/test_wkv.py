@@ -270,18 +270,16 @@ def test_triton_grid_cuda(T, C, dtype, sign):
 
 
 def test_scan_kernels_compile_for_hopper():
-    """Both scan kernels compile to PTX for sm_90 without a GPU, in the forward's passes (both
-    directions; forward only; reverse with the fused combine) and the backward's (distance sums)."""
+    """Both scan kernels compile to PTX for sm_90 without a GPU, in the forward's passes (segment
+    summaries; carried sums) and the backward's (distance sums)."""
     from triton_interpreter import ptx_for_hopper
 
-    pointers = ["x_ptr", "v1_ptr", "v2_ptr", "w_ptr", "o1_ptr", "o2_ptr", "od1_ptr", "od2_ptr", "rho_ptr", "state_ptr",
-                "u_ptr", "y_ptr", "ld_ptr"]
+    pointers = ["x_ptr", "v1_ptr", "v2_ptr", "w_ptr", "o1_ptr", "o2_ptr", "od1_ptr", "od2_ptr", "rho_ptr", "state_ptr"]
     signature = {p: ("*bf16" if p in ("x_ptr", "v1_ptr", "v2_ptr") else "*fp32") for p in pointers}
-    signature.update({a: "i32" for a in ("T", "C", "SEG_LEN", "NSEG", "H", "W", "NB", "DIR0")})
-    passes = [dict(SUMMARY=True, HAS_CARRY=False, COMBINE=False, DIST=False),
-              dict(SUMMARY=False, HAS_CARRY=True, COMBINE=False, DIST=False),
-              dict(SUMMARY=False, HAS_CARRY=True, COMBINE=True, DIST=False),
-              dict(SUMMARY=False, HAS_CARRY=True, COMBINE=False, DIST=True)]
+    signature.update({a: "i32" for a in ("T", "C", "SEG_LEN", "NSEG", "H", "W")})
+    passes = [dict(SUMMARY=True, HAS_CARRY=False, DIST=False),
+              dict(SUMMARY=False, HAS_CARRY=True, DIST=False),
+              dict(SUMMARY=False, HAS_CARRY=True, DIST=True)]
     for kernel, blocks in ((_wkv_triton._causal_scan_kernel, dict(BLOCK_T=128, BLOCK_C=32)),
                            (_wkv_triton._sequential_scan_kernel, dict(BLOCK_C=32))):
         for flags in passes:
