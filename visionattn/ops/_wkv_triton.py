@@ -14,6 +14,7 @@ import torch
 from ._triton import tl, triton
 
 NEG = -1.0e30  # "log of zero" that stays finite (so exp(NEG - NEG) = 1 times a zero value, not NaN)
+SPAN = 40.0  # widest exponent range of a chunk that the scan sums with one shift per channel
 
 
 def compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -23,6 +24,9 @@ def compute_dtype(t: torch.Tensor) -> torch.dtype:
 
 if triton is not None:
     _NEG_TL = tl.constexpr(NEG)
+    # A chunk whose exponents lie within SPAN of each other (per channel) is summed with one shift
+    # per channel: e^-40 times any value above 1e-20 is still a normal float32.
+    _SPAN_TL = tl.constexpr(SPAN)
 
     @triton.jit
     def _rescale(m1, m2):
@@ -42,6 +46,14 @@ if triton is not None:
     def _combine5(m1, a1, b1, c1, d1, m2, a2, b2, c2, d2):
         m, e1, e2 = _rescale(m1, m2)
         return m, a1 * e1 + a2 * e2, b1 * e1 + b2 * e2, c1 * e1 + c2 * e2, d1 * e1 + d2 * e2
+
+    @triton.jit
+    def _add2(a1, b1, a2, b2):
+        return a1 + a2, b1 + b2
+
+    @triton.jit
+    def _add4(a1, b1, c1, d1, a2, b2, c2, d2):
+        return a1 + a2, b1 + b2, c1 + c2, d1 + d2
 
     @triton.jit
     def _causal_scan_kernel(x_ptr, v1_ptr, v2_ptr, w_ptr, o1_ptr, o2_ptr, od1_ptr, od2_ptr, rho_ptr,
@@ -65,7 +77,9 @@ if triton is not None:
         chunk a max-shifted reduction instead of the scan) stores each segment's final state in
         ``state_ptr`` (5, 2, B, NSEG, C) = (p, s1, s2, sd1, sd2); after :func:`_segment_carry_kernel`
         turned those into incoming carries, the HAS_CARRY pass starts every segment from its carry
-        and stores the outputs.
+        and stores the outputs. In that pass a chunk whose exponents span at most SPAN per channel
+        is summed with plain prefix sums after one shift per channel (one exponential per element);
+        wider chunks take a log-sum-exp scan (one exponential per combine).
         """
         # program axis 0: direction-major (forward scans of the B sequences, then the reverse
         # ones); outputs and states are (2, B, ...) with that index, inputs (B, ...)
@@ -135,19 +149,32 @@ if triton is not None:
                 p = pn
             else:
                 z = x + (jf - 1.0)[:, None] * w[None, :]
-                # element j stands for value * e^{z_j}; the scan keeps a per-position log-scale m
+                # element j stands for value * e^{z_j}
                 m0 = tl.where(smask, z, _NEG_TL)
-                if DIST:
-                    m, a, bb, c, d = tl.associative_scan((m0, a, bb, a * jf[:, None], bb * jf[:, None]), 0,
-                                                         _combine5)
+                hi = tl.max(m0, axis=0)
+                lo = tl.min(tl.where(smask, m0, -_NEG_TL), axis=0)
+                if tl.max(tl.where(cmask, hi - lo, 0.0), axis=0) <= _SPAN_TL:
+                    # every exponent of the chunk lies within SPAN of its channel's largest: one
+                    # shift per channel keeps all terms normal floats, and plain prefix sums do
+                    e = tl.exp(m0 - hi[None, :])
+                    if DIST:
+                        a, bb, c, d = tl.associative_scan((e * a, e * bb, e * a * jf[:, None], e * bb * jf[:, None]),
+                                                          0, _add4)
+                    else:
+                        a, bb = tl.associative_scan((e * a, e * bb), 0, _add2)
+                    # a position before any source (the sequence's first) keeps the "log of zero"
+                    m = tl.where((tt >= 1)[:, None], hi[None, :], _NEG_TL)
                 else:
-                    m, a, bb = tl.associative_scan((m0, a, bb), 0, _combine3)
+                    # wider ranges: a log-sum-exp scan, each position with its own log-scale m
+                    if DIST:
+                        m, a, bb, c, d = tl.associative_scan((m0, a, bb, a * jf[:, None], bb * jf[:, None]), 0,
+                                                             _combine5)
+                    else:
+                        m, a, bb = tl.associative_scan((m0, a, bb), 0, _combine3)
                 # local sums use exponent m - (tau-1) w, the carry e^{p - (tau+1) w}
                 ll = m - (jf - 1.0)[:, None] * w[None, :]
                 lc = p[None, :] - (jf + 1.0)[:, None] * w[None, :]
-                rho = tl.maximum(ll, lc)
-                el = tl.exp(ll - rho)
-                ec = tl.exp(lc - rho)
+                rho, el, ec = _rescale(ll, lc)
                 o1 = a * el + s1[None, :] * ec
                 o2 = bb * el + s2[None, :] * ec
                 ooff = obase + rows_out.to(tl.int64)[:, None] * C + cs[None, :]
