@@ -110,6 +110,12 @@ def test_add_reference_is_the_add_then_layer_norm():
         ln.layer_norm(**kw, residual_bias=torch.randn(5))
     with pytest.raises(ValueError, match="pass residual= too"):
         ln.layer_norm(kw["x"], kw["weight"], residual_bias=torch.randn(6))
+    # the residual bias takes the residual's dtype (a half residual's bias may also be float32), not x's
+    r16 = kw["residual"].half()
+    y, s = ln.layer_norm(kw["x"], kw["weight"], kw["bias"], 1e-6, residual=r16, residual_bias=c.detach().half())
+    assert torch.equal(s, kw["x"] + (r16 + c.detach().half()))
+    with pytest.raises(ValueError, match=r"residual_bias has dtype float64.*residual_bias.to\(float16\)"):
+        ln.layer_norm(kw["x"], kw["weight"], residual=r16, residual_bias=c.detach().double())
     # width=: the norm, then zeros
     y = ln.layer_norm(kw["x"], kw["weight"], kw["bias"], 1e-6, width=8)
     assert torch.equal(y[..., 6:], torch.zeros(10, 2))

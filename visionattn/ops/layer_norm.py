@@ -61,7 +61,7 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     check_tensors(op, dict(x=x))
     if weight is None:
         raise TypeError("layer_norm: weight must be a (D,) tensor, got None")
-    check_params(op, x, dict(weight=weight, bias=bias, residual_bias=residual_bias), param_dtypes(x))
+    check_params(op, x, dict(weight=weight, bias=bias), param_dtypes(x))
     if x.dim() < 1 or x.shape[-1] < 1:
         raise ValueError(f"layer_norm: x must be (..., D) with D >= 1, got {tuple(x.shape)}")
     eps = check_number(op, "eps", eps, 0.0)
@@ -97,6 +97,8 @@ def _add_layer_norm(x, r, weight, bias, eps, impl, rb=None):
     if r.shape != x.shape:
         raise ValueError(f"layer_norm: residual of shape {tuple(r.shape)} must have x's shape {tuple(x.shape)} "
                          f"(broadcast it first)")
+    # the residual bias is the residual branch's own (a convolution's bias): r's dtypes, not x's
+    check_params("layer_norm", r, dict(residual_bias=rb), param_dtypes(r))
     if rb is not None and tuple(rb.shape) != (x.shape[-1],):
         raise ValueError(f"layer_norm: residual_bias of shape {tuple(rb.shape)} must be ({x.shape[-1]},), one value "
                          f"per channel of the last axis")
