@@ -14,7 +14,9 @@ import torch
 from ._triton import tl, triton
 
 NEG = -1.0e30  # "log of zero" that stays finite (so exp(NEG - NEG) = 1 times a zero value, not NaN)
-SPAN = 40.0  # widest exponent range of a chunk that the scan sums with one shift per channel
+# Widest exponent range (per channel) of a chunk that the scan sums with plain prefix sums after one
+# shift per channel: e^-40 times any value above 1e-20 is still a normal float32.
+SPAN = 40.0
 
 
 def compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -24,8 +26,6 @@ def compute_dtype(t: torch.Tensor) -> torch.dtype:
 
 if triton is not None:
     _NEG_TL = tl.constexpr(NEG)
-    # A chunk whose exponents lie within SPAN of each other (per channel) is summed with one shift
-    # per channel: e^-40 times any value above 1e-20 is still a normal float32.
     _SPAN_TL = tl.constexpr(SPAN)
 
     @triton.jit
