@@ -88,7 +88,7 @@ def test_triton_interpreter_add_cases(shape, cut, bias, r_dtype, use):
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="run by test_triton_interpreter")
-@pytest.mark.parametrize("shape,cut,bias,r_dtype,use", ADD_CASES[:2])
+@pytest.mark.parametrize("shape,cut,bias,r_dtype,use", ADD_CASES[:2] + ADD_CASES[4:])
 def test_triton_interpreter_add_cases_residual_bias(shape, cut, bias, r_dtype, use):
     _compare_add("cpu", torch.float32, shape, cut, bias, r_dtype, use, 2e-5, rbias=True)
 

@@ -114,8 +114,10 @@ if triton is not None:
         r = tl.load(r_ptr + rows64 * stride_r + offs_d[None, :], mask=mask, other=0.0)
         # the sum rounded to its storage dtype, then normalised: what ``LN(x + r)`` computes
         r = r.to(tl.float32)
-        if HAS_RBIAS:  # a per-channel bias of the residual branch (a convolution's, added here instead)
+        if HAS_RBIAS:  # a per-channel bias of the residual branch (a convolution's, added here instead),
+            # rounded to r's dtype as the branch's own output ``r + c`` would be
             r += tl.load(rb_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+            r = r.to(r_ptr.dtype.element_ty).to(tl.float32)
         s = (x.to(tl.float32) + r).to(s_ptr.dtype.element_ty)
         tl.store(s_ptr + rows64 * D + offs_d[None, :], s, mask=mask)
         s = s.to(tl.float32)
