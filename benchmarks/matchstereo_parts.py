@@ -2,6 +2,7 @@
 
     python benchmarks/matchstereo_parts.py matchstereo_tiny                    # 4K pair, fp16, CUDA
     python benchmarks/matchstereo_parts.py matchstereo_base --dtype float32 --size 1536 1536
+    python benchmarks/matchstereo_parts.py matchstereo_tiny --breakdown level3.layer consistency_mask
 
 Eager inference (``torch.inference_mode``) of one random pair after three warm-up calls. Each part
 (encoder stages, each level's self / cross MatchAttention and ConvGLU, the upsampling heads, the
@@ -56,6 +57,8 @@ def main() -> None:
     p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
     p.add_argument("--size", type=int, nargs=2, default=(2176, 3840), metavar=("H", "W"))
     p.add_argument("--kernels", type=int, default=25, help="rows of the kernel table")
+    p.add_argument("--breakdown", nargs="*", default=(), metavar="PART",
+                   help="parts (e.g. level3.layer) whose kernels to list, each its costliest ten")
     args = p.parse_args()
     torch.backends.cudnn.benchmark = True
     model = visionattn.create_model(args.model).cuda().to(getattr(torch, args.dtype)).eval()
@@ -80,19 +83,40 @@ def main() -> None:
             torch.cuda.synchronize()
     events = prof.key_averages()
     parts = {}
+    # a range appears twice: on the host (device time = its kernels) and as a GPU annotation (device time = its
+    # span, gaps between eager launches included); the table takes the host's, the kernel table neither
     for e in events:
-        if e.key.startswith("PART "):
+        if e.key.startswith("PART ") and e.device_type.name == "CPU":
             ms, n = parts.get(e.key[5:], (0.0, 0))
             parts[e.key[5:]] = (ms + e.device_time_total / 1e3 / calls, n + e.count // calls)
     print(f"{'part':32s} {'kernel ms':>10s} {'calls':>6s}")
     for key, (ms, n) in sorted(parts.items(), key=lambda kv: -kv[1][0]):
         print(f"{key:32s} {ms:10.2f} {n:6d}")
-    kernels = sorted((e for e in events if e.device_type.name == "CUDA"), key=lambda e: -e.self_device_time_total)
+    kernels = sorted((e for e in events if e.device_type.name == "CUDA" and not e.key.startswith("PART ")),
+                     key=lambda e: -e.self_device_time_total)
     total = sum(e.self_device_time_total for e in kernels) / 1e3 / calls
     print(f"\nkernels: {total:.2f} ms per forward")
     for e in kernels[:args.kernels]:
         ms = e.self_device_time_total / 1e3 / calls
         print(f"  {ms:8.2f} ms {100 * ms / total:5.1f} %  x{e.count // calls:<4d} {e.key[:90]}")
+    for part in args.breakdown:
+        print(f"\n{part}: kernels launched inside it, per forward")
+        for name, (ms, n) in part_kernels(prof.events(), part, calls)[:10]:
+            print(f"  {ms:8.3f} ms  x{n:<4d} {name[:90]}")
+
+
+def part_kernels(events, part: str, calls: int):
+    """(kernel name, (ms, launches) per forward) of the kernels launched inside the host ranges of ``part``,
+    costliest first."""
+    totals = {}
+    stack = [e for e in events if e.name == "PART " + part and e.device_type.name == "CPU"]
+    while stack:
+        e = stack.pop()
+        for k in e.kernels:
+            us, n = totals.get(k.name, (0.0, 0))
+            totals[k.name] = (us + k.duration, n + 1)
+        stack.extend(e.cpu_children)
+    return sorted(((name, (us / 1e3 / calls, n // calls)) for name, (us, n) in totals.items()), key=lambda kv: -kv[1][0])
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from library_errors import expect_library_error  # noqa: E402
 
+from visionattn.ops import consistency_mask as cmk  # noqa: E402
 from visionattn.ops import convex_upsample as cvu  # noqa: E402
 from visionattn.ops import depthwise_conv2d as dwc  # noqa: E402
 from visionattn.ops import depthwise_glu as dwg  # noqa: E402
@@ -95,6 +96,12 @@ SPECS: List[OpSpec] = [
            same_dtype=("y", "residual", "bias", "scale"),
            bad={"bias (C+1,)": lambda d: dict(bias=torch.zeros(5)), "bias=None": lambda d: dict(bias=None),
                 "y 3-D": lambda d: dict(y=d["y"][0], residual=None)}),
+    OpSpec("consistency_mask", cmk.consistency_mask, lambda: cmk.example_inputs(batch=1, height=3, width=4),
+           bad={"threshold=0": lambda d: dict(threshold=0.0), "threshold=nan": lambda d: dict(threshold=float("nan")),
+                "threshold='8'": lambda d: dict(threshold="8"), "field of an odd batch": lambda d: dict(field=d["field"][:1]),
+                "field (2B, H, W, 1)": lambda d: dict(field=d["field"][..., :1]),
+                "field 3-D": lambda d: dict(field=d["field"][0]),
+                "grid of another size": lambda d: dict(grid=torch.zeros(4, 3, 2))}),
     OpSpec("convex_upsample", cvu.convex_upsample, lambda: cvu.example_inputs(batch=1, height=3, width=4, factor=2),
            bad={"factor=0": lambda d: dict(factor=0), "factor=2.0": lambda d: dict(factor=2.0),
                 "factor=4 (mask for 2)": lambda d: dict(factor=4), "field 3-D": lambda d: dict(field=d["field"][0]),

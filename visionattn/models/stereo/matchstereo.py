@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 
+from ...ops.consistency_mask import consistency_mask, pixel_grid
 from ...ops.convex_upsample import convex_upsample
 from ...ops._triton import needs_grad
 from ...ops.depthwise_glu import depthwise_glu
@@ -48,11 +49,6 @@ class LayerNorm(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return layer_norm(x, self.weight, None, self.eps)
-
-
-def at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in float32, or float64 if it is (positions need more mantissa than fp16/bf16 hold)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 ROW_ALIGN = 8  # elements: 16-byte rows in half precision
@@ -90,47 +86,6 @@ def linear_aligned(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return y[..., :out_features] if y.shape[-1] != out_features else y
 
 
-def pixel_grid(H: int, W: int, ref: torch.Tensor) -> torch.Tensor:
-    """``(H, W, 2)`` pixel coordinates (x, y), float32 (at least) on ``ref``'s device.
-
-    Never half precision: bf16 holds integers exactly only up to 256, fp16 up to 2048.
-    """
-    dtype = torch.promote_types(ref.dtype, torch.float32)
-    ys, xs = torch.meshgrid(torch.arange(H, device=ref.device, dtype=dtype),
-                            torch.arange(W, device=ref.device, dtype=dtype), indexing="ij")
-    return torch.stack((xs, ys), dim=-1)
-
-
-def swap_views(x: torch.Tensor) -> torch.Tensor:
-    """``[ref; tgt]`` stacked on the batch axis -> ``[tgt; ref]``."""
-    a, b = x.chunk(2, dim=0)
-    return torch.cat((b, a), dim=0)
-
-
-def warp_by_field(src: torch.Tensor, field: torch.Tensor, grid: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Sample ``src`` (B, C, H, W) at ``pixel + field`` (B, H, W, 2); bilinear, zeros outside.
-
-    ``grid``: ``pixel_grid(H, W)`` when the caller has it already (saves kernels in a loop).
-    """
-    B, _, H, W = src.shape
-    grid = pixel_grid(H, W, field) if grid is None else grid
-    # align_corners=True: normalised = 2 * pos / (size - 1) - 1 (this rounding order: a pixel at the
-    # consistency threshold must flip the same way as in the official model); grid[-1, -1] = (W-1, H-1)
-    norm = 2 * (field + grid) / grid[-1, -1].clamp(min=1) - 1
-    return F.grid_sample(src, norm.to(src.dtype), mode="bilinear", align_corners=True)
-
-
-def consistency_mask(field: torch.Tensor, threshold: float, grid: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Forward-backward check on a stacked field (2B, H, W, 2) -> (2B, H, W, 1) {0, 1} (float32 or float64).
-
-    A pixel is consistent when its field plus the other view's field at the matched position
-    is below ``threshold`` in L1 (the two directions have opposite signs). Computed in float32.
-    """
-    field = at_least_float32(field)
-    other = warp_by_field(swap_views(field).permute(0, 3, 1, 2), field, grid).permute(0, 2, 3, 1)
-    return (torch.linalg.vector_norm(field + other, ord=1, dim=-1, keepdim=True) < threshold).to(field.dtype)
-
-
 def field_outputs(field: torch.Tensor, task: str, threshold: float) -> Dict[str, torch.Tensor]:
     """The per-pixel outputs read off a stacked full-resolution field (2B, 2, H, W) (first view first).
 
@@ -140,7 +95,7 @@ def field_outputs(field: torch.Tensor, task: str, threshold: float) -> Dict[str,
     field, by ``visionattn.inference.predict_stereo``.
     """
     B = field.shape[0] // 2
-    consistent = consistency_mask(field.permute(0, 2, 3, 1).float(), threshold)
+    consistent = consistency_mask(field.permute(0, 2, 3, 1), threshold)
     out = {"field": field, "consistency": consistent[:B].permute(0, 3, 1, 2) > 0}
     if task == "stereo":
         out["disparity"] = (-field[:B, :1]).clamp(min=0)
@@ -450,16 +405,17 @@ class MatchAttentionLayer(nn.Module):
         B, H, W, C = x.shape
         h = self.num_heads
         grid = pixel_grid(H, W, field) if grid is None else grid
-        noc = consistency_mask(field.detach(), self.consistency_threshold, grid).to(x.dtype)
+        noc = consistency_mask(field, self.consistency_threshold, dtype=x.dtype, grid=grid)
         x = torch.cat((x, field * self.field_scale.to(field.dtype), self_rpos), dim=-1)
-        # centres in float32 whatever the model dtype (positions need more than 8 mantissa bits)
-        centers = (at_least_float32(self_rpos.view(B, H, W, h, 2)) + grid.unsqueeze(2)).view(B, H * W, h, 2)
+        # centres in float32 whatever the model dtype (positions need more than 8 mantissa bits): the
+        # grid is float32 (float64 for a float64 model), and the sum takes the wider dtype in one pass
+        centers = (self_rpos.view(B, H, W, h, 2) + grid.unsqueeze(2)).view(B, H * W, h, 2)
         x = x + self.drop_path(self.match_attention_self(norm_aligned(self.norm0, x, noc), centers))
         self_rpos = x[..., -2 * h:].contiguous()  # small copy; the wide tensor is freed after this layer
         x = x[..., :-2 * h]
         field = self._read_field(x, stereo)
         out = {"self": field}
-        centers = (at_least_float32(field) + grid).view(B, H * W, 1, 2).expand(B, H * W, h, 2)
+        centers = (field + grid).view(B, H * W, 1, 2).expand(B, H * W, h, 2)
         x = x + self.drop_path(self.match_attention_cross(norm_aligned(self.norm1, x), centers))
         field = self._read_field(x, stereo)
         out["cross"] = field
