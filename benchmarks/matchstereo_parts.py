@@ -39,6 +39,7 @@ def label_parts(model) -> None:
     for i, block in enumerate(model.match_attentions):  # level i: 1/32, 1/16, 1/8, 1/4
         for layer in block.layers:
             layer.forward = _labelled(layer.forward, f"level{i}.layer")
+            layer.forward_in_place = _labelled(layer.forward_in_place, f"level{i}.layer")
             for part in ("match_attention_self", "match_attention_cross", "mlp"):
                 module = getattr(layer, part)
                 module.forward = _labelled(module.forward, f"level{i}.{part}")
@@ -116,7 +117,8 @@ def part_kernels(events, part: str, calls: int):
             us, n = totals.get(k.name, (0.0, 0))
             totals[k.name] = (us + k.duration, n + 1)
         stack.extend(e.cpu_children)
-    return sorted(((name, (us / 1e3 / calls, n // calls)) for name, (us, n) in totals.items()), key=lambda kv: -kv[1][0])
+    return sorted(((name, (us / 1e3 / calls, n // calls)) for name, (us, n) in totals.items()),
+                  key=lambda kv: -kv[1][0])
 
 
 if __name__ == "__main__":

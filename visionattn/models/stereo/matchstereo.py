@@ -20,7 +20,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 
 from ...ops.consistency_mask import consistency_mask, pixel_grid
 from ...ops.convex_upsample import convex_upsample
-from ...ops._triton import needs_grad
+from ...ops._triton import can_run, needs_grad
 from ...ops.depthwise_glu import depthwise_glu
 from ...ops.group_norm_act import group_norm_act, resolve_impl
 from ...ops.layer_norm import layer_norm
@@ -325,9 +325,15 @@ class MatchAttention(nn.Module):
         else:
             self.proj = nn.Linear(inner, out_dim, bias=False)
 
-    def forward(self, x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, centers: torch.Tensor, accumulate: Optional[torch.Tensor] = None
+                ) -> torch.Tensor:
         """x (2B, H, W, dim), possibly zero-padded past ``dim`` (:func:`norm_aligned`), centers
-        (2B, H*W, heads, 2) -> (2B, H, W, out_dim) (a view of an aligned-width output)."""
+        (2B, H*W, heads, 2) -> (2B, H, W, out_dim) (a view of an aligned-width output).
+
+        ``accumulate`` (2B, H, W, >= aligned(out_dim)), rows of unit channel stride: the projection is
+        added to its first ``out_dim`` channels in place instead (the residual add inside the GEMM,
+        cuBLAS's beta = 1; the zero rows that align the weight add exact zeros to the channels up to
+        ``aligned(out_dim)``), and it is returned. Inference only (no autograd through it)."""
         B, H, W, width = x.shape
         x = x.reshape(B, H * W, width)
         # one GEMM for q, k, v: the op reads them as column slices; cross
@@ -344,7 +350,14 @@ class MatchAttention(nn.Module):
             out = torch.cat((gate * out, attn.reshape(B, H * W, -1)), dim=-1)
         else:
             out = match_attention(q, k, v, centers, (H, W), self.radius, impl=self.attn_impl)
-        return linear_aligned(out, self.proj.weight).reshape(B, H, W, -1)
+        if accumulate is None:
+            return linear_aligned(out, self.proj.weight).reshape(B, H, W, -1)
+        out_features = self.proj.out_features
+        weight = F.pad(self.proj.weight,
+                       (0, out.shape[-1] - self.proj.in_features, 0, aligned(out_features) - out_features))
+        rows = accumulate[..., :weight.shape[0]]
+        rows.view(-1, rows.shape[-1]).addmm_(out.reshape(-1, out.shape[-1]), weight.t())
+        return accumulate
 
 
 class ConvGLU(nn.Module):
@@ -397,6 +410,33 @@ class MatchAttentionLayer(nn.Module):
             x[..., -1] = 0
         return x[..., -2:] / self.field_scale.to(x.dtype)
 
+    def forward_in_place(self, stream: torch.Tensor, field: torch.Tensor, stereo: bool, grid: torch.Tensor):
+        """:meth:`forward` on the residual stream ``stream`` (2B, H, W, >= aligned(C + 2 + 2h)) =
+        ``[x, field channels, self_rpos, zeros]``, updated in place; ``field``: the previous layer's.
+        Returns field and {'self', 'cross'}. Inference only (CUDA, no autograd, no dropped paths).
+
+        What it saves against :meth:`forward`: the concatenation of the stream at each layer, the copy
+        of the self offsets, and the two attention residual adds, which the projections' GEMMs do
+        (``accumulate=``); the ConvGLU's is an in-place add. Same values in float32; in half precision
+        the GEMM's float32 sum and the residual are rounded once instead of twice.
+        """
+        B, H, W, _ = stream.shape
+        h, C = self.num_heads, self.mlp.fc2.out_features
+        stream[..., C:C + 2] = field * self.field_scale.to(field.dtype)
+        noc = consistency_mask(field, self.consistency_threshold, dtype=stream.dtype, grid=grid)
+        wide = stream[..., :C + 2 + 2 * h]
+        centers = (wide[..., C + 2:].view(B, H, W, h, 2) + grid.unsqueeze(2)).view(B, H * W, h, 2)
+        self.match_attention_self(norm_aligned(self.norm0, wide, noc), centers, accumulate=stream)
+        field = self._read_field(stream[..., :C + 2], stereo)
+        out = {"self": field}
+        centers = (field + grid).view(B, H * W, 1, 2).expand(B, H * W, h, 2)
+        self.match_attention_cross(norm_aligned(self.norm1, stream[..., :C + 2]), centers, accumulate=stream)
+        field = self._read_field(stream[..., :C + 2], stereo)
+        out["cross"] = field
+        x = stream[..., :C]
+        x += self.mlp(self.norm2(x))
+        return field, out
+
     def forward(self, x, self_rpos, field, stereo: bool = True, grid: Optional[torch.Tensor] = None):
         """x (2B, H, W, C), self_rpos (2B, H, W, 2h), field (2B, H, W, 2); ``grid``: ``pixel_grid(H, W)``.
 
@@ -432,16 +472,33 @@ class MatchAttentionBlock(nn.Module):
             MatchAttentionLayer(dim, radius, num_heads, head_dim, drop_paths[i], attn_impl=attn_impl)
             for i in range(num_layers)])
 
+    def _in_place(self, x: torch.Tensor, field: torch.Tensor) -> bool:
+        """Whether the layers may update one residual stream in place: CUDA inference (the CPU runs the
+        written formulas, the ground truth of the tests), no path dropped."""
+        return (can_run(x) and not needs_grad(x, field, *self.parameters())
+                and not (self.training and any(not isinstance(layer.drop_path, nn.Identity) for layer in self.layers)))
+
     def forward(self, x, self_rpos, field, stereo=True):
         """self_rpos (2B, H, W, 2) is shared by the heads on entry and averaged over them on exit."""
-        B, H, W, _ = x.shape
-        self_rpos = self_rpos.repeat(1, 1, 1, self.num_heads)
+        B, H, W, C = x.shape
+        h = self.num_heads
+        self_rpos = self_rpos.repeat(1, 1, 1, h)
         grid = pixel_grid(H, W, field)  # once per level
         fields = []
-        for layer in self.layers:
-            x, self_rpos, field, out = layer(x, self_rpos, field, stereo, grid)
-            fields.append(out)
-        return x, self_rpos.view(B, H, W, self.num_heads, 2).mean(-2), field, fields
+        if self._in_place(x, field):
+            # [x, field channels (each layer writes them), self_rpos, zeros up to a 16-byte row]
+            stream = x.new_zeros(B, H, W, aligned(C + 2 + 2 * h))
+            stream[..., :C] = x
+            stream[..., C + 2:C + 2 + 2 * h] = self_rpos
+            for layer in self.layers:
+                field, out = layer.forward_in_place(stream, field, stereo, grid)
+                fields.append(out)
+            x, self_rpos = stream[..., :C].contiguous(), stream[..., C + 2:C + 2 + 2 * h]
+        else:
+            for layer in self.layers:
+                x, self_rpos, field, out = layer(x, self_rpos, field, stereo, grid)
+                fields.append(out)
+        return x, self_rpos.view(B, H, W, h, 2).mean(-2), field, fields
 
 
 class UpConv(nn.Module):
