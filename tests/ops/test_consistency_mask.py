@@ -85,6 +85,16 @@ def test_triton_interpreter_cases(case):
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="run by test_triton_interpreter")
+def test_triton_interpreter_custom_op():
+    """The registered op: schema and fake kernel; traced as one node under torch.compile."""
+    field = _field(1, 5, 7, "channels_first")
+    torch.library.opcheck(torch.ops.visionattn.consistency_mask.default, (field, 2.0, torch.float16),
+                          test_utils=("test_schema", "test_faketensor"))
+    fn = torch.compile(lambda f: cm.consistency_mask(f, 2.0, impl="triton"), backend="aot_eager", fullgraph=True)
+    assert torch.equal(fn(field), cm.consistency_mask(field, 2.0, impl="reference"))
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="run by test_triton_interpreter")
 def test_triton_interpreter_nonfinite():
     field = _field(1, 4, 6, "contiguous")
     field[0, 1, 1, 0] = float("nan")
@@ -97,8 +107,8 @@ def test_triton_interpreter_nonfinite():
 
 def test_triton_interpreter():
     pytest.importorskip("triton")
-    run_interpreted(__file__, "-k", "test_triton_interpreter_cases or test_triton_interpreter_nonfinite",
-                    expect=f"{len(CASES) + 1} passed", timeout=600)
+    run_interpreted(__file__, "-k", "test_triton_interpreter_cases or test_triton_interpreter_nonfinite or "
+                    "test_triton_interpreter_custom_op", expect=f"{len(CASES) + 2} passed", timeout=600)
 
 
 def test_contract_errors_name_the_fix():

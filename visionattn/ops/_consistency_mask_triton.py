@@ -1,4 +1,5 @@
-"""Triton kernel of the forward-backward consistency check (:mod:`.consistency_mask`).
+"""Triton kernel of the forward-backward consistency check (:mod:`.consistency_mask`), registered as
+``torch.ops.visionattn.consistency_mask`` (no autograd formula: the mask has no gradient).
 
 One program takes ``BLOCK`` pixels of the flattened (2B, H, W) map: it reads each pixel's (x, y)
 field, computes the sampling position in the other view as ``grid_sample(align_corners=True)``
@@ -80,3 +81,11 @@ if triton is not None:
                 field, out, n, H, W, N // 2, *field.stride(), float(threshold), float(W - 1), float(H - 1),
                 BLOCK=block)
         return out
+
+    @torch.library.custom_op("visionattn::consistency_mask", mutates_args=())
+    def consistency_mask_triton(field: torch.Tensor, threshold: float, dtype: torch.dtype) -> torch.Tensor:
+        return consistency_mask_launch(field, threshold, dtype)
+
+    @consistency_mask_triton.register_fake
+    def _(field, threshold, dtype):
+        return field.new_empty(*field.shape[:3], 1, dtype=dtype)

@@ -20,7 +20,8 @@ Implementations (``impl=``):
 - ``"triton"``: one kernel (:mod:`._consistency_mask_triton`), float16/bfloat16/float32 fields, any
   strides; the positions and weights are computed in float32 in the reference's operation order
   (division rounded to nearest), so masks agree except for pixels within rounding of the threshold.
-  CUDA default (CPU under ``TRITON_INTERPRET=1``). The mask has no gradient on either path.
+  CUDA default (CPU under ``TRITON_INTERPRET=1``); the custom op ``visionattn::consistency_mask`` with a
+  fake kernel under ``torch.compile`` / ``torch.export``. The mask has no gradient on either path.
 """
 from typing import Optional
 
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 
 from . import _consistency_mask_triton
 from ._checks import check_number, check_tensors
-from ._triton import can_run, triton
+from ._triton import can_run, launch_directly
 from .dispatch import pick
 
 IMPLS = ("triton", "reference")
@@ -93,7 +94,9 @@ def consistency_mask(field: torch.Tensor, threshold: float, dtype: Optional[torc
     field = field.detach()
     base = torch.promote_types(field.dtype, torch.float32)
     if pick(op, impl, {"triton": _triton_supports(field), "reference": True}) == "triton":
-        return _consistency_mask_triton.consistency_mask_launch(field, threshold, dtype or base)
+        if launch_directly(field):
+            return _consistency_mask_triton.consistency_mask_launch(field, threshold, dtype or base)
+        return torch.ops.visionattn.consistency_mask(field, threshold, dtype or base)
     mask = consistency_mask_reference(field, threshold, grid)
     return mask if dtype is None else mask.to(dtype)
 
