@@ -117,6 +117,8 @@ def test_contract_errors_name_the_fix():
         cm.consistency_mask(field[:1], 2.0)
     with pytest.raises(ValueError, match=r"\(2B, H, W, 2\)"):
         cm.consistency_mask(field[..., :1], 2.0)
+    with pytest.raises(ValueError, match=r"H, W >= 1"):
+        cm.consistency_mask(field[:, :0], 2.0)
     with pytest.raises(ValueError, match="threshold"):
         cm.consistency_mask(field, 0.0)
     with pytest.raises(ValueError, match="pixel_grid"):

@@ -101,6 +101,7 @@ SPECS: List[OpSpec] = [
                 "threshold='8'": lambda d: dict(threshold="8"), "field of an odd batch": lambda d: dict(field=d["field"][:1]),
                 "field (2B, H, W, 1)": lambda d: dict(field=d["field"][..., :1]),
                 "field 3-D": lambda d: dict(field=d["field"][0]),
+                "field of zero rows": lambda d: dict(field=d["field"][:, :0]),
                 "grid of another size": lambda d: dict(grid=torch.zeros(4, 3, 2))}),
     OpSpec("convex_upsample", cvu.convex_upsample, lambda: cvu.example_inputs(batch=1, height=3, width=4, factor=2),
            bad={"factor=0": lambda d: dict(factor=0), "factor=2.0": lambda d: dict(factor=2.0),

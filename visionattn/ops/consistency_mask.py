@@ -85,9 +85,9 @@ def consistency_mask(field: torch.Tensor, threshold: float, dtype: Optional[torc
     op = "consistency_mask"
     check_tensors(op, dict(field=field))
     threshold = check_number(op, "threshold", threshold, positive=True)
-    if field.dim() != 4 or field.shape[-1] != 2 or field.shape[0] % 2:
-        raise ValueError(f"consistency_mask expects field: (2B, H, W, 2), both views' (x, y) fields stacked on the "
-                         f"batch axis (first views first); got {tuple(field.shape)}")
+    if field.dim() != 4 or field.shape[-1] != 2 or field.shape[0] % 2 or 0 in field.shape:
+        raise ValueError(f"consistency_mask expects field: (2B, H, W, 2), B, H, W >= 1, both views' (x, y) fields "
+                         f"stacked on the batch axis (first views first); got {tuple(field.shape)}")
     if grid is not None and tuple(grid.shape) != (*field.shape[1:3], 2):
         raise ValueError(f"consistency_mask: grid of shape {tuple(grid.shape)} must be pixel_grid(H, W) = "
                          f"{(*field.shape[1:3], 2)}")
