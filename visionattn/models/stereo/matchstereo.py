@@ -76,12 +76,22 @@ def norm_aligned(norm: LayerNorm, x: torch.Tensor, *extra: torch.Tensor) -> torc
     return y
 
 
-def linear_aligned(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def linear_aligned(x: torch.Tensor, weight: torch.Tensor, accumulate: Optional[torch.Tensor] = None
+                   ) -> torch.Tensor:
     """``F.linear(x[..., :in], weight)`` for an ``x`` zero-padded past the weight's ``in`` columns
     (:func:`norm_aligned`); the output is computed ``aligned(out)`` wide (zero rows appended to the
-    weight) and returned as a view of its first ``out`` channels, so every GEMM operand has 16-byte rows."""
+    weight) and returned as a view of its first ``out`` channels, so every GEMM operand has 16-byte rows.
+
+    ``accumulate`` (..., >= aligned(out)), rows of unit channel stride: the product is added to its
+    first channels in place instead (the residual add inside the GEMM, cuBLAS's beta = 1; the zero
+    rows add exact zeros to the channels from ``out`` to ``aligned(out)``), and it is returned.
+    Inference only (no autograd through it)."""
     out_features, in_features = weight.shape
     weight = F.pad(weight, (0, x.shape[-1] - in_features, 0, aligned(out_features) - out_features))
+    if accumulate is not None:
+        rows = accumulate[..., :weight.shape[0]]
+        rows.view(-1, rows.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]), weight.t())
+        return accumulate
     y = F.linear(x, weight)
     return y[..., :out_features] if y.shape[-1] != out_features else y
 
@@ -330,10 +340,8 @@ class MatchAttention(nn.Module):
         """x (2B, H, W, dim), possibly zero-padded past ``dim`` (:func:`norm_aligned`), centers
         (2B, H*W, heads, 2) -> (2B, H, W, out_dim) (a view of an aligned-width output).
 
-        ``accumulate`` (2B, H, W, >= aligned(out_dim)), rows of unit channel stride: the projection is
-        added to its first ``out_dim`` channels in place instead (the residual add inside the GEMM,
-        cuBLAS's beta = 1; the zero rows that align the weight add exact zeros to the channels up to
-        ``aligned(out_dim)``), and it is returned. Inference only (no autograd through it)."""
+        ``accumulate`` (2B, H, W, >= aligned(out_dim)): the projection is added into it in place and it
+        is returned (:func:`linear_aligned`). Inference only (no autograd through it)."""
         B, H, W, width = x.shape
         x = x.reshape(B, H * W, width)
         # one GEMM for q, k, v: the op reads them as column slices; cross
@@ -350,14 +358,7 @@ class MatchAttention(nn.Module):
             out = torch.cat((gate * out, attn.reshape(B, H * W, -1)), dim=-1)
         else:
             out = match_attention(q, k, v, centers, (H, W), self.radius, impl=self.attn_impl)
-        if accumulate is None:
-            return linear_aligned(out, self.proj.weight).reshape(B, H, W, -1)
-        out_features = self.proj.out_features
-        weight = F.pad(self.proj.weight,
-                       (0, out.shape[-1] - self.proj.in_features, 0, aligned(out_features) - out_features))
-        rows = accumulate[..., :weight.shape[0]]
-        rows.view(-1, rows.shape[-1]).addmm_(out.reshape(-1, out.shape[-1]), weight.t())
-        return accumulate
+        return linear_aligned(out, self.proj.weight, accumulate).reshape(B, H, W, -1)
 
 
 class ConvGLU(nn.Module):
@@ -475,8 +476,8 @@ class MatchAttentionBlock(nn.Module):
     def _in_place(self, x: torch.Tensor, field: torch.Tensor) -> bool:
         """Whether the layers may update one residual stream in place: CUDA inference (the CPU runs the
         written formulas, the ground truth of the tests), no path dropped."""
-        return (can_run(x) and not needs_grad(x, field, *self.parameters())
-                and not (self.training and any(not isinstance(layer.drop_path, nn.Identity) for layer in self.layers)))
+        dropping = self.training and any(not isinstance(layer.drop_path, nn.Identity) for layer in self.layers)
+        return can_run(x) and not needs_grad(x, field, *self.parameters()) and not dropping
 
     def forward(self, x, self_rpos, field, stereo=True):
         """self_rpos (2B, H, W, 2) is shared by the heads on entry and averaged over them on exit."""
