@@ -5,7 +5,7 @@
 
 One eager forward of a random pair records every call of the kernel (q/k/v are the model's own
 views of its fused projections); each distinct shape is then timed with the current setting
-(``_launch_cfg``) and with others: queries per program (BLOCK_N) x warps. Latency is the median of
+(``_fwd_cfg``) and with others: queries per program (BLOCK_N) x warps. Latency is the median of
 20 calls (CUDA events); ``max|diff|`` compares each setting's output with the current one (the
 sums inside a tile may run in another order, so they differ by rounding only).
 """
@@ -17,20 +17,12 @@ import torch
 import visionattn
 from visionattn.cli.benchmark import timed_calls
 from visionattn.ops import _match_attention_triton as K
-from visionattn.ops._triton import triton
 
 
 def launch(args, block_n: int, warps: int):
     q, k, v, c, H, W, r, scale, kv_shift = args
-    q, k, v, c = K._kernel_views(q, k, v, c)
-    B, N, C = q.shape
-    nh = c.shape[2]
-    MP, DP, _, _ = K._launch_cfg(r, C // nh)
-    out, attn = q.new_empty(B, N, C), q.new_empty(B, N, nh, (2 * r + 2) ** 2)
-    K._fwd_kernel[(triton.cdiv(N, block_n), B * nh)](
-        q, k, v, c, out, attn, *K._common_args(q, k, c, H, W, r, kv_shift), scale,
-        C=C, NH=nh, D=C // nh, DP=DP, R=r, MP=MP, BLOCK_N=block_n, num_warps=warps)
-    return out
+    cfg = K._fwd_cfg(r, q.shape[2] // c.shape[2])[:4] + (block_n, warps)
+    return K._forward(q, k, v, c, H, W, r, scale, kv_shift, cfg=cfg)[0]
 
 
 def median_ms(fn, n: int = 20) -> float:
@@ -69,21 +61,19 @@ def main() -> None:
         for key, call in calls.items():
             q, c, r = call[0], call[3], call[6]
             D = q.shape[2] // c.shape[2]
-            MP, DP, bn0, w0 = K._launch_cfg(r, D)
+            j1, j2, d1, d2, bn0, w0 = K._fwd_cfg(r, D)
             ref = launch(call, bn0, w0)
             now = median_ms(lambda: launch(call, bn0, w0))
             rows = []
-            for bn in sorted({max(1, bn0 // 4), max(1, bn0 // 2), bn0, 2 * bn0}):
-                if not 256 <= bn * MP * DP <= 65536:
-                    continue
-                for warps in (1, 2, 4, 8):
+            for bn in sorted({max(1, bn0 // 4), max(1, bn0 // 2), bn0, 2 * bn0, 4 * bn0}):
+                for warps in (1, 2, 4):
                     diff = (launch(call, bn, warps).float() - ref.float()).abs().max().item()
                     rows.append((median_ms(lambda: launch(call, bn, warps)), bn, warps, diff))
             rows.sort()
             n = counts[key]
             now_total += n * now
             best_total += n * min(now, rows[0][0])
-            print(f"\nN={q.shape[1]} C={q.shape[2]} r={r} D={D} (tile {MP}x{DP}), {n} calls per forward; "
+            print(f"\nN={q.shape[1]} C={q.shape[2]} r={r} D={D} (tiles ({j1}+{j2}) x ({d1}+{d2})), {n} calls per forward; "
                   f"current BLOCK_N={bn0} warps={w0}: {now:.3f} ms")
             for t, bn, warps, diff in rows[:5]:
                 print(f"  BLOCK_N={bn:<4} warps={warps}  {t:.3f} ms  ({now / t:.2f}x)  max|diff| {diff:.1e}")

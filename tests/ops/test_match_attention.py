@@ -6,7 +6,7 @@ import torch
 
 from visionattn.ops import match_attention as ma
 from visionattn.ops.dispatch import use_impl
-from triton_interpreter import run_interpreted
+from triton_interpreter import ptx_for_hopper, run_interpreted
 
 
 def _inputs(B, H, W, h, d, dtype=torch.float32, device="cpu", seed=0, spread=3.0):
@@ -108,9 +108,12 @@ def test_example_inputs_contract():
         assert torch.equal(ma.match_attention(**kwargs)[0], out)
 
 
-# (B, H, W, heads, head_dim, radius): radii 1-3, head dims not powers of two, maps barely larger
-# than the window so most centres sit at the borders.
-GRID = [(2, 6, 7, 2, 4, 1), (1, 8, 9, 2, 5, 2), (1, 9, 10, 1, 8, 3), (1, 4, 12, 4, 2, 1)]
+# (B, H, W, heads, head_dim, radius): radii 1-4, head dims not powers of two, maps barely larger
+# than the window so most centres sit at the borders. The forward covers the window and the head
+# dim with two power-of-two ranges each: 36 = 32 + 4 positions, head dim 5 = 4 + 1, 20 = 16 + 4;
+# 100 = 64 + 36 positions and head dim 7 = 4 + 3 leave the second range partly masked.
+GRID = [(2, 6, 7, 2, 4, 1), (1, 8, 9, 2, 5, 2), (1, 9, 10, 1, 8, 3), (1, 4, 12, 4, 2, 1), (1, 8, 9, 2, 20, 2),
+        (1, 11, 12, 1, 7, 4)]
 FUSED_GRID = [(2, 6, 7, 2, 4, 1), (4, 7, 8, 2, 3, 2)]
 
 
@@ -164,6 +167,22 @@ def test_triton_interpreter_grid(case):
 @pytest.mark.parametrize("case", FUSED_GRID)
 def test_triton_interpreter_fused_layout(case):
     _compare("cpu", torch.float32, case, atol=1e-5, fused=True)
+
+
+@pytest.mark.parametrize("radius,head_dim", [(2, 80), (2, 40), (1, 32), (4, 7)])
+def test_forward_compiles_for_hopper(radius, head_dim):
+    """The forward kernel compiles to PTX for sm_90 without a GPU with the settings it launches with: two
+    window ranges and two head-dim ranges (MatchStereo-B's 1/16 level, T's 1/32), one of each (4x4
+    windows), masked second ranges."""
+    from visionattn.ops import _match_attention_triton as kernels
+
+    j1, j2, d1, d2, block_n, warps = kernels._fwd_cfg(radius, head_dim)
+    ptrs = dict.fromkeys(["q_ptr", "k_ptr", "v_ptr", "o_ptr", "a_ptr"], "*fp16")
+    ints = dict.fromkeys(["H", "W", "N", "NB", "kv_shift", "stride_qb", "stride_qn", "stride_kb", "stride_kn",
+                          "stride_cb", "stride_cn", "stride_ch"], "i32")
+    signature = {**ptrs, "c_ptr": "*fp32", **ints, "hi_x": "fp32", "hi_y": "fp32", "scale": "fp32"}
+    constexprs = dict(C=4 * head_dim, NH=4, D=head_dim, D1=d1, D2=d2, R=radius, J1=j1, J2=j2, BLOCK_N=block_n)
+    assert ".entry" in ptx_for_hopper(kernels._fwd_kernel, signature, constexprs, num_warps=warps)
 
 
 @pytest.mark.skipif(not ma.triton_available(), reason="triton not installed")

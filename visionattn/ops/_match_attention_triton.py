@@ -1,9 +1,15 @@
 """Triton kernels of MatchAttention (forward and backward), registered as ``torch.ops.visionattn``.
 
 One program handles ``BLOCK_N`` queries of one (batch, head): it gathers their ``(2r+2)^2`` key
-and value rows as a ``[BLOCK_N, M, D]`` tile, computes the negative-L1 logits, the four
+and value rows as ``[BLOCK_N, window, head dim]`` tiles, computes the negative-L1 logits, the four
 sub-window softmaxes and their bilinear blend in registers, and writes the output and the
 attention weights. Nothing of size ``N x M x D`` touches memory (the reference materialises it).
+
+Tile sides must be powers of two. The forward covers the window and the head dim each with at most
+two power-of-two ranges (36 = 32 + 4 positions, head dim 80 = 64 + 16), so it computes no padding
+lanes: the kernel is bound by instruction issue (on an H200 at MatchStereo-B's 1/16 level, a single
+padded 64 x 128 tile for a 36 x 80 window kept the SM issue slots 68 % busy with 35 % of the lanes
+useful). The backward keeps one padded tile.
 
 The backward recomputes the logits and softmaxes (no saved intermediates besides the inputs):
 
@@ -25,25 +31,8 @@ from ._triton import tl, triton, unit_last_stride
 if triton is not None:
 
     @triton.jit
-    def _window(c_ptr, q_ptr, k_ptr, v_ptr, b, hh, offs_n, mask_n, H, W, N, NB, kv_shift,
-                stride_qb, stride_qn, stride_kb, stride_kn, stride_cb, stride_cn, stride_ch,
-                hi_x, hi_y, C: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
-                R: tl.constexpr, MP: tl.constexpr, scale):
-        """Shared by both kernels: clamped centres and their fractions, gathered k/v tiles, logits.
-
-        Keys/values of batch ``b`` come from batch ``(b + kv_shift) % NB`` (cross attention of two
-        stacked views without swapping them in memory); strides let q/k/v be column slices of one
-        fused projection and the centres be broadcast over heads (head stride 0).
-        """
-        S: tl.constexpr = 2 * R + 2
-        M: tl.constexpr = S * S
-        offs_j = tl.arange(0, MP)
-        offs_d = tl.arange(0, DP)
-        jx = offs_j % S
-        jy = offs_j // S
-        mask_j = offs_j < M
-        mask_d = offs_d < D
-
+    def _centres(c_ptr, b, hh, offs_n, mask_n, stride_cb, stride_cn, stride_ch, hi_x, hi_y, R: tl.constexpr):
+        """Raw centres, their fractions and the integer corner of each query's window centre."""
         c_base = c_ptr + b.to(tl.int64) * stride_cb + offs_n.to(tl.int64) * stride_cn + hh * stride_ch
         cx_raw = tl.load(c_base, mask=mask_n, other=R)
         cy_raw = tl.load(c_base + 1, mask=mask_n, other=R)
@@ -52,17 +41,61 @@ if triton is not None:
         cy = tl.minimum(tl.maximum(cy_raw, R * 1.0), hi_y)
         fx0 = tl.floor(cx)
         fy0 = tl.floor(cy)
-        fx = cx - fx0
-        fy = cy - fy0
-        mx = fx0.to(tl.int32)
-        my = fy0.to(tl.int32)
+        return cx_raw, cy_raw, cx - fx0, cy - fy0, fx0.to(tl.int32), fy0.to(tl.int32)
 
+    @triton.jit
+    def _window_rows(mx, my, mask_n, W, kb, hh, stride_kb, stride_kn, D: tl.constexpr, R: tl.constexpr,
+                     J0: tl.constexpr, JP: tl.constexpr):
+        """Element offsets of the key/value rows of window positions ``J0 .. J0+JP-1`` ([BN, JP]), their
+        map positions and window coordinates, and which positions exist (``< (2R+2)^2``)."""
+        S: tl.constexpr = 2 * R + 2
+        offs_j = J0 + tl.arange(0, JP)
+        jx = offs_j % S
+        jy = offs_j // S
+        mask_j = offs_j < S * S
         mask_nj = mask_n[:, None] & mask_j[None, :]
-        pos = (my[:, None] + jy[None, :] - R) * W + (mx[:, None] + jx[None, :] - R)  # [BN, MP]
+        pos = (my[:, None] + jy[None, :] - R) * W + (mx[:, None] + jx[None, :] - R)
         pos = tl.where(mask_nj, pos, 0)
-        mask3 = mask_nj[:, :, None] & mask_d[None, None, :]
+        row = kb.to(tl.int64) * stride_kb + pos.to(tl.int64) * stride_kn + hh * D
+        return row, pos, jx, jy, mask_j, mask_nj
+
+    @triton.jit
+    def _l1_part(q_ptr, k_ptr, q_off, row, mask_n, mask_nj, D: tl.constexpr, D0: tl.constexpr, DW: tl.constexpr):
+        """L1 distances between each query and its window's keys over head-dim columns D0 .. D0+DW-1."""
+        offs_d = D0 + tl.arange(0, DW)
+        mask_d = offs_d < D
+        qv = tl.load(q_ptr + q_off[:, None] + offs_d[None, :], mask=mask_n[:, None] & mask_d[None, :],
+                     other=0.0).to(tl.float32)
+        kw = tl.load(k_ptr + row[:, :, None] + offs_d[None, None, :],
+                     mask=mask_nj[:, :, None] & mask_d[None, None, :], other=0.0).to(tl.float32)
+        return tl.sum(tl.abs(qv[:, None, :] - kw), axis=2)
+
+    @triton.jit
+    def _value_part(v_ptr, row, attn, mask_nj, D: tl.constexpr, D0: tl.constexpr, DW: tl.constexpr):
+        """sum_j attn_j v_j over head-dim columns D0 .. D0+DW-1 ([BN, DW])."""
+        offs_d = D0 + tl.arange(0, DW)
+        vw = tl.load(v_ptr + row[:, :, None] + offs_d[None, None, :],
+                     mask=mask_nj[:, :, None] & (offs_d < D)[None, None, :], other=0.0).to(tl.float32)
+        return tl.sum(attn[:, :, None] * vw, axis=1)
+
+    @triton.jit
+    def _window(c_ptr, q_ptr, k_ptr, v_ptr, b, hh, offs_n, mask_n, H, W, N, NB, kv_shift,
+                stride_qb, stride_qn, stride_kb, stride_kn, stride_cb, stride_cn, stride_ch,
+                hi_x, hi_y, C: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
+                R: tl.constexpr, MP: tl.constexpr, scale):
+        """The backward's padded window: clamped centres and their fractions, gathered k/v tiles, logits.
+
+        Keys/values of batch ``b`` come from batch ``(b + kv_shift) % NB`` (cross attention of two
+        stacked views without swapping them in memory); strides let q/k/v be column slices of one
+        fused projection and the centres be broadcast over heads (head stride 0).
+        """
+        offs_d = tl.arange(0, DP)
+        mask_d = offs_d < D
+        cx_raw, cy_raw, fx, fy, mx, my = _centres(c_ptr, b, hh, offs_n, mask_n, stride_cb, stride_cn, stride_ch,
+                                                  hi_x, hi_y, R)
         kb = (b + kv_shift) % NB
-        row = kb.to(tl.int64) * stride_kb + pos.to(tl.int64) * stride_kn + hh * D  # [BN, MP]
+        row, pos, jx, jy, mask_j, mask_nj = _window_rows(mx, my, mask_n, W, kb, hh, stride_kb, stride_kn, D, R, 0, MP)
+        mask3 = mask_nj[:, :, None] & mask_d[None, None, :]
         kv_off = row[:, :, None] + offs_d[None, None, :]
         kw = tl.load(k_ptr + kv_off, mask=mask3, other=0.0).to(tl.float32)
         vw = tl.load(v_ptr + kv_off, mask=mask3, other=0.0).to(tl.float32)
@@ -95,32 +128,77 @@ if triton is not None:
     def _fwd_kernel(q_ptr, k_ptr, v_ptr, c_ptr, o_ptr, a_ptr, H, W, N, NB, kv_shift,
                     stride_qb, stride_qn, stride_kb, stride_kn, stride_cb, stride_cn, stride_ch,
                     hi_x, hi_y, scale,
-                    C: tl.constexpr, NH: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
-                    R: tl.constexpr, MP: tl.constexpr, BLOCK_N: tl.constexpr):
+                    C: tl.constexpr, NH: tl.constexpr, D: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
+                    R: tl.constexpr, J1: tl.constexpr, J2: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Window positions in two ranges (``J1`` from 0, ``J2`` after it; ``J2 = 0``: one range), head
+        dim in two column ranges (``D1``, ``D2``) whose partial L1 distances and outputs are summed."""
+        M: tl.constexpr = (2 * R + 2) * (2 * R + 2)
         pid_n = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = pid_bh // NH
         hh = pid_bh % NH
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
-        fx, fy, jx, jy, mask_j, mask3, grad_kv_off, o_off, mask_q, qv, diff, vw, logits, pass_x, pass_y = _window(
-            c_ptr, q_ptr, k_ptr, v_ptr, b, hh, offs_n, mask_n, H, W, N, NB, kv_shift,
-            stride_qb, stride_qn, stride_kb, stride_kn, stride_cb, stride_cn, stride_ch, hi_x, hi_y,
-            C, D, DP, R, MP, scale)
+        cx_raw, cy_raw, fx, fy, mx, my = _centres(c_ptr, b, hh, offs_n, mask_n, stride_cb, stride_cn, stride_ch,
+                                                  hi_x, hi_y, R)
+        kb = (b + kv_shift) % NB
+        q_off = b.to(tl.int64) * stride_qb + offs_n.to(tl.int64) * stride_qn + hh * D
 
-        attn = tl.zeros_like(logits)
+        row1, _, jx1, jy1, mask_j1, mask_nj1 = _window_rows(mx, my, mask_n, W, kb, hh, stride_kb, stride_kn, D, R, 0, J1)
+        dist1 = _l1_part(q_ptr, k_ptr, q_off, row1, mask_n, mask_nj1, D, 0, D1)
+        if D2 > 0:
+            dist1 += _l1_part(q_ptr, k_ptr, q_off, row1, mask_n, mask_nj1, D, D1, D2)
+        logits1 = -dist1 * scale
+        attn1 = tl.zeros_like(logits1)
+        if J2 > 0:
+            row2, _, jx2, jy2, mask_j2, mask_nj2 = _window_rows(mx, my, mask_n, W, kb, hh, stride_kb, stride_kn,
+                                                             D, R, J1, J2)
+            dist2 = _l1_part(q_ptr, k_ptr, q_off, row2, mask_n, mask_nj2, D, 0, D1)
+            if D2 > 0:
+                dist2 += _l1_part(q_ptr, k_ptr, q_off, row2, mask_n, mask_nj2, D, D1, D2)
+            logits2 = -dist2 * scale
+            attn2 = tl.zeros_like(logits2)
+
+        # the four sub-window softmaxes over both ranges, blended with the bilinear weights
         for t in tl.static_range(4):
-            alpha = _subwindow_softmax(logits, jx, jy, mask_j, t, R)
-            wx = (1.0 - fx) + (t % 2) * (2.0 * fx - 1.0)
-            wy = (1.0 - fy) + (t // 2) * (2.0 * fy - 1.0)
-            attn += (wx * wy)[:, None] * alpha
+            ox = t % 2
+            oy = t // 2
+            in1 = (jx1 >= ox) & (jx1 <= ox + 2 * R) & (jy1 >= oy) & (jy1 <= oy + 2 * R) & mask_j1
+            l1 = tl.where(in1[None, :], logits1, float("-inf"))
+            mt = tl.max(l1, axis=1)
+            if J2 > 0:
+                in2 = (jx2 >= ox) & (jx2 <= ox + 2 * R) & (jy2 >= oy) & (jy2 <= oy + 2 * R) & mask_j2
+                l2 = tl.where(in2[None, :], logits2, float("-inf"))
+                mt = tl.maximum(mt, tl.max(l2, axis=1))
+            e1 = tl.where(in1[None, :], tl.exp(l1 - mt[:, None]), 0.0)
+            total = tl.sum(e1, axis=1)
+            if J2 > 0:
+                e2 = tl.where(in2[None, :], tl.exp(l2 - mt[:, None]), 0.0)
+                total += tl.sum(e2, axis=1)
+            wx = (1.0 - fx) + ox * (2.0 * fx - 1.0)
+            wy = (1.0 - fy) + oy * (2.0 * fy - 1.0)
+            wt = (wx * wy / total)[:, None]
+            attn1 += wt * e1
+            if J2 > 0:
+                attn2 += wt * e2
 
-        out = tl.sum(attn[:, :, None] * vw, axis=1)  # [BN, DP]
-        tl.store(o_ptr + o_off, out.to(o_ptr.dtype.element_ty), mask=mask_q)
-        M: tl.constexpr = (2 * R + 2) * (2 * R + 2)
-        offs_j = tl.arange(0, MP)
-        a_off = ((b * N + offs_n).to(tl.int64) * NH + hh)[:, None] * M + offs_j[None, :]
-        tl.store(a_ptr + a_off, attn.to(a_ptr.dtype.element_ty), mask=mask_n[:, None] & mask_j[None, :])
+        o_off = (b * N + offs_n).to(tl.int64) * C + hh * D
+        a_off = ((b * N + offs_n).to(tl.int64) * NH + hh) * M
+        out = _value_part(v_ptr, row1, attn1, mask_nj1, D, 0, D1)
+        if J2 > 0:
+            out += _value_part(v_ptr, row2, attn2, mask_nj2, D, 0, D1)
+            tl.store(a_ptr + a_off[:, None] + J1 + tl.arange(0, J2)[None, :], attn2.to(a_ptr.dtype.element_ty),
+                     mask=mask_nj2)
+        tl.store(o_ptr + o_off[:, None] + tl.arange(0, D1)[None, :], out.to(o_ptr.dtype.element_ty),
+                 mask=mask_n[:, None])
+        tl.store(a_ptr + a_off[:, None] + tl.arange(0, J1)[None, :], attn1.to(a_ptr.dtype.element_ty), mask=mask_nj1)
+        if D2 > 0:
+            out2 = _value_part(v_ptr, row1, attn1, mask_nj1, D, D1, D2)
+            if J2 > 0:
+                out2 += _value_part(v_ptr, row2, attn2, mask_nj2, D, D1, D2)
+            offs_d2 = D1 + tl.arange(0, D2)
+            tl.store(o_ptr + o_off[:, None] + offs_d2[None, :], out2.to(o_ptr.dtype.element_ty),
+                     mask=mask_n[:, None] & (offs_d2 < D)[None, :])
 
     @triton.jit
     def _bwd_kernel(q_ptr, k_ptr, v_ptr, c_ptr, go_ptr, ga_ptr, dq_ptr, dk_ptr, dv_ptr, dc_ptr,
@@ -174,23 +252,30 @@ if triton is not None:
         tl.store(dc_ptr + c_off + 1, tl.where(pass_y, dfy, 0.0), mask=mask_n)
 
 
-def _launch_cfg(radius: int, head_dim: int, backward: bool = False) -> Tuple[int, int, int, int]:
-    """(MP, DP, BLOCK_N, num_warps): padded window, padded head dim, queries per program, warps.
+def _split(n: int) -> Tuple[int, int]:
+    """``n`` as two power-of-two tile sides (the second 0 when one suffices, else masked past ``n``):
+    36 -> (32, 4), 80 -> (64, 16), 128 -> (128, 0)."""
+    first = 1 << (n.bit_length() - 1)
+    rest = n - first
+    return first, (triton.next_power_of_2(rest) if rest else 0)
 
-    Forward: large [BLOCK_N, MP, DP] tiles on few warps (32K elements on 2 warps from MP * DP = 2048
-    up, else 16K on 4). Timed on an H200 at the 4K shapes of MatchStereo-T (fp16): 1.6-2.8x faster per
-    call than 8K-element tiles on 4 warps (``python benchmarks/match_attention_tiles.py`` times the settings).
-    The backward keeps ~8K elements on 4 warps: it holds several more tiles (gradients, signs) live.
-    """
-    M = (2 * radius + 2) ** 2
-    MP = triton.next_power_of_2(M)
+
+def _fwd_cfg(radius: int, head_dim: int) -> Tuple[int, int, int, int, int, int]:
+    """(J1, J2, D1, D2, BLOCK_N, num_warps) of the forward: window and head-dim ranges, queries per
+    program, warps (timed on an H200 at MatchStereo's 4K shapes:
+    ``python benchmarks/match_attention_tiles.py matchstereo_base``)."""
+    j1, j2 = _split((2 * radius + 2) ** 2)
+    d1, d2 = _split(max(head_dim, 2))
+    per_query = (j1 + j2) * (d1 + d2)
+    return j1, j2, d1, d2, _split(max(1, min(128, 8192 // per_query)))[0], 1
+
+
+def _bwd_cfg(radius: int, head_dim: int) -> Tuple[int, int, int, int]:
+    """(MP, DP, BLOCK_N, num_warps) of the backward: one padded [BLOCK_N, MP, DP] tile of ~8K elements
+    on 4 warps (it holds several tiles live: gradients, signs)."""
+    MP = triton.next_power_of_2((2 * radius + 2) ** 2)
     DP = max(triton.next_power_of_2(head_dim), 2)
-    tile = MP * DP
-    if backward:
-        return MP, DP, max(2, min(64, 8192 // tile)), 4
-    if tile >= 2048:
-        return MP, DP, max(2, min(128, 32768 // tile)), 2
-    return MP, DP, max(2, min(128, 16384 // tile)), 4
+    return MP, DP, max(2, min(64, 8192 // (MP * DP))), 4
 
 
 def _kernel_views(q, k, v, centers):
@@ -207,7 +292,8 @@ def _common_args(q, k, centers, H: int, W: int, radius: int, kv_shift: int):
             float(W - 1 - radius - 1e-3), float(H - 1 - radius - 1e-3))
 
 
-def _forward(q, k, v, centers, H: int, W: int, radius: int, scale: float, kv_shift: int):
+def _forward(q, k, v, centers, H: int, W: int, radius: int, scale: float, kv_shift: int, cfg=None):
+    """``cfg``: launch settings in ``_fwd_cfg``'s form (the tile tool times others)."""
     q, k, v, centers = _kernel_views(q, k, v, centers)
     B, N, C = q.shape
     nh = centers.shape[2]
@@ -215,10 +301,10 @@ def _forward(q, k, v, centers, H: int, W: int, radius: int, scale: float, kv_shi
     M = (2 * radius + 2) ** 2
     out = q.new_empty(B, N, C)
     attn = q.new_empty(B, N, nh, M)
-    MP, DP, block_n, warps = _launch_cfg(radius, D)
+    j1, j2, d1, d2, block_n, warps = cfg or _fwd_cfg(radius, D)
     grid = (triton.cdiv(N, block_n), B * nh)
     _fwd_kernel[grid](q, k, v, centers, out, attn, *_common_args(q, k, centers, H, W, radius, kv_shift), scale,
-                      C=C, NH=nh, D=D, DP=DP, R=radius, MP=MP, BLOCK_N=block_n, num_warps=warps)
+                      C=C, NH=nh, D=D, D1=d1, D2=d2, R=radius, J1=j1, J2=j2, BLOCK_N=block_n, num_warps=warps)
     return out, attn
 
 
@@ -231,7 +317,7 @@ def _backward(q, k, v, centers, grad_out, grad_attn, H: int, W: int, radius: int
     dk = torch.zeros(B, N, C, device=q.device, dtype=torch.float32)
     dv = torch.zeros(B, N, C, device=q.device, dtype=torch.float32)
     dc = centers.new_empty(B, N, nh, 2)
-    MP, DP, block_n, warps = _launch_cfg(radius, D, backward=True)
+    MP, DP, block_n, warps = _bwd_cfg(radius, D)
     grid = (triton.cdiv(N, block_n), B * nh)
     _bwd_kernel[grid](q, k, v, centers, grad_out, grad_attn, dq, dk, dv, dc,
                       *_common_args(q, k, centers, H, W, radius, kv_shift), scale,
