@@ -65,7 +65,7 @@ def main() -> None:
             ref = launch(call, bn0, w0)
             now = median_ms(lambda: launch(call, bn0, w0))
             rows = []
-            for bn in sorted({max(1, bn0 // 4), max(1, bn0 // 2), bn0, 2 * bn0, 4 * bn0}):
+            for bn in sorted({max(1, bn0 // 4), max(1, bn0 // 2), bn0, min(256, 2 * bn0), min(256, 4 * bn0)}):
                 for warps in (1, 2, 4):
                     diff = (launch(call, bn, warps).float() - ref.float()).abs().max().item()
                     rows.append((median_ms(lambda: launch(call, bn, warps)), bn, warps, diff))
@@ -73,7 +73,8 @@ def main() -> None:
             n = counts[key]
             now_total += n * now
             best_total += n * min(now, rows[0][0])
-            print(f"\nN={q.shape[1]} C={q.shape[2]} r={r} D={D} (tiles ({j1}+{j2}) x ({d1}+{d2})), {n} calls per forward; "
+            print(f"\nN={q.shape[1]} C={q.shape[2]} r={r} D={D} (tiles ({j1}+{j2}) x ({d1}+{d2})), "
+                  f"{n} calls per forward; "
                   f"current BLOCK_N={bn0} warps={w0}: {now:.3f} ms")
             for t, bn, warps, diff in rows[:5]:
                 print(f"  BLOCK_N={bn:<4} warps={warps}  {t:.3f} ms  ({now / t:.2f}x)  max|diff| {diff:.1e}")

@@ -169,11 +169,11 @@ def test_triton_interpreter_fused_layout(case):
     _compare("cpu", torch.float32, case, atol=1e-5, fused=True)
 
 
-@pytest.mark.parametrize("radius,head_dim", [(2, 80), (2, 40), (1, 32), (4, 7)])
+@pytest.mark.parametrize("radius,head_dim", [(2, 80), (2, 128), (1, 32), (4, 7)])
 def test_forward_compiles_for_hopper(radius, head_dim):
     """The forward kernel compiles to PTX for sm_90 without a GPU with the settings it launches with: two
-    window ranges and two head-dim ranges (MatchStereo-B's 1/16 level, T's 1/32), one of each (4x4
-    windows), masked second ranges."""
+    window ranges and two head-dim ranges (MatchStereo-B's 1/16 level), two window ranges and one head-dim
+    range (B's 1/32), one of each (B's 1/4 level, two warps), masked second ranges (untimed settings)."""
     from visionattn.ops import _match_attention_triton as kernels
 
     j1, j2, d1, d2, block_n, warps = kernels._fwd_cfg(radius, head_dim)

@@ -144,7 +144,8 @@ if triton is not None:
         kb = (b + kv_shift) % NB
         q_off = b.to(tl.int64) * stride_qb + offs_n.to(tl.int64) * stride_qn + hh * D
 
-        row1, _, jx1, jy1, mask_j1, mask_nj1 = _window_rows(mx, my, mask_n, W, kb, hh, stride_kb, stride_kn, D, R, 0, J1)
+        row1, _, jx1, jy1, mask_j1, mask_nj1 = _window_rows(mx, my, mask_n, W, kb, hh, stride_kb, stride_kn,
+                                                            D, R, 0, J1)
         dist1 = _l1_part(q_ptr, k_ptr, q_off, row1, mask_n, mask_nj1, D, 0, D1)
         if D2 > 0:
             dist1 += _l1_part(q_ptr, k_ptr, q_off, row1, mask_n, mask_nj1, D, D1, D2)
@@ -260,14 +261,25 @@ def _split(n: int) -> Tuple[int, int]:
     return first, (triton.next_power_of_2(rest) if rest else 0)
 
 
+# (BLOCK_N, num_warps) of the forward keyed by (window positions, head dim): the fastest of
+# {BLOCK_N/2, BLOCK_N, 2 BLOCK_N} x {1, 2} warps timed on an H200 at each level of a 4K MatchStereo-T/B
+# pair (fp16, q/k/v slices of one projection as in the model); ``python benchmarks/match_attention_tiles.py
+# matchstereo_base`` times settings on the model's own calls.
+_FWD_TIMED = {(36, 128): (2, 1), (36, 80): (4, 1), (36, 40): (8, 1), (36, 32): (8, 1),
+              (16, 64): (4, 1), (16, 32): (16, 2), (16, 16): (32, 2), (16, 8): (128, 2)}
+
+
 def _fwd_cfg(radius: int, head_dim: int) -> Tuple[int, int, int, int, int, int]:
     """(J1, J2, D1, D2, BLOCK_N, num_warps) of the forward: window and head-dim ranges, queries per
-    program, warps (timed on an H200 at MatchStereo's 4K shapes:
-    ``python benchmarks/match_attention_tiles.py matchstereo_base``)."""
-    j1, j2 = _split((2 * radius + 2) ** 2)
+    program, warps. Untimed shapes take ~12K tile elements on one warp for windows of two ranges
+    (as the timed 6x6 windows), ~4K for one range."""
+    window = (2 * radius + 2) ** 2
+    j1, j2 = _split(window)
     d1, d2 = _split(max(head_dim, 2))
+    if (window, head_dim) in _FWD_TIMED:
+        return (j1, j2, d1, d2) + _FWD_TIMED[window, head_dim]
     per_query = (j1 + j2) * (d1 + d2)
-    return j1, j2, d1, d2, _split(max(1, min(128, 8192 // per_query)))[0], 1
+    return j1, j2, d1, d2, _split(max(1, min(128, (12288 if j2 else 4096) // per_query)))[0], 1
 
 
 def _bwd_cfg(radius: int, head_dim: int) -> Tuple[int, int, int, int]:
