@@ -185,6 +185,20 @@ def test_forward_compiles_for_hopper(radius, head_dim):
     assert ".entry" in ptx_for_hopper(kernels._fwd_kernel, signature, constexprs, num_warps=warps)
 
 
+def test_backward_compiles_for_hopper():
+    """The backward (one padded tile, helpers shared with the forward) compiles to sm_90 PTX without a GPU."""
+    from visionattn.ops import _match_attention_triton as kernels
+
+    MP, DP, block_n, warps = kernels._bwd_cfg(2, 80)
+    ptrs = dict.fromkeys(["q_ptr", "k_ptr", "v_ptr", "go_ptr", "ga_ptr", "dq_ptr"], "*fp16")
+    ints = dict.fromkeys(["H", "W", "N", "NB", "kv_shift", "stride_qb", "stride_qn", "stride_kb", "stride_kn",
+                          "stride_cb", "stride_cn", "stride_ch"], "i32")
+    signature = {**ptrs, "c_ptr": "*fp32", "dk_ptr": "*fp32", "dv_ptr": "*fp32", "dc_ptr": "*fp32", **ints,
+                 "hi_x": "fp32", "hi_y": "fp32", "scale": "fp32"}
+    constexprs = dict(C=320, NH=4, D=80, DP=DP, R=2, MP=MP, BLOCK_N=block_n)
+    assert ".entry" in ptx_for_hopper(kernels._bwd_kernel, signature, constexprs, num_warps=warps)
+
+
 @pytest.mark.skipif(not ma.triton_available(), reason="triton not installed")
 def test_triton_interpreter():
     # Triton reads TRITON_INTERPRET when the kernels are defined, hence a fresh interpreter.
