@@ -115,10 +115,15 @@ if triton is not None:
                 pass_x, pass_y)
 
     @triton.jit
-    def _subwindow_softmax(logits, jx, jy, mask_j, t: tl.constexpr, R: tl.constexpr):
+    def _in_subwindow(jx, jy, mask_j, t: tl.constexpr, R: tl.constexpr):
+        """Which window positions lie in sub-window ``t`` (the (2R+1)^2 block offset by (t % 2, t // 2))."""
         ox: tl.constexpr = t % 2
         oy: tl.constexpr = t // 2
-        inside = (jx >= ox) & (jx <= ox + 2 * R) & (jy >= oy) & (jy <= oy + 2 * R) & mask_j
+        return (jx >= ox) & (jx <= ox + 2 * R) & (jy >= oy) & (jy <= oy + 2 * R) & mask_j
+
+    @triton.jit
+    def _subwindow_softmax(logits, jx, jy, mask_j, t: tl.constexpr, R: tl.constexpr):
+        inside = _in_subwindow(jx, jy, mask_j, t, R)
         lt = tl.where(inside[None, :], logits, float("-inf"))
         mt = tl.max(lt, axis=1)
         et = tl.where(inside[None, :], tl.exp(lt - mt[:, None]), 0.0)
@@ -164,11 +169,11 @@ if triton is not None:
         for t in tl.static_range(4):
             ox = t % 2
             oy = t // 2
-            in1 = (jx1 >= ox) & (jx1 <= ox + 2 * R) & (jy1 >= oy) & (jy1 <= oy + 2 * R) & mask_j1
+            in1 = _in_subwindow(jx1, jy1, mask_j1, t, R)
             l1 = tl.where(in1[None, :], logits1, float("-inf"))
             mt = tl.max(l1, axis=1)
             if J2 > 0:
-                in2 = (jx2 >= ox) & (jx2 <= ox + 2 * R) & (jy2 >= oy) & (jy2 <= oy + 2 * R) & mask_j2
+                in2 = _in_subwindow(jx2, jy2, mask_j2, t, R)
                 l2 = tl.where(in2[None, :], logits2, float("-inf"))
                 mt = tl.maximum(mt, tl.max(l2, axis=1))
             e1 = tl.where(in1[None, :], tl.exp(l1 - mt[:, None]), 0.0)
