@@ -192,12 +192,32 @@ def test_cuda_triton_path_matches_reference():
     _compare_fields(fast, ref, 1e-4, 0.05)
 
 
+def test_cross_attention_inference_buffer_matches_the_autograd_path():
+    """Without autograd the gated cross attention writes [gated output, weights] into one buffer read by
+    the projection; with it, the same values come from the gate and a concatenation."""
+    torch.manual_seed(0)
+    attention = ms.MatchAttention(20, 22, radius=1, num_heads=2, head_dim=8, cross=True)
+    B, H, W = 2, 6, 7
+    x = torch.nn.functional.pad(torch.randn(B, H, W, 20), (0, 4))  # zero-padded past dim, as norm_aligned writes
+    grid = ms.pixel_grid(H, W, x).view(1, H * W, 1, 2)
+    centers = (grid + 2 * torch.randn(B, H * W, 1, 2)).expand(B, H * W, 2, 2)
+    with torch.no_grad():
+        buffered = attention(x, centers)
+    differentiable = attention(x, centers)
+    assert differentiable.requires_grad
+    torch.testing.assert_close(buffered, differentiable.detach(), atol=1e-6, rtol=1e-6)
+
+
 @pytest.mark.parametrize("dtype,median,largest", [(torch.float64, 1e-12, 1e-10), (torch.float32, 1e-5, 1e-3)])
 def test_in_place_stream_matches_the_formulas(monkeypatch, dtype, median, largest):
     """Inference on CUDA updates one residual stream per level in place (the attention residuals added
     by the projections' GEMMs); forced here on the CPU, it must give the layers' written formulas."""
     torch.manual_seed(0)
     model = _passing_all_checks(visionattn.create_model("matchstereo_tiny").eval().to(dtype))
+    with torch.no_grad():  # the initialisation zeroes the biases; the stream carries the ConvGLU's in its GEMM
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0, 0.1)
     left, right = _pair(device="cpu")
     with torch.no_grad():
         written = model(left, right)

@@ -169,6 +169,63 @@ def test_triton_interpreter_fused_layout(case):
     _compare("cpu", torch.float32, case, atol=1e-5, fused=True)
 
 
+def _gated_into_buffer(impl, case, dtype, device):
+    """The cross attention's inference call: gate from a fused (B, N, 4C) projection, [output, weights]
+    written into a buffer two channels wider than they need (the spare channels must stay untouched)."""
+    B, H, W, h, d, r = case
+    q, k, v, c = _inputs(B, H, W, h, d, dtype=dtype, device=device, seed=sum(case))
+    g = torch.randn(q.shape, generator=torch.Generator().manual_seed(3)).to(device, dtype)
+    qkvg = torch.cat((q, k, v, g), -1)
+    C, width = h * d, h * d + h * (2 * r + 2) ** 2
+    buf = torch.full((B, H * W, width + 2), 7.0, device=device, dtype=dtype)
+    with torch.no_grad():
+        out, attn = ma.match_attention(*qkvg.split(C, -1)[:3], c[:, :, :1].expand(B, H * W, h, 2), (H, W), r,
+                                       return_attn=True, impl=impl, kv_batch_shift=B // 2,
+                                       gate=qkvg[..., 3 * C:], out=buf)
+    assert out.data_ptr() == buf.data_ptr() and attn.shape == (B, H * W, h, (2 * r + 2) ** 2)
+    assert (buf[..., width:] == 7).all()
+    return buf[..., :width]
+
+
+def _compare_gated(device, dtype, case, atol):
+    """Triton's gated forward written into a buffer against the reference's."""
+    ref = _gated_into_buffer("reference", case, torch.float32, device)
+    tri = _gated_into_buffer("triton", case, dtype, device)
+    assert (ref - tri.float()).abs().max() <= atol * max(1.0, ref.abs().max().item())
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="run by test_triton_interpreter")
+@pytest.mark.parametrize("case", [GRID[0], GRID[4], GRID[5]])
+def test_triton_interpreter_gated_into_buffer(case):
+    _compare_gated("cpu", torch.float32, case, atol=1e-5)
+
+
+def test_gate_and_out_follow_their_formula():
+    B, H, W, h, d, r = 2, 6, 7, 2, 4, 1
+    q, k, v, c = _inputs(B, H, W, h, d)
+    g = torch.randn(q.shape)
+    o, attn = ma.match_attention(q, k, v, c, (H, W), r, return_attn=True, impl="reference", kv_batch_shift=1)
+    gated = ma.match_attention(q, k, v, c, (H, W), r, impl="reference", kv_batch_shift=1, gate=g)
+    torch.testing.assert_close(gated, torch.nn.functional.silu(g) * o)
+    buf = torch.zeros(B, H * W, h * d + h * 16)
+    with torch.no_grad():
+        ma.match_attention(q, k, v, c, (H, W), r, impl="reference", kv_batch_shift=1, gate=g, out=buf)
+    torch.testing.assert_close(buf, torch.cat((gated, attn.flatten(2)), -1))
+
+
+def test_gate_and_out_reject_bad_buffers():
+    q, k, v, c = _inputs(1, 4, 4, 1, 4)
+    call = dict(size=(4, 4), radius=1, impl="reference")
+    with pytest.raises(ValueError, match="gate must have q's shape"):
+        ma.match_attention(q, k, v, c, gate=q[..., :2], **call)
+    with pytest.raises(ValueError, match=r"out must be a contiguous \(1, 16, >= 20\)"):
+        ma.match_attention(q, k, v, c, out=torch.zeros(1, 16, 19), **call)
+    with pytest.raises(ValueError, match="contiguous"):
+        ma.match_attention(q, k, v, c, out=torch.zeros(1, 16, 40)[..., ::2], **call)
+    with pytest.raises(ValueError, match="torch.no_grad"):
+        ma.match_attention(q.requires_grad_(), k, v, c, out=torch.zeros(1, 16, 20), **call)
+
+
 @pytest.mark.parametrize("radius,head_dim", [(2, 80), (2, 128), (1, 32), (4, 7)])
 def test_forward_compiles_for_hopper(radius, head_dim):
     """The forward kernel compiles to PTX for sm_90 without a GPU with the settings it launches with: two
@@ -177,12 +234,16 @@ def test_forward_compiles_for_hopper(radius, head_dim):
     from visionattn.ops import _match_attention_triton as kernels
 
     j1, j2, d1, d2, block_n, warps = kernels._fwd_cfg(radius, head_dim)
-    ptrs = dict.fromkeys(["q_ptr", "k_ptr", "v_ptr", "o_ptr", "a_ptr"], "*fp16")
+    ptrs = dict.fromkeys(["q_ptr", "k_ptr", "v_ptr"], "*fp16")
     ints = dict.fromkeys(["H", "W", "N", "NB", "kv_shift", "stride_qb", "stride_qn", "stride_kb", "stride_kn",
                           "stride_cb", "stride_cn", "stride_ch"], "i32")
-    signature = {**ptrs, "c_ptr": "*fp32", **ints, "hi_x": "fp32", "hi_y": "fp32", "scale": "fp32"}
-    constexprs = dict(C=4 * head_dim, NH=4, D=head_dim, D1=d1, D2=d2, R=radius, J1=j1, J2=j2, BLOCK_N=block_n)
-    assert ".entry" in ptx_for_hopper(kernels._fwd_kernel, signature, constexprs, num_warps=warps)
+    out_strides = dict.fromkeys(["stride_gb", "stride_gn", "stride_o", "stride_a"], "i32")
+    signature = {**ptrs, "c_ptr": "*fp32", "g_ptr": "*fp16", "o_ptr": "*fp16", "a_ptr": "*fp16", **ints,
+                 "hi_x": "fp32", "hi_y": "fp32", "scale": "fp32", **out_strides}
+    for gate in (False, True):  # plain, and gated (the cross attention's inference path)
+        constexprs = dict(C=4 * head_dim, NH=4, D=head_dim, D1=d1, D2=d2, R=radius, J1=j1, J2=j2,
+                          BLOCK_N=block_n, GATE=gate)
+        assert ".entry" in ptx_for_hopper(kernels._fwd_kernel, signature, constexprs, num_warps=warps)
 
 
 def test_backward_compiles_for_hopper():
@@ -202,7 +263,8 @@ def test_backward_compiles_for_hopper():
 @pytest.mark.skipif(not ma.triton_available(), reason="triton not installed")
 def test_triton_interpreter():
     # Triton reads TRITON_INTERPRET when the kernels are defined, hence a fresh interpreter.
-    run_interpreted(__file__, "-k", "test_triton_interpreter_grid or test_triton_interpreter_fused_layout")
+    run_interpreted(__file__, "-k", "test_triton_interpreter_grid or test_triton_interpreter_fused_layout or "
+                                    "test_triton_interpreter_gated_into_buffer")
 
 
 @pytest.mark.cuda
@@ -217,6 +279,13 @@ def test_triton_cuda_matches_reference(case, dtype, atol):
 @pytest.mark.parametrize("case", FUSED_GRID)
 def test_triton_cuda_fused_layout(case, dtype, atol):
     _compare("cuda", dtype, case, atol, fused=True)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-4), (torch.float16, 2e-2)])
+@pytest.mark.parametrize("case", GRID)
+def test_triton_cuda_gated_into_buffer(case, dtype, atol):
+    _compare_gated("cuda", dtype, case, atol)
 
 
 @pytest.mark.cuda

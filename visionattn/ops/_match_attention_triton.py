@@ -130,13 +130,27 @@ if triton is not None:
         return et / tl.sum(et, axis=1)[:, None]
 
     @triton.jit
-    def _fwd_kernel(q_ptr, k_ptr, v_ptr, c_ptr, o_ptr, a_ptr, H, W, N, NB, kv_shift,
+    def _gated(out, g_ptr, g_off, mask_n, D: tl.constexpr, D0: tl.constexpr, DW: tl.constexpr, GATE: tl.constexpr):
+        """``out * SiLU(gate)`` over head-dim columns D0 .. D0+DW-1 when ``GATE``, else ``out``."""
+        if GATE:
+            offs_d = D0 + tl.arange(0, DW)
+            g = tl.load(g_ptr + g_off[:, None] + offs_d[None, :], mask=mask_n[:, None] & (offs_d < D)[None, :],
+                        other=0.0).to(tl.float32)
+            out = out * g * tl.sigmoid(g)
+        return out
+
+    @triton.jit
+    def _fwd_kernel(q_ptr, k_ptr, v_ptr, c_ptr, g_ptr, o_ptr, a_ptr, H, W, N, NB, kv_shift,
                     stride_qb, stride_qn, stride_kb, stride_kn, stride_cb, stride_cn, stride_ch,
-                    hi_x, hi_y, scale,
+                    hi_x, hi_y, scale, stride_gb, stride_gn, stride_o, stride_a,
                     C: tl.constexpr, NH: tl.constexpr, D: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
-                    R: tl.constexpr, J1: tl.constexpr, J2: tl.constexpr, BLOCK_N: tl.constexpr):
+                    R: tl.constexpr, J1: tl.constexpr, J2: tl.constexpr, BLOCK_N: tl.constexpr,
+                    GATE: tl.constexpr):
         """Window positions in two ranges (``J1`` from 0, ``J2`` after it; ``J2 = 0``: one range), head
-        dim in two column ranges (``D1``, ``D2``) whose partial L1 distances and outputs are summed."""
+        dim in two column ranges (``D1``, ``D2``) whose partial L1 distances and outputs are summed.
+
+        Output and attention rows are ``stride_o`` / ``stride_a`` elements apart (both may be column
+        ranges of one buffer); with ``GATE`` the output is multiplied by SiLU of ``g`` (read like q)."""
         M: tl.constexpr = (2 * R + 2) * (2 * R + 2)
         pid_n = tl.program_id(0)
         pid_bh = tl.program_id(1)
@@ -188,13 +202,15 @@ if triton is not None:
             if J2 > 0:
                 attn2 += wt * e2
 
-        o_off = (b * N + offs_n).to(tl.int64) * C + hh * D
-        a_off = ((b * N + offs_n).to(tl.int64) * NH + hh) * M
+        o_off = (b * N + offs_n).to(tl.int64) * stride_o + hh * D
+        a_off = (b * N + offs_n).to(tl.int64) * stride_a + hh * M
+        g_off = b.to(tl.int64) * stride_gb + offs_n.to(tl.int64) * stride_gn + hh * D
         out = _value_part(v_ptr, row1, attn1, mask_nj1, D, 0, D1)
         if J2 > 0:
             out += _value_part(v_ptr, row2, attn2, mask_nj2, D, 0, D1)
             tl.store(a_ptr + a_off[:, None] + J1 + tl.arange(0, J2)[None, :], attn2.to(a_ptr.dtype.element_ty),
                      mask=mask_nj2)
+        out = _gated(out, g_ptr, g_off, mask_n, D, 0, D1, GATE)
         tl.store(o_ptr + o_off[:, None] + tl.arange(0, D1)[None, :], out.to(o_ptr.dtype.element_ty),
                  mask=mask_n[:, None])
         tl.store(a_ptr + a_off[:, None] + tl.arange(0, J1)[None, :], attn1.to(a_ptr.dtype.element_ty), mask=mask_nj1)
@@ -202,6 +218,7 @@ if triton is not None:
             out2 = _value_part(v_ptr, row1, attn1, mask_nj1, D, D1, D2)
             if J2 > 0:
                 out2 += _value_part(v_ptr, row2, attn2, mask_nj2, D, D1, D2)
+            out2 = _gated(out2, g_ptr, g_off, mask_n, D, D1, D2, GATE)
             offs_d2 = D1 + tl.arange(0, D2)
             tl.store(o_ptr + o_off[:, None] + offs_d2[None, :], out2.to(o_ptr.dtype.element_ty),
                      mask=mask_n[:, None] & (offs_d2 < D)[None, :])
@@ -309,20 +326,30 @@ def _common_args(q, k, centers, H: int, W: int, radius: int, kv_shift: int):
             float(W - 1 - radius - 1e-3), float(H - 1 - radius - 1e-3))
 
 
-def _forward(q, k, v, centers, H: int, W: int, radius: int, scale: float, kv_shift: int, cfg=None):
-    """``cfg``: launch settings in ``_fwd_cfg``'s form (the tile tool times others)."""
+def _forward(q, k, v, centers, H: int, W: int, radius: int, scale: float, kv_shift: int, cfg=None, gate=None,
+             out=None):
+    """``gate``: (B, N, C), the output is multiplied by its SiLU; ``out``: a contiguous (B, N, >= C + h M)
+    buffer that receives [output, attention weights] in its first channels (both returned as views of it);
+    ``cfg``: launch settings in ``_fwd_cfg``'s form (the tile tool times others)."""
     q, k, v, centers = _kernel_views(q, k, v, centers)
     B, N, C = q.shape
     nh = centers.shape[2]
     D = C // nh
     M = (2 * radius + 2) ** 2
-    out = q.new_empty(B, N, C)
-    attn = q.new_empty(B, N, nh, M)
+    if out is None:
+        o, attn = q.new_empty(B, N, C), q.new_empty(B, N, nh, M)
+    else:
+        o, attn = out[..., :C], out[..., C:C + nh * M].unflatten(-1, (nh, M))
+    if gate is not None:
+        gate = unit_last_stride(gate)
     j1, j2, d1, d2, block_n, warps = cfg or _fwd_cfg(radius, D)
     grid = (triton.cdiv(N, block_n), B * nh)
-    _fwd_kernel[grid](q, k, v, centers, out, attn, *_common_args(q, k, centers, H, W, radius, kv_shift), scale,
-                      C=C, NH=nh, D=D, D1=d1, D2=d2, R=radius, J1=j1, J2=j2, BLOCK_N=block_n, num_warps=warps)
-    return out, attn
+    _fwd_kernel[grid](q, k, v, centers, q if gate is None else gate, o, attn,
+                      *_common_args(q, k, centers, H, W, radius, kv_shift), scale,
+                      *((0, 0) if gate is None else gate.stride()[:2]), o.stride(1), attn.stride(1),
+                      C=C, NH=nh, D=D, D1=d1, D2=d2, R=radius, J1=j1, J2=j2, BLOCK_N=block_n,
+                      GATE=gate is not None, num_warps=warps)
+    return o, attn
 
 
 def _backward(q, k, v, centers, grad_out, grad_attn, H: int, W: int, radius: int, scale: float, kv_shift: int):

@@ -22,10 +22,11 @@ any device). ``impl="auto"`` takes the first one that supports the inputs.
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 
 from . import _match_attention_triton  # noqa: F401 (registers the custom ops)
 from ._checks import check_int, check_number, check_tensors
-from ._triton import can_run, interpreting, triton_available  # noqa: F401 (the last two re-exported)
+from ._triton import can_run, interpreting, launch_directly, needs_grad, triton_available  # noqa: F401 (re-exported)
 from .dispatch import pick
 
 IMPLS = ("triton", "reference")
@@ -142,7 +143,8 @@ def _triton_supports(q, k, v, centers) -> bool:
 
 def match_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, centers: torch.Tensor,
                     size: Sequence[int], radius: int, scale: Optional[float] = None,
-                    return_attn: bool = False, impl: str = "auto", kv_batch_shift: int = 0
+                    return_attn: bool = False, impl: str = "auto", kv_batch_shift: int = 0,
+                    gate: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None
                     ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """MatchAttention with BilinearSoftmax.
 
@@ -158,6 +160,12 @@ def match_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, centers: 
         kv_batch_shift: queries of batch ``b`` attend to the keys/values of batch
             ``(b + kv_batch_shift) % B``; with two views stacked on the batch axis, ``B // 2`` is
             cross-view attention without swapping k/v in memory.
+        gate: ``(B, N, C)`` or None: the output is ``SiLU(gate) * o`` (MatchStereo's gated cross
+            attention); the Triton kernel applies it before its store when no gradient is needed.
+        out: a contiguous ``(B, N, >= C + heads * M)`` tensor of q's dtype, or None. Without
+            autograd only: the output is written into its first ``C`` channels and the attention
+            weights (flattened over heads) into the next ``heads * M``, and views of them are
+            returned: the concatenation a projection of both reads, without a concatenation pass.
 
     Returns:
         ``(B, N, C)`` output, and the attention weights when ``return_attn``. Gradients reach
@@ -179,16 +187,48 @@ def match_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, centers: 
     # Centres stay float32 whatever the model dtype: in fp16/bf16 a position like 309.999 rounds
     # up to 310 (bf16 steps are 2 px at 300), which would move the window off the map.
     centers = centers.to(torch.promote_types(centers.dtype, torch.float32))
+    _check_gate_and_out(q, k, v, centers, radius, gate, out)
     supported = {"triton": _triton_supports(q, k, v, centers), "reference": True}
     chosen = pick("match_attention", impl, supported)
+    if chosen == "triton" and launch_directly(q, k, v, centers, gate):
+        # eager inference: the kernel gates and writes into ``out`` itself
+        o, attn = _match_attention_triton._forward(q, k, v, centers.float(), size[0], size[1], radius,
+                                                   float(scale), kv_batch_shift, gate=gate, out=out)
+        return (o, attn) if return_attn else o
     if chosen == "triton":  # clamps the centres itself; q/k/v/centres may be strided views
-        out, attn = torch.ops.visionattn.match_attention_triton(
+        o, attn = torch.ops.visionattn.match_attention_triton(
             q, k, v, centers.float(), size[0], size[1], radius, float(scale), kv_batch_shift)
     else:
         if kv_batch_shift:
             k, v = k.roll(-kv_batch_shift, 0), v.roll(-kv_batch_shift, 0)
-        out, attn = _reference(q, k, v, clamp_centers(centers, size, radius), size, radius, scale)
-    return (out, attn) if return_attn else out
+        o, attn = _reference(q, k, v, clamp_centers(centers, size, radius), size, radius, scale)
+    if gate is not None:
+        o = F.silu(gate) * o
+    if out is not None:
+        C, heads_m = q.shape[2], attn.shape[2] * attn.shape[3]
+        out[..., :C] = o
+        out[..., C:C + heads_m] = attn.flatten(2)
+        o, attn = out[..., :C], out[..., C:C + heads_m].unflatten(-1, attn.shape[2:])
+    return (o, attn) if return_attn else o
+
+
+def _check_gate_and_out(q, k, v, centers, radius, gate, out) -> None:
+    op = "match_attention"
+    if gate is not None:
+        check_tensors(op, dict(q=q, gate=gate))
+        if gate.shape != q.shape:
+            raise ValueError(f"match_attention: gate must have q's shape {tuple(q.shape)}, got {tuple(gate.shape)}")
+    if out is None:
+        return
+    check_tensors(op, dict(q=q, out=out))
+    B, N, C = q.shape
+    width = C + centers.shape[2] * (2 * radius + 2) ** 2
+    if out.dim() != 3 or out.shape[:2] != (B, N) or out.shape[2] < width or not out.is_contiguous():
+        raise ValueError(f"match_attention: out must be a contiguous ({B}, {N}, >= {width}) tensor (output and "
+                         f"attention weights side by side), got {tuple(out.shape)} with strides {out.stride()}")
+    if needs_grad(q, k, v, centers, gate):
+        raise ValueError("match_attention(out=...) writes into a buffer, which autograd cannot differentiate; "
+                         "call it under torch.no_grad() or leave out=None")
 
 
 def example_inputs(device="cpu", dtype=torch.float32, batch: int = 2, height: int = 24, width: int = 78,

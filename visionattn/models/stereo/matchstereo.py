@@ -344,20 +344,27 @@ class MatchAttention(nn.Module):
         is returned (:func:`linear_aligned`). Inference only (no autograd through it)."""
         B, H, W, width = x.shape
         x = x.reshape(B, H * W, width)
-        # one GEMM for q, k, v: the op reads them as column slices; cross
-        # attention takes k/v of the other view through kv_batch_shift instead of a swapped copy
-        # (k(swap(x)) == swap(k(x)): the projections act per token).
-        qkv = linear_aligned(x, torch.cat((self.q.weight, self.k.weight, self.v.weight)))
-        q, k, v = qkv.split(self.q.out_features, dim=-1)
-        del qkv
-        if self.cross:
-            out, attn = match_attention(q, k, v, centers, (H, W), self.radius, return_attn=True,
-                                        impl=self.attn_impl, kv_batch_shift=B // 2)
-            del q, k, v  # (without autograd) the fused projection is freed before the gate exists
-            gate = self.g[1](linear_aligned(x, self.g[0].weight))
-            out = torch.cat((gate * out, attn.reshape(B, H * W, -1)), dim=-1)
-        else:
+        # one GEMM for q, k, v (and the gate's pre-activation): the op reads them as column slices;
+        # cross attention takes k/v of the other view through kv_batch_shift instead of a swapped
+        # copy (k(swap(x)) == swap(k(x)): the projections act per token).
+        weights = (self.q.weight, self.k.weight, self.v.weight) + ((self.g[0].weight,) if self.cross else ())
+        projected = linear_aligned(x, torch.cat(weights))
+        q, k, v, *gate = projected.split(self.q.out_features, dim=-1)
+        del projected
+        if not self.cross:
             out = match_attention(q, k, v, centers, (H, W), self.radius, impl=self.attn_impl)
+            return linear_aligned(out, self.proj.weight, accumulate).reshape(B, H, W, -1)
+        # the projection reads [SiLU(g) * attention output, attention weights]
+        args = (q, k, v, centers, (H, W), self.radius)
+        kwargs = dict(return_attn=True, impl=self.attn_impl, kv_batch_shift=B // 2, gate=gate[0])
+        if needs_grad(x, centers, *self.parameters()):
+            out, attn = match_attention(*args, **kwargs)
+            out = torch.cat((out, attn.reshape(B, H * W, -1)), dim=-1)
+        else:  # the op writes both into one buffer (the kernel applies the gate before its store)
+            used = self.proj.in_features
+            out = x.new_empty(B, H * W, aligned(used))
+            out[..., used:].zero_()  # the weight's zero alignment columns must not meet NaN
+            match_attention(*args, **kwargs, out=out)
         return linear_aligned(out, self.proj.weight, accumulate).reshape(B, H, W, -1)
 
 
@@ -371,16 +378,40 @@ class ConvGLU(nn.Module):
         self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, accumulate: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``accumulate`` (..., >= dim) rows of unit channel stride: fc2's output is added to its first
+        ``dim`` channels in place (the residual add inside the GEMM) and it is returned. Inference only."""
         # the conv branch and the gate are fc1's two halves; one kernel (on CUDA) convolves the first,
         # applies GELU and multiplies by the second, writing into the gate half when no gradient is
         # needed (no hidden-size tensor besides fc1's output is allocated: peak memory at 4K)
         h = self.fc1(x)
         inplace = not (torch.is_grad_enabled() and h.requires_grad)
         y = depthwise_glu(h, self.dwconv.weight, self.dwconv.bias, inplace=inplace)
+        if accumulate is not None and inplace and y.shape[-1] >= ROW_ALIGN:
+            return self._fc2_into(h, accumulate)
         # fc2 on the (tokens, hidden) rows: a 2-D input keeps the bias in the GEMM (F.linear adds it in
         # a pass of its own for a strided N-D input such as the gate-half view)
-        return self.fc2(y.reshape(-1, y.shape[-1])).view(*y.shape[:-1], -1)
+        out = self.fc2(y.reshape(-1, y.shape[-1])).view(*y.shape[:-1], -1)
+        if accumulate is not None:
+            accumulate[..., :out.shape[-1]] += out
+            return accumulate
+        return out
+
+    def _fc2_into(self, h: torch.Tensor, accumulate: torch.Tensor) -> torch.Tensor:
+        """``accumulate[..., :dim] += fc2(y)`` for the GLU's output ``y`` in ``h``'s gate half, in one GEMM.
+
+        cuBLAS adds into its output (beta = 1) but takes no bias then; the bias becomes a weight column
+        instead. The last ``ROW_ALIGN`` channels of the conv half, consumed by the GLU, are set to
+        ``0, ..., 0, 1`` and the GEMM reads them with the gate half, against weight columns
+        ``0, ..., 0, bias``: a 16-byte aligned operand, and no pass over the stream besides the GEMM."""
+        hidden = h.shape[-1] // 2
+        lead = h[..., hidden - ROW_ALIGN:hidden]
+        # (device ops only: a CUDA graph captures this; an indexed scalar write copies from the host)
+        unit = (torch.arange(ROW_ALIGN, device=h.device) == ROW_ALIGN - 1).to(h.dtype)
+        lead.copy_(unit.expand_as(lead))
+        weight = self.fc2.weight
+        weight = torch.cat((weight.new_zeros(weight.shape[0], ROW_ALIGN - 1), self.fc2.bias[:, None], weight), 1)
+        return linear_aligned(h[..., hidden - ROW_ALIGN:], weight, accumulate)
 
 
 class MatchAttentionLayer(nn.Module):
@@ -417,9 +448,9 @@ class MatchAttentionLayer(nn.Module):
         Returns field and {'self', 'cross'}. Inference only (CUDA, no autograd, no dropped paths).
 
         What it saves against :meth:`forward`: the concatenation of the stream at each layer, the copy
-        of the self offsets, and the two attention residual adds, which the projections' GEMMs do
-        (``accumulate=``); the ConvGLU's is an in-place add. Same values in float32; in half precision
-        the GEMM's float32 sum and the residual are rounded once instead of twice.
+        of the self offsets, and the three residual adds, which the projections' GEMMs and the ConvGLU's
+        fc2 do (``accumulate=``). Same values in float32; in half precision the GEMM's float32 sum and
+        the residual are rounded once instead of twice.
         """
         B, H, W, _ = stream.shape
         h, C = self.num_heads, self.mlp.fc2.out_features
@@ -434,8 +465,7 @@ class MatchAttentionLayer(nn.Module):
         self.match_attention_cross(norm_aligned(self.norm1, stream[..., :C + 2]), centers, accumulate=stream)
         field = self._read_field(stream[..., :C + 2], stereo)
         out["cross"] = field
-        x = stream[..., :C]
-        x += self.mlp(self.norm2(x))
+        self.mlp(self.norm2(stream[..., :C]), accumulate=stream)
         return field, out
 
     def forward(self, x, self_rpos, field, stereo: bool = True, grid: Optional[torch.Tensor] = None):
