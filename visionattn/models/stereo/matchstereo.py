@@ -26,6 +26,7 @@ from ...ops.group_norm_act import group_norm_act, resolve_impl
 from ...ops.layer_norm import layer_norm
 from ...ops.match_attention import IMPLS as MATCH_IMPLS
 from ...ops.match_attention import match_attention
+from ..derived_tensor import DerivedTensor
 from ..input_contract import (FLOAT_DTYPES, check_choice, check_divides, check_images, check_ints, check_rate,
                               tracing)
 from ...registry import register_converter, register_network
@@ -377,6 +378,7 @@ class ConvGLU(nn.Module):
         self.fc1 = nn.Linear(dim, 2 * hidden)
         self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
         self.fc2 = nn.Linear(hidden, dim)
+        self.fc2_with_bias = DerivedTensor()  # fc2's weight with its bias as a column, see _fc2_into
 
     def forward(self, x: torch.Tensor, accumulate: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``accumulate`` (..., >= dim) rows of unit channel stride: fc2's output is added to its first
@@ -401,16 +403,14 @@ class ConvGLU(nn.Module):
         """``accumulate[..., :dim] += fc2(y)`` for the GLU's output ``y`` in ``h``'s gate half, in one GEMM.
 
         cuBLAS adds into its output (beta = 1) but takes no bias then; the bias becomes a weight column
-        instead. The last ``ROW_ALIGN`` channels of the conv half, consumed by the GLU, are set to
-        ``0, ..., 0, 1`` and the GEMM reads them with the gate half, against weight columns
-        ``0, ..., 0, bias``: a 16-byte aligned operand, and no pass over the stream besides the GEMM."""
+        instead. The last ``ROW_ALIGN`` channels of the conv half, consumed by the GLU, are set to 1 and
+        the GEMM reads them with the gate half, against weight columns ``0, ..., 0, bias``: a 16-byte
+        aligned operand, and no pass over the stream besides the GEMM (one narrow fill)."""
         hidden = h.shape[-1] // 2
-        lead = h[..., hidden - ROW_ALIGN:hidden]
-        # (device ops only: a CUDA graph captures this; an indexed scalar write copies from the host)
-        unit = (torch.arange(ROW_ALIGN, device=h.device) == ROW_ALIGN - 1).to(h.dtype)
-        lead.copy_(unit.expand_as(lead))
-        weight = self.fc2.weight
-        weight = torch.cat((weight.new_zeros(weight.shape[0], ROW_ALIGN - 1), self.fc2.bias[:, None], weight), 1)
+        h[..., hidden - ROW_ALIGN:hidden].fill_(1)
+        weight, bias = self.fc2.weight, self.fc2.bias
+        weight = self.fc2_with_bias.get((weight, bias), lambda: torch.cat(
+            (weight.new_zeros(weight.shape[0], ROW_ALIGN - 1), bias[:, None], weight), 1))
         return linear_aligned(h[..., hidden - ROW_ALIGN:], weight, accumulate)
 
 
