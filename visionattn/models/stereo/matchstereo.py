@@ -331,6 +331,8 @@ class MatchAttention(nn.Module):
         self.k = nn.Linear(dim, inner, bias=False)
         self.v = nn.Linear(dim, inner, bias=False)
         if cross:
+            # the official layout (state-dict key g.0); forward passes g.0's output to
+            # match_attention(gate=), which applies the SiLU
             self.g = nn.Sequential(nn.Linear(dim, inner, bias=False), nn.SiLU())
             self.proj = nn.Linear(inner + num_heads * window, out_dim, bias=False)
         else:
@@ -350,7 +352,7 @@ class MatchAttention(nn.Module):
         # copy (k(swap(x)) == swap(k(x)): the projections act per token).
         weights = (self.q.weight, self.k.weight, self.v.weight) + ((self.g[0].weight,) if self.cross else ())
         projected = linear_aligned(x, torch.cat(weights))
-        q, k, v, *gate = projected.split(self.q.out_features, dim=-1)
+        q, k, v, *gate = projected.split(self.q.out_features, dim=-1)  # gate: [g's pre-activation] if cross
         del projected
         if not self.cross:
             out = match_attention(q, k, v, centers, (H, W), self.radius, impl=self.attn_impl)
