@@ -36,6 +36,7 @@ def label_parts(model) -> None:
         down.forward = _labelled(down.forward, f"encoder.down{i}")
         for block in stage:
             block.forward = _labelled(block.forward, f"encoder.stage{i}")
+            block.forward_in_place = _labelled(block.forward_in_place, f"encoder.stage{i}")
     for i, block in enumerate(model.match_attentions):  # level i: 1/32, 1/16, 1/8, 1/4
         for layer in block.layers:
             layer.forward = _labelled(layer.forward, f"level{i}.layer")

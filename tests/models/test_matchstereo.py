@@ -210,8 +210,9 @@ def test_cross_attention_inference_buffer_matches_the_autograd_path():
 
 @pytest.mark.parametrize("dtype,median,largest", [(torch.float64, 1e-12, 1e-10), (torch.float32, 1e-5, 1e-3)])
 def test_in_place_stream_matches_the_formulas(monkeypatch, dtype, median, largest):
-    """Inference on CUDA updates one residual stream per level in place (the attention residuals added
-    by the projections' GEMMs); forced here on the CPU, it must give the layers' written formulas."""
+    """Inference on CUDA updates the residual streams in place (each decoder level's stream, the residuals
+    added by the projections' and the ConvGLU's GEMMs; the encoder stages' maps, by pwconv2's and fc2's);
+    forced here on the CPU, it must give the written formulas."""
     torch.manual_seed(0)
     model = _passing_all_checks(visionattn.create_model("matchstereo_tiny").eval().to(dtype))
     with torch.no_grad():  # the initialisation zeroes the biases; the stream carries the ConvGLU's in its GEMM
@@ -221,20 +222,20 @@ def test_in_place_stream_matches_the_formulas(monkeypatch, dtype, median, larges
     left, right = _pair(device="cpu")
     with torch.no_grad():
         written = model(left, right)
-        monkeypatch.setattr(ms.MatchAttentionBlock, "_in_place", lambda self, x, field: True)
+        monkeypatch.setattr(ms, "updates_in_place", lambda module, *inputs: True)
         streamed = model(left, right)
     _compare_fields(streamed, written, median, largest)
 
 
 @pytest.mark.cuda
 def test_cuda_in_place_stream_matches_the_formulas(monkeypatch):
-    """CUDA float32, the same ops: the in-place stream (the default) against the written formulas."""
+    """CUDA float32, the same ops: the in-place streams (the default) against the written formulas."""
     torch.manual_seed(0)
     model = _passing_all_checks(visionattn.create_model("matchstereo_tiny").cuda().eval())
     left, right = _pair()
     with torch.no_grad():
         streamed = model(left, right)
-        monkeypatch.setattr(ms.MatchAttentionBlock, "_in_place", lambda self, x, field: False)
+        monkeypatch.setattr(ms, "updates_in_place", lambda module, *inputs: False)
         written = model(left, right)
     _compare_fields(streamed, written, 1e-5, 1e-3)
 

@@ -182,14 +182,15 @@ def test_triton_cuda_add_autocast_and_compile():
 
 
 def test_kernels_compile_for_hopper():
-    """The forward kernels compile to PTX for sm_90 without a GPU: the plain form with padded rows, the residual
-    form with and without the residual bias."""
+    """The forward kernels compile to PTX for sm_90 without a GPU: the plain form with padded rows (two column
+    ranges and one), the residual form with and without the residual bias."""
     from visionattn.ops import _layer_norm_triton as kernels
 
     plain = {"x_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "y_ptr": "*bf16", "rows": "i32", "stride_x": "i32",
              "eps": "fp32"}
-    assert ".entry" in ptx_for_hopper(kernels._layer_norm_fwd, plain,
-                                      dict(D=42, DP=64, OUT_W=48, BLOCK_M=64, HAS_BIAS=False))
+    for d1, d2 in ((32, 16), (64, 0)):  # two column ranges (42 channels in 48), one
+        assert ".entry" in ptx_for_hopper(kernels._layer_norm_fwd, plain,
+                                          dict(D=42, D1=d1, D2=d2, OUT_W=48, BLOCK_M=64, HAS_BIAS=False))
     residual = {"x_ptr": "*bf16", "r_ptr": "*bf16", "rb_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16",
                 "y_ptr": "*bf16", "s_ptr": "*bf16", "mean_ptr": "*fp32", "rstd_ptr": "*fp32", "rows": "i32",
                 "stride_x": "i32", "stride_r": "i32", "eps": "fp32"}

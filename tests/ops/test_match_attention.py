@@ -260,11 +260,34 @@ def test_backward_compiles_for_hopper():
     assert ".entry" in ptx_for_hopper(kernels._bwd_kernel, signature, constexprs, num_warps=warps)
 
 
+def _compare_steep(device, dtype, case, atol):
+    """Forward on logits hundreds apart inside a window (queries and keys scaled by 100): many sub-windows'
+    largest logits lie far below their window's, where the kernel's shared softmax shift would underflow
+    and its tiles must take the exact form; outputs and weights against the reference."""
+    B, H, W, h, d, r = case
+    q, k, v, c = _inputs(B, H, W, h, d, device=device, seed=sum(case))
+    q, k = q * 100, k * 100
+    with torch.no_grad():
+        ref = ma.match_attention(q, k, v, c, (H, W), r, return_attn=True, impl="reference")
+        tri = ma.match_attention(q.to(dtype), k.to(dtype), v.to(dtype), c, (H, W), r, return_attn=True,
+                                 impl="triton")
+    for name, a, b in zip(("out", "attn"), ref, tri):
+        assert torch.isfinite(b).all(), name
+        err = (a - b.float()).abs().max().item()
+        assert err <= atol * max(1.0, a.abs().max().item()), f"{name}: max error {err} for {case} {dtype}"
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="run by test_triton_interpreter")
+@pytest.mark.parametrize("case", [GRID[0], GRID[1], GRID[5]])
+def test_triton_interpreter_steep_logits(case):
+    _compare_steep("cpu", torch.float32, case, atol=1e-4)
+
+
 @pytest.mark.skipif(not ma.triton_available(), reason="triton not installed")
 def test_triton_interpreter():
     # Triton reads TRITON_INTERPRET when the kernels are defined, hence a fresh interpreter.
     run_interpreted(__file__, "-k", "test_triton_interpreter_grid or test_triton_interpreter_fused_layout or "
-                                    "test_triton_interpreter_gated_into_buffer")
+                                    "test_triton_interpreter_gated_into_buffer or test_triton_interpreter_steep_logits")
 
 
 @pytest.mark.cuda
@@ -286,6 +309,13 @@ def test_triton_cuda_fused_layout(case, dtype, atol):
 @pytest.mark.parametrize("case", GRID)
 def test_triton_cuda_gated_into_buffer(case, dtype, atol):
     _compare_gated("cuda", dtype, case, atol)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-4), (torch.float16, 2e-2)])
+@pytest.mark.parametrize("case", GRID)
+def test_triton_cuda_steep_logits(case, dtype, atol):
+    _compare_steep("cuda", dtype, case, atol)
 
 
 @pytest.mark.cuda

@@ -26,9 +26,13 @@ from typing import Tuple
 
 import torch
 
-from ._triton import tl, triton, unit_last_stride
+from ._triton import power_of_two_ranges, tl, triton, unit_last_stride
 
 if triton is not None:
+    # below this, a sub-window total of the forward's shared-shift softmax may have lost terms to underflow
+    # (it means the sub-window's maximum lies > ~46 below the window's; terms then lost weigh < 1e-16 of
+    # their sub-window): the tile takes the exact form
+    SHARED_SHIFT_FLOOR = tl.constexpr(1e-20)
 
     @triton.jit
     def _centres(c_ptr, b, hh, offs_n, mask_n, stride_cb, stride_cn, stride_ch, hi_x, hi_y, R: tl.constexpr):
@@ -130,6 +134,75 @@ if triton is not None:
         return et / tl.sum(et, axis=1)[:, None]
 
     @triton.jit
+    def _bilinear_factors(fx, fy, t: tl.constexpr):
+        """x and y factors of sub-window ``t``'s weight (offset (t % 2, t // 2)) in the blend; their products
+        over t: (1-fx)(1-fy), fx(1-fy), (1-fx)fy, fx fy."""
+        ox: tl.constexpr = t % 2
+        oy: tl.constexpr = t // 2
+        return (1.0 - fx) + ox * (2.0 * fx - 1.0), (1.0 - fy) + oy * (2.0 * fy - 1.0)
+
+    @triton.jit
+    def _blend_shared_shift(logits1, jx1, jy1, mask_j1, logits2, jx2, jy2, mask_j2, fx, fy, R: tl.constexpr,
+                            J2: tl.constexpr):
+        """The forward's bilinear blend of the four sub-window softmaxes over one or two window ranges
+        (``J2 = 0``: one; the second range's arguments are then ignored), all four shifted by the window's
+        largest logit (a softmax does not change when all its logits move together): one exponential per
+        window position instead of one per position and sub-window; a position's weight is its exponential
+        times the sum of ``w_t / total_t`` over the sub-windows that hold it. Returns both ranges' weights and
+        each query's smallest sub-window total (``SHARED_SHIFT_FLOOR`` tells whether underflow may have cut it)."""
+        top = tl.max(tl.where(mask_j1[None, :], logits1, float("-inf")), axis=1)
+        if J2 > 0:
+            top = tl.maximum(top, tl.max(tl.where(mask_j2[None, :], logits2, float("-inf")), axis=1))
+        e1 = tl.where(mask_j1[None, :], tl.exp(logits1 - top[:, None]), 0.0)
+        e2 = e1
+        if J2 > 0:
+            e2 = tl.where(mask_j2[None, :], tl.exp(logits2 - top[:, None]), 0.0)
+        coef1 = tl.zeros_like(e1)
+        coef2 = tl.zeros_like(e2)
+        smallest = tl.full(top.shape, 1.0, tl.float32)
+        for t in tl.static_range(4):
+            in1 = _in_subwindow(jx1, jy1, mask_j1, t, R)
+            total = tl.sum(tl.where(in1[None, :], e1, 0.0), axis=1)
+            if J2 > 0:
+                in2 = _in_subwindow(jx2, jy2, mask_j2, t, R)
+                total += tl.sum(tl.where(in2[None, :], e2, 0.0), axis=1)
+            smallest = tl.minimum(smallest, total)
+            wx, wy = _bilinear_factors(fx, fy, t)
+            wt = (wx * wy / total)[:, None]
+            coef1 += tl.where(in1[None, :], wt, 0.0)
+            if J2 > 0:
+                coef2 += tl.where(in2[None, :], wt, 0.0)
+        return coef1 * e1, coef2 * e2, smallest
+
+    @triton.jit
+    def _blend_exact(logits1, jx1, jy1, mask_j1, logits2, jx2, jy2, mask_j2, fx, fy, R: tl.constexpr,
+                     J2: tl.constexpr):
+        """:func:`_blend_shared_shift` with each sub-window shifted by its own largest logit: the written
+        formula, for tiles where a sub-window's maximum lies so far below the window's that the shared
+        shift would underflow (a total below ``SHARED_SHIFT_FLOOR``)."""
+        attn1 = tl.zeros_like(logits1)
+        attn2 = tl.zeros_like(logits2)
+        for t in tl.static_range(4):
+            in1 = _in_subwindow(jx1, jy1, mask_j1, t, R)
+            l1 = tl.where(in1[None, :], logits1, float("-inf"))
+            mt = tl.max(l1, axis=1)
+            if J2 > 0:
+                in2 = _in_subwindow(jx2, jy2, mask_j2, t, R)
+                l2 = tl.where(in2[None, :], logits2, float("-inf"))
+                mt = tl.maximum(mt, tl.max(l2, axis=1))
+            e1 = tl.where(in1[None, :], tl.exp(l1 - mt[:, None]), 0.0)
+            total = tl.sum(e1, axis=1)
+            if J2 > 0:
+                e2 = tl.where(in2[None, :], tl.exp(l2 - mt[:, None]), 0.0)
+                total += tl.sum(e2, axis=1)
+            wx, wy = _bilinear_factors(fx, fy, t)
+            wt = (wx * wy / total)[:, None]
+            attn1 += wt * e1
+            if J2 > 0:
+                attn2 += wt * e2
+        return attn1, attn2
+
+    @triton.jit
     def _gated(out, g_ptr, g_off, mask_n, D: tl.constexpr, D0: tl.constexpr, DW: tl.constexpr, GATE: tl.constexpr):
         """``out * SiLU(gate)`` over head-dim columns D0 .. D0+DW-1 when ``GATE``, else ``out``."""
         if GATE:
@@ -169,7 +242,6 @@ if triton is not None:
         if D2 > 0:
             dist1 += _l1_part(q_ptr, k_ptr, q_off, row1, mask_n, mask_nj1, D, D1, D2)
         logits1 = -dist1 * scale
-        attn1 = tl.zeros_like(logits1)
         if J2 > 0:
             row2, _, jx2, jy2, mask_j2, mask_nj2 = _window_rows(mx, my, mask_n, W, kb, hh, stride_kb, stride_kn,
                                                              D, R, J1, J2)
@@ -177,30 +249,15 @@ if triton is not None:
             if D2 > 0:
                 dist2 += _l1_part(q_ptr, k_ptr, q_off, row2, mask_n, mask_nj2, D, D1, D2)
             logits2 = -dist2 * scale
-            attn2 = tl.zeros_like(logits2)
 
-        # the four sub-window softmaxes over both ranges, blended with the bilinear weights
-        for t in tl.static_range(4):
-            ox = t % 2
-            oy = t // 2
-            in1 = _in_subwindow(jx1, jy1, mask_j1, t, R)
-            l1 = tl.where(in1[None, :], logits1, float("-inf"))
-            mt = tl.max(l1, axis=1)
-            if J2 > 0:
-                in2 = _in_subwindow(jx2, jy2, mask_j2, t, R)
-                l2 = tl.where(in2[None, :], logits2, float("-inf"))
-                mt = tl.maximum(mt, tl.max(l2, axis=1))
-            e1 = tl.where(in1[None, :], tl.exp(l1 - mt[:, None]), 0.0)
-            total = tl.sum(e1, axis=1)
-            if J2 > 0:
-                e2 = tl.where(in2[None, :], tl.exp(l2 - mt[:, None]), 0.0)
-                total += tl.sum(e2, axis=1)
-            wx = (1.0 - fx) + ox * (2.0 * fx - 1.0)
-            wy = (1.0 - fy) + oy * (2.0 * fy - 1.0)
-            wt = (wx * wy / total)[:, None]
-            attn1 += wt * e1
-            if J2 > 0:
-                attn2 += wt * e2
+        # the four sub-window softmaxes over both ranges, blended with the bilinear weights (the second
+        # range's arguments repeat the first's when there is none; the helpers then ignore them)
+        if J2 == 0:
+            logits2, jx2, jy2, mask_j2 = logits1, jx1, jy1, mask_j1
+        attn1, attn2, smallest = _blend_shared_shift(logits1, jx1, jy1, mask_j1, logits2, jx2, jy2, mask_j2,
+                                                     fx, fy, R, J2)
+        if tl.min(smallest, axis=0) < SHARED_SHIFT_FLOOR:
+            attn1, attn2 = _blend_exact(logits1, jx1, jy1, mask_j1, logits2, jx2, jy2, mask_j2, fx, fy, R, J2)
 
         o_off = (b * N + offs_n).to(tl.int64) * stride_o + hh * D
         a_off = (b * N + offs_n).to(tl.int64) * stride_a + hh * M
@@ -255,8 +312,7 @@ if triton is not None:
         dfy = tl.zeros_like(fy)
         for t in tl.static_range(4):
             alpha = _subwindow_softmax(logits, jx, jy, mask_j, t, R)
-            wx = (1.0 - fx) + (t % 2) * (2.0 * fx - 1.0)
-            wy = (1.0 - fy) + (t // 2) * (2.0 * fy - 1.0)
+            wx, wy = _bilinear_factors(fx, fy, t)
             wt = wx * wy
             attn += wt[:, None] * alpha
             dw = tl.sum(dA * alpha, axis=1)  # [BN]
@@ -275,14 +331,6 @@ if triton is not None:
         tl.store(dc_ptr + c_off + 1, tl.where(pass_y, dfy, 0.0), mask=mask_n)
 
 
-def _split(n: int) -> Tuple[int, int]:
-    """``n`` as two power-of-two tile sides (the second 0 when one suffices, else masked past ``n``):
-    36 -> (32, 4), 80 -> (64, 16), 128 -> (128, 0)."""
-    first = 1 << (n.bit_length() - 1)
-    rest = n - first
-    return first, (triton.next_power_of_2(rest) if rest else 0)
-
-
 # (BLOCK_N, num_warps) of the forward keyed by (window positions, head dim): the fastest of
 # {BLOCK_N/2, BLOCK_N, 2 BLOCK_N} x {1, 2} warps timed on an H200 at each level of a 4K MatchStereo-T/B
 # pair (fp16, q/k/v slices of one projection as in the model); ``python benchmarks/match_attention_tiles.py
@@ -296,12 +344,12 @@ def _fwd_cfg(radius: int, head_dim: int) -> Tuple[int, int, int, int, int, int]:
     program, warps. Untimed shapes take ~12K tile elements on one warp for windows of two ranges
     (as the timed 6x6 windows), ~4K for one range."""
     window = (2 * radius + 2) ** 2
-    j1, j2 = _split(window)
-    d1, d2 = _split(max(head_dim, 2))
+    j1, j2 = power_of_two_ranges(window)
+    d1, d2 = power_of_two_ranges(max(head_dim, 2))
     if (window, head_dim) in _FWD_TIMED:
         return (j1, j2, d1, d2) + _FWD_TIMED[window, head_dim]
     per_query = (j1 + j2) * (d1 + d2)
-    return j1, j2, d1, d2, _split(max(1, min(128, (12288 if j2 else 4096) // per_query)))[0], 1
+    return j1, j2, d1, d2, power_of_two_ranges(max(1, min(128, (12288 if j2 else 4096) // per_query)))[0], 1
 
 
 def _bwd_cfg(radius: int, head_dim: int) -> Tuple[int, int, int, int]:

@@ -37,6 +37,15 @@ _INTERPRET = _read_interpret_flag()
 FLOAT_DTYPES: Tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16)
 
 
+def power_of_two_ranges(n: int) -> Tuple[int, int]:
+    """``n`` as two power-of-two tile sides, the second 0 when one suffices (else masked past ``n``):
+    36 -> (32, 4), 80 -> (64, 16), 128 -> (128, 0), 272 -> (256, 16). Their sum is at most 1.5 n, where
+    one power of two can be 2 n: the masked lanes a kernel computes but does not use."""
+    first = 1 << (n.bit_length() - 1)
+    rest = n - first
+    return first, (1 << (rest - 1).bit_length() if rest else 0)
+
+
 def triton_available() -> bool:
     return triton is not None
 

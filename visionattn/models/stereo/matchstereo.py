@@ -11,7 +11,7 @@ ConvFormer encoder (1/4..1/32) -> global row correlation at 1/32 gives the initi
 refine the field (disparity as a 2-vector flow) and per-head self offsets through residual
 channels -> convex upsampling x2 between levels and x4 at the end.
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -77,18 +77,41 @@ def norm_aligned(norm: LayerNorm, x: torch.Tensor, *extra: torch.Tensor) -> torc
     return y
 
 
-def linear_aligned(x: torch.Tensor, weight: torch.Tensor, accumulate: Optional[torch.Tensor] = None
-                   ) -> torch.Tensor:
-    """``F.linear(x[..., :in], weight)`` for an ``x`` zero-padded past the weight's ``in`` columns
-    (:func:`norm_aligned`); the output is computed ``aligned(out)`` wide (zero rows appended to the
-    weight) and returned as a view of its first ``out`` channels, so every GEMM operand has 16-byte rows.
+def aligned_weight(weight: torch.Tensor, width: int) -> torch.Tensor:
+    """``weight`` (out, in) with zero columns up to ``width`` and zero rows up to ``aligned(out)``: the
+    operand of :func:`linear_aligned` for rows ``width`` wide."""
+    out_features, in_features = weight.shape
+    return F.pad(weight, (0, width - in_features, 0, aligned(out_features) - out_features))
+
+
+def prepared_weight(cache: DerivedTensor, params: Sequence[torch.Tensor], width: int,
+                    matrix: Optional[Callable[[], torch.Tensor]] = None) -> torch.Tensor:
+    """:func:`aligned_weight` of ``matrix()`` (default: ``params`` stacked by rows), kept in ``cache``
+    between no-grad calls and rebuilt (differentiably) under autograd. Built on every call, these
+    concatenations and pads were ~300 small kernels of a MatchStereo forward."""
+    def build():
+        return aligned_weight(matrix() if matrix is not None else torch.cat(tuple(params)), width)
+
+    if needs_grad(*params):
+        return build()
+    weight = cache.get(params, build)
+    if weight.shape[1] != width:  # rows of another width than the cached operand's
+        cache.clear()
+        weight = cache.get(params, build)
+    return weight
+
+
+def linear_aligned(x: torch.Tensor, weight: torch.Tensor, out_features: int,
+                   accumulate: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.linear(x[..., :in], W)`` for an ``x`` zero-padded past W's ``in`` columns (:func:`norm_aligned`),
+    with ``weight = aligned_weight(W, x.shape[-1])`` (W's ``out_features`` rows followed by zero rows):
+    the output is computed ``aligned(out)`` wide and returned as a view of its first ``out_features``
+    channels, so every GEMM operand has 16-byte rows.
 
     ``accumulate`` (..., >= aligned(out)), rows of unit channel stride: the product is added to its
     first channels in place instead (the residual add inside the GEMM, cuBLAS's beta = 1; the zero
     rows add exact zeros to the channels from ``out`` to ``aligned(out)``), and it is returned.
     Inference only (no autograd through it)."""
-    out_features, in_features = weight.shape
-    weight = F.pad(weight, (0, x.shape[-1] - in_features, 0, aligned(out_features) - out_features))
     if accumulate is not None:
         rows = accumulate[..., :weight.shape[0]]
         rows.view(-1, rows.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]), weight.t())
@@ -114,6 +137,14 @@ def field_outputs(field: torch.Tensor, task: str, threshold: float) -> Dict[str,
     else:
         out["flow"], out["flow_backward"] = field[:B], field[B:]
     return out
+
+
+def updates_in_place(module: nn.Module, *inputs: torch.Tensor) -> bool:
+    """Whether ``module`` may update its residual stream in place, the residual adds inside the closing
+    GEMMs (cuBLAS's beta = 1): CUDA inference (the CPU runs the written formulas, the ground truth of the
+    tests), no path dropped. The stream is a tensor the caller made for it, never a caller's input."""
+    dropping = module.training and any(isinstance(m, DropPath) for m in module.modules())
+    return can_run(inputs[0]) and not needs_grad(*inputs, *module.parameters()) and not dropping
 
 
 # --- encoder: ConvFormer (MetaFormer with separable-conv token mixer) ---------------------------
@@ -147,6 +178,19 @@ class ConvFormerBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.token_mixer(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def forward_in_place(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` adding both residuals into ``x`` (contiguous, owned by the caller's stage) inside
+        the GEMMs of ``pwconv2`` and ``fc2`` (beta = 1): no residual-add pass over the map. Inference only
+        (:func:`updates_in_place`); same values, in half precision rounded once instead of twice."""
+        rows = x.view(-1, x.shape[-1])
+        mixer, mlp = self.token_mixer, self.mlp
+        h = mixer.act(mixer.pwconv1(self.norm1(x)))
+        h = mixer.dwconv(h.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # channels-last in and out
+        rows.addmm_(h.reshape(-1, h.shape[-1]), mixer.pwconv2.weight.t())
+        h = mlp.act(mlp.fc1(self.norm2(x)))  # timm's Mlp: its dropouts and norm are identities here
+        rows.addmm_(h.reshape(-1, h.shape[-1]), mlp.fc2.weight.t())
+        return x
 
 
 class Downsample(nn.Module):
@@ -207,8 +251,9 @@ class ConvFormerEncoder(nn.Module):
                     # residual adds run strided. One copy here; on the CPU the view stays (same values,
                     # and the official layout for every later convolution)
                     x = x.contiguous()
+            in_place = updates_in_place(self, x) and x.is_contiguous()  # x: made by the stem / downsample
             for block in stage:
-                x = block(x)
+                x = block.forward_in_place(x) if in_place else block(x)
             feats.append(x)
         return feats
 
@@ -337,6 +382,8 @@ class MatchAttention(nn.Module):
             self.proj = nn.Linear(inner + num_heads * window, out_dim, bias=False)
         else:
             self.proj = nn.Linear(inner, out_dim, bias=False)
+        # the GEMM operands (q, k, v (, g) stacked; the projection), aligned: see prepared_weight
+        self.qkv_weight, self.proj_weight = DerivedTensor(), DerivedTensor()
 
     def forward(self, x: torch.Tensor, centers: torch.Tensor, accumulate: Optional[torch.Tensor] = None
                 ) -> torch.Tensor:
@@ -351,12 +398,13 @@ class MatchAttention(nn.Module):
         # cross attention takes k/v of the other view through kv_batch_shift instead of a swapped
         # copy (k(swap(x)) == swap(k(x)): the projections act per token).
         weights = (self.q.weight, self.k.weight, self.v.weight) + ((self.g[0].weight,) if self.cross else ())
-        projected = linear_aligned(x, torch.cat(weights))
+        projected = linear_aligned(x, prepared_weight(self.qkv_weight, weights, width),
+                                   len(weights) * self.q.out_features)
         q, k, v, *gate = projected.split(self.q.out_features, dim=-1)  # gate: [g's pre-activation] if cross
         del projected
         if not self.cross:
             out = match_attention(q, k, v, centers, (H, W), self.radius, impl=self.attn_impl)
-            return linear_aligned(out, self.proj.weight, accumulate).reshape(B, H, W, -1)
+            return self._project(out, accumulate).reshape(B, H, W, -1)
         # the projection reads [SiLU(g) * attention output, attention weights]
         args = (q, k, v, centers, (H, W), self.radius)
         kwargs = dict(return_attn=True, impl=self.attn_impl, kv_batch_shift=B // 2, gate=gate[0])
@@ -368,7 +416,11 @@ class MatchAttention(nn.Module):
             out = x.new_empty(B, H * W, aligned(used))
             out[..., used:].zero_()  # the weight's zero alignment columns must not meet NaN
             match_attention(*args, **kwargs, out=out)
-        return linear_aligned(out, self.proj.weight, accumulate).reshape(B, H, W, -1)
+        return self._project(out, accumulate).reshape(B, H, W, -1)
+
+    def _project(self, out: torch.Tensor, accumulate: Optional[torch.Tensor]) -> torch.Tensor:
+        weight = prepared_weight(self.proj_weight, (self.proj.weight,), out.shape[-1])
+        return linear_aligned(out, weight, self.proj.out_features, accumulate)
 
 
 class ConvGLU(nn.Module):
@@ -411,9 +463,9 @@ class ConvGLU(nn.Module):
         hidden = h.shape[-1] // 2
         h[..., hidden - ROW_ALIGN:hidden].fill_(1)
         weight, bias = self.fc2.weight, self.fc2.bias
-        weight = self.fc2_with_bias.get((weight, bias), lambda: torch.cat(
+        weight = prepared_weight(self.fc2_with_bias, (weight, bias), ROW_ALIGN + hidden, lambda: torch.cat(
             (weight.new_zeros(weight.shape[0], ROW_ALIGN - 1), bias[:, None], weight), 1))
-        return linear_aligned(h[..., hidden - ROW_ALIGN:], weight, accumulate)
+        return linear_aligned(h[..., hidden - ROW_ALIGN:], weight, self.fc2.out_features, accumulate)
 
 
 class MatchAttentionLayer(nn.Module):
@@ -456,7 +508,7 @@ class MatchAttentionLayer(nn.Module):
         """
         B, H, W, _ = stream.shape
         h, C = self.num_heads, self.mlp.fc2.out_features
-        stream[..., C:C + 2] = field * self.field_scale.to(field.dtype)
+        torch.mul(field, self.field_scale.to(field.dtype), out=stream[..., C:C + 2])  # no temporary
         noc = consistency_mask(field, self.consistency_threshold, dtype=stream.dtype, grid=grid)
         wide = stream[..., :C + 2 + 2 * h]
         centers = (wide[..., C + 2:].view(B, H, W, h, 2) + grid.unsqueeze(2)).view(B, H * W, h, 2)
@@ -505,12 +557,6 @@ class MatchAttentionBlock(nn.Module):
             MatchAttentionLayer(dim, radius, num_heads, head_dim, drop_paths[i], attn_impl=attn_impl)
             for i in range(num_layers)])
 
-    def _in_place(self, x: torch.Tensor, field: torch.Tensor) -> bool:
-        """Whether the layers may update one residual stream in place: CUDA inference (the CPU runs the
-        written formulas, the ground truth of the tests), no path dropped."""
-        dropping = self.training and any(not isinstance(layer.drop_path, nn.Identity) for layer in self.layers)
-        return can_run(x) and not needs_grad(x, field, *self.parameters()) and not dropping
-
     def forward(self, x, self_rpos, field, stereo=True):
         """self_rpos (2B, H, W, 2) is shared by the heads on entry and averaged over them on exit."""
         B, H, W, C = x.shape
@@ -518,7 +564,7 @@ class MatchAttentionBlock(nn.Module):
         self_rpos = self_rpos.repeat(1, 1, 1, h)
         grid = pixel_grid(H, W, field)  # once per level
         fields = []
-        if self._in_place(x, field):
+        if updates_in_place(self, x, field):
             # [x, field channels (each layer writes them), self_rpos, zeros up to a 16-byte row]
             stream = x.new_zeros(B, H, W, aligned(C + 2 + 2 * h))
             stream[..., :C] = x
