@@ -217,6 +217,12 @@ def stem_forward(stem: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     plain = any(n.affine or n.track_running_stats for n in norms)
     if plain or resolve_impl(x) != "triton" or needs_grad(x, *(p for c in convs for p in c.parameters())):
         return stem(x)
+    if x.dtype in (torch.float16, torch.bfloat16):
+        # channels-last from the images on: cuDNN then runs both convolutions on NHWC maps (on the NCHW
+        # images the first took its generic kernel), and the encoder's (B, H, W, C) rows are the output
+        # itself. Not in float32: there cuDNN's NHWC kernels compute in TF32 (PyTorch allows it for
+        # convolutions by default), the generic one and the modules' NCHW path do not
+        x = x.contiguous(memory_format=torch.channels_last)
     for conv, norm in zip(convs, norms):
         x = F.conv2d(x, conv.weight, None, conv.stride, conv.padding)
         x = group_norm_act(x, x.shape[1], eps=norm.eps, act="gelu", input_bias=conv.bias)
@@ -246,10 +252,10 @@ class ConvFormerEncoder(nn.Module):
             if i == 0:
                 x = x.permute(0, 2, 3, 1)
                 if x.is_cuda:
-                    # the stem's NCHW map as (B, H, W, C) rows: as a permuted view, the first stage's
-                    # LayerNorms miss the row kernel (PyTorch copies, 5.8 ms of a 4K T forward) and its
-                    # residual adds run strided. One copy here; on the CPU the view stays (same values,
-                    # and the official layout for every later convolution)
+                    # the stem's map as (B, H, W, C) rows (free when stem_forward's kernel path made it
+                    # channels-last): as a permuted NCHW view, the first stage's LayerNorms miss the row
+                    # kernel (PyTorch copies, 5.8 ms of a 4K T forward) and its residual adds run strided.
+                    # On the CPU the view stays (same values, the official layout for later convolutions)
                     x = x.contiguous()
             in_place = updates_in_place(self, x) and x.is_contiguous()  # x: made by the stem / downsample
             for block in stage:
