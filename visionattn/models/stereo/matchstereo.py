@@ -220,8 +220,9 @@ def stem_forward(stem: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     if x.dtype in (torch.float16, torch.bfloat16):
         # channels-last from the images on: cuDNN then runs both convolutions on NHWC maps (on the NCHW
         # images the first took its generic kernel), and the encoder's (B, H, W, C) rows are the output
-        # itself. Not in float32: there cuDNN's NHWC kernels compute in TF32 (PyTorch allows it for
-        # convolutions by default), the generic one and the modules' NCHW path do not
+        # itself. Not in float32: there the NHWC path moved a random T's fields by > 0.05 px from the
+        # modules' NCHW path on an H200, likely cuDNN's NHWC kernels computing in TF32 (PyTorch allows
+        # it for convolutions by default); float32 keeps the layout it was checked with
         x = x.contiguous(memory_format=torch.channels_last)
     for conv, norm in zip(convs, norms):
         x = F.conv2d(x, conv.weight, None, conv.stride, conv.padding)
