@@ -4,10 +4,10 @@
     python benchmarks/match_attention_tiles.py matchstereo_base --size 384 1248
 
 One eager forward of a random pair records every call of the kernel (q/k/v are the model's own
-views of its fused projections); each distinct shape is then timed with the current setting
-(``_fwd_cfg``) and with others: queries per program (BLOCK_N) x warps (``--quick``: fewer). The
-cross attention's calls carry their gate and write into their buffer, as in the model. Latency is the median of
-20 calls (CUDA events); ``max|diff|`` compares each setting's output with the current one (the
+views of its fused projections; the cross attention's calls keep their gate and write into their
+buffer, as in the model); each distinct shape is then timed with the current setting (``_fwd_cfg``)
+and with others: queries per program (BLOCK_N) x warps (``--quick``: fewer). Latency is the median
+of 20 calls (CUDA events); ``max|diff|`` compares each setting's output with the current one (the
 sums inside a tile may run in another order, so they differ by rounding only).
 """
 import argparse

@@ -87,8 +87,8 @@ def aligned_weight(weight: torch.Tensor, width: int) -> torch.Tensor:
 def prepared_weight(cache: DerivedTensor, params: Sequence[torch.Tensor], width: int,
                     matrix: Optional[Callable[[], torch.Tensor]] = None) -> torch.Tensor:
     """:func:`aligned_weight` of ``matrix()`` (default: ``params`` stacked by rows), kept in ``cache``
-    between no-grad calls and rebuilt (differentiably) under autograd. Built on every call, these
-    concatenations and pads were ~300 small kernels of a MatchStereo forward."""
+    between no-grad calls and rebuilt (differentiably) under autograd: otherwise every GEMM of every
+    call would launch its own small concatenation and pad kernels (a launch-bound cost at KITTI size)."""
     def build():
         return aligned_weight(matrix() if matrix is not None else torch.cat(tuple(params)), width)
 
