@@ -29,9 +29,10 @@ def rows_are_a_view(x: torch.Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _centred(x_rows, cols, row_mask, D: tl.constexpr):
+    def _row_part(x_rows, cols, row_mask, D: tl.constexpr):
         """Channels ``cols`` of the rows as float32 (0 past D) and their sum."""
-        x = tl.load(x_rows + cols[None, :], mask=row_mask[:, None] & (cols < D)[None, :], other=0.0).to(tl.float32)
+        x = tl.load(x_rows + cols[None, :], mask=row_mask[:, None] & (cols < D)[None, :], other=0.0)
+        x = x.to(tl.float32)
         return x, tl.sum(x, axis=1)
 
     @triton.jit
@@ -56,10 +57,10 @@ if triton is not None:
         x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_x
         y_rows = y_ptr + offs_m.to(tl.int64)[:, None] * OUT_W
         cols1 = tl.arange(0, D1)
-        x1, total = _centred(x_rows, cols1, row_mask, D)
+        x1, total = _row_part(x_rows, cols1, row_mask, D)
         if D2 > 0:
             cols2 = D1 + tl.arange(0, D2)
-            x2, total2 = _centred(x_rows, cols2, row_mask, D)
+            x2, total2 = _row_part(x_rows, cols2, row_mask, D)
             total += total2
         mean = total / D
         xc1 = tl.where((cols1 < D)[None, :], x1 - mean[:, None], 0.0)
