@@ -7,7 +7,8 @@ Prints the top-level aten and visionattn ops (those not called from inside anoth
 estimate of the full passes over activations a CUDA eager forward makes:
 
 - every top-level op with an input of 3 or more dims (a feature map) that is not a view, i.e.
-  convolutions, GEMMs on NHWC views, elementwise ops, norms, reductions;
+  convolutions, GEMMs on NHWC views, elementwise ops, norms, reductions; and every matrix product
+  (``addmm``, ``addmm_``, ``mm``) over the (pixels, C) rows of a map, i.e. of more rows than images;
 - plus one per convolution with a bias: cuDNN convolutions do not take the bias, so PyTorch adds it in
   a separate elementwise kernel (what the H200 profile in benchmarks/ffnet.md shows). A GEMM
   (``addmm``/``linear``) adds its bias in the cuBLAS epilogue and counts once.
@@ -29,6 +30,7 @@ VIEWS = {"aten::permute", "aten::view", "aten::reshape", "aten::flatten", "aten:
          "aten::select", "aten::detach", "aten::alias", "aten::_unsafe_view", "aten::contiguous",
          "aten::empty", "aten::empty_like", "aten::lift_fresh", "aten::_reshape_alias", "aten::dropout"}
 CONVS = {"aten::conv2d", "aten::convolution"}
+ROW_GEMMS = {"aten::addmm": 1, "aten::addmm_": 1, "aten::mm": 0}  # name -> position of the activation rows
 OPS = ("aten::", "visionattn::")  # visionattn's custom ops (e.g. channel_bias_act) count like aten ops
 
 
@@ -51,7 +53,9 @@ def count_ops(model: torch.nn.Module, x: torch.Tensor) -> Dict:
         ops[ev.name] += 1
         kernels += ev.name not in VIEWS
         shapes: List = ev.input_shapes or []
-        if ev.name in VIEWS or not any(isinstance(s, list) and len(s) >= 3 for s in shapes):
+        rows = shapes[ROW_GEMMS[ev.name]] if ev.name in ROW_GEMMS and len(shapes) > ROW_GEMMS[ev.name] else []
+        on_rows = len(rows) == 2 and rows[0] > x.shape[0]  # a classifier's (images, C) matrix is not a map
+        if ev.name in VIEWS or not (on_rows or any(isinstance(s, list) and len(s) >= 3 for s in shapes)):
             continue
         passes += 1
         if ev.name in CONVS and len(shapes) > 2 and shapes[2]:  # (input, weight, bias, ...)

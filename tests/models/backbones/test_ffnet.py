@@ -13,7 +13,7 @@ from timm.utils.model import reparameterize_model
 
 import visionattn  # noqa: F401  (registers ffnet_*)
 from visionattn.hub import load_checkpoint
-from visionattn.models.backbones.ffnet import FFNet, MetaMixer, PointwiseConv, RepDWConv
+from visionattn.models.backbones.ffnet import ConvFFN, FFNet, MetaMixer, PatchMerging, PointwiseConv, RepDWConv
 
 KEYS = Path("/work/shared/reference/keys")
 if not KEYS.is_dir():  # CI copy of the listings
@@ -97,6 +97,35 @@ def test_deploy_fast_path_bias_folds_and_gemms_do_not_change_the_output(channels
         fused.stages[1].blocks[0].channel_mixer.query.bias.add_(1.0)
         fused.stages[2].downsample.conv.bias.add_(1.0)
         assert (fused(x) - out).abs().max() > 1e-3
+
+
+def test_channels_last_deploy_path_splits_the_multiplier_and_adds_residuals_in_the_gemm(monkeypatch):
+    """On channels_last maps the fused model runs each patch merging as one depthwise conv per multiplier
+    index (cuDNN has no channels_last kernel for a channel multiplier) and, without autograd, adds each
+    channel mixer's residual inside its second GEMM, the second conv's bias carried by a constant column
+    of the hidden map. Both are taken (counted) and leave the output and the gradients unchanged."""
+    calls = {"split": 0, "add_into": 0}
+
+    def counted(name, method):
+        def run(self, *args, **kwargs):
+            calls[name] += 1
+            return method(self, *args, **kwargs)
+        return run
+    monkeypatch.setattr(PatchMerging, "_forward_by_multiplier", counted("split", PatchMerging._forward_by_multiplier))
+    monkeypatch.setattr(ConvFFN, "add_into", counted("add_into", ConvFFN.add_into))
+    model = _randomize(FFNet(**TINY))  # every bias and the layer scales nonzero
+    fused = copy.deepcopy(model).fuse().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        ref, out = model(x), fused(x.contiguous(memory_format=torch.channels_last))
+    assert calls == {"split": 3, "add_into": sum(TINY["depths"])}
+    assert (out - ref).abs().max() <= 1e-5
+    # under autograd: the split (differentiable) but no in-place residual; same gradients as unfused
+    xa, xb = x.clone().requires_grad_(), x.clone().contiguous(memory_format=torch.channels_last).requires_grad_()
+    model(xa).square().sum().backward()
+    fused(xb).square().sum().backward()
+    assert calls == {"split": 6, "add_into": sum(TINY["depths"])}
+    assert (xa.grad - xb.grad).abs().max() <= 1e-5 * xa.grad.abs().max()
 
 
 def test_deploy_fast_path_keeps_the_published_layout_and_loads_after_fuse():

@@ -53,7 +53,7 @@ from ...ops.channel_bias_act import IMPLS as CBA_IMPLS
 from ..input_contract import check_choice, check_int, check_ints, check_num_classes, check_rate
 
 __all__ = ["FFNet", "MetaMixer", "ConvBN", "RepDWConv", "BNConvSkip", "PatchMerging", "FFNetBlock", "PointwiseConv",
-           "ConvFFN"]
+           "ConvFFN", "Stem"]
 
 
 # --- 1x1 convolutions as GEMMs ------------------------------------------------------------------
@@ -87,26 +87,31 @@ def _conv_no_bias(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
-def conv_then_pointwise(x: torch.Tensor, conv: nn.Conv2d, pw: PointwiseConv) -> torch.Tensor:
-    """``pw(conv(x))`` with ``conv``'s bias folded into ``pw``'s: W(y + b) + c = Wy + (Wb + c).
+def folded_bias(conv: nn.Conv2d, pw: PointwiseConv) -> Optional[torch.Tensor]:
+    """The bias of ``pw(conv(x))`` when ``conv`` runs without its own: W b + c (``pw``'s W, c; ``conv``'s b).
 
     Exact because a 1x1 conv has no padding (the bias is the same at every pixel), and it saves a
-    full pass over ``conv``'s output. The folded bias is a (C_out,) matrix-vector product derived
-    from the parameters (recomputed at each call under autograd, cached between no-grad calls until
-    a parameter changes), so the parameters, the state dict and gradients stay those of the
-    published fused model. (B, C_in, H, W) -> (B, C_pw, H', W').
+    full pass over ``conv``'s output. A (C_out,) matrix-vector product derived from the parameters
+    (recomputed at each call under autograd, cached between no-grad calls until a parameter changes),
+    so the parameters, the state dict and gradients stay those of the published fused model.
+    ``None`` (``pw`` keeps its own bias) when ``conv`` has none.
     """
-    y = _conv_no_bias(conv, x)
     if conv.bias is None:
-        return pw(y)
+        return None
 
     def fold() -> torch.Tensor:
         w = pw.weight.flatten(1)  # (C_out, C_in)
         return torch.mv(w, conv.bias) if pw.bias is None else torch.addmv(pw.bias, w, conv.bias)
     if torch.is_grad_enabled():
-        return pw(y, bias=fold())
+        return fold()
     params = (pw.weight, conv.bias) if pw.bias is None else (pw.weight, conv.bias, pw.bias)
-    return pw(y, bias=pw.folded_bias.get(params, fold))
+    return pw.folded_bias.get(params, fold)
+
+
+def conv_then_pointwise(x: torch.Tensor, conv: nn.Conv2d, pw: PointwiseConv) -> torch.Tensor:
+    """``pw(conv(x))`` with ``conv``'s bias folded into ``pw``'s (:func:`folded_bias`).
+    (B, C_in, H, W) -> (B, C_pw, H', W')."""
+    return pw(_conv_no_bias(conv, x), bias=folded_bias(conv, pw))
 
 
 # --- re-parameterisable convolution units -------------------------------------------------------
@@ -274,14 +279,73 @@ class ConvFFN(MetaMixer):
     key/value 1x1 convs; (B, C, H, W) in and out.
 
     Once fused (``query`` a biased conv) the depthwise bias is folded into the first 1x1 conv's
-    (:func:`conv_then_pointwise`), which removes one pass over the activations.
+    (:func:`conv_then_pointwise`), which removes one pass over the activations; :meth:`add_into`
+    also adds the block's residual inside the second 1x1 conv's GEMM.
     """
+
+    #: a column of this value passes GELU unchanged in every float dtype (erf(16 / sqrt 2) rounds to
+    #: 1 even in float64), and dividing a bias by it is exact: the carrier of the second conv's bias
+    BIAS_CARRIER = 16.0
+
+    def __init__(self, query: nn.Module, key: nn.Module, act: nn.Module, value: nn.Module):
+        super().__init__(query, key, act, value)
+        self.fc1_padded, self.fc2_padded = DerivedTensor(), DerivedTensor()  # see add_into
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
             if type(self.query) is nn.Conv2d and isinstance(self.key, PointwiseConv):
                 return self.value(self.act(conv_then_pointwise(x, self.query, self.key)))
         return self.value(self.act(self.key(self.query(x))))  # MetaMixer's forward (keys/values are weights)
+
+    def can_add_into(self, x: torch.Tensor) -> bool:
+        """Whether :meth:`add_into` runs ``x``: the fused mixer, a channels_last map, no autograd."""
+        return (type(self.query) is nn.Conv2d and isinstance(self.key, PointwiseConv)
+                and isinstance(self.value, PointwiseConv) and type(self.act) is nn.GELU
+                and self.act.approximate == "none" and not torch.is_grad_enabled() and x.dim() == 4
+                and x.is_contiguous(memory_format=torch.channels_last))
+
+    def add_into(self, x: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``x + scale * self(x)`` written into ``x`` (:meth:`can_add_into`; ``x`` belongs to the caller's
+        block and is not read after). Same function; in half precision rounded once instead of twice.
+
+        The residual add runs inside the second GEMM (cuBLAS's beta = 1) instead of a pass of its own.
+        PyTorch's GEMM takes a bias or an accumulated matrix, not both, so the second conv's bias rides
+        in the hidden map: the first conv's weight gets zero rows up to a width of whole 16-byte rows,
+        its bias ``BIAS_CARRIER`` at the first of them, so GELU leaves that column at ``BIAS_CARRIER``,
+        and the second conv's weight gets the matching column ``bias / BIAS_CARRIER`` (exact). Layer
+        scale multiplies the second conv's rows. The padded weights are derived from the parameters and
+        cached until one changes.
+        """
+        query, fc1, fc2 = self.query, self.key, self.value
+        hidden = fc1.out_channels
+        width = hidden // 8 * 8 + 8  # at least one spare column; rows of whole 16-byte units
+
+        def fc1_padded() -> Tuple[torch.Tensor, torch.Tensor]:
+            w = fc1.weight.flatten(1)
+            bias = folded_bias(query, fc1)
+            weight, b = w.new_zeros(width, w.shape[1]), w.new_zeros(width)
+            weight[:hidden] = w
+            if bias is not None or fc1.bias is not None:
+                b[:hidden] = fc1.bias if bias is None else bias
+            b[hidden] = self.BIAS_CARRIER
+            return weight, b
+
+        def fc2_padded() -> torch.Tensor:
+            w = fc2.weight.flatten(1)  # (C, hidden)
+            weight = w.new_zeros(w.shape[0], width)
+            weight[:, :hidden] = w
+            if fc2.bias is not None:
+                weight[:, hidden] = fc2.bias / self.BIAS_CARRIER
+            return weight if scale is None else weight * scale[:, None]
+
+        params1 = tuple(p for p in (fc1.weight, fc1.bias, query.bias) if p is not None)
+        params2 = tuple(p for p in (fc2.weight, fc2.bias, scale) if p is not None)
+        w1, b1 = self.fc1_padded.get(params1, fc1_padded)
+        h = F.linear(_conv_no_bias(query, x).permute(0, 2, 3, 1), w1, b1)  # (B, H, W, width)
+        torch.ops.aten.gelu_(h)
+        rows = x.permute(0, 2, 3, 1).view(-1, x.shape[1])  # the channels_last map's rows, in place
+        rows.addmm_(h.view(-1, width), self.fc2_padded.get(params2, fc2_padded).t())
+        return x
 
 
 def convnext_ffn(dim: int, kernel_size: int, mlp_ratio: float) -> ConvFFN:
@@ -317,6 +381,8 @@ class FFNetBlock(nn.Module):
             return x + self.drop_path(self.ls2(self.channel_mixer(x)))
         if isinstance(self.drop_path, nn.Identity) or not self.training:  # residual inside the mixer's epilogue
             x = self.token_mixer(x, residual=x, scale=self.ls1.gamma if isinstance(self.ls1, LayerScale2d) else None)
+            if self.channel_mixer.can_add_into(x):  # x is the token mixer's new map: the block's own
+                return self.channel_mixer.add_into(x, self.ls2.gamma if isinstance(self.ls2, LayerScale2d) else None)
         else:
             x = self._residual(x, self.token_mixer(x), self.ls1)
         return self._residual(x, self.channel_mixer(x), self.ls2)
@@ -334,12 +400,77 @@ class PatchMerging(nn.Module):
             raise ValueError(f"PatchMerging needs out_chs a multiple of in_chs, got {in_chs} -> {out_chs}")
         self.conv = RepDWConv(in_chs, out_chs, 7, stride=2)
         self.proj = BNConvSkip(out_chs)
+        self.split_taps, self.split_cols = DerivedTensor(), DerivedTensor()  # fused: see _forward_by_multiplier
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
             if type(self.conv) is nn.Conv2d and isinstance(self.proj, PointwiseConv):  # fused: fold the DW bias
+                if self.conv.groups == self.conv.in_channels < self.conv.out_channels and x.dim() == 4 \
+                        and x.is_contiguous(memory_format=torch.channels_last):
+                    return self._forward_by_multiplier(x)
                 return conv_then_pointwise(x, self.conv, self.proj)
         return self.proj(self.conv(x))
+
+    def _forward_by_multiplier(self, x: torch.Tensor) -> torch.Tensor:
+        """The fused module on a channels_last map, with the multiplier taken apart.
+
+        Output channel ``c * m + j`` of the conv reads input channel ``c``. cuDNN has no channels_last
+        kernel for a depthwise conv with a channel multiplier: it transposes the maps to NCHW and back
+        around a generic grouped GEMM (FFNet-1 at 224, batch 128: 0.25 ms of convolution and 0.33 ms of
+        transposes per patch merging on an H200). Here each j is a plain depthwise conv (cuDNN's
+        channels_last kernel) over the weights of outputs ``c * m + j``, and the 1x1 projection sums
+        the m results through the matching columns of its weight, the first GEMM adding the folded
+        bias, the others accumulating in place (beta = 1). Same function; the sums run in another order.
+        """
+        conv, pw = self.conv, self.proj
+        m = conv.out_channels // conv.in_channels
+
+        def taps() -> torch.Tensor:  # (m, C_in, 1, k, k): [j] = the taps of outputs c * m + j
+            return conv.weight.unflatten(0, (-1, m)).transpose(0, 1).contiguous()
+
+        def cols() -> torch.Tensor:  # (m, C_in, C_out): [j] = the projection's columns c * m + j, transposed
+            return pw.weight.flatten(1).unflatten(1, (-1, m)).permute(2, 1, 0).contiguous()
+        if torch.is_grad_enabled():
+            split_taps, split_cols = taps(), cols()
+        else:
+            split_taps, split_cols = self.split_taps.get((conv.weight,), taps), self.split_cols.get((pw.weight,), cols)
+        bias = folded_bias(conv, pw)
+        bias = pw.bias if bias is None else bias
+        out = None
+        for j in range(m):
+            y = F.conv2d(x, split_taps[j], None, conv.stride, conv.padding, conv.dilation, conv.in_channels)
+            rows = y.permute(0, 2, 3, 1).reshape(-1, y.shape[1])  # a view of the channels_last map
+            if out is None:
+                out = rows @ split_cols[j] if bias is None else torch.addmm(bias, rows, split_cols[j])
+            else:
+                out = out.addmm_(rows, split_cols[j])
+        B, _, H, W = y.shape
+        return out.view(B, H, W, -1).permute(0, 3, 1, 2)
+
+
+class Stem(nn.Sequential):
+    """Conv 3x3 s2 + BN, GELU, conv 3x3 s2 + BN: (B, C_in, H, W) -> (B, C, H/4, W/4).
+
+    Once fused each conv has a bias, which cuDNN adds in a pass of its own (on the stem's wide maps
+    a strided, unvectorised one), and the GELU is another pass. When the ``channel_bias_act`` op
+    resolves to its Triton kernel (CUDA, channels_last) the convs run without bias and the op adds
+    bias + GELU, then the bias, in one pass each.
+    """
+
+    def __init__(self, in_chans: int, stem_chs: int, out_chs: int, impl: str = "auto"):
+        super().__init__(ConvBN(in_chans, stem_chs, 3, 2), nn.GELU(), ConvBN(stem_chs, out_chs, 3, 2))
+        self.impl = impl
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # (TorchScript compiles neither the condition nor the kernel path)
+            conv1, act, conv2 = self[0], self[1], self[2]
+            if (_biased_conv(conv1) and _biased_conv(conv2) and type(act) is nn.GELU and act.approximate == "none"
+                    and cba.resolve_impl(x, None, self.impl) == "triton"):
+                y = cba.channel_bias_act(_conv_no_bias(conv1, x), conv1.bias, gelu=True, impl=self.impl)
+                return cba.channel_bias_act(_conv_no_bias(conv2, y), conv2.bias, impl=self.impl)
+        for module in self:
+            x = module(x)
+        return x
 
 
 class FFNetStage(nn.Module):
@@ -395,7 +526,8 @@ class FFNet(StageClassifier):
         stage_norm: add a channels-first LayerNorm (eps 1e-6) per stage output, as the official dense
             backbones do; applied by :meth:`forward_intermediates`.
         epilogue_impl: ``impl`` of the ``channel_bias_act`` op after the token mixers' depthwise
-            convs ("auto": its Triton kernel on CUDA channels_last maps; "reference": PyTorch ops).
+            convs and the stem's convs ("auto": its Triton kernel on CUDA channels_last maps;
+            "reference": PyTorch ops).
     """
 
     def __init__(self, depths: Sequence[int] = (2, 2, 8, 2), dims: Sequence[int] = (80, 160, 320, 640),
@@ -416,7 +548,7 @@ class FFNet(StageClassifier):
         self.num_features = self.head_hidden_size = dims[-1]
         self.grad_checkpointing = False
 
-        self.stem = nn.Sequential(ConvBN(in_chans, stem_chs, 3, 2), nn.GELU(), ConvBN(stem_chs, dims[0], 3, 2))
+        self.stem = Stem(in_chans, stem_chs, dims[0], impl=epilogue_impl)
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").split(list(depths))  # plain floats, also on meta
         self.stages = nn.Sequential()
         self.feature_info = []
