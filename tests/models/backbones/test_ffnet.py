@@ -126,6 +126,13 @@ def test_channels_last_deploy_path_splits_the_multiplier_and_adds_residuals_in_t
     fused(xb).square().sum().backward()
     assert calls == {"split": 6, "add_into": sum(TINY["depths"])}
     assert (xa.grad - xb.grad).abs().max() <= 1e-5 * xa.grad.abs().max()
+    # a forward hook that keeps a token mixer's output keeps it as returned: that block adds out of place
+    kept = []
+    fused.stages[0].blocks[0].token_mixer.register_forward_hook(lambda module, args, y: kept.append(y.clone()) or None)
+    fused.stages[0].blocks[0].token_mixer.register_forward_hook(lambda module, args, y: kept.append(y) or None)
+    with torch.no_grad():
+        assert (fused(x.contiguous(memory_format=torch.channels_last)) - out).abs().max() <= 1e-5
+    assert calls["add_into"] == 2 * sum(TINY["depths"]) - 1 and torch.equal(kept[0], kept[1])
 
 
 def test_deploy_fast_path_keeps_the_published_layout_and_loads_after_fuse():

@@ -381,7 +381,8 @@ class FFNetBlock(nn.Module):
             return x + self.drop_path(self.ls2(self.channel_mixer(x)))
         if isinstance(self.drop_path, nn.Identity) or not self.training:  # residual inside the mixer's epilogue
             x = self.token_mixer(x, residual=x, scale=self.ls1.gamma if isinstance(self.ls1, LayerScale2d) else None)
-            if self.channel_mixer.can_add_into(x):  # x is the token mixer's new map: the block's own
+            # x is the token mixer's new map, the block's own, unless a forward hook kept it
+            if not self.token_mixer._forward_hooks and self.channel_mixer.can_add_into(x):
                 return self.channel_mixer.add_into(x, self.ls2.gamma if isinstance(self.ls2, LayerScale2d) else None)
         else:
             x = self._residual(x, self.token_mixer(x), self.ls1)
