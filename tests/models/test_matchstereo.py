@@ -227,6 +227,42 @@ def test_in_place_stream_matches_the_formulas(monkeypatch, dtype, median, larges
     _compare_fields(streamed, written, median, largest)
 
 
+def test_conv_bias_apart_adds_each_bias_as_the_module_does(monkeypatch):
+    """Where channel_bias_act takes its kernel (forced here; its CPU reference runs), the decoder's and
+    the encoder's biased convolutions run without bias and add it apart (1x1 convs in the GEMM's
+    epilogue): the same values as the modules, for every kind of convolution the network has, and
+    through the whole network with random biases. (CUDA takes this path in half precision; float32
+    here, so that the comparison is exact enough to catch a lost bias.)"""
+    from types import SimpleNamespace
+
+    from visionattn.ops import channel_bias_act as cba
+
+    monkeypatch.setattr(ms, "cba", SimpleNamespace(resolve_impl=lambda *args, **kwargs: "triton",
+                                                   channel_bias_act=cba.channel_bias_act))
+    monkeypatch.setattr(ms, "BIAS_APART_DTYPES", (torch.float32,))
+    torch.manual_seed(0)
+    convs = [torch.nn.Conv2d(8, 6, 3, padding=1), torch.nn.Conv2d(8, 6, 3, stride=2, padding=1),
+             torch.nn.Conv2d(8, 6, 1), torch.nn.ConvTranspose2d(8, 6, 2, stride=2)]
+    x = torch.randn(2, 8, 10, 12).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for conv in convs:
+            conv.bias.normal_()
+            out = ms.conv_bias_apart(conv, x)
+            assert out.is_contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(out, conv(x), atol=1e-5, rtol=1e-5)
+    model = _passing_all_checks(visionattn.create_model("matchstereo_tiny").eval())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0, 0.1)
+    left, right = _pair(device="cpu")
+    with torch.no_grad():
+        apart = model(left, right)
+        monkeypatch.setattr(ms, "cba", cba)  # the CPU decides: the modules with their biases
+        written = model(left, right)
+    _compare_fields(apart, written, 1e-5, 1e-3)
+
+
 @pytest.mark.cuda
 def test_cuda_in_place_stream_matches_the_formulas(monkeypatch):
     """CUDA float32, the same ops: the in-place streams (the default) against the written formulas."""
