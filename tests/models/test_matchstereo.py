@@ -208,17 +208,23 @@ def test_cross_attention_inference_buffer_matches_the_autograd_path():
     torch.testing.assert_close(buffered, differentiable.detach(), atol=1e-6, rtol=1e-6)
 
 
+def _tiny_with_random_biases(dtype: torch.dtype) -> torch.nn.Module:
+    """matchstereo_tiny in eval mode with every bias drawn (the initialisation zeroes them)."""
+    model = _passing_all_checks(visionattn.create_model("matchstereo_tiny").eval().to(dtype))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0, 0.1)
+    return model
+
+
 @pytest.mark.parametrize("dtype,median,largest", [(torch.float64, 1e-12, 1e-10), (torch.float32, 1e-5, 1e-3)])
 def test_in_place_stream_matches_the_formulas(monkeypatch, dtype, median, largest):
     """Inference on CUDA updates the residual streams in place (each decoder level's stream, the residuals
     added by the projections' and the ConvGLU's GEMMs; the encoder stages' maps, by pwconv2's and fc2's);
     forced here on the CPU, it must give the written formulas."""
     torch.manual_seed(0)
-    model = _passing_all_checks(visionattn.create_model("matchstereo_tiny").eval().to(dtype))
-    with torch.no_grad():  # the initialisation zeroes the biases; the stream carries the ConvGLU's in its GEMM
-        for name, p in model.named_parameters():
-            if name.endswith(".bias"):
-                p.normal_(0, 0.1)
+    model = _tiny_with_random_biases(dtype)  # the stream carries the ConvGLU's bias in its GEMM
     left, right = _pair(device="cpu")
     with torch.no_grad():
         written = model(left, right)
@@ -250,11 +256,7 @@ def test_conv_bias_apart_adds_each_bias_as_the_module_does(monkeypatch):
             out = ms.conv_bias_apart(conv, x)
             assert out.is_contiguous(memory_format=torch.channels_last)
             torch.testing.assert_close(out, conv(x), atol=1e-5, rtol=1e-5)
-    model = _passing_all_checks(visionattn.create_model("matchstereo_tiny").eval())
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(".bias"):
-                p.normal_(0, 0.1)
+    model = _tiny_with_random_biases(torch.float32)
     left, right = _pair(device="cpu")
     with torch.no_grad():
         apart = model(left, right)

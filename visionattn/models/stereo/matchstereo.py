@@ -161,7 +161,7 @@ def conv_bias_apart(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     half-precision channels_last map where ``channel_bias_act`` takes its kernel and no gradient is needed.
 
     cuDNN leaves a convolution's bias to PyTorch, whose broadcast add over a channels_last map is a
-    strided, unvectorised pass (16 of them took 3.5 ms of MatchStereo-B's 4K forward on an H200).
+    strided, unvectorised pass (the 20 of them in MatchStereo-B's 4K forward took 3.5 ms on an H200).
     Here a 1x1 conv is a GEMM with the bias in its epilogue (:func:`pointwise`) and any other adds
     it in ``channel_bias_act``'s one vectorised pass. Elsewhere the module runs.
     """
