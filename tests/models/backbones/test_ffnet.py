@@ -135,6 +135,38 @@ def test_channels_last_deploy_path_splits_the_multiplier_and_adds_residuals_in_t
     assert calls["add_into"] == 2 * sum(TINY["depths"]) - 1 and torch.equal(kept[0], kept[1])
 
 
+def test_token_mixer_runs_each_depthwise_conv_with_its_epilogue_where_the_op_takes_it(monkeypatch):
+    """Where the depthwise_conv2d op resolves to its CUDA kernel (inference on channels_last CUDA maps) a
+    fused token mixer runs conv + bias + GELU, then conv + bias + layer scale + residual, as one op call
+    each. Here the op's resolution is forced and its reference stands in for the kernel: the wiring (which
+    conv gets GELU, the residual, the scale) must give the unfused model's output."""
+    from visionattn.ops import depthwise_conv2d as dwc
+
+    model = _randomize(FFNet(**TINY))
+    fused = copy.deepcopy(model).fuse().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        ref = model(x)
+    calls = []
+
+    def reference_for_kernel(x, weight, bias=None, residual=None, scale=None, gelu=False, impl="auto"):
+        calls.append((weight.shape[-1], gelu, residual is not None, scale is not None))
+        return dwc.depthwise_conv2d_reference(x, weight, bias, residual, scale, gelu)
+    monkeypatch.setattr(dwc, "resolve_impl", lambda *args, **kwargs: "cuda")
+    monkeypatch.setattr(dwc, "depthwise_conv2d", reference_for_kernel)
+    with torch.no_grad():
+        out = fused(x.contiguous(memory_format=torch.channels_last))
+    blocks = [i for i, n in enumerate(TINY["depths"]) for _ in range(n)]
+    assert calls[0::2] == [(TINY["token_kernels1"][i], True, False, False) for i in blocks]  # bias + GELU
+    assert calls[1::2] == [(TINY["token_kernels2"][i], False, True, True) for i in blocks]  # + scale, residual
+    assert (out - ref).abs().max() <= 1e-5
+    calls.clear()  # epilogue_impl="reference" keeps the modules
+    with torch.no_grad():
+        FFNet(**TINY, epilogue_impl="reference").fuse().to(memory_format=torch.channels_last)(
+            x.contiguous(memory_format=torch.channels_last))
+    assert calls == []
+
+
 def test_deploy_fast_path_keeps_the_published_layout_and_loads_after_fuse():
     """Folds are computed from the parameters at each call: the fused state dict is the official deploy
     layout (param count as published), and a deploy state dict loaded *after* fuse() is used as is."""

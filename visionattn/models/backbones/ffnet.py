@@ -24,8 +24,10 @@ channels_last input (bias in the GEMM epilogue), (2) a depthwise conv's bias is 
 1x1 conv that follows it (channel mixer, patch merging: :func:`conv_then_pointwise`, derived from
 the parameters, cached between no-grad calls), (3) layer scale and residual add are one ``addcmul``, (4) the token
 mixer's depthwise biases, which cannot be folded (zero padding makes a constant non-constant at
-borders), are added with the GELU, and with layer scale + residual, by one ``channel_bias_act`` pass
-each (:class:`FFNifiedAttention`; Triton on CUDA, ``epilogue_impl="reference"`` turns it off).
+borders), are added with the GELU, and with layer scale + residual, inside the depthwise conv's own
+kernel in inference (the ``depthwise_conv2d`` op's CUDA kernel: cuDNN's channels_last kernels are
+slow at 7x7), else by one ``channel_bias_act`` pass each after cuDNN's conv (:class:`FFNifiedAttention`;
+``epilogue_impl="reference"`` turns both off, ``"triton"`` keeps the second).
 
 Official parity notes: a token-mixer depthwise conv is RepVGG-style (7x7 + 3x3, both with BN)
 only when its kernel is 7, otherwise a plain depthwise conv with bias and no BN; the channel
@@ -49,6 +51,7 @@ from ...registry import register_converter
 from .stage_classifier import StageClassifier
 from ..derived_tensor import DerivedTensor
 from ...ops import channel_bias_act as cba
+from ...ops import depthwise_conv2d as dw
 from ...ops.channel_bias_act import IMPLS as CBA_IMPLS
 from ..input_contract import check_choice, check_int, check_ints, check_num_classes, check_rate
 
@@ -240,13 +243,23 @@ def _biased_conv(m: nn.Module) -> bool:
     return type(m) is nn.Conv2d and m.bias is not None
 
 
+def _same_depthwise(conv: nn.Conv2d) -> bool:
+    """A stride-1 depthwise conv with zero "same" padding: what :func:`~visionattn.ops.depthwise_conv2d` computes."""
+    k = conv.kernel_size[0]
+    return (conv.groups == conv.in_channels == conv.out_channels and conv.kernel_size == (k, k) and k % 2 == 1
+            and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.padding == (k // 2, k // 2)
+            and conv.padding_mode == "zeros")
+
+
 class FFNifiedAttention(MetaMixer):
     """FFNified attention token mixer: value(GELU(key(query(X)))) with depthwise key/value convs;
     (B, C, H, W) in and out. ``forward(x, residual, scale)`` returns ``residual + scale * mixer(x)``.
 
-    When key and value are biased convs (fused model; stages with plain depthwise convs) and the
-    ``channel_bias_act`` op resolves to its Triton kernel (CUDA, channels_last), the convs run
-    without bias and the op adds bias + GELU, and bias + layer scale + residual, in one pass each.
+    When key and value are biased convs (fused model; stages with plain depthwise convs) on a
+    channels_last CUDA map: in inference each conv runs with its epilogue (bias + GELU; bias + layer
+    scale + residual) in one kernel of the ``depthwise_conv2d`` op; otherwise, where the
+    ``channel_bias_act`` op resolves to its Triton kernel, the convs run without bias (cuDNN) and
+    that op adds the same epilogues in one pass each.
     """
 
     def __init__(self, query: nn.Module, key: nn.Module, act: nn.Module, value: nn.Module, impl: str = "auto"):
@@ -258,10 +271,16 @@ class FFNifiedAttention(MetaMixer):
         q = self.query(x)
         if not torch.jit.is_scripting():  # (TorchScript compiles neither the condition nor the kernel path)
             if (_biased_conv(self.key) and _biased_conv(self.value) and type(self.act) is nn.GELU
-                    and self.act.approximate == "none" and cba.resolve_impl(q, residual, self.impl) == "triton"):
-                a = cba.channel_bias_act(_conv_no_bias(self.key, q), self.key.bias, gelu=True, impl=self.impl)
-                return cba.channel_bias_act(_conv_no_bias(self.value, a), self.value.bias, residual, scale,
-                                            impl=self.impl)
+                    and self.act.approximate == "none"):
+                key, value = self.key, self.value
+                if (self.impl == "auto" and _same_depthwise(key) and _same_depthwise(value)
+                        and dw.resolve_impl(q, key.weight, key.bias, residual, scale) == "cuda"):
+                    # conv, bias and GELU; conv, bias, layer scale and residual: one kernel each
+                    a = dw.depthwise_conv2d(q, key.weight, key.bias, gelu=True)
+                    return dw.depthwise_conv2d(a, value.weight, value.bias, residual, scale)
+                if cba.resolve_impl(q, residual, self.impl) == "triton":
+                    a = cba.channel_bias_act(_conv_no_bias(key, q), key.bias, gelu=True, impl=self.impl)
+                    return cba.channel_bias_act(_conv_no_bias(value, a), value.bias, residual, scale, impl=self.impl)
         y = self.value(self.act(self.key(q)))
         if residual is None:
             return y if scale is None else y * scale.view(1, -1, 1, 1)
