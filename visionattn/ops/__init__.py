@@ -9,6 +9,8 @@ Every op is laid out the same way:
   ``impl`` into the implementation that runs.
 - ``_<op>_triton.py``: the Triton kernels and their ``torch.library.custom_op`` registrations
   (fake and autograd functions included), defined only when Triton is installed.
+- ``_<op>_cuda.py`` (``depthwise_conv2d`` only): a CUDA C kernel compiled by NVRTC at first use, for
+  inference where Triton cannot express the fast kernel; ``available()`` says whether it compiles here.
 - ``_triton.py``: what the kernels share: the guarded ``triton`` import, :func:`._triton.triton_available`,
   :func:`._triton.interpreting` (``TRITON_INTERPRET=1`` runs the kernels on CPU tensors) and
   :func:`._triton.can_run`, the device and dtype part of every ``_triton_supports``.
