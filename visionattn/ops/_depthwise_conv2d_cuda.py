@@ -277,10 +277,11 @@ def depthwise_conv2d_launch(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
     bias = None if bias is None else bias.contiguous()
     scale = None if scale is None else scale.contiguous()
     K = weight.shape[-1]
-    vec_of = (x, out) if residual is None else (x, out, residual)  # the tensors read or written as vectors
+    # the tensors read or written as vectors (taps too: for K = 1 they can be a view of the weight)
+    vec_of = (x, out, taps) if residual is None else (x, out, taps, residual)
     epilogue = (bias is not None, gelu, scale is not None, residual is not None)
     # the pointers' 16-byte alignment is part of the key: it bounds the vector width
-    key = (x.device, x.dtype, x.shape, K, epilogue, (x.data_ptr() | vec_of[-1].data_ptr()) % 16)
+    key = (x.device, x.dtype, x.shape, K, epilogue, (x.data_ptr() | taps.data_ptr() | vec_of[-1].data_ptr()) % 16)
     plan = _plans.get(key)
     if plan is None:
         with torch.cuda.device(x.device):  # the timing events and the sleep kernel go to x's device
