@@ -139,14 +139,15 @@ _taps_of = WeakIdKeyDictionary()  # weight tensor -> ((version, storage, dtype, 
 
 @functools.lru_cache(maxsize=1)
 def available() -> bool:
-    """Whether NVRTC can compile this kernel here (PyTorch with ``torch.cuda._compile_kernel``, a GPU)."""
+    """Whether NVRTC can compile this kernel here and the driver can launch it (a GPU, and PyTorch's
+    private ``torch.cuda._compile_kernel`` with the parts of it this module uses)."""
     if not (torch.cuda.is_available() and hasattr(torch.cuda, "_compile_kernel")):
         return False
     try:
-        _kernel(torch.cuda.current_device(), torch.float32, 3, 1, 4, 1, 1, 0, False, False, False, False)
-    except Exception:  # noqa: BLE001 - no NVRTC library, or a driver that cannot load its output
+        probe = _kernel(torch.cuda.current_device(), torch.float32, 3, 1, 4, 1, 1, 0, False, False, False, False)
+        return isinstance(probe.func, ctypes.c_void_p) and _driver_launch() is not None
+    except Exception:  # noqa: BLE001 - no NVRTC library, a driver that cannot load its output, another torch
         return False
-    return True
 
 
 @functools.lru_cache(maxsize=None)
