@@ -155,3 +155,86 @@ def test_training_graph_equals_eager_over_optimizer_steps():
     with torch.no_grad():
         graph(*xs[0])
     assert len(graph) == 2  # eval / no-grad calls run eagerly
+
+
+class _AmpNet(torch.nn.Module):
+    """Linear and convolution layers (torch's and the library's), channels_last, a norm in between,
+    a layer used twice and one whose forward computes with its weight first."""
+
+    def __init__(self):
+        from visionattn.models.bias_grad_layers import Conv2d
+
+        super().__init__()
+        self.conv = Conv2d(3, 8, 3, padding=1)
+        self.dw = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.fc = torch.nn.Linear(8, 6)
+        self.norm = torch.nn.LayerNorm(6)
+        self.twice = torch.nn.Linear(6, 6)
+        self.scaled = _ScaledLinear(6, 6)
+
+    def forward(self, x):
+        y = self.norm(self.fc(self.dw(self.conv(x)).permute(0, 2, 3, 1)))
+        return {"y": self.scaled(self.twice(self.twice(y))), "stride": 2}
+
+
+class _ScaledLinear(torch.nn.Linear):
+    def forward(self, x):
+        return torch.nn.functional.linear(x, self.weight / self.weight.norm(), self.bias)
+
+
+def _amp_grads(fn, net, x, device):
+    net.zero_grad(set_to_none=True)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        out = fn(x)
+        y = (fn.rebuild(out) if isinstance(out, tuple) else out)["y"]  # _TensorLeaves: tensors only
+    y.float().square().sum().backward()
+    return y.detach().clone(), {n: p.grad.clone() for n, p in net.named_parameters()}
+
+
+def test_autocast_weights_cast_together_give_autocast_s_values():
+    """Under autocast a captured module runs on weights cast in one pass: the plain layers' weights
+    that one operation uses, in their own layouts, with autocast's values and gradients."""
+    from visionattn.cuda_graph import _TensorLeaves, autocast_weights, cast_together
+
+    torch.manual_seed(0)
+    net = _AmpNet().to(memory_format=torch.channels_last)
+    assert list(autocast_weights(net)) == ["conv.weight", "conv.bias", "dw.weight", "dw.bias", "fc.weight",
+                                           "fc.bias", "twice.weight", "twice.bias"]  # not `scaled`: own forward
+    copies = cast_together([net.dw.weight, net.fc.weight], torch.bfloat16)
+    assert copies[0].stride() == net.dw.weight.stride() and net.dw.weight.stride()[1] == 1  # channels_last kept
+    assert torch.equal(copies[1], net.fc.weight.to(torch.bfloat16))
+    x = torch.randn(2, 3, 5, 5).contiguous(memory_format=torch.channels_last)
+    y_ref, g_ref = _amp_grads(net, net, x, "cpu")
+    leaves = _TensorLeaves(net, torch.bfloat16)
+    _amp_grads(leaves, net, x, "cpu")  # the first call finds which weights one operation uses
+    assert list(leaves.cast) == ["conv.weight", "conv.bias", "dw.weight", "dw.bias", "fc.weight", "fc.bias"]
+    y, grads = _amp_grads(leaves, net, x, "cpu")
+    assert torch.equal(y, y_ref) and leaves.leaves[-1] == 2
+    for name, grad in g_ref.items():
+        assert torch.equal(grads[name], grad), name
+        assert grads[name].stride() == getattr(net, name.split(".")[0]).get_parameter(name.split(".")[1]).stride()
+
+
+@pytest.mark.cuda
+def test_training_graph_under_autocast_casts_weights_together():
+    from visionattn.ops.dispatch import use_impl
+
+    torch.manual_seed(0)
+    eager = _AmpNet().cuda().to(memory_format=torch.channels_last)
+    graphed_net = _AmpNet().cuda().to(memory_format=torch.channels_last)
+    graphed_net.load_state_dict(eager.state_dict())
+    graph = TrainingGraph(graphed_net)
+    x = torch.randn(4, 3, 9, 9, device="cuda").contiguous(memory_format=torch.channels_last)
+    with use_impl("bias_grad:reference"):  # the same bias reductions in both
+        y_ref, g_ref = _amp_grads(eager, eager, x, "cuda")
+        y, grads = _amp_grads(graph, graphed_net, x, "cuda")
+        y2, grads2 = _amp_grads(graph, graphed_net, x, "cuda")
+    leaves, = graph._graphs.values()
+    assert list(leaves.cast) == ["conv.weight", "conv.bias", "dw.weight", "dw.bias", "fc.weight", "fc.bias"]
+    # bf16 products: cuBLAS / cuDNN may pick other kernels inside a capture than eagerly (the values
+    # of the casts themselves are compared exactly on the CPU, above)
+    for out, gs in ((y, grads), (y2, grads2)):
+        torch.testing.assert_close(out, y_ref)
+        for name, grad in g_ref.items():
+            torch.testing.assert_close(gs[name], grad, atol=2e-3, rtol=2e-2, msg=name)
+            assert gs[name].stride() == graphed_net.get_parameter(name).stride(), name

@@ -147,18 +147,99 @@ def graph_runners(module: nn.Module) -> Dict[str, CUDAGraphRunner]:
     return _MODULE_RUNNERS.setdefault(module, {})
 
 
+def _memory_order(t: torch.Tensor) -> Optional[list]:
+    """Dimensions of ``t`` from the largest stride to the smallest, when ``t`` permuted so is contiguous
+    (every dense tensor: plain, channels_last, ...); None otherwise."""
+    order = sorted(range(t.dim()), key=lambda d: (t.stride(d), t.size(d)), reverse=True)
+    return order if t.permute(order).is_contiguous() else None
+
+
+# layers whose forward hands their weight and bias straight to a matrix product or convolution
+# (torch.nn's own, and the library's bias-gradient layers): a subclass with a forward of its own
+# (e.g. a weight-standardised convolution) may compute with its weight in float32 first
+_PLAIN_LAYER_MODULES = ("torch.nn.modules.linear", "torch.nn.modules.conv", "visionattn.models.bias_grad_layers")
+
+
+def autocast_weights(module: nn.Module) -> "OrderedDict[str, torch.Tensor]":
+    """The float32 weights and biases of ``module``'s Linear and convolution layers (by name), dense in
+    memory: what autocast casts to its lower precision at each use."""
+    found: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    seen = set()
+    for prefix, layer in module.named_modules():
+        if not (isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd))
+                and type(layer).forward.__module__ in _PLAIN_LAYER_MODULES):
+            continue
+        for name, p in layer.named_parameters(recurse=False):
+            if p.dtype == torch.float32 and id(p) not in seen and _memory_order(p) is not None:
+                seen.add(id(p))
+                found[f"{prefix}.{name}" if prefix else name] = p
+    return found
+
+
+def cast_together(tensors, dtype: torch.dtype) -> list:
+    """``[t.to(dtype) for t in tensors]`` in one concatenation and one cast instead of a kernel per
+    tensor, each result with its tensor's layout. The same values; autograd flows back through views,
+    one concatenation and one cast. The tensors must be dense (see :func:`autocast_weights`)."""
+    orders = [_memory_order(t) for t in tensors]
+    flat = torch.cat([t.permute(order).reshape(-1) for t, order in zip(tensors, orders)]).to(dtype)
+    pieces = flat.split([t.numel() for t in tensors])
+    out = []
+    for t, order, piece in zip(tensors, orders, pieces):
+        inverse = sorted(range(t.dim()), key=order.__getitem__)
+        out.append(piece.view([t.size(d) for d in order]).permute(inverse))
+    return out
+
+
+def _use_counts(outputs, nodes) -> list:
+    """How many autograd edges of the graph behind ``outputs`` lead to each of ``nodes``."""
+    index = {node: i for i, node in enumerate(nodes)}
+    counts = [0] * len(nodes)
+    stack = [t.grad_fn for t in outputs if isinstance(t, torch.Tensor) and t.grad_fn is not None]
+    seen = set()
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        for nxt, _ in node.next_functions:
+            if nxt is not None:
+                if nxt in index:
+                    counts[index[nxt]] += 1
+                stack.append(nxt)
+    return counts
+
+
 class _TensorLeaves(nn.Module):
     """``module(*args)`` with only its tensor leaves as outputs (what ``make_graphed_callables``
     accepts); the structure and the other leaves (Python ints such as a padding tuple, constant
-    for a given input signature) are kept from the capture to rebuild the full output."""
+    for a given input signature) are kept from the capture to rebuild the full output.
 
-    def __init__(self, module: nn.Module):
+    With ``cast_dtype`` (the autocast dtype of the capture), the weights autocast would cast one by
+    one (:func:`autocast_weights`) are cast together (:func:`cast_together`) and the module runs on
+    those copies: autocast then finds them in its dtype and adds no cast of its own. A weight used
+    by several operations stays with autocast: its copy's gradient contributions would be summed in
+    the low precision, where autocast sums them in float32. Which weights those are, the first call
+    (a warm-up of ``make_graphed_callables``) finds in the autograd graph."""
+
+    def __init__(self, module: nn.Module, cast_dtype: Optional[torch.dtype] = None):
         super().__init__()
         self.module = module
         self.spec, self.leaves = None, None
+        self.cast_dtype = cast_dtype
+        self.cast = autocast_weights(module) if cast_dtype is not None else OrderedDict()
+        self._probe = True
 
     def forward(self, *args: torch.Tensor):
-        leaves, self.spec = pytree.tree_flatten(self.module(*args))
+        if self.cast:
+            copies = cast_together(list(self.cast.values()), self.cast_dtype)
+            out = torch.func.functional_call(self.module, dict(zip(self.cast, copies)), args)
+        else:
+            out = self.module(*args)
+        leaves, self.spec = pytree.tree_flatten(out)
+        if self.cast and self._probe and torch.is_grad_enabled():
+            counts = _use_counts(leaves, [c.grad_fn for c in copies])
+            self.cast = OrderedDict((k, p) for (k, p), n in zip(self.cast.items(), counts) if n == 1)
+            self._probe = False
         self.leaves = leaves
         return tuple(t for t in leaves if isinstance(t, torch.Tensor))
 
@@ -188,7 +269,10 @@ class TrainingGraph:
     advance, ``.grad`` does not). Autocast is recorded as it is at the capture (one graph per
     autocast dtype; its cast cache is off while capturing). Outputs are the graph's buffers,
     overwritten by the next call: compute the loss first. Calls that are not training calls (eval
-    mode, grad disabled, CPU tensors) run ``module`` eagerly.
+    mode, grad disabled, CPU tensors) run ``module`` eagerly. Under autocast the float32 weights of
+    the plain Linear and convolution layers are cast to the autocast dtype together (a concatenation
+    and one cast), where autocast launches a cast per weight and one back per gradient (see
+    :class:`_TensorLeaves`; same values).
 
     Args:
         module: the network (``nn.Module``) in train mode on CUDA.
@@ -230,7 +314,7 @@ class TrainingGraph:
                 # default stream; the capture's side-stream warm-up then triggers torch's stream-
                 # mismatch warning, which is harmless here (make_graphed_callables syncs the streams)
                 warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream does not match")
-                graphed = torch.cuda.make_graphed_callables(_TensorLeaves(self.module), samples,
+                graphed = torch.cuda.make_graphed_callables(_TensorLeaves(self.module, amp), samples,
                                                             allow_unused_input=True)
             self._graphs[sig] = graphed
             while len(self._graphs) > self.max_graphs:
