@@ -200,6 +200,10 @@ def test_autocast_weights_cast_together_give_autocast_s_values():
     net = _AmpNet().to(memory_format=torch.channels_last)
     assert list(autocast_weights(net)) == ["conv.weight", "conv.bias", "dw.weight", "dw.bias", "fc.weight",
                                            "fc.bias", "twice.weight", "twice.bias"]  # not `scaled`: own forward
+    normed = torch.nn.Sequential(torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(2, 2)),
+                                 torch.nn.Linear(2, 2))
+    normed[1].register_forward_pre_hook(lambda module, args: None)
+    assert list(autocast_weights(normed)) == []  # weights computed before the forward: left to autocast
     copies = cast_together([net.dw.weight, net.fc.weight], torch.bfloat16)
     assert copies[0].stride() == net.dw.weight.stride() and net.dw.weight.stride()[1] == 1  # channels_last kept
     assert torch.equal(copies[1], net.fc.weight.to(torch.bfloat16))

@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, Hashable, Optional
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.utils import _pytree as pytree
 
 from .ops.dispatch import recording_graph
@@ -169,6 +170,8 @@ def autocast_weights(module: nn.Module) -> "OrderedDict[str, torch.Tensor]":
         if not (isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd))
                 and type(layer).forward.__module__ in _PLAIN_LAYER_MODULES):
             continue
+        if layer._forward_pre_hooks or parametrize.is_parametrized(layer):
+            continue  # its weight is computed before the forward (spectral or weight norm): in float32
         for name, p in layer.named_parameters(recurse=False):
             if p.dtype == torch.float32 and id(p) not in seen and _memory_order(p) is not None:
                 seen.add(id(p))
