@@ -50,6 +50,7 @@ from ...hub import build_timm_model, extract_state_dict
 from ...registry import register_converter
 from .stage_classifier import StageClassifier
 from ..derived_tensor import DerivedTensor
+from ..pointwise import pointwise
 from ...ops import channel_bias_act as cba
 from ...ops import depthwise_conv2d as dw
 from ...ops.channel_bias_act import IMPLS as CBA_IMPLS
@@ -61,17 +62,7 @@ __all__ = ["FFNet", "MetaMixer", "ConvBN", "RepDWConv", "BNConvSkip", "PatchMerg
 
 # --- 1x1 convolutions as GEMMs ------------------------------------------------------------------
 
-@torch.fx.wrap  # branches on the memory layout: one node under torch.fx (timm's FX feature extraction)
-def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """1x1 conv, (B, C_in, H, W) x (C_out, C_in, 1, 1) -> (B, C_out, H, W).
-
-    On a channels_last input the NHWC view is free and ``F.linear`` adds the bias in the GEMM's
-    epilogue (cuBLAS); cuDNN's channels_last 1x1 conv adds it in a separate pass over the output.
-    The result is channels_last as conv2d's would be. Other layouts take ``F.conv2d``.
-    """
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-        return F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias).permute(0, 3, 1, 2)
-    return F.conv2d(x, weight, bias)
+torch.fx.wrap("pointwise")  # one node here too under torch.fx (wrap applies to the calling module's globals)
 
 
 class PointwiseConv(nn.Conv2d):

@@ -27,7 +27,7 @@ from ...ops.group_norm_act import group_norm_act, resolve_impl
 from ...ops.layer_norm import layer_norm
 from ...ops.match_attention import IMPLS as MATCH_IMPLS
 from ...ops.match_attention import match_attention
-from ..backbones.ffnet import pointwise
+from ..pointwise import pointwise
 from ..derived_tensor import DerivedTensor
 from ..input_contract import (FLOAT_DTYPES, check_choice, check_divides, check_images, check_ints, check_rate,
                               tracing)
