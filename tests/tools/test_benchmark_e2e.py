@@ -31,7 +31,15 @@ def test_train_e2e_reports_step_e2e_and_breakdown(load_tool, capsys, tmp_path):
         assert key in parts, sorted(parts)
     assert all(v >= 0 for k, v in parts.items() if k != "other")
     assert sum(parts.values()) == pytest.approx(e2e["breakdown"]["ms_per_iter"])
+    # the host's own time per part in the end-to-end window: the same parts, adding up to its iteration
+    host = e2e["host_breakdown"]
+    assert list(host["parts_ms"])[:5] == list(parts)[:5] and "hook.EMAHook.after_train_iter" in host["parts_ms"]
+    assert host["iters"] == 2 and host["ms_per_iter"] == pytest.approx(e2e["latency_ms"])
+    assert host["parts_ms"]["forward_and_loss"] > 0 and host["parts_ms"]["optimizer.step"] > 0
+    assert sum(host["parts_ms"].values()) == pytest.approx(host["ms_per_iter"])
+    assert all(v >= 0 for k, v in host["parts_ms"].items() if k != "other")
     assert "train-step" in out and "train-e2e" in out and "optimizer.step" in out and "% of the --mode train step" in out
+    assert "host, end to end" in out
 
 
 def _args(**kw):

@@ -148,7 +148,8 @@ def run_e2e(network: str, args, device: torch.device, step_row: Callable[[Dict],
             hook = next(h for h in runner.hooks if isinstance(h, TrainBreakdownHook))
             res = hook.result
             row.update(latency_ms=res["ms_per_iter"], throughput=res["samples_per_s"], throughput_unit="img/s",
-                       peak_mem_mib=res.get("peak_allocated_mib"), breakdown=res.get("detail"))
+                       peak_mem_mib=res.get("peak_allocated_mib"), breakdown=res.get("detail"),
+                       host_breakdown=res.get("host"))
             del runner, hook
         except Exception as err:  # reported in the row, as the other modes do
             row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
@@ -168,17 +169,24 @@ def run_e2e(network: str, args, device: torch.device, step_row: Callable[[Dict],
 
 
 def breakdown_table(rows: List[Dict[str, Any]]) -> str:
-    """Per-part milliseconds of each end-to-end row."""
+    """Per-part milliseconds of each end-to-end row: synchronised around each part (``--detail-iters``),
+    and the host's own time in the end-to-end window (no synchronisation; a wait for the GPU counts
+    in the part that waits)."""
     lines = []
     for r in rows:
         detail = r.get("breakdown")
         if not detail:
             continue
+        host = (r.get("host_breakdown") or {}).get("parts_ms", {})
         lines.append(f"{r['target']} train-e2e: {r['latency_ms']:.2f} ms/iter timed end to end "
                      f"({r['throughput']:.1f} img/s, {r.get('of_step', float('nan')) * 100:.1f} % of the "
                      f"--mode train step); {detail['iters']} iterations timed part by part: "
                      f"{detail['ms_per_iter']:.2f} ms/iter")
+        lines.append(f"  {'part':<52} {'synchronised':>19}  {'host, end to end':>16}")
         total = detail["ms_per_iter"]
-        for key, ms in detail["parts_ms"].items():
-            lines.append(f"  {key:<52} {ms:8.3f} ms  {100 * ms / total:5.1f} %")
+        for key in list(detail["parts_ms"]) + [k for k in host if k not in detail["parts_ms"]]:
+            ms = detail["parts_ms"].get(key)
+            synced = f"{ms:8.3f} ms {100 * ms / total:5.1f} %" if ms is not None else " " * 19
+            on_host = f"{host[key]:8.3f} ms" if key in host else ""
+            lines.append(f"  {key:<52} {synced}  {on_host:>16}")
     return "\n".join(lines)

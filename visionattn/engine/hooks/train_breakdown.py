@@ -8,7 +8,11 @@ of consecutive iterations:
 2. ``iters`` iterations timed as a user runs them: the wall time from the end of the last warm-up
    iteration to the end of the last timed one (one device synchronisation at each end, none in
    between), so data loading, the optimiser, EMA, logging and every hook are included. This gives
-   the end-to-end images/s.
+   the end-to-end images/s. The same parts as in window 3 are also timed on the host alone, with no
+   synchronisation (``result["host"]``): how long the loop's thread spent in each. A part that
+   waits for the device (a ``.item()``, the non-finite-loss check) holds that wait, so where the
+   loop is GPU-bound the waits are the host's slack, and where it is host-bound the parts add up
+   to the iteration with no wait among them.
 3. ``detail_iters`` iterations in which every part is timed on its own, with a device
    synchronisation before and after it, so GPU work is charged to the part that launched it:
    waiting for the data loader, the data preprocessor (host-to-device copy, normalisation,
@@ -52,6 +56,23 @@ def _batch_size(data_batch) -> int:
     return len(inputs) if inputs is not None else 0
 
 
+def _ordered_parts(seconds: Dict[str, float], iters: int, total_ms: float) -> "OrderedDict[str, float]":
+    """Milliseconds per iteration of each part: the loader wait, the preprocessor, forward + loss (the
+    model step less its timed inner parts), the optimiser's parts, the hooks (largest first), and
+    ``other``, the rest of ``total_ms``."""
+    parts = {k: v * 1e3 / iters for k, v in seconds.items()}
+    step = parts.pop("train_step", 0.0)
+    inner = sum(v for k, v in parts.items() if k == "data_preprocessor" or k.startswith("optimizer."))
+    ordered = OrderedDict(data_loader_wait=parts.pop("data_loader_wait", 0.0))
+    ordered["data_preprocessor"] = parts.pop("data_preprocessor", 0.0)
+    ordered["forward_and_loss"] = step - inner
+    for key in [k for k in parts if k.startswith("optimizer.")]:
+        ordered[key] = parts.pop(key)
+    ordered.update(sorted(parts.items(), key=lambda kv: -kv[1]))  # hooks, largest first
+    ordered["other"] = total_ms - sum(ordered.values())
+    return ordered
+
+
 @HOOKS.register_module()
 class TrainBreakdownHook(Hook):
     """End-to-end training throughput and a per-part time breakdown (module docstring).
@@ -80,15 +101,18 @@ class TrainBreakdownHook(Hook):
         # ``optim_wrapper.step`` and warn when the mark is gone)
         @functools.wraps(fn)
         def wrapped(*args, **kwargs):
-            if not self._detail:
+            if not (self._detail or self._window):
                 return fn(*args, **kwargs)
-            _sync()
+            parts = self._parts if self._detail else self._host
+            if self._detail:
+                _sync()
             t0 = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
-                _sync()
-                self._parts[key] = self._parts.get(key, 0.0) + time.perf_counter() - t0
+                if self._detail:
+                    _sync()
+                parts[key] = parts.get(key, 0.0) + time.perf_counter() - t0
         return wrapped
 
     def before_train(self, runner) -> None:
@@ -98,7 +122,7 @@ class TrainBreakdownHook(Hook):
             raise ValueError(f"TrainBreakdownHook needs {total} iterations (warmup {self.warmup} + iters "
                              f"{self.iters} + detail_iters {self.detail_iters}); the loop runs "
                              f"{loop.max_iters - loop.iter}: raise train_cfg.max_iters or lower them")
-        self._detail, self._count, self._parts = False, 0, OrderedDict()
+        self._detail, self._window, self._count, self._parts, self._host = False, False, 0, OrderedDict(), OrderedDict()
         self._ends: List[float] = []
         self._samples = 0
         self._iter_total = 0.0
@@ -126,6 +150,10 @@ class TrainBreakdownHook(Hook):
         def wrapped(data_batch):
             i = self._count
             self._detail = last <= i < last + self.detail_iters
+            self._window = first <= i < last
+            if self._window:
+                self._host["data_loader_wait"] = self._host.get("data_loader_wait", 0.0) + (
+                    time.perf_counter() - self._last_end)
             if self._detail:
                 _sync()
                 loaded = time.perf_counter()
@@ -143,7 +171,7 @@ class TrainBreakdownHook(Hook):
             if i == last - 1:
                 self._window_end = end
             self._last_end = end
-            self._detail = False
+            self._detail = self._window = False
             self._count += 1
 
         _sync()
@@ -157,22 +185,15 @@ class TrainBreakdownHook(Hook):
             raise RuntimeError(f"TrainBreakdownHook: training stopped after {self._count} iterations, before the "
                                f"timed window ended ({self.warmup + self.iters})")
         seconds = self._window_end - self._window_start
+        ms_per_iter = seconds * 1e3 / self.iters
         result = dict(warmup=self.warmup, iters=self.iters, samples=self._samples,
-                      seconds=seconds, ms_per_iter=seconds * 1e3 / self.iters,
-                      samples_per_s=self._samples / seconds)
+                      seconds=seconds, ms_per_iter=ms_per_iter, samples_per_s=self._samples / seconds)
+        result["host"] = dict(iters=self.iters, ms_per_iter=ms_per_iter,
+                              parts_ms=dict(_ordered_parts(self._host, self.iters, ms_per_iter)))
         if self.detail_iters and self._count >= self.warmup + self.iters + self.detail_iters:
             n = self.detail_iters
-            parts = {k: v * 1e3 / n for k, v in self._parts.items()}  # ms per iteration
-            step = parts.pop("train_step", 0.0)
-            inner = sum(v for k, v in parts.items() if k == "data_preprocessor" or k.startswith("optimizer."))
-            ordered = OrderedDict(data_loader_wait=parts.pop("data_loader_wait", 0.0))
-            ordered["data_preprocessor"] = parts.pop("data_preprocessor", 0.0)
-            ordered["forward_and_loss"] = step - inner
-            for key in [k for k in parts if k.startswith("optimizer.")]:
-                ordered[key] = parts.pop(key)
-            ordered.update(sorted(parts.items(), key=lambda kv: -kv[1]))  # hooks, largest first
             total = self._iter_total * 1e3 / n
-            ordered["other"] = total - sum(ordered.values())
+            ordered = _ordered_parts(self._parts, n, total)
             result["detail"] = dict(iters=n, ms_per_iter=total, parts_ms=dict(ordered),
                                     forward_backward_ms=ordered["forward_and_loss"] + ordered.get("optimizer.backward", 0.0))
         if torch.cuda.is_available() and torch.cuda.is_initialized():
