@@ -36,6 +36,7 @@ import torch
 from mmengine.hooks import Hook
 
 from ...registry import HOOKS
+from .peak_memory import PeakMemory
 
 
 def _sync() -> None:
@@ -93,6 +94,7 @@ class TrainBreakdownHook(Hook):
                 raise ValueError(f"TrainBreakdownHook: {name}={value!r} must be an integer >= {low}")
         self.warmup, self.iters, self.detail_iters, self.filename = warmup, iters, detail_iters, filename
         self.result: Dict = {}
+        self._peak = PeakMemory()
 
     # --- wrapping -----------------------------------------------------------------------------
 
@@ -141,8 +143,10 @@ class TrainBreakdownHook(Hook):
                 if getattr(type(hook), stage) is not getattr(Hook, stage):  # the hook does something there
                     setattr(hook, stage, self._timed(f"hook.{type(hook).__name__}.{stage}", method))
         loop.run_iter = self._run_iter(loop.run_iter)
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.reset_peak_memory_stats()
+        self._peak.reset()
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        self._peak.update()  # before LoggerHook's log line resets the counter (priority HIGHEST)
 
     def _run_iter(self, run_iter: Callable) -> Callable:
         first, last = self.warmup, self.warmup + self.iters  # timed window: iterations first .. last - 1
@@ -196,8 +200,8 @@ class TrainBreakdownHook(Hook):
             ordered = _ordered_parts(self._parts, n, total)
             result["detail"] = dict(iters=n, ms_per_iter=total, parts_ms=dict(ordered),
                                     forward_backward_ms=ordered["forward_and_loss"] + ordered.get("optimizer.backward", 0.0))
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            result["peak_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        if self._peak.active():
+            result.update(self._peak.mib())
         self.result = result
         if self.filename:
             Path(runner.work_dir, self.filename).write_text(json.dumps(result, indent=1))

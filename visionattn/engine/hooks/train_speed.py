@@ -10,15 +10,14 @@ import torch
 from mmengine.hooks import Hook
 
 from ...registry import HOOKS
+from .peak_memory import PeakMemory
 
 
-def _device_stats() -> Dict:
-    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+def _device_stats(peak: PeakMemory) -> Dict:
+    if not peak.active():
         return dict(device="cpu")
     index = torch.cuda.current_device()
-    return dict(device=f"cuda:{index}", device_name=torch.cuda.get_device_name(index),
-                peak_allocated_mib=torch.cuda.max_memory_allocated(index) / 2**20,
-                peak_reserved_mib=torch.cuda.max_memory_reserved(index) / 2**20)
+    return dict(device=f"cuda:{index}", device_name=torch.cuda.get_device_name(index), **peak.mib())
 
 
 @HOOKS.register_module()
@@ -40,7 +39,8 @@ class TrainSpeedHook(Hook):
             mmengine's own logging already waits for each iteration's loss, so it costs nothing).
     """
 
-    priority = "LOW"
+    # Before LoggerHook (BELOW_NORMAL): its log lines reset torch's peak-memory counters (PeakMemory).
+    priority = "NORMAL"
 
     def __init__(self, filename: str = "train_speed_rank{rank}.json", synchronize: bool = True):
         if "{rank}" not in filename:
@@ -48,6 +48,7 @@ class TrainSpeedHook(Hook):
         self.filename, self.synchronize = filename, synchronize
         self.records: List[Dict] = []
         self._start: Optional[float] = None
+        self._peak = PeakMemory()
 
     def _now(self) -> float:
         if self.synchronize and torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -55,14 +56,14 @@ class TrainSpeedHook(Hook):
         return time.perf_counter()
 
     def before_train(self, runner) -> None:
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.reset_peak_memory_stats()
+        self._peak.reset()
         self.records = []
         self._start = self._now()
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs: Optional[dict] = None) -> None:
         inputs = (data_batch or {}).get("inputs") if isinstance(data_batch, dict) else None
         loss = (outputs or {}).get("loss")
+        self._peak.update()
         self.records.append(dict(iter=runner.iter, time=self._now(),
                                  samples=len(inputs) if inputs is not None else None,
                                  loss=None if loss is None else float(loss.detach() if hasattr(loss, "detach") else loss)))
@@ -76,6 +77,6 @@ class TrainSpeedHook(Hook):
     def after_train(self, runner) -> None:
         out = dict(rank=runner.rank, world_size=runner.world_size, pid=os.getpid(), host=platform.node(),
                    local_rank=int(os.environ.get("LOCAL_RANK", 0)), start_time=self._start,
-                   **self.weights_checksums(runner.model), **_device_stats(), records=self.records)
+                   **self.weights_checksums(runner.model), **_device_stats(self._peak), records=self.records)
         path = Path(runner.work_dir) / self.filename.format(rank=runner.rank)
         path.write_text(json.dumps(out, indent=1))
