@@ -78,6 +78,22 @@ def test_torchscript_matches_eager(name):
         torch.testing.assert_close(scripted(_x()), model(_x()), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["biformer_tiny", "ffnet_1", "vit_small_patch16_224_kdgqa",
+                                  "vit_small_patch16_224_dgqa"])
+def test_torchscript_trains_like_eager(name):
+    """A scripted model's gradients are the eager model's, every parameter's (drop path off: no random
+    draws; float32, so a relative error far above rounding's means a wrong graph)."""
+    with timm.set_scriptable(True):
+        model = _model(name, drop_path_rate=0.0).train()
+    scripted = torch.jit.script(model)
+    params = list(model.parameters())
+    grads = [torch.autograd.grad(m(_x()).square().sum(), params, allow_unused=True) for m in (model, scripted)]
+    for (n, _), eager, script in zip(model.named_parameters(), *grads):
+        assert (eager is None) == (script is None), n
+        if eager is not None:
+            assert (script - eager).norm() <= 1e-4 * eager.norm() + 1e-8, n
+
+
 def test_gqa_attention_takes_attn_mask_like_timm_attention():
     """A bool mask that hides the last key token equals dropping that token's keys (SDPA semantics)."""
     from visionattn.models.backbones.gqa_vit import ATTENTIONS

@@ -90,14 +90,17 @@ def route(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int, scale: float)
     q, k: (B, H, W, C). Means are taken per region on detached tensors (hard, non-differentiable
     routing, as in every released model).
     """
-    with torch.no_grad():  # (a statement, not a decorator: TorchScript compiles it)
-        b, height, width, c = q.shape
-        h, w = height // n_win, width // n_win
-        # Reduce over (h, w) of a (B, S, h, S, w, C) view: no region-major copy of q and k.
-        q_mean = q.reshape(b, n_win, h, n_win, w, c).mean((2, 4)).reshape(b, n_win * n_win, c)  # (B, R, C)
-        k_mean = k.reshape(b, n_win, h, n_win, w, c).mean((2, 4)).reshape(b, n_win * n_win, c)  # (B, R, C)
-        logits = (q_mean * scale) @ k_mean.transpose(-2, -1)  # (B, R, R)
-        return torch.topk(logits, k=topk, dim=-1).indices  # (B, R, topk)
+    # detach(), not ``with torch.no_grad()``: TorchScript's common-subexpression elimination merged the
+    # view of q made inside such a block with the same view made by to_regions after it, and q's
+    # gradient was lost in a scripted model
+    q, k = q.detach(), k.detach()
+    b, height, width, c = q.shape
+    h, w = height // n_win, width // n_win
+    # Reduce over (h, w) of a (B, S, h, S, w, C) view: no region-major copy of q and k.
+    q_mean = q.reshape(b, n_win, h, n_win, w, c).mean((2, 4)).reshape(b, n_win * n_win, c)  # (B, R, C)
+    k_mean = k.reshape(b, n_win, h, n_win, w, c).mean((2, 4)).reshape(b, n_win * n_win, c)  # (B, R, C)
+    logits = (q_mean * scale) @ k_mean.transpose(-2, -1)  # (B, R, R)
+    return torch.topk(logits, k=topk, dim=-1).indices  # (B, R, topk)
 
 
 def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_win: int, num_heads: int, topk: int,
