@@ -51,8 +51,9 @@ ADD_CASES = [((3, 5, 42), None, True, torch.float32, "ys"), ((2, 4, 7, 36), 34, 
              ((70, 64), None, True, torch.float16, "ys")]
 
 
-def _compare_add(device, dtype, shape, cut, bias, r_dtype, use, atol, rbias=False):
-    """Triton vs reference, outputs and gradients; ``rbias``: a per-channel residual bias (no gradient)."""
+def _compare_add(device, dtype, shape, cut, bias, r_dtype, use, atol, rbias=False, rscale=False):
+    """Triton vs reference, outputs and gradients; ``rbias``: a per-channel residual bias (no gradient);
+    ``rscale``: drop path's per-sample factors on the residual (0 or 1 / 0.7, no gradient)."""
     g = torch.Generator().manual_seed(len(shape) + shape[-1])
     full = torch.randn(shape, generator=g).to(device, dtype)
     x = full[..., :cut] if cut else full
@@ -63,11 +64,14 @@ def _compare_add(device, dtype, shape, cut, bias, r_dtype, use, atol, rbias=Fals
     gy = torch.randn(x.shape, generator=g).to(device)
     gs = torch.randn(x.shape, generator=g).to(device)
     rb = torch.randn(D, generator=g).to(device, r_dtype) if rbias else None
+    k = None
+    if rscale:  # both values present: a dropped sample and kept ones
+        k = (torch.arange(shape[0]) % 3 != 1).to(device, r_dtype).div_(0.7)
     outs = {}
     for impl in ("reference", "triton"):
         leaves = [t.detach().requires_grad_() for t in (x, r, w) + ((b,) if bias else ())]
         y, s = ln.layer_norm(leaves[0], leaves[2], leaves[3] if bias else None, 1e-6, impl=impl, residual=leaves[1],
-                             residual_bias=rb)
+                             residual_bias=rb, residual_scale=k)
         loss = (y.float() * gy).sum() * ("y" in use) + (s.float() * gs).sum() * ("s" in use)
         outs[impl] = [y, s, *torch.autograd.grad(loss, leaves)]
     t = outs["triton"]
@@ -91,6 +95,33 @@ def test_triton_interpreter_add_cases(shape, cut, bias, r_dtype, use):
 @pytest.mark.parametrize("shape,cut,bias,r_dtype,use", ADD_CASES[:2] + ADD_CASES[4:])
 def test_triton_interpreter_add_cases_residual_bias(shape, cut, bias, r_dtype, use):
     _compare_add("cpu", torch.float32, shape, cut, bias, r_dtype, use, 2e-5, rbias=True)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="run by test_triton_interpreter")
+@pytest.mark.parametrize("shape,cut,bias,r_dtype,use", ADD_CASES)
+def test_triton_interpreter_add_cases_residual_scale(shape, cut, bias, r_dtype, use):
+    _compare_add("cpu", torch.float32, shape, cut, bias, r_dtype, use, 2e-5, rscale=True)
+
+
+def test_add_residual_scale_is_the_multiply_then_the_add():
+    """``residual_scale``: ``x + r * k`` with k per sample, as timm's DropPath multiplies (k of shape
+    (N, 1, ..., 1)); bad factors are refused with the fix."""
+    g = torch.Generator().manual_seed(0)
+    x, r = torch.randn(3, 4, 5, 6, generator=g), torch.randn(3, 4, 5, 6, generator=g).requires_grad_()
+    w, k = torch.randn(6, generator=g), torch.tensor([0.0, 1 / 0.7, 1 / 0.7])
+    y, s = ln.layer_norm(x, w, None, 1e-6, residual=r, residual_scale=k, impl="reference")
+    assert torch.equal(s, x + r * k.view(3, 1, 1, 1))
+    assert torch.equal(y, torch.nn.functional.layer_norm(s, (6,), w, None, eps=1e-6))
+    s.sum().backward()
+    assert torch.equal(r.grad, k.view(3, 1, 1, 1).expand_as(r))  # the dropped sample's branch gets none
+    with pytest.raises(ValueError, match=r"residual_scale of shape \(3, 1, 1, 1\) must be \(3,\)"):
+        ln.layer_norm(x, w, residual=r, residual_scale=k.view(3, 1, 1, 1))
+    with pytest.raises(ValueError, match=r"residual's dtype.*residual_scale.to\(residual\)"):
+        ln.layer_norm(x, w, residual=r, residual_scale=k.double())
+    with pytest.raises(ValueError, match="do not combine"):
+        ln.layer_norm(x, w, residual=r, residual_scale=k, residual_bias=torch.zeros(6))
+    with pytest.raises(ValueError, match="pass residual= too"):
+        ln.layer_norm(x, w, residual_scale=k)
 
 
 def test_add_reference_is_the_add_then_layer_norm():
@@ -165,6 +196,7 @@ def test_triton_cuda_add(shape, cut, bias, r_dtype, use, dtype, atol):
     # takes no float32 sum with half-precision weights
     _compare_add("cuda", dtype, shape, cut, bias, r_dtype if dtype == torch.float32 else dtype, use, atol)
     _compare_add("cuda", dtype, shape, cut, bias, r_dtype if dtype == torch.float32 else dtype, use, atol, rbias=True)
+    _compare_add("cuda", dtype, shape, cut, bias, r_dtype if dtype == torch.float32 else dtype, use, atol, rscale=True)
 
 
 @pytest.mark.cuda
@@ -182,8 +214,9 @@ def test_triton_cuda_add_autocast_and_compile():
 
 
 def test_kernels_compile_for_hopper():
-    """The forward kernels compile to PTX for sm_90 without a GPU: the plain form with padded rows (two column
-    ranges and one), the residual form with and without the residual bias."""
+    """The kernels compile to PTX for sm_90 without a GPU: the plain form with padded rows (two column
+    ranges and one), the residual form with the residual bias, drop path's factors or neither, and the
+    residual form's backward."""
     from visionattn.ops import _layer_norm_triton as kernels
 
     plain = {"x_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "y_ptr": "*bf16", "rows": "i32", "stride_x": "i32",
@@ -191,9 +224,15 @@ def test_kernels_compile_for_hopper():
     for d1, d2 in ((32, 16), (64, 0)):  # two column ranges (42 channels in 48), one
         assert ".entry" in ptx_for_hopper(kernels._layer_norm_fwd, plain,
                                           dict(D=42, D1=d1, D2=d2, OUT_W=48, BLOCK_M=64, HAS_BIAS=False))
-    residual = {"x_ptr": "*bf16", "r_ptr": "*bf16", "rb_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16",
-                "y_ptr": "*bf16", "s_ptr": "*bf16", "mean_ptr": "*fp32", "rstd_ptr": "*fp32", "rows": "i32",
-                "stride_x": "i32", "stride_r": "i32", "eps": "fp32"}
-    for rbias in (False, True):
-        constexprs = dict(D=64, DP=64, BLOCK_M=64, HAS_BIAS=True, HAS_RBIAS=rbias)
+    residual = {"x_ptr": "*bf16", "r_ptr": "*bf16", "rb_ptr": "*bf16", "rs_ptr": "*bf16", "w_ptr": "*bf16",
+                "b_ptr": "*bf16", "y_ptr": "*bf16", "s_ptr": "*bf16", "mean_ptr": "*fp32", "rstd_ptr": "*fp32",
+                "rows": "i32", "stride_x": "i32", "stride_r": "i32", "rows_per_scale": "i32", "eps": "fp32"}
+    for rbias, rscale in ((False, False), (True, False), (False, True)):
+        constexprs = dict(D=64, DP=64, BLOCK_M=64, HAS_BIAS=True, HAS_RBIAS=rbias, HAS_RSCALE=rscale)
         assert ".entry" in ptx_for_hopper(kernels._add_layer_norm_fwd, residual, constexprs)
+    backward = {"s_ptr": "*bf16", "w_ptr": "*bf16", "mean_ptr": "*fp32", "rstd_ptr": "*fp32", "dy_ptr": "*bf16",
+                "ds_ptr": "*bf16", "dx_ptr": "*bf16", "rs_ptr": "*bf16", "dr_ptr": "*bf16", "dw_ptr": "*fp32",
+                "db_ptr": "*fp32", "rows": "i32", "tiles_per_prog": "i32", "rows_per_scale": "i32"}
+    for rscale in (False, True):  # the backward, with drop path's factors and without
+        constexprs = dict(D=64, DP=64, BLOCK_M=64, HAS_DS=True, HAS_RSCALE=rscale)
+        assert ".entry" in ptx_for_hopper(kernels._layer_norm_bwd, backward, constexprs)

@@ -6,9 +6,10 @@ copy; a width like 272 is covered by two power-of-two column ranges (256 + 16) r
 half-masked 512 tile. The backward is written with PyTorch ops and recomputes the statistics.
 
 ``add_layer_norm_triton`` is the residual form ``s = x + r, y = LN(s)`` (both returned, with the row
-statistics); its backward ``layer_norm_bwd_triton`` is a Triton kernel that reads ``s`` and the
-statistics, adds the gradient of ``s`` to the input gradient in the same pass, and sums the
-weight/bias gradients per program (then over programs in one launch, ``_bias_grad_triton.sum_table``).
+statistics), ``r`` optionally scaled per sample; its backward ``layer_norm_bwd_triton`` is a Triton
+kernel that reads ``s`` and the statistics, adds the gradient of ``s`` to the input gradient in the
+same pass (and writes the scaled residual's gradient beside it), and sums the weight/bias gradients
+per program (then over programs in one launch, ``_bias_grad_triton.sum_table``).
 """
 from typing import Optional, Tuple
 
@@ -130,9 +131,10 @@ if triton is not None:
     from ._bias_grad_triton import sum_table
 
     @triton.jit
-    def _add_layer_norm_fwd(x_ptr, r_ptr, rb_ptr, w_ptr, b_ptr, y_ptr, s_ptr, mean_ptr, rstd_ptr, rows, stride_x,
-                            stride_r, eps, D: tl.constexpr, DP: tl.constexpr, BLOCK_M: tl.constexpr,
-                            HAS_BIAS: tl.constexpr, HAS_RBIAS: tl.constexpr):
+    def _add_layer_norm_fwd(x_ptr, r_ptr, rb_ptr, rs_ptr, w_ptr, b_ptr, y_ptr, s_ptr, mean_ptr, rstd_ptr, rows,
+                            stride_x, stride_r, rows_per_scale, eps, D: tl.constexpr, DP: tl.constexpr,
+                            BLOCK_M: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RBIAS: tl.constexpr,
+                            HAS_RSCALE: tl.constexpr):
         offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, DP)
         mask_m = offs_m < rows
@@ -147,6 +149,9 @@ if triton is not None:
             # rounded to r's dtype as the branch's own output ``r + c`` would be
             r += tl.load(rb_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
             r = r.to(r_ptr.dtype.element_ty).to(tl.float32)
+        if HAS_RSCALE:  # one factor per sample (rows_per_scale rows), the product rounded as ``r * k`` is
+            k = tl.load(rs_ptr + offs_m // rows_per_scale, mask=mask_m, other=0.0).to(tl.float32)
+            r = (r * k[:, None]).to(r_ptr.dtype.element_ty).to(tl.float32)
         s = (x.to(tl.float32) + r).to(s_ptr.dtype.element_ty)
         tl.store(s_ptr + rows64 * D + offs_d[None, :], s, mask=mask)
         s = s.to(tl.float32)
@@ -161,11 +166,13 @@ if triton is not None:
         tl.store(rstd_ptr + offs_m, rstd, mask=mask_m)
 
     @triton.jit
-    def _layer_norm_bwd(s_ptr, w_ptr, mean_ptr, rstd_ptr, dy_ptr, ds_ptr, dx_ptr, dw_ptr, db_ptr, rows, tiles_per_prog,
-                        D: tl.constexpr, DP: tl.constexpr, BLOCK_M: tl.constexpr, HAS_DS: tl.constexpr):
-        """dx = rstd * (w dy - mean(w dy) - xhat * mean(xhat w dy)) (+ ds); per-program partial sums
-        of dw = sum(dy xhat) and db = sum(dy) over the rows of its tiles (rows 2 * DP apart: the two
-        halves of one table)."""
+    def _layer_norm_bwd(s_ptr, w_ptr, mean_ptr, rstd_ptr, dy_ptr, ds_ptr, dx_ptr, rs_ptr, dr_ptr, dw_ptr, db_ptr,
+                        rows, tiles_per_prog, rows_per_scale, D: tl.constexpr, DP: tl.constexpr,
+                        BLOCK_M: tl.constexpr, HAS_DS: tl.constexpr, HAS_RSCALE: tl.constexpr):
+        """dx = rstd * (w dy - mean(w dy) - xhat * mean(xhat w dy)) (+ ds); with row scales k, also
+        dr = dx * k (dx rounded to dr's dtype first, as the multiply's backward receives it); per-program
+        partial sums of dw = sum(dy xhat) and db = sum(dy) over the rows of its tiles (rows 2 * DP
+        apart: the two halves of one table)."""
         pid = tl.program_id(0)
         offs_d = tl.arange(0, DP)
         mask_d = offs_d < D
@@ -189,6 +196,10 @@ if triton is not None:
             if HAS_DS:
                 dx += tl.load(ds_ptr + idx, mask=mask, other=0.0).to(tl.float32)
             tl.store(dx_ptr + idx, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+            if HAS_RSCALE:
+                k = tl.load(rs_ptr + offs_m // rows_per_scale, mask=mask_m, other=0.0).to(tl.float32)
+                dr = dx.to(dr_ptr.dtype.element_ty).to(tl.float32) * k[:, None]
+                tl.store(dr_ptr + idx, dr.to(dr_ptr.dtype.element_ty), mask=mask)
             dw_acc += tl.sum(dy * xhat, axis=0)
             db_acc += tl.sum(dy, axis=0)
         tl.store(dw_ptr + pid * 2 * DP + offs_d, dw_acc, mask=mask_d)
@@ -204,12 +215,13 @@ if triton is not None:
 
     @torch.library.custom_op("visionattn::add_layer_norm_triton", mutates_args=())
     def add_layer_norm_triton(x: torch.Tensor, r: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                              eps: float, y_dtype: torch.dtype, residual_bias: Optional[torch.Tensor] = None
+                              eps: float, y_dtype: torch.dtype, residual_bias: Optional[torch.Tensor] = None,
+                              residual_scale: Optional[torch.Tensor] = None
                               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """x, r (..., D) of one shape -> (y = LN(x + r) in ``y_dtype``, s = x + r, mean, rstd) with
         y and s contiguous and the float32 row statistics (rows,) that the backward reads.
-        ``residual_bias`` (D,): added to r first (its gradient is not computed: callers pass one
-        that needs none)."""
+        ``residual_bias`` (D,): added to r first; ``residual_scale`` (N,), contiguous, N = r.shape[0]:
+        r[n] multiplied by it first (neither gets a gradient: callers pass ones that need none)."""
         D = x.shape[-1]
         rows = x.numel() // D
         s = torch.empty(x.shape, device=x.device, dtype=torch.promote_types(x.dtype, r.dtype))
@@ -222,13 +234,19 @@ if triton is not None:
         DP = triton.next_power_of_2(D)
         block_m = _block_m(DP)
         _add_layer_norm_fwd[(triton.cdiv(rows, block_m),)](
-            x2, r2, residual_bias if residual_bias is not None else weight, weight, bias if bias is not None else weight,
-            y, s, mean, rstd, rows, x2.stride(0), r2.stride(0), eps, D=D, DP=DP, BLOCK_M=block_m,
-            HAS_BIAS=bias is not None, HAS_RBIAS=residual_bias is not None, num_warps=4 if DP <= 512 else 8)
+            x2, r2, residual_bias if residual_bias is not None else weight,
+            residual_scale if residual_scale is not None else weight, weight, bias if bias is not None else weight,
+            y, s, mean, rstd, rows, x2.stride(0), r2.stride(0), _rows_per_sample(x, residual_scale), eps, D=D, DP=DP,
+            BLOCK_M=block_m, HAS_BIAS=bias is not None, HAS_RBIAS=residual_bias is not None,
+            HAS_RSCALE=residual_scale is not None, num_warps=4 if DP <= 512 else 8)
         return y, s, mean, rstd
 
+    def _rows_per_sample(x: torch.Tensor, scale: Optional[torch.Tensor]) -> int:
+        """Rows of D channels per factor of ``scale`` (N,): x's rows, read in order, group by sample."""
+        return 1 if scale is None else max(1, x.numel() // (x.shape[-1] * scale.shape[0]))
+
     @add_layer_norm_triton.register_fake
-    def _(x, r, weight, bias, eps, y_dtype, residual_bias=None):
+    def _(x, r, weight, bias, eps, y_dtype, residual_bias=None, residual_scale=None):
         rows = x.numel() // x.shape[-1]
         s = torch.empty(x.shape, device=x.device, dtype=torch.promote_types(x.dtype, r.dtype))
         return (torch.empty(x.shape, device=x.device, dtype=y_dtype), s,
@@ -236,15 +254,19 @@ if triton is not None:
 
     @torch.library.custom_op("visionattn::layer_norm_bwd_triton", mutates_args=())
     def layer_norm_bwd_triton(s: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
-                              dy: torch.Tensor, ds: Optional[torch.Tensor], dx_dtype: torch.dtype
-                              ) -> Tuple[torch.Tensor, torch.Tensor]:
+                              dy: torch.Tensor, ds: Optional[torch.Tensor], dx_dtype: torch.dtype,
+                              residual_scale: Optional[torch.Tensor] = None, dr_dtype: Optional[torch.dtype] = None
+                              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """LayerNorm backward from the saved input ``s`` (contiguous) and statistics: (ds_total in
-        ``dx_dtype``, sums), sums (2 * DP,) in the weight's dtype holding dweight at ``[:D]`` and dbias at
-        ``[DP:DP + D]`` (DP = D rounded up to a power of two); each rounded once from float32. ``ds``
-        (optional) is added to the input's gradient."""
+        ``dx_dtype``, dr, sums), sums (2 * DP,) in the weight's dtype holding dweight at ``[:D]`` and dbias
+        at ``[DP:DP + D]`` (DP = D rounded up to a power of two); each rounded once from float32. ``ds``
+        (optional) is added to the input's gradient. With ``residual_scale`` (N,), dr is the gradient of
+        the scaled residual, ``ds_total * k`` per sample, in ``dr_dtype``; without it, an empty tensor."""
         D = s.shape[-1]
         rows = s.numel() // D
         dx = torch.empty(s.shape, device=s.device, dtype=dx_dtype)
+        dr = (torch.empty(s.shape, device=s.device, dtype=dr_dtype or dx_dtype) if residual_scale is not None
+              else s.new_empty(0))
         DP = triton.next_power_of_2(D)
         block_m = _block_m(DP)
         tiles = triton.cdiv(rows, block_m)
@@ -258,35 +280,42 @@ if triton is not None:
         table = torch.empty((progs, 2, DP), device=s.device, dtype=torch.float32)  # dw and db partial sums
         dy = dy.contiguous()
         ds = ds.contiguous() if ds is not None else None
-        _layer_norm_bwd[(progs,)](s, weight, mean, rstd, dy, ds if ds is not None else dy, dx, table, table[:, 1],
-                                  rows, per_prog, D=D, DP=DP, BLOCK_M=block_m, HAS_DS=ds is not None,
-                                  num_warps=4 if DP <= 512 else 8)
-        return dx, sum_table(table.view(progs, 2 * DP), weight.dtype)  # both gradients in one launch
+        has_scale = residual_scale is not None
+        _layer_norm_bwd[(progs,)](s, weight, mean, rstd, dy, ds if ds is not None else dy, dx,
+                                  residual_scale if has_scale else weight, dr if has_scale else dx, table, table[:, 1],
+                                  rows, per_prog, _rows_per_sample(s, residual_scale), D=D, DP=DP, BLOCK_M=block_m,
+                                  HAS_DS=ds is not None, HAS_RSCALE=has_scale, num_warps=4 if DP <= 512 else 8)
+        return dx, dr, sum_table(table.view(progs, 2 * DP), weight.dtype)  # both gradients in one launch
 
     @layer_norm_bwd_triton.register_fake
-    def _(s, weight, mean, rstd, dy, ds, dx_dtype):
+    def _(s, weight, mean, rstd, dy, ds, dx_dtype, residual_scale=None, dr_dtype=None):
         D = s.shape[-1]
-        return torch.empty(s.shape, device=s.device, dtype=dx_dtype), weight.new_empty(2 * triton.next_power_of_2(D))
+        dr = (torch.empty(s.shape, device=s.device, dtype=dr_dtype or dx_dtype) if residual_scale is not None
+              else s.new_empty(0))
+        return (torch.empty(s.shape, device=s.device, dtype=dx_dtype), dr,
+                weight.new_empty(2 * triton.next_power_of_2(D)))
 
     def _add_setup_context(ctx, inputs, output):
-        x, r, weight, bias, eps, y_dtype, _ = inputs
+        x, r, weight, bias, eps, y_dtype, _, scale = inputs
         _, s, mean, rstd = output
-        ctx.save_for_backward(s, weight, mean, rstd)
+        ctx.save_for_backward(s, weight, mean, rstd, scale)
         ctx.mark_non_differentiable(mean, rstd)
         ctx.has_bias, ctx.x_dtype, ctx.r_dtype = bias is not None, x.dtype, r.dtype
         ctx.bias_dtype = bias.dtype if bias is not None else None
 
     def _add_backward(ctx, dy, ds, dmean, drstd):
-        s, weight, mean, rstd = ctx.saved_tensors
+        s, weight, mean, rstd, scale = ctx.saved_tensors
         if dy is None:
             dy = torch.zeros_like(s)
-        # one gradient for both addends when they share a dtype (written once, in it); else float32, cast to each
+        # one gradient for both addends when they share a dtype (written once, in it); else float32, cast to each;
+        # a scaled residual's own, written in its dtype by the same pass
         one_dtype = ctx.x_dtype == ctx.r_dtype
-        dx, sums = torch.ops.visionattn.layer_norm_bwd_triton(s, weight, mean, rstd, dy, ds,
-                                                              ctx.x_dtype if one_dtype else torch.float32)
+        dx, dr, sums = torch.ops.visionattn.layer_norm_bwd_triton(s, weight, mean, rstd, dy, ds,
+                                                                  ctx.x_dtype if one_dtype else torch.float32,
+                                                                  scale, ctx.r_dtype)
         D = s.shape[-1]
         DP = triton.next_power_of_2(D)
-        return (dx.to(ctx.x_dtype), dx.to(ctx.r_dtype), sums[:D],
-                sums[DP:DP + D].to(ctx.bias_dtype) if ctx.has_bias else None, None, None, None)
+        return (dx.to(ctx.x_dtype), dx.to(ctx.r_dtype) if scale is None else dr, sums[:D],
+                sums[DP:DP + D].to(ctx.bias_dtype) if ctx.has_bias else None, None, None, None, None)
 
     add_layer_norm_triton.register_autograd(_add_backward, setup_context=_add_setup_context)

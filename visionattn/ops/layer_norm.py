@@ -22,6 +22,11 @@ padded to 16-byte rows (MatchStereo's odd widths) without a pad or concatenation
 ``residual_bias=c`` (per channel) makes it ``s = x + (r + c)``: a convolution's bias added in the
 kernel rather than by PyTorch in a pass of its own after cuDNN's bias-free depth-wise kernel; the
 kernel takes it when ``c`` needs no gradient (otherwise the reference runs).
+``residual_scale=k`` (one factor per sample, ``(N,)`` for ``N = r.shape[0]``) makes it
+``s = x + r * k``, the product rounded to ``r``'s dtype as PyTorch's multiply rounds it: drop path's
+per-sample factors (:class:`visionattn.models.drop_path.DropPath`), applied in the kernel's pass
+rather than by a broadcast multiply of their own, forward and backward (the kernel writes the
+residual's gradient ``ds * k`` beside ``ds``). The kernel takes ``k`` when it needs no gradient.
 
 Implementations: ``"triton"`` (CUDA, fp32/fp16/bf16; CPU under ``TRITON_INTERPRET=1``;
 :mod:`._layer_norm_triton`) and ``"reference"`` (``torch.nn.functional.layer_norm``).
@@ -48,14 +53,15 @@ def _triton_supports(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, eps: float = 1e-5,
                impl: str = "auto", residual: Optional[torch.Tensor] = None,
-               residual_bias: Optional[torch.Tensor] = None, width: Optional[int] = None
-               ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+               residual_bias: Optional[torch.Tensor] = None, width: Optional[int] = None,
+               residual_scale: Optional[torch.Tensor] = None) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """LayerNorm of ``x (..., D)`` over ``D`` with ``weight (D,)`` and optional ``bias (D,)``.
 
     Returns a contiguous ``(..., D)`` tensor in ``x``'s dtype (statistics in float32). With
     ``residual`` (same shape as ``x``): ``(LayerNorm(s), s)`` with ``s = x + residual``, or
-    ``s = x + (residual + residual_bias)`` with a ``(D,)`` ``residual_bias``. ``width`` (> D, without
-    ``residual``): a ``(..., width)`` result, zeros past channel D.
+    ``s = x + (residual + residual_bias)`` with a ``(D,)`` ``residual_bias``, or
+    ``s = x + residual * residual_scale`` with an ``(N,)`` ``residual_scale``, one factor per sample
+    ``residual[n]``. ``width`` (> D, without ``residual``): a ``(..., width)`` result, zeros past channel D.
     """
     op = "layer_norm"
     check_tensors(op, dict(x=x))
@@ -73,9 +79,10 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         if residual is not None:
             raise ValueError("layer_norm: width= pads the plain form's output; it does not combine with residual=")
     if residual is not None:
-        return _add_layer_norm(x, residual, weight, bias, eps, impl, residual_bias)
-    if residual_bias is not None:
-        raise ValueError("layer_norm: residual_bias is the bias of a residual branch; pass residual= too")
+        return _add_layer_norm(x, residual, weight, bias, eps, impl, residual_bias, residual_scale)
+    for name, value in (("residual_bias", residual_bias), ("residual_scale", residual_scale)):
+        if value is not None:
+            raise ValueError(f"layer_norm: {name} belongs to a residual branch; pass residual= too")
     supported = {"triton": _triton_supports(x, weight, bias), "reference": True}
     pad = 0 if width is None else width - x.shape[-1]
     if pick("layer_norm", impl, supported) == "triton":
@@ -93,7 +100,7 @@ def _add_supports(x: torch.Tensor, r: torch.Tensor, weight: torch.Tensor, bias: 
             and x.stride(-1) == 1 and r.stride(-1) == 1 and rows_are_a_view(x) and rows_are_a_view(r))
 
 
-def _add_layer_norm(x, r, weight, bias, eps, impl, rb=None):
+def _add_layer_norm(x, r, weight, bias, eps, impl, rb=None, k=None):
     if r.shape != x.shape:
         raise ValueError(f"layer_norm: residual of shape {tuple(r.shape)} must have x's shape {tuple(x.shape)} "
                          f"(broadcast it first)")
@@ -102,14 +109,34 @@ def _add_layer_norm(x, r, weight, bias, eps, impl, rb=None):
     if rb is not None and tuple(rb.shape) != (x.shape[-1],):
         raise ValueError(f"layer_norm: residual_bias of shape {tuple(rb.shape)} must be ({x.shape[-1]},), one value "
                          f"per channel of the last axis")
-    triton_ok = _add_supports(x, r, weight, bias) and (rb is None or (rb.dtype == r.dtype and not needs_grad(rb)))
+    if k is not None:
+        _check_residual_scale(r, rb, k)
+    triton_ok = (_add_supports(x, r, weight, bias) and (rb is None or (rb.dtype == r.dtype and not needs_grad(rb)))
+                 and (k is None or not needs_grad(k)))
     if pick("layer_norm", impl, {"triton": triton_ok, "reference": True}) == "triton":
         s_dtype = torch.promote_types(x.dtype, r.dtype)
         y_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else s_dtype
-        y, s, _, _ = torch.ops.visionattn.add_layer_norm_triton(x, r, weight, bias, float(eps), y_dtype, rb)
+        y, s, _, _ = torch.ops.visionattn.add_layer_norm_triton(x, r, weight, bias, float(eps), y_dtype, rb,
+                                                                None if k is None else k.contiguous())
         return y, s
+    if k is not None:
+        r = r * k.view((-1,) + (1,) * (r.dim() - 1))
     s = x + (r if rb is None else r + rb)
     return F.layer_norm(s, (s.shape[-1],), weight, bias, eps), s
+
+
+def _check_residual_scale(r: torch.Tensor, rb: Optional[torch.Tensor], k: torch.Tensor) -> None:
+    if not isinstance(k, torch.Tensor):
+        raise TypeError(f"layer_norm: residual_scale must be a torch.Tensor or None, got {type(k).__name__}")
+    if rb is not None:
+        raise ValueError("layer_norm: residual_bias and residual_scale do not combine; add the bias to the "
+                         "residual before scaling it")
+    if r.dim() < 2 or tuple(k.shape) != (r.shape[0],):
+        raise ValueError(f"layer_norm: residual_scale of shape {tuple(k.shape)} must be ({r.shape[0]},), one "
+                         f"factor per sample of the residual {tuple(r.shape)} (flatten a (N, 1, ..., 1) one)")
+    if k.dtype != r.dtype or k.device != r.device:
+        raise ValueError(f"layer_norm: residual_scale ({k.dtype}, {k.device}) must have the residual's dtype and "
+                         f"device ({r.dtype}, {r.device}): residual_scale.to(residual)")
 
 
 def example_inputs(device="cpu", dtype=torch.float32, tokens: int = 2 * 96 * 312, dim: int = 42,

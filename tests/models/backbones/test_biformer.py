@@ -174,6 +174,39 @@ def test_block_fused_norms_keep_the_reference_numerics():
             assert torch.equal(block(x), h.permute(0, 3, 1, 2))
 
 
+def test_block_drop_path_in_the_adds_is_timm_s_drop_path():
+    """Training with drop path: the adds apply its per-sample factors (the LayerNorm op's residual_scale,
+    add_dropped_path); with the same seed the block gives exactly timm's DropPath formula and gradients,
+    eagerly and under TorchScript."""
+    from timm.layers import drop_path
+
+    torch.manual_seed(0)
+    block = _tiny(n_win=2, drop_path_rate=0.6).stages[1].blocks[0].train()
+    p = block.drop_path.drop_prob
+    x = torch.randn(8, block.norm1.normalized_shape[0], 8, 8).contiguous(memory_format=torch.channels_last)
+
+    def written():
+        h = x + block.cpe(x)
+        h = h.permute(0, 2, 3, 1)
+        h = h + drop_path(block.attn(block.norm1(h)), p, True)
+        h = h + drop_path(block.mlp(block.norm2(h)), p, True)
+        return h.permute(0, 3, 1, 2)
+
+    results = []
+    for fn in (written, block, torch.jit.script(block)):
+        torch.manual_seed(5)
+        with use_impl("reference"):
+            out = fn() if fn is written else fn(x)
+        grads = torch.autograd.grad(out.square().sum(), list(block.parameters()))
+        results.append((out, grads))
+    torch.manual_seed(5)  # the two draws of the block (nothing else in it is random)
+    draws = [torch.empty(8).bernoulli_(1 - p) for _ in range(2)]
+    assert all(0 < int(d.sum()) < 8 for d in draws)  # this seed drops some samples' paths and keeps others'
+    for out, grads in results[1:]:
+        assert torch.equal(out, results[0][0])
+        assert all(torch.equal(a, b) for a, b in zip(grads, results[0][1]))
+
+
 def test_conv_biases_folded_keep_outputs_and_gradients(monkeypatch):
     """On CUDA LePE's bias joins the projection's bias (W b) and, without autograd, the positional conv's
     joins the fused add + LayerNorm; the model computes the same function and hands the same gradients
@@ -213,6 +246,27 @@ def test_triton_model_matches_reference_model_cuda():
         with use_impl(impl):
             out = model(x)
         out.float().square().mean().backward()
+        outs.append(out.float())
+        grads.append(torch.cat([p.grad.float().flatten() for p in model.parameters()]))
+    assert (outs[0] - outs[1]).norm() / outs[1].norm() < 1e-4
+    assert (grads[0] - grads[1]).norm() / grads[1].norm() < 1e-3
+
+
+@pytest.mark.cuda
+def test_drop_path_in_the_fused_adds_matches_reference_cuda():
+    """Training with drop path: the fused add + LayerNorm with drop path's factors and the addcmul
+    against the reference ops, with the same draws (same seed). fp32, as in the test above (the op
+    tests cover half precision)."""
+    torch.manual_seed(0)
+    model = _tiny(n_win=2, drop_path_rate=0.6).cuda().train()
+    x = torch.randn(8, 3, 64, 64, device="cuda")
+    outs, grads = [], []
+    for impl in ("auto", "reference"):
+        model.zero_grad()
+        torch.manual_seed(5)
+        with use_impl(impl):
+            out = model(x)
+        out.logsumexp(-1).sum().backward()
         outs.append(out.float())
         grads.append(torch.cat([p.grad.float().flatten() for p in model.parameters()]))
     assert (outs[0] - outs[1]).norm() / outs[1].norm() < 1e-4

@@ -26,13 +26,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, LayerNorm2d, trunc_normal_
+from timm.layers import LayerNorm2d, trunc_normal_
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from ...hub import build_timm_model, extract_state_dict
 from ...registry import register_converter
 from ..bias_grad_layers import Conv2d, Linear, conv2d, linear
+from ..drop_path import DropPath, add_dropped_path
 from .stage_classifier import StageClassifier
 from ...ops.bilevel_routing_attention import IMPLS as BRA_IMPLS
 from ...ops.bilevel_routing_attention import bilevel_routing_attention, bilevel_routing_attention_reference
@@ -42,16 +43,21 @@ from ..input_contract import check_choice, check_int, check_ints, check_num_clas
 
 __all__ = ["BiFormer", "BiLevelRoutingAttention", "checkpoint_filter_fn"]
 
+torch.fx.wrap("add_dropped_path")  # one node under torch.fx: it branches on the device
+
 
 @torch.fx.wrap  # one node under torch.fx: the op checks its inputs
 def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                   eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(LayerNorm(x + residual), x + residual)`` by :func:`layer_norm`; under TorchScript (also of an
-    FX graph) its reference path (the add, then ``F.layer_norm``), undispatched."""
+                   eps: float, factors: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(LayerNorm(s), s)``, ``s = x + residual`` (``residual`` times drop path's per-sample ``factors``
+    if given) by :func:`layer_norm`; under TorchScript (also of an FX graph) its reference path (the
+    multiply, the add, then ``F.layer_norm``), undispatched."""
     if torch.jit.is_scripting():
+        if factors is not None:
+            residual = residual * factors.view([-1] + [1] * (residual.dim() - 1))
         s = x + residual
         return F.layer_norm(s, (s.shape[-1],), weight, bias, eps), s
-    return layer_norm(x, weight, bias, eps, residual=residual)
+    return layer_norm(x, weight, bias, eps, residual=residual, residual_scale=factors)
 
 
 @torch.fx.wrap  # one node under torch.fx (timm's FX feature extraction): the op's checks read shapes
@@ -201,17 +207,22 @@ class BiFormerBlock(nn.Module):
             self.attn = GlobalAttention(dim)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(mlp_ratio * dim))
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x += cpe(x); x += attn(norm1(x)); x += mlp(norm2(x)). The first two adds are fused with
-        # the LayerNorm that follows them (visionattn.ops.layer_norm with residual=: one pass that
-        # returns the sum and its norm; the reference path is the add, then F.layer_norm).
+        # x += cpe(x); x += drop_path(attn(norm1(x))); x += drop_path(mlp(norm2(x))). The first two adds
+        # are fused with the LayerNorm that follows them (visionattn.ops.layer_norm with residual=: one
+        # pass that returns the sum and its norm; the reference path is the add, then F.layer_norm), and
+        # drop path's per-sample factors are applied by the adds (drop_path.DropPath.factors: timm's draws)
+        # rather than by broadcast multiplies of their own.
         # (the norms are read as self.norm1 / self.norm2: TorchScript loses a submodule's eps through an alias)
         y, x = add_positional_layer_norm(x, self.cpe.weight, self.cpe.bias, self.norm1.weight, self.norm1.bias,
                                          self.norm1.eps)  # NHWC views of channels_last maps
-        y, x = add_layer_norm(x, self.drop_path(self.attn(y)), self.norm2.weight, self.norm2.bias, self.norm2.eps)
-        x = x + self.drop_path(self.mlp(y))
+        branch = self.attn(y)
+        y, x = add_layer_norm(x, branch, self.norm2.weight, self.norm2.bias, self.norm2.eps,
+                              self.drop_path.factors(branch))
+        branch = self.mlp(y)
+        x = add_dropped_path(x, branch, self.drop_path.factors(branch))
         return x.permute(0, 3, 1, 2)
 
 
