@@ -51,6 +51,11 @@ def test_reference_and_contract():
         kna.key_norm_allocation(kw["k"], 4)
     with pytest.raises(ValueError, match=r"\(B, G, N, d\)"):
         kna.key_norm_allocation(kw["k"][0], 12)
+    # a float64 model's keys: the norms summed in float64, then float32 (the allocation is the same)
+    norms = kna.key_head_norms(kw["k"].double())
+    assert norms.dtype == torch.float32
+    torch.testing.assert_close(norms, kna.key_head_norms(kw["k"]))
+    assert torch.equal(kna.key_norm_allocation(kw["k"].double(), 12, impl="reference"), sizes)
 
 
 @pytest.mark.cuda

@@ -27,8 +27,9 @@ IMPLS = ("triton", "reference")
 # --- reference ----------------------------------------------------------------------------------
 
 def key_head_norms(k: torch.Tensor) -> torch.Tensor:
-    """Frobenius norm of each key head. k: (B, G, N, d) -> (B, G) float32."""
-    return torch.linalg.vector_norm(k.detach(), dim=(2, 3), dtype=torch.float32)
+    """Frobenius norm of each key head. k: (B, G, N, d) -> (B, G) float32 (summed in float64 for a
+    float64 k: vector_norm refuses to narrow its input's dtype)."""
+    return torch.linalg.vector_norm(k.detach(), dim=(2, 3), dtype=torch.promote_types(k.dtype, torch.float32)).float()
 
 
 def min_max_normalise(norms: torch.Tensor) -> torch.Tensor:
