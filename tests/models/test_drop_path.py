@@ -59,3 +59,13 @@ def test_addcmul_on_cuda_within_one_rounding():
     torch.testing.assert_close(out, ref, atol=0.02, rtol=0.01)
     (grad,) = torch.autograd.grad(out.float().sum(), branch)
     assert torch.equal(grad, factors.view(8, 1, 1, 1).expand_as(branch))
+
+
+def test_traced_module_scales_kept_paths():
+    """torch.fx keeps the 1 / keep scale (timm's in-place div_ is dead code to FX's dead-code elimination)."""
+    path = DropPath(0.5).train()
+    graph = torch.fx.symbolic_trace(path)
+    graph.graph.eliminate_dead_code()
+    graph.recompile()
+    branch = torch.randn(32, 3)
+    assert torch.equal(_seeded(lambda: graph(branch)), _seeded(lambda: TimmDropPath(0.5)(branch)))

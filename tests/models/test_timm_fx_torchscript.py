@@ -68,6 +68,27 @@ def test_fx_forward_and_backward(name):
     assert not missing, missing
 
 
+@pytest.mark.parametrize("name", list(SMALL))
+def test_fx_training_graph_drops_paths_like_eager(name):
+    """With drop path on, timm's FX graph in training mode gives the eager model's output and gradients
+    under the same seed: the kept paths scaled by 1 / keep (an in-place scale would be dead code to FX)."""
+    model = _model(name, drop_path_rate=0.5).double().train()
+    train_nodes, _ = get_graph_node_names(model)
+    graph = create_feature_extractor(model, [train_nodes[-1]]).train()
+    graph_params = dict(graph.named_parameters())
+    names = [n for n, _ in model.named_parameters()]
+    x = _x(8).double()
+    results = []
+    for fn, params in ((model, [p for _, p in model.named_parameters()]), (graph, [graph_params[n] for n in names])):
+        torch.manual_seed(3)
+        out = fn(x)
+        out = out if torch.is_tensor(out) else list(out.values())[0]
+        results.append((out, torch.autograd.grad(out.square().sum(), params)))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=0)
+    for n, eager, traced in zip(names, results[0][1], results[1][1]):
+        torch.testing.assert_close(traced, eager, rtol=0, atol=0, msg=n)
+
+
 @pytest.mark.parametrize("name", ["biformer_tiny", "ffnet_1", "vit_small_patch16_224_kdgqa",
                                   "vit_small_patch16_224_dgqa"])
 def test_torchscript_matches_eager(name):

@@ -2,11 +2,17 @@
 
 timm's ``DropPath`` multiplies a residual branch by a per-sample factor (0 or ``1 / keep``) in a
 broadcast pass of its own, and its backward multiplies the gradient in another; the add that
-follows is a third pass. :class:`DropPath` is timm's module (same ``drop_prob``, same ``forward``,
-so schedules that change ``drop_prob`` and checkpoints are unaffected) with :meth:`DropPath.factors`,
+follows is a third pass. :class:`DropPath` is timm's module (same ``drop_prob`` and values, so
+schedules that change ``drop_prob`` and checkpoints are unaffected) with :meth:`DropPath.factors`,
 which draws the factors exactly as timm does (same random stream, dtype and device) and hands them
 to the add: :func:`add_dropped_path` (one ``addcmul`` pass on CUDA) or the fused add + LayerNorm
 (:func:`visionattn.ops.layer_norm.layer_norm` with ``residual_scale=``).
+
+The factors are scaled out of place. timm's ``drop_path`` scales its random tensor with an in-place
+``div_`` whose result nothing reads, so torch.fx's dead-code elimination (run by timm's and
+torchvision's ``create_feature_extractor``) drops it: a traced model in training mode kept its paths
+unscaled (factor 1 instead of ``1 / keep``). :meth:`DropPath.forward` multiplies by :meth:`factors`,
+so a traced model trains as the eager one does.
 """
 from typing import Optional
 
@@ -17,7 +23,13 @@ __all__ = ["DropPath", "add_dropped_path"]
 
 
 class DropPath(_TimmDropPath):
-    """timm's ``DropPath``, plus :meth:`factors` for callers that fuse the multiply into their add."""
+    """timm's ``DropPath`` (same values), plus :meth:`factors` for callers that fuse the multiply into their add."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        factors = self.factors(x)
+        if factors is None:
+            return x
+        return x * factors.view([-1] + [1] * (x.dim() - 1))
 
     @torch.jit.export  # callable on a scripted module too
     def factors(self, branch: torch.Tensor) -> Optional[torch.Tensor]:
@@ -28,7 +40,7 @@ class DropPath(_TimmDropPath):
         keep = 1.0 - self.drop_prob
         factors = branch.new_empty([branch.shape[0]]).bernoulli_(keep)  # as many draws as timm's (N, 1, ..., 1)
         if keep > 0.0 and self.scale_by_keep:
-            factors.div_(keep)
+            factors = factors / keep  # out of place: an in-place div_ is dead code to torch.fx
         return factors
 
 

@@ -42,7 +42,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, LayerNorm2d, LayerScale2d, trunc_normal_
+from timm.layers import LayerNorm2d, LayerScale2d, trunc_normal_
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
@@ -50,6 +50,7 @@ from ...hub import build_timm_model, extract_state_dict
 from ...registry import register_converter
 from .stage_classifier import StageClassifier
 from ..derived_tensor import DerivedTensor
+from ..drop_path import DropPath
 from ..pointwise import pointwise
 from ...ops import channel_bias_act as cba
 from ...ops import depthwise_conv2d as dw

@@ -32,12 +32,14 @@ from typing import Dict, Mapping, Optional, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import DropPath as TimmDropPath
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block, VisionTransformer
 from timm.models.vision_transformer import checkpoint_filter_fn as timm_checkpoint_filter_fn
 
 from ...hub import extract_state_dict, read_checkpoint
 from ...registry import register_converter
+from ..drop_path import DropPath
 from ...ops.grouped_query_attention import grouped_query_attention, grouped_query_attention_sdpa, kv_head_index
 from ...ops.key_norm_allocation import allocate_queries, key_head_norms, key_norm_allocation, min_max_normalise
 from ..input_contract import check_divides, check_images, check_int, check_num_classes, check_rate
@@ -322,6 +324,9 @@ class GroupedQueryBlock(Block):
         super().__init__(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop, **kwargs)
         self.attn = attn_cls(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop,
                              **(attn_kwargs or {}))
+        for name in ("drop_path1", "drop_path2"):  # the library's DropPath: same values, and torch.fx keeps its scale
+            if isinstance(getattr(self, name), TimmDropPath):
+                setattr(self, name, DropPath(getattr(self, name).drop_prob))
 
 
 class GQAVisionTransformer(VisionTransformer):

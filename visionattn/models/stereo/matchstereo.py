@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import Mlp, trunc_normal_
 
 from ...ops import channel_bias_act as cba
 from ...ops.consistency_mask import consistency_mask, pixel_grid
@@ -27,6 +27,7 @@ from ...ops.group_norm_act import group_norm_act, resolve_impl
 from ...ops.layer_norm import layer_norm
 from ...ops.match_attention import IMPLS as MATCH_IMPLS
 from ...ops.match_attention import match_attention
+from ..drop_path import DropPath
 from ..pointwise import pointwise
 from ..derived_tensor import DerivedTensor
 from ..input_contract import (FLOAT_DTYPES, check_choice, check_divides, check_images, check_ints, check_rate,
