@@ -19,7 +19,12 @@ from typing import Optional
 import torch
 from timm.layers import DropPath as _TimmDropPath
 
-__all__ = ["DropPath", "add_dropped_path"]
+__all__ = ["DropPath", "add_dropped_path", "per_sample"]
+
+
+def per_sample(factors: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` factors as ``(N, 1, ..., 1)``, broadcasting over the other axes of ``like (N, ...)``."""
+    return factors.view([-1] + [1] * (like.dim() - 1))
 
 
 class DropPath(_TimmDropPath):
@@ -29,7 +34,7 @@ class DropPath(_TimmDropPath):
         factors = self.factors(x)
         if factors is None:
             return x
-        return x * factors.view([-1] + [1] * (x.dim() - 1))
+        return x * per_sample(factors, x)
 
     @torch.jit.export  # callable on a scripted module too
     def factors(self, branch: torch.Tensor) -> Optional[torch.Tensor]:
@@ -51,7 +56,7 @@ def add_dropped_path(x: torch.Tensor, branch: torch.Tensor, factors: Optional[to
     as timm's ``DropPath`` writes them, so CPU results stay bit-equal to the unfused module's."""
     if factors is None:
         return x + branch
-    factors = factors.view([-1] + [1] * (branch.dim() - 1))
+    factors = per_sample(factors, branch)
     if not torch.jit.is_scripting() and branch.is_cuda:
         return torch.addcmul(x, branch, factors)
     return x + branch * factors

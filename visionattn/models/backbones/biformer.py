@@ -33,7 +33,7 @@ from timm.models._features import feature_take_indices
 from ...hub import build_timm_model, extract_state_dict
 from ...registry import register_converter
 from ..bias_grad_layers import Conv2d, Linear, conv2d, linear
-from ..drop_path import DropPath, add_dropped_path
+from ..drop_path import DropPath, add_dropped_path, per_sample
 from .stage_classifier import StageClassifier
 from ...ops.bilevel_routing_attention import IMPLS as BRA_IMPLS
 from ...ops.bilevel_routing_attention import bilevel_routing_attention, bilevel_routing_attention_reference
@@ -54,7 +54,7 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor
     multiply, the add, then ``F.layer_norm``), undispatched."""
     if torch.jit.is_scripting():
         if factors is not None:
-            residual = residual * factors.view([-1] + [1] * (residual.dim() - 1))
+            residual = residual * per_sample(factors, residual)
         s = x + residual
         return F.layer_norm(s, (s.shape[-1],), weight, bias, eps), s
     return layer_norm(x, weight, bias, eps, residual=residual, residual_scale=factors)
